@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm
+
+from accounts import services
+from accounts.admin_confirm import confirm_then
+from accounts.models import User, new_local_id
+
+AUTH0_FIELDS = ("id", "email", "name", "created_at", "last_login", "login_count")
+SYNCED_FIELDS = ("status", "hopsworks_username", "stripe_customer_id")
+
+
+class LocalUserCreationForm(AdminUserCreationForm):
+    """Creates a break-glass operator login (`local|<uuid>` id) with a password."""
+
+    class Meta:
+        model = User
+        fields = ("email", "name", "is_admin")
+
+    def clean_email(self):
+        email = self.cleaned_data["email"].strip().lower()
+        if User.objects.filter(email=email).exists():
+            raise forms.ValidationError("A user with this email address already exists.")
+        return email
+
+    def save(self, commit=True):
+        self.instance.id = new_local_id()
+        return super().save(commit=commit)
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(
+        required=False, max_length=500, help_text="Recorded in the change history."
+    )
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    add_form = LocalUserCreationForm
+    list_display = (
+        "email",
+        "name",
+        "id",
+        "status",
+        "is_admin",
+        "login_count",
+        "last_login",
+        "created_at",
+    )
+    list_filter = ("status", "is_admin", "is_superuser", "groups")
+    # "=email" is the seed's exact "Find user by email"; the others find partial matches.
+    search_fields = ("=email", "email", "name", "=id", "=hopsworks_username")
+    ordering = ("email",)
+    date_hierarchy = "created_at"
+    readonly_fields = (*AUTH0_FIELDS, *SYNCED_FIELDS)
+    filter_horizontal = ("groups", "user_permissions")
+    actions = ("suspend_users", "reactivate_users")
+    show_full_result_count = False
+
+    fieldsets = (
+        ("Identity (from Auth0)", {"fields": AUTH0_FIELDS}),
+        ("Account", {"fields": SYNCED_FIELDS}),
+        (
+            "Console access",
+            {"fields": ("is_admin", "is_superuser", "groups", "user_permissions")},
+        ),
+    )
+    add_fieldsets = (
+        (
+            "Break-glass operator login",
+            {
+                "description": "Operators normally log in with Auth0. A local password "
+                "login is for when Auth0 is unavailable.",
+                "fields": ("email", "name", "is_admin", "password1", "password2"),
+            },
+        ),
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj.is_local:  # a local login's name is ours to edit; Auth0's comes from the token
+            fields.remove("name")
+        return fields
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None and obj.is_local:
+            return (*fieldsets, ("Password", {"fields": ("password",)}))
+        return fieldsets
+
+    @admin.action(description="Suspend selected users", permissions=["change"])
+    def suspend_users(self, request, queryset):
+        return confirm_then(
+            self,
+            request,
+            queryset,
+            title="Suspend users",
+            message="These users will be logged out and refused at login until reactivated. "
+            "Their data is kept.",
+            confirm_label="Yes, suspend them",
+            form_class=ReasonForm,
+            apply=lambda data: self._set_status(
+                request, queryset, services.user_suspend, "suspended", data["reason"]
+            ),
+        )
+
+    @admin.action(description="Reactivate selected users", permissions=["change"])
+    def reactivate_users(self, request, queryset):
+        return confirm_then(
+            self,
+            request,
+            queryset,
+            title="Reactivate users",
+            message="These users will be able to log in again.",
+            confirm_label="Yes, reactivate them",
+            form_class=ReasonForm,
+            apply=lambda data: self._set_status(
+                request, queryset, services.user_reactivate, "reactivated", data["reason"]
+            ),
+        )
+
+    def _set_status(self, request, queryset, service, verb, reason):
+        changed = 0
+        for user in queryset:
+            if service(user=user, actor=request.user, reason=reason):
+                changed += 1
+                self.log_change(request, user, f"{verb.capitalize()}. {reason}".strip())
+        unchanged = queryset.count() - changed
+        self.message_user(request, f"{changed} user(s) {verb}.", messages.SUCCESS)
+        if unchanged:
+            self.message_user(request, f"{unchanged} already were.", messages.INFO)

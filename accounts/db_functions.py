@@ -1,0 +1,32 @@
+"""Database defaults written the way the seed schema writes them.
+
+The seed says `DEFAULT NOW()` and `DEFAULT gen_random_uuid()`; these expressions render
+exactly that on PostgreSQL (Django's own `Now()` renders STATEMENT_TIMESTAMP()), and an
+equivalent on SQLite for the embedded demo run.
+"""
+
+from django.db.models import Func, UUIDField
+from django.db.models.functions import Now
+
+
+class DatabaseNow(Now):
+    """`NOW()`: the transaction's start time, as in the seed's defaults."""
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        return self.as_sql(compiler, connection, template="NOW()", **extra_context)
+
+
+class GenRandomUUID(Func):
+    """`gen_random_uuid()` (built into PostgreSQL 13+)."""
+
+    template = "gen_random_uuid()"
+    output_field = UUIDField()
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        # Django keeps UUIDs on SQLite as 32 hex digits.
+        return self.as_sql(
+            compiler, connection, template="(lower(hex(randomblob(16))))", **extra_context
+        )
+
+
+__all__ = ["DatabaseNow", "GenRandomUUID"]

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.core.validators import EmailValidator
+from django.db import models
+from django.utils import timezone
+
+from accounts.db_functions import DatabaseNow
+
+LOCAL_ID_PREFIX = "local|"
+
+
+def new_local_id() -> str:
+    """The id of a user who logs in with a local password rather than through Auth0."""
+    return f"{LOCAL_ID_PREFIX}{uuid.uuid4()}"
+
+
+def normalize_email(email: str) -> str:
+    """Emails are stored lower-case, so one address can never belong to two users."""
+    return (email or "").strip().lower()
+
+
+class UserManager(BaseUserManager):
+    use_in_migrations = True
+
+    def create_user(self, email: str, password: str | None = None, **fields) -> User:
+        """A local user (break-glass login); Auth0 users are made by the login pipeline."""
+        if not email:
+            raise ValueError("A user needs an email address.")
+        fields.setdefault("id", new_local_id())
+        user = self.model(email=normalize_email(email), **fields)
+        user.set_password(password)
+        user.full_clean(exclude=["password"])
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, email: str, password: str | None = None, **fields) -> User:
+        fields.setdefault("is_admin", True)
+        fields.setdefault("is_superuser", True)
+        return self.create_user(email, password, **fields)
+
+    def get_by_natural_key(self, username):
+        return self.get(email=normalize_email(username))
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """A person who can log in: the seed's `users` table.
+
+    `id` is the Auth0 subject (`auth0|...`, `google-oauth2|...`), or `local|<uuid>` for an
+    operator's break-glass password login. `email` is unique (lower-case). `is_admin` opens
+    the admin console (`is_staff` follows it); `status` other than active locks the user out.
+    Every seed column keeps its name, type and default, also in the database (`db_default`),
+    so rows inserted by other tools get the seed's defaults.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+        DELETED = "deleted", "Deleted"
+
+    id = models.TextField(primary_key=True, verbose_name="Auth0 id")
+    email = models.TextField(unique=True, validators=[EmailValidator()])
+    name = models.TextField(null=True, blank=True)
+    created_at = models.DateTimeField(
+        default=timezone.now, db_default=DatabaseNow(), editable=False
+    )
+    # Django's `last_login` is the seed's `last_login_at`.
+    last_login = models.DateTimeField(
+        db_column="last_login_at", null=True, blank=True, verbose_name="last login"
+    )
+    login_count = models.IntegerField(default=0, db_default=0, editable=False)
+    status = models.TextField(
+        choices=Status.choices, default=Status.ACTIVE, db_default=Status.ACTIVE
+    )
+    is_admin = models.BooleanField(
+        default=False,
+        db_default=False,
+        verbose_name="admin",
+        help_text="Opens the operator console. What the admin may change there comes from "
+        "'superuser' or the groups below.",
+    )
+    hopsworks_username = models.TextField(null=True, blank=True)
+    stripe_customer_id = models.TextField(null=True, blank=True)
+
+    # Django's own columns, given database defaults so a seed-style INSERT still works.
+    # "!" is Django's prefix for an unusable password: such a row cannot log in locally.
+    password = models.CharField(max_length=128, db_default="!")
+    is_superuser = models.BooleanField(
+        default=False,
+        db_default=False,
+        verbose_name="superuser",
+        help_text="Has every permission without them being granted one by one.",
+    )
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        db_table = "users"
+        ordering = ["email"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["active", "suspended", "deleted"]),
+                name="users_status_valid",
+                violation_error_message="Status must be active, suspended or deleted.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.email
+
+    @property
+    def is_active(self) -> bool:  # what Django's auth checks before letting anyone in
+        return self.status == self.Status.ACTIVE
+
+    @property
+    def is_staff(self) -> bool:  # what Django's admin checks at its door
+        return self.is_admin
+
+    @property
+    def is_local(self) -> bool:
+        return self.id.startswith(LOCAL_ID_PREFIX)
+
+    def get_full_name(self) -> str:
+        return self.name or self.email
+
+    def get_short_name(self) -> str:
+        return self.name or self.email
+
+    def clean(self):
+        super().clean()
+        self.email = normalize_email(self.email)

@@ -1,0 +1,134 @@
+"""Every write that matters to a user's account."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import User, normalize_email
+
+logger = logging.getLogger(__name__)
+
+
+class LoginRefused(Exception):
+    """A login that must not open a session. The message is shown to the person."""
+
+    title = "You cannot log in"
+    status = 403
+
+
+class AccountNotActive(LoginRefused):
+    title = "Your account is not active"
+
+
+class EmailOwnedByAnotherAccount(LoginRefused):
+    title = "This email address belongs to another account"
+    status = 409
+
+
+class IncompleteIdentity(LoginRefused):
+    title = "Your identity provider did not tell us enough"
+    status = 400
+
+
+def _actor_label(actor) -> str:
+    if actor is None:
+        return "system"
+    return getattr(actor, "email", None) or str(actor)
+
+
+def user_sync_from_auth0(*, subject: str, email: str | None, name: str | None) -> User:
+    """Create the user on first login, or refresh email and name from the token.
+
+    Refuses (raises `LoginRefused`) a suspended or deleted user, and an email that another
+    Auth0 id already owns: two identities are never merged silently.
+    """
+    email = normalize_email(email or "")
+    if not subject:
+        raise IncompleteIdentity("The login did not carry a user id (the token's `sub`).")
+    if not email:
+        raise IncompleteIdentity(
+            "Your login did not include an email address. Log in with an account that has "
+            "one, or ask your identity provider to share it."
+        )
+    name = (name or "").strip() or None
+
+    try:
+        with transaction.atomic():
+            user = User.objects.select_for_update().filter(pk=subject).first()
+            if user is not None and not user.is_active:
+                raise AccountNotActive(_not_active_message(user))
+            if User.objects.filter(email=email).exclude(pk=subject).exists():
+                raise EmailOwnedByAnotherAccount(
+                    f"The email address {email} is already used by another account. "
+                    "Log in the way you did before, or ask an operator to move the address."
+                )
+            if user is None:
+                user = User(id=subject, email=email, name=name)
+                user.set_unusable_password()
+                user.save(force_insert=True)
+                logger.info("user created from Auth0 login: %s", subject)
+            elif (user.email, user.name) != (email, name):
+                user.email, user.name = email, name
+                user.save(update_fields=["email", "name"])
+    except IntegrityError:
+        # Another login created this user, or took this email, at the same moment.
+        existing = User.objects.filter(pk=subject).first()
+        if existing is None or existing.email != email:
+            raise EmailOwnedByAnotherAccount(
+                f"The email address {email} is already used by another account."
+            ) from None
+        user = existing
+        if not user.is_active:
+            raise AccountNotActive(_not_active_message(user)) from None
+    return user
+
+
+def _not_active_message(user: User) -> str:
+    if user.status == User.Status.SUSPENDED:
+        return (
+            "Your account is suspended. Contact support if you think this is a mistake; "
+            "your data is kept."
+        )
+    return "This account has been deleted. Contact support to restore it."
+
+
+def user_record_login(*, user: User) -> None:
+    """Count one login. A single UPDATE, so concurrent logins are all counted."""
+    now = timezone.now()
+    User.objects.filter(pk=user.pk).update(login_count=F("login_count") + 1, last_login=now)
+    user.refresh_from_db(fields=["login_count", "last_login"])
+
+
+def user_set_status(*, user: User, status: str, actor, reason: str = "") -> bool:
+    """Change a user's status. Returns False when it already had that status."""
+    if status not in User.Status.values:
+        raise ValueError(f"Unknown status {status!r}; use one of {', '.join(User.Status.values)}.")
+    with transaction.atomic():
+        locked = User.objects.select_for_update().get(pk=user.pk)
+        if locked.status == status:
+            return False
+        previous = locked.status
+        locked.status = status
+        locked.save(update_fields=["status"])
+    user.status = status
+    logger.info(
+        "user %s status %s -> %s by %s%s",
+        user.pk,
+        previous,
+        status,
+        _actor_label(actor),
+        f" ({reason})" if reason else "",
+    )
+    return True
+
+
+def user_suspend(*, user: User, actor, reason: str = "") -> bool:
+    return user_set_status(user=user, status=User.Status.SUSPENDED, actor=actor, reason=reason)
+
+
+def user_reactivate(*, user: User, actor, reason: str = "") -> bool:
+    return user_set_status(user=user, status=User.Status.ACTIVE, actor=actor, reason=reason)

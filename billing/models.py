@@ -1,0 +1,1 @@
+"""Usage, pricing, credits and invoices (built in the billing issues)."""

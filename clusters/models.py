@@ -1,0 +1,1 @@
+"""Hopsworks clusters and user assignments (built in the clusters issue)."""

@@ -1,0 +1,17 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from accounts.urls import social_urlpatterns
+from platform_site import views
+
+admin.site.site_header = "Hopsworks Platform Console"
+admin.site.site_title = "Platform Console"
+admin.site.index_title = "Operations"
+
+urlpatterns = [
+    path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    path("auth/", include(social_urlpatterns, namespace="social")),
+    path("", include("accounts.urls")),
+]

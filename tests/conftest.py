@@ -1,0 +1,74 @@
+"""Shared personas and fakes for the whole suite."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from pytest_httpserver import HTTPServer
+
+from tests.factories import AdminFactory, UserFactory
+from tests.fakes.auth0 import CLIENT_ID, CLIENT_SECRET, FakeAuth0
+from tests.fakes.tls import make_test_ca
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `postgres` need PostgreSQL behaviour; on SQLite they are skipped."""
+    from django.conf import settings
+
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if "postgresql" in engine:
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL (run with a postgres DATABASE_URL)")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def on_postgres():
+    return connection.vendor == "postgresql"
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def operator(db):
+    return AdminFactory()
+
+
+@pytest.fixture
+def operator_client(client, operator):
+    client.force_login(operator, backend="django.contrib.auth.backends.ModelBackend")
+    return client
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory):
+    return make_test_ca(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def auth0_server(test_ca):
+    server = HTTPServer(host="127.0.0.1", port=0, ssl_context=test_ca.server_context())
+    server.start()
+    yield server
+    server.clear()
+    if server.is_running():
+        server.stop()
+
+
+@pytest.fixture
+def fake_auth0(auth0_server, test_ca, settings):
+    """An Auth0 tenant on 127.0.0.1 over TLS; our settings point at it, verification on."""
+    auth0_server.clear()
+    fake = FakeAuth0(server=auth0_server)
+    fake.install()
+    settings.AUTH0_DOMAIN = settings.SOCIAL_AUTH_AUTH0_DOMAIN = fake.domain
+    settings.AUTH0_CLIENT_ID = settings.SOCIAL_AUTH_AUTH0_KEY = CLIENT_ID
+    settings.AUTH0_CLIENT_SECRET = settings.SOCIAL_AUTH_AUTH0_SECRET = CLIENT_SECRET
+    settings.SOCIAL_AUTH_VERIFY_SSL = str(test_ca.ca_path)
+    settings.SOCIAL_AUTH_REDIRECT_IS_HTTPS = False
+    return fake

@@ -1,0 +1,37 @@
+"""The seed schema (../shared/seed/database-guide.md) as the tests check it: each table's
+columns with the type and default the seed gives. PostgreSQL reports `DEFAULT NOW()` as
+now(), 'active' as 'active'::text, and so on."""
+
+from django.db import connection
+
+SEED_COLUMNS = {
+    "users": {
+        "id": ("text", None),
+        "email": ("text", None),
+        "name": ("text", None),
+        "created_at": ("timestamp with time zone", "now()"),
+        "last_login_at": ("timestamp with time zone", None),
+        "login_count": ("integer", "0"),
+        "status": ("text", "'active'::text"),
+        "is_admin": ("boolean", "false"),
+        "hopsworks_username": ("text", None),
+        "stripe_customer_id": ("text", None),
+    },
+}
+
+
+def columns_of(table: str) -> dict[str, tuple[str, str | None]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT column_name, data_type, column_default FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND table_name = %s",
+            [table],
+        )
+        return {name: (data_type, default) for name, data_type, default in cursor.fetchall()}
+
+
+def run(sql: str, params=None) -> list[dict]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        names = [c.name for c in cursor.description] if cursor.description else []
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()] if names else []

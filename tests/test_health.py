@@ -1,0 +1,36 @@
+import json
+
+import pytest
+
+from tests.subprocess_django import run_django
+from tests.test_check_database import free_port
+
+
+def test_healthz_answers_without_touching_the_database(client):
+    # No `db` fixture: pytest-django makes any query here an error.
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.django_db
+def test_readyz_is_ok_when_the_database_answers(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["database"] == "ok"
+
+
+def test_readyz_is_503_with_the_reason_when_the_database_does_not():
+    result = run_django(
+        "from django.test import Client\n"
+        "r = Client().get('/readyz')\n"
+        "print(r.status_code, r.content.decode())\n",
+        DEBUG="1",
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:{free_port()}/nothing",
+    )
+    assert result.returncode == 0, result.stderr
+    status, body = result.stdout.strip().split(" ", 1)
+    assert status == "503"
+    payload = json.loads(body)
+    assert payload["status"] == "unavailable"
+    assert "Connection refused" in payload["database"]

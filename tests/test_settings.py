@@ -1,0 +1,40 @@
+"""Production (DEBUG off) refuses to start without its secrets, and names them."""
+
+from tests.subprocess_django import run_django
+
+PRODUCTION = {
+    "DEBUG": "0",
+    "SECRET_KEY": "a-real-secret",
+    "ALLOWED_HOSTS": "console.example.com",
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/test",
+    "AUTH0_DOMAIN": "tenant.eu.auth0.com",
+    "AUTH0_CLIENT_ID": "client",
+    "AUTH0_CLIENT_SECRET": "secret",
+}
+
+
+def test_production_starts_when_every_secret_is_given():
+    result = run_django("print('started')", **PRODUCTION)
+    assert result.returncode == 0, result.stderr
+    assert "started" in result.stdout
+
+
+def test_production_refuses_to_start_and_names_each_missing_variable():
+    env = {**PRODUCTION, "SECRET_KEY": "", "AUTH0_CLIENT_SECRET": ""}
+    result = run_django("print('started')", **env)
+    assert result.returncode != 0
+    assert "started" not in result.stdout
+    assert "ImproperlyConfigured" in result.stderr
+    assert "SECRET_KEY, AUTH0_CLIENT_SECRET" in result.stderr
+    assert "ALLOWED_HOSTS" not in result.stderr.split("must be set:")[1]
+
+
+def test_debug_runs_need_no_secrets():
+    result = run_django(
+        "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])",
+        DEBUG="1",
+        DATABASE_URL="",
+        SECRET_KEY="",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sqlite3" in result.stdout
