@@ -9,6 +9,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import User, normalize_email
+from accounts.signals import user_status_changed
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,10 @@ def user_set_status(*, user: User, status: str, actor, reason: str = "") -> bool
         previous = locked.status
         locked.status = status
         locked.save(update_fields=["status"])
-    user.status = status
+        user.status = status
+        user_status_changed.send(
+            sender=User, user=user, previous=previous, status=status, actor=actor
+        )
     logger.info(
         "user %s status %s -> %s by %s%s",
         user.pk,

@@ -1,6 +1,6 @@
-from accounts import services
+from django.dispatch import Signal
 
-
-def count_login(sender, request, user, **kwargs):
-    """Runs once per real login (Auth0 or password), never on page loads."""
-    services.user_record_login(user=user)
+# Sent inside the transaction that changes a user's status, with user=, previous=, status=
+# and actor=. Apps that keep state elsewhere for the user (their Hopsworks account) listen
+# here, since accounts imports nothing from them.
+user_status_changed = Signal()

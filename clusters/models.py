@@ -1,1 +1,185 @@
-"""Hopsworks clusters and user assignments (built in the clusters issue)."""
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from accounts.db_functions import DatabaseNow, GenRandomUUID
+from accounts.models import User
+from clusters.encryption import EncryptedTextField
+
+
+class HopsworksCluster(models.Model):
+    """A Hopsworks cluster users are placed on: the seed's `hopsworks_clusters`.
+
+    Invariant: `current_users` equals the number of assignments to the cluster and never
+    exceeds `max_users` (a database check says so). It changes only in `clusters.services`,
+    in the same transaction as the assignment it counts, under the cluster's row lock.
+    `api_key` and `kubeconfig` are encrypted at rest.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        MAINTENANCE = "maintenance", "Maintenance"
+        INACTIVE = "inactive", "Inactive"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=GenRandomUUID())
+    name = models.TextField(unique=True)
+    api_url = models.TextField(
+        verbose_name="API URL",
+        help_text="The cluster's base URL, e.g. https://hopsworks.example.com (https; plain "
+        "http only for localhost).",
+    )
+    api_key = EncryptedTextField(verbose_name="API key")
+    max_users = models.IntegerField(default=100, db_default=100)
+    current_users = models.IntegerField(default=0, db_default=0, editable=False)
+    status = models.TextField(
+        choices=Status.choices, default=Status.ACTIVE, db_default=Status.ACTIVE
+    )
+    kubeconfig = EncryptedTextField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_default=DatabaseNow())
+    # Added to the seed: a cluster behind a private CA is verified against this bundle.
+    ca_bundle = models.TextField(
+        null=True,
+        blank=True,
+        verbose_name="CA bundle",
+        help_text="PEM certificate(s) of the CA that signed the cluster's TLS certificate, "
+        "when it is not a public CA. TLS is always verified.",
+    )
+
+    class Meta:
+        db_table = "hopsworks_clusters"
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["active", "maintenance", "inactive"]),
+                name="hopsworks_clusters_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_users__gte=0), name="hopsworks_clusters_max_users_gte_0"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(current_users__gte=0)
+                & models.Q(current_users__lte=models.F("max_users")),
+                name="hopsworks_clusters_current_users_within_max",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def free_slots(self) -> int:
+        return max(self.max_users - self.current_users, 0)
+
+
+class UserHopsworksAssignment(models.Model):
+    """Which cluster a user is on: the seed's `user_hopsworks_assignments`.
+
+    The seed's primary key is (user_id, hopsworks_cluster_id). We also keep a user on one
+    cluster at a time (unique user_id). Rows are written only by `clusters.services`, in the
+    same transaction as the cluster's `current_users`.
+    """
+
+    pk = models.CompositePrimaryKey("user_id", "hopsworks_cluster_id")
+    user = models.OneToOneField(
+        User,
+        on_delete=models.PROTECT,
+        db_column="user_id",
+        related_name="hopsworks_assignment",
+    )
+    hopsworks_cluster = models.ForeignKey(
+        HopsworksCluster,
+        on_delete=models.PROTECT,
+        db_column="hopsworks_cluster_id",
+        related_name="assignments",
+    )
+    hopsworks_username = models.TextField(null=True, blank=True)
+    assigned_at = models.DateTimeField(default=timezone.now, db_default=DatabaseNow())
+
+    class Meta:
+        db_table = "user_hopsworks_assignments"
+
+    def __str__(self) -> str:
+        return f"{self.user_id} on {self.hopsworks_cluster_id}"
+
+
+class CapacityWait(models.Model):
+    """A user waiting for a place on a cluster, first come first served.
+
+    A row exists exactly while the user has no assignment and auto-placement found no
+    room; it is removed in the transaction that places them.
+    """
+
+    class Reason(models.TextChoices):
+        NO_CAPACITY = "no_capacity", "Waiting for capacity"
+
+    user = models.OneToOneField(
+        User, on_delete=models.CASCADE, primary_key=True, related_name="capacity_wait"
+    )
+    reason = models.TextField(choices=Reason.choices, default=Reason.NO_CAPACITY)
+    since = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveIntegerField(default=1)
+    last_attempt_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "clusters_capacity_wait"
+        ordering = ["since", "user_id"]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.get_reason_display().lower()} since {self.since:%Y-%m-%d}"
+
+
+class HopsworksAccount(models.Model):
+    """A user's account on one cluster, and whether Hopsworks agrees with what we want.
+
+    `desired` is what we want on the cluster (active while the user is active and assigned
+    there, deactivated otherwise); `synced` is what we last saw Hopsworks confirm. Services
+    change `desired` in the same transaction as the change that causes it; the sync
+    (`hopsworks_accounts_sync`, run after commit and by `sync_hopsworks_accounts`) makes
+    Hopsworks match, so nothing is lost while a cluster is unreachable and every call is
+    idempotent: nothing is created twice.
+    """
+
+    class State(models.TextChoices):
+        NONE = "none", "No account"
+        ACTIVE = "active", "Active"
+        DEACTIVATED = "deactivated", "Deactivated"
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="hopsworks_accounts")
+    cluster = models.ForeignKey(
+        HopsworksCluster, on_delete=models.CASCADE, related_name="hopsworks_accounts"
+    )
+    desired = models.TextField(choices=State.choices)
+    synced = models.TextField(choices=State.choices, default=State.NONE)
+    hopsworks_user_id = models.BigIntegerField(null=True, blank=True)
+    hopsworks_username = models.TextField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    # A sync run leases a row while it talks to Hopsworks, so two runs never both act on it.
+    leased_until = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "clusters_hopsworks_account"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "cluster"], name="clusters_hopsworks_account_user_cluster"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["cluster"],
+                condition=~models.Q(desired=models.F("synced")),
+                name="hopsworks_account_pending",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} on {self.cluster_id}: {self.desired}"
+
+    @property
+    def pending(self) -> bool:
+        return self.desired != self.synced

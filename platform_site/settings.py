@@ -52,6 +52,19 @@ AUTH0_DOMAIN = _required("AUTH0_DOMAIN", dev_default="")
 AUTH0_CLIENT_ID = _required("AUTH0_CLIENT_ID", dev_default="")
 AUTH0_CLIENT_SECRET = _required("AUTH0_CLIENT_SECRET", dev_default="")
 
+# Fernet keys for secrets at rest (cluster API keys, kubeconfigs), newest first,
+# comma-separated; independent of SECRET_KEY. The DEBUG default is a public demo key.
+FIELD_ENCRYPTION_KEYS = _required(
+    "FIELD_ENCRYPTION_KEYS",
+    dev_default=["ZGVtby1vbmx5LWtleS1uZXZlci11c2UtaW4tcHJvZCE="],
+    cast=list,
+)
+
+# Hopsworks accounts: the OAuth client id Hopsworks knows our Auth0 application by
+# (usually the same as AUTH0_CLIENT_ID), and the project quota of a new account.
+HOPSWORKS_OAUTH_CLIENT_ID = env("HOPSWORKS_OAUTH_CLIENT_ID", default="") or AUTH0_CLIENT_ID
+HOPSWORKS_MAX_NUM_PROJECTS = env.int("HOPSWORKS_MAX_NUM_PROJECTS", default=5)
+
 if _missing:
     raise ImproperlyConfigured(
         "DEBUG is off, so these environment variables must be set: "

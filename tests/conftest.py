@@ -72,3 +72,38 @@ def fake_auth0(auth0_server, test_ca, settings):
     settings.SOCIAL_AUTH_VERIFY_SSL = str(test_ca.ca_path)
     settings.SOCIAL_AUTH_REDIRECT_IS_HTTPS = False
     return fake
+
+
+@pytest.fixture(scope="module")
+def hopsworks_servers(test_ca):
+    """Two local Hopsworks clusters over TLS (two, so moves between clusters are real)."""
+    from tests.fakes.hopsworks import start_server
+
+    with start_server(test_ca) as east, start_server(test_ca) as west:
+        yield east, west
+
+
+@pytest.fixture
+def fake_hopsworks(hopsworks_servers, settings):
+    """Fresh fakes on both servers; HOPSWORKS_OAUTH_CLIENT_ID set to what they expect."""
+    from tests.fakes.hopsworks import OAUTH_CLIENT_ID, reset
+
+    settings.HOPSWORKS_OAUTH_CLIENT_ID = OAUTH_CLIENT_ID
+    fakes = [reset(server) for server in hopsworks_servers]
+    yield fakes
+    for fake in fakes:
+        fake.release()
+
+
+@pytest.fixture
+def cluster_on(test_ca):
+    """Make a cluster row that points at a fake Hopsworks, trusting the test CA."""
+    from tests.factories import ClusterFactory
+
+    def make(fake, **fields):
+        fields.setdefault("api_url", fake.api_url)
+        fields.setdefault("api_key", fake.api_key)
+        fields.setdefault("ca_bundle", test_ca.ca_path.read_text())
+        return ClusterFactory(**fields)
+
+    return make

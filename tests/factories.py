@@ -25,3 +25,15 @@ class AdminFactory(UserFactory):
     def _save(obj, create, extracted, **kwargs):
         if create:
             obj.save()
+
+
+class ClusterFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "clusters.HopsworksCluster"
+
+    name = factory.Sequence(lambda n: f"cluster-{n}")
+    # Port 9 on loopback refuses at once: a cluster nothing should reach unless a test
+    # points it at a fake.
+    api_url = "https://127.0.0.1:9"
+    api_key = factory.Sequence(lambda n: f"api-key-{n}")
+    max_users = 10

@@ -17,6 +17,23 @@ SEED_COLUMNS = {
         "hopsworks_username": ("text", None),
         "stripe_customer_id": ("text", None),
     },
+    "hopsworks_clusters": {
+        "id": ("uuid", "gen_random_uuid()"),
+        "name": ("text", None),
+        "api_url": ("text", None),
+        "api_key": ("text", None),
+        "max_users": ("integer", "100"),
+        "current_users": ("integer", "0"),
+        "status": ("text", "'active'::text"),
+        "kubeconfig": ("text", None),
+        "created_at": ("timestamp with time zone", "now()"),
+    },
+    "user_hopsworks_assignments": {
+        "user_id": ("text", None),
+        "hopsworks_cluster_id": ("uuid", None),
+        "hopsworks_username": ("text", None),
+        "assigned_at": ("timestamp with time zone", "now()"),
+    },
 }
 
 

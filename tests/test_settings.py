@@ -10,6 +10,7 @@ PRODUCTION = {
     "AUTH0_DOMAIN": "tenant.eu.auth0.com",
     "AUTH0_CLIENT_ID": "client",
     "AUTH0_CLIENT_SECRET": "secret",
+    "FIELD_ENCRYPTION_KEYS": "0" * 43 + "=",
 }
 
 

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from cryptography import x509
+from django import forms
+
+from clusters.hopsworks import validate_api_url
+from clusters.kubeconfig import KubeconfigError, parse_kubeconfig
+from clusters.models import HopsworksCluster
+
+
+def _secret_state(value) -> str:
+    return "set" if value else "not set"
+
+
+class HopsworksClusterForm(forms.ModelForm):
+    """Cluster settings. Secrets are write-only: the form never shows them back, only
+    whether they are set; leaving an input empty keeps the stored value."""
+
+    api_key_input = forms.CharField(
+        label="API key",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+    )
+    kubeconfig_input = forms.CharField(
+        label="Kubeconfig",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 6, "autocomplete": "off", "spellcheck": "false"}),
+    )
+    clear_kubeconfig = forms.BooleanField(label="Remove the stored kubeconfig", required=False)
+
+    class Meta:
+        model = HopsworksCluster
+        fields = ("name", "api_url", "status", "max_users", "ca_bundle")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        creating = self.instance._state.adding
+        self.fields["api_key_input"].required = creating
+        self.fields["api_key_input"].help_text = (
+            "An API key of a Hopsworks admin (scope: admin)."
+            if creating
+            else f"Currently {_secret_state(self.instance.api_key)}. Leave empty to keep it."
+        )
+        self.fields["kubeconfig_input"].help_text = (
+            f"Currently {_secret_state(self.instance.kubeconfig)}. "
+            "Paste a kubeconfig (YAML with a cluster, a user and a context) to set or replace "
+            "it; it is used to read usage from OpenCost. Leave empty to keep it."
+        )
+        if creating or not self.instance.kubeconfig:
+            del self.fields["clear_kubeconfig"]
+
+    def clean_api_url(self):
+        url = self.cleaned_data["api_url"].strip().rstrip("/")
+        problem = validate_api_url(url)
+        if problem:
+            raise forms.ValidationError(problem)
+        return url
+
+    def clean_max_users(self):
+        max_users = self.cleaned_data["max_users"]
+        if max_users is None or max_users < 0:
+            raise forms.ValidationError("Max users must be zero or more.")
+        if not self.instance._state.adding:
+            assigned = self.instance.assignments.count()
+            if max_users < assigned:
+                raise forms.ValidationError(
+                    f"{assigned} users are assigned to this cluster; max users cannot be "
+                    "lower. Move some users first."
+                )
+        return max_users
+
+    def clean_kubeconfig_input(self):
+        text = self.cleaned_data["kubeconfig_input"]
+        if text.strip():
+            try:
+                parse_kubeconfig(text)
+            except KubeconfigError as error:
+                raise forms.ValidationError(str(error)) from None
+        return text
+
+    def clean_ca_bundle(self):
+        pem = (self.cleaned_data.get("ca_bundle") or "").strip()
+        if not pem:
+            return None
+        try:
+            x509.load_pem_x509_certificates(pem.encode())
+        except ValueError:
+            raise forms.ValidationError(
+                "The CA bundle is not PEM certificates (-----BEGIN CERTIFICATE----- ...)."
+            ) from None
+        return pem + "\n"
+
+    def changes(self) -> dict:
+        """The fields to save, secrets included only when the operator gave new ones."""
+        data = self.cleaned_data
+        changes = {field: data[field] for field in self.Meta.fields}
+        if data.get("api_key_input"):
+            changes["api_key"] = data["api_key_input"]
+        if data.get("kubeconfig_input", "").strip():
+            changes["kubeconfig"] = data["kubeconfig_input"]
+        elif data.get("clear_kubeconfig"):
+            changes["kubeconfig"] = None
+        return changes
+
+
+class ClusterChoiceForm(forms.Form):
+    cluster = forms.ModelChoiceField(
+        queryset=HopsworksCluster.objects.filter(status=HopsworksCluster.Status.ACTIVE),
+        help_text="Active clusters only; a full cluster refuses the user.",
+    )

@@ -1,0 +1,284 @@
+"""OpenCost: the only module that talks to a cluster's Kubernetes API (and so imports its SDK).
+
+OpenCost is reached through the API server's service proxy, authenticated as the cluster's
+kubeconfig user, so nothing but the API server has to be exposed. One call answers one UTC
+day's usage per namespace. Every failure becomes a MetricsError whose message an operator
+can act on; no message carries a token or key.
+
+Figures stay Decimal from the JSON text on (`json.loads(parse_float=Decimal)`): they are
+billed. OpenCost rounds them to 5 places, sends NaN/Inf as null, and sends negatives when its
+metrics have gaps; those count as 0 and say so in `NamespaceUsage.notes`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import urllib3
+from kubernetes import config as kube_config
+from kubernetes.client import Configuration
+from kubernetes.client.exceptions import ApiException
+
+from clusters.kubeconfig import KubeconfigError, active_context, parse_kubeconfig
+
+OPENCOST_NAMESPACE = "opencost"
+OPENCOST_SERVICE = "opencost:9003"
+ALLOCATION_PATH = (
+    f"/api/v1/namespaces/{OPENCOST_NAMESPACE}/services/{OPENCOST_SERVICE}/proxy/allocation/compute"
+)
+
+# Namespaces whose usage belongs to no user: Kubernetes' own (`kube-system`, `kube-public`,
+# `kube-node-lease` and any other `kube-*`), `default`, shared add-ons (OpenCost itself,
+# cert-manager, ingress-nginx, monitoring), and OpenCost's pseudo-namespaces for idle capacity
+# (`__idle__`) and usage it could not attribute (`__unallocated__`).
+SYSTEM_NAMESPACES = frozenset(
+    {
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "default",
+        OPENCOST_NAMESPACE,
+        "cert-manager",
+        "ingress-nginx",
+        "monitoring",
+        "__idle__",
+        "__unallocated__",
+    }
+)
+SYSTEM_NAMESPACE_PREFIXES = ("kube-",)
+
+# OpenCost's allocation field -> NamespaceUsage field.
+_FIGURES = {
+    "cpuCoreHours": "cpu_core_hours",
+    "gpuHours": "gpu_hours",
+    "pvByteHours": "pv_byte_hours",
+    "ramByteHours": "ram_byte_hours",
+    "minutes": "minutes",
+}
+_ZERO = Decimal(0)
+_CLIENT_FILES_LOCK = threading.Lock()
+
+
+class MetricsError(Exception):
+    """The day's usage could not be read; the message says where and what to check."""
+
+
+@dataclass(frozen=True)
+class NamespaceUsage:
+    """One namespace's usage over one UTC day, as OpenCost measured it (never negative)."""
+
+    namespace: str
+    cpu_core_hours: Decimal
+    gpu_hours: Decimal
+    pv_byte_hours: Decimal
+    ram_byte_hours: Decimal
+    minutes: Decimal
+    notes: tuple[str, ...] = ()
+
+
+def is_system_namespace(name: str) -> bool:
+    """Whether a namespace's usage is the platform's own rather than a user's (see the list)."""
+    return name in SYSTEM_NAMESPACES or name.startswith(SYSTEM_NAMESPACE_PREFIXES)
+
+
+def day_window(day: datetime.date) -> str:
+    """OpenCost's `window` for one UTC day: its start and the next day's start, RFC 3339."""
+    start = datetime.datetime.combine(day, datetime.time.min, tzinfo=datetime.UTC)
+    end = start + datetime.timedelta(days=1)
+    return f"{start:%Y-%m-%dT%H:%M:%SZ},{end:%Y-%m-%dT%H:%M:%SZ}"
+
+
+def fetch_day_allocations(
+    *, kubeconfig: str, day: datetime.date, timeout: float = 30.0
+) -> list[NamespaceUsage]:
+    """Every namespace's usage on `day` (UTC), system namespaces included, sorted by name.
+
+    Makes one request and does not retry it: the caller reruns the whole day, which is
+    idempotent, and `timeout` then bounds how long a dead cluster holds the job.
+    """
+    try:
+        config = parse_kubeconfig(kubeconfig)
+    except KubeconfigError as exc:
+        raise MetricsError(f"The cluster's kubeconfig cannot be used: {exc}") from None
+    server = active_context(config).server
+    body = _get_allocations(config=config, server=server, day=day, timeout=timeout)
+    return _parse_allocations(body=body, server=server)
+
+
+def _get_allocations(*, config: dict, server: str, day: datetime.date, timeout: float) -> bytes:
+    # The client writes the CA and client key to files for urllib3; keep them in a directory
+    # of ours that goes away with the request instead of lingering in /tmp. The client caches
+    # those files by content across calls, so one call at a time may own the directory.
+    with _CLIENT_FILES_LOCK, tempfile.TemporaryDirectory(prefix="kubeconfig-") as files:
+        configuration = Configuration()
+        # Any error is reported at once; see fetch_day_allocations.
+        configuration.retries = urllib3.Retry(total=0, redirect=0)
+        try:
+            api_client = kube_config.new_client_from_config_dict(
+                config_dict=config,
+                persist_config=False,
+                temp_file_path=files,
+                client_configuration=configuration,
+            )
+        except (kube_config.ConfigException, ValueError) as exc:
+            raise MetricsError(
+                f"The kubeconfig for {server} could not be loaded by the Kubernetes client: {exc}"
+            ) from None
+        try:
+            request = api_client.param_serialize(
+                method="GET",
+                resource_path=ALLOCATION_PATH,
+                query_params=[
+                    ("window", day_window(day)),
+                    ("aggregate", "namespace"),
+                    ("accumulate", "true"),
+                ],
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+            )
+            response = api_client.call_api(*request, _request_timeout=timeout)
+            body = response.read()
+        except ApiException as exc:
+            # The client turns TLS failures into ApiException(status=0).
+            raise MetricsError(_tls_message(server, str(exc.reason))) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise MetricsError(_transport_message(server, exc, timeout)) from exc
+        except OSError as exc:
+            raise MetricsError(
+                f"The Kubernetes API server at {server} is unreachable: {exc}"
+            ) from exc
+        finally:
+            api_client.close()
+    _check_status(server=server, status=response.status, body=body)
+    return body
+
+
+def _tls_message(server: str, reason: str) -> str:
+    detail = reason.splitlines()[-1] if reason else "TLS handshake failed"
+    return (
+        f"TLS verification of the Kubernetes API server at {server} failed ({detail}): check "
+        "that the kubeconfig's certificate-authority-data is the CA that signed the server's "
+        "certificate."
+    )
+
+
+def _transport_message(server: str, exc: urllib3.exceptions.HTTPError, timeout: float) -> str:
+    reason = getattr(exc, "reason", None) or exc
+    if isinstance(reason, urllib3.exceptions.SSLError):
+        return _tls_message(server, str(reason))
+    # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: ask about it first.
+    if isinstance(reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ProtocolError):
+        return (
+            f"The Kubernetes API server at {server} is unreachable (connection failed): check "
+            "the kubeconfig's server address and that the cluster is up."
+        )
+    if isinstance(reason, urllib3.exceptions.TimeoutError):
+        return (
+            f"The Kubernetes API server at {server} did not answer within {timeout:g} seconds "
+            "(timeout)."
+        )
+    return f"The request to the Kubernetes API server at {server} failed: {reason}"
+
+
+def _check_status(*, server: str, status: int, body: bytes) -> None:
+    if 200 <= status < 300:
+        return
+    if status == 401:
+        raise MetricsError(
+            f"The Kubernetes API server at {server} rejected the kubeconfig's credentials "
+            "(HTTP 401): check the kubeconfig's token or client certificate."
+        )
+    if status == 403:
+        raise MetricsError(
+            f"The Kubernetes API server at {server} refused access to the OpenCost service "
+            f"(HTTP 403): the kubeconfig's user needs `get` on services/proxy in namespace "
+            f"{OPENCOST_NAMESPACE}."
+        )
+    if status in (404, 502, 503):
+        raise MetricsError(
+            f"OpenCost was not found behind the Kubernetes API server at {server} (HTTP "
+            f"{status}): check that the service {OPENCOST_SERVICE} runs in namespace "
+            f"{OPENCOST_NAMESPACE} and is ready."
+        )
+    raise MetricsError(
+        f"OpenCost behind the Kubernetes API server at {server} answered HTTP {status}"
+        f"{_opencost_message(body)}."
+    )
+
+
+def _opencost_message(body: bytes) -> str:
+    """OpenCost's own error text, when the body has one: it says what was wrong with the query."""
+    try:
+        message = json.loads(body).get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {str(message)[:200]}" if message else ""
+
+
+def _parse_allocations(*, body: bytes, server: str) -> list[NamespaceUsage]:
+    def bad(why: str) -> MetricsError:
+        return MetricsError(
+            f"OpenCost behind the Kubernetes API server at {server} sent a bad answer: {why}."
+        )
+
+    try:
+        answer = json.loads(body, parse_float=Decimal, parse_int=Decimal, parse_constant=Decimal)
+    except ValueError:
+        raise bad(f"not JSON ({len(body)} bytes)") from None
+    if not isinstance(answer, dict):
+        raise bad("not a JSON object")
+    if answer.get("code") != 200:
+        raise bad(f"code {answer.get('code')}{_opencost_message(body)}")
+
+    data = answer.get("data")
+    if data is None:
+        return []
+    sets = [data] if isinstance(data, dict) else data
+    if not isinstance(sets, list) or not all(isinstance(s, dict) for s in sets):
+        raise bad("`data` is not a list of namespace -> allocation mappings")
+
+    # accumulate=true gives one set; several (e.g. a window split by OpenCost) are summed.
+    totals: dict[str, dict[str, Decimal]] = {}
+    notes: dict[str, list[str]] = {}
+    for allocation_set in sets:
+        for namespace, allocation in allocation_set.items():
+            if not isinstance(allocation, dict):
+                raise bad(f"the allocation of namespace {namespace!r} is not an object")
+            figures = totals.setdefault(namespace, dict.fromkeys(_FIGURES.values(), _ZERO))
+            namespace_notes = notes.setdefault(namespace, [])
+            for source, target in _FIGURES.items():
+                value, note = _figure(allocation, source)
+                if value is None:
+                    raise bad(f"{source} of namespace {namespace!r} is not a number")
+                figures[target] += value
+                if note and note not in namespace_notes:
+                    namespace_notes.append(note)
+    return [
+        NamespaceUsage(namespace=namespace, **totals[namespace], notes=tuple(notes[namespace]))
+        for namespace in sorted(totals)
+    ]
+
+
+def _figure(allocation: Mapping[str, Any], field: str) -> tuple[Decimal | None, str | None]:
+    """A figure as a non-negative Decimal and a note when it was not one; (None, None) if junk."""
+    if field not in allocation:
+        return _ZERO, f"{field} was missing; counted as 0"
+    value = allocation[field]
+    if value is None:
+        return _ZERO, f"{field} was null; counted as 0"
+    if not isinstance(value, Decimal):
+        return None, None
+    if not value.is_finite():
+        return _ZERO, f"{field} was {value}; counted as 0"
+    if value < 0:
+        return _ZERO, f"{field} was {value}; counted as 0"
+    if value == 0:
+        return _ZERO, None  # not "-0"
+    return value, None

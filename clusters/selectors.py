@@ -1,0 +1,76 @@
+"""Reads about clusters and placements, shared by the admin, the user's page and the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.db.models import Count, F
+
+from accounts.models import User
+from clusters.models import (
+    CapacityWait,
+    HopsworksAccount,
+    HopsworksCluster,
+    UserHopsworksAssignment,
+)
+
+
+def assignment_of(user: User) -> UserHopsworksAssignment | None:
+    return (
+        UserHopsworksAssignment.objects.select_related("hopsworks_cluster")
+        .filter(user=user)
+        .first()
+    )
+
+
+def pending_accounts_on(cluster: HopsworksCluster):
+    return (
+        HopsworksAccount.objects.filter(cluster=cluster)
+        .exclude(desired=F("synced"))
+        .select_related("user")
+        .order_by("updated_at")
+    )
+
+
+def cluster_utilization():
+    """The seed's "Cluster utilization": each cluster with its assigned-user count."""
+    return HopsworksCluster.objects.annotate(assigned_users=Count("assignments")).order_by("name")
+
+
+@dataclass
+class PlacementState:
+    summary: str
+    assignment: UserHopsworksAssignment | None = None
+    waiting: CapacityWait | None = None
+    accounts: list[HopsworksAccount] = field(default_factory=list)
+
+    @property
+    def account_pending(self) -> bool:
+        return any(a.desired != a.synced for a in self.accounts)
+
+
+def placement_of(user: User) -> PlacementState:
+    """Where the user is, or why they are not placed, for operators and the user."""
+    assignment = assignment_of(user)
+    accounts = [
+        a
+        for a in HopsworksAccount.objects.filter(user=user).select_related("cluster")
+        if assignment is None or a.cluster_id == assignment.hopsworks_cluster_id or a.pending
+    ]
+    if assignment is not None:
+        cluster = assignment.hopsworks_cluster
+        username = assignment.hopsworks_username or "account being created"
+        return PlacementState(
+            f"On {cluster.name} ({username}) since {assignment.assigned_at:%Y-%m-%d}",
+            assignment=assignment,
+            accounts=accounts,
+        )
+    waiting = CapacityWait.objects.filter(user=user).first()
+    if waiting is not None:
+        return PlacementState(
+            f"Waiting for capacity since {waiting.since:%Y-%m-%d %H:%M} UTC "
+            f"({waiting.attempts} attempts)",
+            waiting=waiting,
+            accounts=accounts,
+        )
+    return PlacementState("Not placed on a cluster", accounts=accounts)

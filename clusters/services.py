@@ -1,0 +1,348 @@
+"""Placing users on clusters: every write to capacity and assignments.
+
+Capacity rule: a cluster's `current_users` moves only together with the assignment it
+counts, in one transaction. Taking a slot is a single conditional UPDATE
+(`... SET current_users = current_users + 1 WHERE current_users < max_users AND status =
+'active'`): PostgreSQL row-locks the cluster and re-checks the condition after any
+concurrent update commits, so `max_users` holds however many users sign up at once.
+Changes that touch two clusters lock both rows in primary-key order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F
+from django.utils import timezone
+
+from accounts.models import User
+from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
+from clusters.models import UserHopsworksAssignment as Assignment
+from clusters.selectors import assignment_of
+
+logger = logging.getLogger(__name__)
+
+
+class PlacementError(Exception):
+    """A placement that cannot be done; the message says why and what to do."""
+
+
+class NoCapacity(PlacementError):
+    pass
+
+
+class ClusterNotAccepting(PlacementError):
+    pass
+
+
+class AlreadyAssigned(PlacementError):
+    pass
+
+
+class NotAssigned(PlacementError):
+    pass
+
+
+@dataclass(frozen=True)
+class Placement:
+    ASSIGNED = "assigned"
+    ALREADY_ASSIGNED = "already assigned"
+    WAITING = "waiting for capacity"
+
+    outcome: str
+    assignment: Assignment | None = None
+
+    @property
+    def cluster(self) -> HopsworksCluster | None:
+        return self.assignment.hopsworks_cluster if self.assignment else None
+
+
+def _actor(actor) -> str:
+    return getattr(actor, "email", None) or (str(actor) if actor else "system")
+
+
+def _take_slot(cluster_id) -> bool:
+    return bool(
+        HopsworksCluster.objects.filter(
+            pk=cluster_id,
+            status=HopsworksCluster.Status.ACTIVE,
+            current_users__lt=F("max_users"),
+        ).update(current_users=F("current_users") + 1)
+    )
+
+
+def _free_slot(cluster_id) -> None:
+    HopsworksCluster.objects.filter(pk=cluster_id).update(current_users=F("current_users") - 1)
+
+
+def _want_account(*, user: User, cluster_id, desired: str) -> None:
+    """Record what the user's account on a cluster should be; the sync makes it so."""
+    account, created = HopsworksAccount.objects.get_or_create(
+        user=user, cluster_id=cluster_id, defaults={"desired": desired}
+    )
+    if not created and account.desired != desired:
+        HopsworksAccount.objects.filter(pk=account.pk).update(
+            desired=desired, attempts=0, last_error=""
+        )
+
+
+def accounts_sync_after_commit(user: User) -> None:
+    from clusters.account_sync import hopsworks_accounts_sync
+
+    transaction.on_commit(lambda: hopsworks_accounts_sync(user=user, quick=True))
+
+
+def _after_commit_place_waiting() -> None:
+    transaction.on_commit(lambda: capacity_place_waiting())
+
+
+def _place(*, user: User, cluster_id, actor) -> Assignment | None:
+    """Take a slot on the cluster and assign the user there, or None if it has no room."""
+    with transaction.atomic():
+        if not _take_slot(cluster_id):
+            return None
+        assignment = Assignment.objects.create(user=user, hopsworks_cluster_id=cluster_id)
+        CapacityWait.objects.filter(user=user).delete()
+        _want_account(
+            user=user,
+            cluster_id=cluster_id,
+            desired=HopsworksAccount.State.ACTIVE
+            if user.is_active
+            else HopsworksAccount.State.DEACTIVATED,
+        )
+        accounts_sync_after_commit(user)
+    logger.info("user %s assigned to cluster %s by %s", user.pk, cluster_id, _actor(actor))
+    return assignment
+
+
+def assignment_auto_assign(*, user: User, actor=None) -> Placement:
+    """Place the user on the active cluster with the fewest users that has room.
+
+    Without room anywhere the user waits (first come, first served) and is placed by
+    `capacity_place_waiting` when a slot appears.
+    """
+    existing = assignment_of(user)
+    if existing is not None:
+        return Placement(Placement.ALREADY_ASSIGNED, existing)
+
+    candidates = (
+        HopsworksCluster.objects.filter(
+            status=HopsworksCluster.Status.ACTIVE, current_users__lt=F("max_users")
+        )
+        .order_by("current_users", "name")
+        .values_list("pk", flat=True)
+    )
+    for cluster_id in candidates:
+        try:
+            assignment = _place(user=user, cluster_id=cluster_id, actor=actor)
+        except IntegrityError:  # placed by a concurrent request for the same user
+            return Placement(Placement.ALREADY_ASSIGNED, assignment_of(user))
+        if assignment is not None:
+            return Placement(Placement.ASSIGNED, assignment_of(user))
+
+    now = timezone.now()
+    wait, created = CapacityWait.objects.get_or_create(user=user)
+    if not created:
+        CapacityWait.objects.filter(pk=wait.pk).update(
+            attempts=F("attempts") + 1, last_attempt_at=now
+        )
+    logger.info("user %s waits for capacity", user.pk)
+    return Placement(Placement.WAITING)
+
+
+def assignment_assign(*, user: User, cluster: HopsworksCluster, actor) -> Assignment:
+    """An operator places a user on a given cluster (capacity and status still apply)."""
+    existing = assignment_of(user)
+    if existing is not None:
+        if existing.hopsworks_cluster_id == cluster.pk:
+            return existing
+        raise AlreadyAssigned(
+            f"{user.email} is already on {existing.hopsworks_cluster.name}; move them instead."
+        )
+    try:
+        assignment = _place(user=user, cluster_id=cluster.pk, actor=actor)
+    except IntegrityError:
+        raise AlreadyAssigned(f"{user.email} was just assigned by someone else.") from None
+    if assignment is None:
+        raise _why_not_accepting(cluster)
+    return assignment_of(user)
+
+
+def _why_not_accepting(cluster: HopsworksCluster) -> PlacementError:
+    cluster.refresh_from_db(fields=["status", "current_users", "max_users"])
+    if cluster.status != HopsworksCluster.Status.ACTIVE:
+        return ClusterNotAccepting(
+            f"Cluster {cluster.name} is {cluster.status}; only active clusters take new users."
+        )
+    return NoCapacity(
+        f"Cluster {cluster.name} is full ({cluster.current_users} of {cluster.max_users} "
+        "users). Raise its max users or choose another cluster."
+    )
+
+
+def assignment_move(*, user: User, to_cluster: HopsworksCluster, actor) -> Assignment:
+    """Move a user to another cluster in one transaction; their Hopsworks account follows
+    (created on the new cluster, deactivated on the old one, by the sync after commit)."""
+    with transaction.atomic():
+        current = Assignment.objects.select_for_update().filter(user=user).first()
+        if current is None:
+            raise NotAssigned(f"{user.email} is not on any cluster; assign them instead.")
+        from_id = current.hopsworks_cluster_id
+        if from_id == to_cluster.pk:
+            return assignment_of(user)
+        locked = {
+            cluster.pk: cluster
+            for cluster in HopsworksCluster.objects.select_for_update()
+            .filter(pk__in=[from_id, to_cluster.pk])
+            .order_by("pk")
+        }
+        target = locked[to_cluster.pk]
+        if target.status != HopsworksCluster.Status.ACTIVE:
+            raise ClusterNotAccepting(
+                f"Cluster {target.name} is {target.status}; only active clusters take users."
+            )
+        if target.current_users >= target.max_users:
+            raise NoCapacity(
+                f"Cluster {target.name} is full ({target.current_users} of "
+                f"{target.max_users} users)."
+            )
+        _free_slot(from_id)
+        HopsworksCluster.objects.filter(pk=target.pk).update(current_users=F("current_users") + 1)
+        current.delete()
+        Assignment.objects.create(user=user, hopsworks_cluster=target)
+        User.objects.filter(pk=user.pk).update(hopsworks_username=None)
+        _want_account(user=user, cluster_id=from_id, desired=HopsworksAccount.State.DEACTIVATED)
+        _want_account(
+            user=user,
+            cluster_id=target.pk,
+            desired=HopsworksAccount.State.ACTIVE
+            if user.is_active
+            else HopsworksAccount.State.DEACTIVATED,
+        )
+        accounts_sync_after_commit(user)
+        _after_commit_place_waiting()
+    logger.info("user %s moved from %s to %s by %s", user.pk, from_id, to_cluster.pk, _actor(actor))
+    return assignment_of(user)
+
+
+def assignment_unassign(*, user: User, actor) -> None:
+    """Take a user off their cluster; their Hopsworks account there is deactivated."""
+    with transaction.atomic():
+        current = Assignment.objects.select_for_update().filter(user=user).first()
+        if current is None:
+            raise NotAssigned(f"{user.email} is not on any cluster.")
+        cluster_id = current.hopsworks_cluster_id  # delete() clears a composite pk
+        HopsworksCluster.objects.select_for_update().filter(pk=cluster_id).get()
+        _free_slot(cluster_id)
+        current.delete()
+        User.objects.filter(pk=user.pk).update(hopsworks_username=None)
+        _want_account(user=user, cluster_id=cluster_id, desired=HopsworksAccount.State.DEACTIVATED)
+        accounts_sync_after_commit(user)
+        _after_commit_place_waiting()
+    logger.info("user %s unassigned from %s by %s", user.pk, cluster_id, _actor(actor))
+
+
+def capacity_place_waiting() -> int:
+    """Place waiting users, first come first served, while any cluster has room."""
+    placed = 0
+    waiting = CapacityWait.objects.select_related("user").filter(user__status=User.Status.ACTIVE)
+    for wait in waiting.order_by("since", "user_id"):
+        result = assignment_auto_assign(user=wait.user)
+        if result.outcome == Placement.WAITING:
+            break
+        placed += result.outcome == Placement.ASSIGNED
+    if placed:
+        logger.info("%s waiting user(s) placed", placed)
+    return placed
+
+
+class ClusterValidationError(Exception):
+    """A cluster change that would break an invariant; names the field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+_EDITABLE = {"name", "api_url", "api_key", "max_users", "status", "kubeconfig", "ca_bundle"}
+
+
+def cluster_save(*, cluster: HopsworksCluster, changes: dict, actor) -> HopsworksCluster:
+    """Create (unsaved `cluster`) or update a cluster. `max_users` may not go below the users
+    already assigned (checked under the cluster's row lock). New room places waiting users."""
+    unknown = set(changes) - _EDITABLE
+    if unknown:
+        raise ValueError(f"Not editable here: {', '.join(sorted(unknown))}")
+    creating = cluster._state.adding
+    with transaction.atomic():
+        if creating:
+            locked = cluster
+        else:
+            locked = HopsworksCluster.objects.select_for_update().get(pk=cluster.pk)
+        for field, value in changes.items():
+            setattr(locked, field, value)
+        assigned = 0 if creating else locked.assignments.count()
+        if locked.max_users < assigned:
+            raise ClusterValidationError(
+                "max_users",
+                f"{assigned} users are assigned to this cluster; max users cannot be lower. "
+                "Move some users first.",
+            )
+        locked.save()
+        if locked.status == HopsworksCluster.Status.ACTIVE and locked.free_slots:
+            _after_commit_place_waiting()
+    logger.info(
+        "cluster %s %s by %s (%s)",
+        locked.name,
+        "created" if creating else "updated",
+        _actor(actor),
+        ", ".join(sorted(changes)),
+    )
+    return locked
+
+
+def cluster_set_status(*, cluster: HopsworksCluster, status: str, actor) -> bool:
+    if status not in HopsworksCluster.Status.values:
+        raise ValueError(f"Unknown cluster status {status!r}.")
+    if cluster.status == status:
+        return False
+    cluster_save(cluster=cluster, changes={"status": status}, actor=actor)
+    cluster.status = status
+    return True
+
+
+@dataclass(frozen=True)
+class CountDrift:
+    cluster: HopsworksCluster
+    recorded: int
+    assigned: int
+
+
+def cluster_counts_check(*, fix: bool = False, actor=None) -> list[CountDrift]:
+    """Compare each cluster's `current_users` with its assignments; with fix, repair it
+    (raising `max_users` where more users are assigned than it allows)."""
+    drifts = [
+        CountDrift(cluster, cluster.current_users, cluster.assigned)
+        for cluster in HopsworksCluster.objects.annotate(assigned=Count("assignments"))
+        if cluster.current_users != cluster.assigned
+    ]
+    if fix:
+        for drift in drifts:
+            with transaction.atomic():
+                locked = HopsworksCluster.objects.select_for_update().get(pk=drift.cluster.pk)
+                assigned = locked.assignments.count()
+                HopsworksCluster.objects.filter(pk=locked.pk).update(
+                    current_users=assigned, max_users=max(locked.max_users, assigned)
+                )
+            logger.warning(
+                "cluster %s current_users repaired %s -> %s by %s",
+                locked.name,
+                drift.recorded,
+                assigned,
+                _actor(actor),
+            )
+        if drifts:
+            capacity_place_waiting()
+    return drifts

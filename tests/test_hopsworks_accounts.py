@@ -1,0 +1,162 @@
+"""The user's account on their Hopsworks cluster: created at first login, retried when the
+cluster is down, following suspension and moves; never created twice."""
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from accounts.models import User
+from accounts.services import user_reactivate, user_suspend
+from clusters import services
+from clusters.account_sync import hopsworks_accounts_sync
+from clusters.models import HopsworksAccount, HopsworksCluster
+from clusters.models import UserHopsworksAssignment as Assignment
+from tests.factories import UserFactory
+from tests.fakes.hopsworks import OAUTH_CLIENT_ID
+from tests.test_auth0_login import log_in
+
+pytestmark = pytest.mark.django_db
+
+SUB = "google-oauth2|115161017478488946656"
+
+
+def posts(fake):
+    return fake.requests_to("POST", "/admin/users")
+
+
+def test_first_login_places_the_user_and_creates_their_hopsworks_account(
+    client, fake_auth0, fake_hopsworks, cluster_on, django_capture_on_commit_callbacks
+):
+    east, _ = fake_hopsworks
+    cluster = cluster_on(east, name="east")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = log_in(
+            client,
+            fake_auth0,
+            fake_auth0.id_token(sub=SUB, email="ada@example.com", name="Ada King Lovelace"),
+        )
+
+    assert response.status_code == 302
+    [created] = posts(east)
+    assert created.args["subject"] == SUB
+    assert created.args["clientId"] == OAUTH_CLIENT_ID
+    assert created.args["email"] == "ada@example.com"
+    assert (created.args["givenName"], created.args["surname"]) == ("Ada", "King Lovelace")
+    assert created.headers["Authorization"] == f"ApiKey {east.api_key}"
+    remote = east.user_by_email("ada@example.com")
+    user = User.objects.get(pk=SUB)
+    assignment = Assignment.objects.get(user=user)
+    assert assignment.hopsworks_cluster == cluster
+    assert user.hopsworks_username == assignment.hopsworks_username == remote.username
+    account = HopsworksAccount.objects.get(user=user)
+    assert (account.synced, account.hopsworks_user_id) == ("active", remote.id)
+
+
+def test_an_unreachable_cluster_keeps_the_account_pending_and_the_retry_creates_it_once(
+    client, fake_auth0, fake_hopsworks, cluster_on, django_capture_on_commit_callbacks
+):
+    east, _ = fake_hopsworks
+    cluster = cluster_on(east, name="east", api_url="https://127.0.0.1:9")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = log_in(client, fake_auth0, fake_auth0.id_token(sub=SUB, email="a@example.com"))
+
+    assert response.status_code == 302  # the login itself is not held up
+    account = HopsworksAccount.objects.get(user_id=SUB)
+    assert account.pending and account.attempts == 1
+    assert "could not reach" in account.last_error
+    assert Assignment.objects.get(user_id=SUB).hopsworks_cluster == cluster
+    with pytest.raises(CommandError, match="still pending"):
+        call_command("sync_hopsworks_accounts")
+
+    HopsworksCluster.objects.filter(pk=cluster.pk).update(api_url=east.api_url)  # back up
+    call_command("sync_hopsworks_accounts")
+    call_command("sync_hopsworks_accounts")
+
+    assert len(posts(east)) == 1
+    account.refresh_from_db()
+    assert not account.pending and account.last_error == ""
+    assert (
+        User.objects.get(pk=SUB).hopsworks_username == east.user_by_email("a@example.com").username
+    )
+
+
+def test_an_account_that_already_exists_on_the_cluster_is_adopted_not_created(
+    fake_hopsworks, cluster_on
+):
+    east, _ = fake_hopsworks
+    cluster = cluster_on(east)
+    user = UserFactory(email="known@example.com")
+    existing = east.add_user(email="known@example.com", subject=user.pk)
+    services.assignment_assign(user=user, cluster=cluster, actor=None)
+
+    hopsworks_accounts_sync(user=user)
+
+    assert posts(east) == []
+    assert HopsworksAccount.objects.get(user=user).hopsworks_user_id == existing.id
+
+
+def test_suspending_deactivates_the_account_and_reactivating_activates_it(
+    fake_hopsworks, cluster_on, django_capture_on_commit_callbacks
+):
+    east, _ = fake_hopsworks
+    cluster = cluster_on(east)
+    user = UserFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.assignment_assign(user=user, cluster=cluster, actor=None)
+    remote = east.user_by_email(user.email)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        user_suspend(user=user, actor=None)
+    assert east.user_by_id(remote.id).status == 3
+    with django_capture_on_commit_callbacks(execute=True):
+        user_reactivate(user=user, actor=None)
+    assert east.user_by_id(remote.id).status == 2
+
+    puts = [r.json() for r in east.requests_to("PUT", f"/admin/users/{remote.id}")]
+    assert puts == [{"status": 3}, {"status": 2}]
+    assert len(posts(east)) == 1
+
+
+def test_reassigning_a_user_moves_their_hopsworks_account(
+    fake_hopsworks, cluster_on, django_capture_on_commit_callbacks
+):
+    east, west = fake_hopsworks
+    old, new = cluster_on(east, name="east"), cluster_on(west, name="west")
+    user = UserFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.assignment_assign(user=user, cluster=old, actor=None)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.assignment_move(user=user, to_cluster=new, actor=None)
+
+    assert east.user_by_email(user.email).status == 3
+    assert west.user_by_email(user.email).status == 2
+    user.refresh_from_db()
+    assert user.hopsworks_username == west.user_by_email(user.email).username
+    assert Assignment.objects.get(user=user).hopsworks_cluster == new
+
+
+def test_unassigning_deactivates_the_account(
+    fake_hopsworks, cluster_on, django_capture_on_commit_callbacks
+):
+    east, _ = fake_hopsworks
+    cluster = cluster_on(east)
+    user = UserFactory()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.assignment_assign(user=user, cluster=cluster, actor=None)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.assignment_unassign(user=user, actor=None)
+
+    assert east.user_by_email(user.email).status == 3
+    assert not HopsworksAccount.objects.get(user=user).pending
+
+
+def test_a_suspended_user_logging_in_gets_no_account(
+    client, fake_auth0, fake_hopsworks, cluster_on
+):
+    east, _ = fake_hopsworks
+    cluster_on(east)
+    UserFactory(id=SUB, email="s@example.com", status=User.Status.SUSPENDED)
+    log_in(client, fake_auth0, fake_auth0.id_token(sub=SUB, email="s@example.com"))
+    assert posts(east) == []
+    assert not Assignment.objects.filter(user_id=SUB).exists()

@@ -1,0 +1,313 @@
+"""The OpenCost client against a local Kubernetes API server over TLS, verification on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import time
+from decimal import Decimal
+
+import pytest
+
+from clusters.opencost import (
+    MetricsError,
+    NamespaceUsage,
+    fetch_day_allocations,
+    is_system_namespace,
+)
+from tests.fakes.kubernetes import (
+    OPENCOST_PATH,
+    TOKEN,
+    FakeKubernetes,
+    kubeconfig_for,
+    kubernetes_api_server,
+)
+from tests.fakes.tls import make_test_ca
+
+DAY = dt.date(2026, 11, 23)
+
+
+@pytest.fixture(scope="module")
+def kubernetes_server(test_ca):
+    with kubernetes_api_server(test_ca) as server:
+        yield server
+
+
+@pytest.fixture
+def fake(kubernetes_server):
+    fake = FakeKubernetes.on(kubernetes_server)
+    yield fake
+    fake.release()
+
+
+@pytest.fixture
+def kubeconfig(fake, test_ca):
+    return kubeconfig_for(fake, test_ca)
+
+
+def fetch_error(**kwargs) -> str:
+    with pytest.raises(MetricsError) as caught:
+        fetch_day_allocations(day=DAY, **kwargs)
+    return str(caught.value)
+
+
+def test_asks_opencost_through_the_service_proxy_for_the_utc_day_per_namespace(fake, kubeconfig):
+    fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+
+    [request] = fake.requests
+    assert request.method == "GET"
+    assert request.path == OPENCOST_PATH
+    assert request.path == (
+        "/api/v1/namespaces/opencost/services/opencost:9003/proxy/allocation/compute"
+    )
+    assert request.args == {
+        "window": "2026-11-23T00:00:00Z,2026-11-24T00:00:00Z",
+        "aggregate": "namespace",
+        "accumulate": "true",
+    }
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+def test_figures_come_back_exactly_as_decimals(fake, kubeconfig):
+    fake.set_allocations(
+        DAY,
+        {
+            "team-a": {
+                "cpuCoreHours": Decimal("12.34567"),
+                "gpuHours": Decimal("0.5"),
+                "pvByteHours": Decimal("257698037760"),
+                "ramByteHours": Decimal("123456789012.12345"),
+                "minutes": 1440,
+            },
+            "team-b": {"cpuCoreHours": 0.1, "minutes": 720},
+        },
+    )
+
+    usage = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+
+    assert usage == [
+        NamespaceUsage(
+            namespace="team-a",
+            cpu_core_hours=Decimal("12.34567"),
+            gpu_hours=Decimal("0.5"),
+            pv_byte_hours=Decimal("257698037760"),
+            ram_byte_hours=Decimal("123456789012.12345"),
+            minutes=Decimal("1440"),
+            notes=(),
+        ),
+        NamespaceUsage(
+            namespace="team-b",
+            cpu_core_hours=Decimal("0.1"),
+            gpu_hours=Decimal("0"),
+            pv_byte_hours=Decimal("0"),
+            ram_byte_hours=Decimal("0"),
+            minutes=Decimal("720"),
+            notes=(),
+        ),
+    ]
+    for figure in (usage[0].cpu_core_hours, usage[0].ram_byte_hours, usage[1].cpu_core_hours):
+        assert type(figure) is Decimal
+
+
+def test_null_nan_negative_and_missing_figures_count_as_zero_and_say_so(fake, kubeconfig):
+    day = fake.allocation(DAY, "team-a", cpuCoreHours=None, pvByteHours=Decimal("-12.5"))
+    day["ramByteHours"] = Decimal("NaN")
+    del day["gpuHours"]
+    fake.set_data(DAY, [{"team-a": day}])
+
+    [usage] = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+
+    assert (usage.cpu_core_hours, usage.gpu_hours, usage.pv_byte_hours, usage.ram_byte_hours) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    assert usage.minutes == Decimal("1440")
+    assert usage.notes == (
+        "cpuCoreHours was null; counted as 0",
+        "gpuHours was missing; counted as 0",
+        "pvByteHours was -12.5; counted as 0",
+        "ramByteHours was NaN; counted as 0",
+    )
+
+
+def test_system_namespaces_are_returned_and_flagged(fake, kubeconfig):
+    fake.set_allocations(
+        DAY,
+        {
+            "__idle__": {"cpuCoreHours": Decimal("40")},
+            "__unallocated__": {},
+            "kube-system": {"cpuCoreHours": Decimal("2")},
+            "team-a": {"cpuCoreHours": Decimal("1")},
+        },
+    )
+
+    usage = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+
+    assert [(u.namespace, is_system_namespace(u.namespace)) for u in usage] == [
+        ("__idle__", True),
+        ("__unallocated__", True),
+        ("kube-system", True),
+        ("team-a", False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("namespace", "system"),
+    [
+        ("kube-system", True),
+        ("kube-public", True),
+        ("kube-node-lease", True),
+        ("kube-flannel", True),
+        ("opencost", True),
+        ("default", True),
+        ("__idle__", True),
+        ("__unallocated__", True),
+        ("team-a", False),
+        ("kubeflow", False),
+        ("my-kube-project", False),
+    ],
+)
+def test_is_system_namespace(namespace, system):
+    assert is_system_namespace(namespace) is system
+
+
+def test_several_allocation_sets_are_summed(fake, kubeconfig):
+    fake.set_data(
+        DAY,
+        [
+            {"team-a": fake.allocation(DAY, "team-a", cpuCoreHours=Decimal("1.5"), minutes=600)},
+            {"team-a": fake.allocation(DAY, "team-a", cpuCoreHours=Decimal("2.25"), minutes=840)},
+        ],
+    )
+
+    [usage] = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+
+    assert usage.cpu_core_hours == Decimal("3.75")
+    assert usage.minutes == Decimal("1440")
+
+
+@pytest.mark.parametrize("data", [[], None, [{}]])
+def test_no_allocations_is_an_empty_list(fake, kubeconfig, data):
+    fake.set_data(DAY, data)
+
+    assert fetch_day_allocations(kubeconfig=kubeconfig, day=DAY) == []
+
+
+def test_a_day_opencost_has_nothing_for_is_an_empty_list(fake, kubeconfig):
+    fake.set_allocations(DAY, {"team-a": {"cpuCoreHours": Decimal("1")}})
+
+    assert fetch_day_allocations(kubeconfig=kubeconfig, day=DAY + dt.timedelta(days=1)) == []
+
+
+def test_a_wrong_token_says_check_the_credentials_without_showing_the_token(fake, test_ca):
+    wrong = "wrong-token-d41d8cd98f00b204"
+
+    message = fetch_error(kubeconfig=kubeconfig_for(fake, test_ca, token=wrong))
+
+    assert fake.url in message
+    assert "HTTP 401" in message
+    assert "credentials" in message
+    assert wrong not in message
+    assert fake.requests[0].headers["Authorization"] == f"Bearer {wrong}"
+
+
+def test_a_rejected_token_is_not_shown_either(fake, kubeconfig):
+    fake.status = 401
+
+    message = fetch_error(kubeconfig=kubeconfig)
+
+    assert "credentials" in message
+    assert TOKEN not in message
+
+
+def test_a_user_without_access_to_the_proxy_is_told_which_permission_it_needs(fake, kubeconfig):
+    fake.status = 403
+
+    assert "services/proxy" in fetch_error(kubeconfig=kubeconfig)
+
+
+@pytest.mark.parametrize("status", [503, 404])
+def test_a_missing_opencost_service_is_named(fake, kubeconfig, status):
+    fake.status = status
+
+    message = fetch_error(kubeconfig=kubeconfig)
+
+    assert f"OpenCost was not found behind the Kubernetes API server at {fake.url}" in message
+    assert f"HTTP {status}" in message
+
+
+def test_a_closed_port_is_reported_as_unreachable(fake, test_ca):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = f"https://127.0.0.1:{port}"
+
+    message = fetch_error(kubeconfig=kubeconfig_for(fake, test_ca, server=server))
+
+    assert message.startswith(f"The Kubernetes API server at {server} is unreachable")
+
+
+def test_a_slow_answer_is_a_timeout(fake, kubeconfig):
+    fake.delay = 5
+    started = time.monotonic()
+
+    message = fetch_error(kubeconfig=kubeconfig, timeout=0.3)
+
+    assert time.monotonic() - started < 2
+    assert "did not answer within 0.3 seconds" in message
+
+
+def test_a_server_certificate_not_signed_by_the_kubeconfigs_ca_is_refused(fake, tmp_path):
+    other_ca = make_test_ca(tmp_path)
+
+    message = fetch_error(kubeconfig=kubeconfig_for(fake, other_ca))
+
+    assert "TLS verification" in message
+    assert "certificate-authority-data" in message
+    assert fake.requests == []
+
+
+def test_a_body_that_is_not_json_is_a_bad_answer(fake, kubeconfig):
+    fake.raw_body = "<html>502 Bad Gateway</html>"
+
+    assert "sent a bad answer: not JSON" in fetch_error(kubeconfig=kubeconfig)
+
+
+def test_an_opencost_error_code_is_a_bad_answer_with_its_message(fake, kubeconfig):
+    fake.raw_body = '{"code": 400, "status": "error", "message": "invalid window"}'
+    fake.raw_content_type = "application/json"
+
+    message = fetch_error(kubeconfig=kubeconfig)
+
+    assert "sent a bad answer: code 400: invalid window" in message
+    assert "invalid window" in message
+
+
+def test_an_opencost_http_error_carries_its_message(fake, kubeconfig):
+    fake.raw_body = '{"code": 500, "status": "error", "message": "prometheus unreachable"}'
+    fake.raw_status = 500
+
+    message = fetch_error(kubeconfig=kubeconfig)
+
+    assert "HTTP 500" in message
+    assert "prometheus unreachable" in message
+
+
+def test_a_figure_that_is_not_a_number_is_a_bad_answer(fake, kubeconfig):
+    fake.set_allocations(DAY, {"team-a": {"cpuCoreHours": "12.5"}})
+
+    assert "cpuCoreHours of namespace 'team-a' is not a number" in fetch_error(
+        kubeconfig=kubeconfig
+    )
+
+
+def test_an_unusable_kubeconfig_is_a_metrics_error_naming_what_to_fix(fake, test_ca):
+    text = kubeconfig_for(fake, test_ca).replace("certificate-authority-data", "insecure-x")
+    text += "current-context: nowhere\n"
+
+    message = fetch_error(kubeconfig=text)
+
+    assert message.startswith("The cluster's kubeconfig cannot be used: ")
+    assert fake.requests == []
