@@ -20,7 +20,7 @@ DEMO_USERS = [
 
 
 @transaction.atomic
-def seed_accounts() -> list[str]:
+def seed() -> list[str]:
     admin = User.objects.filter(email=DEMO_ADMIN_EMAIL).first()
     if admin is None:
         User.objects.create_superuser(DEMO_ADMIN_EMAIL, DEMO_ADMIN_PASSWORD, name="Demo Operator")

@@ -67,7 +67,7 @@ def _apply(account: HopsworksAccount, client: HopsworksClient) -> tuple[str, Hop
             max_num_projects=settings.HOPSWORKS_MAX_NUM_PROJECTS,
         )
         if not remote.is_active and remote.id is not None:
-            remote = client.set_user_active(user_id=remote.id, active=True) or remote
+            remote = client.set_user_active(user_id=remote.id, active=True)
         return State.ACTIVE, remote
 
     remote_id = account.hopsworks_user_id
@@ -76,7 +76,7 @@ def _apply(account: HopsworksAccount, client: HopsworksClient) -> tuple[str, Hop
         remote = client.find_user(email=user.email)
         remote_id = remote.id if remote else None
     if remote_id is not None:  # no account on the cluster is as good as a deactivated one
-        remote = client.set_user_active(user_id=remote_id, active=False) or remote
+        remote = client.set_user_active(user_id=remote_id, active=False)
     return State.DEACTIVATED, remote
 
 
@@ -140,18 +140,22 @@ def hopsworks_accounts_sync(
     if cluster is not None:
         pending = pending.filter(cluster=cluster)
     clients: dict = {}
-    for pk in list(pending.order_by("updated_at").values_list("pk", flat=True)):
-        if not _lease(pk):
-            continue  # another run is working on it
-        account = HopsworksAccount.objects.select_related("user", "cluster").get(pk=pk)
-        try:
-            if account.cluster_id not in clients:
-                clients[account.cluster_id] = client_for(account.cluster, quick=quick)
-            state, remote = _apply(account, clients[account.cluster_id])
-        except (HopsworksError, SecretDecryptionError, ValueError) as error:
-            report.failed += 1
-            report.errors.append(_record_failure(account, error))
-            continue
-        _record_success(account, state, remote)
-        report.synced += 1
+    try:
+        for pk in list(pending.order_by("updated_at").values_list("pk", flat=True)):
+            if not _lease(pk):
+                continue  # another run is working on it
+            account = HopsworksAccount.objects.select_related("user", "cluster").get(pk=pk)
+            try:
+                if account.cluster_id not in clients:
+                    clients[account.cluster_id] = client_for(account.cluster, quick=quick)
+                state, remote = _apply(account, clients[account.cluster_id])
+            except (HopsworksError, SecretDecryptionError, ValueError) as error:
+                report.failed += 1
+                report.errors.append(_record_failure(account, error))
+                continue
+            _record_success(account, state, remote)
+            report.synced += 1
+    finally:
+        for client in clients.values():
+            client.close()
     return report

@@ -68,7 +68,7 @@ class HopsworksClusterAdmin(admin.ModelAdmin):
             super()
             .get_queryset(request)
             .annotate(
-                assigned=Count("assignments", distinct=True),
+                assigned=Count("assignments__user", distinct=True),
                 pending=Count(
                     "hopsworks_accounts",
                     filter=~Q(hopsworks_accounts__desired=F("hopsworks_accounts__synced")),
@@ -78,23 +78,15 @@ class HopsworksClusterAdmin(admin.ModelAdmin):
         )
 
     def get_fieldsets(self, request, obj=None):
-        fieldsets = super().get_fieldsets(request, obj)
+        hidden = set()
         if obj is None:  # nothing to show about users and accounts before it exists
-            return [
-                (name, {**opts, "fields": [f for f in opts["fields"] if f in self._add_fields]})
-                for name, opts in fieldsets
-            ]
-        return fieldsets
-
-    _add_fields = {
-        "name",
-        "status",
-        "api_url",
-        "api_key_input",
-        "ca_bundle",
-        "max_users",
-        "kubeconfig_input",
-    }
+            hidden = {"current_users", "users_link", "account_problems", "created_at"}
+        if obj is None or not obj.kubeconfig:
+            hidden.add("clear_kubeconfig")
+        return [
+            (name, {**opts, "fields": [f for f in opts["fields"] if f not in hidden]})
+            for name, opts in super().get_fieldsets(request, obj)
+        ]
 
     @admin.display(description="assigned users", ordering="assigned")
     def assigned_users(self, obj):
@@ -138,7 +130,8 @@ class HopsworksClusterAdmin(admin.ModelAdmin):
     def test_connection(self, request, queryset):
         for cluster in queryset:
             try:
-                report = client_for(cluster, quick=True).check_connection()
+                with client_for(cluster, quick=True) as client:
+                    report = client.check_connection()
             except (HopsworksError, SecretDecryptionError, ValueError) as error:
                 self.message_user(request, f"{cluster.name}: {error}", messages.ERROR)
             else:

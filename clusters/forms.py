@@ -1,15 +1,17 @@
 from __future__ import annotations
 
-from cryptography import x509
 from django import forms
 
-from clusters.hopsworks import validate_api_url
+from clusters.hopsworks import validate_api_url, validate_ca_bundle
 from clusters.kubeconfig import KubeconfigError, parse_kubeconfig
 from clusters.models import HopsworksCluster
 
 
 def _secret_state(value) -> str:
     return "set" if value else "not set"
+
+
+MODEL_FIELDS = ("name", "api_url", "status", "max_users", "ca_bundle")
 
 
 class HopsworksClusterForm(forms.ModelForm):
@@ -31,7 +33,7 @@ class HopsworksClusterForm(forms.ModelForm):
 
     class Meta:
         model = HopsworksCluster
-        fields = ("name", "api_url", "status", "max_users", "ca_bundle")
+        fields = MODEL_FIELDS
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -47,8 +49,6 @@ class HopsworksClusterForm(forms.ModelForm):
             "Paste a kubeconfig (YAML with a cluster, a user and a context) to set or replace "
             "it; it is used to read usage from OpenCost. Leave empty to keep it."
         )
-        if creating or not self.instance.kubeconfig:
-            del self.fields["clear_kubeconfig"]
 
     def clean_api_url(self):
         url = self.cleaned_data["api_url"].strip().rstrip("/")
@@ -83,18 +83,15 @@ class HopsworksClusterForm(forms.ModelForm):
         pem = (self.cleaned_data.get("ca_bundle") or "").strip()
         if not pem:
             return None
-        try:
-            x509.load_pem_x509_certificates(pem.encode())
-        except ValueError:
-            raise forms.ValidationError(
-                "The CA bundle is not PEM certificates (-----BEGIN CERTIFICATE----- ...)."
-            ) from None
+        problem = validate_ca_bundle(pem)
+        if problem:
+            raise forms.ValidationError(problem)
         return pem + "\n"
 
     def changes(self) -> dict:
         """The fields to save, secrets included only when the operator gave new ones."""
         data = self.cleaned_data
-        changes = {field: data[field] for field in self.Meta.fields}
+        changes = {field: data[field] for field in MODEL_FIELDS}
         if data.get("api_key_input"):
             changes["api_key"] = data["api_key_input"]
         if data.get("kubeconfig_input", "").strip():

@@ -1,7 +1,23 @@
+from importlib import import_module
+
+from django.apps import apps
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.demo import DEMO_ADMIN_EMAIL, DEMO_ADMIN_PASSWORD, seed_accounts
+from accounts.demo import DEMO_ADMIN_EMAIL, DEMO_ADMIN_PASSWORD
+
+
+def demo_modules():
+    """Each of our apps may have a `demo` module with `seed()`, run in app order
+    (accounts, clusters, billing), so accounts needs to import nothing of the others."""
+    for config in apps.get_app_configs():
+        if not config.path.startswith(str(settings.BASE_DIR)):
+            continue
+        try:
+            yield import_module(f"{config.name}.demo")
+        except ModuleNotFoundError as error:
+            if error.name != f"{config.name}.demo":
+                raise
 
 
 class Command(BaseCommand):
@@ -19,9 +35,9 @@ class Command(BaseCommand):
                 "DEBUG is off: this looks like a real deployment, and demo data (with a "
                 "known admin password) does not belong there. Use --force if you mean it."
             )
-        summary = seed_accounts()
-        for line in summary:
-            self.stdout.write(line)
+        for module in demo_modules():
+            for line in module.seed():
+                self.stdout.write(line)
         self.stdout.write(
             self.style.SUCCESS(
                 f"Admin login: {DEMO_ADMIN_EMAIL} / {DEMO_ADMIN_PASSWORD} "
