@@ -1,1 +1,282 @@
-"""Usage, pricing, credits and invoices (built in the billing issues)."""
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.db import models
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from accounts.db_functions import DatabaseNow, GenRandomUUID
+from accounts.models import User
+from clusters.models import HopsworksCluster
+
+ZERO = Decimal("0")
+NO_CLUSTER = uuid.UUID(int=0)  # stands for "no cluster" in the uniqueness of usage rows
+
+
+class SeedDecimalField(models.DecimalField):
+    """The seed's `DECIMAL`: unconstrained `numeric` on PostgreSQL, so values are stored
+    exactly as computed. Python-side digits and places serve forms and SQLite only."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("max_digits", 30)
+        kwargs.setdefault("decimal_places", 10)
+        super().__init__(*args, **kwargs)
+
+    def db_type(self, connection):
+        if connection.vendor == "postgresql":
+            return "numeric"
+        return super().db_type(connection)
+
+
+class BillingAccount(models.Model):
+    """How a user pays. Postpaid (metered through Stripe) unless an operator switches the
+    user to prepaid (credits). One row per user, created on first need."""
+
+    class Mode(models.TextChoices):
+        POSTPAID = "postpaid", "Postpaid (metered)"
+        PREPAID = "prepaid", "Prepaid (credits)"
+
+    user = models.OneToOneField(
+        User, on_delete=models.CASCADE, primary_key=True, related_name="billing_account"
+    )
+    mode = models.TextField(choices=Mode.choices, default=Mode.POSTPAID)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "billing_account"
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.mode}"
+
+
+class Price(models.Model):
+    """The rate card: a price per resource from a date on. Rows with a user are that
+    user's negotiated prices and win over the card. A price change is a new row with a
+    later `effective_from`; past days keep the price they were charged at."""
+
+    class Resource(models.TextChoices):
+        CPU_HOUR = "cpu_hour", "CPU hour"
+        GPU_HOUR = "gpu_hour", "GPU hour"
+        STORAGE_GB_MONTH = "storage_gb_month", "Storage GB-month"
+        API_CALLS_1K = "api_calls_1k", "1,000 API calls"
+
+    resource = models.TextField(choices=Resource.choices)
+    unit_price = SeedDecimalField(help_text="US dollars per unit.")
+    effective_from = models.DateField()
+    user = models.ForeignKey(
+        User,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="negotiated_prices",
+        help_text="Empty for the rate card; a user for their negotiated price.",
+    )
+    note = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "billing_price"
+        ordering = ["resource", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["resource", "effective_from"],
+                condition=models.Q(user__isnull=True),
+                name="billing_price_one_card_price_per_day",
+                violation_error_message="The rate card already has a price for this "
+                "resource from that date.",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "resource", "effective_from"],
+                condition=models.Q(user__isnull=False),
+                name="billing_price_one_user_price_per_day",
+                violation_error_message="This user already has a price for this resource "
+                "from that date.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(unit_price__gte=0), name="billing_price_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        who = f" for {self.user_id}" if self.user_id else ""
+        return f"{self.get_resource_display()} ${self.unit_price} from {self.effective_from}{who}"
+
+
+class UsageDaily(models.Model):
+    """One user's usage on one cluster on one UTC day: the seed's `usage_daily`.
+
+    Invariants: one row per (user, cluster, date), NULL cluster included (a database
+    constraint); re-collecting a day replaces the figures, never adds a row. `total_cost`
+    is priced by `billing.pricing` at 10 decimal places (never rounded to cents here).
+    `credits_debited` is what this row has taken from a prepaid balance so far, so a
+    re-collected day moves only the difference.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=GenRandomUUID())
+    user = models.ForeignKey(
+        User, on_delete=models.PROTECT, db_column="user_id", related_name="usage_days"
+    )
+    date = models.DateField()
+    cpu_hours = SeedDecimalField(default=ZERO, db_default=ZERO)
+    gpu_hours = SeedDecimalField(default=ZERO, db_default=ZERO)
+    storage_gb_months = SeedDecimalField(default=ZERO, db_default=ZERO)
+    api_calls = models.IntegerField(default=0, db_default=0)
+    total_cost = SeedDecimalField(default=ZERO, db_default=ZERO)
+    hopsworks_cluster = models.ForeignKey(
+        HopsworksCluster,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        db_column="hopsworks_cluster_id",
+        related_name="usage_days",
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_default=DatabaseNow())
+    # Added to the seed.
+    credits_debited = SeedDecimalField(default=ZERO, db_default=ZERO)
+    credit_revision = models.IntegerField(
+        default=0, db_default=0, help_text="How many credit movements this row has caused."
+    )
+    updated_at = models.DateTimeField(default=timezone.now, db_default=DatabaseNow())
+
+    class Meta:
+        db_table = "usage_daily"
+        verbose_name = "daily usage"
+        verbose_name_plural = "daily usage"
+        ordering = ["-date", "user_id"]
+        indexes = [models.Index(fields=["user", "date"], name="idx_usage_daily_user_date")]
+        constraints = [
+            # COALESCE makes rows without a cluster collide too (NULL = NULL here), on
+            # PostgreSQL and SQLite alike.
+            models.UniqueConstraint(
+                models.F("user"),
+                Coalesce("hopsworks_cluster", models.Value(NO_CLUSTER)),
+                models.F("date"),
+                name="usage_daily_one_row_per_user_cluster_day",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(cpu_hours__gte=0)
+                & models.Q(gpu_hours__gte=0)
+                & models.Q(storage_gb_months__gte=0)
+                & models.Q(api_calls__gte=0)
+                & models.Q(total_cost__gte=0),
+                name="usage_daily_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.date} ${self.total_cost}"
+
+
+class UserCredits(models.Model):
+    """A prepaid user's credit summary: the seed's `user_credits`.
+
+    Invariant: it changes only in the same transaction as a `CreditLedgerEntry`, under the
+    row's lock, and `total_purchased - total_used` equals the newest entry's
+    `balance_after`. `check_credit_balances --fix` recomputes it from the ledger.
+    """
+
+    user = models.OneToOneField(
+        User,
+        on_delete=models.PROTECT,
+        primary_key=True,
+        db_column="user_id",
+        related_name="credits",
+    )
+    total_purchased = SeedDecimalField(default=ZERO, db_default=ZERO)
+    total_used = SeedDecimalField(default=ZERO, db_default=ZERO)
+    cpu_hours_used = SeedDecimalField(default=ZERO, db_default=ZERO)
+    gpu_hours_used = SeedDecimalField(default=ZERO, db_default=ZERO)
+    storage_gb_months = SeedDecimalField(default=ZERO, db_default=ZERO)
+    updated_at = models.DateTimeField(default=timezone.now, db_default=DatabaseNow())
+
+    class Meta:
+        db_table = "user_credits"
+        verbose_name = "user credits"
+        verbose_name_plural = "user credits"
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: ${self.balance}"
+
+    @property
+    def balance(self) -> Decimal:
+        return self.total_purchased - self.total_used
+
+
+class CreditLedgerEntry(models.Model):
+    """One movement of prepaid credit. Append-only: a correction is a new entry, never an
+    edit or a delete (the admin offers neither).
+
+    `amount` is signed (+ adds credit, - takes it); `balance_after` is the balance once it
+    applied. `reference` is unique, so a retried purchase, grant or debit applies once.
+    """
+
+    class Kind(models.TextChoices):
+        PURCHASE = "purchase", "Purchase"
+        GRANT = "grant", "Grant"
+        USAGE = "usage", "Usage"
+        REFUND = "refund", "Refund"
+        ADJUSTMENT = "adjustment", "Adjustment"
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="credit_entries")
+    kind = models.TextField(choices=Kind.choices)
+    amount = SeedDecimalField()
+    balance_after = SeedDecimalField()
+    reference = models.TextField(unique=True)
+    actor = models.TextField(help_text="Who or what caused it (an operator, Stripe, a run).")
+    reason = models.TextField(blank=True, default="")
+    usage = models.ForeignKey(
+        UsageDaily,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="credit_entries",
+    )
+    # For usage entries: the change in quantities this entry paid for.
+    cpu_hours = SeedDecimalField(default=ZERO)
+    gpu_hours = SeedDecimalField(default=ZERO)
+    storage_gb_months = SeedDecimalField(default=ZERO)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "billing_credit_ledger"
+        verbose_name = "credit ledger entry"
+        verbose_name_plural = "credit ledger"
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "-id"], name="credit_ledger_user_newest")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount:+} for {self.user_id}"
+
+
+class UsageCollectionRun(models.Model):
+    """The outcome of collecting one cluster's usage for one day (the last attempt)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    cluster = models.ForeignKey(
+        HopsworksCluster, on_delete=models.CASCADE, related_name="collection_runs"
+    )
+    date = models.DateField()
+    status = models.TextField(choices=Status.choices, default=Status.RUNNING)
+    rows_written = models.PositiveIntegerField(default=0)
+    unknown_namespaces = models.JSONField(default=list, blank=True)
+    notes = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "billing_usage_collection_run"
+        ordering = ["-date", "cluster_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "date"], name="collection_run_per_day")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cluster_id} {self.date}: {self.status}"

@@ -1,0 +1,116 @@
+"""The usage upsert service: validated, all or nothing, idempotent, set-based."""
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from billing.models import BillingAccount, CreditLedgerEntry, UsageDaily, UserCredits
+from billing.usage import UsageRecord, UsageValidationError, usage_upsert
+from tests.factories import ClusterFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+D = Decimal
+DAY = dt.date(2026, 11, 20)
+
+
+def record(user, cluster=None, day=DAY, **figures):
+    return UsageRecord(user_id=user.pk, cluster_id=cluster.pk if cluster else None, date=day,
+                       **figures)
+
+
+def test_upserting_twice_changes_nothing_the_second_time():
+    user, cluster = UserFactory(), ClusterFactory()
+    batch = [record(user, cluster, cpu_hours=D("10"), api_calls=2000)]
+
+    usage_upsert(records=batch, actor="test")
+    first = UsageDaily.objects.get()
+    usage_upsert(records=batch, actor="test")
+
+    again = UsageDaily.objects.get()
+    assert again.id == first.id
+    assert (again.cpu_hours, again.api_calls, again.total_cost) == (D("10"), 2000, D("1.02"))
+
+
+def test_a_recollected_day_replaces_the_figures_and_keeps_those_not_given():
+    user, cluster = UserFactory(), ClusterFactory()
+    usage_upsert(records=[record(user, cluster, cpu_hours=D("10"), api_calls=1000)], actor="t")
+    usage_upsert(records=[record(user, cluster, cpu_hours=D("4"))], actor="t")  # no api_calls
+    row = UsageDaily.objects.get()
+    assert (row.cpu_hours, row.api_calls, row.total_cost) == (D("4"), 1000, D("0.41"))
+
+
+def test_rows_without_a_cluster_are_one_per_user_and_day_too():
+    user = UserFactory()
+    usage_upsert(records=[record(user, api_calls=10)], actor="t")
+    usage_upsert(records=[record(user, api_calls=20)], actor="t")
+    assert UsageDaily.objects.get().api_calls == 20
+
+
+def test_the_database_refuses_a_second_row_for_the_same_user_cluster_and_day():
+    user = UserFactory()
+    UsageDaily.objects.create(user=user, date=DAY)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        UsageDaily.objects.create(user=user, date=DAY)  # NULL cluster, still a duplicate
+
+
+def test_one_bad_record_writes_nothing_and_is_named():
+    user, cluster = UserFactory(), ClusterFactory()
+    batch = [
+        record(user, cluster, cpu_hours=D("1")),
+        record(user, cluster, day=DAY - dt.timedelta(days=1), cpu_hours=D("-2")),
+        UsageRecord(user_id="auth0|ghost", date=DAY, cpu_hours=D("1")),
+        record(user, cluster, day=dt.date.today() + dt.timedelta(days=2), cpu_hours=D("1")),
+        record(user, cluster, day=DAY - dt.timedelta(days=3), cpu_hours="lots"),
+        record(user, cluster, day=DAY - dt.timedelta(days=4), gpu_hours=0.5),
+        record(user, cluster, cpu_hours=D("2")),
+    ]
+    with pytest.raises(UsageValidationError) as caught:
+        usage_upsert(records=batch, actor="t")
+    errors = caught.value.errors
+    assert sorted(errors) == [1, 2, 3, 4, 5, 6]
+    assert "cpu_hours cannot be negative" in errors[1][0]
+    assert "no user with id 'auth0|ghost'" in errors[2][0]
+    assert "in the future" in errors[3][0]
+    assert "not a number" in errors[4][0]
+    assert "float" in errors[5][0] or "decimal" in errors[5][0]
+    assert "same user, cluster and date as record 0" in errors[6][0]
+    assert not UsageDaily.objects.exists()
+
+
+def test_prepaid_usage_is_debited_and_a_recollected_day_moves_only_the_difference():
+    user, cluster = UserFactory(), ClusterFactory()
+    BillingAccount.objects.create(user=user, mode=BillingAccount.Mode.PREPAID)
+
+    usage_upsert(records=[record(user, cluster, cpu_hours=D("10"))], actor="t")  # $1.00
+    usage_upsert(records=[record(user, cluster, cpu_hours=D("10"))], actor="t")  # rerun
+    usage_upsert(records=[record(user, cluster, cpu_hours=D("15"))], actor="t")  # +$0.50
+    usage_upsert(records=[record(user, cluster, cpu_hours=D("12"))], actor="t")  # -$0.30
+
+    amounts = list(CreditLedgerEntry.objects.order_by("id").values_list("amount", flat=True))
+    assert amounts == [D("-1"), D("-0.5"), D("0.3")]
+    credits = UserCredits.objects.get(user=user)
+    assert credits.total_used == D("1.2")
+    assert credits.balance == D("-1.2")  # usage happened: the balance may go below zero
+    assert UsageDaily.objects.get().credits_debited == D("1.2")
+
+
+def test_postpaid_usage_touches_no_credits():
+    user, cluster = UserFactory(), ClusterFactory()
+    usage_upsert(records=[record(user, cluster, cpu_hours=D("10"))], actor="t")
+    assert not CreditLedgerEntry.objects.exists()
+
+
+def test_the_upsert_makes_the_same_number_of_queries_for_5_and_for_200_records():
+    users, cluster = UserFactory.create_batch(5), ClusterFactory()
+
+    def queries(days):
+        batch = [record(u, cluster, day=DAY - dt.timedelta(days=d), cpu_hours=D("1"))
+                 for u in users for d in range(days)]
+        with CaptureQueriesContext(connection) as captured:
+            usage_upsert(records=batch, actor="t")
+        return len(captured)
+
+    assert queries(1) == queries(40)
