@@ -76,9 +76,9 @@ def _lock_credits(user_ids) -> dict[str, UserCredits]:
     )
     return {
         row.user_id: row
-        for row in UserCredits.objects.select_for_update().filter(user_id__in=user_ids).order_by(
-            "user_id"
-        )
+        for row in UserCredits.objects.select_for_update()
+        .filter(user_id__in=user_ids)
+        .order_by("user_id")
     }
 
 

@@ -102,8 +102,9 @@ class RateBook:
         self._users: dict[tuple[str, str], list[tuple[dt.date, Decimal]]] = defaultdict(list)
         for price in prices:
             target = (
-                self._users[(price.user_id, price.resource)] if price.user_id else
-                self._card[price.resource]
+                self._users[(price.user_id, price.resource)]
+                if price.user_id
+                else self._card[price.resource]
             )
             target.append((price.effective_from, price.unit_price))
         for series in [*self._card.values(), *self._users.values()]:

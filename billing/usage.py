@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
@@ -126,7 +125,7 @@ def validate_records(records) -> list[UsageRecord]:
         known_clusters = set(
             HopsworksCluster.objects.filter(pk__in=cluster_ids).values_list("pk", flat=True)
         )
-    except Exception:  # a malformed UUID: reported per record below  # noqa: BLE001
+    except Exception:  # a malformed UUID: reported per record below
         known_clusters = set()
     errors: dict[int, list[str]] = {}
     cleaned, seen = [], {}
@@ -293,8 +292,15 @@ def _key_arrays(records):
     )
 
 
-_LOCKED_COLUMNS = ("id", "user_id", "hopsworks_cluster_id", "date", *FIGURES,
-                   "credits_debited", "credit_revision")
+_LOCKED_COLUMNS = (
+    "id",
+    "user_id",
+    "hopsworks_cluster_id",
+    "date",
+    *FIGURES,
+    "credits_debited",
+    "credit_revision",
+)
 
 
 def _lock_rows(records) -> dict:
@@ -315,26 +321,44 @@ def _lock_rows(records) -> dict:
             )
             rows = [dict(zip(_LOCKED_COLUMNS, values, strict=True)) for values in cursor]
     else:
-        match = Q()
-        for r in records:
-            match |= Q(user_id=r.user_id, hopsworks_cluster_id=r.cluster_id, date=r.date)
-        rows = list(
-            UsageDaily.objects.select_for_update()
-            .filter(match)
+        # Other databases (the SQLite demo): a superset by user and date range, then the
+        # exact keys in Python (an OR per record would outgrow SQLite's expression limit).
+        wanted = {r.key for r in records}
+        rows = [
+            row
+            for row in UsageDaily.objects.select_for_update()
+            .filter(
+                user_id__in={r.user_id for r in records},
+                date__range=(min(r.date for r in records), max(r.date for r in records)),
+            )
             .order_by("user_id", "hopsworks_cluster_id", "date")
             .values(*_LOCKED_COLUMNS)
-        )
+            if (row["user_id"], row["hopsworks_cluster_id"] or NO_CLUSTER, row["date"]) in wanted
+        ]
     return {(r["user_id"], r["hopsworks_cluster_id"] or NO_CLUSTER, r["date"]): r for r in rows}
 
 
 def _write_rows(updates) -> None:
     now = timezone.now()
     if connection.vendor == "postgresql":
-        columns = list(zip(*[
-            (row_id, f["cpu_hours"], f["gpu_hours"], f["storage_gb_months"], f["api_calls"],
-             cost, debited, revision)
-            for row_id, f, cost, debited, revision in updates
-        ], strict=True))
+        columns = list(
+            zip(
+                *[
+                    (
+                        row_id,
+                        f["cpu_hours"],
+                        f["gpu_hours"],
+                        f["storage_gb_months"],
+                        f["api_calls"],
+                        cost,
+                        debited,
+                        revision,
+                    )
+                    for row_id, f, cost, debited, revision in updates
+                ],
+                strict=True,
+            )
+        )
         with connection.cursor() as cursor:
             cursor.execute(
                 """

@@ -1,0 +1,101 @@
+"""Reads about usage, costs and credits, shared by the admin, the user's page and the API.
+
+They are the seed's "Current month usage" and "Daily breakdown" queries: month to date is
+every day from the first of the current UTC month on; the breakdown is the newest 30 days
+(summed over clusters, so a user moved mid-day still has one line per day).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from django.db.models import DecimalField, F, Q, Sum, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from accounts.models import User
+from billing.models import BillingAccount, CreditLedgerEntry, UsageDaily, UserCredits
+
+ZERO = Decimal("0")
+_DECIMAL = DecimalField(max_digits=30, decimal_places=10)
+
+
+def _sum(field):
+    return Coalesce(Sum(field), Value(ZERO), output_field=_DECIMAL)
+
+
+def month_start(today: dt.date | None = None) -> dt.date:
+    return (today or timezone.now().date()).replace(day=1)
+
+
+def month_to_date_cost(user: User, *, today: dt.date | None = None) -> Decimal:
+    return UsageDaily.objects.filter(user=user, date__gte=month_start(today)).aggregate(
+        total=_sum("total_cost")
+    )["total"]
+
+
+def month_to_date_by_user(*, today: dt.date | None = None):
+    """Every user's month-to-date cost, in one aggregate query."""
+    return (
+        UsageDaily.objects.filter(date__gte=month_start(today))
+        .values("user_id")
+        .order_by("user_id")
+        .annotate(monthly_total=_sum("total_cost"))
+    )
+
+
+def daily_breakdown(
+    user: User, *, days: int = 30, since: dt.date | None = None, until: dt.date | None = None
+):
+    rows = UsageDaily.objects.filter(user=user)
+    if since:
+        rows = rows.filter(date__gte=since)
+    if until:
+        rows = rows.filter(date__lte=until)
+    return (
+        rows.values("date")
+        .order_by("-date")
+        .annotate(
+            cpu_hours=_sum("cpu_hours"),
+            gpu_hours=_sum("gpu_hours"),
+            storage_gb_months=_sum("storage_gb_months"),
+            api_calls=Sum("api_calls"),
+            total_cost=_sum("total_cost"),
+        )[:days]
+    )
+
+
+def usage_totals(queryset) -> dict:
+    """Totals of a filtered usage list, in one query."""
+    return queryset.aggregate(
+        cpu_hours=_sum("cpu_hours"),
+        gpu_hours=_sum("gpu_hours"),
+        storage_gb_months=_sum("storage_gb_months"),
+        api_calls=Coalesce(Sum("api_calls"), Value(0)),
+        total_cost=_sum("total_cost"),
+    )
+
+
+def billing_mode(user: User) -> str:
+    account = BillingAccount.objects.filter(user=user).first()
+    return account.mode if account else BillingAccount.Mode.POSTPAID
+
+
+def credit_balance(user: User) -> Decimal:
+    credits = UserCredits.objects.filter(user=user).first()
+    return credits.balance if credits else ZERO
+
+
+def negative_balances():
+    return UserCredits.objects.filter(total_used__gt=F("total_purchased"))
+
+
+def credit_movements(user: User, *, limit: int = 50):
+    return CreditLedgerEntry.objects.filter(user=user).order_by("-created_at", "-id")[:limit]
+
+
+def has_negative_balance(user: User) -> bool:
+    return UserCredits.objects.filter(
+        Q(user=user) & Q(total_used__gt=F("total_purchased"))
+    ).exists()
