@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from django.db.models import DecimalField, F, Q, Sum, Value
+from django.db.models import DecimalField, F, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -96,6 +96,4 @@ def credit_movements(user: User, *, limit: int = 50):
 
 
 def has_negative_balance(user: User) -> bool:
-    return UserCredits.objects.filter(
-        Q(user=user) & Q(total_used__gt=F("total_purchased"))
-    ).exists()
+    return negative_balances().filter(user=user).exists()

@@ -18,8 +18,9 @@ from billing.pricing import (
 from tests.factories import UserFactory
 
 D = Decimal
-CARD = Rates(cpu_hour=D("0.10"), gpu_hour=D("0.50"), storage_gb_month=D("0.15"),
-             api_calls_1k=D("0.01"))
+CARD = Rates(
+    cpu_hour=D("0.10"), gpu_hour=D("0.50"), storage_gb_month=D("0.15"), api_calls_1k=D("0.01")
+)
 
 
 def test_a_day_costs_quantity_times_price_summed():
@@ -59,17 +60,24 @@ def test_to_cents_rounds_half_up():
 
 @pytest.mark.django_db
 def test_a_price_change_applies_from_its_date_and_past_days_keep_theirs():
-    Price.objects.create(resource="cpu_hour", unit_price=D("0.12"), effective_from=dt.date(2026, 11, 15))
+    Price.objects.create(
+        resource="cpu_hour", unit_price=D("0.12"), effective_from=dt.date(2026, 11, 15)
+    )
     book = RateBook.load()
-    assert book.unit_price(user_id=None, resource="cpu_hour", day=dt.date(2026, 11, 14)) == D("0.10")
-    assert book.unit_price(user_id=None, resource="cpu_hour", day=dt.date(2026, 11, 15)) == D("0.12")
+    assert book.unit_price(user_id=None, resource="cpu_hour", day=dt.date(2026, 11, 14)) == D(
+        "0.10"
+    )
+    assert book.unit_price(user_id=None, resource="cpu_hour", day=dt.date(2026, 11, 15)) == D(
+        "0.12"
+    )
 
 
 @pytest.mark.django_db
 def test_a_negotiated_price_overrides_the_card_for_that_user_only():
     vip, other = UserFactory(), UserFactory()
-    Price.objects.create(resource="gpu_hour", unit_price=D("0.30"), effective_from=dt.date(2026, 1, 1),
-                         user=vip)
+    Price.objects.create(
+        resource="gpu_hour", unit_price=D("0.30"), effective_from=dt.date(2026, 1, 1), user=vip
+    )
     book = RateBook.load()
     day = dt.date(2026, 11, 1)
     assert book.rates(user_id=vip.pk, day=day).gpu_hour == D("0.30")

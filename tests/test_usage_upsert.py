@@ -17,8 +17,9 @@ DAY = dt.date(2026, 11, 20)
 
 
 def record(user, cluster=None, day=DAY, **figures):
-    return UsageRecord(user_id=user.pk, cluster_id=cluster.pk if cluster else None, date=day,
-                       **figures)
+    return UsageRecord(
+        user_id=user.pk, cluster_id=cluster.pk if cluster else None, date=day, **figures
+    )
 
 
 def test_upserting_twice_changes_nothing_the_second_time():
@@ -108,8 +109,11 @@ def test_the_upsert_makes_the_same_number_of_queries_for_5_and_for_200_records()
     users, cluster = UserFactory.create_batch(5), ClusterFactory()
 
     def queries(days):
-        batch = [record(u, cluster, day=DAY - dt.timedelta(days=d), cpu_hours=D("1"))
-                 for u in users for d in range(days)]
+        batch = [
+            record(u, cluster, day=DAY - dt.timedelta(days=d), cpu_hours=D("1"))
+            for u in users
+            for d in range(days)
+        ]
         with CaptureQueriesContext(connection) as captured:
             usage_upsert(records=batch, actor="t")
         return len(captured)
