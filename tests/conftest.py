@@ -107,3 +107,22 @@ def cluster_on(test_ca):
         return ClusterFactory(**fields)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def kubernetes_servers(test_ca):
+    """Local Kubernetes API servers over TLS serving OpenCost through the service proxy."""
+    from tests.fakes.kubernetes import kubernetes_api_server
+
+    with kubernetes_api_server(test_ca) as first, kubernetes_api_server(test_ca) as second:
+        yield first, second
+
+
+@pytest.fixture
+def fake_kubernetes(kubernetes_servers):
+    from tests.fakes.kubernetes import FakeKubernetes
+
+    fakes = [FakeKubernetes.on(server) for server in kubernetes_servers]
+    yield fakes
+    for fake in fakes:
+        fake.release()

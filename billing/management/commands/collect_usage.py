@@ -1,0 +1,60 @@
+import datetime as dt
+
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from billing.collection import CollectionError, clusters_to_collect, collect_usage, days_between
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise CommandError(f"{value!r} is not a date; write it as YYYY-MM-DD.") from None
+
+
+class Command(BaseCommand):
+    help = (
+        "Collect daily usage from OpenCost for every active or maintenance cluster with a "
+        "kubeconfig (default: yesterday, UTC). Rerunning a day replaces its figures; it never "
+        "counts twice. Exits non-zero if any cluster-day failed (the others are collected)."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--date", help="One day, YYYY-MM-DD (default: yesterday, UTC).")
+        parser.add_argument("--from", dest="start", help="First day of a backfill.")
+        parser.add_argument("--to", dest="end", help="Last day of a backfill (inclusive).")
+        parser.add_argument("--cluster", help="Only this cluster (by name).")
+
+    def handle(self, *args, date=None, start=None, end=None, cluster=None, **options):
+        yesterday = timezone.now().date() - dt.timedelta(days=1)
+        if date and (start or end):
+            raise CommandError("Give either --date or --from/--to, not both.")
+        if date:
+            first = last = _date(date)
+        else:
+            first = _date(start) if start else yesterday
+            last = _date(end) if end else (first if start else yesterday)
+        try:
+            days = days_between(first, last)
+            clusters = clusters_to_collect(cluster)
+        except CollectionError as error:
+            raise CommandError(str(error)) from None
+        if not clusters:
+            self.stdout.write("No active or maintenance cluster has a kubeconfig: nothing to do.")
+            return
+
+        runs = collect_usage(clusters=clusters, days=days)
+        failed = 0
+        for run in runs:
+            if run.status == run.Status.SUCCEEDED:
+                line = f"{run.cluster.name} {run.date}: {run.rows_written} rows"
+                if run.unknown_namespaces:
+                    names = ", ".join(n["namespace"] for n in run.unknown_namespaces)
+                    line += f"; unknown namespaces: {names}"
+                self.stdout.write(self.style.SUCCESS(line))
+            else:
+                failed += 1
+                self.stdout.write(self.style.ERROR(f"{run.cluster.name} {run.date}: {run.error}"))
+        if failed:
+            raise CommandError(f"{failed} of {len(runs)} cluster-day(s) failed; rerun to retry.")
