@@ -126,3 +126,13 @@ def fake_kubernetes(kubernetes_servers):
     yield fakes
     for fake in fakes:
         fake.release()
+
+
+@pytest.fixture
+def default_rate_card(transactional_db):
+    """Transactional tests start from an emptied database: put the migration's rate card back."""
+    from importlib import import_module
+
+    from django.apps import apps
+
+    import_module("billing.migrations.0002_default_rate_card").add_default_card(apps, None)

@@ -34,6 +34,27 @@ SEED_COLUMNS = {
         "hopsworks_username": ("text", None),
         "assigned_at": ("timestamp with time zone", "now()"),
     },
+    "usage_daily": {
+        "id": ("uuid", "gen_random_uuid()"),
+        "user_id": ("text", None),
+        "date": ("date", None),
+        "cpu_hours": ("numeric", "0"),
+        "gpu_hours": ("numeric", "0"),
+        "storage_gb_months": ("numeric", "0"),
+        "api_calls": ("integer", "0"),
+        "total_cost": ("numeric", "0"),
+        "hopsworks_cluster_id": ("uuid", None),
+        "created_at": ("timestamp with time zone", "now()"),
+    },
+    "user_credits": {
+        "user_id": ("text", None),
+        "total_purchased": ("numeric", "0"),
+        "total_used": ("numeric", "0"),
+        "cpu_hours_used": ("numeric", "0"),
+        "gpu_hours_used": ("numeric", "0"),
+        "storage_gb_months": ("numeric", "0"),
+        "updated_at": ("timestamp with time zone", "now()"),
+    },
 }
 
 

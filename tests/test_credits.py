@@ -99,7 +99,8 @@ def run_at_once(target, items):
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
 def test_concurrent_purchases_grants_and_usage_debits_lose_nothing():
     user = UserFactory()
     BillingAccount.objects.create(user=user, mode=BillingAccount.Mode.PREPAID)
@@ -145,7 +146,8 @@ def test_concurrent_purchases_grants_and_usage_debits_lose_nothing():
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
 def test_concurrent_recollections_of_one_day_debit_it_once():
     user = UserFactory()
     BillingAccount.objects.create(user=user, mode=BillingAccount.Mode.PREPAID)

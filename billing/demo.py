@@ -1,0 +1,78 @@
+"""Demo usage (60 days) and credit movements, through the real services. Idempotent: usage
+is an upsert and every credit movement has a fixed reference."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from decimal import Decimal
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.demo import DEMO_USERS
+from accounts.models import User
+from billing.credits import Kind, Movement, credits_apply
+from billing.models import BillingAccount
+from billing.pricing import storage_gb_months
+from billing.services import billing_mode_set
+from billing.usage import UsageRecord, usage_upsert
+from clusters.models import UserHopsworksAssignment
+
+DAYS = 60
+PREPAID = {1: Decimal("150"), 2: Decimal("5")}  # Grace buys plenty; Alan too little
+
+
+@transaction.atomic
+def seed() -> list[str]:
+    today = timezone.now().date()
+    records = []
+    for assignment in UserHopsworksAssignment.objects.filter(
+        user_id__in=[u[0] for u in DEMO_USERS]
+    ).order_by("user_id"):
+        rng = random.Random(assignment.user_id)  # noqa: S311 - demo figures, the same each run
+        gb_held = Decimal(rng.randrange(5, 400))
+        for offset in range(DAYS, 0, -1):
+            day = today - dt.timedelta(days=offset)
+            records.append(
+                UsageRecord(
+                    user_id=assignment.user_id,
+                    cluster_id=assignment.hopsworks_cluster_id,
+                    date=day,
+                    cpu_hours=Decimal(rng.randrange(0, 800000)) / 100000,
+                    gpu_hours=Decimal(rng.choice([0, 0, 0, rng.randrange(0, 400)])) / 100,
+                    storage_gb_months=storage_gb_months(gb_held=gb_held, day=day),
+                    api_calls=rng.randrange(0, 50000),
+                )
+            )
+
+    movements = []
+    for index, amount in PREPAID.items():
+        user = User.objects.get(pk=DEMO_USERS[index][0])
+        billing_mode_set(user=user, mode=BillingAccount.Mode.PREPAID, actor="seed_demo")
+        movements.append(
+            Movement(
+                user_id=user.pk,
+                kind=Kind.PURCHASE,
+                amount=amount,
+                reference=f"demo:purchase:{user.pk}",
+                actor="seed_demo",
+                reason="Demo credit purchase",
+            )
+        )
+    movements.append(
+        Movement(
+            user_id=DEMO_USERS[1][0],
+            kind=Kind.GRANT,
+            amount=Decimal("20"),
+            reference="demo:grant:welcome",
+            actor="seed_demo",
+            reason="Welcome credit",
+        )
+    )
+    credits_apply(movements)  # before the usage, as a customer would have bought first
+    result = usage_upsert(records=records, actor="seed_demo")
+    return [
+        f"Demo usage: {result.rows} daily rows over {DAYS} days; "
+        f"{result.credit_entries} new credit debits."
+    ]
