@@ -373,7 +373,7 @@ class BillingUserAdmin(ClusterUserAdmin):
             BillingAccount.Mode(mode).label,
             to_cents(selectors.month_to_date_cost(obj)),
             balance_html(selectors.credit_balance(obj)),
-            rows or mark_safe("<tr><td colspan=5>No usage in the last 30 days.</td></tr>"),  # noqa: S308
+            rows or mark_safe("<tr><td colspan=5>No usage in the last 30 days.</td></tr>"),
         )
 
     def _set_mode(self, request, queryset, mode):
