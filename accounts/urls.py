@@ -6,7 +6,6 @@ from accounts import views
 urlpatterns = [
     path("login/", views.login_page, name="login"),
     path("logout/", views.logout_view, name="logout"),
-    path("", views.home, name="home"),
 ]
 
 # social-auth reverses these names (namespace "social") to build its redirect URI.

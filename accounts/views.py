@@ -3,7 +3,6 @@ from __future__ import annotations
 import logging
 
 from django.contrib.auth import logout
-from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
@@ -64,8 +63,3 @@ def logout_view(request):
     if used_auth0 and auth0.is_configured():
         return redirect(auth0.logout_url(return_to=request.build_absolute_uri("/login/")))
     return redirect("login")
-
-
-@login_required
-def home(request):
-    return render(request, "accounts/home.html", {"account": request.user})

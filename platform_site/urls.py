@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from accounts.urls import social_urlpatterns
+from billing import views as billing_views
 from platform_site import views
 
 admin.site.site_header = "Hopsworks Platform Console"
@@ -13,5 +14,6 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("auth/", include(social_urlpatterns, namespace="social")),
+    path("", billing_views.account_page, name="home"),
     path("", include("accounts.urls")),
 ]

@@ -1,0 +1,74 @@
+"""The user's own page: cluster or why they wait, usage, and a negative balance flagged."""
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from billing.models import BillingAccount
+from billing.usage import UsageRecord, usage_upsert
+from clusters import services
+from tests.factories import ClusterFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def login(client, user):
+    client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+
+
+def test_the_page_needs_a_login(client):
+    response = client.get("/")
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+
+
+def test_a_placed_user_sees_their_cluster_and_this_months_usage(client):
+    cluster = ClusterFactory(name="east")
+    user = UserFactory()
+    services.assignment_assign(user=user, cluster=cluster, actor=None)
+    yesterday = timezone.now().date() - dt.timedelta(days=1)
+    usage_upsert(
+        records=[
+            UsageRecord(
+                user_id=user.pk, cluster_id=cluster.pk, date=yesterday, cpu_hours=Decimal("10")
+            )
+        ],
+        actor="t",
+    )
+    login(client, user)
+
+    page = client.get("/").content.decode()
+
+    assert "You are on <strong>east</strong>" in page
+    assert yesterday.isoformat() in page
+    assert "$1.00" in page
+
+
+def test_a_waiting_user_is_told_why(client):
+    ClusterFactory(max_users=0)
+    user = UserFactory()
+    services.assignment_auto_assign(user=user)
+    login(client, user)
+    assert "All clusters are full right now" in client.get("/").content.decode()
+
+
+def test_a_prepaid_user_below_zero_is_warned(client):
+    cluster = ClusterFactory()
+    user = UserFactory()
+    BillingAccount.objects.create(user=user, mode="prepaid")
+    usage_upsert(
+        records=[
+            UsageRecord(
+                user_id=user.pk,
+                cluster_id=cluster.pk,
+                date=timezone.now().date(),
+                cpu_hours=Decimal("3"),
+            )
+        ],
+        actor="t",
+    )
+    login(client, user)
+    page = client.get("/").content.decode()
+    assert "Credit balance: <strong>$-0.30</strong>" in page
+    assert "below zero" in page
