@@ -42,7 +42,13 @@ class BillingAccount(models.Model):
         User, on_delete=models.CASCADE, primary_key=True, related_name="billing_account"
     )
     mode = models.TextField(choices=Mode.choices, default=Mode.POSTPAID)
+    # The user's one metered subscription (postpaid), as Stripe last told us.
+    stripe_subscription_id = models.TextField(blank=True, default="")
+    subscription_status = models.TextField(blank=True, default="")
+    subscription_event_created = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    ACTIVE_SUBSCRIPTION = ("active", "trialing", "past_due")
 
     class Meta:
         db_table = "billing_account"
@@ -137,6 +143,12 @@ class UsageDaily(models.Model):
     credits_debited = SeedDecimalField(default=ZERO, db_default=ZERO)
     credit_revision = models.IntegerField(
         default=0, db_default=0, help_text="How many credit movements this row has caused."
+    )
+    billed_via = models.TextField(
+        choices=[("stripe", "Stripe (postpaid)"), ("credits", "Credits (prepaid)")],
+        default="stripe",
+        db_default="stripe",
+        help_text="Fixed when the row is first written, from the user's billing mode then.",
     )
     updated_at = models.DateTimeField(default=timezone.now, db_default=DatabaseNow())
 
@@ -280,3 +292,137 @@ class UsageCollectionRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cluster_id} {self.date}: {self.status}"
+
+
+class BillingHistory(models.Model):
+    """An invoice: the seed's `billing_history`, one row per Stripe invoice.
+
+    Written only from Stripe (webhooks and the "sync invoices" repair), in major units as
+    Decimal. `stripe_event_created` is the time of the newest Stripe event applied, so an
+    older event delivered late never overwrites a newer state; paid and void are final.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PAID = "paid", "Paid"
+        FAILED = "failed", "Payment failed"
+        VOID = "void", "Void"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=GenRandomUUID())
+    user = models.ForeignKey(
+        User,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        db_column="user_id",
+        related_name="invoices",
+    )
+    amount = SeedDecimalField()
+    currency = models.TextField(default="USD", db_default="USD")
+    description = models.TextField(null=True, blank=True)
+    stripe_invoice_id = models.TextField(null=True, blank=True, unique=True)
+    status = models.TextField(
+        choices=Status.choices, default=Status.PENDING, db_default=Status.PENDING
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_default=DatabaseNow())
+    # Added to the seed.
+    hosted_invoice_url = models.TextField(blank=True, default="")
+    period_start = models.DateTimeField(null=True, blank=True)
+    period_end = models.DateTimeField(null=True, blank=True)
+    stripe_event_created = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    FINAL = (Status.PAID, Status.VOID)
+
+    class Meta:
+        db_table = "billing_history"
+        verbose_name = "invoice"
+        verbose_name_plural = "billing history"
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=["pending", "paid", "failed", "void"]),
+                name="billing_history_status_valid",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stripe_invoice_id or self.pk}: {self.amount} {self.currency} {self.status}"
+
+
+class StripeEvent(models.Model):
+    """A webhook event from Stripe, stored by its unique id before it is processed, so a
+    duplicate delivery is recognised and a failed processing can be retried."""
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", "Received"
+        PROCESSED = "processed", "Processed"
+        IGNORED = "ignored", "Ignored (type not handled)"
+        FAILED = "failed", "Failed"
+
+    id = models.TextField(primary_key=True, verbose_name="Stripe event id")
+    type = models.TextField()
+    created = models.DateTimeField(help_text="When Stripe created the event.")
+    livemode = models.BooleanField(default=False)
+    payload = models.JSONField()
+    status = models.TextField(choices=Status.choices, default=Status.RECEIVED)
+    error = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "billing_stripe_event"
+        ordering = ["-created"]
+        indexes = [models.Index(fields=["status", "created"], name="stripe_event_status")]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.type} ({self.status})"
+
+
+class StripeCatalogEntry(models.Model):
+    """What `setup_stripe_billing` made (or found) in Stripe for one rate-card resource."""
+
+    resource = models.TextField(primary_key=True, choices=Price.Resource.choices)
+    event_name = models.TextField(unique=True)
+    meter_id = models.TextField()
+    product_id = models.TextField()
+    price_id = models.TextField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "billing_stripe_catalog"
+        verbose_name = "Stripe catalog entry"
+        verbose_name_plural = "Stripe catalog"
+
+    def __str__(self) -> str:
+        return f"{self.resource}: {self.price_id}"
+
+
+class StripeUsageReport(models.Model):
+    """What has been reported to Stripe for one user, month and resource, in cents.
+
+    Invariant: `reported_cents` is the sum of the meter events Stripe accepted for it;
+    `report_usage_to_stripe` sends only the difference to our figure (negative when a
+    day was corrected downwards). `events_sent` numbers the events, so each one has a
+    deterministic identifier.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="stripe_reports")
+    month = models.DateField(help_text="First day of the month.")
+    resource = models.TextField(choices=Price.Resource.choices)
+    reported_cents = models.BigIntegerField(default=0)
+    events_sent = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    last_reported_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "billing_stripe_usage_report"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "month", "resource"], name="stripe_usage_report_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.month:%Y-%m} {self.resource}: {self.reported_cents}c"

@@ -195,8 +195,13 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
     modes = billing_modes(user_ids)
     actor_label = getattr(actor, "email", None) or str(actor)
 
+    channel = {
+        user_id: "credits" if mode == BillingAccount.Mode.PREPAID else "stripe"
+        for user_id, mode in modes.items()
+    }
+
     with transaction.atomic():
-        _insert_missing(records)
+        _insert_missing(records, channel)
         current = _lock_rows(records)
         updates, movements = [], []
         for record in records:
@@ -213,7 +218,9 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
             except MissingPrice as error:
                 raise UsageValidationError({records.index(record): [str(error)]}) from None
             debited, revision = row["credits_debited"], row["credit_revision"]
-            if modes[record.user_id] == BillingAccount.Mode.PREPAID and cost != debited:
+            # A row is settled the way it was first written: a day billed through Stripe
+            # is never also taken from credits after a switch to prepaid, and back.
+            if row["billed_via"] == "credits" and cost != debited:
                 revision += 1
                 movements.append(
                     credits.Movement(
@@ -252,7 +259,7 @@ def _quantity_change(row, figures) -> dict:
 # whatever the batch size, with few parameters); other databases the ORM equivalent.
 
 
-def _insert_missing(records) -> None:
+def _insert_missing(records, channel) -> None:
     now = timezone.now()
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
@@ -260,13 +267,14 @@ def _insert_missing(records) -> None:
                 """
                 INSERT INTO usage_daily (id, user_id, hopsworks_cluster_id, date, cpu_hours,
                     gpu_hours, storage_gb_months, api_calls, total_cost, credits_debited,
-                    credit_revision, created_at, updated_at)
+                    credit_revision, billed_via, created_at, updated_at)
                 SELECT gen_random_uuid(), k.user_id, k.cluster_id, k.date, 0, 0, 0, 0, 0, 0, 0,
-                    %s, %s
-                FROM unnest(%s::text[], %s::uuid[], %s::date[]) AS k(user_id, cluster_id, date)
+                    k.billed_via, %s, %s
+                FROM unnest(%s::text[], %s::uuid[], %s::date[], %s::text[])
+                  AS k(user_id, cluster_id, date, billed_via)
                 ON CONFLICT DO NOTHING
                 """,
-                [now, now, *_key_arrays(records)],
+                [now, now, *_key_arrays(records), [channel[r.user_id] for r in records]],
             )
         return
     UsageDaily.objects.bulk_create(
@@ -275,6 +283,7 @@ def _insert_missing(records) -> None:
                 user_id=r.user_id,
                 hopsworks_cluster_id=r.cluster_id,
                 date=r.date,
+                billed_via=channel[r.user_id],
                 created_at=now,
                 updated_at=now,
             )
@@ -300,6 +309,7 @@ _LOCKED_COLUMNS = (
     *FIGURES,
     "credits_debited",
     "credit_revision",
+    "billed_via",
 )
 
 

@@ -119,3 +119,17 @@ def test_the_upsert_makes_the_same_number_of_queries_for_5_and_for_200_records()
         return len(captured)
 
     assert queries(1) == queries(40)
+
+
+def test_a_day_keeps_the_way_it_was_first_billed_when_the_mode_changes():
+    user, cluster = UserFactory(), ClusterFactory()
+    usage_upsert(records=[record(user, cluster, cpu_hours=D("10"))], actor="t")  # postpaid
+    BillingAccount.objects.create(user=user, mode=BillingAccount.Mode.PREPAID)
+
+    usage_upsert(records=[record(user, cluster, cpu_hours=D("12"))], actor="t")  # re-collected
+    usage_upsert(
+        records=[record(user, cluster, day=DAY + dt.timedelta(days=1), cpu_hours=D("1"))], actor="t"
+    )
+
+    assert list(CreditLedgerEntry.objects.values_list("amount", flat=True)) == [D("-0.1")]
+    assert UsageDaily.objects.get(date=DAY).billed_via == "stripe"
