@@ -201,6 +201,7 @@ class PlacementFilter(admin.SimpleListFilter):
         return (
             ("assigned", "On a cluster"),
             ("waiting", "Waiting for capacity"),
+            ("billing", "Waiting for billing setup"),
             ("pending", "Hopsworks account pending"),
             ("none", "Not placed"),
         )
@@ -210,7 +211,9 @@ class PlacementFilter(admin.SimpleListFilter):
         if value == "assigned":
             return queryset.filter(hopsworks_assignment__isnull=False)
         if value == "waiting":
-            return queryset.filter(capacity_wait__isnull=False)
+            return queryset.filter(capacity_wait__reason=CapacityWait.Reason.NO_CAPACITY)
+        if value == "billing":
+            return queryset.filter(capacity_wait__reason=CapacityWait.Reason.BILLING)
         if value == "pending":
             return queryset.filter(
                 pk__in=HopsworksAccount.objects.exclude(desired=F("synced")).values("user_id")
@@ -255,7 +258,7 @@ class ClusterUserAdmin(AccountsUserAdmin):
         if assignment is not None:
             return assignment.hopsworks_cluster.name
         if getattr(obj, "capacity_wait", None) is not None:
-            return "waiting for capacity"
+            return obj.capacity_wait.get_reason_display().lower()
         return "-"
 
     @admin.display(description="placement")
@@ -298,7 +301,7 @@ class ClusterUserAdmin(AccountsUserAdmin):
     @admin.action(description="Assign to a cluster with room (auto)", permissions=["change"])
     def auto_assign(self, request, queryset):
         def run(user, data):
-            placement = services.assignment_auto_assign(user=user, actor=request.user)
+            placement = services.assignment_auto_assign(user=user, actor=request.user, gated=False)
             where = f" on {placement.cluster.name}" if placement.cluster else ""
             return f"{placement.outcome}{where}"
 
@@ -307,7 +310,7 @@ class ClusterUserAdmin(AccountsUserAdmin):
             queryset,
             title="Assign users",
             message="Each user goes to the active cluster with the fewest users that has room, "
-            "or waits for capacity.",
+            "or waits for capacity. (By hand: the billing gate does not apply.)",
             label="Yes, assign them",
             run=run,
         )

@@ -108,17 +108,20 @@ class UserHopsworksAssignment(models.Model):
 class CapacityWait(models.Model):
     """A user waiting for a place on a cluster, first come first served.
 
-    A row exists exactly while the user has no assignment and auto-placement found no
-    room; it is removed in the transaction that places them.
+    A row exists while the user has no assignment and automatic placement could not place
+    them: no room, or (with the billing gate) billing not set up yet. It is removed in the
+    transaction that places them.
     """
 
     class Reason(models.TextChoices):
         NO_CAPACITY = "no_capacity", "Waiting for capacity"
+        BILLING = "billing", "Waiting for billing setup"
 
     user = models.OneToOneField(
         User, on_delete=models.CASCADE, primary_key=True, related_name="capacity_wait"
     )
     reason = models.TextField(choices=Reason.choices, default=Reason.NO_CAPACITY)
+    detail = models.TextField(blank=True, default="")
     since = models.DateTimeField(default=timezone.now)
     attempts = models.PositiveIntegerField(default=1)
     last_attempt_at = models.DateTimeField(default=timezone.now)

@@ -67,9 +67,10 @@ def placement_of(user: User) -> PlacementState:
         )
     waiting = CapacityWait.objects.filter(user=user).first()
     if waiting is not None:
+        detail = f": {waiting.detail}" if waiting.detail else ""
         return PlacementState(
-            f"Waiting for capacity since {waiting.since:%Y-%m-%d %H:%M} UTC "
-            f"({waiting.attempts} attempts)",
+            f"{waiting.get_reason_display()} since {waiting.since:%Y-%m-%d %H:%M} UTC "
+            f"({waiting.attempts} attempts){detail}",
             waiting=waiting,
             accounts=accounts,
         )

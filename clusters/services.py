@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from accounts.models import User
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
@@ -50,6 +52,7 @@ class Placement:
     ASSIGNED = "assigned"
     ALREADY_ASSIGNED = "already assigned"
     WAITING = "waiting for capacity"
+    WAITING_FOR_BILLING = "waiting for billing setup"
 
     outcome: str
     assignment: Assignment | None = None
@@ -117,15 +120,44 @@ def _place(*, user: User, cluster_id, actor) -> Assignment | None:
     return assignment
 
 
-def assignment_auto_assign(*, user: User, actor=None) -> Placement:
+def placement_blocker(user: User) -> str | None:
+    """Why automatic placement must wait for this user (the billing gate), or None.
+
+    The rule lives in the billing app; settings name it (PLACEMENT_GATE), so this app
+    asks without importing billing.
+    """
+    gate = getattr(settings, "PLACEMENT_GATE", "")
+    return import_string(gate)(user) if gate else None
+
+
+def _wait(user: User, reason: str, detail: str = "") -> None:
+    now = timezone.now()
+    wait, created = CapacityWait.objects.get_or_create(
+        user=user, defaults={"reason": reason, "detail": detail}
+    )
+    if not created:
+        CapacityWait.objects.filter(pk=wait.pk).update(
+            reason=reason, detail=detail, attempts=F("attempts") + 1, last_attempt_at=now
+        )
+    logger.info("user %s waits: %s", user.pk, reason)
+
+
+def assignment_auto_assign(*, user: User, actor=None, gated: bool = True) -> Placement:
     """Place the user on the active cluster with the fewest users that has room.
 
-    Without room anywhere the user waits (first come, first served) and is placed by
-    `capacity_place_waiting` when a slot appears.
+    With `gated` (every automatic placement), a user whose billing is not set up waits
+    for it. Without room anywhere the user waits for capacity, first come first served,
+    and is placed by `capacity_place_waiting` when a slot appears. Operators placing a
+    user by hand pass gated=False.
     """
     existing = assignment_of(user)
     if existing is not None:
         return Placement(Placement.ALREADY_ASSIGNED, existing)
+    if gated:
+        blocker = placement_blocker(user)
+        if blocker:
+            _wait(user, CapacityWait.Reason.BILLING, blocker)
+            return Placement(Placement.WAITING_FOR_BILLING)
 
     candidates = (
         HopsworksCluster.objects.filter(
@@ -142,13 +174,7 @@ def assignment_auto_assign(*, user: User, actor=None) -> Placement:
         if assignment is not None:
             return Placement(Placement.ASSIGNED, assignment_of(user))
 
-    now = timezone.now()
-    wait, created = CapacityWait.objects.get_or_create(user=user)
-    if not created:
-        CapacityWait.objects.filter(pk=wait.pk).update(
-            attempts=F("attempts") + 1, last_attempt_at=now
-        )
-    logger.info("user %s waits for capacity", user.pk)
+    _wait(user, CapacityWait.Reason.NO_CAPACITY)
     return Placement(Placement.WAITING)
 
 
@@ -245,7 +271,8 @@ def assignment_unassign(*, user: User, actor) -> None:
 
 
 def capacity_place_waiting() -> int:
-    """Place waiting users, first come first served, while any cluster has room."""
+    """Place waiting users, first come first served, while any cluster has room (users
+    still waiting for billing stay in line)."""
     placed = 0
     waiting = CapacityWait.objects.select_related("user").filter(user__status=User.Status.ACTIVE)
     for wait in waiting.order_by("since", "user_id"):

@@ -65,6 +65,23 @@ FIELD_ENCRYPTION_KEYS = _required(
 HOPSWORKS_OAUTH_CLIENT_ID = env("HOPSWORKS_OAUTH_CLIENT_ID", default="") or AUTH0_CLIENT_ID
 HOPSWORKS_MAX_NUM_PROJECTS = env.int("HOPSWORKS_MAX_NUM_PROJECTS", default=5)
 
+# Stripe. Empty in the demo run: billing pages then say Stripe is not configured.
+# STRIPE_API_BASE points the SDK elsewhere (tests); leave it empty in production.
+STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
+STRIPE_CURRENCY = "usd"
+# Credit top-ups: preset amounts and the limits of a custom amount, in US dollars.
+CREDIT_TOPUP_PRESETS = env.list("CREDIT_TOPUP_PRESETS", default=["10", "25", "50", "100"])
+CREDIT_TOPUP_MIN = env("CREDIT_TOPUP_MIN", default="5")
+CREDIT_TOPUP_MAX = env("CREDIT_TOPUP_MAX", default="1000")
+
+# Users are placed on a cluster only once their billing is set up (postpaid: an active
+# subscription; prepaid: a positive balance). Operators can always place anyone by hand.
+PLACEMENT_REQUIRES_BILLING = env.bool("PLACEMENT_REQUIRES_BILLING", default=True)
+# Who decides whether a user may be placed automatically (clusters asks; billing answers).
+PLACEMENT_GATE = "billing.gate.placement_blocker"
+
 if _missing:
     raise ImproperlyConfigured(
         "DEBUG is off, so these environment variables must be set: "

@@ -35,7 +35,9 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"{target_user.email} is on {target.name}."))
             return
 
-        placement = services.assignment_auto_assign(user=target_user, actor="assign_user")
+        placement = services.assignment_auto_assign(
+            user=target_user, actor="assign_user", gated=False
+        )
         if placement.outcome == services.Placement.WAITING:
             raise CommandError(
                 f"No active cluster has room for {target_user.email}; they are waiting for "
