@@ -14,18 +14,24 @@ from django.utils.safestring import mark_safe
 from accounts.admin_confirm import confirm_then
 from accounts.models import User
 from billing import selectors
+from billing import stripe_gateway as gateway
 from billing.collection import collect_usage
 from billing.credits import CreditError, credits_grant
 from billing.models import (
     BillingAccount,
+    BillingHistory,
     CreditLedgerEntry,
     Price,
+    StripeCatalogEntry,
+    StripeEvent,
+    StripeUsageReport,
     UsageCollectionRun,
     UsageDaily,
     UserCredits,
 )
 from billing.pricing import to_cents
 from billing.services import billing_mode_set
+from billing.stripe_billing import invoices_sync, stripe_event_process
 from clusters.admin import ClusterUserAdmin, HopsworksClusterAdmin
 from clusters.models import HopsworksCluster
 
@@ -339,14 +345,43 @@ class BillingUserAdmin(ClusterUserAdmin):
     """The users admin with what each user costs and how they pay."""
 
     list_filter = (*ClusterUserAdmin.list_filter, BillingModeFilter)
-    readonly_fields = (*ClusterUserAdmin.readonly_fields, "billing")
-    actions = (*ClusterUserAdmin.actions, "make_prepaid", "make_postpaid", "grant_credits")
+    readonly_fields = (*ClusterUserAdmin.readonly_fields, "billing", "stripe")
+    actions = (
+        *ClusterUserAdmin.actions,
+        "make_prepaid",
+        "make_postpaid",
+        "grant_credits",
+        "sync_invoices",
+    )
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)
         if obj is None:
             return fieldsets
-        return (*fieldsets[:3], ("Billing", {"fields": ("billing",)}), *fieldsets[3:])
+        return (*fieldsets[:3], ("Billing", {"fields": ("billing", "stripe")}), *fieldsets[3:])
+
+    @admin.display(description="Stripe")
+    def stripe(self, obj):
+        account = BillingAccount.objects.filter(user=obj).first()
+        status = (account.subscription_status if account else "") or "none"
+        if not obj.stripe_customer_id:
+            return f"No Stripe customer yet. Subscription: {status}."
+        return format_html(
+            'Customer <a href="{}">{}</a>. Subscription: {}.',
+            gateway.dashboard_url("customers", obj.stripe_customer_id),
+            obj.stripe_customer_id,
+            status,
+        )
+
+    @admin.action(description="Sync invoices from Stripe (repairs missed webhooks)")
+    def sync_invoices(self, request, queryset):
+        synced = 0
+        for user in queryset.exclude(stripe_customer_id__isnull=True):
+            try:
+                synced += invoices_sync(user=user)
+            except gateway.StripeGatewayError as error:
+                self.message_user(request, f"{user.email}: {error}", messages.ERROR)
+        self.message_user(request, f"{synced} invoice(s) brought up to date.")
 
     @admin.display(description="billing")
     def billing(self, obj):
@@ -417,6 +452,93 @@ class BillingUserAdmin(ClusterUserAdmin):
             form_class=GrantForm,
             apply=_grant(self, request, list(queryset)),
         )
+
+
+@admin.register(BillingHistory)
+class BillingHistoryAdmin(ReadOnlyAdmin):
+    list_display = (
+        "created_at",
+        "user",
+        "amount",
+        "currency",
+        "status",
+        "description",
+        "stripe_link",
+    )
+    list_select_related = ("user",)
+    list_filter = ("status", "currency", "created_at")
+    search_fields = ("user__email", "=stripe_invoice_id", "description")
+    date_hierarchy = "created_at"
+
+    @admin.display(description="Stripe invoice")
+    def stripe_link(self, obj):
+        if not obj.stripe_invoice_id:
+            return "-"
+        return format_html(
+            '<a href="{}">{}</a>',
+            gateway.dashboard_url("invoices", obj.stripe_invoice_id),
+            obj.stripe_invoice_id,
+        )
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    list_display = ("created", "type", "status", "attempts", "short_error", "id")
+    list_filter = ("status", "type")
+    search_fields = ("=id", "type")
+    date_hierarchy = "created"
+    actions = ("process_again",)
+    fields = (
+        "id",
+        "type",
+        "created",
+        "status",
+        "attempts",
+        "error",
+        "received_at",
+        "processed_at",
+        "livemode",
+        "payload",
+    )
+
+    @admin.display(description="error")
+    def short_error(self, obj):
+        return (obj.error[:120] + "...") if len(obj.error) > 120 else obj.error
+
+    def has_process_permission(self, request):
+        return request.user.has_perm("billing.change_stripeevent")
+
+    @admin.action(description="Process again", permissions=["process"])
+    def process_again(self, request, queryset):
+        counts = {}
+        for event_id in queryset.values_list("pk", flat=True):
+            event = stripe_event_process(event_id=event_id)
+            counts[event.status] = counts.get(event.status, 0) + 1
+            if event.status == StripeEvent.Status.FAILED:
+                self.message_user(request, f"{event.id}: {event.error}", messages.ERROR)
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        self.message_user(request, f"Events now: {summary}.")
+
+
+@admin.register(StripeCatalogEntry)
+class StripeCatalogAdmin(ReadOnlyAdmin):
+    list_display = ("resource", "event_name", "meter_id", "product_id", "price_id", "updated_at")
+
+
+@admin.register(StripeUsageReport)
+class StripeUsageReportAdmin(ReadOnlyAdmin):
+    list_display = (
+        "month",
+        "user",
+        "resource",
+        "reported_cents",
+        "events_sent",
+        "last_error",
+        "last_reported_at",
+    )
+    list_select_related = ("user",)
+    list_filter = ("month", "resource")
+    search_fields = ("user__email",)
 
 
 class BillingClusterAdmin(HopsworksClusterAdmin):

@@ -1,30 +1,115 @@
-"""The user's own page: their cluster, usage, credits and invoices."""
+"""The user's own page (cluster, usage, credits, invoices) and their billing actions."""
 
 from __future__ import annotations
 
+import uuid
+
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
 
 from billing import selectors
-from billing.models import BillingAccount
+from billing import stripe_gateway as gateway
+from billing.models import BillingAccount, BillingHistory
 from billing.pricing import to_cents
+from billing.stripe_billing import (
+    BillingError,
+    credit_checkout_start,
+    parse_topup_amount,
+    subscription_checkout_start,
+    topup_limits,
+)
 from clusters.selectors import placement_of
 
 
 @login_required
 def account_page(request):
     user = request.user
-    mode = selectors.billing_mode(user)
+    account = BillingAccount.objects.filter(user=user).first()
+    mode = account.mode if account else BillingAccount.Mode.POSTPAID
     balance = selectors.credit_balance(user)
+    low, high = topup_limits()
     context = {
         "account": user,
         "placement": placement_of(user),
         "mode": mode,
         "mode_label": BillingAccount.Mode(mode).label,
         "prepaid": mode == BillingAccount.Mode.PREPAID,
+        "subscribed": bool(
+            account and account.subscription_status in BillingAccount.ACTIVE_SUBSCRIPTION
+        ),
+        "subscription_status": account.subscription_status if account else "",
+        "stripe_configured": gateway.is_configured(),
         "month_to_date": to_cents(selectors.month_to_date_cost(user)),
         "balance": to_cents(balance),
         "balance_negative": balance < 0,
         "days": list(selectors.daily_breakdown(user, days=30)),
+        "invoices": BillingHistory.objects.filter(user=user).order_by("-created_at")[:24],
+        "movements": selectors.credit_movements(user, limit=10),
+        "presets": settings.CREDIT_TOPUP_PRESETS,
+        "topup_min": low,
+        "topup_max": high,
+        "request_key": uuid.uuid4().hex,  # one Checkout session per form shown
     }
     return render(request, "billing/account.html", context)
+
+
+def _back(request):
+    return request.build_absolute_uri(reverse("home"))
+
+
+def _checkout(request, start):
+    if not gateway.is_configured():
+        messages.error(request, "Payments are not available: Stripe is not configured here.")
+        return redirect("home")
+    try:
+        url = start()
+    except BillingError as error:
+        messages.error(request, str(error))
+        return redirect("home")
+    except gateway.StripeGatewayError:
+        messages.error(
+            request,
+            "We could not reach our payment provider just now. Nothing was charged; please "
+            "try again in a few minutes.",
+        )
+        return redirect("home")
+    return redirect(url)
+
+
+@login_required
+@require_POST
+def buy_credits(request):
+    request_key = request.POST.get("request_key") or uuid.uuid4().hex
+    raw = request.POST.get("custom_amount") or request.POST.get("amount") or ""
+
+    def start():
+        amount = parse_topup_amount(raw)
+        return credit_checkout_start(
+            user=request.user,
+            amount=amount,
+            request_key=f"{request.user.pk}-{request_key}-{amount}",
+            success_url=_back(request) + "?checkout=credits",
+            cancel_url=_back(request) + "?checkout=canceled",
+        )
+
+    return _checkout(request, start)
+
+
+@login_required
+@require_POST
+def add_payment_method(request):
+    request_key = request.POST.get("request_key") or uuid.uuid4().hex
+
+    def start():
+        return subscription_checkout_start(
+            user=request.user,
+            request_key=f"{request.user.pk}-{request_key}",
+            success_url=_back(request) + "?checkout=subscription",
+            cancel_url=_back(request) + "?checkout=canceled",
+        )
+
+    return _checkout(request, start)

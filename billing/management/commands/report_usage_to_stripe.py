@@ -1,0 +1,25 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from billing import stripe_gateway as gateway
+from billing.stripe_reporting import report_usage_to_stripe
+
+
+class Command(BaseCommand):
+    help = (
+        "Send postpaid usage to Stripe as Billing Meter Events: for every month, only the "
+        "difference between our figures and what Stripe has accepted (negative for a "
+        "correction). Safe to rerun and to run twice at once. Exits non-zero on errors."
+    )
+
+    def handle(self, *args, **options):
+        if not gateway.is_configured():
+            raise CommandError("Stripe is not configured (STRIPE_SECRET_KEY is empty).")
+        run = report_usage_to_stripe()
+        self.stdout.write(
+            f"{run.sent_events} meter event(s) sent, {run.sent_cents} cents in all; "
+            f"{run.skipped_locked} user-month(s) left to a concurrent run."
+        )
+        for error in run.errors:
+            self.stdout.write(self.style.WARNING(error))
+        if run.errors:
+            raise CommandError(f"{len(run.errors)} problem(s); the next run retries them.")

@@ -1,0 +1,647 @@
+"""Stripe: the only module that imports the `stripe` SDK.
+
+Every call goes through one `stripe.StripeClient` with a pinned API version, bounded network
+retries and timeouts. Every call that creates or moves something carries a deterministic
+idempotency key, so a caller may simply call again after an error. SDK errors become a
+`StripeGatewayError` whose message an operator can act on and which never contains a secret;
+results are plain dicts and strings, so callers never depend on stripe types.
+
+Settings: STRIPE_SECRET_KEY (empty = not configured), STRIPE_WEBHOOK_SECRET, and
+STRIPE_API_BASE (empty = https://api.stripe.com; http:// only for a local fake).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import stripe
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# Pinned, not taken from the SDK at run time: an SDK upgrade must not silently change the
+# shapes Stripe sends us. This is the version stripe==16.1.0 is generated for; a test fails
+# when the SDK and this constant disagree.
+STRIPE_API_VERSION = "2026-10-28.endive"
+
+DEFAULT_API_BASE = "https://api.stripe.com"
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+MAX_NETWORK_RETRIES = 2
+CONNECT_TIMEOUT_SECONDS = 10
+READ_TIMEOUT_SECONDS = 30
+WEBHOOK_TOLERANCE_SECONDS = 300
+PAGE_SIZE = 100
+CREDITS_PRODUCT_NAME = "Platform credits"
+
+# Stripe's documented zero-decimal currencies (https://docs.stripe.com/currencies). ISK,
+# HUF and TWD are left at two decimals: Stripe takes their amounts in two-decimal form.
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    {
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    }
+)
+THREE_DECIMAL_CURRENCIES = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+
+
+class StripeGatewayError(Exception):
+    """The one error this module raises for a Stripe call.
+
+    `str(error)` says what failed, Stripe's own message and what to check, and never a
+    secret. `retriable` says whether calling again later may help (network, 409, 429, 5xx).
+    """
+
+    retriable: bool
+    status: int | None
+    code: str | None
+    request_id: str | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retriable: bool = False,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+
+
+class StripeNotConfigured(StripeGatewayError):
+    """STRIPE_SECRET_KEY is empty: nothing can be sent to Stripe."""
+
+    def __init__(self) -> None:
+        super().__init__("Stripe is not configured (STRIPE_SECRET_KEY is empty)")
+
+
+class WebhookSignatureError(Exception):
+    """A webhook we must not trust: bad, missing or old signature, or no secret to check it."""
+
+
+@dataclass(frozen=True)
+class CheckoutSession:
+    id: str
+    url: str
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    """What we want in Stripe for one rate-card resource; `unit_amount` is in minor units."""
+
+    resource: str
+    display_name: str
+    event_name: str
+    product_id: str
+    lookup_key: str
+    unit_amount: int = 1
+    currency: str = "usd"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    resource: str
+    event_name: str
+    meter_id: str
+    product_id: str
+    price_id: str
+
+
+# Configuration
+
+
+def _setting(name: str) -> str:
+    value = getattr(settings, name, "")
+    return value.strip() if isinstance(value, str) else ""
+
+
+def is_configured() -> bool:
+    return bool(_setting("STRIPE_SECRET_KEY"))
+
+
+def _api_base() -> str:
+    """STRIPE_API_BASE checked: https, or http for this machine only (the key travels along)."""
+    raw = _setting("STRIPE_API_BASE")
+    if not raw:
+        return DEFAULT_API_BASE
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    problem = None
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+        problem = "it is not an http(s) URL"
+    elif parts.username is not None or parts.password is not None:
+        problem = "it must not contain a user name or password"
+    elif parts.query or parts.fragment:
+        problem = "it must not have a query string or fragment"
+    elif parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
+        problem = "it must use https:// (http:// is accepted only for localhost or 127.0.0.1)"
+    if problem:
+        raise StripeGatewayError(
+            f"STRIPE_API_BASE {raw!r} is refused: {problem}. Leave it empty to use {DEFAULT_API_BASE}."
+        )
+    return raw.rstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def _build_client(secret_key: str, api_base: str) -> stripe.StripeClient:
+    # Cached so the HTTP session (and its connection pool) is reused between calls.
+    return stripe.StripeClient(
+        secret_key,
+        stripe_version=STRIPE_API_VERSION,
+        base_addresses={"api": api_base},
+        max_network_retries=MAX_NETWORK_RETRIES,
+        http_client=stripe.RequestsClient(timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)),
+    )
+
+
+def _client() -> stripe.StripeClient:
+    secret_key = _setting("STRIPE_SECRET_KEY")
+    if not secret_key:
+        raise StripeNotConfigured()
+    return _build_client(secret_key, _api_base())
+
+
+# Errors
+
+
+def _redact(text: str) -> str:
+    for name in ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"):
+        secret = _setting(name)
+        if secret:
+            text = text.replace(secret, f"[{name}]")
+    return text
+
+
+def _network_reason(exc: stripe.APIConnectionError) -> str:
+    cause = exc.__cause__
+    if cause is not None:
+        reason = f"{type(cause).__name__}: {cause}"
+    else:
+        reason = (exc.user_message or "network error").split("(Network error:")[-1]
+    reason = " ".join(reason.split()).rstrip(")")
+    return reason[:300]
+
+
+def _translate(
+    exc: stripe.StripeError, *, operation: str, idempotency_key: str | None
+) -> StripeGatewayError:
+    status = exc.http_status
+    code = exc.code
+    param = getattr(exc, "param", None)
+    said = exc.user_message or "(no message)"
+    details = ", ".join(
+        part
+        for part in (
+            f"HTTP {status}" if status else "",
+            f"code {code}" if code else "",
+            f"param {param}" if param else "",
+            f"request {exc.request_id}" if exc.request_id else "",
+        )
+        if part
+    )
+    stripe_said = f"Stripe said: {said}" + (f" [{details}]" if details else "")
+    retriable = False
+
+    if isinstance(exc, stripe.APIConnectionError):
+        message = (
+            f"Stripe could not be reached at {_api_base()}: {_network_reason(exc)}. "
+            f"Could not {operation} (tried {MAX_NETWORK_RETRIES + 1} times). Check the network, "
+            "DNS and firewall, and STRIPE_API_BASE if it is set."
+        )
+        retriable = True
+    elif isinstance(exc, stripe.AuthenticationError):
+        message = (
+            "Stripe refused the secret key (STRIPE_SECRET_KEY): check it is a current secret "
+            f"or restricted key of the right Stripe account and mode. Could not {operation}. "
+            f"{stripe_said}."
+        )
+    elif isinstance(exc, stripe.PermissionError):
+        message = (
+            f"Stripe refused to {operation} with this key (permission denied): if "
+            "STRIPE_SECRET_KEY is a restricted key (rk_...), give it write access to customers, "
+            f"Checkout, products, prices, billing meters and subscriptions. {stripe_said}."
+        )
+    elif isinstance(exc, stripe.IdempotencyError):
+        message = (
+            f"Stripe refused to {operation}: the idempotency key {idempotency_key!r} was used "
+            "in the last 24 hours for a request with different parameters. The earlier request "
+            f"already happened; look it up in the Stripe dashboard. {stripe_said}."
+        )
+    elif isinstance(exc, stripe.RateLimitError):
+        message = (
+            f"Stripe is rate-limiting us: could not {operation}; try again later. {stripe_said}."
+        )
+        retriable = True
+    elif isinstance(exc, stripe.CardError):
+        message = f"Stripe declined to {operation}: {stripe_said}."
+    elif isinstance(exc, stripe.InvalidRequestError):
+        message = (
+            f"Stripe rejected the request to {operation}; check the objects and values it "
+            f"names. {stripe_said}."
+        )
+    else:  # APIError and anything newer: Stripe's side failed or answered oddly
+        retriable = status is None or status == 409 or status >= 500
+        message = (
+            f"Stripe failed to {operation} (tried {MAX_NETWORK_RETRIES + 1} times); "
+            f"try again later (https://status.stripe.com). {stripe_said}."
+        )
+    return StripeGatewayError(
+        _redact(message),
+        retriable=retriable,
+        status=status,
+        code=code,
+        request_id=exc.request_id,
+    )
+
+
+@contextmanager
+def _stripe_errors(operation: str, *, idempotency_key: str | None = None) -> Iterator[None]:
+    try:
+        yield
+    except stripe.StripeError as exc:
+        raise _translate(exc, operation=operation, idempotency_key=idempotency_key) from exc
+
+
+def _options(idempotency_key: str) -> dict[str, str]:
+    return {"idempotency_key": idempotency_key}
+
+
+def _plain(obj: Any) -> dict:
+    """The object as the JSON Stripe sent (decimal strings stay strings)."""
+    return obj.to_dict(for_json=True)
+
+
+# Money
+
+
+def _exponent(currency: str) -> int:
+    if not isinstance(currency, str) or len(currency.strip()) != 3:
+        raise ValueError(f"{currency!r} is not a three-letter currency code.")
+    code = currency.strip().lower()
+    if code in ZERO_DECIMAL_CURRENCIES:
+        return 0
+    if code in THREE_DECIMAL_CURRENCIES:
+        return 3
+    return 2
+
+
+def to_minor_units(amount: Decimal, currency: str) -> int:
+    """Stripe's integer amount for `amount`; never rounds (a lost fraction is lost money)."""
+    if isinstance(amount, bool) or not isinstance(amount, Decimal | int):
+        raise TypeError(f"Amounts are Decimal, not {type(amount).__name__}.")
+    amount = Decimal(amount)
+    if not amount.is_finite():
+        raise ValueError(f"{amount} is not a finite amount.")
+    exponent = _exponent(currency)
+    scaled = amount.scaleb(exponent)
+    if scaled != scaled.to_integral_value():
+        raise ValueError(
+            f"{amount} {currency.upper()} has more than {exponent} decimal places; "
+            "round it before sending it to Stripe."
+        )
+    return int(scaled)
+
+
+def from_minor_units(amount: int, currency: str) -> Decimal:
+    """Stripe's integer amount as a Decimal with the currency's decimal places."""
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise TypeError(f"Stripe amounts are integers, not {type(amount).__name__}.")
+    return Decimal(amount).scaleb(-_exponent(currency))
+
+
+def _currency(currency: str) -> str:
+    _exponent(currency)
+    return currency.strip().lower()
+
+
+# Customers and Checkout
+
+
+def create_customer(*, user_id: str, email: str, name: str | None) -> str:
+    """The Stripe customer id for a user; a repeat within 24 hours returns the same customer."""
+    client = _client()
+    key = f"customer-{user_id}"
+    params: dict[str, Any] = {"email": email, "metadata": {"user_id": str(user_id)}}
+    if name:
+        params["name"] = name
+    with _stripe_errors(f"create the customer for user {user_id}", idempotency_key=key):
+        customer = client.v1.customers.create(params=params, options=_options(key))
+    return customer.id
+
+
+def _session(session: Any, *, operation: str) -> CheckoutSession:
+    if not session.get("url"):
+        raise StripeGatewayError(
+            f"Stripe created Checkout Session {session.id} but gave no URL; could not {operation}."
+        )
+    return CheckoutSession(id=session.id, url=session.url)
+
+
+def create_credit_checkout(
+    *,
+    customer_id: str,
+    user_id: str,
+    amount: Decimal,
+    currency: str = "usd",
+    success_url: str,
+    cancel_url: str,
+    request_key: str,
+) -> CheckoutSession:
+    """A hosted payment page for buying `amount` of credits; credited by the webhook, not here."""
+    client = _client()
+    currency = _currency(currency)
+    unit_amount = to_minor_units(amount, currency)
+    if unit_amount <= 0:
+        raise ValueError(f"A credit purchase must be positive, not {amount}.")
+    key = f"credit-checkout-{request_key}"
+    params: dict[str, Any] = {
+        "mode": "payment",
+        "customer": customer_id,
+        "client_reference_id": str(user_id),
+        "line_items": [
+            {
+                "price_data": {
+                    "currency": currency,
+                    "unit_amount": unit_amount,
+                    "product_data": {"name": CREDITS_PRODUCT_NAME},
+                },
+                "quantity": 1,
+            }
+        ],
+        "metadata": {"purpose": "credits", "user_id": str(user_id)},
+        "payment_intent_data": {"metadata": {"user_id": str(user_id)}},
+        "success_url": success_url,
+        "cancel_url": cancel_url,
+    }
+    operation = f"start a {amount} {currency.upper()} credit checkout for user {user_id}"
+    with _stripe_errors(operation, idempotency_key=key):
+        session = client.v1.checkout.sessions.create(params=params, options=_options(key))
+    return _session(session, operation=operation)
+
+
+def create_subscription_checkout(
+    *,
+    customer_id: str,
+    user_id: str,
+    price_ids: list[str],
+    success_url: str,
+    cancel_url: str,
+    request_key: str,
+    billing_cycle_anchor: int | None = None,
+) -> CheckoutSession:
+    """A hosted page to start a postpaid subscription to metered prices (billed on usage)."""
+    client = _client()
+    if not price_ids:
+        raise ValueError("A subscription needs at least one price.")
+    key = f"subscription-checkout-{request_key}"
+    subscription_data: dict[str, Any] = {"metadata": {"user_id": str(user_id)}}
+    if billing_cycle_anchor is not None:
+        subscription_data["billing_cycle_anchor"] = int(billing_cycle_anchor)
+    params: dict[str, Any] = {
+        "mode": "subscription",
+        "customer": customer_id,
+        "client_reference_id": str(user_id),
+        # Metered prices take no quantity: Stripe rejects one.
+        "line_items": [{"price": price_id} for price_id in price_ids],
+        "subscription_data": subscription_data,
+        "metadata": {"purpose": "subscription", "user_id": str(user_id)},
+        "success_url": success_url,
+        "cancel_url": cancel_url,
+    }
+    operation = f"start a subscription checkout for user {user_id}"
+    with _stripe_errors(operation, idempotency_key=key):
+        session = client.v1.checkout.sessions.create(params=params, options=_options(key))
+    return _session(session, operation=operation)
+
+
+# Catalog: meters, products, prices
+
+
+def _active_meters(client: stripe.StripeClient) -> dict[str, str]:
+    """event_name -> id of the first active meter with it."""
+    found: dict[str, str] = {}
+    with _stripe_errors("list billing meters"):
+        meters = client.v1.billing.meters.list(params={"status": "active", "limit": PAGE_SIZE})
+        for meter in meters.auto_paging_iter():
+            if meter.get("status") == "active":
+                found.setdefault(meter.event_name, meter.id)
+    return found
+
+
+def _create_meter(client: stripe.StripeClient, item: CatalogItem) -> str:
+    key = f"meter-{item.event_name}"
+    params = {
+        "display_name": item.display_name,
+        "event_name": item.event_name,
+        "default_aggregation": {"formula": "sum"},
+        "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+        "value_settings": {"event_payload_key": "value"},
+    }
+    with _stripe_errors(f"create the billing meter {item.event_name!r}", idempotency_key=key):
+        meter = client.v1.billing.meters.create(params=params, options=_options(key))
+    logger.info("Stripe: created billing meter %s for %s", meter.id, item.event_name)
+    return meter.id
+
+
+def _ensure_product(client: stripe.StripeClient, item: CatalogItem) -> str:
+    operation = f"look up product {item.product_id!r}"
+    try:
+        with _stripe_errors(operation):
+            return client.v1.products.retrieve(item.product_id).id
+    except StripeGatewayError as error:
+        if error.status != 404:
+            raise
+    key = f"product-{item.product_id}"
+    params = {"id": item.product_id, "name": item.display_name}
+    with _stripe_errors(f"create product {item.product_id!r}", idempotency_key=key):
+        product = client.v1.products.create(params=params, options=_options(key))
+    logger.info("Stripe: created product %s", product.id)
+    return product.id
+
+
+def _ensure_price(client: stripe.StripeClient, item: CatalogItem, *, meter_id: str) -> str:
+    currency = _currency(item.currency)
+    with _stripe_errors(f"look up prices with lookup key {item.lookup_key!r}"):
+        prices = client.v1.prices.list(
+            params={"lookup_keys": [item.lookup_key], "active": True, "limit": PAGE_SIZE}
+        )
+        for price in prices.auto_paging_iter():
+            recurring = price.get("recurring") or {}
+            if (
+                recurring.get("meter") == meter_id
+                and price.get("unit_amount") == item.unit_amount
+                and price.get("currency") == currency
+                and price.get("product") == item.product_id
+            ):
+                return price.id
+    key = f"price-{item.lookup_key}-{meter_id}-{item.unit_amount}-{currency}"
+    params = {
+        "currency": currency,
+        "unit_amount": item.unit_amount,
+        "product": item.product_id,
+        "lookup_key": item.lookup_key,
+        # A rate change makes a new price; the lookup key moves to it from the old one.
+        "transfer_lookup_key": True,
+        "recurring": {"interval": "month", "usage_type": "metered", "meter": meter_id},
+        "billing_scheme": "per_unit",
+    }
+    with _stripe_errors(f"create the price {item.lookup_key!r}", idempotency_key=key):
+        price = client.v1.prices.create(params=params, options=_options(key))
+    logger.info("Stripe: created price %s (%s)", price.id, item.lookup_key)
+    return price.id
+
+
+def ensure_billing_catalog(items: list[CatalogItem]) -> list[CatalogEntry]:
+    """Find or create the meter, product and metered price for each item. Safe to re-run:
+    once everything exists it only reads."""
+    client = _client()
+    for item in items:
+        if isinstance(item.unit_amount, bool) or not isinstance(item.unit_amount, int):
+            raise ValueError(f"{item.resource}: unit_amount must be whole minor units.")
+        if item.unit_amount < 0:
+            raise ValueError(f"{item.resource}: unit_amount must not be negative.")
+        _currency(item.currency)
+    meters = _active_meters(client) if items else {}
+    entries = []
+    for item in items:
+        meter_id = meters.get(item.event_name)
+        if meter_id is None:
+            meter_id = meters[item.event_name] = _create_meter(client, item)
+        product_id = _ensure_product(client, item)
+        price_id = _ensure_price(client, item, meter_id=meter_id)
+        entries.append(
+            CatalogEntry(
+                resource=item.resource,
+                event_name=item.event_name,
+                meter_id=meter_id,
+                product_id=product_id,
+                price_id=price_id,
+            )
+        )
+    return entries
+
+
+# Usage and subscriptions
+
+
+def send_meter_event(
+    *, event_name: str, customer_id: str, value: int, identifier: str, timestamp: int
+) -> None:
+    """Report usage once. `value` may be negative to correct over-reported usage.
+
+    The identifier is also the idempotency key, so a retry is a no-op; a resend after the
+    24-hour idempotency window is answered "already exists", which means it arrived: success.
+    """
+    client = _client()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"A meter event value is a whole number, not {value!r}.")
+    params = {
+        "event_name": event_name,
+        "payload": {"stripe_customer_id": customer_id, "value": str(value)},
+        "identifier": identifier,
+        "timestamp": int(timestamp),
+    }
+    operation = f"send meter event {identifier!r} ({event_name}={value} for {customer_id})"
+    try:
+        with _stripe_errors(operation, idempotency_key=identifier):
+            client.v1.billing.meter_events.create(params=params, options=_options(identifier))
+    except StripeGatewayError as error:
+        if error.status == 400 and "already exists with identifier" in str(error):
+            logger.info("Stripe: meter event %s was already delivered", identifier)
+            return
+        raise
+
+
+def cancel_subscription(*, subscription_id: str) -> None:
+    """Cancel now. Stripe answers 404 for one already canceled (or gone): that is done too."""
+    client = _client()
+    key = f"cancel-{subscription_id}"
+    try:
+        with _stripe_errors(f"cancel subscription {subscription_id}", idempotency_key=key):
+            client.v1.subscriptions.cancel(subscription_id, options=_options(key))
+    except StripeGatewayError as error:
+        if error.status != 404:
+            raise
+        logger.info("Stripe: subscription %s was already canceled or is gone", subscription_id)
+
+
+def retrieve_subscription(*, subscription_id: str) -> dict:
+    client = _client()
+    with _stripe_errors(f"read subscription {subscription_id}"):
+        return _plain(client.v1.subscriptions.retrieve(subscription_id))
+
+
+def list_invoices(*, customer_id: str) -> list[dict]:
+    """All of a customer's invoices, newest first (Stripe's order), every page."""
+    client = _client()
+    with _stripe_errors(f"list the invoices of customer {customer_id}"):
+        page = client.v1.invoices.list(params={"customer": customer_id, "limit": PAGE_SIZE})
+        return [_plain(invoice) for invoice in page.auto_paging_iter()]
+
+
+# Webhooks and links
+
+
+def verify_webhook(*, payload: bytes, signature_header: str | None) -> dict:
+    """The event, only if Stripe signed exactly this body in the last five minutes."""
+    secret = _setting("STRIPE_WEBHOOK_SECRET")
+    if not secret:
+        raise WebhookSignatureError("STRIPE_WEBHOOK_SECRET is empty: cannot verify Stripe webhooks")
+    if not signature_header:
+        raise WebhookSignatureError("no Stripe-Signature header")
+    try:
+        stripe.WebhookSignature.verify_header(
+            payload, signature_header, secret, WEBHOOK_TOLERANCE_SECONDS
+        )
+    except stripe.SignatureVerificationError as exc:
+        raise WebhookSignatureError(
+            f"bad Stripe-Signature: {_redact(exc.user_message or 'verification failed')}"
+        ) from None
+    except UnicodeDecodeError:
+        raise WebhookSignatureError("the payload is not UTF-8") from None
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise WebhookSignatureError("the signed payload is not JSON") from None
+    if not isinstance(event, dict):
+        raise WebhookSignatureError("the signed payload is not a JSON object")
+    return event
+
+
+def dashboard_url(kind: str, object_id: str) -> str:
+    """A link for operators, e.g. dashboard_url("customers", "cus_123")."""
+    key = _setting("STRIPE_SECRET_KEY")
+    mode = "test/" if key.startswith(("sk_test_", "rk_test_")) else ""
+    return (
+        f"https://dashboard.stripe.com/{mode}{quote(kind.strip('/'), safe='/')}/"
+        f"{quote(object_id, safe='')}"
+    )

@@ -1,0 +1,214 @@
+"""Reporting postpaid usage to Stripe as Billing Meter Events.
+
+Per user, month and resource we keep what Stripe has accepted (`StripeUsageReport`, in
+cents). A run computes what it should be now and sends the difference, negative for a
+day corrected downwards. So a rerun sends nothing, a re-collected day sends only its
+change, a day that failed before is retried by the next run whatever day that is, and
+correctness never depends on Stripe's 24-hour de-duplication window. Two runs at once
+claim user-months with `SELECT ... FOR UPDATE SKIP LOCKED`: each is reported by one run.
+
+The month's cents are our month total rounded once, split over the four resources by
+largest remainder, so Stripe's invoice for the month equals our total to the cent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import ROUND_FLOOR, Decimal
+
+from django.db import connection, transaction
+from django.db.models import Sum
+from django.db.models.functions import TruncMonth
+from django.utils import timezone
+
+from billing import stripe_gateway as gateway
+from billing.models import (
+    BillingAccount,
+    Price,
+    StripeCatalogEntry,
+    StripeUsageReport,
+    UsageDaily,
+)
+from billing.pricing import CENT, RateBook, to_cents
+
+logger = logging.getLogger(__name__)
+RESOURCES = Price.Resource.values
+QUANTITY_OF = {
+    "cpu_hour": "cpu_hours",
+    "gpu_hour": "gpu_hours",
+    "storage_gb_month": "storage_gb_months",
+    "api_calls_1k": "api_calls",
+}
+# Stripe accepts meter events up to 35 days old; keep a margin.
+MAX_EVENT_AGE = dt.timedelta(days=34)
+
+
+@dataclass
+class ReportRun:
+    sent_events: int = 0
+    sent_cents: int = 0
+    skipped_locked: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def month_cents_by_resource(user_id: str, month: dt.date) -> dict[str, int]:
+    """What the user owes for the month through Stripe, in cents per resource, adding up
+    exactly to the month total rounded once."""
+    next_month = (month + dt.timedelta(days=32)).replace(day=1)
+    rows = list(
+        UsageDaily.objects.filter(
+            user_id=user_id, date__gte=month, date__lt=next_month, billed_via="stripe"
+        ).values("date", "cpu_hours", "gpu_hours", "storage_gb_months", "api_calls", "total_cost")
+    )
+    total = to_cents(sum((r["total_cost"] for r in rows), Decimal(0)))
+    rates = RateBook.load(user_ids=[user_id])
+    exact = dict.fromkeys(RESOURCES, Decimal(0))
+    for row in rows:
+        day_rates = rates.rates(user_id=user_id, day=row["date"])
+        exact["cpu_hour"] += row["cpu_hours"] * day_rates.cpu_hour
+        exact["gpu_hour"] += row["gpu_hours"] * day_rates.gpu_hour
+        exact["storage_gb_month"] += row["storage_gb_months"] * day_rates.storage_gb_month
+        exact["api_calls_1k"] += Decimal(row["api_calls"]) * day_rates.api_calls_1k / 1000
+    return _split(total, exact)
+
+
+def _split(total: Decimal, exact: dict[str, Decimal]) -> dict[str, int]:
+    """Largest remainder: whole cents per resource that add up to `total`."""
+    cents = {r: int((v / CENT).to_integral_value(ROUND_FLOOR)) for r, v in exact.items()}
+    remaining = int(total / CENT) - sum(cents.values())
+    order = sorted(exact, key=lambda r: (exact[r] / CENT - cents[r], r), reverse=True)
+    for resource in (order * (abs(remaining) // len(order) + 1))[: abs(remaining)]:
+        cents[resource] += 1 if remaining > 0 else -1
+    return cents
+
+
+def identifier(user_id: str, month: dt.date, resource: str, number: int) -> str:
+    """Deterministic, at most 100 characters, no personal data."""
+    digest = hashlib.sha256(user_id.encode()).hexdigest()[:16]
+    return f"usage-{digest}-{month:%Y%m}-{resource}-{number}"
+
+
+def event_timestamp(month: dt.date, now: dt.datetime) -> int | None:
+    """A moment inside the month (so the usage lands on that month's invoice), not in
+    the future and not older than Stripe accepts; None when the month is out of reach."""
+    start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
+    end = dt.datetime.combine(
+        (month + dt.timedelta(days=32)).replace(day=1), dt.time(), tzinfo=dt.UTC
+    ) - dt.timedelta(seconds=1)
+    moment = min(now - dt.timedelta(seconds=5), end)
+    if moment < start or moment < now - MAX_EVENT_AGE:
+        return None
+    return int(moment.timestamp())
+
+
+def months_to_report(*, user_ids=None):
+    """(user, month) pairs with Stripe-billed usage, for users with an active subscription."""
+    subscribed = BillingAccount.objects.filter(
+        subscription_status__in=BillingAccount.ACTIVE_SUBSCRIPTION,
+        user__stripe_customer_id__isnull=False,
+    ).values("user_id")
+    usage = UsageDaily.objects.filter(billed_via="stripe", user_id__in=subscribed)
+    if user_ids is not None:
+        usage = usage.filter(user_id__in=list(user_ids))
+    return (
+        usage.annotate(month=TruncMonth("date"))
+        .values("user_id", "month")
+        .annotate(total=Sum("total_cost"))
+        .order_by("user_id", "month")
+    )
+
+
+def _claim(user_id: str, month: dt.date) -> dict[str, StripeUsageReport] | None:
+    StripeUsageReport.objects.bulk_create(
+        [StripeUsageReport(user_id=user_id, month=month, resource=r) for r in RESOURCES],
+        ignore_conflicts=True,
+    )
+    rows = StripeUsageReport.objects.filter(user_id=user_id, month=month).order_by("resource")
+    if connection.features.has_select_for_update_skip_locked:
+        rows = rows.select_for_update(skip_locked=True)
+    else:
+        rows = rows.select_for_update()
+    claimed = {row.resource: row for row in rows}
+    return claimed if len(claimed) == len(RESOURCES) else None
+
+
+def report_usage_to_stripe(*, user_ids=None, now: dt.datetime | None = None) -> ReportRun:
+    """Send every difference between our figures and what Stripe has, for every month."""
+    now = now or timezone.now()
+    catalog = dict(StripeCatalogEntry.objects.values_list("resource", "event_name"))
+    run = ReportRun()
+    if len(catalog) != len(RESOURCES):
+        run.errors.append("The Stripe catalog is not set up: run setup_stripe_billing first.")
+        return run
+    customers = dict(
+        BillingAccount.objects.filter(user__stripe_customer_id__isnull=False).values_list(
+            "user_id", "user__stripe_customer_id"
+        )
+    )
+    pairs = [(p["user_id"], p["month"]) for p in months_to_report(user_ids=user_ids)]
+    for user_id, month in pairs:
+        month = month.date() if isinstance(month, dt.datetime) else month
+        _report_month(run, user_id, month, customers[user_id], catalog, now)
+    return run
+
+
+def _report_month(run, user_id, month, customer_id, catalog, now) -> None:
+    with transaction.atomic():
+        claimed = _claim(user_id, month)
+        if claimed is None:
+            run.skipped_locked += 1  # another run is reporting this user-month
+            return
+        targets = month_cents_by_resource(user_id, month)
+        if all(targets[r] == claimed[r].reported_cents for r in RESOURCES):
+            return
+        timestamp = event_timestamp(month, now)
+        for resource in RESOURCES:
+            report = claimed[resource]
+            delta = targets[resource] - report.reported_cents
+            if delta == 0:
+                continue
+            if timestamp is None:
+                report.last_error = (
+                    f"{delta:+} cents for {month:%Y-%m} can no longer be reported: Stripe "
+                    "takes meter events up to 35 days old. Invoice the difference by hand."
+                )
+                report.save(update_fields=["last_error"])
+                run.errors.append(f"{user_id} {month:%Y-%m} {resource}: {report.last_error}")
+                continue
+            try:
+                gateway.send_meter_event(
+                    event_name=catalog[resource],
+                    customer_id=customer_id,
+                    value=delta,
+                    identifier=identifier(user_id, month, resource, report.events_sent + 1),
+                    timestamp=timestamp,
+                )
+            except gateway.StripeGatewayError as error:
+                report.last_error = str(error)
+                report.save(update_fields=["last_error"])
+                run.errors.append(f"{user_id} {month:%Y-%m} {resource}: {error}")
+                if not error.retriable:
+                    continue
+                return  # Stripe is struggling: leave the rest of this month for next time
+            report.reported_cents += delta
+            report.events_sent += 1
+            report.last_error = ""
+            report.last_reported_at = now
+            report.save(
+                update_fields=["reported_cents", "events_sent", "last_error", "last_reported_at"]
+            )
+            run.sent_events += 1
+            run.sent_cents += delta
+
+
+def reported_totals(user_id: str) -> dict[dt.date, int]:
+    totals = defaultdict(int)
+    for month, cents in StripeUsageReport.objects.filter(user_id=user_id).values_list(
+        "month", "reported_cents"
+    ):
+        totals[month] += cents
+    return dict(totals)

@@ -1,0 +1,8 @@
+from django.urls import path
+
+from billing import views
+
+urlpatterns = [
+    path("billing/credits/", views.buy_credits, name="buy-credits"),
+    path("billing/payment-method/", views.add_payment_method, name="add-payment-method"),
+]
