@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, DecimalField, F, Q, Sum, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -97,9 +97,9 @@ def credits_apply(movements: list[Movement]) -> list[CreditLedgerEntry]:
         rows = _lock_credits(m.user_id for m in movements)
         # Under the users' locks, a reference seen here cannot be applied concurrently.
         done = set(
-            CreditLedgerEntry.objects.filter(reference__in=references).values_list(
-                "reference", flat=True
-            )
+            CreditLedgerEntry.objects.filter(reference__in=references)
+            .order_by()
+            .values_list("reference", flat=True)
         )
         entries = []
         now = timezone.now()
@@ -134,22 +134,37 @@ def credits_apply(movements: list[Movement]) -> list[CreditLedgerEntry]:
         if not entries:
             return []
         CreditLedgerEntry.objects.bulk_create(entries)
-        changed = {e.user_id for e in entries}
-        UserCredits.objects.bulk_update(
-            [rows[user_id] for user_id in sorted(changed)],
-            [
-                "total_purchased",
-                "total_used",
-                "cpu_hours_used",
-                "gpu_hours_used",
-                "storage_gb_months",
-                "updated_at",
-            ],
-        )
+        _write_summaries([rows[user_id] for user_id in sorted({e.user_id for e in entries})])
     for entry in entries:
         if entry.balance_after < 0 <= entry.balance_after - entry.amount:
             logger.warning("credit balance of %s is now negative", entry.user_id)
     return entries
+
+
+def _write_summaries(rows: list[UserCredits]) -> None:
+    """Write the changed summaries back: one statement on PostgreSQL (array parameters),
+    the ORM's bulk update elsewhere."""
+    if connection.vendor != "postgresql":
+        UserCredits.objects.bulk_update(rows, [*_SUMMARY_FIELDS, "updated_at"])
+        return
+    columns = [[row.user_id for row in rows]] + [
+        [getattr(row, field) for row in rows] for field in _SUMMARY_FIELDS
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE user_credits c
+            SET total_purchased = v.total_purchased, total_used = v.total_used,
+                cpu_hours_used = v.cpu_hours_used, gpu_hours_used = v.gpu_hours_used,
+                storage_gb_months = v.storage_gb_months, updated_at = %s
+            FROM unnest(%s::text[], %s::numeric[], %s::numeric[], %s::numeric[],
+                        %s::numeric[], %s::numeric[])
+              AS v(user_id, total_purchased, total_used, cpu_hours_used, gpu_hours_used,
+                   storage_gb_months)
+            WHERE c.user_id = v.user_id
+            """,
+            [timezone.now(), *columns],
+        )
 
 
 def credits_add(

@@ -122,7 +122,13 @@ class UsageDaily(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=GenRandomUUID())
     user = models.ForeignKey(
-        User, on_delete=models.PROTECT, db_column="user_id", related_name="usage_days"
+        User,
+        on_delete=models.PROTECT,
+        db_column="user_id",
+        related_name="usage_days",
+        # idx_usage_daily_user_date (user_id, date) serves every lookup by user; a second
+        # index on user_id alone would only slow down writing usage.
+        db_index=False,
     )
     date = models.DateField()
     cpu_hours = SeedDecimalField(default=ZERO, db_default=ZERO)
@@ -405,7 +411,7 @@ class StripeUsageReport(models.Model):
     Invariant: `reported_cents` is the sum of the meter events Stripe accepted for it;
     `report_usage_to_stripe` sends only the difference to our figure (negative when a
     day was corrected downwards). `events_sent` numbers the events, so each one has a
-    deterministic identifier.
+    deterministic identifier, and a pending event is committed before it is sent.
     """
 
     user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="stripe_reports")
@@ -413,6 +419,10 @@ class StripeUsageReport(models.Model):
     resource = models.TextField(choices=Price.Resource.choices)
     reported_cents = models.BigIntegerField(default=0)
     events_sent = models.PositiveIntegerField(default=0)
+    # An event decided but not yet confirmed by Stripe: always resent with exactly this
+    # identifier and value, so a lost answer never turns into a different amount.
+    pending_identifier = models.TextField(blank=True, default="")
+    pending_cents = models.BigIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
     last_reported_at = models.DateTimeField(null=True, blank=True)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,24 +45,7 @@ CREDITS_PRODUCT_NAME = "Platform credits"
 # Stripe's documented zero-decimal currencies (https://docs.stripe.com/currencies). ISK,
 # HUF and TWD are left at two decimals: Stripe takes their amounts in two-decimal form.
 ZERO_DECIMAL_CURRENCIES = frozenset(
-    {
-        "bif",
-        "clp",
-        "djf",
-        "gnf",
-        "jpy",
-        "kmf",
-        "krw",
-        "mga",
-        "pyg",
-        "rwf",
-        "ugx",
-        "vnd",
-        "vuv",
-        "xaf",
-        "xof",
-        "xpf",
-    }
+    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()  # noqa: SIM905
 )
 THREE_DECIMAL_CURRENCIES = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 
@@ -166,7 +150,8 @@ def _api_base() -> str:
         problem = "it must use https:// (http:// is accepted only for localhost or 127.0.0.1)"
     if problem:
         raise StripeGatewayError(
-            f"STRIPE_API_BASE {raw!r} is refused: {problem}. Leave it empty to use {DEFAULT_API_BASE}."
+            f"STRIPE_API_BASE {raw!r} is refused: {problem}. "
+            f"Leave it empty to use {DEFAULT_API_BASE}."
         )
     return raw.rstrip("/")
 
@@ -196,19 +181,26 @@ def _client() -> stripe.StripeClient:
 def _redact(text: str) -> str:
     for name in ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"):
         secret = _setting(name)
-        if secret:
+        if len(secret) >= 8:  # a shorter "secret" would mangle ordinary words
             text = text.replace(secret, f"[{name}]")
     return text
 
 
 def _network_reason(exc: stripe.APIConnectionError) -> str:
+    """'Connection refused', 'no answer within 30 s', ... from the HTTP library's error."""
     cause = exc.__cause__
-    if cause is not None:
-        reason = f"{type(cause).__name__}: {cause}"
-    else:
-        reason = (exc.user_message or "network error").split("(Network error:")[-1]
-    reason = " ".join(reason.split()).rstrip(")")
-    return reason[:300]
+    name = type(cause).__name__ if cause is not None else ""
+    text = str(cause) if cause is not None else (exc.user_message or "")
+    if name == "ConnectTimeout":
+        return f"no connection within {CONNECT_TIMEOUT_SECONDS} s (connect timeout)"
+    if name in ("ReadTimeout", "Timeout"):
+        return f"no answer within {READ_TIMEOUT_SECONDS} s (read timeout)"
+    if name == "SSLError":
+        return f"TLS verification failed ({' '.join(text.split())[:200]})"
+    errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    if errno:
+        return errno.group(0).strip()
+    return " ".join(f"{name}: {text}".split())[:300] if name else "network error"
 
 
 def _translate(
@@ -232,12 +224,13 @@ def _translate(
     retriable = False
 
     if isinstance(exc, stripe.APIConnectionError):
+        # The SDK marks what is worth retrying: not a failed TLS verification.
+        retriable = bool(getattr(exc, "should_retry", True))
         message = (
             f"Stripe could not be reached at {_api_base()}: {_network_reason(exc)}. "
-            f"Could not {operation} (tried {MAX_NETWORK_RETRIES + 1} times). Check the network, "
-            "DNS and firewall, and STRIPE_API_BASE if it is set."
+            f"Could not {operation} (up to {MAX_NETWORK_RETRIES + 1} attempts). Check the "
+            "network, DNS and firewall, and STRIPE_API_BASE if it is set."
         )
-        retriable = True
     elif isinstance(exc, stripe.AuthenticationError):
         message = (
             "Stripe refused the secret key (STRIPE_SECRET_KEY): check it is a current secret "
@@ -271,7 +264,7 @@ def _translate(
     else:  # APIError and anything newer: Stripe's side failed or answered oddly
         retriable = status is None or status == 409 or status >= 500
         message = (
-            f"Stripe failed to {operation} (tried {MAX_NETWORK_RETRIES + 1} times); "
+            f"Stripe failed to {operation} (up to {MAX_NETWORK_RETRIES + 1} attempts); "
             f"try again later (https://status.stripe.com). {stripe_said}."
         )
     return StripeGatewayError(
@@ -358,12 +351,14 @@ def create_customer(*, user_id: str, email: str, name: str | None) -> str:
     return customer.id
 
 
-def _session(session: Any, *, operation: str) -> CheckoutSession:
+def _session(obj: Any, *, operation: str) -> CheckoutSession:
+    session = _plain(obj)
     if not session.get("url"):
         raise StripeGatewayError(
-            f"Stripe created Checkout Session {session.id} but gave no URL; could not {operation}."
+            f"Stripe created Checkout Session {session['id']} but gave no URL; "
+            f"could not {operation}."
         )
-    return CheckoutSession(id=session.id, url=session.url)
+    return CheckoutSession(id=session["id"], url=session["url"])
 
 
 def create_credit_checkout(
@@ -451,9 +446,9 @@ def _active_meters(client: stripe.StripeClient) -> dict[str, str]:
     found: dict[str, str] = {}
     with _stripe_errors("list billing meters"):
         meters = client.v1.billing.meters.list(params={"status": "active", "limit": PAGE_SIZE})
-        for meter in meters.auto_paging_iter():
+        for meter in map(_plain, meters.auto_paging_iter()):
             if meter.get("status") == "active":
-                found.setdefault(meter.event_name, meter.id)
+                found.setdefault(meter["event_name"], meter["id"])
     return found
 
 
@@ -494,7 +489,7 @@ def _ensure_price(client: stripe.StripeClient, item: CatalogItem, *, meter_id: s
         prices = client.v1.prices.list(
             params={"lookup_keys": [item.lookup_key], "active": True, "limit": PAGE_SIZE}
         )
-        for price in prices.auto_paging_iter():
+        for price in map(_plain, prices.auto_paging_iter()):
             recurring = price.get("recurring") or {}
             if (
                 recurring.get("meter") == meter_id
@@ -502,7 +497,7 @@ def _ensure_price(client: stripe.StripeClient, item: CatalogItem, *, meter_id: s
                 and price.get("currency") == currency
                 and price.get("product") == item.product_id
             ):
-                return price.id
+                return price["id"]
     key = f"price-{item.lookup_key}-{meter_id}-{item.unit_amount}-{currency}"
     params = {
         "currency": currency,

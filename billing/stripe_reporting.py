@@ -157,24 +157,39 @@ def report_usage_to_stripe(*, user_ids=None, now: dt.datetime | None = None) -> 
 
 
 def _report_month(run, user_id, month, customer_id, catalog, now) -> None:
+    # 1. Decide, and commit, the events to send: each (identifier, cents) is fixed before
+    #    it leaves, so a retry after a lost answer resends exactly the same event.
     with transaction.atomic():
         claimed = _claim(user_id, month)
         if claimed is None:
             run.skipped_locked += 1  # another run is reporting this user-month
             return
         targets = month_cents_by_resource(user_id, month)
-        if all(targets[r] == claimed[r].reported_cents for r in RESOURCES):
-            return
-        timestamp = event_timestamp(month, now)
         for resource in RESOURCES:
             report = claimed[resource]
             delta = targets[resource] - report.reported_cents
-            if delta == 0:
+            if report.pending_identifier or delta == 0:
+                continue
+            report.pending_identifier = identifier(user_id, month, resource, report.events_sent + 1)
+            report.pending_cents = delta
+            report.save(update_fields=["pending_identifier", "pending_cents"])
+
+    # 2. Send what is pending, holding the rows so no other run sends it too.
+    timestamp = event_timestamp(month, now)
+    with transaction.atomic():
+        claimed = _claim(user_id, month)
+        if claimed is None:
+            run.skipped_locked += 1
+            return
+        for resource in RESOURCES:
+            report = claimed[resource]
+            if not report.pending_identifier:
                 continue
             if timestamp is None:
                 report.last_error = (
-                    f"{delta:+} cents for {month:%Y-%m} can no longer be reported: Stripe "
-                    "takes meter events up to 35 days old. Invoice the difference by hand."
+                    f"{report.pending_cents:+} cents for {month:%Y-%m} can no longer be "
+                    "reported: Stripe takes meter events up to 35 days old. Invoice the "
+                    "difference by hand."
                 )
                 report.save(update_fields=["last_error"])
                 run.errors.append(f"{user_id} {month:%Y-%m} {resource}: {report.last_error}")
@@ -183,26 +198,25 @@ def _report_month(run, user_id, month, customer_id, catalog, now) -> None:
                 gateway.send_meter_event(
                     event_name=catalog[resource],
                     customer_id=customer_id,
-                    value=delta,
-                    identifier=identifier(user_id, month, resource, report.events_sent + 1),
+                    value=report.pending_cents,
+                    identifier=report.pending_identifier,
                     timestamp=timestamp,
                 )
             except gateway.StripeGatewayError as error:
                 report.last_error = str(error)
                 report.save(update_fields=["last_error"])
                 run.errors.append(f"{user_id} {month:%Y-%m} {resource}: {error}")
-                if not error.retriable:
-                    continue
-                return  # Stripe is struggling: leave the rest of this month for next time
-            report.reported_cents += delta
+                if error.retriable:
+                    return  # Stripe is struggling: the rest waits for the next run
+                continue
+            run.sent_events += 1
+            run.sent_cents += report.pending_cents
+            report.reported_cents += report.pending_cents
             report.events_sent += 1
+            report.pending_identifier, report.pending_cents = "", None
             report.last_error = ""
             report.last_reported_at = now
-            report.save(
-                update_fields=["reported_cents", "events_sent", "last_error", "last_reported_at"]
-            )
-            run.sent_events += 1
-            run.sent_cents += delta
+            report.save()
 
 
 def reported_totals(user_id: str) -> dict[dt.date, int]:

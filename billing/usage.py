@@ -382,6 +382,11 @@ def _write_rows(updates) -> None:
                   AS v(id, cpu_hours, gpu_hours, storage_gb_months, api_calls, total_cost,
                        credits_debited, credit_revision)
                 WHERE u.id = v.id
+                  AND (u.cpu_hours, u.gpu_hours, u.storage_gb_months, u.api_calls,
+                       u.total_cost, u.credits_debited, u.credit_revision)
+                      IS DISTINCT FROM
+                      (v.cpu_hours, v.gpu_hours, v.storage_gb_months, v.api_calls,
+                       v.total_cost, v.credits_debited, v.credit_revision)
                 """,
                 [now, *[list(column) for column in columns]],
             )

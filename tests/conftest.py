@@ -143,3 +143,49 @@ def default_rate_card(transactional_db):
     from django.apps import apps
 
     import_module("billing.migrations.0002_default_rate_card").add_default_card(apps, None)
+
+
+@pytest.fixture(scope="module")
+def stripe_server():
+    from tests.fakes.stripe import start_server
+
+    with start_server() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_stripe(stripe_server, settings):
+    """A fresh Stripe account on 127.0.0.1; our settings point at it."""
+    from tests.fakes.stripe import WEBHOOK_SECRET, reset
+
+    fake = reset(stripe_server)
+    settings.STRIPE_SECRET_KEY = fake.api_key
+    settings.STRIPE_API_BASE = fake.api_base
+    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
+    return fake
+
+
+@pytest.fixture
+def deliver(client):
+    """Deliver a webhook event to /webhooks/stripe/, signed the way Stripe signs."""
+    import json
+
+    from tests.fakes.stripe import WEBHOOK_SECRET, sign_payload
+
+    def send(
+        event: dict,
+        *,
+        secret: str = WEBHOOK_SECRET,
+        timestamp: int | None = None,
+        signature: str | None = None,
+    ):
+        payload = json.dumps(event).encode()
+        header = signature if signature is not None else sign_payload(payload, secret, timestamp)
+        return client.post(
+            "/webhooks/stripe/",
+            payload,
+            content_type="application/json",
+            HTTP_STRIPE_SIGNATURE=header,
+        )
+
+    return send

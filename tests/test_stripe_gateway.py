@@ -1,0 +1,777 @@
+"""The Stripe gateway, through the real `stripe` SDK, against a local Stripe
+(tests/fakes/stripe.py). We assert on what our code sent: form fields in minor units,
+references, metadata, idempotency keys, meter identifiers and the pinned Stripe-Version."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import socket
+import time
+from decimal import Decimal
+
+import pytest
+
+from billing import stripe_gateway as gateway
+from billing.stripe_gateway import (
+    STRIPE_API_VERSION,
+    CatalogItem,
+    StripeGatewayError,
+    StripeNotConfigured,
+    WebhookSignatureError,
+)
+from tests.fakes.stripe import WEBHOOK_SECRET, make_event, sign_payload
+
+USER_ID = "42"
+SUCCESS_URL = "https://console.example.com/billing/success"
+CANCEL_URL = "https://console.example.com/billing"
+
+
+@pytest.fixture
+def fast_retries(monkeypatch) -> list[int]:
+    """Skip the SDK's back-off sleeps (0.5 s and up) where a test retries on purpose."""
+    retries: list[int] = []
+
+    def no_sleep(self, num_retries: int) -> float:
+        retries.append(num_retries)
+        return 0.0
+
+    monkeypatch.setattr("stripe._http_client.HTTPClient._sleep_time_seconds", no_sleep)
+    return retries
+
+
+def catalog_items() -> list[CatalogItem]:
+    return [
+        CatalogItem(
+            resource="cpu",
+            display_name="CPU hours",
+            event_name="cpu_hours",
+            product_id="platform_cpu",
+            lookup_key="platform_cpu_hour",
+            unit_amount=4,
+        ),
+        CatalogItem(
+            resource="gpu",
+            display_name="GPU hours",
+            event_name="gpu_hours",
+            product_id="platform_gpu",
+            lookup_key="platform_gpu_hour",
+            unit_amount=250,
+        ),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# Customers
+
+
+def test_creating_a_customer_sends_email_name_user_id_and_an_idempotency_key(fake_stripe):
+    customer_id = gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+
+    [post] = fake_stripe.posts("/v1/customers")
+    assert post.form == {"email": "ada@example.com", "name": "Ada", "metadata[user_id]": "42"}
+    assert post.idempotency_key == "customer-42"
+    assert post.headers["Authorization"] == f"Bearer {fake_stripe.api_key}"
+    assert post.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert customer_id == next(iter(fake_stripe.customers))
+    assert fake_stripe.customers[customer_id]["metadata"] == {"user_id": "42"}
+
+
+def test_creating_a_customer_twice_makes_one_customer(fake_stripe):
+    first = gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+    second = gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+
+    assert first == second
+    assert len(fake_stripe.customers) == 1
+    assert [p.replayed for p in fake_stripe.posts("/v1/customers")] == [False, True]
+
+
+def test_a_customer_without_a_name_is_sent_without_one(fake_stripe):
+    gateway.create_customer(user_id=USER_ID, email="ada@example.com", name=None)
+
+    [post] = fake_stripe.posts("/v1/customers")
+    assert "name" not in post.form
+
+
+def test_every_request_names_the_pinned_api_version(fake_stripe):
+    customer_id = gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+    gateway.list_invoices(customer_id=customer_id)
+    gateway.ensure_billing_catalog(catalog_items())
+
+    assert STRIPE_API_VERSION == "2026-10-28.endive"
+    assert len(fake_stripe.requests) > 5
+    assert {r.stripe_version for r in fake_stripe.requests} == {STRIPE_API_VERSION}
+
+
+def test_the_pinned_api_version_is_the_one_this_sdk_release_speaks():
+    # Upgrading the SDK must come with a deliberate change of STRIPE_API_VERSION.
+    sdk = importlib.import_module("stripe._api_version")
+
+    assert sdk._ApiVersion.CURRENT == STRIPE_API_VERSION
+
+
+# Checkout
+
+
+def test_credit_checkout_sends_the_amount_in_minor_units_and_who_is_paying(fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+
+    session = gateway.create_credit_checkout(
+        customer_id=customer["id"],
+        user_id=USER_ID,
+        amount=Decimal("25.00"),
+        success_url=SUCCESS_URL,
+        cancel_url=CANCEL_URL,
+        request_key="topup-7",
+    )
+
+    [post] = fake_stripe.posts("/v1/checkout/sessions")
+    assert post.form == {
+        "mode": "payment",
+        "customer": customer["id"],
+        "client_reference_id": "42",
+        "line_items[0][price_data][currency]": "usd",
+        "line_items[0][price_data][unit_amount]": "2500",
+        "line_items[0][price_data][product_data][name]": "Platform credits",
+        "line_items[0][quantity]": "1",
+        "metadata[purpose]": "credits",
+        "metadata[user_id]": "42",
+        "payment_intent_data[metadata][user_id]": "42",
+        "success_url": SUCCESS_URL,
+        "cancel_url": CANCEL_URL,
+    }
+    assert post.idempotency_key == "credit-checkout-topup-7"
+    stored = fake_stripe.checkout_sessions[session.id]
+    assert session.url == stored["url"]
+    assert session.url.startswith("https://checkout.stripe.com/")
+    assert stored["amount_total"] == 2500
+
+
+def test_credit_checkout_in_a_zero_decimal_currency_sends_whole_units(fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+
+    gateway.create_credit_checkout(
+        customer_id=customer["id"],
+        user_id=USER_ID,
+        amount=Decimal("1500"),
+        currency="JPY",
+        success_url=SUCCESS_URL,
+        cancel_url=CANCEL_URL,
+        request_key="topup-8",
+    )
+
+    [post] = fake_stripe.posts("/v1/checkout/sessions")
+    assert post.form["line_items[0][price_data][currency]"] == "jpy"
+    assert post.form["line_items[0][price_data][unit_amount]"] == "1500"
+
+
+def test_credit_checkout_refuses_a_fraction_of_a_cent_before_calling_stripe(fake_stripe):
+    with pytest.raises(ValueError, match="more than 2 decimal places"):
+        gateway.create_credit_checkout(
+            customer_id="cus_x",
+            user_id=USER_ID,
+            amount=Decimal("10.005"),
+            success_url=SUCCESS_URL,
+            cancel_url=CANCEL_URL,
+            request_key="topup-9",
+        )
+
+    assert fake_stripe.requests == []
+
+
+def test_subscription_checkout_sends_metered_prices_without_quantity_and_the_anchor(
+    fake_stripe,
+):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    entries = gateway.ensure_billing_catalog(catalog_items())
+    anchor = int(time.time()) + 10 * 24 * 3600
+
+    session = gateway.create_subscription_checkout(
+        customer_id=customer["id"],
+        user_id=USER_ID,
+        price_ids=[entry.price_id for entry in entries],
+        success_url=SUCCESS_URL,
+        cancel_url=CANCEL_URL,
+        request_key="sub-1",
+        billing_cycle_anchor=anchor,
+    )
+
+    [post] = fake_stripe.posts("/v1/checkout/sessions")
+    assert post.form == {
+        "mode": "subscription",
+        "customer": customer["id"],
+        "client_reference_id": "42",
+        "line_items[0][price]": entries[0].price_id,
+        "line_items[1][price]": entries[1].price_id,
+        "subscription_data[metadata][user_id]": "42",
+        "subscription_data[billing_cycle_anchor]": str(anchor),
+        "metadata[purpose]": "subscription",
+        "metadata[user_id]": "42",
+        "success_url": SUCCESS_URL,
+        "cancel_url": CANCEL_URL,
+    }
+    assert not any("quantity" in name for name in post.form)
+    assert post.idempotency_key == "subscription-checkout-sub-1"
+    assert post.params["line_items"] == [{"price": e.price_id} for e in entries]
+
+    completed = fake_stripe.complete_checkout(session.id)
+    subscription = fake_stripe.subscriptions[completed["subscription"]]
+    assert subscription["metadata"] == {"user_id": "42"}
+    assert subscription["billing_cycle_anchor"] == anchor
+
+
+def test_subscription_checkout_without_an_anchor_sends_none(fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    [entry] = gateway.ensure_billing_catalog(catalog_items()[:1])
+
+    gateway.create_subscription_checkout(
+        customer_id=customer["id"],
+        user_id=USER_ID,
+        price_ids=[entry.price_id],
+        success_url=SUCCESS_URL,
+        cancel_url=CANCEL_URL,
+        request_key="sub-2",
+    )
+
+    [post] = fake_stripe.posts("/v1/checkout/sessions")
+    assert "subscription_data[billing_cycle_anchor]" not in post.form
+
+
+# Catalog
+
+
+def test_the_first_catalog_run_creates_meters_products_and_metered_prices(fake_stripe):
+    entries = gateway.ensure_billing_catalog(catalog_items())
+
+    meter_posts = fake_stripe.posts("/v1/billing/meters")
+    assert [p.form for p in meter_posts] == [
+        {
+            "display_name": display,
+            "event_name": event,
+            "default_aggregation[formula]": "sum",
+            "customer_mapping[event_payload_key]": "stripe_customer_id",
+            "customer_mapping[type]": "by_id",
+            "value_settings[event_payload_key]": "value",
+        }
+        for display, event in (("CPU hours", "cpu_hours"), ("GPU hours", "gpu_hours"))
+    ]
+    assert [p.idempotency_key for p in meter_posts] == ["meter-cpu_hours", "meter-gpu_hours"]
+
+    product_posts = fake_stripe.posts("/v1/products")
+    assert [p.form for p in product_posts] == [
+        {"id": "platform_cpu", "name": "CPU hours"},
+        {"id": "platform_gpu", "name": "GPU hours"},
+    ]
+    assert [p.idempotency_key for p in product_posts] == [
+        "product-platform_cpu",
+        "product-platform_gpu",
+    ]
+
+    cpu, gpu = entries
+    price_posts = fake_stripe.posts("/v1/prices")
+    assert price_posts[0].form == {
+        "currency": "usd",
+        "unit_amount": "4",
+        "product": "platform_cpu",
+        "lookup_key": "platform_cpu_hour",
+        "transfer_lookup_key": "true",
+        "recurring[interval]": "month",
+        "recurring[usage_type]": "metered",
+        "recurring[meter]": cpu.meter_id,
+        "billing_scheme": "per_unit",
+    }
+    assert price_posts[1].form["recurring[meter]"] == gpu.meter_id
+    assert price_posts[1].form["unit_amount"] == "250"
+    assert [p.idempotency_key for p in price_posts] == [
+        f"price-platform_cpu_hour-{cpu.meter_id}-4-usd",
+        f"price-platform_gpu_hour-{gpu.meter_id}-250-usd",
+    ]
+    lookups = fake_stripe.requests_to("GET", "/v1/prices")
+    assert [r.form["lookup_keys[0]"] for r in lookups] == ["platform_cpu_hour", "platform_gpu_hour"]
+    assert {r.form["active"] for r in lookups} == {"true"}
+
+    assert (cpu.resource, cpu.event_name, cpu.product_id) == ("cpu", "cpu_hours", "platform_cpu")
+    assert fake_stripe.meters[cpu.meter_id]["event_name"] == "cpu_hours"
+    assert fake_stripe.prices[cpu.price_id]["recurring"]["meter"] == cpu.meter_id
+    assert fake_stripe.prices[gpu.price_id]["recurring"]["meter"] == gpu.meter_id
+    assert fake_stripe.prices[gpu.price_id]["lookup_key"] == "platform_gpu_hour"
+
+
+def test_running_the_catalog_again_creates_nothing(fake_stripe):
+    first = gateway.ensure_billing_catalog(catalog_items())
+    created = len(fake_stripe.posts())
+
+    second = gateway.ensure_billing_catalog(catalog_items())
+
+    assert second == first
+    assert len(fake_stripe.posts()) == created == 6
+    assert (len(fake_stripe.meters), len(fake_stripe.products), len(fake_stripe.prices)) == (
+        2,
+        2,
+        2,
+    )
+
+
+def test_the_catalog_finds_an_existing_meter_on_a_later_page_and_ignores_inactive_ones(
+    fake_stripe,
+):
+    wanted = fake_stripe.add_meter(event_name="cpu_hours")
+    fake_stripe.add_meter(event_name="retired_cpu_hours", status="inactive")
+    for n in range(gateway.PAGE_SIZE):
+        fake_stripe.add_meter(event_name=f"other_{n}")
+
+    [entry] = gateway.ensure_billing_catalog(catalog_items()[:1])
+
+    assert entry.meter_id == wanted["id"]
+    assert fake_stripe.posts("/v1/billing/meters") == []
+    pages = fake_stripe.requests_to("GET", "/v1/billing/meters")
+    assert len(pages) == 2
+    assert {p.form["status"] for p in pages} == {"active"}
+    assert "starting_after" in pages[1].form
+
+
+def test_a_rate_change_makes_a_new_price_and_moves_the_lookup_key(fake_stripe):
+    [old] = gateway.ensure_billing_catalog(catalog_items()[:1])
+    cheaper = CatalogItem(**{**catalog_items()[0].__dict__, "unit_amount": 3})
+
+    [new] = gateway.ensure_billing_catalog([cheaper])
+
+    assert new.meter_id == old.meter_id
+    assert new.price_id != old.price_id
+    assert fake_stripe.prices[new.price_id]["unit_amount"] == 3
+    assert fake_stripe.prices[new.price_id]["lookup_key"] == "platform_cpu_hour"
+    assert fake_stripe.prices[old.price_id]["lookup_key"] is None
+
+
+# Meter events
+
+
+def test_a_meter_event_sends_its_identifier_value_and_idempotency_key(fake_stripe):
+    now = int(time.time())
+
+    gateway.send_meter_event(
+        event_name="cpu_hours",
+        customer_id="cus_123",
+        value=12,
+        identifier="usage-1-2025-06-01-cpu",
+        timestamp=now,
+    )
+
+    [post] = fake_stripe.posts("/v1/billing/meter_events")
+    assert post.form == {
+        "event_name": "cpu_hours",
+        "payload[stripe_customer_id]": "cus_123",
+        "payload[value]": "12",
+        "identifier": "usage-1-2025-06-01-cpu",
+        "timestamp": str(now),
+    }
+    assert post.idempotency_key == "usage-1-2025-06-01-cpu"
+
+
+def test_a_negative_meter_event_corrects_over_reported_usage(fake_stripe):
+    now = int(time.time())
+    gateway.send_meter_event(
+        event_name="cpu_hours", customer_id="cus_123", value=12, identifier="a", timestamp=now
+    )
+
+    gateway.send_meter_event(
+        event_name="cpu_hours", customer_id="cus_123", value=-5, identifier="b", timestamp=now
+    )
+
+    assert fake_stripe.posts("/v1/billing/meter_events")[1].form["payload[value]"] == "-5"
+    assert fake_stripe.meter_event_totals("cpu_hours", "cus_123") == 7
+
+
+def test_sending_the_same_meter_event_twice_counts_it_once(fake_stripe):
+    event = {
+        "event_name": "cpu_hours",
+        "customer_id": "cus_123",
+        "value": 12,
+        "identifier": "usage-1",
+        "timestamp": int(time.time()),
+    }
+
+    gateway.send_meter_event(**event)
+    gateway.send_meter_event(**event)
+
+    assert fake_stripe.meter_event_totals("cpu_hours", "cus_123") == 12
+    assert [p.replayed for p in fake_stripe.posts("/v1/billing/meter_events")] == [False, True]
+
+
+def test_a_meter_event_stripe_already_has_is_delivered(fake_stripe):
+    # After the 24-hour idempotency window Stripe answers a resend by identifier.
+    now = int(time.time())
+    gateway.send_meter_event(
+        event_name="cpu_hours", customer_id="cus_123", value=12, identifier="usage-1", timestamp=now
+    )
+    fake_stripe.forget_idempotency_keys()
+
+    gateway.send_meter_event(
+        event_name="cpu_hours", customer_id="cus_123", value=12, identifier="usage-1", timestamp=now
+    )
+
+    assert [p.status for p in fake_stripe.posts("/v1/billing/meter_events")] == [200, 400]
+    assert fake_stripe.meter_event_totals("cpu_hours", "cus_123") == 12
+
+
+# Subscriptions and invoices
+
+
+def test_a_subscription_is_returned_as_a_plain_dict(fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    [entry] = gateway.ensure_billing_catalog(catalog_items()[:1])
+    added = fake_stripe.add_subscription(
+        customer=customer["id"], price_ids=[entry.price_id], metadata={"user_id": "42"}
+    )
+
+    subscription = gateway.retrieve_subscription(subscription_id=added["id"])
+
+    assert type(subscription) is dict
+    assert type(subscription["items"]["data"][0]) is dict
+    assert json.loads(json.dumps(subscription)) == subscription
+    assert subscription["status"] == "active"
+    assert subscription["metadata"] == {"user_id": "42"}
+    assert subscription["items"]["data"][0]["price"]["id"] == entry.price_id
+    assert subscription["items"]["data"][0]["price"]["unit_amount_decimal"] == "4"
+
+
+def test_canceling_a_subscription_deletes_it_once_and_again_is_not_an_error(fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    added = fake_stripe.add_subscription(customer=customer["id"])
+
+    gateway.cancel_subscription(subscription_id=added["id"])
+    gateway.cancel_subscription(subscription_id=added["id"])
+    gateway.cancel_subscription(subscription_id="sub_gone")
+
+    deletes = [r for r in fake_stripe.requests if r.method == "DELETE"]
+    assert [(r.path, r.status) for r in deletes] == [
+        (f"/v1/subscriptions/{added['id']}", 200),
+        (f"/v1/subscriptions/{added['id']}", 404),
+        ("/v1/subscriptions/sub_gone", 404),
+    ]
+    assert deletes[0].idempotency_key == f"cancel-{added['id']}"
+    assert fake_stripe.subscriptions[added["id"]]["status"] == "canceled"
+
+
+def test_listing_invoices_reads_every_page_newest_first(fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    other = fake_stripe.add_customer(email="bob@example.com")
+    start = int(time.time()) - 200 * 86400
+    for n in range(gateway.PAGE_SIZE + 5):
+        fake_stripe.add_invoice(customer=customer["id"], amount_due=100 + n, created=start + n)
+    fake_stripe.add_invoice(customer=other["id"], amount_due=999)
+
+    invoices = gateway.list_invoices(customer_id=customer["id"])
+
+    assert len(invoices) == gateway.PAGE_SIZE + 5
+    assert [i["amount_due"] for i in invoices[:2]] == [204, 203]
+    assert {i["customer"] for i in invoices} == {customer["id"]}
+    assert all(type(i) is dict and i["status"] == "paid" for i in invoices)
+    pages = fake_stripe.requests_to("GET", "/v1/invoices")
+    assert [p.form.get("starting_after") for p in pages] == [None, invoices[99]["id"]]
+    assert {p.form["customer"] for p in pages} == {customer["id"]}
+
+
+# Errors
+
+
+def test_a_refused_key_names_the_setting_and_never_the_key(fake_stripe, settings):
+    settings.STRIPE_SECRET_KEY = "sk_test_wrongkey0123456789abcdefWXYZ"
+
+    with pytest.raises(StripeGatewayError) as caught:
+        gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+
+    error = caught.value
+    assert "STRIPE_SECRET_KEY" in str(error)
+    assert "wrongkey0123456789" not in str(error)
+    assert (error.status, error.retriable) == (401, False)
+    assert len(fake_stripe.requests) == 1  # a 401 is not retried
+
+
+def test_a_secret_echoed_by_stripe_is_redacted_from_the_message(fake_stripe):
+    fake_stripe.fail_next(
+        status=401,
+        error={"type": "invalid_request_error", "message": f"Bad key {fake_stripe.api_key}"},
+    )
+
+    with pytest.raises(StripeGatewayError) as caught:
+        gateway.list_invoices(customer_id="cus_123")
+
+    assert fake_stripe.api_key not in str(caught.value)
+    assert "[STRIPE_SECRET_KEY]" in str(caught.value)
+
+
+def test_a_key_without_a_permission_says_what_to_grant(fake_stripe):
+    fake_stripe.fail_next(
+        status=403,
+        error={
+            "type": "invalid_request_error",
+            "message": "The provided key 'rk_test_***abcd' does not have the required "
+            "permissions for this endpoint.",
+        },
+    )
+
+    with pytest.raises(StripeGatewayError) as caught:
+        gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+
+    assert (caught.value.status, caught.value.retriable) == (403, False)
+    assert "restricted key" in str(caught.value)
+    assert "does not have the required permissions" in str(caught.value)
+
+
+def test_a_rejected_request_is_not_retriable_and_carries_stripes_message(fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    [entry] = gateway.ensure_billing_catalog(catalog_items()[:1])
+
+    with pytest.raises(StripeGatewayError) as caught:
+        gateway.create_subscription_checkout(
+            customer_id=customer["id"],
+            user_id=USER_ID,
+            price_ids=[entry.price_id],
+            success_url=SUCCESS_URL,
+            cancel_url=CANCEL_URL,
+            request_key="sub-3",
+            billing_cycle_anchor=int(time.time()) - 60,
+        )
+
+    error = caught.value
+    assert (error.status, error.retriable) == (400, False)
+    assert "must be in the future" in str(error)
+    assert "subscription_data[billing_cycle_anchor]" in str(error)
+    assert "request req_" in str(error)
+
+
+def test_a_missing_object_carries_stripes_error_code(fake_stripe):
+    with pytest.raises(StripeGatewayError) as caught:
+        gateway.create_credit_checkout(
+            customer_id="cus_missing",
+            user_id=USER_ID,
+            amount=Decimal("25"),
+            success_url=SUCCESS_URL,
+            cancel_url=CANCEL_URL,
+            request_key="topup-10",
+        )
+
+    error = caught.value
+    assert (error.status, error.code, error.retriable) == (404, "resource_missing", False)
+    assert "No such customer: 'cus_missing'" in str(error)
+
+
+def test_a_server_error_is_retried_with_the_same_idempotency_key_and_then_succeeds(fake_stripe):
+    fake_stripe.fail_next(1, status=500)
+
+    customer_id = gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+
+    posts = fake_stripe.posts("/v1/customers")
+    assert [p.status for p in posts] == [500, 200]
+    assert {p.idempotency_key for p in posts} == {"customer-42"}
+    assert list(fake_stripe.customers) == [customer_id]
+
+
+def test_a_lasting_server_error_is_retriable_after_the_retries(fake_stripe, fast_retries):
+    fake_stripe.fail_next(5, status=503)
+
+    with pytest.raises(StripeGatewayError) as caught:
+        gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+
+    assert (caught.value.status, caught.value.retriable) == (503, True)
+    assert "An unknown error occurred" in str(caught.value)
+    assert len(fake_stripe.requests) == gateway.MAX_NETWORK_RETRIES + 1
+    assert fast_retries == [1, 2]
+
+
+def test_rate_limiting_is_retriable(fake_stripe, fast_retries):
+    fake_stripe.fail_next(
+        5,
+        status=429,
+        error={
+            "type": "invalid_request_error",
+            "message": "Too many requests",
+            "code": "rate_limit",
+        },
+    )
+
+    with pytest.raises(StripeGatewayError) as caught:
+        gateway.list_invoices(customer_id="cus_123")
+
+    assert (caught.value.status, caught.value.retriable) == (429, True)
+
+
+def test_an_unreachable_stripe_is_retriable_and_names_the_address(
+    fake_stripe, settings, fast_retries
+):
+    base = f"http://127.0.0.1:{free_port()}"
+    settings.STRIPE_API_BASE = base
+
+    with pytest.raises(StripeGatewayError) as caught:
+        gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+
+    error = caught.value
+    assert str(error).startswith(f"Stripe could not be reached at {base}: [Errno 111] ")
+    assert "Connection refused" in str(error)
+    assert (error.status, error.retriable) == (None, True)
+    assert fast_retries == [1, 2]
+
+
+def test_plain_http_is_refused_for_anything_but_this_machine(fake_stripe, settings):
+    settings.STRIPE_API_BASE = "http://stripe.example.com"
+
+    with pytest.raises(StripeGatewayError, match=r"STRIPE_API_BASE .* must use https://"):
+        gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+
+    assert fake_stripe.requests == []
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: gateway.create_customer(user_id="1", email="a@example.com", name=None),
+        lambda: gateway.create_credit_checkout(
+            customer_id="cus_1",
+            user_id="1",
+            amount=Decimal("10"),
+            success_url=SUCCESS_URL,
+            cancel_url=CANCEL_URL,
+            request_key="k",
+        ),
+        lambda: gateway.create_subscription_checkout(
+            customer_id="cus_1",
+            user_id="1",
+            price_ids=["price_1"],
+            success_url=SUCCESS_URL,
+            cancel_url=CANCEL_URL,
+            request_key="k",
+        ),
+        lambda: gateway.ensure_billing_catalog([]),
+        lambda: gateway.send_meter_event(
+            event_name="e", customer_id="cus_1", value=1, identifier="i", timestamp=1
+        ),
+        lambda: gateway.cancel_subscription(subscription_id="sub_1"),
+        lambda: gateway.retrieve_subscription(subscription_id="sub_1"),
+        lambda: gateway.list_invoices(customer_id="cus_1"),
+    ],
+)
+def test_every_call_says_stripe_is_not_configured_without_a_key(fake_stripe, settings, call):
+    settings.STRIPE_SECRET_KEY = ""
+
+    with pytest.raises(StripeNotConfigured) as caught:
+        call()
+
+    assert str(caught.value) == "Stripe is not configured (STRIPE_SECRET_KEY is empty)"
+    assert isinstance(caught.value, StripeGatewayError)
+    assert not gateway.is_configured()
+    assert fake_stripe.requests == []
+
+
+# Webhooks
+
+
+def signed_event() -> tuple[bytes, dict]:
+    invoice = {"id": "in_123", "object": "invoice", "customer": "cus_123", "amount_paid": 2500}
+    event = make_event("invoice.paid", invoice)
+    return json.dumps(event).encode(), event
+
+
+def test_a_correctly_signed_webhook_returns_the_event_as_a_plain_dict(fake_stripe):
+    payload, event = signed_event()
+
+    verified = gateway.verify_webhook(
+        payload=payload, signature_header=sign_payload(payload, WEBHOOK_SECRET)
+    )
+
+    assert verified == event
+    assert type(verified) is dict
+
+
+@pytest.mark.parametrize(
+    ("make_header", "change_payload", "reason"),
+    [
+        (lambda p: sign_payload(p, "whsec_someone_else"), False, "bad Stripe-Signature"),
+        (lambda p: sign_payload(p, WEBHOOK_SECRET), True, "bad Stripe-Signature"),
+        (
+            lambda p: sign_payload(p, WEBHOOK_SECRET, timestamp=int(time.time()) - 301),
+            False,
+            "tolerance",
+        ),
+        (lambda p: None, False, "no Stripe-Signature header"),
+        (lambda p: "t=soon,v1=abc", False, "bad Stripe-Signature"),
+    ],
+    ids=["wrong-secret", "tampered", "too-old", "missing", "garbled"],
+)
+def test_a_webhook_that_is_not_proven_to_come_from_stripe_is_refused(
+    fake_stripe, make_header, change_payload, reason
+):
+    payload, _ = signed_event()
+    header = make_header(payload)
+    if change_payload:
+        payload = payload.replace(b"2500", b"9500")
+
+    with pytest.raises(WebhookSignatureError, match=reason) as caught:
+        gateway.verify_webhook(payload=payload, signature_header=header)
+
+    assert WEBHOOK_SECRET not in str(caught.value)
+
+
+def test_webhooks_are_refused_while_the_webhook_secret_is_empty(fake_stripe, settings):
+    payload, _ = signed_event()
+    header = sign_payload(payload, WEBHOOK_SECRET)
+    settings.STRIPE_WEBHOOK_SECRET = ""
+
+    with pytest.raises(WebhookSignatureError, match="STRIPE_WEBHOOK_SECRET is empty"):
+        gateway.verify_webhook(payload=payload, signature_header=header)
+
+
+# Links and money
+
+
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [
+        ("sk_test_abc", "https://dashboard.stripe.com/test/customers/cus_123"),
+        ("rk_test_abc", "https://dashboard.stripe.com/test/customers/cus_123"),
+        ("sk_live_abc", "https://dashboard.stripe.com/customers/cus_123"),
+        ("rk_live_abc", "https://dashboard.stripe.com/customers/cus_123"),
+    ],
+)
+def test_dashboard_links_point_at_test_mode_for_a_test_key(settings, key, url):
+    settings.STRIPE_SECRET_KEY = key
+
+    assert gateway.dashboard_url("customers", "cus_123") == url
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "minor"),
+    [
+        (Decimal("25.00"), "usd", 2500),
+        (Decimal("25"), "USD", 2500),
+        (Decimal("0.5"), "eur", 50),
+        (Decimal("-5"), "usd", -500),
+        (Decimal("1500"), "jpy", 1500),
+        (Decimal("1500.00"), "krw", 1500),
+        (Decimal("1.234"), "kwd", 1234),
+    ],
+)
+def test_amounts_convert_exactly_to_minor_units_and_back(amount, currency, minor):
+    assert gateway.to_minor_units(amount, currency) == minor
+    assert gateway.from_minor_units(minor, currency) == amount
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency"),
+    [(Decimal("0.001"), "usd"), (Decimal("1.5"), "jpy"), (Decimal("1.2345"), "kwd")],
+)
+def test_an_amount_finer_than_the_currency_allows_is_refused(amount, currency):
+    with pytest.raises(ValueError, match="decimal places"):
+        gateway.to_minor_units(amount, currency)
+
+
+def test_money_is_never_a_float():
+    with pytest.raises(TypeError):
+        gateway.to_minor_units(25.0, "usd")  # type: ignore[arg-type]
+    assert str(gateway.from_minor_units(2500, "usd")) == "25.00"
+    assert str(gateway.from_minor_units(1500, "jpy")) == "1500"

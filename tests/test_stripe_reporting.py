@@ -1,0 +1,220 @@
+"""Postpaid usage to Stripe as meter events: differences only, never twice, to the cent."""
+
+import datetime as dt
+import threading
+from decimal import Decimal
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.utils import timezone
+
+from billing.models import BillingAccount, Price, StripeCatalogEntry, StripeUsageReport
+from billing.pricing import to_cents
+from billing.selectors import month_to_date_cost
+from billing.stripe_billing import customer_ensure
+from billing.stripe_reporting import report_usage_to_stripe
+from billing.usage import UsageRecord, usage_upsert
+from tests.factories import ClusterFactory, UserFactory
+
+D = Decimal
+
+
+def subscribed_user(fake_stripe):
+    user = UserFactory()
+    customer = customer_ensure(user=user)
+    sub = fake_stripe.add_subscription(customer=customer, status="active")
+    BillingAccount.objects.update_or_create(
+        user=user,
+        defaults={"stripe_subscription_id": sub["id"], "subscription_status": "active"},
+    )
+    return user, customer
+
+
+def record_days(user, cluster, days, **figures):
+    usage_upsert(
+        records=[
+            UsageRecord(user_id=user.pk, cluster_id=cluster.pk, date=day, **figures) for day in days
+        ],
+        actor="t",
+    )
+
+
+def this_month_days(count):
+    today = timezone.now().date()
+    first = today.replace(day=1)
+    return [first + dt.timedelta(days=n) for n in range(min(count, today.day))]
+
+
+def stripe_cents(fake_stripe, customer):
+    return sum(
+        fake_stripe.meter_event_totals(entry.event_name, customer)
+        for entry in StripeCatalogEntry.objects.all()
+    )
+
+
+@pytest.fixture
+def catalog(fake_stripe):
+    call_command("setup_stripe_billing")
+    return fake_stripe
+
+
+@pytest.mark.django_db
+def test_setup_is_idempotent_and_makes_a_meter_product_and_price_per_resource(fake_stripe):
+    call_command("setup_stripe_billing")
+    posts_after_first = len(fake_stripe.posts())
+    call_command("setup_stripe_billing")
+
+    assert len(fake_stripe.posts()) == posts_after_first  # the second run creates nothing
+    assert StripeCatalogEntry.objects.count() == 4
+    assert len(fake_stripe.meters) == len(fake_stripe.products) == len(fake_stripe.prices) == 4
+    for price in fake_stripe.prices.values():
+        assert price["recurring"]["usage_type"] == "metered"
+        assert price["recurring"]["meter"] in fake_stripe.meters
+        assert price["unit_amount"] == 1
+
+
+@pytest.mark.django_db
+def test_reporting_sends_the_month_in_cents_with_deterministic_identifiers(catalog):
+    user, customer = subscribed_user(catalog)
+    cluster = ClusterFactory()
+    record_days(
+        user, cluster, this_month_days(3), cpu_hours=D("10.123"), gpu_hours=D("1.5"), api_calls=1234
+    )
+
+    run = report_usage_to_stripe()
+
+    ours = to_cents(month_to_date_cost(user)) * 100
+    assert stripe_cents(catalog, customer) == ours
+    assert run.sent_cents == ours
+    sent = catalog.requests_to("POST", "/v1/billing/meter_events")
+    assert {r.form["payload[stripe_customer_id]"] for r in sent} == {customer}
+    assert all(r.form["identifier"] == r.idempotency_key for r in sent)
+    assert all(r.form["identifier"].startswith("usage-") for r in sent)
+
+
+@pytest.mark.django_db
+def test_a_rerun_reports_nothing_new(catalog):
+    user, _ = subscribed_user(catalog)
+    record_days(user, ClusterFactory(), this_month_days(2), cpu_hours=D("5"))
+    report_usage_to_stripe()
+    before = len(catalog.meter_events)
+
+    run = report_usage_to_stripe()
+
+    assert run.sent_events == 0
+    assert len(catalog.meter_events) == before
+
+
+@pytest.mark.django_db
+def test_a_corrected_day_reports_only_the_difference_even_downwards(catalog):
+    user, customer = subscribed_user(catalog)
+    cluster = ClusterFactory()
+    [day] = this_month_days(1)
+    record_days(user, cluster, [day], cpu_hours=D("10"))  # $1.00
+    report_usage_to_stripe()
+    record_days(user, cluster, [day], cpu_hours=D("13"))  # $1.30
+    report_usage_to_stripe()
+    record_days(user, cluster, [day], cpu_hours=D("4"))  # $0.40
+    report_usage_to_stripe()
+
+    cpu = StripeCatalogEntry.objects.get(resource="cpu_hour").event_name
+    values = [int(e["payload"]["value"]) for e in catalog.meter_events if e["event_name"] == cpu]
+    assert values == [100, 30, -90]
+    assert stripe_cents(catalog, customer) == 40
+
+
+@pytest.mark.django_db
+def test_negotiated_prices_and_sub_cent_days_still_total_to_the_cent(catalog):
+    user, customer = subscribed_user(catalog)
+    Price.objects.create(
+        resource="cpu_hour", unit_price=D("0.0333"), user=user, effective_from=dt.date(2020, 1, 1)
+    )
+    record_days(
+        user,
+        ClusterFactory(),
+        this_month_days(28),
+        cpu_hours=D("0.777"),
+        storage_gb_months=D("0.0333333333"),
+        api_calls=333,
+    )
+
+    report_usage_to_stripe()
+
+    assert stripe_cents(catalog, customer) == to_cents(month_to_date_cost(user)) * 100
+
+
+@pytest.mark.django_db
+def test_a_failed_send_is_retried_later_with_the_same_identifier_and_value(catalog):
+    from billing.stripe_gateway import MAX_NETWORK_RETRIES
+
+    user, customer = subscribed_user(catalog)
+    record_days(user, ClusterFactory(), this_month_days(1), cpu_hours=D("10"))
+    catalog.fail_next(1 + MAX_NETWORK_RETRIES, status=500, path="/v1/billing/meter_events")
+
+    with pytest.raises(CommandError, match="next run retries"):
+        call_command("report_usage_to_stripe")
+    pending = StripeUsageReport.objects.get(resource="cpu_hour")
+    assert (pending.pending_cents, pending.reported_cents) == (100, 0)
+    decided = pending.pending_identifier
+
+    call_command("report_usage_to_stripe")
+
+    pending.refresh_from_db()
+    attempts = catalog.requests_to("POST", "/v1/billing/meter_events")
+    cpu = [r for r in attempts if r.form["identifier"].endswith("-cpu_hour-1")]
+    assert {(r.form["identifier"], r.form["payload[value]"]) for r in cpu} == {(decided, "100")}
+    assert [r.status for r in cpu][-1] == 200
+    assert (pending.reported_cents, pending.pending_cents) == (100, None)
+    assert stripe_cents(catalog, customer) == 100
+
+
+@pytest.mark.django_db
+def test_only_usage_billed_through_stripe_is_reported(catalog):
+    user, customer = subscribed_user(catalog)
+    cluster = ClusterFactory()
+    [first, *rest] = this_month_days(2) or [None]
+    record_days(user, cluster, [first], cpu_hours=D("10"))
+    BillingAccount.objects.filter(user=user).update(mode="prepaid")
+    if rest:
+        record_days(user, cluster, rest, cpu_hours=D("50"))  # settled with credits
+
+    report_usage_to_stripe()
+
+    assert stripe_cents(catalog, customer) == 100
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
+def test_two_concurrent_runs_report_each_unit_once(catalog):
+    users = [subscribed_user(catalog) for _ in range(4)]
+    cluster = ClusterFactory(max_users=50)
+    for user, _ in users:
+        record_days(user, cluster, this_month_days(5), cpu_hours=D("3.3"), gpu_hours=D("0.7"))
+    barrier = threading.Barrier(3)
+
+    def run():
+        try:
+            barrier.wait(timeout=30)
+            report_usage_to_stripe()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    for user, customer in users:
+        ours = to_cents(month_to_date_cost(user)) * 100
+        assert stripe_cents(catalog, customer) == ours
+        recorded = StripeUsageReport.objects.filter(user=user).values_list(
+            "reported_cents", flat=True
+        )
+        assert sum(recorded) == ours
+    assert report_usage_to_stripe().sent_events == 0  # and nothing is left to correct
+    # Each event crossed the wire once: no run sent what another run was sending.
+    sent = [r.form["identifier"] for r in catalog.requests_to("POST", "/v1/billing/meter_events")]
+    assert len(sent) == len(set(sent)) == len(catalog.meter_events)
