@@ -8,14 +8,16 @@ import random
 from decimal import Decimal
 
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.demo import DEMO_USERS
 from accounts.models import User
 from billing.credits import Kind, Movement, credits_apply
-from billing.models import BillingAccount
-from billing.pricing import storage_gb_months
+from billing.models import BillingAccount, UsageDaily
+from billing.pricing import storage_gb_months, to_cents
 from billing.services import billing_mode_set
+from billing.stripe_billing import invoice_apply
 from billing.usage import UsageRecord, usage_upsert
 from clusters.models import UserHopsworksAssignment
 
@@ -72,7 +74,38 @@ def seed() -> list[str]:
     )
     credits_apply(movements)  # before the usage, as a customer would have bought first
     result = usage_upsert(records=records, actor="seed_demo")
+    invoices = _demo_invoices(today)
     return [
         f"Demo usage: {result.rows} daily rows over {DAYS} days; "
-        f"{result.credit_entries} new credit debits."
+        f"{result.credit_entries} new credit debits; {invoices} demo invoices."
     ]
+
+
+def _demo_invoices(today: dt.date) -> int:
+    """Invoices as Stripe's webhooks would have recorded them, for the postpaid users."""
+    last_month = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    before = (last_month - dt.timedelta(days=1)).replace(day=1)
+    count = 0
+    for index in (0, 3):  # Ada and Edsger are postpaid
+        user_id = DEMO_USERS[index][0]
+        for month, status in ((before, "paid"), (last_month, "pending")):
+            start = dt.datetime.combine(month, dt.time(), tzinfo=dt.UTC)
+            end = dt.datetime.combine(
+                (month + dt.timedelta(days=32)).replace(day=1), dt.time(), tzinfo=dt.UTC
+            )
+            total = UsageDaily.objects.filter(
+                user_id=user_id, date__gte=month, date__lt=end.date()
+            ).aggregate(total=Sum("total_cost"))["total"] or Decimal(0)
+            invoice = {
+                "id": f"in_demo_{index}_{month:%Y%m}",
+                "number": f"DEMO-{index}-{month:%Y%m}",
+                "amount_due": int(to_cents(total) * 100),
+                "currency": "usd",
+                "created": int(end.timestamp()),
+                "period_start": int(start.timestamp()),
+                "period_end": int(end.timestamp()),
+                "metadata": {"user_id": user_id},
+            }
+            invoice_apply(invoice, status=status, event_created=end)
+            count += 1
+    return count
