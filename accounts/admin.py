@@ -4,10 +4,12 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm
+from rest_framework_api_key.admin import APIKeyModelAdmin
+from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from accounts import services
 from accounts.admin_confirm import confirm_then
-from accounts.models import User, new_local_id
+from accounts.models import ApiKey, User, new_local_id
 
 AUTH0_FIELDS = ("id", "email", "name", "created_at", "last_login", "login_count")
 SYNCED_FIELDS = ("status", "hopsworks_username", "stripe_customer_id")
@@ -134,3 +136,45 @@ class UserAdmin(DjangoUserAdmin):
         self.message_user(request, f"{changed} user(s) {verb}.", messages.SUCCESS)
         if unchanged:
             self.message_user(request, f"{unchanged} already were.", messages.INFO)
+
+
+class ApiKeyForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=ApiKey.SCOPES, widget=forms.CheckboxSelectMultiple, required=True
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ("name", "scopes", "expiry_date", "revoked")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(APIKeyModelAdmin):
+    """Keys are stored hashed: the full key is shown once, in the message after saving."""
+
+    form = ApiKeyForm
+    list_display = (
+        "prefix",
+        "name",
+        "scope_list",
+        "created",
+        "expiry_date",
+        "_has_expired",
+        "revoked",
+        "last_used_at",
+        "created_by",
+    )
+    list_filter = ("revoked", "created")
+    readonly_fields = ("prefix", "created_by", "last_used_at")
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj):
+        return ", ".join(obj.scopes or [])
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user.email
+        super().save_model(request, obj, form, change)
+
+
+admin.site.unregister(LibraryAPIKey)

@@ -4,9 +4,11 @@ import uuid
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
+from django.core.exceptions import ValidationError
 from django.core.validators import EmailValidator
 from django.db import models
 from django.utils import timezone
+from rest_framework_api_key.models import AbstractAPIKey, BaseAPIKeyManager
 
 from accounts.db_functions import DatabaseNow
 
@@ -136,3 +138,36 @@ class User(AbstractBaseUser, PermissionsMixin):
     def clean(self):
         super().clean()
         self.email = normalize_email(self.email)
+
+
+class ApiKey(AbstractAPIKey):
+    """A key for scripts. Only a hash is stored; the full key is shown once, at creation.
+    Its prefix identifies it in lists and logs. A key grants exactly its scopes."""
+
+    SCOPES = (
+        ("users:read", "Read users and their cluster"),
+        ("clusters:read", "Read clusters and their utilization"),
+        ("usage:read", "Read usage"),
+        ("usage:write", "Write usage records"),
+        ("assignments:write", "Assign, move and unassign users"),
+    )
+
+    scopes = models.JSONField(default=list, blank=True)
+    created_by = models.TextField(blank=True, default="")
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = BaseAPIKeyManager()
+
+    class Meta(AbstractAPIKey.Meta):
+        db_table = "accounts_api_key"
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"
+
+    def clean(self):
+        super().clean()
+        unknown = set(self.scopes or []) - {scope for scope, _ in self.SCOPES}
+        if unknown:
+            raise ValidationError({"scopes": f"Unknown scopes: {', '.join(sorted(unknown))}"})
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in (self.scopes or [])

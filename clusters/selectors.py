@@ -34,7 +34,9 @@ def pending_accounts_on(cluster: HopsworksCluster):
 
 def cluster_utilization():
     """The seed's "Cluster utilization": each cluster with its assigned-user count."""
-    return HopsworksCluster.objects.annotate(assigned_users=Count("assignments")).order_by("name")
+    return HopsworksCluster.objects.annotate(assigned_users=Count("assignments__user")).order_by(
+        "name"
+    )
 
 
 @dataclass

@@ -98,6 +98,10 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "social_django",
+    "rest_framework",
+    "rest_framework_api_key",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     # Our apps, in import order: billing -> clusters -> accounts.
     "accounts",
     "clusters",
@@ -172,6 +176,39 @@ SOCIAL_AUTH_PIPELINE = (
     "social_core.pipeline.social_auth.associate_user",
     "social_core.pipeline.social_auth.load_extra_data",
 )
+
+# The API for scripts (/api/v1/): API keys or the browser session, one error format,
+# throttling per key, an OpenAPI schema.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.api_auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "accounts.api.Pagination",
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.api.PerKeyThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"per_key": env("API_RATE_LIMIT", default="600/minute")},
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "accounts.api.error_handler",
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Hopsworks Platform Console API",
+    "DESCRIPTION": "For scripts: users, clusters, assignments and usage. Authenticate with "
+    "`Authorization: Api-Key <key>` (keys are made in the admin or with "
+    "`manage.py create_api_key`), or the browser session for your own data (/me).",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
