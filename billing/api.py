@@ -21,8 +21,7 @@ from billing.models import BillingHistory, CreditLedgerEntry, UsageDaily
 from billing.pricing import to_cents
 from billing.usage import MAX_BATCH, UsageRecord, UsageValidationError, usage_upsert
 from clusters.api import AssignmentSerializer
-from clusters.models import HopsworksCluster
-from clusters.selectors import placement_of
+from clusters.selectors import cluster_by_name_or_id, placement_of
 
 MONEY = {"max_digits": 30, "decimal_places": 10}
 
@@ -309,8 +308,8 @@ class Usage(generics.ListAPIView):
 
 
 def _cluster_id(name_or_id: str):
-    by_name = HopsworksCluster.objects.filter(name=name_or_id).values_list("pk", flat=True).first()
-    return by_name or name_or_id  # an id (or garbage) is checked by the service
+    found = cluster_by_name_or_id(name_or_id)
+    return found.pk if found else name_or_id  # unknown: the service names the record
 
 
 def _by_index(errors) -> dict:

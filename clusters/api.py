@@ -18,7 +18,7 @@ from accounts.api import COMMON_ERRORS, HasScope, error_responses
 from accounts.models import User, normalize_email
 from clusters import services
 from clusters.models import HopsworksCluster, UserHopsworksAssignment
-from clusters.selectors import cluster_utilization
+from clusters.selectors import cluster_by_name_or_id, cluster_utilization
 
 
 class AssignmentSerializer(serializers.ModelSerializer):
@@ -179,12 +179,7 @@ class Conflict(exceptions.APIException):
 
 
 def _cluster(name_or_id: str) -> HopsworksCluster:
-    cluster = HopsworksCluster.objects.filter(name=name_or_id).first()
-    if cluster is None:
-        try:
-            cluster = HopsworksCluster.objects.filter(pk=name_or_id).first()
-        except Exception:
-            cluster = None
+    cluster = cluster_by_name_or_id(name_or_id)
     if cluster is None:
         raise exceptions.ValidationError({"cluster": [f"No cluster named {name_or_id!r}."]})
     return cluster

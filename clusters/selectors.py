@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from django.db.models import Count, F
@@ -21,6 +22,18 @@ def assignment_of(user: User) -> UserHopsworksAssignment | None:
         .filter(user=user)
         .first()
     )
+
+
+def cluster_by_name_or_id(value: str) -> HopsworksCluster | None:
+    """A cluster named `value`, or whose id it is."""
+    cluster = HopsworksCluster.objects.filter(name=value).first()
+    if cluster is not None:
+        return cluster
+    try:
+        cluster_id = uuid.UUID(str(value))
+    except ValueError:
+        return None
+    return HopsworksCluster.objects.filter(pk=cluster_id).first()
 
 
 def pending_accounts_on(cluster: HopsworksCluster):
