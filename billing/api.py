@@ -246,12 +246,8 @@ class Usage(generics.ListAPIView):
             rows = rows.filter(Q(user_id=user) | Q(user__email=normalize_email(user)))
         cluster = self.request.query_params.get("cluster")
         if cluster:
-            clusters = HopsworksCluster.objects.filter(name=cluster)
-            try:
-                clusters = clusters | HopsworksCluster.objects.filter(pk=cluster)
-            except Exception:
-                pass
-            rows = rows.filter(hopsworks_cluster__in=clusters)
+            found = cluster_by_name_or_id(cluster)
+            rows = rows.filter(hopsworks_cluster=found) if found else rows.none()
         start, end = _date_range(self.request)
         if start:
             rows = rows.filter(date__gte=start)
