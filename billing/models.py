@@ -163,7 +163,11 @@ class UsageDaily(models.Model):
         verbose_name = "daily usage"
         verbose_name_plural = "daily usage"
         ordering = ["-date", "user_id"]
-        indexes = [models.Index(fields=["user", "date"], name="idx_usage_daily_user_date")]
+        indexes = [
+            models.Index(fields=["user", "date"], name="idx_usage_daily_user_date"),
+            # Month-to-date figures over all users (the dashboard) read by date.
+            models.Index(fields=["date"], name="usage_daily_date"),
+        ]
         constraints = [
             # COALESCE makes rows without a cluster collide too (NULL = NULL here), on
             # PostgreSQL and SQLite alike.

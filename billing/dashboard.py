@@ -1,0 +1,161 @@
+"""The operator dashboard on the admin index: one aggregate query per tile, each tile a
+link to the admin list that explains it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from urllib.parse import urlencode
+
+from django.db.models import Count, F, Q, Sum
+from django.urls import reverse
+
+from accounts.models import User
+from billing.models import StripeEvent, UsageCollectionRun, UsageDaily, UserCredits
+from billing.pricing import to_cents
+from billing.selectors import month_start
+from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
+
+
+@dataclass
+class Tile:
+    title: str
+    value: str
+    url: str
+    alert: bool = False
+    rows: list[tuple[str, str, str]] = field(default_factory=list)  # (label, value, url)
+
+
+def _list(model_path: str, **params) -> str:
+    url = reverse(f"admin:{model_path}_changelist")
+    return f"{url}?{urlencode(params)}" if params else url
+
+
+def dashboard_tiles() -> list[Tile]:
+    month = month_start()
+    month_param = {"date__gte": month.isoformat()}
+    tiles = []
+
+    active = User.objects.filter(status=User.Status.ACTIVE).count()
+    tiles.append(Tile("Active users", f"{active}", _list("accounts_user", status__exact="active")))
+
+    revenue = UsageDaily.objects.filter(date__gte=month).aggregate(total=Sum("total_cost"))
+    tiles.append(
+        Tile(
+            "Usage this month",
+            f"${to_cents(revenue['total'] or Decimal(0)):,}",
+            _list("billing_usagedaily", **month_param),
+        )
+    )
+
+    per_cluster = (
+        UsageDaily.objects.filter(date__gte=month)
+        .values("hopsworks_cluster_id", "hopsworks_cluster__name")
+        .annotate(total=Sum("total_cost"), cpu=Sum("cpu_hours"), gpu=Sum("gpu_hours"))
+        .order_by("hopsworks_cluster__name")
+    )
+    tiles.append(
+        Tile(
+            "Usage per cluster this month",
+            f"{len(per_cluster)} clusters",
+            _list("billing_usagedaily", **month_param),
+            rows=[
+                (
+                    row["hopsworks_cluster__name"] or "no cluster",
+                    f"${to_cents(row['total'])} · {row['cpu'].normalize():f} CPU h · "
+                    f"{row['gpu'].normalize():f} GPU h",
+                    _list(
+                        "billing_usagedaily",
+                        hopsworks_cluster__id__exact=row["hopsworks_cluster_id"] or "",
+                        **month_param,
+                    ),
+                )
+                for row in per_cluster
+            ],
+        )
+    )
+
+    clusters = list(
+        HopsworksCluster.objects.order_by("name").values(
+            "pk", "name", "status", "current_users", "max_users"
+        )
+    )
+    full = [c for c in clusters if c["current_users"] >= c["max_users"]]
+    tiles.append(
+        Tile(
+            "Cluster fill",
+            f"{sum(c['current_users'] for c in clusters)} / "
+            f"{sum(c['max_users'] for c in clusters)} places",
+            _list("clusters_hopsworkscluster"),
+            alert=bool(full),
+            rows=[
+                (
+                    f"{c['name']} ({c['status']})",
+                    f"{c['current_users']} / {c['max_users']}",
+                    reverse("admin:clusters_hopsworkscluster_change", args=[c["pk"]]),
+                )
+                for c in clusters
+            ],
+        )
+    )
+
+    waits = CapacityWait.objects.aggregate(
+        capacity=Count("pk", filter=Q(reason=CapacityWait.Reason.NO_CAPACITY)),
+        billing=Count("pk", filter=Q(reason=CapacityWait.Reason.BILLING)),
+    )
+    tiles.append(
+        Tile(
+            "Waiting for capacity",
+            f"{waits['capacity']}",
+            _list("accounts_user", placement="waiting"),
+            alert=waits["capacity"] > 0,
+        )
+    )
+    tiles.append(
+        Tile(
+            "Waiting for billing setup",
+            f"{waits['billing']}",
+            _list("accounts_user", placement="billing"),
+        )
+    )
+
+    pending = HopsworksAccount.objects.exclude(desired=F("synced")).count()
+    tiles.append(
+        Tile(
+            "Hopsworks accounts pending",
+            f"{pending}",
+            _list("accounts_user", placement="pending"),
+            alert=pending > 0,
+        )
+    )
+
+    failed_runs = UsageCollectionRun.objects.filter(status=UsageCollectionRun.Status.FAILED).count()
+    tiles.append(
+        Tile(
+            "Failed collection runs",
+            f"{failed_runs}",
+            _list("billing_usagecollectionrun", status__exact="failed"),
+            alert=failed_runs > 0,
+        )
+    )
+
+    failed_events = StripeEvent.objects.filter(status=StripeEvent.Status.FAILED).count()
+    tiles.append(
+        Tile(
+            "Failed Stripe events",
+            f"{failed_events}",
+            _list("billing_stripeevent", status__exact="failed"),
+            alert=failed_events > 0,
+        )
+    )
+
+    negative = UserCredits.objects.filter(total_used__gt=F("total_purchased")).count()
+    tiles.append(
+        Tile(
+            "Balances below zero",
+            f"{negative}",
+            _list("billing_usercredits", balance="negative"),
+            alert=negative > 0,
+        )
+    )
+    return tiles

@@ -1,0 +1,10 @@
+from django import template
+
+from billing.dashboard import dashboard_tiles
+
+register = template.Library()
+
+
+@register.simple_tag
+def operator_dashboard():
+    return dashboard_tiles()

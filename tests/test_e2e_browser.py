@@ -1,0 +1,137 @@
+"""The operator console in a real browser: log in, the dashboard, every admin list, a user.
+
+Runs Debian's Chromium (apt package `chromium`) through Playwright; Playwright never
+downloads a browser of its own. Without /usr/bin/chromium the test skips itself; CI
+installs Chromium with apt-get before the suite runs (see .ci/run).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from accounts.demo import DEMO_ADMIN_EMAIL, DEMO_ADMIN_PASSWORD
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+CHANGELIST_PATH = re.compile(r"^/admin/[^/]+/[^/]+/$")
+ERROR_PAGE_TEXTS = ("Traceback", "Server Error", "Page not found")
+TIMEOUT_MS = 15_000
+
+
+def _assert_admin_page_ok(page, response, what: str) -> None:
+    assert response is not None, f"{what}: no response"
+    assert response.status < 400, f"{what}: HTTP {response.status}"
+    body = page.inner_text("body")
+    for text in ERROR_PAGE_TEXTS:
+        assert text not in body, f"{what}: the page says {text!r}"
+    assert page.locator("#content").count() == 1, f"{what}: no admin #content"
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_an_operator_can_use_every_admin_page_in_a_real_browser(
+    default_rate_card, live_server, settings, tmp_path, monkeypatch
+):
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"{CHROMIUM} is missing: install Debian's Chromium with "
+            "`apt-get install -y chromium` (CI's .ci/run does)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in the test thread, so Django would take
+    # the ORM calls made here (and by fixtures' teardown) for calls from async code.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+    settings.DEBUG = True  # seed_demo refuses to run with DEBUG off
+    call_command("seed_demo", stdout=io.StringIO())
+    # Serve the browser the way pytest-django runs every other test: DEBUG off, so an
+    # error is the plain 500 page, not the debug one.
+    settings.DEBUG = False
+
+    console_errors: list[str] = []
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+
+            def on_console(message):
+                # A missing favicon is the browser's guess, not a page of ours failing.
+                if message.type == "error" and "favicon" not in message.location.get("url", ""):
+                    console_errors.append(f"{page.url}: console: {message.text}")
+
+            page.on("console", on_console)
+            page.on("pageerror", lambda error: console_errors.append(f"{page.url}: {error}"))
+
+            # Log in through the admin's own form.
+            page.goto(live_server.url + "/admin/login/")
+            page.fill("input[name=username]", DEMO_ADMIN_EMAIL)
+            page.fill("input[name=password]", DEMO_ADMIN_PASSWORD)
+            with page.expect_navigation():
+                page.click("#login-form [type=submit]")
+            assert page.url == live_server.url + "/admin/", page.url
+
+            # The dashboard: tiles, each a link to the admin list that explains it.
+            dashboard = page.locator("section#dashboard")
+            assert dashboard.is_visible()
+            tiles = dashboard.locator("a.tile")
+            assert tiles.count() >= 8, f"{tiles.count()} dashboard tiles"
+            for href in tiles.evaluate_all("tiles => tiles.map(t => t.pathname)"):
+                assert href.startswith("/admin/"), f"a tile links to {href}"
+            dashboard_png = tmp_path / "dashboard.png"
+            page.screenshot(path=dashboard_png, full_page=True)
+
+            # Every admin list the index links to (collected before leaving the index).
+            changelists = sorted(
+                {
+                    path
+                    for path in page.locator("#content-main a").evaluate_all(
+                        "links => links.map(a => a.pathname + a.search)"
+                    )
+                    if CHANGELIST_PATH.match(path)
+                }
+            )
+            assert len(changelists) >= 5, changelists
+
+            with page.expect_navigation() as navigation:
+                tiles.first.click()
+            _assert_admin_page_ok(page, navigation.value, "the first dashboard tile")
+
+            for path in changelists:
+                response = page.goto(live_server.url + path)
+                _assert_admin_page_ok(page, response, path)
+                assert page.locator("#changelist").count() == 1, f"{path}: no #changelist"
+
+            # A user's page: their cluster and what they cost.
+            page.goto(live_server.url + "/admin/accounts/user/")
+            with page.expect_navigation() as navigation:
+                page.get_by_role("link", name="ada@example.com", exact=True).click()
+            _assert_admin_page_ok(page, navigation.value, "ada's page")
+            content = page.inner_text("#content")
+            for text in ("ada@example.com", "Cluster", "Billing", "Month to date"):
+                assert text in content, f"ada's page does not say {text!r}"
+            user_png = tmp_path / "user.png"
+            page.screenshot(path=user_png, full_page=True)
+        finally:
+            browser.close()
+
+    assert console_errors == []
+    for png in (dashboard_png, user_png):
+        assert png.stat().st_size > 0, png
