@@ -41,6 +41,8 @@ class HasScope(BasePermission):
     message = "This needs the scope {scope}."
 
     def has_permission(self, request, view):
+        if not (request.user and request.user.is_authenticated):
+            return False  # DRF answers 401: who is asking comes before what they may do
         scope = view.scopes.get(request.method if request.method != "HEAD" else "GET")
         if scope is None:
             return False

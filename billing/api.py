@@ -311,12 +311,18 @@ def _cluster_id(name_or_id: str):
 def _by_index(errors) -> dict:
     """DRF's list errors as {"records": {"<index>": [...]}} like the service's."""
     records = errors.get("records") if isinstance(errors, dict) else None
-    if isinstance(records, list):
-        return {
-            "records": {
-                str(index): [f"{field}: {' '.join(map(str, msgs))}" for field, msgs in e.items()]
-                for index, e in enumerate(records)
-                if e
-            }
-        }
-    return errors
+    if not isinstance(records, list):
+        return errors
+    return {
+        "records": {str(index): _messages(error) for index, error in enumerate(records) if error}
+    }
+
+
+def _messages(error) -> list[str]:
+    if isinstance(error, dict):
+        return [f"{field}: {' '.join(map(str, _flat(msgs)))}" for field, msgs in error.items()]
+    return [str(message) for message in _flat(error)]
+
+
+def _flat(error) -> list:
+    return error if isinstance(error, list) else [error]

@@ -189,3 +189,27 @@ def deliver(client):
         )
 
     return send
+
+
+ALL_SCOPES = ["users:read", "clusters:read", "usage:read", "usage:write", "assignments:write"]
+
+
+@pytest.fixture
+def make_key(db):
+    """An API key with the given scopes; returns the header value to send."""
+    from accounts.api_keys import api_key_create
+
+    def make(*scopes, **fields):
+        api_key, key = api_key_create(
+            name=fields.pop("name", "test script"),
+            scopes=list(scopes or ALL_SCOPES),
+            actor="test",
+            expires_at=fields.pop("expires_at", None),
+        )
+        for field, value in fields.items():
+            setattr(api_key, field, value)
+        if fields:
+            api_key.save()
+        return f"Api-Key {key}"
+
+    return make

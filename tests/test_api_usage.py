@@ -1,0 +1,159 @@
+"""Scripts writing and reading usage through the API, and list query counts."""
+
+import datetime as dt
+import json
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from billing.models import UsageDaily
+from clusters import services
+from tests.factories import ClusterFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+DAY = "2026-11-02"
+
+
+def post(client, key, records):
+    return client.post(
+        "/api/v1/usage",
+        json.dumps({"records": records}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=key,
+    )
+
+
+def test_a_batch_with_one_bad_record_writes_nothing_and_names_it(client, make_key):
+    user, cluster = UserFactory(), ClusterFactory(name="east")
+    records = [
+        {"user": user.pk, "cluster": "east", "date": DAY, "cpu_hours": 1.5},
+        {"user": user.pk, "cluster": "east", "date": "2026-11-03", "cpu_hours": -1},
+        {"user": "auth0|ghost", "date": DAY, "api_calls": 5},
+    ]
+    response = post(client, make_key("usage:write"), records)
+
+    assert response.status_code == 400
+    errors = response.json()["error"]["details"]["records"]
+    assert set(errors) == {"1"}  # shape errors first; the unknown user is a service check
+    assert "cpu_hours" in " ".join(errors["1"])
+    assert not UsageDaily.objects.exists()
+
+
+def test_unknown_users_and_clusters_are_named_per_record(client, make_key):
+    user = UserFactory()
+    response = post(
+        client,
+        make_key("usage:write"),
+        [
+            {"user": user.pk, "date": DAY, "api_calls": 1},
+            {"user": "auth0|ghost", "date": DAY, "api_calls": 5},
+            {"user": user.pk, "cluster": "nowhere", "date": "2026-11-01", "api_calls": 5},
+        ],
+    )
+    errors = response.json()["error"]["details"]["records"]
+    assert sorted(errors) == ["1", "2"]
+    assert "no user" in errors["1"][0] and "no cluster" in errors["2"][0]
+    assert not UsageDaily.objects.exists()
+
+
+def test_the_same_batch_sent_twice_changes_nothing_the_second_time(client, make_key):
+    user, cluster = UserFactory(), ClusterFactory(name="east")
+    key = make_key("usage:write")
+    records = [
+        {
+            "user": user.pk,
+            "cluster": str(cluster.pk),
+            "date": DAY,
+            "cpu_hours": 0.1,
+            "gpu_hours": "0.2",
+            "api_calls": 1000,
+        }
+    ]
+
+    first = post(client, key, records)
+    row = UsageDaily.objects.get()
+    second = post(client, key, records)
+
+    assert first.status_code == second.status_code == 200
+    again = UsageDaily.objects.get()
+    assert (again.id, again.updated_at, again.total_cost) == (
+        row.id,
+        row.updated_at,
+        row.total_cost,
+    )
+    assert again.cpu_hours == Decimal("0.1")  # a JSON number, taken exactly
+    assert again.total_cost == Decimal("0.12")
+
+
+def test_reading_usage_filters_by_user_cluster_and_dates(client, make_key):
+    user, other = UserFactory(email="ada@example.com"), UserFactory()
+    cluster = ClusterFactory(name="east")
+    key_write, key_read = make_key("usage:write"), make_key("usage:read")
+    post(
+        client,
+        key_write,
+        [
+            {"user": u.pk, "cluster": "east", "date": f"2026-11-0{d}", "api_calls": d}
+            for u in (user, other)
+            for d in (1, 2, 3)
+        ],
+    )
+    response = client.get(
+        "/api/v1/usage",
+        {"user": "ADA@example.com", "cluster": "east", "from": "2026-11-02", "to": "2026-11-03"},
+        HTTP_AUTHORIZATION=key_read,
+    )
+    rows = response.json()["results"]
+    assert [(r["user"], r["date"]) for r in rows] == [
+        (user.pk, "2026-11-03"),
+        (user.pk, "2026-11-02"),
+    ]
+    assert rows[0]["cluster"] == str(cluster.pk)
+    bad = client.get(
+        "/api/v1/usage", {"from": "2026-11-05", "to": "2026-11-01"}, HTTP_AUTHORIZATION=key_read
+    )
+    assert bad.status_code == 400 and "after" in json.dumps(bad.json())
+
+
+def test_my_usage_is_the_month_to_date_and_daily_breakdown(client):
+    from billing.usage import UsageRecord, usage_upsert
+
+    user = UserFactory()
+    today = dt.date.today()
+    usage_upsert(
+        records=[UsageRecord(user_id=user.pk, date=today, cpu_hours=Decimal("10"))], actor="t"
+    )
+    client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    data = client.get("/api/v1/me/usage").json()
+    assert Decimal(data["month_to_date"]) == Decimal("1")
+    assert data["days"][0]["date"] == today.isoformat()
+
+
+def queries(client, url, key):
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get(url, HTTP_AUTHORIZATION=key).status_code == 200
+    return len(captured)
+
+
+@pytest.mark.parametrize("url", ["/api/v1/users", "/api/v1/clusters", "/api/v1/usage"])
+def test_list_queries_do_not_grow_with_the_page_size(client, make_key, url):
+    from billing.usage import UsageRecord, usage_upsert
+
+    key = make_key()
+    cluster = ClusterFactory(max_users=100)
+    users = UserFactory.create_batch(60)
+    for user in users:
+        services.assignment_assign(user=user, cluster=cluster, actor=None)
+    ClusterFactory.create_batch(10)
+    usage_upsert(
+        records=[
+            UsageRecord(user_id=u.pk, cluster_id=cluster.pk, date=dt.date(2026, 11, 1), api_calls=1)
+            for u in users
+        ],
+        actor="t",
+    )
+    queries(client, url, key)  # the first use of a key records when it was last used
+    small = queries(client, f"{url}?page_size=5", key)
+    assert queries(client, f"{url}?page_size=50", key) == small
