@@ -26,7 +26,8 @@ def post(client, key, records):
 
 
 def test_a_batch_with_one_bad_record_writes_nothing_and_names_it(client, make_key):
-    user, cluster = UserFactory(), ClusterFactory(name="east")
+    user = UserFactory()
+    ClusterFactory(name="east")
     records = [
         {"user": user.pk, "cluster": "east", "date": DAY, "cpu_hours": 1.5},
         {"user": user.pk, "cluster": "east", "date": "2026-11-03", "cpu_hours": -1},
