@@ -32,6 +32,7 @@ def account_page(request):
     mode = account.mode if account else BillingAccount.Mode.POSTPAID
     balance = selectors.credit_balance(user)
     low, high = topup_limits()
+    days = list(selectors.daily_breakdown(user, days=30))
     context = {
         "account": user,
         "placement": placement_of(user),
@@ -46,7 +47,8 @@ def account_page(request):
         "month_to_date": to_cents(selectors.month_to_date_cost(user)),
         "balance": to_cents(balance),
         "balance_negative": balance < 0,
-        "days": list(selectors.daily_breakdown(user, days=30)),
+        "days": days,
+        "chart": cost_chart(days),
         "invoices": BillingHistory.objects.filter(user=user).order_by("-created_at")[:24],
         "movements": selectors.credit_movements(user, limit=10),
         "presets": settings.CREDIT_TOPUP_PRESETS,
@@ -55,6 +57,41 @@ def account_page(request):
         "request_key": uuid.uuid4().hex,  # one Checkout session per form shown
     }
     return render(request, "billing/account.html", context)
+
+
+CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 600, 160, 24
+
+
+def cost_chart(days: list[dict]) -> dict | None:
+    """Bars of daily cost, oldest first, laid out for a small SVG template."""
+    if not days:
+        return None
+    ordered = list(reversed(days))
+    peak = max(day["total_cost"] for day in ordered) or 1
+    slot = (CHART_WIDTH - 2 * CHART_PAD) / len(ordered)
+    usable = CHART_HEIGHT - 2 * CHART_PAD
+    bars = []
+    for index, day in enumerate(ordered):
+        height = float(day["total_cost"] / peak) * usable  # drawing only, not money
+        bars.append(
+            {
+                "x": round(CHART_PAD + index * slot + slot * 0.1, 1),
+                "y": round(CHART_HEIGHT - CHART_PAD - height, 1),
+                "width": round(slot * 0.8, 1),
+                "height": round(height, 1),
+                "date": day["date"],
+                "cost": to_cents(day["total_cost"]),
+            }
+        )
+    return {
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "bars": bars,
+        "peak": to_cents(peak),
+        "baseline": CHART_HEIGHT - CHART_PAD,
+        "first": ordered[0]["date"],
+        "last": ordered[-1]["date"],
+    }
 
 
 def _back(request):

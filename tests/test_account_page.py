@@ -72,3 +72,32 @@ def test_a_prepaid_user_below_zero_is_warned(client):
     page = client.get("/").content.decode()
     assert "Credit balance: <strong>$-0.30</strong>" in page
     assert "below zero" in page
+
+
+def test_the_daily_cost_chart_is_server_rendered_svg(client):
+    cluster = ClusterFactory()
+    user = UserFactory()
+    today = timezone.now().date()
+    usage_upsert(
+        records=[
+            UsageRecord(
+                user_id=user.pk,
+                cluster_id=cluster.pk,
+                date=today - dt.timedelta(days=d),
+                cpu_hours=Decimal(d + 1),
+            )
+            for d in range(5)
+        ],
+        actor="t",
+    )
+    login(client, user)
+    page = client.get("/").content.decode()
+    assert "<svg" in page and page.count("<rect ") == 5
+    assert "the highest day was $0.50" in page
+    assert "<script" not in page
+
+
+def test_a_missing_page_is_a_clear_page(client):
+    response = client.get("/no/such/page/")
+    assert response.status_code == 404
+    assert "There is nothing at this address" in response.content.decode()
