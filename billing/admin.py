@@ -273,6 +273,29 @@ def _grant(modeladmin, request, users):
     return apply
 
 
+class GrantCreditsMixin:
+    """The "Grant credits" action, for any admin whose rows lead to users."""
+
+    def users_of(self, queryset):
+        return list(queryset)
+
+    def has_grant_permission(self, request):
+        return request.user.has_perm("billing.add_creditledgerentry")
+
+    @admin.action(description="Grant credits", permissions=["grant"])
+    def grant_credits(self, request, queryset):
+        return confirm_then(
+            self,
+            request,
+            queryset,
+            title="Grant credits",
+            message="Add credit to each selected user's prepaid balance.",
+            confirm_label="Grant",
+            form_class=GrantForm,
+            apply=_grant(self, request, self.users_of(queryset)),
+        )
+
+
 class NegativeBalanceFilter(admin.SimpleListFilter):
     title = "balance"
     parameter_name = "balance"
@@ -289,7 +312,7 @@ class NegativeBalanceFilter(admin.SimpleListFilter):
 
 
 @admin.register(UserCredits)
-class UserCreditsAdmin(ReadOnlyAdmin):
+class UserCreditsAdmin(GrantCreditsMixin, ReadOnlyAdmin):
     list_display = ("user", "balance_display", "total_purchased", "total_used", "updated_at")
     list_select_related = ("user",)
     list_filter = (NegativeBalanceFilter,)
@@ -300,22 +323,8 @@ class UserCreditsAdmin(ReadOnlyAdmin):
     def balance_display(self, obj):
         return balance_html(obj.balance)
 
-    def has_grant_permission(self, request):
-        return request.user.has_perm("billing.add_creditledgerentry")
-
-    @admin.action(description="Grant credits", permissions=["grant"])
-    def grant_credits(self, request, queryset):
-        users = [row.user for row in queryset.select_related("user")]
-        return confirm_then(
-            self,
-            request,
-            queryset,
-            title="Grant credits",
-            message="Add credit to each selected user's prepaid balance.",
-            confirm_label="Grant",
-            form_class=GrantForm,
-            apply=_grant(self, request, users),
-        )
+    def users_of(self, queryset):
+        return [row.user for row in queryset.select_related("user")]
 
 
 def balance_html(balance):
@@ -341,7 +350,7 @@ class BillingModeFilter(admin.SimpleListFilter):
         return queryset
 
 
-class BillingUserAdmin(ClusterUserAdmin):
+class BillingUserAdmin(GrantCreditsMixin, ClusterUserAdmin):
     """The users admin with what each user costs and how they pay."""
 
     list_filter = (*ClusterUserAdmin.list_filter, BillingModeFilter)
@@ -436,22 +445,6 @@ class BillingUserAdmin(ClusterUserAdmin):
     @admin.action(description="Switch to postpaid (metered)", permissions=["change"])
     def make_postpaid(self, request, queryset):
         return self._set_mode(request, queryset, BillingAccount.Mode.POSTPAID)
-
-    def has_grant_permission(self, request):
-        return request.user.has_perm("billing.add_creditledgerentry")
-
-    @admin.action(description="Grant credits", permissions=["grant"])
-    def grant_credits(self, request, queryset):
-        return confirm_then(
-            self,
-            request,
-            queryset,
-            title="Grant credits",
-            message="Add credit to each selected user's prepaid balance.",
-            confirm_label="Grant",
-            form_class=GrantForm,
-            apply=_grant(self, request, list(queryset)),
-        )
 
 
 @admin.register(BillingHistory)

@@ -180,3 +180,21 @@ def test_every_billing_list_opens(operator_client):
         "/admin/",
     ]:
         assert operator_client.get(url).status_code == 200, url
+
+
+def test_credits_can_be_granted_from_the_credits_list_too(operator_client):
+    user = UserFactory()
+    credits_add(user=user, kind=Kind.PURCHASE, amount=D("1"), reference="p", actor="t")
+    row = UserCredits.objects.get(user=user)
+    operator_client.post(
+        "/admin/billing/usercredits/",
+        {
+            "action": "grant_credits",
+            "_selected_action": [row.pk],
+            "confirmed": "yes",
+            "amount": "2",
+            "reason": "goodwill",
+            "token": "t-2",
+        },
+    )
+    assert UserCredits.objects.get(user=user).balance == D("3")

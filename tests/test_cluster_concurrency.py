@@ -1,39 +1,16 @@
 """Many users signing up at the same moment never overfill a cluster (PostgreSQL)."""
 
-import threading
-
 import pytest
-from django.db import connection
 
 from clusters import services
 from clusters.models import CapacityWait, HopsworksCluster
 from clusters.models import UserHopsworksAssignment as Assignment
+from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 SIGNUPS = 24
-
-
-def run_at_once(target, items):
-    barrier = threading.Barrier(len(items))
-    errors = []
-
-    def worker(item):
-        try:
-            barrier.wait(timeout=30)
-            target(item)
-        except Exception as error:  # surfaced below: a thread must not fail silently
-            errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker, args=(item,)) for item in items]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert errors == []
 
 
 def test_concurrent_signups_fill_exactly_the_free_slots_and_the_rest_wait():

@@ -1,16 +1,15 @@
 """Prepaid credits: an append-only ledger, applied once, exact under concurrency."""
 
 import datetime as dt
-import threading
 from decimal import Decimal
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
 
 from billing.credits import CreditError, Kind, credits_add, credits_check_balances, credits_grant
 from billing.models import BillingAccount, CreditLedgerEntry, UserCredits
 from billing.usage import UsageRecord, usage_upsert
+from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
 
 D = Decimal
@@ -75,27 +74,6 @@ def test_check_credit_balances_finds_and_repairs_a_summary_that_drifted(capsys):
 
     assert UserCredits.objects.get(user=user).balance == D("10")
     assert credits_check_balances() == []
-
-
-def run_at_once(target, items):
-    barrier = threading.Barrier(len(items))
-    errors = []
-
-    def worker(item):
-        try:
-            barrier.wait(timeout=30)
-            target(item)
-        except Exception as error:  # surfaced below
-            errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker, args=(item,)) for item in items]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert errors == []
 
 
 @pytest.mark.postgres
