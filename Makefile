@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The suite runs on PostgreSQL (locks, concurrency and defaults are tested for real).
 # Override with TEST_DATABASE_URL=sqlite:///... to run it on SQLite (PostgreSQL-only tests skip).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2
 
 .PHONY: run test setup lint migrations-check clean
 

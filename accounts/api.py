@@ -3,11 +3,15 @@ key, pagination and one error format. The endpoints live in each app's api.py.""
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
+
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
-from rest_framework import exceptions, serializers
+from rest_framework import exceptions, parsers, serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.throttling import SimpleRateThrottle
@@ -65,6 +69,20 @@ class IsPerson(BasePermission):
                 "An API key has no /me: these endpoints are for a logged-in user."
             )
         return _is_person(request.user)
+
+
+class StrictJSONParser(parsers.JSONParser):
+    """JSON numbers become Decimal (0.1 arrives as exactly 0.1), and text that is not
+    valid Unicode (a lone UTF-16 surrogate) is a 400 before it can reach the database."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            data = json.loads(stream.read().decode(encoding), parse_float=Decimal)
+            json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
+        except (ValueError, UnicodeError) as error:
+            raise exceptions.ParseError(f"The body is not valid JSON text: {error}") from None
+        return data
 
 
 class PerKeyThrottle(SimpleRateThrottle):
@@ -149,4 +167,4 @@ def error_responses(*codes: int) -> dict:
     return {code: OpenApiResponse(ErrorSerializer, description=text[code]) for code in codes}
 
 
-COMMON_ERRORS = (401, 403, 405, 406, 429)
+COMMON_ERRORS = (400, 401, 403, 405, 406, 429)

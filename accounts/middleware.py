@@ -1,4 +1,5 @@
 from django.contrib.auth import SESSION_KEY, logout
+from django.http import JsonResponse
 from django.shortcuts import render
 
 from accounts.models import User
@@ -26,4 +27,34 @@ class InactiveUserLogoutMiddleware:
                 return render(
                     request, "accounts/account_inactive.html", {"status": status}, status=403
                 )
+        return self.get_response(request)
+
+
+class RejectNullBytesMiddleware:
+    """PostgreSQL text cannot hold NUL bytes: a path or query string with one is a bad
+    request (400), never a database error (500). Bodies are checked by the forms and
+    serializers that read them."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        query = request.GET.lists()
+        if "\x00" in request.path or any(
+            "\x00" in k or any("\x00" in v for v in vs) for k, vs in query
+        ):
+            message = "The address contains a NUL character (%00), which is not allowed."
+            if request.path.startswith("/api/"):
+                return JsonResponse(
+                    {
+                        "error": {
+                            "status": 400,
+                            "code": "invalid",
+                            "message": message,
+                            "details": None,
+                        }
+                    },
+                    status=400,
+                )
+            return render(request, "400.html", {"message": message}, status=400)
         return self.get_response(request)

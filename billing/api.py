@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-from decimal import Decimal
 
-from django.conf import settings
 from django.db.models import Q
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import exceptions, generics, parsers, serializers
+from rest_framework import exceptions, generics, serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -187,17 +184,6 @@ class UsageRowSerializer(serializers.ModelSerializer):
         )
 
 
-class DecimalJSONParser(parsers.JSONParser):
-    """JSON numbers become Decimal, so 0.1 arrives as exactly 0.1."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
-        try:
-            return json.loads(stream.read().decode(encoding), parse_float=Decimal)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise exceptions.ParseError(f"The body is not valid JSON: {error}") from None
-
-
 class RecordSerializer(serializers.Serializer):
     user = serializers.CharField(max_length=255, help_text="The user's id (Auth0 id).")
     cluster = serializers.CharField(
@@ -237,7 +223,6 @@ class Usage(generics.ListAPIView):
     serializer_class = UsageRowSerializer
     permission_classes = [HasScope]
     scopes = {"GET": "usage:read", "POST": "usage:write"}
-    parser_classes = [DecimalJSONParser]
 
     def get_queryset(self):
         rows = UsageDaily.objects.order_by("-date", "user_id", "id")

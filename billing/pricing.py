@@ -11,7 +11,7 @@ import calendar
 import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal
 
 PLACES = Decimal("0.0000000001")
 CENT = Decimal("0.01")
@@ -26,8 +26,11 @@ def _decimal(value, name: str) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(value)
 
 
+_CONTEXT = Context(prec=60)  # room for 10 places after any figure we accept
+
+
 def quantize(value: Decimal) -> Decimal:
-    return value.quantize(PLACES, rounding=ROUND_HALF_EVEN)
+    return value.quantize(PLACES, rounding=ROUND_HALF_EVEN, context=_CONTEXT)
 
 
 def to_cents(amount: Decimal) -> Decimal:

@@ -32,6 +32,8 @@ from clusters.models import HopsworksCluster
 
 ZERO = Decimal("0")
 MAX_BATCH = 5000
+# No user runs a billion CPU hours in a day: a bigger figure is a mistake, said so.
+MAX_QUANTITY = Decimal("1000000000")
 FIGURES = ("cpu_hours", "gpu_hours", "storage_gb_months", "api_calls")
 
 
@@ -89,6 +91,9 @@ def _as_decimal(value, name: str, problems: list[str]) -> Decimal | None:
         return None
     if number < 0:
         problems.append(f"{name} cannot be negative ({number})")
+        return None
+    if number > MAX_QUANTITY:
+        problems.append(f"{name} is implausibly large ({number}); at most {MAX_QUANTITY:,}")
         return None
     return quantize(number)
 
@@ -235,11 +240,18 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
                     )
                 )
                 debited = cost
-            updates.append((row["id"], figures, cost, debited, revision))
-        _write_rows(updates)
+            unchanged = all(row[name] == figures[name] for name in FIGURES) and (
+                row["total_cost"],
+                row["credits_debited"],
+                row["credit_revision"],
+            ) == (cost, debited, revision)
+            if not unchanged:  # a rerun rewrites nothing
+                updates.append((row["id"], figures, cost, debited, revision))
+        if updates:
+            _write_rows(updates)
         entries = credits.credits_apply(movements)
     return UpsertResult(
-        rows=len(updates),
+        rows=len(records),
         credit_entries=len(entries),
         debited=sum((-e.amount for e in entries), ZERO),
         negative_balances=sorted({e.user_id for e in entries if e.balance_after < 0}),
@@ -307,6 +319,7 @@ _LOCKED_COLUMNS = (
     "hopsworks_cluster_id",
     "date",
     *FIGURES,
+    "total_cost",
     "credits_debited",
     "credit_revision",
     "billed_via",

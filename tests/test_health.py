@@ -34,3 +34,19 @@ def test_readyz_is_503_with_the_reason_when_the_database_does_not():
     payload = json.loads(body)
     assert payload["status"] == "unavailable"
     assert "Connection refused" in payload["database"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("url", "json_error"),
+    [
+        ("/api/v1/usage?cluster=%00x", True),
+        ("/admin/accounts/user/?q=%00", False),
+        ("/api/v1/users/auth0%00x", True),
+    ],
+)
+def test_a_nul_byte_in_the_address_is_a_400_not_a_database_error(operator_client, url, json_error):
+    response = operator_client.get(url)
+    assert response.status_code == 400
+    if json_error:
+        assert response.json()["error"]["status"] == 400

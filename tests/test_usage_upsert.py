@@ -133,3 +133,12 @@ def test_a_day_keeps_the_way_it_was_first_billed_when_the_mode_changes():
 
     assert list(CreditLedgerEntry.objects.values_list("amount", flat=True)) == [D("-0.1")]
     assert UsageDaily.objects.get(date=DAY).billed_via == "stripe"
+
+
+def test_an_absurd_quantity_is_a_clear_error_not_an_overflow():
+    user = UserFactory()
+    with pytest.raises(UsageValidationError, match="implausibly large"):
+        usage_upsert(
+            records=[record(user, cpu_hours=D("39100921040505985396.8701006737"))], actor="t"
+        )
+    assert not UsageDaily.objects.exists()
