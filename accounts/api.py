@@ -3,26 +3,16 @@ key, pagination and one error format. The endpoints live in each app's api.py.""
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
-
-from django.conf import settings
-from django.core.exceptions import PermissionDenied
-from django.http import Http404
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
-from rest_framework import exceptions, parsers, serializers
-from rest_framework.pagination import PageNumberPagination
+from rest_framework import exceptions, serializers
 from rest_framework.permissions import BasePermission
-from rest_framework.throttling import SimpleRateThrottle
-from rest_framework.views import exception_handler
 
-from accounts.api_auth import ScriptPrincipal  # noqa: F401 - part of this module's surface
 from accounts.models import ApiKey, User
 
 
 class ApiKeySchema(OpenApiAuthenticationExtension):
-    target_class = "accounts.api_auth.ApiKeyAuthentication"
+    target_class = "accounts.api_base.ApiKeyAuthentication"
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema):
@@ -69,70 +59,6 @@ class IsPerson(BasePermission):
                 "An API key has no /me: these endpoints are for a logged-in user."
             )
         return _is_person(request.user)
-
-
-class StrictJSONParser(parsers.JSONParser):
-    """JSON numbers become Decimal (0.1 arrives as exactly 0.1), and text that is not
-    valid Unicode (a lone UTF-16 surrogate) is a 400 before it can reach the database."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
-        try:
-            data = json.loads(stream.read().decode(encoding), parse_float=Decimal)
-            json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
-        except (ValueError, UnicodeError) as error:
-            raise exceptions.ParseError(f"The body is not valid JSON text: {error}") from None
-        return data
-
-
-class PerKeyThrottle(SimpleRateThrottle):
-    scope = "per_key"
-
-    def get_cache_key(self, request, view):
-        if isinstance(request.auth, ApiKey):
-            ident = f"key:{request.auth.pk}"
-        elif _is_person(request.user):
-            ident = f"user:{request.user.pk}"
-        else:
-            ident = f"ip:{self.get_ident(request)}"
-        return self.cache_format % {"scope": self.scope, "ident": ident}
-
-
-class Pagination(PageNumberPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
-
-
-def error_handler(exc, context):
-    """One error format: {"error": {"status", "code", "message", "details"}}."""
-    if isinstance(exc, Http404):
-        exc = exceptions.NotFound()
-    elif isinstance(exc, PermissionDenied):
-        exc = exceptions.PermissionDenied()
-    response = exception_handler(exc, context)
-    if response is None:
-        return None
-    detail = response.data
-    if isinstance(exc, exceptions.ValidationError):
-        message, details = "The request is not valid; see details.", detail
-    else:
-        message = str(detail.get("detail", detail)) if isinstance(detail, dict) else str(detail)
-        details = None
-    code = getattr(exc, "default_code", "error")
-    if isinstance(exc, exceptions.APIException):
-        codes = exc.get_codes()
-        if isinstance(codes, str):
-            code = codes
-    response.data = {
-        "error": {
-            "status": response.status_code,
-            "code": code,
-            "message": message,
-            "details": details,
-        }
-    }
-    return response
 
 
 ErrorSerializer = inline_serializer(

@@ -121,3 +121,23 @@ def test_a_user_never_reaches_other_users_through_operator_endpoints(
 
 def test_an_operator_session_may_use_operator_endpoints(operator_client, world):
     assert operator_client.get("/api/v1/clusters").status_code == 200
+
+
+def test_each_key_is_throttled_on_its_own(client, make_key, monkeypatch):
+    from django.core.cache import cache
+
+    from accounts.api_base import PerKeyThrottle
+
+    cache.clear()
+    monkeypatch.setattr(PerKeyThrottle, "THROTTLE_RATES", {"per_key": "3/minute"})
+    busy, quiet = make_key("clusters:read"), make_key("clusters:read")
+
+    answers = [
+        client.get("/api/v1/clusters", HTTP_AUTHORIZATION=busy).status_code for _ in range(4)
+    ]
+
+    assert answers == [200, 200, 200, 429]
+    limited = client.get("/api/v1/clusters", HTTP_AUTHORIZATION=busy)
+    assert limited.json()["error"]["code"] == "throttled"
+    assert "Retry-After" in limited
+    assert client.get("/api/v1/clusters", HTTP_AUTHORIZATION=quiet).status_code == 200
