@@ -139,11 +139,7 @@ class AssignmentView(APIView):
         name = body.validated_data.get("cluster")
         try:
             if name:
-                cluster = _cluster(name)
-                if services.assignment_of(user) is None:
-                    services.assignment_assign(user=user, cluster=cluster, actor=request.user)
-                else:
-                    services.assignment_move(user=user, to_cluster=cluster, actor=request.user)
+                services.assignment_set(user=user, cluster=_cluster(name), actor=request.user)
             else:
                 placement = services.assignment_auto_assign(
                     user=user, actor=request.user, gated=False

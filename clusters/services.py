@@ -253,6 +253,13 @@ def assignment_move(*, user: User, to_cluster: HopsworksCluster, actor) -> Assig
     return assignment_of(user)
 
 
+def assignment_set(*, user: User, cluster: HopsworksCluster, actor) -> Assignment:
+    """Put the user on this cluster: assign them, or move them if they are elsewhere."""
+    if assignment_of(user) is None:
+        return assignment_assign(user=user, cluster=cluster, actor=actor)
+    return assignment_move(user=user, to_cluster=cluster, actor=actor)
+
+
 def assignment_unassign(*, user: User, actor) -> None:
     """Take a user off their cluster; their Hopsworks account there is deactivated."""
     with transaction.atomic():

@@ -141,3 +141,37 @@ def test_each_key_is_throttled_on_its_own(client, make_key, monkeypatch):
     assert limited.json()["error"]["code"] == "throttled"
     assert "Retry-After" in limited
     assert client.get("/api/v1/clusters", HTTP_AUTHORIZATION=quiet).status_code == 200
+
+
+def test_posting_an_assignment_assigns_then_moves_and_delete_unassigns(client, make_key, world):
+    west = ClusterFactory(name="west")
+    newcomer = UserFactory()
+    key = make_key("assignments:write")
+    url = f"/api/v1/users/{newcomer.pk}/assignment"
+
+    placed = client.post(
+        url, {"cluster": "east"}, content_type="application/json", HTTP_AUTHORIZATION=key
+    )
+    moved = client.post(
+        url, {"cluster": str(west.pk)}, content_type="application/json", HTTP_AUTHORIZATION=key
+    )
+    gone = client.delete(url, HTTP_AUTHORIZATION=key)
+    again = client.delete(url, HTTP_AUTHORIZATION=key)
+
+    assert placed.json()["cluster_name"] == "east"
+    assert moved.json()["cluster_name"] == "west"
+    assert gone.status_code == 204
+    assert again.status_code == 404 and "not on any cluster" in again.json()["error"]["message"]
+
+
+def test_a_full_cluster_is_a_409_with_the_reason(client, make_key):
+    ClusterFactory(name="full", max_users=0)
+    user = UserFactory()
+    response = client.post(
+        f"/api/v1/users/{user.pk}/assignment",
+        {"cluster": "full"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=make_key("assignments:write"),
+    )
+    assert response.status_code == 409
+    assert "full is full" in response.json()["error"]["message"]
