@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from accounts.models import ApiKey
+from accounts.services import actor_label
 
 SCOPE_NAMES = [scope for scope, _ in ApiKey.SCOPES]
 
@@ -30,5 +31,5 @@ def api_key_create(
             name=name.strip(),
             scopes=sorted(set(scopes)),
             expiry_date=expires_at,
-            created_by=getattr(actor, "email", None) or str(actor),
+            created_by=actor_label(actor),
         )

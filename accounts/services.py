@@ -35,7 +35,9 @@ class IncompleteIdentity(LoginRefused):
     status = 400
 
 
-def _actor_label(actor) -> str:
+def actor_label(actor) -> str:
+    """Who or what caused a change, for logs and records: an operator's email, a
+    command's or key's name, or "system"."""
     if actor is None:
         return "system"
     return getattr(actor, "email", None) or str(actor)
@@ -124,7 +126,7 @@ def user_set_status(*, user: User, status: str, actor, reason: str = "") -> bool
         user.pk,
         previous,
         status,
-        _actor_label(actor),
+        actor_label(actor),
         f" ({reason})" if reason else "",
     )
     return True

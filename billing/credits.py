@@ -17,6 +17,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.services import actor_label
 from billing.models import CreditLedgerEntry, UserCredits
 
 logger = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ class Movement:
     cpu_hours: Decimal = ZERO
     gpu_hours: Decimal = ZERO
     storage_gb_months: Decimal = ZERO
-
-
-def _actor(actor) -> str:
-    return getattr(actor, "email", None) or (str(actor) if actor else "system")
 
 
 def _validate(movement: Movement) -> None:
@@ -177,7 +174,7 @@ def credits_add(
         kind=kind,
         amount=amount,
         reference=reference,
-        actor=_actor(actor),
+        actor=actor_label(actor),
         reason=reason,
     )
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal
 
 PLACES = Decimal("0.0000000001")
@@ -84,14 +84,6 @@ def gb_held_from_byte_hours(byte_hours: Decimal) -> Decimal:
     return _decimal(byte_hours, "byte_hours") / HOURS_PER_DAY / BYTES_PER_GB
 
 
-DEFAULT_RESOURCE_FIELDS = {
-    "cpu_hour": "cpu_hour",
-    "gpu_hour": "gpu_hour",
-    "storage_gb_month": "storage_gb_month",
-    "api_calls_1k": "api_calls_1k",
-}
-
-
 class MissingPrice(Exception):
     pass
 
@@ -140,8 +132,9 @@ class RateBook:
 
     def rates(self, *, user_id: str | None, day: dt.date) -> Rates:
         return Rates(
+            # Rates' fields are named after the rate card's resources.
             **{
-                field: self.unit_price(user_id=user_id, resource=resource, day=day)
-                for resource, field in DEFAULT_RESOURCE_FIELDS.items()
+                field.name: self.unit_price(user_id=user_id, resource=field.name, day=day)
+                for field in fields(Rates)
             }
         )

@@ -93,7 +93,3 @@ def negative_balances():
 
 def credit_movements(user: User, *, limit: int = 50):
     return CreditLedgerEntry.objects.filter(user=user).order_by("-created_at", "-id")[:limit]
-
-
-def has_negative_balance(user: User) -> bool:
-    return negative_balances().filter(user=user).exists()

@@ -8,6 +8,7 @@ import logging
 from django.db import transaction
 
 from accounts.models import User
+from accounts.services import actor_label
 from billing.models import BillingAccount
 
 logger = logging.getLogger(__name__)
@@ -33,5 +34,5 @@ def billing_mode_set(*, user: User, mode: str, actor) -> bool:
             return False
         account.mode = mode
         account.save(update_fields=["mode", "updated_at"])
-    logger.info("billing mode of %s set to %s by %s", user.pk, mode, getattr(actor, "email", actor))
+    logger.info("billing mode of %s set to %s by %s", user.pk, mode, actor_label(actor))
     return True

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal
 
@@ -37,12 +36,6 @@ from billing.pricing import CENT, RateBook, to_cents
 
 logger = logging.getLogger(__name__)
 RESOURCES = Price.Resource.values
-QUANTITY_OF = {
-    "cpu_hour": "cpu_hours",
-    "gpu_hour": "gpu_hours",
-    "storage_gb_month": "storage_gb_months",
-    "api_calls_1k": "api_calls",
-}
 # Stripe accepts meter events up to 35 days old; keep a margin.
 MAX_EVENT_AGE = dt.timedelta(days=34)
 
@@ -217,12 +210,3 @@ def _report_month(run, user_id, month, customer_id, catalog, now) -> None:
             report.last_error = ""
             report.last_reported_at = now
             report.save()
-
-
-def reported_totals(user_id: str) -> dict[dt.date, int]:
-    totals = defaultdict(int)
-    for month, cents in StripeUsageReport.objects.filter(user_id=user_id).values_list(
-        "month", "reported_cents"
-    ):
-        totals[month] += cents
-    return dict(totals)

@@ -25,6 +25,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.services import actor_label
 from billing import credits
 from billing.models import NO_CLUSTER, BillingAccount, UsageDaily
 from billing.pricing import MissingPrice, Quantities, RateBook, day_cost, quantize
@@ -198,7 +199,7 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
     user_ids = {r.user_id for r in records}
     rates = RateBook.load(user_ids=user_ids)
     modes = billing_modes(user_ids)
-    actor_label = getattr(actor, "email", None) or str(actor)
+    actor_name = actor_label(actor)
 
     channel = {
         user_id: "credits" if mode == BillingAccount.Mode.PREPAID else "stripe"
@@ -233,7 +234,7 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
                         kind=credits.Kind.USAGE,
                         amount=debited - cost,
                         reference=f"usage:{row['id']}:r{revision}",
-                        actor=actor_label,
+                        actor=actor_name,
                         reason=f"usage on {record.date}",
                         usage_id=row["id"],
                         **_quantity_change(row, figures),

@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from accounts.models import User
+from accounts.services import actor_label
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
 from clusters.models import UserHopsworksAssignment as Assignment
 from clusters.selectors import assignment_of
@@ -60,10 +61,6 @@ class Placement:
     @property
     def cluster(self) -> HopsworksCluster | None:
         return self.assignment.hopsworks_cluster if self.assignment else None
-
-
-def _actor(actor) -> str:
-    return getattr(actor, "email", None) or (str(actor) if actor else "system")
 
 
 def _take_slot(cluster_id) -> bool:
@@ -116,7 +113,7 @@ def _place(*, user: User, cluster_id, actor) -> Assignment | None:
             else HopsworksAccount.State.DEACTIVATED,
         )
         accounts_sync_after_commit(user)
-    logger.info("user %s assigned to cluster %s by %s", user.pk, cluster_id, _actor(actor))
+    logger.info("user %s assigned to cluster %s by %s", user.pk, cluster_id, actor_label(actor))
     return assignment
 
 
@@ -249,7 +246,9 @@ def assignment_move(*, user: User, to_cluster: HopsworksCluster, actor) -> Assig
         )
         accounts_sync_after_commit(user)
         _after_commit_place_waiting()
-    logger.info("user %s moved from %s to %s by %s", user.pk, from_id, to_cluster.pk, _actor(actor))
+    logger.info(
+        "user %s moved from %s to %s by %s", user.pk, from_id, to_cluster.pk, actor_label(actor)
+    )
     return assignment_of(user)
 
 
@@ -274,7 +273,7 @@ def assignment_unassign(*, user: User, actor) -> None:
         _want_account(user=user, cluster_id=cluster_id, desired=HopsworksAccount.State.DEACTIVATED)
         accounts_sync_after_commit(user)
         _after_commit_place_waiting()
-    logger.info("user %s unassigned from %s by %s", user.pk, cluster_id, _actor(actor))
+    logger.info("user %s unassigned from %s by %s", user.pk, cluster_id, actor_label(actor))
 
 
 def capacity_place_waiting() -> int:
@@ -331,7 +330,7 @@ def cluster_save(*, cluster: HopsworksCluster, changes: dict, actor) -> Hopswork
         "cluster %s %s by %s (%s)",
         locked.name,
         "created" if creating else "updated",
-        _actor(actor),
+        actor_label(actor),
         ", ".join(sorted(changes)),
     )
     return locked
@@ -375,7 +374,7 @@ def cluster_counts_check(*, fix: bool = False, actor=None) -> list[CountDrift]:
                 locked.name,
                 drift.recorded,
                 assigned,
-                _actor(actor),
+                actor_label(actor),
             )
         if drifts:
             capacity_place_waiting()
