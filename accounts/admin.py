@@ -8,8 +8,8 @@ from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from accounts import services
-from accounts.admin_confirm import confirm_then
 from accounts.models import ApiKey, User, new_local_id
+from plumbing.admin_confirm import confirm_then
 
 AUTH0_FIELDS = ("id", "email", "name", "created_at", "last_login", "login_count")
 SYNCED_FIELDS = ("status", "hopsworks_username", "stripe_customer_id")

@@ -1,18 +1,18 @@
-"""What every endpoint of the API shares: API-key authentication, scopes, throttling per
-key, pagination and one error format. The endpoints live in each app's api.py."""
+"""Who may call the API: scopes for keys, people for /me. The endpoints live in each app's
+api.py; authentication is in accounts/api_auth.py, the rest of what every endpoint shares
+(parser, throttling, pagination, the error format) in plumbing/api.py."""
 
 from __future__ import annotations
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import OpenApiResponse, inline_serializer
-from rest_framework import exceptions, serializers
+from rest_framework import exceptions
 from rest_framework.permissions import BasePermission
 
 from accounts.models import ApiKey, User
 
 
 class ApiKeySchema(OpenApiAuthenticationExtension):
-    target_class = "accounts.api_base.ApiKeyAuthentication"
+    target_class = "accounts.api_auth.ApiKeyAuthentication"
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema):
@@ -59,38 +59,3 @@ class IsPerson(BasePermission):
                 "An API key has no /me: these endpoints are for a logged-in user."
             )
         return _is_person(request.user)
-
-
-ErrorSerializer = inline_serializer(
-    name="Error",
-    fields={
-        "error": inline_serializer(
-            name="ErrorBody",
-            fields={
-                "status": serializers.IntegerField(),
-                "code": serializers.CharField(),
-                "message": serializers.CharField(),
-                "details": serializers.JSONField(allow_null=True),
-            },
-        )
-    },
-)
-
-
-def error_responses(*codes: int) -> dict:
-    """Document the error answers an endpoint can give, in the one error format."""
-    text = {
-        400: "The request is not valid (details say what to fix).",
-        401: "No credentials, or an unknown, revoked or expired API key.",
-        403: "Authenticated, but not allowed (a missing scope, or another user's data).",
-        404: "No such object.",
-        405: "Method not allowed.",
-        406: "Not acceptable.",
-        409: "Conflicts with the current state (no room, cluster not taking users).",
-        415: "Unsupported media type.",
-        429: "Too many requests for this key; retry after the time given.",
-    }
-    return {code: OpenApiResponse(ErrorSerializer, description=text[code]) for code in codes}
-
-
-COMMON_ERRORS = (400, 401, 403, 405, 406, 429)

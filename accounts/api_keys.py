@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from accounts.models import ApiKey
-from accounts.services import actor_label
+from plumbing.actors import actor_label
 
 SCOPE_NAMES = [scope for scope, _ in ApiKey.SCOPES]
 

@@ -10,7 +10,7 @@ from django.db import models
 from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey, BaseAPIKeyManager
 
-from accounts.db_functions import DatabaseNow
+from plumbing.db import DatabaseNow
 
 LOCAL_ID_PREFIX = "local|"
 

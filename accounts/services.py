@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from accounts.models import User, normalize_email
 from accounts.signals import user_status_changed
+from plumbing.actors import actor_label
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +34,6 @@ class EmailOwnedByAnotherAccount(LoginRefused):
 class IncompleteIdentity(LoginRefused):
     title = "Your identity provider did not tell us enough"
     status = 400
-
-
-def actor_label(actor) -> str:
-    """Who or what caused a change, for logs and records: an operator's email, a
-    command's or key's name, or "system"."""
-    if actor is None:
-        return "system"
-    return getattr(actor, "email", None) or str(actor)
 
 
 def user_sync_from_auth0(*, subject: str, email: str | None, name: str | None) -> User:

@@ -11,7 +11,6 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from accounts.admin_confirm import confirm_then
 from accounts.models import User
 from billing import selectors
 from billing import stripe_gateway as gateway
@@ -34,6 +33,7 @@ from billing.services import billing_mode_set
 from billing.stripe_billing import invoices_sync, stripe_event_process
 from clusters.admin import ClusterUserAdmin, HopsworksClusterAdmin
 from clusters.models import HopsworksCluster
+from plumbing.admin_confirm import confirm_then
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

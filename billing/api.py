@@ -11,7 +11,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import COMMON_ERRORS, HasScope, IsPerson, error_responses
+from accounts.api import HasScope, IsPerson
 from accounts.models import normalize_email
 from billing import selectors
 from billing.models import BillingHistory, CreditLedgerEntry, UsageDaily
@@ -19,6 +19,7 @@ from billing.pricing import to_cents
 from billing.usage import MAX_BATCH, UsageRecord, UsageValidationError, usage_upsert
 from clusters.api import AssignmentSerializer
 from clusters.selectors import cluster_by_name_or_id, placement_of
+from plumbing.api_docs import COMMON_ERRORS, error_responses
 
 MONEY = {"max_digits": 30, "decimal_places": 10}
 

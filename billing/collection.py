@@ -25,7 +25,6 @@ from billing.models import UsageCollectionRun, UsageDaily
 from billing.pricing import gb_held_from_byte_hours, quantize, storage_gb_months
 from billing.usage import UsageRecord, usage_upsert
 from clusters.account_sync import client_for
-from clusters.encryption import SecretDecryptionError
 from clusters.hopsworks import HopsworksError, HopsworksProject
 from clusters.models import HopsworksAccount, HopsworksCluster, UserHopsworksAssignment
 from clusters.opencost import (
@@ -34,6 +33,7 @@ from clusters.opencost import (
     fetch_day_allocations,
     is_system_namespace,
 )
+from plumbing.encryption import SecretDecryptionError
 
 logger = logging.getLogger(__name__)
 ZERO = Decimal("0")

@@ -17,8 +17,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.services import actor_label
 from billing.models import CreditLedgerEntry, UserCredits
+from plumbing.actors import actor_label
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from django.db import models
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from accounts.db_functions import DatabaseNow, GenRandomUUID
 from accounts.models import User
 from clusters.models import HopsworksCluster
+from plumbing.db import DatabaseNow, GenRandomUUID
 
 ZERO = Decimal("0")
 NO_CLUSTER = uuid.UUID(int=0)  # stands for "no cluster" in the uniqueness of usage rows

@@ -8,8 +8,8 @@ import logging
 from django.db import transaction
 
 from accounts.models import User
-from accounts.services import actor_label
 from billing.models import BillingAccount
+from plumbing.actors import actor_label
 
 logger = logging.getLogger(__name__)
 

@@ -21,10 +21,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import stripe
 from django.conf import settings
+
+from plumbing.outbound import url_problem
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +36,6 @@ logger = logging.getLogger(__name__)
 STRIPE_API_VERSION = "2026-10-28.endive"
 
 DEFAULT_API_BASE = "https://api.stripe.com"
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MAX_NETWORK_RETRIES = 2
 CONNECT_TIMEOUT_SECONDS = 10
 READ_TIMEOUT_SECONDS = 30
@@ -134,23 +135,10 @@ def _api_base() -> str:
     raw = _setting("STRIPE_API_BASE")
     if not raw:
         return DEFAULT_API_BASE
-    try:
-        parts = urlsplit(raw)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        parts = None
-    problem = None
-    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
-        problem = "it is not an http(s) URL"
-    elif parts.username is not None or parts.password is not None:
-        problem = "it must not contain a user name or password"
-    elif parts.query or parts.fragment:
-        problem = "it must not have a query string or fragment"
-    elif parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
-        problem = "it must use https:// (http:// is accepted only for localhost or 127.0.0.1)"
+    problem = url_problem(raw)
     if problem:
         raise StripeGatewayError(
-            f"STRIPE_API_BASE {raw!r} is refused: {problem}. "
+            f"STRIPE_API_BASE {raw!r} is refused: it {problem}. "
             f"Leave it empty to use {DEFAULT_API_BASE}."
         )
     return raw.rstrip("/")

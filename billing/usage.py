@@ -25,11 +25,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.services import actor_label
 from billing import credits
 from billing.models import NO_CLUSTER, BillingAccount, UsageDaily
 from billing.pricing import MissingPrice, Quantities, RateBook, day_cost, quantize
 from clusters.models import HopsworksCluster
+from plumbing.actors import actor_label
 
 ZERO = Decimal("0")
 MAX_BATCH = 5000

@@ -18,9 +18,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import User
-from clusters.encryption import SecretDecryptionError
 from clusters.hopsworks import HopsworksClient, HopsworksError, HopsworksUser
 from clusters.models import HopsworksAccount, HopsworksCluster, UserHopsworksAssignment
+from plumbing.encryption import SecretDecryptionError
 
 logger = logging.getLogger(__name__)
 

@@ -6,14 +6,14 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from accounts.admin import UserAdmin as AccountsUserAdmin
-from accounts.admin_confirm import confirm_then
 from accounts.models import User
 from clusters import selectors, services
 from clusters.account_sync import client_for
-from clusters.encryption import SecretDecryptionError
 from clusters.forms import ClusterChoiceForm, HopsworksClusterForm
 from clusters.hopsworks import HopsworksError
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
+from plumbing.admin_confirm import confirm_then
+from plumbing.encryption import SecretDecryptionError
 
 
 def users_on_cluster_url(cluster_id) -> str:

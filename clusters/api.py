@@ -14,11 +14,12 @@ from rest_framework import exceptions, generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import COMMON_ERRORS, HasScope, error_responses
+from accounts.api import HasScope
 from accounts.models import User, normalize_email
 from clusters import services
 from clusters.models import HopsworksCluster, UserHopsworksAssignment
 from clusters.selectors import cluster_by_name_or_id, cluster_utilization
+from plumbing.api_docs import COMMON_ERRORS, error_responses
 
 
 class AssignmentSerializer(serializers.ModelSerializer):

@@ -19,16 +19,16 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
+
+from plumbing.outbound import url_problem
 
 logger = logging.getLogger(__name__)
 
 ACTIVE, DEACTIVATED = 2, 3
 
 API_PATH = "/hopsworks-api/api"
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 REMOTE_USERS_FILTER = ("filter_by", "type:REMOTE_ACCOUNT_TYPE")
 MIN_API_KEY_LENGTH = 8
 # A server that ignores `offset` would otherwise page forever.
@@ -97,33 +97,12 @@ def namespace_for_project(name: str) -> str:
 def validate_api_url(url: str) -> str | None:
     """An error message for a cluster URL we refuse to talk to, or None when it is fine.
 
-    https only: the API key travels in every request. Plain http is accepted for a
-    cluster on this machine (development, port-forwards).
+    https only: the API key travels in every request (`plumbing.outbound`).
     """
     if not isinstance(url, str) or not url.strip():
         return "Enter the cluster's URL, for example https://hopsworks.example.com."
-    url = url.strip()
-    if any(char.isspace() for char in url):
-        return "The cluster URL must not contain spaces."
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        return "The cluster URL is not a valid URL."
-    if parts.scheme not in ("https", "http"):
-        return "The cluster URL must start with https://."
-    if not parts.hostname:
-        return "The cluster URL has no host name."
-    if parts.username is not None or parts.password is not None:
-        return "Put no user name or password in the cluster URL; the API key is kept separately."
-    if parts.query or parts.fragment:
-        return "The cluster URL must not have a query string or a fragment."
-    if parts.scheme == "http" and parts.hostname not in LOCAL_HOSTS:
-        return (
-            "The cluster URL must use https:// (http:// is accepted only for localhost, "
-            "because the API key is sent with every request)."
-        )
-    return None
+    problem = url_problem(url)
+    return f"The cluster URL {problem}." if problem else None
 
 
 def validate_ca_bundle(pem: str) -> str | None:

@@ -5,9 +5,9 @@ import uuid
 from django.db import models
 from django.utils import timezone
 
-from accounts.db_functions import DatabaseNow, GenRandomUUID
 from accounts.models import User
-from clusters.encryption import EncryptedTextField
+from plumbing.db import DatabaseNow, GenRandomUUID
+from plumbing.encryption import EncryptedTextField
 
 
 class HopsworksCluster(models.Model):

@@ -20,10 +20,10 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from accounts.models import User
-from accounts.services import actor_label
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
 from clusters.models import UserHopsworksAssignment as Assignment
 from clusters.selectors import assignment_of
+from plumbing.actors import actor_label
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,10 @@ from urllib.parse import urlsplit
 
 import environ
 
+from plumbing.outbound import LOCAL_HOSTS
+
 POOLER_PORT = 6543
 DIRECT_PORT = 5432
-LOCAL_HOSTS = {"", "localhost", "127.0.0.1", "::1"}
 POSTGRES_ENGINES = {"django.db.backends.postgresql"}
 
 
@@ -62,7 +63,8 @@ def connection_kind(config: dict) -> ConnectionKind:
 
 
 def is_local_host(host: str | None) -> bool:
-    return (host or "") in LOCAL_HOSTS or (host or "").startswith("/")
+    # No host, a socket path, or a loopback name: the database is on this machine.
+    return not host or host in LOCAL_HOSTS or host.startswith("/")
 
 
 def database_config(url: str, *, conn_max_age: int = 60) -> dict:

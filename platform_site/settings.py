@@ -182,16 +182,16 @@ SOCIAL_AUTH_PIPELINE = (
 # throttling per key, an OpenAPI schema.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "accounts.api_base.ApiKeyAuthentication",
+        "accounts.api_auth.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "accounts.api_base.Pagination",
-    "DEFAULT_PARSER_CLASSES": ["accounts.api_base.StrictJSONParser"],
-    "DEFAULT_THROTTLE_CLASSES": ["accounts.api_base.PerKeyThrottle"],
+    "DEFAULT_PAGINATION_CLASS": "plumbing.api.Pagination",
+    "DEFAULT_PARSER_CLASSES": ["plumbing.api.StrictJSONParser"],
+    "DEFAULT_THROTTLE_CLASSES": ["plumbing.api.PerKeyThrottle"],
     "DEFAULT_THROTTLE_RATES": {"per_key": env("API_RATE_LIMIT", default="600/minute")},
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "accounts.api_base.error_handler",
+    "EXCEPTION_HANDLER": "plumbing.api.error_handler",
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",

@@ -126,7 +126,7 @@ def test_an_operator_session_may_use_operator_endpoints(operator_client, world):
 def test_each_key_is_throttled_on_its_own(client, make_key, monkeypatch):
     from django.core.cache import cache
 
-    from accounts.api_base import PerKeyThrottle
+    from plumbing.api import PerKeyThrottle
 
     cache.clear()
     monkeypatch.setattr(PerKeyThrottle, "THROTTLE_RATES", {"per_key": "3/minute"})

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from clusters.encryption import SecretDecryptionError, rotate_all_secrets
+from plumbing.encryption import SecretDecryptionError, rotate_all_secrets
 
 
 class Command(BaseCommand):
