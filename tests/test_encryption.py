@@ -5,8 +5,8 @@ from cryptography.fernet import Fernet
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from clusters.encryption import Secret, SecretDecryptionError
 from clusters.models import HopsworksCluster
+from plumbing.encryption import Secret, SecretDecryptionError
 from tests.factories import ClusterFactory
 
 pytestmark = pytest.mark.django_db
