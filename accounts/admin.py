@@ -14,6 +14,14 @@ from plumbing.admin_confirm import confirm_then
 AUTH0_FIELDS = ("id", "email", "name", "created_at", "last_login", "login_count")
 SYNCED_FIELDS = ("status", "hopsworks_username", "stripe_customer_id")
 
+# The user admin's sections, by name; console/admin.py puts each app's sections in order.
+IDENTITY_SECTION = ("Identity (from Auth0)", {"fields": AUTH0_FIELDS})
+ACCOUNT_SECTION = ("Account", {"fields": SYNCED_FIELDS})
+CONSOLE_ACCESS_SECTION = (
+    "Console access",
+    {"fields": ("is_admin", "is_superuser", "groups", "user_permissions")},
+)
+
 
 class LocalUserCreationForm(AdminUserCreationForm):
     """Creates a break-glass operator login (`local|<uuid>` id) with a password."""
@@ -39,8 +47,10 @@ class ReasonForm(forms.Form):
     )
 
 
-@admin.register(User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdminBase(DjangoUserAdmin):
+    """Users and login: identity, status, console access, suspend and reactivate. Not
+    registered here: console/admin.py composes the one users admin from each app's part."""
+
     add_form = LocalUserCreationForm
     list_display = (
         "email",
@@ -62,14 +72,7 @@ class UserAdmin(DjangoUserAdmin):
     actions = ("suspend_users", "reactivate_users")
     show_full_result_count = False
 
-    fieldsets = (
-        ("Identity (from Auth0)", {"fields": AUTH0_FIELDS}),
-        ("Account", {"fields": SYNCED_FIELDS}),
-        (
-            "Console access",
-            {"fields": ("is_admin", "is_superuser", "groups", "user_permissions")},
-        ),
-    )
+    fieldsets = (IDENTITY_SECTION, ACCOUNT_SECTION, CONSOLE_ACCESS_SECTION)
     add_fieldsets = (
         (
             "Break-glass operator login",

@@ -5,7 +5,6 @@ from django.db.models import Count, F, Q
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from accounts.admin import UserAdmin as AccountsUserAdmin
 from accounts.models import User
 from clusters import selectors, services
 from clusters.account_sync import client_for
@@ -37,9 +36,9 @@ def fill_bar(current: int, maximum: int) -> str:
     )
 
 
-@admin.register(HopsworksCluster)
-class HopsworksClusterAdmin(admin.ModelAdmin):
-    """The seed's "Cluster utilization": users counted, assigned, how full, status."""
+class ClusterAdminBase(admin.ModelAdmin):
+    """The seed's "Cluster utilization": users counted, assigned, how full, status. Not
+    registered here: console/admin.py adds billing's part and registers it."""
 
     form = HopsworksClusterForm
     list_display = (
@@ -223,34 +222,19 @@ class PlacementFilter(admin.SimpleListFilter):
         return queryset
 
 
-class ClusterUserAdmin(AccountsUserAdmin):
-    """The users admin, with where each user is placed and the actions to change it."""
+PLACEMENT_SECTION = ("Cluster", {"fields": ("placement",)})
 
-    list_display = (
-        *AccountsUserAdmin.list_display[:4],
-        "cluster",
-        *AccountsUserAdmin.list_display[4:],
-    )
-    list_select_related = ("hopsworks_assignment__hopsworks_cluster", "capacity_wait")
-    list_filter = (
-        *AccountsUserAdmin.list_filter,
+
+class UserPlacementAdminMixin:
+    """The users admin's placement part: where each user is, and the actions to change it.
+    Its columns, filter and section are named; console/admin.py puts them in place."""
+
+    placement_select_related = ("hopsworks_assignment__hopsworks_cluster", "capacity_wait")
+    placement_filters = (
         PlacementFilter,
         ("hopsworks_assignment__hopsworks_cluster", admin.RelatedOnlyFieldListFilter),
     )
-    readonly_fields = (*AccountsUserAdmin.readonly_fields, "placement")
-    actions = (
-        *AccountsUserAdmin.actions,
-        "auto_assign",
-        "assign_to_cluster",
-        "move_to_cluster",
-        "unassign",
-    )
-
-    def get_fieldsets(self, request, obj=None):
-        fieldsets = super().get_fieldsets(request, obj)
-        if obj is None:
-            return fieldsets
-        return (*fieldsets[:2], ("Cluster", {"fields": ("placement",)}), *fieldsets[2:])
+    placement_actions = ("auto_assign", "assign_to_cluster", "move_to_cluster", "unassign")
 
     @admin.display(description="cluster", ordering="hopsworks_assignment__hopsworks_cluster__name")
     def cluster(self, obj):
@@ -420,7 +404,3 @@ class HopsworksAccountAdmin(admin.ModelAdmin):
             for error in report.errors:
                 self.message_user(request, error, messages.ERROR)
         self.message_user(request, f"{synced} account(s) synced, {failed} failed.")
-
-
-admin.site.unregister(User)
-admin.site.register(User, ClusterUserAdmin)

@@ -102,10 +102,12 @@ INSTALLED_APPS = [
     "rest_framework_api_key",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    # Our apps, in import order: billing -> clusters -> accounts.
+    # Our apps, bottom up; imports go console -> billing -> clusters -> accounts (all may
+    # import plumbing, which is not an app: it has no models).
     "accounts",
     "clusters",
     "billing",
+    "console",
 ]
 
 MIDDLEWARE = [

@@ -1,6 +1,6 @@
 from django import template
 
-from billing.dashboard import dashboard_tiles
+from console.dashboard import dashboard_tiles
 
 register = template.Library()
 

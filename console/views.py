@@ -26,7 +26,7 @@ from clusters.selectors import placement_of
 
 
 @login_required
-def account_page(request):
+def home(request):
     user = request.user
     account = BillingAccount.objects.filter(user=user).first()
     mode = account.mode if account else BillingAccount.Mode.POSTPAID
@@ -56,7 +56,7 @@ def account_page(request):
         "topup_max": high,
         "request_key": uuid.uuid4().hex,  # one Checkout session per form shown
     }
-    return render(request, "billing/account.html", context)
+    return render(request, "console/home.html", context)
 
 
 CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 600, 160, 24

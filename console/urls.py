@@ -1,8 +1,9 @@
 from django.urls import path
 
-from billing import views
+from console import views
 
 urlpatterns = [
+    path("", views.home, name="home"),
     path("billing/credits/", views.buy_credits, name="buy-credits"),
     path("billing/payment-method/", views.add_payment_method, name="add-payment-method"),
 ]

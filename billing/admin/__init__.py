@@ -1,0 +1,5 @@
+"""Billing's admins, by area. Importing the package registers them; the users and
+clusters admins' billing parts (`users.UserBillingAdminMixin`,
+`usage.ClusterUsageAdminMixin`) are composed in console/admin.py."""
+
+from billing.admin import credits, prices, stripe, usage, users  # noqa: F401

@@ -1,0 +1,134 @@
+"""Prepaid credits: balances, the ledger, granting."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import F
+from django.utils.html import format_html
+
+from billing.admin.base import ReadOnlyAdmin
+from billing.credits import CreditError, credits_grant
+from billing.models import CreditLedgerEntry, UserCredits
+from billing.pricing import to_cents
+from plumbing.admin_confirm import confirm_then
+
+
+@admin.register(CreditLedgerEntry)
+class CreditLedgerAdmin(ReadOnlyAdmin):
+    """Append-only: corrections are new entries (a grant or an adjustment)."""
+
+    list_display = (
+        "created_at",
+        "user",
+        "kind",
+        "amount",
+        "balance_after",
+        "reference",
+        "actor",
+        "reason",
+    )
+    list_select_related = ("user",)
+    list_filter = ("kind", "created_at")
+    search_fields = ("user__email", "=reference")
+    date_hierarchy = "created_at"
+
+
+class GrantForm(forms.Form):
+    amount = forms.DecimalField(
+        min_value=Decimal("0.01"),
+        max_digits=12,
+        decimal_places=2,
+        help_text="US dollars of credit to add to each selected user.",
+    )
+    reason = forms.CharField(max_length=500, help_text="Kept in the ledger.")
+    # Generated when the form is shown: resubmitting the same form grants once.
+    token = forms.CharField(widget=forms.HiddenInput, initial=lambda: uuid.uuid4().hex)
+
+
+def _grant(modeladmin, request, users):
+    def apply(data):
+        granted = 0
+        for user in users:
+            try:
+                entry = credits_grant(
+                    user=user,
+                    amount=data["amount"],
+                    reason=data["reason"],
+                    actor=request.user,
+                    reference=f"{data['token']}:{user.pk}",
+                )
+            except CreditError as error:
+                modeladmin.message_user(request, f"{user.email}: {error}", messages.ERROR)
+                continue
+            granted += entry is not None
+        modeladmin.message_user(
+            request, f"${data['amount']} granted to {granted} user(s).", messages.SUCCESS
+        )
+
+    return apply
+
+
+class GrantCreditsMixin:
+    """The "Grant credits" action, for any admin whose rows lead to users."""
+
+    def users_of(self, queryset):
+        return list(queryset)
+
+    def has_grant_permission(self, request):
+        return request.user.has_perm("billing.add_creditledgerentry")
+
+    @admin.action(description="Grant credits", permissions=["grant"])
+    def grant_credits(self, request, queryset):
+        return confirm_then(
+            self,
+            request,
+            queryset,
+            title="Grant credits",
+            message="Add credit to each selected user's prepaid balance.",
+            confirm_label="Grant",
+            form_class=GrantForm,
+            apply=_grant(self, request, self.users_of(queryset)),
+        )
+
+
+class NegativeBalanceFilter(admin.SimpleListFilter):
+    title = "balance"
+    parameter_name = "balance"
+
+    def lookups(self, request, model_admin):
+        return (("negative", "Below zero"), ("positive", "Zero or more"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "negative":
+            return queryset.filter(total_used__gt=F("total_purchased"))
+        if self.value() == "positive":
+            return queryset.filter(total_used__lte=F("total_purchased"))
+        return queryset
+
+
+@admin.register(UserCredits)
+class UserCreditsAdmin(GrantCreditsMixin, ReadOnlyAdmin):
+    list_display = ("user", "balance_display", "total_purchased", "total_used", "updated_at")
+    list_select_related = ("user",)
+    list_filter = (NegativeBalanceFilter,)
+    search_fields = ("user__email",)
+    actions = ("grant_credits",)
+
+    @admin.display(description="balance")
+    def balance_display(self, obj):
+        return balance_html(obj.balance)
+
+    def users_of(self, queryset):
+        return [row.user for row in queryset.select_related("user")]
+
+
+def balance_html(balance):
+    if balance < 0:
+        return format_html(
+            '<strong style="color:#dc2626">${} (below zero)</strong>', to_cents(balance)
+        )
+    return f"${to_cents(balance)}"

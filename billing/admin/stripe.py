@@ -1,0 +1,103 @@
+"""What Stripe sent and what we sent Stripe: invoices, events, catalog, reports."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.utils.html import format_html
+
+from billing import stripe_gateway as gateway
+from billing.admin.base import ReadOnlyAdmin
+from billing.models import (
+    BillingHistory,
+    StripeCatalogEntry,
+    StripeEvent,
+    StripeUsageReport,
+)
+from billing.stripe_billing import stripe_event_process
+
+
+@admin.register(BillingHistory)
+class BillingHistoryAdmin(ReadOnlyAdmin):
+    list_display = (
+        "created_at",
+        "user",
+        "amount",
+        "currency",
+        "status",
+        "description",
+        "stripe_link",
+    )
+    list_select_related = ("user",)
+    list_filter = ("status", "currency", "created_at")
+    search_fields = ("user__email", "=stripe_invoice_id", "description")
+    date_hierarchy = "created_at"
+
+    @admin.display(description="Stripe invoice")
+    def stripe_link(self, obj):
+        if not obj.stripe_invoice_id:
+            return "-"
+        return format_html(
+            '<a href="{}">{}</a>',
+            gateway.dashboard_url("invoices", obj.stripe_invoice_id),
+            obj.stripe_invoice_id,
+        )
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    list_display = ("created", "type", "status", "attempts", "short_error", "id")
+    list_filter = ("status", "type")
+    search_fields = ("=id", "type")
+    date_hierarchy = "created"
+    actions = ("process_again",)
+    fields = (
+        "id",
+        "type",
+        "created",
+        "status",
+        "attempts",
+        "error",
+        "received_at",
+        "processed_at",
+        "livemode",
+        "payload",
+    )
+
+    @admin.display(description="error")
+    def short_error(self, obj):
+        return (obj.error[:120] + "...") if len(obj.error) > 120 else obj.error
+
+    def has_process_permission(self, request):
+        return request.user.has_perm("billing.change_stripeevent")
+
+    @admin.action(description="Process again", permissions=["process"])
+    def process_again(self, request, queryset):
+        counts = {}
+        for event_id in queryset.values_list("pk", flat=True):
+            event = stripe_event_process(event_id=event_id)
+            counts[event.status] = counts.get(event.status, 0) + 1
+            if event.status == StripeEvent.Status.FAILED:
+                self.message_user(request, f"{event.id}: {event.error}", messages.ERROR)
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        self.message_user(request, f"Events now: {summary}.")
+
+
+@admin.register(StripeCatalogEntry)
+class StripeCatalogAdmin(ReadOnlyAdmin):
+    list_display = ("resource", "event_name", "meter_id", "product_id", "price_id", "updated_at")
+
+
+@admin.register(StripeUsageReport)
+class StripeUsageReportAdmin(ReadOnlyAdmin):
+    list_display = (
+        "month",
+        "user",
+        "resource",
+        "reported_cents",
+        "events_sent",
+        "last_error",
+        "last_reported_at",
+    )
+    list_select_related = ("user",)
+    list_filter = ("month", "resource")
+    search_fields = ("user__email",)

@@ -1,0 +1,122 @@
+"""The users admin's billing part."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.contrib import admin, messages
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from billing import selectors
+from billing import stripe_gateway as gateway
+from billing.admin.credits import GrantCreditsMixin, balance_html
+from billing.models import BillingAccount
+from billing.pricing import to_cents
+from billing.services import billing_mode_set
+from billing.stripe_billing import invoices_sync
+from plumbing.admin_confirm import confirm_then
+
+
+class BillingModeFilter(admin.SimpleListFilter):
+    title = "billing mode"
+    parameter_name = "billing_mode"
+
+    def lookups(self, request, model_admin):
+        return BillingAccount.Mode.choices
+
+    def queryset(self, request, queryset):
+        if self.value() == BillingAccount.Mode.PREPAID:
+            return queryset.filter(billing_account__mode=BillingAccount.Mode.PREPAID)
+        if self.value() == BillingAccount.Mode.POSTPAID:
+            return queryset.exclude(billing_account__mode=BillingAccount.Mode.PREPAID)
+        return queryset
+
+
+BILLING_SECTION = ("Billing", {"fields": ("billing", "stripe")})
+
+
+class UserBillingAdminMixin(GrantCreditsMixin):
+    """The users admin's billing part: what each user costs and how they pay. Its filter,
+    fields, section and actions are named; console/admin.py puts them in place."""
+
+    billing_filters = (BillingModeFilter,)
+    billing_fields = ("billing", "stripe")
+    billing_actions = ("make_prepaid", "make_postpaid", "grant_credits", "sync_invoices")
+
+    @admin.display(description="Stripe")
+    def stripe(self, obj):
+        account = BillingAccount.objects.filter(user=obj).first()
+        status = (account.subscription_status if account else "") or "none"
+        if not obj.stripe_customer_id:
+            return f"No Stripe customer yet. Subscription: {status}."
+        return format_html(
+            'Customer <a href="{}">{}</a>. Subscription: {}.',
+            gateway.dashboard_url("customers", obj.stripe_customer_id),
+            obj.stripe_customer_id,
+            status,
+        )
+
+    @admin.action(description="Sync invoices from Stripe (repairs missed webhooks)")
+    def sync_invoices(self, request, queryset):
+        synced = 0
+        for user in queryset.exclude(stripe_customer_id__isnull=True):
+            try:
+                synced += invoices_sync(user=user)
+            except gateway.StripeGatewayError as error:
+                self.message_user(request, f"{user.email}: {error}", messages.ERROR)
+        self.message_user(request, f"{synced} invoice(s) brought up to date.")
+
+    @admin.display(description="billing")
+    def billing(self, obj):
+        mode = selectors.billing_mode(obj)
+        days = list(selectors.daily_breakdown(obj, days=30))
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>${}</td></tr>",
+            (
+                (
+                    d["date"],
+                    d["cpu_hours"].normalize(),
+                    d["gpu_hours"].normalize(),
+                    d["storage_gb_months"].quantize(Decimal("0.0001")),
+                    to_cents(d["total_cost"]),
+                )
+                for d in days
+            ),
+        )
+        return format_html(
+            "<div>Mode: {}</div><div>Month to date: ${}</div><div>Credit balance: {}</div>"
+            "<table><tr><th>Date</th><th>CPU h</th><th>GPU h</th><th>Storage GB-mo</th>"
+            "<th>Cost</th></tr>{}</table>",
+            BillingAccount.Mode(mode).label,
+            to_cents(selectors.month_to_date_cost(obj)),
+            balance_html(selectors.credit_balance(obj)),
+            rows or mark_safe("<tr><td colspan=5>No usage in the last 30 days.</td></tr>"),
+        )
+
+    def _set_mode(self, request, queryset, mode):
+        label = BillingAccount.Mode(mode).label
+
+        def apply(_data):
+            changed = sum(billing_mode_set(user=u, mode=mode, actor=request.user) for u in queryset)
+            self.message_user(request, f"{changed} user(s) switched to {label}.", messages.SUCCESS)
+
+        return confirm_then(
+            self,
+            request,
+            queryset,
+            title=f"Switch to {label}",
+            message="Usage already recorded keeps the way it was settled; days collected from "
+            "now on follow the new mode.",
+            confirm_label=f"Yes, switch to {label}",
+            apply=apply,
+        )
+
+    @admin.action(description="Switch to prepaid (credits)", permissions=["change"])
+    def make_prepaid(self, request, queryset):
+        return self._set_mode(request, queryset, BillingAccount.Mode.PREPAID)
+
+    @admin.action(description="Switch to postpaid (metered)", permissions=["change"])
+    def make_postpaid(self, request, queryset):
+        return self._set_mode(request, queryset, BillingAccount.Mode.POSTPAID)
