@@ -14,10 +14,10 @@ from django.utils import timezone
 from accounts.demo import DEMO_USERS
 from accounts.models import User
 from billing.credits import Kind, Movement, credits_apply
-from billing.models import BillingAccount, UsageDaily
+from billing.invoices import invoice_apply
+from billing.models import BillingProfile, UsageDaily
 from billing.pricing import storage_gb_months, to_cents
-from billing.services import billing_mode_set
-from billing.stripe_billing import invoice_apply
+from billing.profiles import billing_mode_set
 from billing.usage import UsageRecord, usage_upsert
 from clusters.models import UserHopsworksAssignment
 
@@ -51,7 +51,7 @@ def seed() -> list[str]:
     movements = []
     for index, amount in PREPAID.items():
         user = User.objects.get(pk=DEMO_USERS[index][0])
-        billing_mode_set(user=user, mode=BillingAccount.Mode.PREPAID, actor="seed_demo")
+        billing_mode_set(user=user, mode=BillingProfile.Mode.PREPAID, actor="seed_demo")
         movements.append(
             Movement(
                 user_id=user.pk,

@@ -30,16 +30,22 @@ class SeedDecimalField(models.DecimalField):
         return super().db_type(connection)
 
 
-class BillingAccount(models.Model):
+class BillingProfileQuerySet(models.QuerySet):
+    def with_active_subscription(self):
+        return self.filter(subscription_status__in=BillingProfile.ACTIVE_SUBSCRIPTION)
+
+
+class BillingProfile(models.Model):
     """How a user pays. Postpaid (metered through Stripe) unless an operator switches the
-    user to prepaid (credits). One row per user, created on first need."""
+    user to prepaid (credits). One row per user, created on first need. (The table keeps
+    its first name, billing_account.)"""
 
     class Mode(models.TextChoices):
         POSTPAID = "postpaid", "Postpaid (metered)"
         PREPAID = "prepaid", "Prepaid (credits)"
 
     user = models.OneToOneField(
-        User, on_delete=models.CASCADE, primary_key=True, related_name="billing_account"
+        User, on_delete=models.CASCADE, primary_key=True, related_name="billing_profile"
     )
     mode = models.TextField(choices=Mode.choices, default=Mode.POSTPAID)
     # The user's one metered subscription (postpaid), as Stripe last told us.
@@ -48,13 +54,29 @@ class BillingAccount(models.Model):
     subscription_event_created = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # Stripe's subscription statuses under which the user is billed (past_due still is).
     ACTIVE_SUBSCRIPTION = ("active", "trialing", "past_due")
+
+    objects = BillingProfileQuerySet.as_manager()
 
     class Meta:
         db_table = "billing_account"
 
     def __str__(self) -> str:
         return f"{self.user_id}: {self.mode}"
+
+    @property
+    def has_active_subscription(self) -> bool:
+        return is_active_subscription(self.subscription_status)
+
+    @property
+    def is_prepaid(self) -> bool:
+        return self.mode == self.Mode.PREPAID
+
+
+def is_active_subscription(status: str | None) -> bool:
+    """The one test of "this Stripe subscription status is billed"."""
+    return status in BillingProfile.ACTIVE_SUBSCRIPTION
 
 
 class Price(models.Model):
@@ -150,10 +172,15 @@ class UsageDaily(models.Model):
     credit_revision = models.IntegerField(
         default=0, db_default=0, help_text="How many credit movements this row has caused."
     )
+
+    class BilledVia(models.TextChoices):
+        STRIPE = "stripe", "Stripe (postpaid)"
+        CREDITS = "credits", "Credits (prepaid)"
+
     billed_via = models.TextField(
-        choices=[("stripe", "Stripe (postpaid)"), ("credits", "Credits (prepaid)")],
-        default="stripe",
-        db_default="stripe",
+        choices=BilledVia.choices,
+        default=BilledVia.STRIPE,
+        db_default=BilledVia.STRIPE,
         help_text="Fixed when the row is first written, from the user's billing mode then.",
     )
     updated_at = models.DateTimeField(default=timezone.now, db_default=DatabaseNow())

@@ -15,7 +15,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import User
-from billing.models import BillingAccount, CreditLedgerEntry, UsageDaily, UserCredits
+from billing.models import BillingProfile, CreditLedgerEntry, UsageDaily, UserCredits
 
 ZERO = Decimal("0")
 _DECIMAL = DecimalField(max_digits=30, decimal_places=10)
@@ -78,8 +78,8 @@ def usage_totals(queryset) -> dict:
 
 
 def billing_mode(user: User) -> str:
-    account = BillingAccount.objects.filter(user=user).first()
-    return account.mode if account else BillingAccount.Mode.POSTPAID
+    account = BillingProfile.objects.filter(user=user).first()
+    return account.mode if account else BillingProfile.Mode.POSTPAID
 
 
 def credit_balance(user: User) -> Decimal:
@@ -93,3 +93,17 @@ def negative_balances():
 
 def credit_movements(user: User, *, limit: int = 50):
     return CreditLedgerEntry.objects.filter(user=user).order_by("-created_at", "-id")[:limit]
+
+
+def user_for_stripe_object(obj: dict) -> User | None:
+    """The user a Stripe object (session, subscription, invoice) belongs to: by the id we
+    put in it, else by its customer."""
+    user_id = obj.get("client_reference_id") or (obj.get("metadata") or {}).get("user_id")
+    if user_id:
+        user = User.objects.filter(pk=user_id).first()
+        if user is not None:
+            return user
+    customer = obj.get("customer")
+    if isinstance(customer, dict):
+        customer = customer.get("id")
+    return User.objects.filter(stripe_customer_id=customer).first() if customer else None

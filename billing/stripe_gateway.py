@@ -12,6 +12,7 @@ STRIPE_API_BASE (empty = https://api.stripe.com; http:// only for a local fake).
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
@@ -310,6 +311,11 @@ def to_minor_units(amount: Decimal, currency: str) -> int:
             "round it before sending it to Stripe."
         )
     return int(scaled)
+
+
+def datetime_from_timestamp(timestamp) -> dt.datetime:
+    """A Stripe timestamp (Unix seconds) as an aware UTC datetime."""
+    return dt.datetime.fromtimestamp(int(timestamp), tz=dt.UTC)
 
 
 def from_minor_units(amount: int, currency: str) -> Decimal:

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from billing import stripe_gateway as gateway
 from billing.models import (
-    BillingAccount,
+    BillingProfile,
     Price,
     StripeCatalogEntry,
     StripeUsageReport,
@@ -54,7 +54,10 @@ def month_cents_by_resource(user_id: str, month: dt.date) -> dict[str, int]:
     next_month = (month + dt.timedelta(days=32)).replace(day=1)
     rows = list(
         UsageDaily.objects.filter(
-            user_id=user_id, date__gte=month, date__lt=next_month, billed_via="stripe"
+            user_id=user_id,
+            date__gte=month,
+            date__lt=next_month,
+            billed_via=UsageDaily.BilledVia.STRIPE,
         ).values("date", "cpu_hours", "gpu_hours", "storage_gb_months", "api_calls", "total_cost")
     )
     total = to_cents(sum((r["total_cost"] for r in rows), Decimal(0)))
@@ -100,11 +103,14 @@ def event_timestamp(month: dt.date, now: dt.datetime) -> int | None:
 
 def months_to_report(*, user_ids=None):
     """(user, month) pairs with Stripe-billed usage, for users with an active subscription."""
-    subscribed = BillingAccount.objects.filter(
-        subscription_status__in=BillingAccount.ACTIVE_SUBSCRIPTION,
-        user__stripe_customer_id__isnull=False,
-    ).values("user_id")
-    usage = UsageDaily.objects.filter(billed_via="stripe", user_id__in=subscribed)
+    subscribed = (
+        BillingProfile.objects.with_active_subscription()
+        .filter(user__stripe_customer_id__isnull=False)
+        .values("user_id")
+    )
+    usage = UsageDaily.objects.filter(
+        billed_via=UsageDaily.BilledVia.STRIPE, user_id__in=subscribed
+    )
     if user_ids is not None:
         usage = usage.filter(user_id__in=list(user_ids))
     return (
@@ -138,7 +144,7 @@ def report_usage_to_stripe(*, user_ids=None, now: dt.datetime | None = None) -> 
         run.errors.append("The Stripe catalog is not set up: run setup_stripe_billing first.")
         return run
     customers = dict(
-        BillingAccount.objects.filter(user__stripe_customer_id__isnull=False).values_list(
+        BillingProfile.objects.filter(user__stripe_customer_id__isnull=False).values_list(
             "user_id", "user__stripe_customer_id"
         )
     )

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing import credits
-from billing.models import NO_CLUSTER, BillingAccount, UsageDaily
+from billing.models import NO_CLUSTER, BillingProfile, UsageDaily
 from billing.pricing import MissingPrice, Quantities, RateBook, day_cost, quantize
 from clusters.models import HopsworksCluster
 from plumbing.actors import actor_label
@@ -183,9 +183,9 @@ def _uuid_or_none(value):
 
 def billing_modes(user_ids) -> dict[str, str]:
     modes = dict(
-        BillingAccount.objects.filter(user_id__in=list(user_ids)).values_list("user_id", "mode")
+        BillingProfile.objects.filter(user_id__in=list(user_ids)).values_list("user_id", "mode")
     )
-    return {user_id: modes.get(user_id, BillingAccount.Mode.POSTPAID) for user_id in user_ids}
+    return {user_id: modes.get(user_id, BillingProfile.Mode.POSTPAID) for user_id in user_ids}
 
 
 def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
@@ -202,7 +202,9 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
     actor_name = actor_label(actor)
 
     channel = {
-        user_id: "credits" if mode == BillingAccount.Mode.PREPAID else "stripe"
+        user_id: UsageDaily.BilledVia.CREDITS
+        if mode == BillingProfile.Mode.PREPAID
+        else UsageDaily.BilledVia.STRIPE
         for user_id, mode in modes.items()
     }
 
@@ -226,7 +228,7 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
             debited, revision = row["credits_debited"], row["credit_revision"]
             # A row is settled the way it was first written: a day billed through Stripe
             # is never also taken from credits after a switch to prepaid, and back.
-            if row["billed_via"] == "credits" and cost != debited:
+            if row["billed_via"] == UsageDaily.BilledVia.CREDITS and cost != debited:
                 revision += 1
                 movements.append(
                     credits.Movement(

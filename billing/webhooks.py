@@ -1,4 +1,4 @@
-"""Stripe's webhook endpoint. Thin: verify, store, process (billing.stripe_billing)."""
+"""Stripe's webhook endpoint. Thin: verify, store, process (billing.stripe_events)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from django.views.decorators.http import require_POST
 
 from billing import stripe_gateway as gateway
 from billing.models import StripeEvent
-from billing.stripe_billing import stripe_event_receive
+from billing.stripe_events import stripe_event_receive
 
 
 @csrf_exempt  # Stripe signs the body instead (Stripe-Signature)

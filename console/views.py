@@ -13,23 +13,23 @@ from django.views.decorators.http import require_POST
 
 from billing import selectors
 from billing import stripe_gateway as gateway
-from billing.models import BillingAccount, BillingHistory
-from billing.pricing import to_cents
-from billing.stripe_billing import (
+from billing.checkout import (
     BillingError,
     credit_checkout_start,
     parse_topup_amount,
     subscription_checkout_start,
     topup_limits,
 )
+from billing.models import BillingHistory, BillingProfile
+from billing.pricing import to_cents
 from clusters.selectors import placement_of
 
 
 @login_required
 def home(request):
     user = request.user
-    account = BillingAccount.objects.filter(user=user).first()
-    mode = account.mode if account else BillingAccount.Mode.POSTPAID
+    profile = BillingProfile.objects.filter(user=user).first()
+    mode = profile.mode if profile else BillingProfile.Mode.POSTPAID
     balance = selectors.credit_balance(user)
     low, high = topup_limits()
     days = list(selectors.daily_breakdown(user, days=30))
@@ -37,12 +37,10 @@ def home(request):
         "account": user,
         "placement": placement_of(user),
         "mode": mode,
-        "mode_label": BillingAccount.Mode(mode).label,
-        "prepaid": mode == BillingAccount.Mode.PREPAID,
-        "subscribed": bool(
-            account and account.subscription_status in BillingAccount.ACTIVE_SUBSCRIPTION
-        ),
-        "subscription_status": account.subscription_status if account else "",
+        "mode_label": BillingProfile.Mode(mode).label,
+        "prepaid": mode == BillingProfile.Mode.PREPAID,
+        "subscribed": bool(profile and profile.has_active_subscription),
+        "subscription_status": profile.subscription_status if profile else "",
         "stripe_configured": gateway.is_configured(),
         "month_to_date": to_cents(selectors.month_to_date_cost(user)),
         "balance": to_cents(balance),

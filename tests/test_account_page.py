@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from billing.models import BillingAccount
+from billing.models import BillingProfile
 from billing.usage import UsageRecord, usage_upsert
 from clusters import services
 from tests.factories import ClusterFactory, UserFactory
@@ -56,7 +56,7 @@ def test_a_waiting_user_is_told_why(client):
 def test_a_prepaid_user_below_zero_is_warned(client):
     cluster = ClusterFactory()
     user = UserFactory()
-    BillingAccount.objects.create(user=user, mode="prepaid")
+    BillingProfile.objects.create(user=user, mode="prepaid")
     usage_upsert(
         records=[
             UsageRecord(

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing.credits import Kind, credits_add
-from billing.models import BillingAccount, CreditLedgerEntry, Price, UserCredits
+from billing.models import BillingProfile, CreditLedgerEntry, Price, UserCredits
 from billing.usage import UsageRecord, usage_upsert
 from clusters import services
 from tests.factories import ClusterFactory, UserFactory
@@ -72,7 +72,7 @@ def test_the_user_page_shows_cost_balance_and_30_days_in_constant_queries(operat
     cluster = ClusterFactory(max_users=50)
     user = UserFactory()
     services.assignment_assign(user=user, cluster=cluster, actor=None)
-    BillingAccount.objects.create(user=user, mode="prepaid")
+    BillingProfile.objects.create(user=user, mode="prepaid")
     credits_add(user=user, kind=Kind.PURCHASE, amount=D("1"), reference="p", actor="t")
     add_usage([user], cluster, 2)
     url = f"{USERS}{user.pk}/change/"
@@ -141,11 +141,11 @@ def test_a_grant_without_a_reason_is_refused_on_the_form(operator_client):
 def test_switching_billing_mode_asks_first(operator_client):
     user = UserFactory()
     operator_client.post(USERS, {"action": "make_prepaid", "_selected_action": [user.pk]})
-    assert not BillingAccount.objects.filter(user=user).exists()
+    assert not BillingProfile.objects.filter(user=user).exists()
     operator_client.post(
         USERS, {"action": "make_prepaid", "_selected_action": [user.pk], "confirmed": "yes"}
     )
-    assert BillingAccount.objects.get(user=user).mode == "prepaid"
+    assert BillingProfile.objects.get(user=user).mode == "prepaid"
 
 
 def test_a_price_in_effect_cannot_be_edited_and_new_prices_cannot_start_in_the_past(

@@ -7,7 +7,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from billing.credits import CreditError, Kind, credits_add, credits_check_balances, credits_grant
-from billing.models import BillingAccount, CreditLedgerEntry, UserCredits
+from billing.models import BillingProfile, CreditLedgerEntry, UserCredits
 from billing.usage import UsageRecord, usage_upsert
 from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
@@ -81,7 +81,7 @@ def test_check_credit_balances_finds_and_repairs_a_summary_that_drifted(capsys):
 @pytest.mark.usefixtures("default_rate_card")
 def test_concurrent_purchases_grants_and_usage_debits_lose_nothing():
     user = UserFactory()
-    BillingAccount.objects.create(user=user, mode=BillingAccount.Mode.PREPAID)
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
     cluster = ClusterFactory()
     day = dt.date(2026, 11, 1)
     jobs = (
@@ -128,7 +128,7 @@ def test_concurrent_purchases_grants_and_usage_debits_lose_nothing():
 @pytest.mark.usefixtures("default_rate_card")
 def test_concurrent_recollections_of_one_day_debit_it_once():
     user = UserFactory()
-    BillingAccount.objects.create(user=user, mode=BillingAccount.Mode.PREPAID)
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
     cluster = ClusterFactory()
     batch = [
         UsageRecord(

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing.credits import Kind, credits_add
-from billing.models import BillingAccount, StripeEvent, UsageCollectionRun
+from billing.models import BillingProfile, StripeEvent, UsageCollectionRun
 from billing.usage import UsageRecord, usage_upsert
 from clusters import services
 from tests.factories import ClusterFactory, UserFactory
@@ -49,7 +49,7 @@ def test_the_dashboard_shows_each_figure_as_a_link_to_its_list(operator_client):
     cluster, people = add_world(3, 1)
     full = ClusterFactory(name="full", max_users=0)
     services.assignment_auto_assign(user=UserFactory())  # placed on `cluster`
-    BillingAccount.objects.create(user=people[0], mode="prepaid")
+    BillingProfile.objects.create(user=people[0], mode="prepaid")
     credits_add(
         user=people[0], kind=Kind.ADJUSTMENT, amount=Decimal("-1"), reference="x", actor="t"
     )

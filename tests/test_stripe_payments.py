@@ -12,8 +12,8 @@ from django.core.management import call_command
 from django.db import connection
 
 from accounts.models import User
-from billing.models import BillingAccount, BillingHistory, CreditLedgerEntry, StripeEvent
-from billing.stripe_billing import customer_ensure
+from billing.checkout import customer_ensure
+from billing.models import BillingHistory, BillingProfile, CreditLedgerEntry, StripeEvent
 from clusters.models import CapacityWait
 from clusters.models import UserHopsworksAssignment as Assignment
 from tests.factories import ClusterFactory, UserFactory
@@ -29,7 +29,7 @@ def login(client, user):
 
 def prepaid_user(**fields):
     user = UserFactory(**fields)
-    BillingAccount.objects.create(user=user, mode=BillingAccount.Mode.PREPAID)
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
     return user
 
 
@@ -296,7 +296,7 @@ def test_racing_subscriptions_leave_exactly_one_active(fake_stripe, deliver):
     deliver(make_event("customer.subscription.created", first))
     deliver(make_event("customer.subscription.created", second))
 
-    account = BillingAccount.objects.get(user=user)
+    account = BillingProfile.objects.get(user=user)
     assert (account.stripe_subscription_id, account.subscription_status) == (first["id"], "active")
     canceled = fake_stripe.requests_to("DELETE", f"/v1/subscriptions/{second['id']}")
     assert len(canceled) == 1

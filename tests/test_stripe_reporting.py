@@ -9,10 +9,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from billing.models import BillingAccount, Price, StripeCatalogEntry, StripeUsageReport
+from billing.checkout import customer_ensure
+from billing.models import BillingProfile, Price, StripeCatalogEntry, StripeUsageReport
 from billing.pricing import to_cents
 from billing.selectors import month_to_date_cost
-from billing.stripe_billing import customer_ensure
 from billing.stripe_reporting import report_usage_to_stripe
 from billing.usage import UsageRecord, usage_upsert
 from tests.factories import ClusterFactory, UserFactory
@@ -24,7 +24,7 @@ def subscribed_user(fake_stripe):
     user = UserFactory()
     customer = customer_ensure(user=user)
     sub = fake_stripe.add_subscription(customer=customer, status="active")
-    BillingAccount.objects.update_or_create(
+    BillingProfile.objects.update_or_create(
         user=user,
         defaults={"stripe_subscription_id": sub["id"], "subscription_status": "active"},
     )
@@ -175,7 +175,7 @@ def test_only_usage_billed_through_stripe_is_reported(catalog):
     cluster = ClusterFactory()
     [first, *rest] = this_month_days(2) or [None]
     record_days(user, cluster, [first], cpu_hours=D("10"))
-    BillingAccount.objects.filter(user=user).update(mode="prepaid")
+    BillingProfile.objects.filter(user=user).update(mode="prepaid")
     if rest:
         record_days(user, cluster, rest, cpu_hours=D("50"))  # settled with credits
 

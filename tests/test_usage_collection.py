@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from billing.models import BillingAccount, CreditLedgerEntry, UsageCollectionRun, UsageDaily
+from billing.models import BillingProfile, CreditLedgerEntry, UsageCollectionRun, UsageDaily
 from clusters import services
 from clusters.account_sync import hopsworks_accounts_sync
 from tests.factories import ClusterFactory, UserFactory
@@ -79,7 +79,7 @@ def test_collection_sums_each_users_namespaces_exactly(world):
 
 
 def test_a_rerun_gives_the_same_result_as_one_clean_run(world):
-    BillingAccount.objects.create(user=world["ada"], mode=BillingAccount.Mode.PREPAID)
+    BillingProfile.objects.create(user=world["ada"], mode=BillingProfile.Mode.PREPAID)
     for _ in range(3):
         call_command("collect_usage", "--date", DAY.isoformat())
 
@@ -90,7 +90,7 @@ def test_a_rerun_gives_the_same_result_as_one_clean_run(world):
 
 
 def test_a_corrected_day_debits_only_the_difference_and_a_vanished_user_goes_to_zero(world):
-    BillingAccount.objects.create(user=world["ada"], mode=BillingAccount.Mode.PREPAID)
+    BillingProfile.objects.create(user=world["ada"], mode=BillingProfile.Mode.PREPAID)
     call_command("collect_usage", "--date", DAY.isoformat())
     world["k8s"].set_allocations(DAY, {"ada-project": {"cpuCoreHours": D("20")}})
 

@@ -7,7 +7,7 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
-from billing.models import BillingAccount, CreditLedgerEntry, UsageDaily, UserCredits
+from billing.models import BillingProfile, CreditLedgerEntry, UsageDaily, UserCredits
 from billing.usage import UsageRecord, UsageValidationError, usage_upsert
 from tests.factories import ClusterFactory, UserFactory
 
@@ -83,7 +83,7 @@ def test_one_bad_record_writes_nothing_and_is_named():
 
 def test_prepaid_usage_is_debited_and_a_recollected_day_moves_only_the_difference():
     user, cluster = UserFactory(), ClusterFactory()
-    BillingAccount.objects.create(user=user, mode=BillingAccount.Mode.PREPAID)
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
 
     usage_upsert(records=[record(user, cluster, cpu_hours=D("10"))], actor="t")  # $1.00
     usage_upsert(records=[record(user, cluster, cpu_hours=D("10"))], actor="t")  # rerun
@@ -124,7 +124,7 @@ def test_the_upsert_makes_the_same_number_of_queries_for_5_and_for_200_records()
 def test_a_day_keeps_the_way_it_was_first_billed_when_the_mode_changes():
     user, cluster = UserFactory(), ClusterFactory()
     usage_upsert(records=[record(user, cluster, cpu_hours=D("10"))], actor="t")  # postpaid
-    BillingAccount.objects.create(user=user, mode=BillingAccount.Mode.PREPAID)
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
 
     usage_upsert(records=[record(user, cluster, cpu_hours=D("12"))], actor="t")  # re-collected
     usage_upsert(

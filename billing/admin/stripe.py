@@ -13,7 +13,7 @@ from billing.models import (
     StripeEvent,
     StripeUsageReport,
 )
-from billing.stripe_billing import stripe_event_process
+from billing.stripe_events import stripe_event_process
 
 
 @admin.register(BillingHistory)

@@ -11,10 +11,10 @@ from django.utils.safestring import mark_safe
 from billing import selectors
 from billing import stripe_gateway as gateway
 from billing.admin.credits import GrantCreditsMixin, balance_html
-from billing.models import BillingAccount
+from billing.invoices import invoices_sync
+from billing.models import BillingProfile
 from billing.pricing import to_cents
-from billing.services import billing_mode_set
-from billing.stripe_billing import invoices_sync
+from billing.profiles import billing_mode_set
 from plumbing.admin_confirm import confirm_then
 
 
@@ -23,13 +23,13 @@ class BillingModeFilter(admin.SimpleListFilter):
     parameter_name = "billing_mode"
 
     def lookups(self, request, model_admin):
-        return BillingAccount.Mode.choices
+        return BillingProfile.Mode.choices
 
     def queryset(self, request, queryset):
-        if self.value() == BillingAccount.Mode.PREPAID:
-            return queryset.filter(billing_account__mode=BillingAccount.Mode.PREPAID)
-        if self.value() == BillingAccount.Mode.POSTPAID:
-            return queryset.exclude(billing_account__mode=BillingAccount.Mode.PREPAID)
+        if self.value() == BillingProfile.Mode.PREPAID:
+            return queryset.filter(billing_profile__mode=BillingProfile.Mode.PREPAID)
+        if self.value() == BillingProfile.Mode.POSTPAID:
+            return queryset.exclude(billing_profile__mode=BillingProfile.Mode.PREPAID)
         return queryset
 
 
@@ -46,7 +46,7 @@ class UserBillingAdminMixin(GrantCreditsMixin):
 
     @admin.display(description="Stripe")
     def stripe(self, obj):
-        account = BillingAccount.objects.filter(user=obj).first()
+        account = BillingProfile.objects.filter(user=obj).first()
         status = (account.subscription_status if account else "") or "none"
         if not obj.stripe_customer_id:
             return f"No Stripe customer yet. Subscription: {status}."
@@ -89,14 +89,14 @@ class UserBillingAdminMixin(GrantCreditsMixin):
             "<div>Mode: {}</div><div>Month to date: ${}</div><div>Credit balance: {}</div>"
             "<table><tr><th>Date</th><th>CPU h</th><th>GPU h</th><th>Storage GB-mo</th>"
             "<th>Cost</th></tr>{}</table>",
-            BillingAccount.Mode(mode).label,
+            BillingProfile.Mode(mode).label,
             to_cents(selectors.month_to_date_cost(obj)),
             balance_html(selectors.credit_balance(obj)),
             rows or mark_safe("<tr><td colspan=5>No usage in the last 30 days.</td></tr>"),
         )
 
     def _set_mode(self, request, queryset, mode):
-        label = BillingAccount.Mode(mode).label
+        label = BillingProfile.Mode(mode).label
 
         def apply(_data):
             changed = sum(billing_mode_set(user=u, mode=mode, actor=request.user) for u in queryset)
@@ -115,8 +115,8 @@ class UserBillingAdminMixin(GrantCreditsMixin):
 
     @admin.action(description="Switch to prepaid (credits)", permissions=["change"])
     def make_prepaid(self, request, queryset):
-        return self._set_mode(request, queryset, BillingAccount.Mode.PREPAID)
+        return self._set_mode(request, queryset, BillingProfile.Mode.PREPAID)
 
     @admin.action(description="Switch to postpaid (metered)", permissions=["change"])
     def make_postpaid(self, request, queryset):
-        return self._set_mode(request, queryset, BillingAccount.Mode.POSTPAID)
+        return self._set_mode(request, queryset, BillingProfile.Mode.POSTPAID)

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.stripe_billing import stripe_events_retry
+from billing.stripe_events import stripe_events_retry
 
 
 class Command(BaseCommand):

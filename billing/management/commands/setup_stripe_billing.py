@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from billing import stripe_gateway as gateway
-from billing.stripe_billing import catalog_setup
+from billing.catalog import catalog_setup
 
 
 class Command(BaseCommand):

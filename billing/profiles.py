@@ -1,5 +1,4 @@
-"""Billing writes that are not usage or credit movements (those live in usage.py and
-credits.py)."""
+"""How a user pays: their billing profile (prepaid or postpaid) and switching it."""
 
 from __future__ import annotations
 
@@ -8,15 +7,16 @@ import logging
 from django.db import transaction
 
 from accounts.models import User
-from billing.models import BillingAccount
+from billing.models import BillingProfile
 from plumbing.actors import actor_label
 
 logger = logging.getLogger(__name__)
 
 
-def billing_account_for(user: User) -> BillingAccount:
-    account, _ = BillingAccount.objects.get_or_create(user=user)
-    return account
+def billing_profile_ensure(*, user: User) -> BillingProfile:
+    """The user's billing profile, created (postpaid) the first time it is needed."""
+    profile, _ = BillingProfile.objects.get_or_create(user=user)
+    return profile
 
 
 def billing_mode_set(*, user: User, mode: str, actor) -> bool:
@@ -25,14 +25,14 @@ def billing_mode_set(*, user: User, mode: str, actor) -> bool:
     Usage already recorded keeps the way it was settled; days collected from now on follow
     the new mode.
     """
-    if mode not in BillingAccount.Mode.values:
+    if mode not in BillingProfile.Mode.values:
         raise ValueError(f"Unknown billing mode {mode!r}; use prepaid or postpaid.")
     with transaction.atomic():
-        account = billing_account_for(user)
-        account = BillingAccount.objects.select_for_update().get(pk=account.pk)
-        if account.mode == mode:
+        profile = billing_profile_ensure(user=user)
+        profile = BillingProfile.objects.select_for_update().get(pk=profile.pk)
+        if profile.mode == mode:
             return False
-        account.mode = mode
-        account.save(update_fields=["mode", "updated_at"])
+        profile.mode = mode
+        profile.save(update_fields=["mode", "updated_at"])
     logger.info("billing mode of %s set to %s by %s", user.pk, mode, actor_label(actor))
     return True
