@@ -22,17 +22,18 @@ from django.utils import timezone
 
 from accounts.models import normalize_email
 from billing.models import UsageCollectionRun, UsageDaily
-from billing.pricing import gb_held_from_byte_hours, quantize, storage_gb_months
+from billing.pricing import quantize, storage_gb_months
 from billing.usage import UsageRecord, usage_upsert
-from clusters.account_sync import client_for
 from clusters.hopsworks import HopsworksError, HopsworksProject
-from clusters.models import HopsworksAccount, HopsworksCluster, UserHopsworksAssignment
+from clusters.models import HopsworksCluster
 from clusters.opencost import (
     MetricsError,
     NamespaceUsage,
     fetch_day_allocations,
+    gb_held_from_byte_hours,
     is_system_namespace,
 )
+from clusters.selectors import user_ids_by_hopsworks_identity
 from plumbing.encryption import SecretDecryptionError
 
 logger = logging.getLogger(__name__)
@@ -51,29 +52,6 @@ class Attribution:
     notes: list[str] = field(default_factory=list)
 
 
-def _user_lookup(cluster: HopsworksCluster) -> tuple[dict[str, str], dict[str, str]]:
-    """Hopsworks usernames and emails on this cluster -> our user ids."""
-    by_username: dict[str, str] = {}
-    for user_id, username in HopsworksAccount.objects.filter(
-        cluster=cluster, hopsworks_username__isnull=False
-    ).values_list("user_id", "hopsworks_username"):
-        by_username[username] = user_id
-    for user_id, username in UserHopsworksAssignment.objects.filter(
-        hopsworks_cluster=cluster
-    ).values_list("user_id", "hopsworks_username"):
-        if username:
-            by_username[username] = user_id
-    by_email = dict(
-        HopsworksAccount.objects.filter(cluster=cluster).values_list("user__email", "user_id")
-    )
-    by_email.update(
-        UserHopsworksAssignment.objects.filter(hopsworks_cluster=cluster).values_list(
-            "user__email", "user_id"
-        )
-    )
-    return by_username, by_email
-
-
 def attribute(
     allocations: list[NamespaceUsage],
     projects: list[HopsworksProject],
@@ -82,7 +60,7 @@ def attribute(
     day: dt.date,
 ) -> Attribution:
     """Sum each namespace's usage onto the user who created its project."""
-    by_username, by_email = _user_lookup(cluster)
+    by_username, by_email = user_ids_by_hopsworks_identity(cluster)
     owner_of = {}
     for project in projects:
         owner = by_username.get(project.creator_username or "") or by_email.get(
@@ -150,7 +128,7 @@ def _fail_run(run: UsageCollectionRun, error: Exception) -> UsageCollectionRun:
     return run
 
 
-def collect_cluster_day(*, cluster: HopsworksCluster, day: dt.date, actor="collect_usage"):
+def usage_collect_day(*, cluster: HopsworksCluster, day: dt.date, actor="collect_usage"):
     """Collect one cluster's usage for one day. A failure is recorded on the run and
     raised to nobody: one cluster down does not stop the others."""
     run = _start_run(cluster, day)
@@ -158,7 +136,7 @@ def collect_cluster_day(*, cluster: HopsworksCluster, day: dt.date, actor="colle
         if not cluster.kubeconfig:
             raise MetricsError(f"Cluster {cluster.name} has no kubeconfig to read usage with.")
         allocations = fetch_day_allocations(kubeconfig=cluster.kubeconfig.reveal(), day=day)
-        with client_for(cluster) as hopsworks:
+        with cluster.hopsworks_client() as hopsworks:
             projects = hopsworks.list_projects()
     except (MetricsError, HopsworksError, SecretDecryptionError, ValueError) as error:
         return _fail_run(run, error)
@@ -232,9 +210,9 @@ def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=offset) for offset in range(count)]
 
 
-def collect_usage(*, clusters, days, actor="collect_usage") -> list[UsageCollectionRun]:
+def usage_collect(*, clusters, days, actor="collect_usage") -> list[UsageCollectionRun]:
     return [
-        collect_cluster_day(cluster=cluster, day=day, actor=actor)
+        usage_collect_day(cluster=cluster, day=day, actor=actor)
         for cluster in clusters
         for day in days
     ]

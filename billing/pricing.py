@@ -15,8 +15,6 @@ from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal
 
 PLACES = Decimal("0.0000000001")
 CENT = Decimal("0.01")
-BYTES_PER_GB = Decimal(10) ** 9
-HOURS_PER_DAY = Decimal(24)
 CALLS_PER_PRICE_UNIT = Decimal(1000)
 
 
@@ -56,18 +54,29 @@ class Quantities:
     api_calls: int
 
 
+# The usage figures, as named in Quantities and in usage_daily's columns.
+FIGURES = tuple(field.name for field in fields(Quantities))
+
+
+def resource_costs(quantities: Quantities, rates: Rates) -> dict[str, Decimal]:
+    """What each resource of one day's usage costs, exactly (not rounded), keyed by the
+    rate card's resource names. Their sum, rounded once, is `day_cost`."""
+    return {
+        "cpu_hour": _decimal(quantities.cpu_hours, "cpu_hours")
+        * _decimal(rates.cpu_hour, "cpu_hour"),
+        "gpu_hour": _decimal(quantities.gpu_hours, "gpu_hours")
+        * _decimal(rates.gpu_hour, "gpu_hour"),
+        "storage_gb_month": _decimal(quantities.storage_gb_months, "storage_gb_months")
+        * _decimal(rates.storage_gb_month, "storage_gb_month"),
+        "api_calls_1k": Decimal(int(quantities.api_calls))
+        * _decimal(rates.api_calls_1k, "api_calls_1k")
+        / CALLS_PER_PRICE_UNIT,
+    }
+
+
 def day_cost(quantities: Quantities, rates: Rates) -> Decimal:
     """The cost of one day's usage: the sum of quantity times unit price."""
-    cost = (
-        _decimal(quantities.cpu_hours, "cpu_hours") * _decimal(rates.cpu_hour, "cpu_hour")
-        + _decimal(quantities.gpu_hours, "gpu_hours") * _decimal(rates.gpu_hour, "gpu_hour")
-        + _decimal(quantities.storage_gb_months, "storage_gb_months")
-        * _decimal(rates.storage_gb_month, "storage_gb_month")
-        + Decimal(int(quantities.api_calls))
-        * _decimal(rates.api_calls_1k, "api_calls_1k")
-        / CALLS_PER_PRICE_UNIT
-    )
-    return quantize(cost)
+    return quantize(sum(resource_costs(quantities, rates).values(), Decimal(0)))
 
 
 def days_in_month(day: dt.date) -> int:
@@ -77,11 +86,6 @@ def days_in_month(day: dt.date) -> int:
 def storage_gb_months(*, gb_held: Decimal, day: dt.date) -> Decimal:
     """A day's share of a GB-month: the GB held that day over the days in its month."""
     return quantize(_decimal(gb_held, "gb_held") / days_in_month(day))
-
-
-def gb_held_from_byte_hours(byte_hours: Decimal) -> Decimal:
-    """OpenCost's persistent-volume byte-hours for one day, as the average GB held."""
-    return _decimal(byte_hours, "byte_hours") / HOURS_PER_DAY / BYTES_PER_GB
 
 
 class MissingPrice(Exception):

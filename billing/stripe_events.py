@@ -213,4 +213,4 @@ def _after_billing_ready(user: User) -> None:
     from clusters.models import CapacityWait
 
     if CapacityWait.objects.filter(user=user, reason=CapacityWait.Reason.BILLING).exists():
-        transaction.on_commit(lambda: placement.assignment_auto_assign(user=user, actor="billing"))
+        transaction.on_commit(lambda: placement.assignment_place(user=user, actor="billing"))

@@ -32,7 +32,7 @@ from billing.models import (
     StripeUsageReport,
     UsageDaily,
 )
-from billing.pricing import CENT, RateBook, to_cents
+from billing.pricing import CENT, FIGURES, Quantities, RateBook, resource_costs, to_cents
 
 logger = logging.getLogger(__name__)
 RESOURCES = Price.Resource.values
@@ -58,17 +58,16 @@ def month_cents_by_resource(user_id: str, month: dt.date) -> dict[str, int]:
             date__gte=month,
             date__lt=next_month,
             billed_via=UsageDaily.BilledVia.STRIPE,
-        ).values("date", "cpu_hours", "gpu_hours", "storage_gb_months", "api_calls", "total_cost")
+        ).values("date", "total_cost", *FIGURES)
     )
     total = to_cents(sum((r["total_cost"] for r in rows), Decimal(0)))
     rates = RateBook.load(user_ids=[user_id])
     exact = dict.fromkeys(RESOURCES, Decimal(0))
     for row in rows:
-        day_rates = rates.rates(user_id=user_id, day=row["date"])
-        exact["cpu_hour"] += row["cpu_hours"] * day_rates.cpu_hour
-        exact["gpu_hour"] += row["gpu_hours"] * day_rates.gpu_hour
-        exact["storage_gb_month"] += row["storage_gb_months"] * day_rates.storage_gb_month
-        exact["api_calls_1k"] += Decimal(row["api_calls"]) * day_rates.api_calls_1k / 1000
+        quantities = Quantities(**{name: row[name] for name in FIGURES})
+        day = resource_costs(quantities, rates.rates(user_id=user_id, day=row["date"]))
+        for resource, cost in day.items():
+            exact[resource] += cost
     return _split(total, exact)
 
 
@@ -135,7 +134,7 @@ def _claim(user_id: str, month: dt.date) -> dict[str, StripeUsageReport] | None:
     return claimed if len(claimed) == len(RESOURCES) else None
 
 
-def report_usage_to_stripe(*, user_ids=None, now: dt.datetime | None = None) -> ReportRun:
+def usage_report_to_stripe(*, user_ids=None, now: dt.datetime | None = None) -> ReportRun:
     """Send every difference between our figures and what Stripe has, for every month."""
     now = now or timezone.now()
     catalog = dict(StripeCatalogEntry.objects.values_list("resource", "event_name"))

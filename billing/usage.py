@@ -27,7 +27,7 @@ from django.utils import timezone
 from accounts.models import User
 from billing import credits
 from billing.models import NO_CLUSTER, BillingProfile, UsageDaily
-from billing.pricing import MissingPrice, Quantities, RateBook, day_cost, quantize
+from billing.pricing import FIGURES, MissingPrice, Quantities, RateBook, day_cost, quantize
 from clusters.models import HopsworksCluster
 from plumbing.actors import actor_label
 
@@ -35,7 +35,6 @@ ZERO = Decimal("0")
 MAX_BATCH = 5000
 # No user runs a billion CPU hours in a day: a bigger figure is a mistake, said so.
 MAX_QUANTITY = Decimal("1000000000")
-FIGURES = ("cpu_hours", "gpu_hours", "storage_gb_months", "api_calls")
 
 
 @dataclass(frozen=True)

@@ -35,18 +35,6 @@ class SyncReport:
     errors: list[str] = field(default_factory=list)
 
 
-def client_for(cluster: HopsworksCluster, *, quick: bool = False) -> HopsworksClient:
-    """The cluster's API client. `quick`: one attempt with a short read timeout, for
-    work done inside a user's request."""
-    return HopsworksClient(
-        api_url=cluster.api_url,
-        api_key=cluster.api_key.reveal(),
-        ca_bundle_pem=cluster.ca_bundle or None,
-        read_timeout=10.0 if quick else 30.0,
-        max_attempts=1 if quick else 3,
-    )
-
-
 def _split_name(user: User) -> tuple[str, str]:
     parts = (user.name or user.email.split("@")[0]).split(None, 1)
     given = parts[0]
@@ -126,7 +114,7 @@ def _record_failure(account: HopsworksAccount, error: Exception) -> str:
 
 
 def pending_accounts():
-    return HopsworksAccount.objects.exclude(desired=F("synced"))
+    return HopsworksAccount.objects.pending()
 
 
 def hopsworks_accounts_sync(
@@ -147,7 +135,7 @@ def hopsworks_accounts_sync(
             account = HopsworksAccount.objects.select_related("user", "cluster").get(pk=pk)
             try:
                 if account.cluster_id not in clients:
-                    clients[account.cluster_id] = client_for(account.cluster, quick=quick)
+                    clients[account.cluster_id] = account.cluster.hopsworks_client(quick=quick)
                 state, remote = _apply(account, clients[account.cluster_id])
             except (HopsworksError, SecretDecryptionError, ValueError) as error:
                 report.failed += 1

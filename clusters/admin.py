@@ -1,16 +1,15 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.db.models import Count, F, Q
+from django.db.models import Count
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import User
 from clusters import selectors, services
-from clusters.account_sync import client_for
 from clusters.forms import ClusterChoiceForm, HopsworksClusterForm
 from clusters.hopsworks import HopsworksError
-from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
+from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster, account_pending
 from plumbing.admin_confirm import confirm_then
 from plumbing.encryption import SecretDecryptionError
 
@@ -70,7 +69,7 @@ class ClusterAdminBase(admin.ModelAdmin):
                 assigned=Count("assignments__user", distinct=True),
                 pending=Count(
                     "hopsworks_accounts",
-                    filter=~Q(hopsworks_accounts__desired=F("hopsworks_accounts__synced")),
+                    filter=account_pending("hopsworks_accounts__"),
                     distinct=True,
                 ),
             )
@@ -129,7 +128,7 @@ class ClusterAdminBase(admin.ModelAdmin):
     def test_connection(self, request, queryset):
         for cluster in queryset:
             try:
-                with client_for(cluster, quick=True) as client:
+                with cluster.hopsworks_client(quick=True) as client:
                     report = client.check_connection()
             except (HopsworksError, SecretDecryptionError, ValueError) as error:
                 self.message_user(request, f"{cluster.name}: {error}", messages.ERROR)
@@ -214,9 +213,7 @@ class PlacementFilter(admin.SimpleListFilter):
         if value == "billing":
             return queryset.filter(capacity_wait__reason=CapacityWait.Reason.BILLING)
         if value == "pending":
-            return queryset.filter(
-                pk__in=HopsworksAccount.objects.exclude(desired=F("synced")).values("user_id")
-            )
+            return queryset.filter(pk__in=HopsworksAccount.objects.pending().values("user_id"))
         if value == "none":
             return queryset.filter(hopsworks_assignment__isnull=True, capacity_wait__isnull=True)
         return queryset
@@ -285,7 +282,7 @@ class UserPlacementAdminMixin:
     @admin.action(description="Assign to a cluster with room (auto)", permissions=["change"])
     def auto_assign(self, request, queryset):
         def run(user, data):
-            placement = services.assignment_auto_assign(user=user, actor=request.user, gated=False)
+            placement = services.assignment_place(user=user, actor=request.user, gated=False)
             where = f" on {placement.cluster.name}" if placement.cluster else ""
             return f"{placement.outcome}{where}"
 
@@ -302,7 +299,7 @@ class UserPlacementAdminMixin:
     @admin.action(description="Assign to a chosen cluster", permissions=["change"])
     def assign_to_cluster(self, request, queryset):
         def run(user, data):
-            services.assignment_assign(user=user, cluster=data["cluster"], actor=request.user)
+            services.assignment_create(user=user, cluster=data["cluster"], actor=request.user)
             return f"assigned to {data['cluster'].name}"
 
         return self._placement_action(

@@ -142,9 +142,7 @@ class AssignmentView(APIView):
             if name:
                 services.assignment_set(user=user, cluster=_cluster(name), actor=request.user)
             else:
-                placement = services.assignment_auto_assign(
-                    user=user, actor=request.user, gated=False
-                )
+                placement = services.assignment_place(user=user, actor=request.user, gated=False)
                 if placement.assignment is None:
                     raise Conflict(
                         "No active cluster has room; the user waits for capacity and is "

@@ -43,7 +43,7 @@ def seed() -> list[str]:
         user = User.objects.get(pk=DEMO_USERS[index][0])
         if UserHopsworksAssignment.objects.filter(user=user).exists():
             continue
-        services.assignment_assign(user=user, cluster=clusters[cluster_name], actor="seed_demo")
+        services.assignment_create(user=user, cluster=clusters[cluster_name], actor="seed_demo")
         username = user.email.split("@")[0] + "01"
         # Demo clusters are not real: record the accounts as if Hopsworks had made them.
         HopsworksAccount.objects.filter(user=user).update(

@@ -4,7 +4,7 @@ from django import forms
 
 from clusters.hopsworks import validate_api_url, validate_ca_bundle
 from clusters.kubeconfig import KubeconfigError, parse_kubeconfig
-from clusters.models import HopsworksCluster
+from clusters.models import HopsworksCluster, max_users_problem
 
 
 def _secret_state(value) -> str:
@@ -58,16 +58,13 @@ class HopsworksClusterForm(forms.ModelForm):
         return url
 
     def clean_max_users(self):
+        # The rule lives on the model; the service checks it again under the row lock.
         max_users = self.cleaned_data["max_users"]
-        if max_users is None or max_users < 0:
-            raise forms.ValidationError("Max users must be zero or more.")
-        if not self.instance._state.adding:
-            assigned = self.instance.assignments.count()
-            if max_users < assigned:
-                raise forms.ValidationError(
-                    f"{assigned} users are assigned to this cluster; max users cannot be "
-                    "lower. Move some users first."
-                )
+        adding = self.instance._state.adding
+        assigned = 0 if adding else self.instance.assignments.count()
+        problem = max_users_problem(max_users, assigned=assigned)
+        if problem:
+            raise forms.ValidationError(problem)
         return max_users
 
     def clean_kubeconfig_input(self):

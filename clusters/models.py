@@ -6,8 +6,22 @@ from django.db import models
 from django.utils import timezone
 
 from accounts.models import User
+from clusters.hopsworks import HopsworksClient
 from plumbing.db import DatabaseNow, GenRandomUUID
 from plumbing.encryption import EncryptedTextField
+
+
+def max_users_problem(max_users: int | None, *, assigned: int) -> str | None:
+    """The one rule for a cluster's max_users: zero or more, never below the users already
+    assigned (the form says so early; the service checks again under the row lock)."""
+    if max_users is None or max_users < 0:
+        return "Max users must be zero or more."
+    if max_users < assigned:
+        return (
+            f"{assigned} users are assigned to this cluster; max users cannot be lower. "
+            "Move some users first."
+        )
+    return None
 
 
 class HopsworksCluster(models.Model):
@@ -73,6 +87,18 @@ class HopsworksCluster(models.Model):
     def free_slots(self) -> int:
         return max(self.max_users - self.current_users, 0)
 
+    def hopsworks_client(self, *, quick: bool = False) -> HopsworksClient:
+        """The cluster's API client. `quick`: one attempt with a short read timeout, for
+        work done inside a user's request. Raises SecretDecryptionError for a key that
+        cannot be read."""
+        return HopsworksClient(
+            api_url=self.api_url,
+            api_key=self.api_key.reveal(),
+            ca_bundle_pem=self.ca_bundle or None,
+            read_timeout=10.0 if quick else 30.0,
+            max_attempts=1 if quick else 3,
+        )
+
 
 class UserHopsworksAssignment(models.Model):
     """Which cluster a user is on: the seed's `user_hopsworks_assignments`.
@@ -134,6 +160,17 @@ class CapacityWait(models.Model):
         return f"{self.user_id} {self.get_reason_display().lower()} since {self.since:%Y-%m-%d}"
 
 
+def account_pending(prefix: str = "") -> models.Q:
+    """The one test of "Hopsworks does not yet match what we want" (desired != synced);
+    `prefix` reaches the account through a relation, e.g. "hopsworks_accounts__"."""
+    return ~models.Q(**{f"{prefix}desired": models.F(f"{prefix}synced")})
+
+
+class HopsworksAccountQuerySet(models.QuerySet):
+    def pending(self):
+        return self.filter(account_pending())
+
+
 class HopsworksAccount(models.Model):
     """A user's account on one cluster, and whether Hopsworks agrees with what we want.
 
@@ -165,6 +202,8 @@ class HopsworksAccount(models.Model):
     leased_until = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = HopsworksAccountQuerySet.as_manager()
+
     class Meta:
         db_table = "clusters_hopsworks_account"
         constraints = [
@@ -175,7 +214,7 @@ class HopsworksAccount(models.Model):
         indexes = [
             models.Index(
                 fields=["cluster"],
-                condition=~models.Q(desired=models.F("synced")),
+                condition=account_pending(),
                 name="hopsworks_account_pending",
             )
         ]

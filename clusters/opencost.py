@@ -55,6 +55,15 @@ SYSTEM_NAMESPACES = frozenset(
 SYSTEM_NAMESPACE_PREFIXES = ("kube-",)
 
 # OpenCost's allocation field -> NamespaceUsage field.
+BYTES_PER_GB = Decimal(10) ** 9
+HOURS_PER_DAY = Decimal(24)
+
+
+def gb_held_from_byte_hours(byte_hours: Decimal) -> Decimal:
+    """OpenCost's persistent-volume byte-hours for one day, as the average GB held."""
+    return Decimal(byte_hours) / HOURS_PER_DAY / BYTES_PER_GB
+
+
 _FIGURES = {
     "cpuCoreHours": "cpu_core_hours",
     "gpuHours": "gpu_hours",

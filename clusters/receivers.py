@@ -21,7 +21,7 @@ def place_on_login(sender, request, user: User, **kwargs):
     """
     if user.is_local:
         return
-    services.assignment_auto_assign(user=user, actor=user)
+    services.assignment_place(user=user, actor=user)
 
 
 def follow_user_status(sender, user: User, previous: str, status: str, actor, **kwargs):

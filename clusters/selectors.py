@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from django.db.models import Count, F
+from django.db.models import Count
 
 from accounts.models import User
 from clusters.models import (
@@ -38,8 +38,8 @@ def cluster_by_name_or_id(value: str) -> HopsworksCluster | None:
 
 def pending_accounts_on(cluster: HopsworksCluster):
     return (
-        HopsworksAccount.objects.filter(cluster=cluster)
-        .exclude(desired=F("synced"))
+        HopsworksAccount.objects.pending()
+        .filter(cluster=cluster)
         .select_related("user")
         .order_by("updated_at")
     )
@@ -61,7 +61,7 @@ class PlacementState:
 
     @property
     def account_pending(self) -> bool:
-        return any(a.desired != a.synced for a in self.accounts)
+        return any(a.pending for a in self.accounts)
 
 
 def placement_of(user: User) -> PlacementState:
@@ -90,3 +90,28 @@ def placement_of(user: User) -> PlacementState:
             accounts=accounts,
         )
     return PlacementState("Not placed on a cluster", accounts=accounts)
+
+
+def user_ids_by_hopsworks_identity(
+    cluster: HopsworksCluster,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Hopsworks usernames and emails on this cluster -> our user ids."""
+    by_username: dict[str, str] = {}
+    for user_id, username in HopsworksAccount.objects.filter(
+        cluster=cluster, hopsworks_username__isnull=False
+    ).values_list("user_id", "hopsworks_username"):
+        by_username[username] = user_id
+    for user_id, username in UserHopsworksAssignment.objects.filter(
+        hopsworks_cluster=cluster
+    ).values_list("user_id", "hopsworks_username"):
+        if username:
+            by_username[username] = user_id
+    by_email = dict(
+        HopsworksAccount.objects.filter(cluster=cluster).values_list("user__email", "user_id")
+    )
+    by_email.update(
+        UserHopsworksAssignment.objects.filter(hopsworks_cluster=cluster).values_list(
+            "user__email", "user_id"
+        )
+    )
+    return by_username, by_email

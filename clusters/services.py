@@ -14,13 +14,13 @@ import logging
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from accounts.models import User
-from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
+from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster, max_users_problem
 from clusters.models import UserHopsworksAssignment as Assignment
 from clusters.selectors import assignment_of
 from plumbing.actors import actor_label
@@ -50,12 +50,13 @@ class NotAssigned(PlacementError):
 
 @dataclass(frozen=True)
 class Placement:
-    ASSIGNED = "assigned"
-    ALREADY_ASSIGNED = "already assigned"
-    WAITING = "waiting for capacity"
-    WAITING_FOR_BILLING = "waiting for billing setup"
+    class Outcome(models.TextChoices):
+        ASSIGNED = "assigned"
+        ALREADY_ASSIGNED = "already assigned"
+        WAITING = "waiting for capacity"
+        WAITING_FOR_BILLING = "waiting for billing setup"
 
-    outcome: str
+    outcome: Outcome
     assignment: Assignment | None = None
 
     @property
@@ -139,7 +140,7 @@ def _wait(user: User, reason: str, detail: str = "") -> None:
     logger.info("user %s waits: %s", user.pk, reason)
 
 
-def assignment_auto_assign(*, user: User, actor=None, gated: bool = True) -> Placement:
+def assignment_place(*, user: User, actor=None, gated: bool = True) -> Placement:
     """Place the user on the active cluster with the fewest users that has room.
 
     With `gated` (every automatic placement), a user whose billing is not set up waits
@@ -149,12 +150,12 @@ def assignment_auto_assign(*, user: User, actor=None, gated: bool = True) -> Pla
     """
     existing = assignment_of(user)
     if existing is not None:
-        return Placement(Placement.ALREADY_ASSIGNED, existing)
+        return Placement(Placement.Outcome.ALREADY_ASSIGNED, existing)
     if gated:
         blocker = placement_blocker(user)
         if blocker:
             _wait(user, CapacityWait.Reason.BILLING, blocker)
-            return Placement(Placement.WAITING_FOR_BILLING)
+            return Placement(Placement.Outcome.WAITING_FOR_BILLING)
 
     candidates = (
         HopsworksCluster.objects.filter(
@@ -167,15 +168,15 @@ def assignment_auto_assign(*, user: User, actor=None, gated: bool = True) -> Pla
         try:
             assignment = _place(user=user, cluster_id=cluster_id, actor=actor)
         except IntegrityError:  # placed by a concurrent request for the same user
-            return Placement(Placement.ALREADY_ASSIGNED, assignment_of(user))
+            return Placement(Placement.Outcome.ALREADY_ASSIGNED, assignment_of(user))
         if assignment is not None:
-            return Placement(Placement.ASSIGNED, assignment_of(user))
+            return Placement(Placement.Outcome.ASSIGNED, assignment_of(user))
 
     _wait(user, CapacityWait.Reason.NO_CAPACITY)
-    return Placement(Placement.WAITING)
+    return Placement(Placement.Outcome.WAITING)
 
 
-def assignment_assign(*, user: User, cluster: HopsworksCluster, actor) -> Assignment:
+def assignment_create(*, user: User, cluster: HopsworksCluster, actor) -> Assignment:
     """An operator places a user on a given cluster (capacity and status still apply)."""
     existing = assignment_of(user)
     if existing is not None:
@@ -255,7 +256,7 @@ def assignment_move(*, user: User, to_cluster: HopsworksCluster, actor) -> Assig
 def assignment_set(*, user: User, cluster: HopsworksCluster, actor) -> Assignment:
     """Put the user on this cluster: assign them, or move them if they are elsewhere."""
     if assignment_of(user) is None:
-        return assignment_assign(user=user, cluster=cluster, actor=actor)
+        return assignment_create(user=user, cluster=cluster, actor=actor)
     return assignment_move(user=user, to_cluster=cluster, actor=actor)
 
 
@@ -282,10 +283,10 @@ def capacity_place_waiting() -> int:
     placed = 0
     waiting = CapacityWait.objects.select_related("user").filter(user__status=User.Status.ACTIVE)
     for wait in waiting.order_by("since", "user_id"):
-        result = assignment_auto_assign(user=wait.user)
-        if result.outcome == Placement.WAITING:
+        result = assignment_place(user=wait.user)
+        if result.outcome == Placement.Outcome.WAITING:
             break
-        placed += result.outcome == Placement.ASSIGNED
+        placed += result.outcome == Placement.Outcome.ASSIGNED
     if placed:
         logger.info("%s waiting user(s) placed", placed)
     return placed
@@ -317,12 +318,9 @@ def cluster_save(*, cluster: HopsworksCluster, changes: dict, actor) -> Hopswork
         for field, value in changes.items():
             setattr(locked, field, value)
         assigned = 0 if creating else locked.assignments.count()
-        if locked.max_users < assigned:
-            raise ClusterValidationError(
-                "max_users",
-                f"{assigned} users are assigned to this cluster; max users cannot be lower. "
-                "Move some users first.",
-            )
+        problem = max_users_problem(locked.max_users, assigned=assigned)
+        if problem:
+            raise ClusterValidationError("max_users", problem)
         locked.save()
         if locked.status == HopsworksCluster.Status.ACTIVE and locked.free_slots:
             _after_commit_place_waiting()

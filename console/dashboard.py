@@ -119,7 +119,7 @@ def dashboard_tiles() -> list[Tile]:
         )
     )
 
-    pending = HopsworksAccount.objects.exclude(desired=F("synced")).count()
+    pending = HopsworksAccount.objects.pending().count()
     tiles.append(
         Tile(
             "Hopsworks accounts pending",

@@ -26,7 +26,7 @@ def test_the_page_needs_a_login(client):
 def test_a_placed_user_sees_their_cluster_and_this_months_usage(client):
     cluster = ClusterFactory(name="east")
     user = UserFactory()
-    services.assignment_assign(user=user, cluster=cluster, actor=None)
+    services.assignment_create(user=user, cluster=cluster, actor=None)
     yesterday = timezone.now().date() - dt.timedelta(days=1)
     usage_upsert(
         records=[
@@ -48,7 +48,7 @@ def test_a_placed_user_sees_their_cluster_and_this_months_usage(client):
 def test_a_waiting_user_is_told_why(client):
     ClusterFactory(max_users=0)
     user = UserFactory()
-    services.assignment_auto_assign(user=user)
+    services.assignment_place(user=user)
     login(client, user)
     assert "All clusters are full right now" in client.get("/").content.decode()
 

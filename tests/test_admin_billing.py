@@ -71,7 +71,7 @@ def test_the_usage_list_makes_as_many_queries_for_many_rows_as_for_few(operator_
 def test_the_user_page_shows_cost_balance_and_30_days_in_constant_queries(operator_client):
     cluster = ClusterFactory(max_users=50)
     user = UserFactory()
-    services.assignment_assign(user=user, cluster=cluster, actor=None)
+    services.assignment_create(user=user, cluster=cluster, actor=None)
     BillingProfile.objects.create(user=user, mode="prepaid")
     credits_add(user=user, kind=Kind.PURCHASE, amount=D("1"), reference="p", actor="t")
     add_usage([user], cluster, 2)

@@ -46,7 +46,7 @@ def form_data(**overrides):
 def test_the_clusters_list_is_the_seeds_utilization(operator_client):
     cluster = ClusterFactory(name="east", max_users=4)
     for _ in range(3):
-        services.assignment_assign(user=UserFactory(), cluster=cluster, actor=None)
+        services.assignment_create(user=UserFactory(), cluster=cluster, actor=None)
 
     response = operator_client.get(LIST)
 
@@ -118,7 +118,7 @@ def test_bad_cluster_input_is_a_form_error_on_its_field(operator_client, overrid
 def test_max_users_below_the_assigned_users_is_refused_on_the_form(operator_client):
     cluster = ClusterFactory(name="east", max_users=5)
     for _ in range(2):
-        services.assignment_assign(user=UserFactory(), cluster=cluster, actor=None)
+        services.assignment_create(user=UserFactory(), cluster=cluster, actor=None)
     response = operator_client.post(
         f"{LIST}{cluster.pk}/change/", form_data(max_users="1", api_key_input="")
     )
@@ -222,7 +222,7 @@ def test_a_full_cluster_refusal_is_shown_not_raised(operator_client):
 def test_waiting_users_are_visible_to_operators(operator_client):
     ClusterFactory(max_users=0)
     user = UserFactory()
-    services.assignment_auto_assign(user=user)
+    services.assignment_place(user=user)
 
     listing = operator_client.get(USERS, {"placement": "waiting"}).content.decode()
     detail = operator_client.get(f"{USERS}{user.pk}/change/").content.decode()
@@ -240,8 +240,8 @@ def test_the_users_list_with_clusters_makes_as_many_queries_for_50_users_as_for_
         return len(captured)
 
     for user in UserFactory.create_batch(5):
-        services.assignment_assign(user=user, cluster=cluster, actor=None)
+        services.assignment_create(user=user, cluster=cluster, actor=None)
     few = queries()
     for user in UserFactory.create_batch(45):
-        services.assignment_assign(user=user, cluster=cluster, actor=None)
+        services.assignment_create(user=user, cluster=cluster, actor=None)
     assert queries() == few

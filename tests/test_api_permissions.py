@@ -29,7 +29,7 @@ ME_ENDPOINTS = ["/api/v1/me", "/api/v1/me/usage", "/api/v1/me/billing"]
 def world():
     cluster = ClusterFactory(name="east")
     user = UserFactory()
-    services.assignment_assign(user=user, cluster=cluster, actor=None)
+    services.assignment_create(user=user, cluster=cluster, actor=None)
     return {"cluster": cluster, "user": user}
 
 

@@ -146,7 +146,7 @@ def test_list_queries_do_not_grow_with_the_page_size(client, make_key, url):
     cluster = ClusterFactory(max_users=100)
     users = UserFactory.create_batch(60)
     for user in users:
-        services.assignment_assign(user=user, cluster=cluster, actor=None)
+        services.assignment_create(user=user, cluster=cluster, actor=None)
     ClusterFactory.create_batch(10)
     usage_upsert(
         records=[

@@ -21,11 +21,11 @@ def test_auto_assign_picks_the_active_cluster_with_the_fewest_users():
     quiet = ClusterFactory(name="quiet", max_users=10)
     ClusterFactory(name="down", status=HopsworksCluster.Status.MAINTENANCE)
     for _ in range(3):
-        services.assignment_assign(user=UserFactory(), cluster=busy, actor=None)
+        services.assignment_create(user=UserFactory(), cluster=busy, actor=None)
 
-    placement = services.assignment_auto_assign(user=UserFactory())
+    placement = services.assignment_place(user=UserFactory())
 
-    assert placement.outcome == services.Placement.ASSIGNED
+    assert placement.outcome == services.Placement.Outcome.ASSIGNED
     assert placement.cluster == quiet
     assert counts(quiet) == (1, 1)
 
@@ -33,9 +33,9 @@ def test_auto_assign_picks_the_active_cluster_with_the_fewest_users():
 def test_a_user_is_assigned_once_however_often_it_is_asked():
     cluster = ClusterFactory()
     user = UserFactory()
-    services.assignment_auto_assign(user=user)
-    again = services.assignment_auto_assign(user=user)
-    assert again.outcome == services.Placement.ALREADY_ASSIGNED
+    services.assignment_place(user=user)
+    again = services.assignment_place(user=user)
+    assert again.outcome == services.Placement.Outcome.ALREADY_ASSIGNED
     assert counts(cluster) == (1, 1)
 
 
@@ -44,11 +44,11 @@ def test_without_room_the_user_waits_and_is_placed_when_a_slot_appears(
 ):
     cluster = ClusterFactory(max_users=1)
     first, second = UserFactory(), UserFactory()
-    services.assignment_auto_assign(user=first)
+    services.assignment_place(user=first)
 
-    placement = services.assignment_auto_assign(user=second)
+    placement = services.assignment_place(user=second)
 
-    assert placement.outcome == services.Placement.WAITING
+    assert placement.outcome == services.Placement.Outcome.WAITING
     assert CapacityWait.objects.filter(user=second).exists()
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -64,8 +64,8 @@ def test_raising_max_users_places_waiting_users_first_come_first_served(
 ):
     cluster = ClusterFactory(max_users=0)
     early, late = UserFactory(), UserFactory()
-    services.assignment_auto_assign(user=early)
-    services.assignment_auto_assign(user=late)
+    services.assignment_place(user=early)
+    services.assignment_place(user=late)
 
     with django_capture_on_commit_callbacks(execute=True):
         services.cluster_save(cluster=cluster, changes={"max_users": 1}, actor=None)
@@ -78,16 +78,16 @@ def test_assigning_to_a_full_or_inactive_cluster_says_why():
     full = ClusterFactory(name="full", max_users=0)
     off = ClusterFactory(name="off", status=HopsworksCluster.Status.MAINTENANCE)
     with pytest.raises(services.NoCapacity, match="full is full"):
-        services.assignment_assign(user=UserFactory(), cluster=full, actor=None)
+        services.assignment_create(user=UserFactory(), cluster=full, actor=None)
     with pytest.raises(services.ClusterNotAccepting, match="maintenance"):
-        services.assignment_assign(user=UserFactory(), cluster=off, actor=None)
+        services.assignment_create(user=UserFactory(), cluster=off, actor=None)
     assert not Assignment.objects.exists()
 
 
 def test_moving_a_user_moves_the_count_and_their_hopsworks_account():
     old, new = ClusterFactory(name="old"), ClusterFactory(name="new")
     user = UserFactory()
-    services.assignment_assign(user=user, cluster=old, actor=None)
+    services.assignment_create(user=user, cluster=old, actor=None)
 
     services.assignment_move(user=user, to_cluster=new, actor=None)
 
@@ -103,7 +103,7 @@ def test_moving_a_user_moves_the_count_and_their_hopsworks_account():
 def test_a_move_to_a_full_cluster_changes_nothing():
     old, full = ClusterFactory(name="old"), ClusterFactory(name="full", max_users=0)
     user = UserFactory()
-    services.assignment_assign(user=user, cluster=old, actor=None)
+    services.assignment_create(user=user, cluster=old, actor=None)
 
     with pytest.raises(services.NoCapacity):
         services.assignment_move(user=user, to_cluster=full, actor=None)
@@ -115,7 +115,7 @@ def test_a_move_to_a_full_cluster_changes_nothing():
 def test_unassign_frees_the_slot_and_wants_the_account_deactivated():
     cluster = ClusterFactory()
     user = UserFactory(hopsworks_username="ada1")
-    services.assignment_assign(user=user, cluster=cluster, actor=None)
+    services.assignment_create(user=user, cluster=cluster, actor=None)
 
     services.assignment_unassign(user=user, actor=None)
 
@@ -130,7 +130,7 @@ def test_unassign_frees_the_slot_and_wants_the_account_deactivated():
 def test_max_users_cannot_go_below_the_assigned_users():
     cluster = ClusterFactory(max_users=5)
     for _ in range(3):
-        services.assignment_assign(user=UserFactory(), cluster=cluster, actor=None)
+        services.assignment_create(user=UserFactory(), cluster=cluster, actor=None)
     with pytest.raises(services.ClusterValidationError, match="3 users are assigned"):
         services.cluster_save(cluster=cluster, changes={"max_users": 2}, actor=None)
     cluster.refresh_from_db()
@@ -145,7 +145,7 @@ def test_the_database_refuses_more_users_than_max_users():
 
 def test_check_cluster_counts_reports_and_repairs_drift():
     cluster = ClusterFactory(max_users=5)
-    services.assignment_assign(user=UserFactory(), cluster=cluster, actor=None)
+    services.assignment_create(user=UserFactory(), cluster=cluster, actor=None)
     HopsworksCluster.objects.filter(pk=cluster.pk).update(current_users=4)  # adopted drift
 
     [drift] = services.cluster_counts_check()
@@ -160,7 +160,7 @@ def test_suspending_a_user_wants_their_account_deactivated_and_reactivating_acti
 
     cluster = ClusterFactory()
     user = UserFactory()
-    services.assignment_assign(user=user, cluster=cluster, actor=None)
+    services.assignment_create(user=user, cluster=cluster, actor=None)
 
     user_suspend(user=user, actor=None)
     assert HopsworksAccount.objects.get(user=user).desired == "deactivated"

@@ -17,12 +17,12 @@ def test_concurrent_signups_fill_exactly_the_free_slots_and_the_rest_wait():
     a = ClusterFactory(name="a", max_users=4)
     b = ClusterFactory(name="b", max_users=3)
     ClusterFactory(name="maintenance", max_users=50, status=HopsworksCluster.Status.MAINTENANCE)
-    services.assignment_assign(user=UserFactory(), cluster=a, actor=None)
-    services.assignment_assign(user=UserFactory(), cluster=b, actor=None)
+    services.assignment_create(user=UserFactory(), cluster=a, actor=None)
+    services.assignment_create(user=UserFactory(), cluster=b, actor=None)
     # 3 + 2 = 5 free slots for 24 people arriving at once.
     newcomers = UserFactory.create_batch(SIGNUPS)
 
-    run_at_once(lambda user: services.assignment_auto_assign(user=user), newcomers)
+    run_at_once(lambda user: services.assignment_place(user=user), newcomers)
 
     placed = Assignment.objects.filter(user__in=newcomers).count()
     assert placed == 5
@@ -39,7 +39,7 @@ def test_concurrent_moves_into_one_slot_let_exactly_one_through():
     target = ClusterFactory(name="target", max_users=1)
     movers = UserFactory.create_batch(8)
     for user in movers:
-        services.assignment_assign(user=user, cluster=source, actor=None)
+        services.assignment_create(user=user, cluster=source, actor=None)
     outcomes = []
 
     def move(user):

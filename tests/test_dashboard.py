@@ -27,7 +27,7 @@ def add_world(users: int, days: int):
     cluster = ClusterFactory(max_users=users + 5)
     people = UserFactory.create_batch(users)
     for user in people:
-        services.assignment_assign(user=user, cluster=cluster, actor=None)
+        services.assignment_create(user=user, cluster=cluster, actor=None)
     today = timezone.now().date()
     usage_upsert(
         records=[
@@ -48,7 +48,7 @@ def add_world(users: int, days: int):
 def test_the_dashboard_shows_each_figure_as_a_link_to_its_list(operator_client):
     cluster, people = add_world(3, 1)
     full = ClusterFactory(name="full", max_users=0)
-    services.assignment_auto_assign(user=UserFactory())  # placed on `cluster`
+    services.assignment_place(user=UserFactory())  # placed on `cluster`
     BillingProfile.objects.create(user=people[0], mode="prepaid")
     credits_add(
         user=people[0], kind=Kind.ADJUSTMENT, amount=Decimal("-1"), reference="x", actor="t"

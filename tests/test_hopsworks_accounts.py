@@ -88,7 +88,7 @@ def test_an_account_that_already_exists_on_the_cluster_is_adopted_not_created(
     cluster = cluster_on(east)
     user = UserFactory(email="known@example.com")
     existing = east.add_user(email="known@example.com", subject=user.pk)
-    services.assignment_assign(user=user, cluster=cluster, actor=None)
+    services.assignment_create(user=user, cluster=cluster, actor=None)
 
     hopsworks_accounts_sync(user=user)
 
@@ -103,7 +103,7 @@ def test_suspending_deactivates_the_account_and_reactivating_activates_it(
     cluster = cluster_on(east)
     user = UserFactory()
     with django_capture_on_commit_callbacks(execute=True):
-        services.assignment_assign(user=user, cluster=cluster, actor=None)
+        services.assignment_create(user=user, cluster=cluster, actor=None)
     remote = east.user_by_email(user.email)
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -125,7 +125,7 @@ def test_reassigning_a_user_moves_their_hopsworks_account(
     old, new = cluster_on(east, name="east"), cluster_on(west, name="west")
     user = UserFactory()
     with django_capture_on_commit_callbacks(execute=True):
-        services.assignment_assign(user=user, cluster=old, actor=None)
+        services.assignment_create(user=user, cluster=old, actor=None)
     with django_capture_on_commit_callbacks(execute=True):
         services.assignment_move(user=user, to_cluster=new, actor=None)
 
@@ -143,7 +143,7 @@ def test_unassigning_deactivates_the_account(
     cluster = cluster_on(east)
     user = UserFactory()
     with django_capture_on_commit_callbacks(execute=True):
-        services.assignment_assign(user=user, cluster=cluster, actor=None)
+        services.assignment_create(user=user, cluster=cluster, actor=None)
     with django_capture_on_commit_callbacks(execute=True):
         services.assignment_unassign(user=user, actor=None)
 

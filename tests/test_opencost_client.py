@@ -13,6 +13,7 @@ from clusters.opencost import (
     MetricsError,
     NamespaceUsage,
     fetch_day_allocations,
+    gb_held_from_byte_hours,
     is_system_namespace,
 )
 from tests.fakes.kubernetes import (
@@ -311,3 +312,7 @@ def test_an_unusable_kubeconfig_is_a_metrics_error_naming_what_to_fix(fake, test
 
     assert message.startswith("The cluster's kubeconfig cannot be used: ")
     assert fake.requests == []
+
+
+def test_byte_hours_become_average_gb_held():
+    assert gb_held_from_byte_hours(Decimal("24") * Decimal(10) ** 9 * Decimal("5")) == Decimal("5")

@@ -11,7 +11,6 @@ from billing.pricing import (
     RateBook,
     Rates,
     day_cost,
-    gb_held_from_byte_hours,
     storage_gb_months,
     to_cents,
 )
@@ -35,10 +34,6 @@ def test_storage_is_the_gb_held_over_the_days_in_that_month():
     # 100 GB held all of a 30-day month is 100 GB-months, $15, not 30 times that.
     month = sum(storage_gb_months(gb_held=D("100"), day=dt.date(2026, 11, d)) for d in range(1, 31))
     assert to_cents(day_cost(Quantities(D(0), D(0), month, 0), CARD)) == D("15.00")
-
-
-def test_byte_hours_become_average_gb_held():
-    assert gb_held_from_byte_hours(D("24") * D(10) ** 9 * D("5")) == D("5")
 
 
 def test_summing_sub_cent_days_loses_nothing_that_shows_in_cents():

@@ -61,9 +61,9 @@ def test_seed_queries_after_assign_move_and_unassign(django_capture_on_commit_ca
     west = ClusterFactory(name="west", max_users=5)
     ada, alan, grace = UserFactory(), UserFactory(), UserFactory()
     with django_capture_on_commit_callbacks(execute=True):
-        services.assignment_assign(user=ada, cluster=east, actor=None)
-        services.assignment_assign(user=alan, cluster=east, actor=None)
-        services.assignment_assign(user=grace, cluster=west, actor=None)
+        services.assignment_create(user=ada, cluster=east, actor=None)
+        services.assignment_create(user=alan, cluster=east, actor=None)
+        services.assignment_create(user=grace, cluster=west, actor=None)
         services.assignment_move(user=ada, to_cluster=west, actor=None)
         services.assignment_unassign(user=alan, actor=None)
 

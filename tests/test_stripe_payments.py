@@ -311,8 +311,8 @@ def test_the_billing_gate_waits_for_a_subscription_then_places_the_user(
     settings.PLACEMENT_REQUIRES_BILLING = True
     ClusterFactory()
     user = UserFactory()
-    placement = services.assignment_auto_assign(user=user)
-    assert placement.outcome == services.Placement.WAITING_FOR_BILLING
+    placement = services.assignment_place(user=user)
+    assert placement.outcome == services.Placement.Outcome.WAITING_FOR_BILLING
     assert CapacityWait.objects.get(user=user).reason == "billing"
 
     customer = customer_ensure(user=user)
@@ -334,7 +334,7 @@ def test_the_billing_gate_lets_a_prepaid_user_in_after_a_purchase(
     settings.PLACEMENT_REQUIRES_BILLING = True
     ClusterFactory()
     user = prepaid_user()
-    assert services.assignment_auto_assign(user=user).outcome == "waiting for billing setup"
+    assert services.assignment_place(user=user).outcome == "waiting for billing setup"
     login(client, user)
     assert "Buy credits to get a place" in client.get("/").content.decode()
 
@@ -351,7 +351,7 @@ def test_operators_place_anyone_by_hand_whatever_the_gate(settings):
     settings.PLACEMENT_REQUIRES_BILLING = True
     cluster = ClusterFactory()
     user = UserFactory()
-    services.assignment_assign(user=user, cluster=cluster, actor="ops")
+    services.assignment_create(user=user, cluster=cluster, actor="ops")
     assert Assignment.objects.get(user=user).hopsworks_cluster == cluster
 
 

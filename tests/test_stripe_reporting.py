@@ -13,7 +13,7 @@ from billing.checkout import customer_ensure
 from billing.models import BillingProfile, Price, StripeCatalogEntry, StripeUsageReport
 from billing.pricing import to_cents
 from billing.selectors import month_to_date_cost
-from billing.stripe_reporting import report_usage_to_stripe
+from billing.stripe_reporting import usage_report_to_stripe
 from billing.usage import UsageRecord, usage_upsert
 from tests.factories import ClusterFactory, UserFactory
 
@@ -82,7 +82,7 @@ def test_reporting_sends_the_month_in_cents_with_deterministic_identifiers(catal
         user, cluster, this_month_days(3), cpu_hours=D("10.123"), gpu_hours=D("1.5"), api_calls=1234
     )
 
-    run = report_usage_to_stripe()
+    run = usage_report_to_stripe()
 
     ours = to_cents(month_to_date_cost(user)) * 100
     assert stripe_cents(catalog, customer) == ours
@@ -97,10 +97,10 @@ def test_reporting_sends_the_month_in_cents_with_deterministic_identifiers(catal
 def test_a_rerun_reports_nothing_new(catalog):
     user, _ = subscribed_user(catalog)
     record_days(user, ClusterFactory(), this_month_days(2), cpu_hours=D("5"))
-    report_usage_to_stripe()
+    usage_report_to_stripe()
     before = len(catalog.meter_events)
 
-    run = report_usage_to_stripe()
+    run = usage_report_to_stripe()
 
     assert run.sent_events == 0
     assert len(catalog.meter_events) == before
@@ -112,11 +112,11 @@ def test_a_corrected_day_reports_only_the_difference_even_downwards(catalog):
     cluster = ClusterFactory()
     [day] = this_month_days(1)
     record_days(user, cluster, [day], cpu_hours=D("10"))  # $1.00
-    report_usage_to_stripe()
+    usage_report_to_stripe()
     record_days(user, cluster, [day], cpu_hours=D("13"))  # $1.30
-    report_usage_to_stripe()
+    usage_report_to_stripe()
     record_days(user, cluster, [day], cpu_hours=D("4"))  # $0.40
-    report_usage_to_stripe()
+    usage_report_to_stripe()
 
     cpu = StripeCatalogEntry.objects.get(resource="cpu_hour").event_name
     values = [int(e["payload"]["value"]) for e in catalog.meter_events if e["event_name"] == cpu]
@@ -139,7 +139,7 @@ def test_negotiated_prices_and_sub_cent_days_still_total_to_the_cent(catalog):
         api_calls=333,
     )
 
-    report_usage_to_stripe()
+    usage_report_to_stripe()
 
     assert stripe_cents(catalog, customer) == to_cents(month_to_date_cost(user)) * 100
 
@@ -179,7 +179,7 @@ def test_only_usage_billed_through_stripe_is_reported(catalog):
     if rest:
         record_days(user, cluster, rest, cpu_hours=D("50"))  # settled with credits
 
-    report_usage_to_stripe()
+    usage_report_to_stripe()
 
     assert stripe_cents(catalog, customer) == 100
 
@@ -197,7 +197,7 @@ def test_two_concurrent_runs_report_each_unit_once(catalog):
     def run():
         try:
             barrier.wait(timeout=30)
-            report_usage_to_stripe()
+            usage_report_to_stripe()
         finally:
             connection.close()
 
@@ -214,7 +214,7 @@ def test_two_concurrent_runs_report_each_unit_once(catalog):
             "reported_cents", flat=True
         )
         assert sum(recorded) == ours
-    assert report_usage_to_stripe().sent_events == 0  # and nothing is left to correct
+    assert usage_report_to_stripe().sent_events == 0  # and nothing is left to correct
     # Each event crossed the wire once: no run sent what another run was sending.
     sent = [r.form["identifier"] for r in catalog.requests_to("POST", "/v1/billing/meter_events")]
     assert len(sent) == len(set(sent)) == len(catalog.meter_events)

@@ -29,7 +29,7 @@ def world(fake_hopsworks, fake_kubernetes, cluster_on, test_ca):
     ada = UserFactory(email="ada@example.com", name="Ada Lovelace")
     grace = UserFactory(email="grace@example.com", name="Grace Hopper")
     for user in (ada, grace):
-        services.assignment_assign(user=user, cluster=cluster, actor=None)
+        services.assignment_create(user=user, cluster=cluster, actor=None)
     hopsworks_accounts_sync()  # real accounts on the fake cluster, with usernames
     hopsworks.add_project("Ada_Project", "ada@example.com")  # namespace derived: ada-project
     hopsworks.add_project("ada_two", "ada@example.com", namespace="ada-two")

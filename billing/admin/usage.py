@@ -10,7 +10,7 @@ from django.utils.html import format_html, format_html_join
 
 from billing import selectors
 from billing.admin.base import ReadOnlyAdmin
-from billing.collection import collect_usage
+from billing.collection import usage_collect
 from billing.models import UsageCollectionRun, UsageDaily
 from billing.pricing import to_cents
 
@@ -50,7 +50,7 @@ class UsageDailyAdmin(ReadOnlyAdmin):
 def _collect_again(modeladmin, request, runs_or_clusters, days_for):
     outcomes = []
     for cluster, days in days_for(runs_or_clusters):
-        outcomes += collect_usage(clusters=[cluster], days=days, actor=request.user.email)
+        outcomes += usage_collect(clusters=[cluster], days=days, actor=request.user.email)
     for run in outcomes:
         if run.status == UsageCollectionRun.Status.SUCCEEDED:
             modeladmin.message_user(

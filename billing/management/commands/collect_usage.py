@@ -3,7 +3,7 @@ import datetime as dt
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from billing.collection import CollectionError, clusters_to_collect, collect_usage, days_between
+from billing.collection import CollectionError, clusters_to_collect, days_between, usage_collect
 
 
 def _date(value: str) -> dt.date:
@@ -44,7 +44,7 @@ class Command(BaseCommand):
             self.stdout.write("No active or maintenance cluster has a kubeconfig: nothing to do.")
             return
 
-        runs = collect_usage(clusters=clusters, days=days)
+        runs = usage_collect(clusters=clusters, days=days)
         failed = 0
         for run in runs:
             if run.status == run.Status.SUCCEEDED:

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from billing import stripe_gateway as gateway
-from billing.stripe_reporting import report_usage_to_stripe
+from billing.stripe_reporting import usage_report_to_stripe
 
 
 class Command(BaseCommand):
@@ -14,7 +14,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if not gateway.is_configured():
             raise CommandError("Stripe is not configured (STRIPE_SECRET_KEY is empty).")
-        run = report_usage_to_stripe()
+        run = usage_report_to_stripe()
         self.stdout.write(
             f"{run.sent_events} meter event(s) sent, {run.sent_cents} cents in all; "
             f"{run.skipped_locked} user-month(s) left to a concurrent run."

@@ -29,16 +29,14 @@ class Command(BaseCommand):
                 names = ", ".join(HopsworksCluster.objects.values_list("name", flat=True))
                 raise CommandError(f"No cluster named {cluster!r}. Clusters: {names or 'none'}.")
             try:
-                services.assignment_assign(user=target_user, cluster=target, actor="assign_user")
+                services.assignment_create(user=target_user, cluster=target, actor="assign_user")
             except services.PlacementError as error:
                 raise CommandError(str(error)) from None
             self.stdout.write(self.style.SUCCESS(f"{target_user.email} is on {target.name}."))
             return
 
-        placement = services.assignment_auto_assign(
-            user=target_user, actor="assign_user", gated=False
-        )
-        if placement.outcome == services.Placement.WAITING:
+        placement = services.assignment_place(user=target_user, actor="assign_user", gated=False)
+        if placement.outcome == services.Placement.Outcome.WAITING:
             raise CommandError(
                 f"No active cluster has room for {target_user.email}; they are waiting for "
                 "capacity and will be placed when a slot appears."
