@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -130,6 +131,24 @@ class Price(models.Model):
     def __str__(self) -> str:
         who = f" for {self.user_id}" if self.user_id else ""
         return f"{self.get_resource_display()} ${self.unit_price} from {self.effective_from}{who}"
+
+    @property
+    def is_in_effect(self) -> bool:
+        """Started on or before today: days have been (or are being) charged with it."""
+        return self.effective_from <= timezone.now().date()
+
+    def clean(self):
+        """The price rules, for every way a price is written (admin form, `price_save`)."""
+        errors = {}
+        if self.unit_price is not None and self.unit_price < 0:
+            errors["unit_price"] = "A price cannot be negative."
+        if self.effective_from is not None and self.effective_from < timezone.now().date():
+            errors["effective_from"] = (
+                "A price cannot start in the past: past days keep the price they were "
+                "charged at. Use today or a later date."
+            )
+        if errors:
+            raise ValidationError(errors)
 
 
 class UsageDaily(models.Model):

@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-from django import forms
-from django.contrib import admin
-from django.utils import timezone
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
 from billing.models import Price
-
-
-class PriceForm(forms.ModelForm):
-    class Meta:
-        model = Price
-        fields = ("resource", "unit_price", "effective_from", "user", "note")
-
-    def clean_effective_from(self):
-        day = self.cleaned_data["effective_from"]
-        if day < timezone.now().date():
-            raise forms.ValidationError(
-                "A price cannot start in the past: past days keep the price they were "
-                "charged at. Use today or a later date."
-            )
-        return day
-
-    def clean_unit_price(self):
-        price = self.cleaned_data["unit_price"]
-        if price < 0:
-            raise forms.ValidationError("A price cannot be negative.")
-        return price
+from billing.prices import price_delete, price_save
 
 
 @admin.register(Price)
@@ -35,7 +14,7 @@ class PriceAdmin(admin.ModelAdmin):
     """The rate card and negotiated prices. A price already in effect cannot be edited or
     deleted (past days were charged with it); a change is a new row from a later date."""
 
-    form = PriceForm
+    fields = ("resource", "unit_price", "effective_from", "user", "note")
     list_display = ("resource", "unit_price", "effective_from", "user", "in_effect", "note")
     list_select_related = ("user",)
     list_filter = ("resource", ("user", admin.EmptyFieldListFilter))
@@ -45,14 +24,31 @@ class PriceAdmin(admin.ModelAdmin):
 
     @admin.display(boolean=True, description="in effect")
     def in_effect(self, obj):
-        return obj.effective_from <= timezone.now().date()
+        return obj.is_in_effect
 
     def has_change_permission(self, request, obj=None):
-        if obj is not None and obj.effective_from <= timezone.now().date():
+        if obj is not None and obj.is_in_effect:
             return False
         return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None):
-        if obj is not None and obj.effective_from <= timezone.now().date():
+        if obj is not None and obj.is_in_effect:
             return False
         return super().has_delete_permission(request, obj)
+
+    # The form has already run the model's validation; the service runs it again under
+    # the row lock and is the only writer of prices.
+    def save_model(self, request, obj, form, change):
+        price_save(price=obj, actor=request.user)
+
+    def delete_model(self, request, obj):
+        try:
+            price_delete(price=obj, actor=request.user)
+        except ValidationError as error:  # it came into effect while the page was open
+            self.message_user(request, " ".join(error.messages), messages.ERROR)
+
+    def get_actions(self, request):
+        # One at a time, through the delete page, which knows whether a price is in effect.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
