@@ -1,0 +1,166 @@
+"""The users admin's placement part."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.utils.html import format_html_join
+
+from clusters import selectors, services
+from clusters.forms import ClusterChoiceForm
+from clusters.models import CapacityWait, HopsworksAccount
+from plumbing.admin_confirm import confirm_then
+
+
+class PlacementFilter(admin.SimpleListFilter):
+    title = "placement"
+    parameter_name = "placement"
+
+    def lookups(self, request, model_admin):
+        return (
+            ("assigned", "On a cluster"),
+            ("waiting", "Waiting for capacity"),
+            ("billing", "Waiting for billing setup"),
+            ("pending", "Hopsworks account pending"),
+            ("none", "Not placed"),
+        )
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "assigned":
+            return queryset.filter(hopsworks_assignment__isnull=False)
+        if value == "waiting":
+            return queryset.filter(capacity_wait__reason=CapacityWait.Reason.NO_CAPACITY)
+        if value == "billing":
+            return queryset.filter(capacity_wait__reason=CapacityWait.Reason.BILLING)
+        if value == "pending":
+            return queryset.filter(pk__in=HopsworksAccount.objects.pending().values("user_id"))
+        if value == "none":
+            return queryset.filter(hopsworks_assignment__isnull=True, capacity_wait__isnull=True)
+        return queryset
+
+
+PLACEMENT_SECTION = ("Cluster", {"fields": ("placement",)})
+
+
+class UserPlacementAdminMixin:
+    """The users admin's placement part: where each user is, and the actions to change it.
+    Its columns, filter and section are named; console/admin.py puts them in place."""
+
+    placement_select_related = ("hopsworks_assignment__hopsworks_cluster", "capacity_wait")
+    placement_filters = (
+        PlacementFilter,
+        ("hopsworks_assignment__hopsworks_cluster", admin.RelatedOnlyFieldListFilter),
+    )
+    placement_actions = ("auto_assign", "assign_to_cluster", "move_to_cluster", "unassign")
+
+    @admin.display(description="cluster", ordering="hopsworks_assignment__hopsworks_cluster__name")
+    def cluster(self, obj):
+        assignment = getattr(obj, "hopsworks_assignment", None)
+        if assignment is not None:
+            return assignment.hopsworks_cluster.name
+        if getattr(obj, "capacity_wait", None) is not None:
+            return obj.capacity_wait.get_reason_display().lower()
+        return "-"
+
+    @admin.display(description="placement")
+    def placement(self, obj):
+        state = selectors.placement_of(obj)
+        lines = [state.summary]
+        for account in state.accounts:
+            lines.append(
+                f"Account on {account.cluster.name}: wanted {account.desired}, "
+                f"is {account.synced}"
+                + (f" (last error: {account.last_error})" if account.last_error else "")
+            )
+        return format_html_join("", "<div>{}</div>", ((line,) for line in lines))
+
+    def _placement_action(self, request, queryset, *, title, message, label, run, form=None):
+        def apply(data):
+            done = 0
+            for user in queryset:
+                try:
+                    outcome = run(user, data)
+                except services.PlacementError as error:
+                    self.message_user(request, f"{user.email}: {error}", messages.ERROR)
+                    continue
+                done += 1
+                self.log_change(request, user, outcome)
+                self.message_user(request, f"{user.email}: {outcome}", messages.INFO)
+            self.message_user(request, f"{done} user(s) done.", messages.SUCCESS)
+
+        return confirm_then(
+            self,
+            request,
+            queryset,
+            title=title,
+            message=message,
+            confirm_label=label,
+            apply=apply,
+            form_class=form,
+        )
+
+    @admin.action(description="Assign to a cluster with room (auto)", permissions=["change"])
+    def auto_assign(self, request, queryset):
+        def run(user, data):
+            placement = services.assignment_place(user=user, actor=request.user, gated=False)
+            where = f" on {placement.cluster.name}" if placement.cluster else ""
+            return f"{placement.outcome}{where}"
+
+        return self._placement_action(
+            request,
+            queryset,
+            title="Assign users",
+            message="Each user goes to the active cluster with the fewest users that has room, "
+            "or waits for capacity. (By hand: the billing gate does not apply.)",
+            label="Yes, assign them",
+            run=run,
+        )
+
+    @admin.action(description="Assign to a chosen cluster", permissions=["change"])
+    def assign_to_cluster(self, request, queryset):
+        def run(user, data):
+            services.assignment_create(user=user, cluster=data["cluster"], actor=request.user)
+            return f"assigned to {data['cluster'].name}"
+
+        return self._placement_action(
+            request,
+            queryset,
+            title="Assign users to a cluster",
+            message="Users not yet on a cluster are assigned to the chosen one.",
+            label="Yes, assign them",
+            run=run,
+            form=ClusterChoiceForm,
+        )
+
+    @admin.action(description="Move to another cluster", permissions=["change"])
+    def move_to_cluster(self, request, queryset):
+        def run(user, data):
+            services.assignment_move(user=user, to_cluster=data["cluster"], actor=request.user)
+            return f"moved to {data['cluster'].name}"
+
+        return self._placement_action(
+            request,
+            queryset,
+            title="Move users",
+            message="Each user moves to the chosen cluster: an account is created for them "
+            "there and their account on the old cluster is deactivated.",
+            label="Yes, move them",
+            run=run,
+            form=ClusterChoiceForm,
+        )
+
+    @admin.action(description="Unassign from their cluster", permissions=["change"])
+    def unassign(self, request, queryset):
+        def run(user, data):
+            services.assignment_unassign(user=user, actor=request.user)
+            return "unassigned"
+
+        return self._placement_action(
+            request,
+            queryset,
+            title="Unassign users",
+            message="These users leave their cluster; their Hopsworks account there is "
+            "deactivated and their slot goes to the next user waiting.",
+            label="Yes, unassign them",
+            run=run,
+        )
