@@ -1,13 +1,12 @@
 """Concurrent logins of one user on PostgreSQL: every login counted, one user created."""
 
-import threading
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from django.db import connection
 from django.test import Client
 
 from accounts.models import User
+from tests.concurrency import run_at_once
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -18,25 +17,19 @@ LOGINS = 12
 def test_login_count_is_exact_after_concurrent_first_and_repeat_logins(fake_auth0):
     # Every thread gets the same valid token; the fake serves it to all of them.
     fake_auth0.next_id_token = fake_auth0.id_token(sub=SUB, email="race@example.com")
-    barrier = threading.Barrier(LOGINS)
     outcomes: list[int] = []
 
-    def one_login():
-        try:
-            client = Client()
-            begin = client.post("/auth/login/auth0/")
-            state = parse_qs(urlsplit(begin["Location"]).query)["state"][0]
-            barrier.wait(timeout=30)
-            done = client.get("/auth/complete/auth0/", {"code": "c", "state": state})
-            outcomes.append(done.status_code)
-        finally:
-            connection.close()
+    def begin_login(_):
+        client = Client()
+        begin = client.post("/auth/login/auth0/")
+        return client, parse_qs(urlsplit(begin["Location"]).query)["state"][0]
 
-    threads = [threading.Thread(target=one_login) for _ in range(LOGINS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    def complete_login(started):
+        client, state = started
+        done = client.get("/auth/complete/auth0/", {"code": "c", "state": state})
+        outcomes.append(done.status_code)
+
+    run_at_once(complete_login, range(LOGINS), prepare=begin_login)
 
     assert outcomes == [302] * LOGINS
     user = User.objects.get(pk=SUB)

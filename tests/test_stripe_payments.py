@@ -3,19 +3,18 @@
 The real stripe SDK talks to a local fake Stripe; webhooks are signed with Stripe's scheme.
 """
 
-import threading
 import time
 from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 
 from accounts.models import User
 from billing.checkout import customer_ensure
 from billing.models import BillingHistory, BillingProfile, CreditLedgerEntry, StripeEvent
 from clusters.models import CapacityWait
 from clusters.models import UserHopsworksAssignment as Assignment
+from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
 from tests.fakes.stripe import make_event
 
@@ -63,21 +62,12 @@ def test_the_first_billing_need_creates_one_customer(fake_stripe):
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_requests_create_one_customer(fake_stripe):
     user = UserFactory()
-    barrier = threading.Barrier(6)
     results = []
 
-    def worker():
-        try:
-            barrier.wait(timeout=30)
-            results.append(customer_ensure(user=User.objects.get(pk=user.pk)))
-        finally:
-            connection.close()
+    def worker(_):
+        results.append(customer_ensure(user=User.objects.get(pk=user.pk)))
 
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    run_at_once(worker, range(6))
 
     assert len(set(results)) == 1 and len(results) == 6
     assert len(fake_stripe.customers) == 1

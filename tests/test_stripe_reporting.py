@@ -1,12 +1,10 @@
 """Postpaid usage to Stripe as meter events: differences only, never twice, to the cent."""
 
 import datetime as dt
-import threading
 from decimal import Decimal
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
 from django.utils import timezone
 
 from billing.checkout import customer_ensure
@@ -15,6 +13,7 @@ from billing.pricing import to_cents
 from billing.selectors import month_to_date_cost
 from billing.stripe_reporting import usage_report_to_stripe
 from billing.usage import UsageRecord, usage_upsert
+from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
 
 D = Decimal
@@ -192,20 +191,7 @@ def test_two_concurrent_runs_report_each_unit_once(catalog):
     cluster = ClusterFactory(max_users=50)
     for user, _ in users:
         record_days(user, cluster, this_month_days(5), cpu_hours=D("3.3"), gpu_hours=D("0.7"))
-    barrier = threading.Barrier(3)
-
-    def run():
-        try:
-            barrier.wait(timeout=30)
-            usage_report_to_stripe()
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    run_at_once(lambda _: usage_report_to_stripe(), range(3))
 
     for user, customer in users:
         ours = to_cents(month_to_date_cost(user)) * 100
