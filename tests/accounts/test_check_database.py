@@ -1,17 +1,10 @@
 """`manage.py check_database` explains connection failures in plain words."""
 
-import socket
-
 import pytest
 from django.core.management import CommandError, call_command
 
 from tests.fakes.postgres_wire import RefusingPostgres
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.sockets import free_port
 
 
 def check(url: str, capsys) -> tuple[str, str]:

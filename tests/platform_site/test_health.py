@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from tests.sockets import free_port
 from tests.subprocess_django import run_django
-from tests.test_check_database import free_port
 
 
 def test_healthz_answers_without_touching_the_database(client):

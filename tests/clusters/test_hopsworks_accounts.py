@@ -10,9 +10,9 @@ from clusters import services
 from clusters.account_sync import hopsworks_accounts_sync
 from clusters.models import HopsworksAccount, HopsworksCluster
 from clusters.models import UserHopsworksAssignment as Assignment
+from tests.accounts.test_auth0_login import log_in
 from tests.factories import UserFactory
 from tests.fakes.hopsworks import OAUTH_CLIENT_ID
-from tests.test_auth0_login import log_in
 
 pytestmark = pytest.mark.django_db
 
