@@ -152,7 +152,7 @@ class Profile:
 def create_population(*, users: int, prepaid_share: float, rng: random.Random):
     from accounts.models import User
     from billing import credits
-    from billing.models import BillingAccount
+    from billing.models import BillingProfile
     from clusters.models import HopsworksCluster, UserHopsworksAssignment
 
     user_ids = [f"auth0|bench{i:06d}" for i in range(1, users + 1)]
@@ -174,7 +174,7 @@ def create_population(*, users: int, prepaid_share: float, rng: random.Random):
     ]
     weights = [share for _, share in CLUSTERS]
     cluster_of = {uid: rng.choices(clusters, weights)[0].pk for uid in user_ids}
-    # Bench data: inserted directly rather than through assignment_assign (which also queues
+    # Bench data: inserted directly rather than through assignment_create (which also queues
     # a Hopsworks account sync per user); current_users is kept equal to the count below.
     UserHopsworksAssignment.objects.bulk_create(
         [
@@ -187,13 +187,13 @@ def create_population(*, users: int, prepaid_share: float, rng: random.Random):
         HopsworksCluster.objects.filter(pk=cluster_id).update(current_users=count)
 
     prepaid = set(rng.sample(user_ids, round(users * prepaid_share)))
-    BillingAccount.objects.bulk_create(
+    BillingProfile.objects.bulk_create(
         [
-            BillingAccount(
+            BillingProfile(
                 user_id=uid,
-                mode=BillingAccount.Mode.PREPAID
+                mode=BillingProfile.Mode.PREPAID
                 if uid in prepaid
-                else BillingAccount.Mode.POSTPAID,
+                else BillingProfile.Mode.POSTPAID,
             )
             for uid in user_ids
         ],
