@@ -2,10 +2,11 @@
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The suite runs on PostgreSQL (locks, concurrency and defaults are tested for real).
-# Override with TEST_DATABASE_URL=sqlite:///... to run it on SQLite (PostgreSQL-only tests skip).
-TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+# PostgreSQL everywhere. `make test` uses TEST_DATABASE_URL if given, else PostgreSQL on
+# 127.0.0.1:5432 if it answers, else an embedded PostgreSQL (platform_site/localdb.py).
+TEST_DATABASE_URL ?=
 PYTEST_ARGS ?= -n 2
+LOCALDB := $(BIN)/python -m platform_site.localdb
 
 .PHONY: run test setup lint migrations-check clean
 
@@ -20,21 +21,20 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
 
 setup: $(VENV)/.installed
 
+# The demo on its own embedded PostgreSQL (never DATABASE_URL from .env): migrations, demo
+# data, one worker and the web server; Ctrl-C stops them all.
 run: setup
-	DEBUG=1 $(BIN)/python manage.py migrate --noinput
-	DEBUG=1 $(BIN)/python manage.py seed_demo
-	@echo "Serving the console at http://127.0.0.1:8000/admin/ (Ctrl-C stops it)"
-	DEBUG=1 $(BIN)/python manage.py runserver 127.0.0.1:8000
+	$(LOCALDB) serve
 
 test: setup
-	DEBUG=1 DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	DEBUG=1 TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(LOCALDB) test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 migrations-check: setup
-	DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
+	DEBUG=1 TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(LOCALDB) test -- $(BIN)/python manage.py makemigrations --check --dry-run
 
 clean:
-	rm -rf $(VENV) db.sqlite3 staticfiles .pytest_cache .ruff_cache
+	rm -rf $(VENV) .localdb staticfiles .pytest_cache .ruff_cache

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import psycopg
 
-from platform_site.database import (
+from plumbing.database import (
     POOLER,
-    SQLITE,
     connection_kind,
     database_config,
     describe_url,
@@ -114,16 +112,6 @@ def diagnose(url: str) -> Diagnosis:
     diagnosis.facts.append(f"URL: {describe_url(url)}")
     diagnosis.facts.append(f"Connection: {kind.name}. {kind.explanation}")
     diagnosis.advice.extend(_url_warnings(url))
-
-    if kind is SQLITE:
-        try:
-            with sqlite3.connect(config["NAME"]) as conn:
-                conn.execute("SELECT 1")
-        except sqlite3.Error as error:
-            diagnosis.problem = f"The SQLite file {config['NAME']} cannot be opened: {error}"
-            return diagnosis
-        diagnosis.ok = True
-        return diagnosis
 
     options = dict(config.get("OPTIONS", {}))
     diagnosis.facts.append(f"TLS: sslmode={options.get('sslmode', 'prefer (local host)')}")

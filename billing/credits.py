@@ -139,11 +139,7 @@ def credits_apply(movements: list[Movement]) -> list[CreditLedgerEntry]:
 
 
 def _write_summaries(rows: list[UserCredits]) -> None:
-    """Write the changed summaries back: one statement on PostgreSQL (array parameters),
-    the ORM's bulk update elsewhere."""
-    if connection.vendor != "postgresql":
-        UserCredits.objects.bulk_update(rows, [*_SUMMARY_FIELDS, "updated_at"])
-        return
+    """Write the changed summaries back in one statement (array parameters)."""
     columns = [[row.user_id for row in rows]] + [
         [getattr(row, field) for row in rows] for field in _SUMMARY_FIELDS
     ]

@@ -17,8 +17,8 @@ NO_CLUSTER = uuid.UUID(int=0)  # stands for "no cluster" in the uniqueness of us
 
 
 class SeedDecimalField(models.DecimalField):
-    """The seed's `DECIMAL`: unconstrained `numeric` on PostgreSQL, so values are stored
-    exactly as computed. Python-side digits and places serve forms and SQLite only."""
+    """The seed's `DECIMAL`: unconstrained `numeric`, so values are stored exactly as
+    computed. Python-side digits and places serve forms only."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("max_digits", 30)
@@ -26,9 +26,7 @@ class SeedDecimalField(models.DecimalField):
         super().__init__(*args, **kwargs)
 
     def db_type(self, connection):
-        if connection.vendor == "postgresql":
-            return "numeric"
-        return super().db_type(connection)
+        return "numeric"
 
 
 class BillingProfileQuerySet(models.QuerySet):

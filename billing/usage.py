@@ -269,42 +269,26 @@ def _quantity_change(row, figures) -> dict:
     }
 
 
-# Step 1-2 and 4, per database. PostgreSQL gets array parameters (one statement per step
-# whatever the batch size, with few parameters); other databases the ORM equivalent.
+# Step 1-2 and 4 in PostgreSQL with array parameters: one statement per step whatever the
+# batch size, with few parameters.
 
 
 def _insert_missing(records, channel) -> None:
     now = timezone.now()
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                """
-                INSERT INTO usage_daily (id, user_id, hopsworks_cluster_id, date, cpu_hours,
-                    gpu_hours, storage_gb_months, api_calls, total_cost, credits_debited,
-                    credit_revision, billed_via, created_at, updated_at)
-                SELECT gen_random_uuid(), k.user_id, k.cluster_id, k.date, 0, 0, 0, 0, 0, 0, 0,
-                    k.billed_via, %s, %s
-                FROM unnest(%s::text[], %s::uuid[], %s::date[], %s::text[])
-                  AS k(user_id, cluster_id, date, billed_via)
-                ON CONFLICT DO NOTHING
-                """,
-                [now, now, *_key_arrays(records), [channel[r.user_id] for r in records]],
-            )
-        return
-    UsageDaily.objects.bulk_create(
-        [
-            UsageDaily(
-                user_id=r.user_id,
-                hopsworks_cluster_id=r.cluster_id,
-                date=r.date,
-                billed_via=channel[r.user_id],
-                created_at=now,
-                updated_at=now,
-            )
-            for r in records
-        ],
-        ignore_conflicts=True,
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO usage_daily (id, user_id, hopsworks_cluster_id, date, cpu_hours,
+                gpu_hours, storage_gb_months, api_calls, total_cost, credits_debited,
+                credit_revision, billed_via, created_at, updated_at)
+            SELECT gen_random_uuid(), k.user_id, k.cluster_id, k.date, 0, 0, 0, 0, 0, 0, 0,
+                k.billed_via, %s, %s
+            FROM unnest(%s::text[], %s::uuid[], %s::date[], %s::text[])
+              AS k(user_id, cluster_id, date, billed_via)
+            ON CONFLICT DO NOTHING
+            """,
+            [now, now, *_key_arrays(records), [channel[r.user_id] for r in records]],
+        )
 
 
 def _key_arrays(records):
@@ -329,95 +313,62 @@ _LOCKED_COLUMNS = (
 
 
 def _lock_rows(records) -> dict:
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"""
-                SELECT {", ".join("u." + c for c in _LOCKED_COLUMNS)}
-                FROM usage_daily u
-                JOIN unnest(%s::text[], %s::uuid[], %s::date[]) AS k(user_id, cluster_id, date)
-                  ON u.user_id = k.user_id AND u.date = k.date
-                 AND COALESCE(u.hopsworks_cluster_id, %s::uuid)
-                   = COALESCE(k.cluster_id, %s::uuid)
-                ORDER BY u.user_id, COALESCE(u.hopsworks_cluster_id, %s::uuid), u.date
-                FOR UPDATE OF u
-                """,  # noqa: S608 - column names are ours, values are parameters
-                [*_key_arrays(records), NO_CLUSTER, NO_CLUSTER, NO_CLUSTER],
-            )
-            rows = [dict(zip(_LOCKED_COLUMNS, values, strict=True)) for values in cursor]
-    else:
-        # Other databases (the SQLite demo): a superset by user and date range, then the
-        # exact keys in Python (an OR per record would outgrow SQLite's expression limit).
-        wanted = {r.key for r in records}
-        rows = [
-            row
-            for row in UsageDaily.objects.select_for_update()
-            .filter(
-                user_id__in={r.user_id for r in records},
-                date__range=(min(r.date for r in records), max(r.date for r in records)),
-            )
-            .order_by("user_id", "hopsworks_cluster_id", "date")
-            .values(*_LOCKED_COLUMNS)
-            if (row["user_id"], row["hopsworks_cluster_id"] or NO_CLUSTER, row["date"]) in wanted
-        ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT {", ".join("u." + c for c in _LOCKED_COLUMNS)}
+            FROM usage_daily u
+            JOIN unnest(%s::text[], %s::uuid[], %s::date[]) AS k(user_id, cluster_id, date)
+              ON u.user_id = k.user_id AND u.date = k.date
+             AND COALESCE(u.hopsworks_cluster_id, %s::uuid)
+               = COALESCE(k.cluster_id, %s::uuid)
+            ORDER BY u.user_id, COALESCE(u.hopsworks_cluster_id, %s::uuid), u.date
+            FOR UPDATE OF u
+            """,  # noqa: S608 - column names are ours, values are parameters
+            [*_key_arrays(records), NO_CLUSTER, NO_CLUSTER, NO_CLUSTER],
+        )
+        rows = [dict(zip(_LOCKED_COLUMNS, values, strict=True)) for values in cursor]
     return {(r["user_id"], r["hopsworks_cluster_id"] or NO_CLUSTER, r["date"]): r for r in rows}
 
 
 def _write_rows(updates) -> None:
     now = timezone.now()
-    if connection.vendor == "postgresql":
-        columns = list(
-            zip(
-                *[
-                    (
-                        row_id,
-                        f["cpu_hours"],
-                        f["gpu_hours"],
-                        f["storage_gb_months"],
-                        f["api_calls"],
-                        cost,
-                        debited,
-                        revision,
-                    )
-                    for row_id, f, cost, debited, revision in updates
-                ],
-                strict=True,
-            )
+    columns = list(
+        zip(
+            *[
+                (
+                    row_id,
+                    f["cpu_hours"],
+                    f["gpu_hours"],
+                    f["storage_gb_months"],
+                    f["api_calls"],
+                    cost,
+                    debited,
+                    revision,
+                )
+                for row_id, f, cost, debited, revision in updates
+            ],
+            strict=True,
         )
-        with connection.cursor() as cursor:
-            cursor.execute(
-                """
-                UPDATE usage_daily u
-                SET cpu_hours = v.cpu_hours, gpu_hours = v.gpu_hours,
-                    storage_gb_months = v.storage_gb_months, api_calls = v.api_calls,
-                    total_cost = v.total_cost, credits_debited = v.credits_debited,
-                    credit_revision = v.credit_revision, updated_at = %s
-                FROM unnest(%s::uuid[], %s::numeric[], %s::numeric[], %s::numeric[],
-                            %s::integer[], %s::numeric[], %s::numeric[], %s::integer[])
-                  AS v(id, cpu_hours, gpu_hours, storage_gb_months, api_calls, total_cost,
-                       credits_debited, credit_revision)
-                WHERE u.id = v.id
-                  AND (u.cpu_hours, u.gpu_hours, u.storage_gb_months, u.api_calls,
-                       u.total_cost, u.credits_debited, u.credit_revision)
-                      IS DISTINCT FROM
-                      (v.cpu_hours, v.gpu_hours, v.storage_gb_months, v.api_calls,
-                       v.total_cost, v.credits_debited, v.credit_revision)
-                """,
-                [now, *[list(column) for column in columns]],
-            )
-        return
-    objects = []
-    for row_id, figures, cost, debited, revision in updates:
-        objects.append(
-            UsageDaily(
-                id=row_id,
-                total_cost=cost,
-                credits_debited=debited,
-                credit_revision=revision,
-                updated_at=now,
-                **figures,
-            )
-        )
-    UsageDaily.objects.bulk_update(
-        objects, [*FIGURES, "total_cost", "credits_debited", "credit_revision", "updated_at"]
     )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE usage_daily u
+            SET cpu_hours = v.cpu_hours, gpu_hours = v.gpu_hours,
+                storage_gb_months = v.storage_gb_months, api_calls = v.api_calls,
+                total_cost = v.total_cost, credits_debited = v.credits_debited,
+                credit_revision = v.credit_revision, updated_at = %s
+            FROM unnest(%s::uuid[], %s::numeric[], %s::numeric[], %s::numeric[],
+                        %s::integer[], %s::numeric[], %s::numeric[], %s::integer[])
+              AS v(id, cpu_hours, gpu_hours, storage_gb_months, api_calls, total_cost,
+                   credits_debited, credit_revision)
+            WHERE u.id = v.id
+              AND (u.cpu_hours, u.gpu_hours, u.storage_gb_months, u.api_calls,
+                   u.total_cost, u.credits_debited, u.credit_revision)
+                  IS DISTINCT FROM
+                  (v.cpu_hours, v.gpu_hours, v.storage_gb_months, v.api_calls,
+                   v.total_cost, v.credits_debited, v.credit_revision)
+            """,
+            [now, *[list(column) for column in columns]],
+        )

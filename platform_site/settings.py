@@ -13,7 +13,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from platform_site.database import database_config
+from plumbing.database import database_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -42,8 +42,17 @@ ALLOWED_HOSTS = _required(
 )
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
-DATABASE_URL = _required("DATABASE_URL", dev_default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
-DATABASES = {"default": database_config(DATABASE_URL, conn_max_age=env.int("CONN_MAX_AGE", 60))}
+# PostgreSQL only. `make run` and `make test` give one (an embedded server when the
+# machine has none, see platform_site/localdb.py); other runs must name it.
+DATABASE_URL = _required("DATABASE_URL", dev_default="")
+if DATABASE_URL:
+    DATABASES = {"default": database_config(DATABASE_URL, conn_max_age=env.int("CONN_MAX_AGE", 60))}
+elif DEBUG:
+    raise ImproperlyConfigured(
+        "DATABASE_URL is not set. `make run` serves the demo on an embedded PostgreSQL and "
+        "`make test` finds or starts one; for anything else set DATABASE_URL to a "
+        "postgres:// URL (see .env.example)."
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Auth0 (through social-auth-app-django). The domain is the tenant's host name,

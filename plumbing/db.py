@@ -1,8 +1,7 @@
 """Database defaults written the way the seed schema writes them.
 
 The seed says `DEFAULT NOW()` and `DEFAULT gen_random_uuid()`; these expressions render
-exactly that on PostgreSQL (Django's own `Now()` renders STATEMENT_TIMESTAMP()), and an
-equivalent on SQLite for the embedded demo run.
+exactly that (Django's own `Now()` renders STATEMENT_TIMESTAMP()).
 """
 
 from django.db.models import Func, UUIDField
@@ -21,12 +20,6 @@ class GenRandomUUID(Func):
 
     template = "gen_random_uuid()"
     output_field = UUIDField()
-
-    def as_sqlite(self, compiler, connection, **extra_context):
-        # Django keeps UUIDs on SQLite as 32 hex digits.
-        return self.as_sql(
-            compiler, connection, template="(lower(hex(randomblob(16))))", **extra_context
-        )
 
 
 __all__ = ["DatabaseNow", "GenRandomUUID"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from django.db import connection
 from pytest_httpserver import HTTPServer
 
 from tests.factories import AdminFactory, UserFactory
@@ -11,29 +10,11 @@ from tests.fakes.auth0 import CLIENT_ID, CLIENT_SECRET, FakeAuth0
 from tests.fakes.tls import make_test_ca
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked `postgres` need PostgreSQL behaviour; on SQLite they are skipped."""
-    from django.conf import settings
-
-    engine = settings.DATABASES["default"]["ENGINE"]
-    if "postgresql" in engine:
-        return
-    skip = pytest.mark.skip(reason="needs PostgreSQL (run with a postgres DATABASE_URL)")
-    for item in items:
-        if "postgres" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture(autouse=True)
 def no_billing_gate_unless_asked(settings):
     """Placement tests are about capacity; the billing gate has tests of its own, which
     turn it back on with settings.PLACEMENT_REQUIRES_BILLING = True."""
     settings.PLACEMENT_REQUIRES_BILLING = False
-
-
-@pytest.fixture
-def on_postgres():
-    return connection.vendor == "postgresql"
 
 
 @pytest.fixture

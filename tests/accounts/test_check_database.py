@@ -66,7 +66,6 @@ def test_an_unencoded_at_sign_in_the_password_is_pointed_out(capsys):
     assert "must be written %40" in error
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db
 def test_the_configured_database_is_reported_ok(capsys):
     call_command("check_database")

@@ -8,7 +8,7 @@ from django.test import Client
 from accounts.models import User
 from tests.concurrency import run_at_once
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 SUB = "auth0|concurrent"
 LOGINS = 12

@@ -6,7 +6,7 @@ from django.db import IntegrityError, transaction
 from tests.factories import UserFactory
 from tests.seed_schema import SEED_COLUMNS, columns_of, run
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+pytestmark = pytest.mark.django_db
 
 
 def test_users_has_every_seed_column_with_its_type_and_default():

@@ -76,7 +76,6 @@ def test_check_credit_balances_finds_and_repairs_a_summary_that_drifted(capsys):
     assert credits_check_balances() == []
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("default_rate_card")
 def test_concurrent_purchases_grants_and_usage_debits_lose_nothing():
@@ -123,7 +122,6 @@ def test_concurrent_purchases_grants_and_usage_debits_lose_nothing():
     assert credits_check_balances() == []
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("default_rate_card")
 def test_concurrent_recollections_of_one_day_debit_it_once():

@@ -11,7 +11,7 @@ from billing.usage import UsageRecord, usage_upsert
 from tests.factories import ClusterFactory, UserFactory
 from tests.seed_schema import SEED_COLUMNS, columns_of, run
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+pytestmark = pytest.mark.django_db
 D = Decimal
 
 CURRENT_MONTH_USAGE = """

@@ -58,7 +58,6 @@ def test_the_first_billing_need_creates_one_customer(fake_stripe):
     assert created.idempotency_key == f"customer-{user.pk}"
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_requests_create_one_customer(fake_stripe):
     user = UserFactory()

@@ -183,7 +183,6 @@ def test_only_usage_billed_through_stripe_is_reported(catalog):
     assert stripe_cents(catalog, customer) == 100
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("default_rate_card")
 def test_two_concurrent_runs_report_each_unit_once(catalog):

@@ -104,7 +104,6 @@ def test_postpaid_usage_touches_no_credits():
     assert not CreditLedgerEntry.objects.exists()
 
 
-@pytest.mark.postgres  # SQLite's parameter limit makes Django split bulk statements
 def test_the_upsert_makes_the_same_number_of_queries_for_5_and_for_200_records():
     users, cluster = UserFactory.create_batch(5), ClusterFactory()
 

@@ -8,7 +8,7 @@ from clusters.models import UserHopsworksAssignment as Assignment
 from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 SIGNUPS = 24
 

@@ -7,7 +7,7 @@ from clusters.models import HopsworksCluster
 from tests.factories import ClusterFactory, UserFactory
 from tests.seed_schema import SEED_COLUMNS, columns_of, run
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+pytestmark = pytest.mark.django_db
 
 GET_USER_WITH_CLUSTER = """
 SELECT u.*, c.name as cluster_name, a.hopsworks_username

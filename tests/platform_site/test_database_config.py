@@ -1,6 +1,6 @@
 """DATABASE_URL becomes the right connection settings for the pooler and the direct URL."""
 
-from platform_site.database import database_config, describe_url
+from plumbing.database import database_config, describe_url
 
 REF = "postgres.pahfsiosiuxdkiebepav"
 HOST = "aws-0-us-east-1.pooler.supabase.com"

@@ -34,8 +34,21 @@ def test_debug_runs_need_no_secrets():
     result = run_django(
         "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])",
         DEBUG="1",
-        DATABASE_URL="",
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/demo",
         SECRET_KEY="",
     )
     assert result.returncode == 0, result.stderr
-    assert "sqlite3" in result.stdout
+    assert "django.db.backends.postgresql" in result.stdout
+
+
+def test_without_a_database_url_the_error_says_how_to_get_one():
+    result = run_django("print('started')", DEBUG="1", DATABASE_URL="")
+    assert result.returncode != 0
+    assert "started" not in result.stdout
+    assert "DATABASE_URL is not set" in result.stderr and "make run" in result.stderr
+
+
+def test_sqlite_is_refused_with_what_to_use_instead():
+    result = run_django("print('started')", DEBUG="1", DATABASE_URL="sqlite:///x.sqlite3")
+    assert result.returncode != 0
+    assert "is not PostgreSQL" in result.stderr

@@ -16,9 +16,10 @@ Anything that is not on this machine is reached over TLS (``sslmode=require``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from plumbing.outbound import LOCAL_HOSTS
 
@@ -47,16 +48,9 @@ DIRECT = ConnectionKind(
     "long-running processes such as gunicorn workers and management commands; mind the "
     "server's connection limit when running many of them.",
 )
-SQLITE = ConnectionKind(
-    "embedded SQLite file",
-    "SQLite is the embedded database for `make run` and the demo only; production runs on "
-    "PostgreSQL.",
-)
 
 
 def connection_kind(config: dict) -> ConnectionKind:
-    if config["ENGINE"] not in POSTGRES_ENGINES:
-        return SQLITE
     if str(config.get("PORT") or DIRECT_PORT) == str(POOLER_PORT):
         return POOLER
     return DIRECT
@@ -73,7 +67,13 @@ def database_config(url: str, *, conn_max_age: int = 60) -> dict:
     if config["ENGINE"] in {"django.db.backends.postgresql_psycopg2"}:
         config["ENGINE"] = "django.db.backends.postgresql"
     if config["ENGINE"] not in POSTGRES_ENGINES:
-        return config
+        raise ImproperlyConfigured(
+            f"DATABASE_URL {describe_url(url)} is not PostgreSQL: the console runs on "
+            "PostgreSQL only (postgres://...). Without one, `make run` and `make test` "
+            "start an embedded PostgreSQL."
+        )
+    # A Unix-socket folder percent-encoded as the host (postgres://user@%2Fpath/db).
+    config["HOST"] = unquote(config.get("HOST") or "")
 
     options = config.setdefault("OPTIONS", {})
     options.setdefault("connect_timeout", 10)
