@@ -12,8 +12,9 @@ fails a test. Objects live in memory; every request is recorded for assertions.
 Bodies carry the fields our code and its callers read, in the shape of Stripe's published
 examples, not every field Stripe sends.
 
-Use `start_server()` for a module-scoped server and `reset(server)` for a fresh account per
-test; point STRIPE_API_BASE at `fake.api_base` and STRIPE_SECRET_KEY at `fake.api_key`.
+Serve it from `tests.fakes.server.local_server()` (module-scoped) and `reset(server)` it for a
+fresh account per test; point STRIPE_API_BASE at `fake.api_base` and STRIPE_SECRET_KEY at
+`fake.api_key`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -1553,19 +1553,6 @@ def _page(url: str, objects: list[dict], params: dict, *, kind: str) -> dict:
         data = ordered[:limit]
         has_more = limit < len(ordered)
     return {"object": "list", "data": data, "has_more": has_more, "url": url}
-
-
-@contextmanager
-def start_server():
-    """A plain-http server on 127.0.0.1 for `FakeStripe` (the gateway allows http only there)."""
-    server = HTTPServer(host="127.0.0.1", port=0)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.clear()
-        if server.is_running():
-            server.stop()
 
 
 def reset(server: HTTPServer, *, api_key: str = API_KEY) -> FakeStripe:
