@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from pytest_httpserver import HTTPServer
 
 from tests.factories import AdminFactory, UserFactory
 from tests.fakes.auth0 import CLIENT_ID, CLIENT_SECRET, FakeAuth0
+from tests.fakes.server import local_server
 from tests.fakes.tls import make_test_ca
 
 
@@ -40,12 +40,8 @@ def test_ca(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def auth0_server(test_ca):
-    server = HTTPServer(host="127.0.0.1", port=0, ssl_context=test_ca.server_context())
-    server.start()
-    yield server
-    server.clear()
-    if server.is_running():
-        server.stop()
+    with local_server(test_ca) as server:
+        yield server
 
 
 @pytest.fixture
@@ -65,9 +61,7 @@ def fake_auth0(auth0_server, test_ca, settings):
 @pytest.fixture(scope="module")
 def hopsworks_servers(test_ca):
     """Two local Hopsworks clusters over TLS (two, so moves between clusters are real)."""
-    from tests.fakes.hopsworks import start_server
-
-    with start_server(test_ca) as east, start_server(test_ca) as west:
+    with local_server(test_ca) as east, local_server(test_ca) as west:
         yield east, west
 
 
@@ -100,9 +94,7 @@ def cluster_on(test_ca):
 @pytest.fixture(scope="module")
 def kubernetes_servers(test_ca):
     """Local Kubernetes API servers over TLS serving OpenCost through the service proxy."""
-    from tests.fakes.kubernetes import kubernetes_api_server
-
-    with kubernetes_api_server(test_ca) as first, kubernetes_api_server(test_ca) as second:
+    with local_server(test_ca) as first, local_server(test_ca) as second:
         yield first, second
 
 
@@ -128,9 +120,7 @@ def default_rate_card(transactional_db):
 
 @pytest.fixture(scope="module")
 def stripe_server():
-    from tests.fakes.stripe import start_server
-
-    with start_server() as server:
+    with local_server() as server:
         yield server
 
 

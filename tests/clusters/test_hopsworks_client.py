@@ -18,14 +18,15 @@ from clusters.hopsworks import (
     HopsworksProject,
     validate_api_url,
 )
-from tests.fakes.hopsworks import CREATE_PARAMS, OAUTH_CLIENT_ID, reset, start_server
+from tests.fakes.hopsworks import CREATE_PARAMS, OAUTH_CLIENT_ID, reset
+from tests.fakes.server import local_server
 
 SUBJECT = "auth0|65f1c0ffee"
 
 
 @pytest.fixture(scope="module")
 def hopsworks_server(test_ca):
-    with start_server(test_ca) as server:
+    with local_server(test_ca) as server:
         yield server
 
 

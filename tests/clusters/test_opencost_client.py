@@ -21,8 +21,8 @@ from tests.fakes.kubernetes import (
     TOKEN,
     FakeKubernetes,
     kubeconfig_for,
-    kubernetes_api_server,
 )
+from tests.fakes.server import local_server
 from tests.fakes.tls import make_test_ca
 
 DAY = dt.date(2026, 11, 23)
@@ -30,7 +30,7 @@ DAY = dt.date(2026, 11, 23)
 
 @pytest.fixture(scope="module")
 def kubernetes_server(test_ca):
-    with kubernetes_api_server(test_ca) as server:
+    with local_server(test_ca) as server:
         yield server
 
 

@@ -2,8 +2,8 @@
 (query-parameter user creation, paged lists with `count`, JSON errors with `errorCode`,
 `usrMsg`, `errorMsg`), and a record of every request so tests assert on what we sent.
 
-Use it with a threaded `HTTPServer` (see `start_server`) so that a deliberately slow answer
-does not hold up the next request.
+Serve it from `tests.fakes.server.local_server(test_ca)` (threaded, so a deliberately slow
+answer does not hold up the next request) and `reset(server)` it for each test.
 """
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ import json
 import re
 import threading
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 from werkzeug.datastructures import Headers, MultiDict
-
-from tests.fakes.tls import TestCA
 
 API_KEY = "fake-hopsworks-admin-key.0123456789abcdef"
 OAUTH_CLIENT_ID = "test-hopsworks-client-id"
@@ -458,21 +455,6 @@ def _list_body(href: str, items: list[dict], *, count: int) -> Response:
     if items:  # Hopsworks leaves "items" out of an empty page
         body["items"] = items
     return _json(body)
-
-
-@contextmanager
-def start_server(test_ca: TestCA):
-    """A threaded HTTPS server on 127.0.0.1 for `FakeHopsworks`, stopped on exit."""
-    server = HTTPServer(
-        host="127.0.0.1", port=0, ssl_context=test_ca.server_context(), threaded=True
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.clear()
-        if server.is_running():
-            server.stop()
 
 
 def reset(server: HTTPServer, *, api_key: str = API_KEY) -> FakeHopsworks:

@@ -6,7 +6,7 @@ Status objects for a wrong bearer token (401), a forbidden user (403), a missing
 service (404) or one with no ready pods (503). Every request is recorded, so tests assert on
 what our code sent.
 
-    with kubernetes_api_server(test_ca) as server:      # once per module: startup is slow
+    with local_server(test_ca) as server:               # once per module: startup is slow
         fake = FakeKubernetes.on(server)                 # per test: clears the last test's state
         fake.set_allocations(day, {"team-a": {"cpuCoreHours": Decimal("12.34567")}})
         text = kubeconfig_for(fake, test_ca)
@@ -19,8 +19,7 @@ import datetime as dt
 import json
 import re
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -53,22 +52,6 @@ class RecordedRequest:
     path: str
     args: dict[str, str]
     headers: dict[str, str]
-
-
-@contextmanager
-def kubernetes_api_server(test_ca: TestCA) -> Iterator[HTTPServer]:
-    """A started HTTPS server on 127.0.0.1 with a certificate from `test_ca`."""
-    # Threaded, so a test's deliberately slow answer does not hold up the next request.
-    server = HTTPServer(
-        host="127.0.0.1", port=0, ssl_context=test_ca.server_context(), threaded=True
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.clear()
-        if server.is_running():
-            server.stop()
 
 
 @dataclass

@@ -1,0 +1,265 @@
+"""The fake Stripe answers with objects shaped like Stripe's published examples.
+
+Every object is made and read over HTTP with the real `stripe` SDK, and its raw JSON body is
+compared with `stripe_fields.json` (the field names of Stripe's examples, written by
+`refresh_stripe_fields.py`): each published field is there and nothing Stripe lacks. Objects
+inside objects (list pages, subscription items and their prices, invoice lines, an event's
+data) are compared too, as far down as our code reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+
+from billing.stripe_gateway import STRIPE_API_VERSION
+from tests.fakes.stripe import FakeStripe, make_event
+
+FIELDS: dict[str, list[str]] = json.loads(
+    Path(__file__).with_name("stripe_fields.json").read_text()
+)
+# A subscription and what it carries: its items, each with its price and the legacy plan.
+SUBSCRIPTION = {"subscription", "list", "subscription_item", "price", "price.recurring", "plan"}
+
+
+@pytest.fixture
+def sdk(fake_stripe) -> stripe.StripeClient:
+    # The SDK itself, pointed at the fake as the gateway points it: these tests are about
+    # what the fake answers, whatever our code asks.
+    return stripe.StripeClient(
+        fake_stripe.api_key,
+        stripe_version=STRIPE_API_VERSION,
+        base_addresses={"api": fake_stripe.api_base},
+        max_network_retries=0,
+    )
+
+
+def raw(obj: Any) -> dict:
+    """The JSON body the fake sent, as it came over the wire."""
+    return json.loads(obj.last_response.body)
+
+
+def published_shapes(body: Any, *, parent: str | None = None) -> set[str]:
+    """Check every Stripe object in `body` (and the nested hashes `stripe_fields.json` names,
+    such as `price.recurring`) against the published field names; return the shapes checked."""
+    checked: set[str] = set()
+    if isinstance(body, list):
+        for element in body:
+            checked |= published_shapes(element)
+        return checked
+    if not isinstance(body, dict):
+        return checked
+    kind = parent or (body["object"] if isinstance(body.get("object"), str) else None)
+    if kind is not None:
+        assert kind in FIELDS, f"the fake makes a {kind!r}, which stripe_fields.json lacks"
+        published = set(FIELDS[kind])
+        if kind == "subscription_item" and body["price"]["recurring"]["usage_type"] == "metered":
+            published.discard("quantity")  # Stripe leaves it out of a metered item
+        missing, extra = sorted(published - body.keys()), sorted(body.keys() - published)
+        assert not missing and not extra, f"{kind}: missing {missing}, extra {extra}"
+        checked.add(kind)
+    for key, value in body.items():
+        nested = f"{kind}.{key}"
+        if isinstance(value, dict) and nested in FIELDS:
+            checked |= published_shapes(value, parent=nested)
+        elif isinstance(value, dict | list) and key != "metadata":
+            checked |= published_shapes(value)
+    return checked
+
+
+def metered_price(sdk: stripe.StripeClient, event_name: str = "cpu_hours") -> Any:
+    meter = sdk.v1.billing.meters.create(
+        params={
+            "display_name": "CPU hours",
+            "event_name": event_name,
+            "default_aggregation": {"formula": "sum"},
+            "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+            "value_settings": {"event_payload_key": "value"},
+        }
+    )
+    product = sdk.v1.products.create(params={"id": f"platform_{event_name}", "name": "CPU hours"})
+    return sdk.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount": 4,
+            "product": product.id,
+            "lookup_key": f"platform_{event_name}",
+            "transfer_lookup_key": True,
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+            "billing_scheme": "per_unit",
+        }
+    )
+
+
+def test_a_customer_has_the_published_fields(sdk):
+    created = sdk.v1.customers.create(params={"email": "ada@example.com", "name": "Ada"})
+    read = sdk.v1.customers.retrieve(created.id)
+
+    assert published_shapes(raw(created)) == published_shapes(raw(read)) == {"customer"}
+
+
+def test_a_credit_checkout_session_has_the_published_fields_before_and_after_payment(
+    sdk, fake_stripe
+):
+    customer = sdk.v1.customers.create(params={"email": "ada@example.com"})
+    session = sdk.v1.checkout.sessions.create(
+        params={
+            "mode": "payment",
+            "customer": customer.id,
+            "client_reference_id": "42",
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": "usd",
+                        "unit_amount": 2500,
+                        "product_data": {"name": "Platform credits"},
+                    },
+                    "quantity": 1,
+                }
+            ],
+            "metadata": {"purpose": "credits"},
+            "payment_intent_data": {"metadata": {"user_id": "42"}},
+            "success_url": "https://console.example.com/ok",
+            "cancel_url": "https://console.example.com/",
+        }
+    )
+    assert published_shapes(raw(session)) == {"checkout.session"}
+
+    fake_stripe.complete_checkout(session.id)
+    paid = sdk.v1.checkout.sessions.retrieve(session.id)
+
+    assert published_shapes(raw(paid)) == {"checkout.session"}
+    assert (paid.status, paid.payment_status) == ("complete", "paid")
+
+
+def test_a_subscription_from_checkout_has_the_published_fields_down_to_its_prices(sdk, fake_stripe):
+    customer = sdk.v1.customers.create(params={"email": "ada@example.com"})
+    price = metered_price(sdk)
+    session = sdk.v1.checkout.sessions.create(
+        params={
+            "mode": "subscription",
+            "customer": customer.id,
+            "line_items": [{"price": price.id}],
+            "subscription_data": {
+                "metadata": {"user_id": "42"},
+                "billing_cycle_anchor": int(time.time()) + 86400,
+            },
+            "success_url": "https://console.example.com/ok",
+            "cancel_url": "https://console.example.com/",
+        }
+    )
+    assert published_shapes(raw(session)) == {"checkout.session"}
+    completed = fake_stripe.complete_checkout(session.id)
+
+    subscription = sdk.v1.subscriptions.retrieve(completed["subscription"])
+    canceled = sdk.v1.subscriptions.cancel(subscription.id)
+
+    assert published_shapes(raw(subscription)) == published_shapes(raw(canceled)) == SUBSCRIPTION
+    assert canceled.status == "canceled"
+    assert "quantity" not in raw(subscription)["items"]["data"][0]  # as Stripe, for metered
+
+
+def test_a_subscription_to_a_licensed_price_has_the_published_fields_and_a_quantity(
+    sdk, fake_stripe
+):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    product = sdk.v1.products.create(params={"id": "seat", "name": "Seat"})
+    price = sdk.v1.prices.create(
+        params={
+            "currency": "usd",
+            "unit_amount": 1000,
+            "product": product.id,
+            "recurring": {"interval": "month", "usage_type": "licensed"},
+        }
+    )
+    added = fake_stripe.add_subscription(customer=customer["id"], price_ids=[price.id])
+
+    subscription = sdk.v1.subscriptions.retrieve(added["id"])
+
+    assert published_shapes(raw(subscription)) == SUBSCRIPTION
+    assert subscription["items"]["data"][0]["quantity"] == 1
+
+
+def test_meters_and_a_page_of_meters_have_the_published_fields(sdk, fake_stripe):
+    created = metered_price(sdk).recurring.meter
+    fake_stripe.add_meter(event_name="retired", status="inactive")
+
+    page = sdk.v1.billing.meters.list(params={"limit": 10})
+
+    assert published_shapes(raw(page)) == {"list", "billing.meter"}
+    assert created in {meter.id for meter in page.data}
+    assert {meter.status for meter in page.data} == {"active", "inactive"}
+
+
+def test_a_meter_event_has_the_published_fields(sdk):
+    event = sdk.v1.billing.meter_events.create(
+        params={
+            "event_name": "cpu_hours",
+            "payload": {"stripe_customer_id": "cus_123", "value": "12"},
+            "identifier": "usage-1",
+            "timestamp": int(time.time()),
+        }
+    )
+
+    assert published_shapes(raw(event)) == {"billing.meter_event"}
+
+
+def test_products_prices_and_a_page_of_prices_have_the_published_fields(sdk):
+    price = metered_price(sdk)
+    product = sdk.v1.products.retrieve(price.product)
+    page = sdk.v1.prices.list(params={"lookup_keys": ["platform_cpu_hours"], "active": True})
+
+    assert published_shapes(raw(product)) == {"product"}
+    assert published_shapes(raw(price)) == {"price", "price.recurring"}
+    assert published_shapes(raw(page)) == {"list", "price", "price.recurring"}
+    assert [p.id for p in page.data] == [price.id]
+
+
+@pytest.mark.parametrize("status", ["draft", "open", "paid", "uncollectible", "void"])
+def test_invoices_their_lines_and_a_page_of_invoices_have_the_published_fields(
+    sdk, fake_stripe, status
+):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    subscription = fake_stripe.add_subscription(customer=customer["id"])
+    added = fake_stripe.add_invoice(
+        customer=customer["id"], status=status, amount_due=1234, subscription=subscription["id"]
+    )
+    fake_stripe.add_invoice(customer=customer["id"], status=status, amount_due=99)
+
+    page = sdk.v1.invoices.list(params={"customer": customer["id"], "limit": 100})
+    invoice = sdk.v1.invoices.retrieve(added["id"])
+
+    everything = {"list", "invoice", "line_item", "line_item.period"}
+    assert published_shapes(raw(page)) == published_shapes(raw(invoice)) == everything
+    assert len(page.data) == 2
+
+
+def test_a_webhook_event_has_the_published_fields(sdk, fake_stripe):
+    customer = sdk.v1.customers.create(params={"email": "ada@example.com"})
+    event = make_event("customer.created", raw(customer))
+
+    assert published_shapes(event) == {"event", "event.data", "event.request", "customer"}
+
+
+def test_every_kind_of_object_the_fake_serves_has_published_fields_to_match():
+    assert {resource.kind for resource in FakeStripe.RESOURCES} <= FIELDS.keys()
+
+
+def test_a_missing_field_an_extra_field_and_an_unknown_object_are_caught():
+    customer = {**dict.fromkeys(FIELDS["customer"]), "object": "customer"}
+    assert published_shapes(customer) == {"customer"}
+
+    del customer["discount"]
+    with pytest.raises(AssertionError, match=r"customer: missing \['discount'\], extra \[\]"):
+        published_shapes(customer)
+    with pytest.raises(AssertionError, match=r"extra \['total_count'\]"):
+        published_shapes(
+            {"object": "list", "data": [], "has_more": False, "url": "/", "total_count": 0}
+        )
+    with pytest.raises(AssertionError, match="makes a 'coupon'"):
+        published_shapes({"object": "coupon"})
