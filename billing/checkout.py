@@ -92,7 +92,7 @@ def subscription_checkout_start(
     account = billing_profile_ensure(user=user)
     if account.mode != BillingProfile.Mode.POSTPAID:
         raise BillingError("Your account is prepaid: buy credits instead.")
-    if account.subscription_status in BillingProfile.ACTIVE_SUBSCRIPTION:
+    if account.has_active_subscription:
         raise BillingError("You already have a payment method and an active subscription.")
     prices = list(
         StripeCatalogEntry.objects.order_by("resource").values_list("price_id", flat=True)

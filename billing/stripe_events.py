@@ -16,7 +16,7 @@ from billing import stripe_gateway as gateway
 from billing.checkout import BillingError
 from billing.credits import Kind, credits_add
 from billing.invoices import invoice_apply
-from billing.models import BillingHistory, BillingProfile, StripeEvent
+from billing.models import BillingHistory, BillingProfile, StripeEvent, is_active_subscription
 from billing.profiles import billing_profile_ensure
 from billing.selectors import user_for_stripe_object
 
@@ -153,8 +153,8 @@ def _subscription_state(*, user: User, subscription_id: str, status: str, event_
     account = BillingProfile.objects.select_for_update().get(pk=account.pk)
     current = account.stripe_subscription_id
     if current and current != subscription_id:
-        current_active = account.subscription_status in BillingProfile.ACTIVE_SUBSCRIPTION
-        if current_active and status in BillingProfile.ACTIVE_SUBSCRIPTION:
+        current_active = account.has_active_subscription
+        if current_active and is_active_subscription(status):
             gateway.cancel_subscription(subscription_id=subscription_id)
             logger.warning(
                 "user %s had subscription %s; duplicate %s canceled",
@@ -163,7 +163,7 @@ def _subscription_state(*, user: User, subscription_id: str, status: str, event_
                 subscription_id,
             )
             return
-        if status not in BillingProfile.ACTIVE_SUBSCRIPTION:
+        if not is_active_subscription(status):
             return  # news about a subscription we do not use
         account.subscription_event_created = None  # the new one replaces a dead one
     stale = (
@@ -183,7 +183,7 @@ def _subscription_state(*, user: User, subscription_id: str, status: str, event_
             "updated_at",
         ]
     )
-    if status in BillingProfile.ACTIVE_SUBSCRIPTION:
+    if is_active_subscription(status):
         _after_billing_ready(user)
 
 
@@ -208,9 +208,10 @@ def on_invoice_voided(invoice: dict, *, event_created) -> None:
 
 
 def _after_billing_ready(user: User) -> None:
-    """A user who waited for billing gets a place now (after this transaction commits)."""
+    """A user who waited for billing gets a place now, in this event's transaction (the
+    Hopsworks account it wants is a job the placement queues)."""
     from clusters import services as placement
     from clusters.models import CapacityWait
 
     if CapacityWait.objects.filter(user=user, reason=CapacityWait.Reason.BILLING).exists():
-        transaction.on_commit(lambda: placement.assignment_place(user=user, actor="billing"))
+        placement.assignment_place(user=user, actor="billing")

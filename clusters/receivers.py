@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from django.db import transaction
-
 from accounts.models import User
 from clusters import services
 from clusters.models import HopsworksAccount
@@ -39,6 +37,6 @@ def follow_user_status(sender, user: User, previous: str, status: str, actor, **
     else:
         desired = HopsworksAccount.State.DEACTIVATED
     if accounts.exclude(desired=desired).update(desired=desired, attempts=0, last_error=""):
-        services.accounts_sync_after_commit(user)
+        services.accounts_sync_queue(user)
     if status == User.Status.ACTIVE:
-        transaction.on_commit(services.capacity_place_waiting)
+        services.place_waiting_queue()

@@ -24,6 +24,7 @@ from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster, ma
 from clusters.models import UserHopsworksAssignment as Assignment
 from clusters.selectors import assignment_of
 from plumbing.actors import actor_label
+from plumbing.jobs import defer
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +90,19 @@ def _want_account(*, user: User, cluster_id, desired: str) -> None:
         )
 
 
-def accounts_sync_after_commit(user: User) -> None:
-    from clusters.account_sync import hopsworks_accounts_sync
+def accounts_sync_queue(user: User) -> None:
+    """Queue the job that makes Hopsworks match the user's accounts, in this transaction
+    (rolled back, nothing is queued). No outside call happens in the caller's request."""
+    from clusters import tasks
 
-    transaction.on_commit(lambda: hopsworks_accounts_sync(user=user, quick=True))
+    defer(tasks.sync_user_accounts, queueing_lock=f"accounts:{user.pk}", user_id=user.pk)
 
 
-def _after_commit_place_waiting() -> None:
-    transaction.on_commit(lambda: capacity_place_waiting())
+def place_waiting_queue() -> None:
+    """Queue placing the users who wait for capacity (room appeared in this transaction)."""
+    from clusters import tasks
+
+    defer(tasks.place_waiting_users, queueing_lock="place-waiting")
 
 
 def _place(*, user: User, cluster_id, actor) -> Assignment | None:
@@ -113,7 +119,7 @@ def _place(*, user: User, cluster_id, actor) -> Assignment | None:
             if user.is_active
             else HopsworksAccount.State.DEACTIVATED,
         )
-        accounts_sync_after_commit(user)
+        accounts_sync_queue(user)
     logger.info("user %s assigned to cluster %s by %s", user.pk, cluster_id, actor_label(actor))
     return assignment
 
@@ -245,8 +251,8 @@ def assignment_move(*, user: User, to_cluster: HopsworksCluster, actor) -> Assig
             if user.is_active
             else HopsworksAccount.State.DEACTIVATED,
         )
-        accounts_sync_after_commit(user)
-        _after_commit_place_waiting()
+        accounts_sync_queue(user)
+        place_waiting_queue()
     logger.info(
         "user %s moved from %s to %s by %s", user.pk, from_id, to_cluster.pk, actor_label(actor)
     )
@@ -272,8 +278,8 @@ def assignment_unassign(*, user: User, actor) -> None:
         current.delete()
         User.objects.filter(pk=user.pk).update(hopsworks_username=None)
         _want_account(user=user, cluster_id=cluster_id, desired=HopsworksAccount.State.DEACTIVATED)
-        accounts_sync_after_commit(user)
-        _after_commit_place_waiting()
+        accounts_sync_queue(user)
+        place_waiting_queue()
     logger.info("user %s unassigned from %s by %s", user.pk, cluster_id, actor_label(actor))
 
 
@@ -323,7 +329,7 @@ def cluster_save(*, cluster: HopsworksCluster, changes: dict, actor) -> Hopswork
             raise ClusterValidationError("max_users", problem)
         locked.save()
         if locked.status == HopsworksCluster.Status.ACTIVE and locked.free_slots:
-            _after_commit_place_waiting()
+            place_waiting_queue()
     logger.info(
         "cluster %s %s by %s (%s)",
         locked.name,

@@ -120,7 +120,7 @@ def serve(python: str) -> int:
         code = _run([*manage, *step], env)
         if code:
             return code
-    workers: list[subprocess.Popen] = []
+    workers = [subprocess.Popen([*manage, "procrastinate", "worker"], env=env)]  # noqa: S603
     print("Serving the console at http://127.0.0.1:8000/admin/ (Ctrl-C stops it)", flush=True)
     try:
         return _run([*manage, "runserver", "127.0.0.1:8000"], env)

@@ -91,6 +91,16 @@ PLACEMENT_REQUIRES_BILLING = env.bool("PLACEMENT_REQUIRES_BILLING", default=True
 # Who decides whether a user may be placed automatically (clusters asks; billing answers).
 PLACEMENT_GATE = "billing.gate.placement_blocker"
 
+# Background jobs (Procrastinate): each app's tasks.py is found by itself; plumbing's jobs
+# (the watch over dead workers) are named. Workers: `python manage.py procrastinate worker`.
+PROCRASTINATE_IMPORT_PATHS = ["plumbing.jobs"]
+PROCRASTINATE_WORKER_DEFAULTS = {"install_signal_handlers": True}
+# Usage collection catches up on every cluster-day missing, failed or left running by a
+# dead worker within this many days.
+USAGE_COLLECTION_LOOKBACK_DAYS = env.int("USAGE_COLLECTION_LOOKBACK_DAYS", default=35)
+# A collection run still "running" after this long was left by a dead worker.
+USAGE_COLLECTION_LEASE_MINUTES = env.int("USAGE_COLLECTION_LEASE_MINUTES", default=30)
+
 if _missing:
     raise ImproperlyConfigured(
         "DEBUG is off, so these environment variables must be set: "
@@ -111,6 +121,7 @@ INSTALLED_APPS = [
     "rest_framework_api_key",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "procrastinate.contrib.django",
     # Our apps, bottom up; imports go console -> billing -> clusters -> accounts (all may
     # import plumbing, which is not an app: it has no models).
     "accounts",
@@ -256,5 +267,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # Its start-up lines (each periodic task registered) say nothing an operator needs.
+        "procrastinate.periodic": {"level": "WARNING"},
+        "procrastinate.blueprints": {"level": "WARNING"},
+    },
 }

@@ -17,6 +17,7 @@ from clusters.models import UserHopsworksAssignment as Assignment
 from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
 from tests.fakes.stripe import make_event
+from tests.jobs import run_jobs
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -293,7 +294,7 @@ def test_racing_subscriptions_leave_exactly_one_active(fake_stripe, deliver):
 
 
 def test_the_billing_gate_waits_for_a_subscription_then_places_the_user(
-    fake_stripe, deliver, settings, django_capture_on_commit_callbacks
+    fake_stripe, deliver, settings
 ):
     from clusters import services
 
@@ -308,7 +309,7 @@ def test_the_billing_gate_waits_for_a_subscription_then_places_the_user(
     subscription = fake_stripe.add_subscription(
         customer=customer, status="active", metadata={"user_id": user.pk}
     )
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         deliver(make_event("customer.subscription.created", subscription))
 
     assert Assignment.objects.filter(user=user).exists()
@@ -316,7 +317,7 @@ def test_the_billing_gate_waits_for_a_subscription_then_places_the_user(
 
 
 def test_the_billing_gate_lets_a_prepaid_user_in_after_a_purchase(
-    client, fake_stripe, deliver, settings, django_capture_on_commit_callbacks
+    client, fake_stripe, deliver, settings
 ):
     from clusters import services
 
@@ -328,7 +329,7 @@ def test_the_billing_gate_lets_a_prepaid_user_in_after_a_purchase(
     assert "Buy credits to get a place" in client.get("/").content.decode()
 
     _, _, session_id = buy(client, fake_stripe, user, "10")
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         deliver(make_event("checkout.session.completed", fake_stripe.complete_checkout(session_id)))
 
     assert Assignment.objects.filter(user=user).exists()

@@ -7,6 +7,7 @@ from clusters import services
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
 from clusters.models import UserHopsworksAssignment as Assignment
 from tests.factories import ClusterFactory, UserFactory
+from tests.jobs import run_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -39,9 +40,7 @@ def test_a_user_is_assigned_once_however_often_it_is_asked():
     assert counts(cluster) == (1, 1)
 
 
-def test_without_room_the_user_waits_and_is_placed_when_a_slot_appears(
-    django_capture_on_commit_callbacks,
-):
+def test_without_room_the_user_waits_and_is_placed_when_a_slot_appears():
     cluster = ClusterFactory(max_users=1)
     first, second = UserFactory(), UserFactory()
     services.assignment_place(user=first)
@@ -51,7 +50,7 @@ def test_without_room_the_user_waits_and_is_placed_when_a_slot_appears(
     assert placement.outcome == services.Placement.Outcome.WAITING
     assert CapacityWait.objects.filter(user=second).exists()
 
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         services.assignment_unassign(user=first, actor=None)  # frees the slot
 
     assert Assignment.objects.get(user=second).hopsworks_cluster == cluster
@@ -59,15 +58,13 @@ def test_without_room_the_user_waits_and_is_placed_when_a_slot_appears(
     assert counts(cluster) == (1, 1)
 
 
-def test_raising_max_users_places_waiting_users_first_come_first_served(
-    django_capture_on_commit_callbacks,
-):
+def test_raising_max_users_places_waiting_users_first_come_first_served():
     cluster = ClusterFactory(max_users=0)
     early, late = UserFactory(), UserFactory()
     services.assignment_place(user=early)
     services.assignment_place(user=late)
 
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         services.cluster_save(cluster=cluster, changes={"max_users": 1}, actor=None)
 
     assert Assignment.objects.get().user == early

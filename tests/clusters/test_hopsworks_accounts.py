@@ -13,6 +13,7 @@ from clusters.models import UserHopsworksAssignment as Assignment
 from tests.accounts.test_auth0_login import log_in
 from tests.factories import UserFactory
 from tests.fakes.hopsworks import OAUTH_CLIENT_ID
+from tests.jobs import run_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -24,12 +25,12 @@ def posts(fake):
 
 
 def test_first_login_places_the_user_and_creates_their_hopsworks_account(
-    client, fake_auth0, fake_hopsworks, cluster_on, django_capture_on_commit_callbacks
+    client, fake_auth0, fake_hopsworks, cluster_on
 ):
     east, _ = fake_hopsworks
     cluster = cluster_on(east, name="east")
 
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         response = log_in(
             client,
             fake_auth0,
@@ -53,12 +54,12 @@ def test_first_login_places_the_user_and_creates_their_hopsworks_account(
 
 
 def test_an_unreachable_cluster_keeps_the_account_pending_and_the_retry_creates_it_once(
-    client, fake_auth0, fake_hopsworks, cluster_on, django_capture_on_commit_callbacks
+    client, fake_auth0, fake_hopsworks, cluster_on
 ):
     east, _ = fake_hopsworks
     cluster = cluster_on(east, name="east", api_url="https://127.0.0.1:9")
 
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         response = log_in(client, fake_auth0, fake_auth0.id_token(sub=SUB, email="a@example.com"))
 
     assert response.status_code == 302  # the login itself is not held up
@@ -97,19 +98,19 @@ def test_an_account_that_already_exists_on_the_cluster_is_adopted_not_created(
 
 
 def test_suspending_deactivates_the_account_and_reactivating_activates_it(
-    fake_hopsworks, cluster_on, django_capture_on_commit_callbacks
+    fake_hopsworks, cluster_on
 ):
     east, _ = fake_hopsworks
     cluster = cluster_on(east)
     user = UserFactory()
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         services.assignment_create(user=user, cluster=cluster, actor=None)
     remote = east.user_by_email(user.email)
 
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         user_suspend(user=user, actor=None)
     assert east.user_by_id(remote.id).status == 3
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         user_reactivate(user=user, actor=None)
     assert east.user_by_id(remote.id).status == 2
 
@@ -118,15 +119,13 @@ def test_suspending_deactivates_the_account_and_reactivating_activates_it(
     assert len(posts(east)) == 1
 
 
-def test_reassigning_a_user_moves_their_hopsworks_account(
-    fake_hopsworks, cluster_on, django_capture_on_commit_callbacks
-):
+def test_reassigning_a_user_moves_their_hopsworks_account(fake_hopsworks, cluster_on):
     east, west = fake_hopsworks
     old, new = cluster_on(east, name="east"), cluster_on(west, name="west")
     user = UserFactory()
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         services.assignment_create(user=user, cluster=old, actor=None)
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         services.assignment_move(user=user, to_cluster=new, actor=None)
 
     assert east.user_by_email(user.email).status == 3
@@ -136,15 +135,13 @@ def test_reassigning_a_user_moves_their_hopsworks_account(
     assert Assignment.objects.get(user=user).hopsworks_cluster == new
 
 
-def test_unassigning_deactivates_the_account(
-    fake_hopsworks, cluster_on, django_capture_on_commit_callbacks
-):
+def test_unassigning_deactivates_the_account(fake_hopsworks, cluster_on):
     east, _ = fake_hopsworks
     cluster = cluster_on(east)
     user = UserFactory()
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         services.assignment_create(user=user, cluster=cluster, actor=None)
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         services.assignment_unassign(user=user, actor=None)
 
     assert east.user_by_email(user.email).status == 3

@@ -5,6 +5,7 @@ import pytest
 from clusters import services
 from clusters.models import HopsworksCluster
 from tests.factories import ClusterFactory, UserFactory
+from tests.jobs import run_jobs
 from tests.seed_schema import SEED_COLUMNS, columns_of, run
 
 pytestmark = pytest.mark.django_db
@@ -56,11 +57,11 @@ def test_a_seed_style_cluster_insert_gets_the_defaults():
     assert row["created_at"] is not None
 
 
-def test_seed_queries_after_assign_move_and_unassign(django_capture_on_commit_callbacks):
+def test_seed_queries_after_assign_move_and_unassign():
     east = ClusterFactory(name="east", max_users=5)
     west = ClusterFactory(name="west", max_users=5)
     ada, alan, grace = UserFactory(), UserFactory(), UserFactory()
-    with django_capture_on_commit_callbacks(execute=True):
+    with run_jobs():
         services.assignment_create(user=ada, cluster=east, actor=None)
         services.assignment_create(user=alan, cluster=east, actor=None)
         services.assignment_create(user=grace, cluster=west, actor=None)

@@ -1,0 +1,140 @@
+"""Billing's background jobs: collecting usage per cluster and day (and catching up on
+what was missed), reporting to Stripe, processing Stripe's events, the balance check."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+from procrastinate.contrib.django import app
+
+from billing.collection import clusters_to_collect, usage_collect_day
+from billing.credits import credits_check_balances
+from billing.models import StripeEvent, UsageCollectionRun
+from billing.stripe_events import stripe_event_process, stripe_events_retry
+from billing.stripe_reporting import usage_report_to_stripe
+from clusters.models import HopsworksCluster
+from plumbing.jobs import OUTSIDE_SYSTEM_RETRY, StillFailing, TargetGone, defer, utc_day_of
+
+logger = logging.getLogger(__name__)
+
+
+# Collection -----------------------------------------------------------------------------
+
+
+@app.task(queue="collection", retry=OUTSIDE_SYSTEM_RETRY, name="billing.collect_cluster_day")
+def collect_cluster_day(cluster_id: str, day: str) -> str:
+    """One cluster's usage for one day. Deferred with a lock per cluster (two days of one
+    cluster never run at once) and a queueing lock per cluster-day (queued once)."""
+    cluster = HopsworksCluster.objects.filter(pk=cluster_id).first()
+    if cluster is None:
+        raise TargetGone(f"Cluster {cluster_id} no longer exists.")
+    run = usage_collect_day(cluster=cluster, day=dt.date.fromisoformat(day), actor="jobs")
+    if run.status != UsageCollectionRun.Status.SUCCEEDED:
+        raise StillFailing(f"{cluster.name} {day}: {run.error}")
+    defer(report_usage_now, queueing_lock="report-usage")
+    return f"{cluster.name} {day}: {run.rows_written} rows"
+
+
+def collection_defer(*, cluster: HopsworksCluster, day: dt.date):
+    """Queue one cluster-day (once: a cluster-day already waiting is not queued again)."""
+    return defer(
+        collect_cluster_day,
+        queueing_lock=f"collect:{cluster.pk}:{day.isoformat()}",
+        lock=f"collect:{cluster.pk}",
+        cluster_id=str(cluster.pk),
+        day=day.isoformat(),
+    )
+
+
+def days_to_collect(cluster: HopsworksCluster, *, today: dt.date, now=None) -> list[dt.date]:
+    """Days in the look-back window that are missing, failed, or left running by a dead
+    worker (past the lease), oldest first. Days before the cluster existed are not owed."""
+    now = now or timezone.now()
+    first = max(
+        today - dt.timedelta(days=settings.USAGE_COLLECTION_LOOKBACK_DAYS),
+        cluster.created_at.date(),
+    )
+    lease = dt.timedelta(minutes=settings.USAGE_COLLECTION_LEASE_MINUTES)
+    done = set(
+        UsageCollectionRun.objects.filter(cluster=cluster, date__gte=first, date__lt=today)
+        .filter(
+            Q(status=UsageCollectionRun.Status.SUCCEEDED)
+            | Q(status=UsageCollectionRun.Status.RUNNING, started_at__gt=now - lease)
+        )
+        .values_list("date", flat=True)
+    )
+    days = [first + dt.timedelta(days=n) for n in range((today - first).days)]
+    return [day for day in days if day not in done]
+
+
+@app.periodic(cron="5 * * * *")
+@app.task(queue="collection", name="billing.collect_missing_usage")
+def collect_missing_usage(timestamp: int) -> str:
+    """Every hour: queue each cluster-day that is owed (a day missed while a cluster or the
+    database was down is collected when it is back)."""
+    today = utc_day_of(timestamp)
+    queued = 0
+    for cluster in clusters_to_collect():
+        for day in days_to_collect(cluster, today=today):
+            queued += collection_defer(cluster=cluster, day=day) is not None
+    return f"{queued} cluster-day(s) queued"
+
+
+# Stripe -------------------------------------------------------------------------------
+
+
+@app.task(queue="stripe", retry=OUTSIDE_SYSTEM_RETRY, name="billing.report_usage_now")
+def report_usage_now() -> str:
+    run = usage_report_to_stripe()
+    if run.errors:
+        raise StillFailing("; ".join(run.errors[:5]))
+    return f"{run.sent_events} meter event(s) sent"
+
+
+@app.periodic(cron="30 1 * * *")
+@app.task(queue="stripe", name="billing.report_usage_daily")
+def report_usage_daily(timestamp: int) -> str:
+    """Daily, whatever was collected: the month's differences to Stripe."""
+    return report_usage_now()
+
+
+@app.task(queue="stripe", retry=OUTSIDE_SYSTEM_RETRY, name="billing.process_stripe_event")
+def process_stripe_event(event_id: str) -> str:
+    if not StripeEvent.objects.filter(pk=event_id).exists():
+        raise TargetGone(f"Stripe event {event_id} is not stored.")
+    event = stripe_event_process(event_id=event_id)
+    if event.status == StripeEvent.Status.FAILED:
+        raise StillFailing(f"{event.id}: {event.error}")
+    return f"{event.id}: {event.status}"
+
+
+def stripe_event_defer(*, event_id: str):
+    return defer(process_stripe_event, queueing_lock=f"stripe-event:{event_id}", event_id=event_id)
+
+
+@app.periodic(cron="15 * * * *")
+@app.task(queue="stripe", name="billing.retry_stripe_events")
+def retry_stripe_events(timestamp: int) -> str:
+    """Hourly: events whose processing failed (oldest first, a capped batch)."""
+    events = stripe_events_retry()
+    failed = sum(event.status == StripeEvent.Status.FAILED for event in events)
+    return f"{len(events)} event(s) retried, {failed} still failing"
+
+
+class BalanceDriftFound(Exception):
+    pass
+
+
+@app.periodic(cron="0 5 * * *")
+@app.task(queue="maintenance", name="billing.check_credit_balances")
+def check_credit_balances(timestamp: int) -> str:
+    """Daily: each balance against its ledger. Drift fails the job (the dashboard shows
+    failed jobs); `check_credit_balances --fix` repairs it."""
+    drift = credits_check_balances()
+    if drift:
+        raise BalanceDriftFound(f"{len(drift)} balance(s) disagree with the ledger")
+    return "no drift"
