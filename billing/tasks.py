@@ -72,7 +72,7 @@ def days_to_collect(cluster: HopsworksCluster, *, today: dt.date, now=None) -> l
 
 
 @app.periodic(cron="5 * * * *")
-@app.task(queue="collection", name="billing.collect_missing_usage")
+@app.task(queue="maintenance", name="billing.collect_missing_usage")
 def collect_missing_usage(timestamp: int) -> str:
     """Every hour: queue each cluster-day that is owed (a day missed while a cluster or the
     database was down is collected when it is back)."""

@@ -95,6 +95,8 @@ PLACEMENT_GATE = "billing.gate.placement_blocker"
 # (the watch over dead workers) are named. Workers: `python manage.py procrastinate worker`.
 PROCRASTINATE_IMPORT_PATHS = ["plumbing.jobs"]
 PROCRASTINATE_WORKER_DEFAULTS = {"install_signal_handlers": True}
+# A worker starting late still queues a periodic job overdue by at most this many seconds.
+PROCRASTINATE_PERIODIC_DEFAULTS = {"max_delay": env.float("JOBS_PERIODIC_MAX_DELAY", default=600)}
 # Usage collection catches up on every cluster-day missing, failed or left running by a
 # dead worker within this many days.
 USAGE_COLLECTION_LOOKBACK_DAYS = env.int("USAGE_COLLECTION_LOOKBACK_DAYS", default=35)

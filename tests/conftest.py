@@ -17,6 +17,31 @@ def no_billing_gate_unless_asked(settings):
     settings.PLACEMENT_REQUIRES_BILLING = False
 
 
+JOB_TABLES = "procrastinate_jobs, procrastinate_events, procrastinate_periodic_defers"
+
+
+@pytest.fixture(autouse=True)
+def empty_job_queue_around_transactional_tests(request, django_db_blocker):
+    """Django's flush leaves Procrastinate's tables alone (they are not our models): a job
+    committed by one transactional test must not be run by the next test."""
+    marker = request.node.get_closest_marker("django_db")
+    transactional = "transactional_db" in request.fixturenames or bool(
+        marker and marker.kwargs.get("transaction")
+    )
+
+    def empty():
+        from django.db import connection
+
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(f"TRUNCATE {JOB_TABLES}, procrastinate_workers CASCADE")
+
+    if transactional:
+        empty()
+    yield
+    if transactional:
+        empty()
+
+
 @pytest.fixture
 def user(db):
     return UserFactory()
