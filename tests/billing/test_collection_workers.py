@@ -62,10 +62,23 @@ def worker_env() -> dict:
     return {**os.environ, "DEBUG": "1", "DATABASE_URL": url, "JOBS_PERIODIC_MAX_DELAY": "0"}
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_worker_outlives_its_test():
+    yield
+    while STARTED:
+        worker = STARTED.pop()
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=30)
+
+
 def start_worker(name: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "procrastinate", "worker", "--name", name]
-        + ["--queues", "collection", "--one-shot"],
+    command = ["manage.py", "procrastinate", "worker", "--name", name]
+    worker = subprocess.Popen(
+        [sys.executable, *command, "--queues", "collection", "--one-shot"],
         cwd=ROOT,
         env=worker_env(),
         stdout=subprocess.DEVNULL,
