@@ -4,6 +4,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm
+from django.core.exceptions import PermissionDenied
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
@@ -17,10 +18,10 @@ SYNCED_FIELDS = ("status", "hopsworks_username", "stripe_customer_id")
 # The user admin's sections, by name; console/admin.py puts each app's sections in order.
 IDENTITY_SECTION = ("Identity (from Auth0)", {"fields": AUTH0_FIELDS})
 ACCOUNT_SECTION = ("Account", {"fields": SYNCED_FIELDS})
-CONSOLE_ACCESS_SECTION = (
-    "Console access",
-    {"fields": ("is_admin", "is_superuser", "groups", "user_permissions")},
-)
+# Fields that grant power: only a superuser changes them (for anyone else they are
+# read-only, so they are not in the form and a crafted POST cannot set them).
+PRIVILEGE_FIELDS = ("is_admin", "is_superuser", "groups", "user_permissions")
+CONSOLE_ACCESS_SECTION = ("Console access", {"fields": PRIVILEGE_FIELDS})
 
 
 class LocalUserCreationForm(AdminUserCreationForm):
@@ -85,18 +86,24 @@ class UserAdminBase(DjangoUserAdmin):
     )
 
     def get_readonly_fields(self, request, obj=None):
-        if obj is None:
-            return ()
-        fields = list(super().get_readonly_fields(request, obj))
-        if obj.is_local:  # a local login's name is ours to edit; Auth0's comes from the token
+        fields = [] if obj is None else list(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.is_local:  # ours to edit; Auth0's name comes from the token
             fields.remove("name")
+        if not request.user.is_superuser:
+            fields += [field for field in PRIVILEGE_FIELDS if field not in fields]
         return fields
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)
-        if obj is not None and obj.is_local:
+        if obj is not None and obj.is_local and request.user.is_superuser:
             return (*fieldsets, ("Password", {"fields": ("password",)}))
         return fieldsets
+
+    def user_change_password(self, request, id, form_url=""):
+        # Setting someone's password is logging in as them: as much power as they have.
+        if not request.user.is_superuser:
+            raise PermissionDenied
+        return super().user_change_password(request, id, form_url)
 
     @admin.action(description="Suspend selected users", permissions=["change"])
     def suspend_users(self, request, queryset):
