@@ -105,7 +105,10 @@ class UserAdminBase(DjangoUserAdmin):
             raise PermissionDenied
         return super().user_change_password(request, id, form_url)
 
-    @admin.action(description="Suspend selected users", permissions=["change"])
+    def has_suspend_permission(self, request):
+        return request.user.has_perm("accounts.suspend_user")
+
+    @admin.action(description="Suspend selected users", permissions=["suspend"])
     def suspend_users(self, request, queryset):
         return confirm_then(
             self,
@@ -121,7 +124,7 @@ class UserAdminBase(DjangoUserAdmin):
             ),
         )
 
-    @admin.action(description="Reactivate selected users", permissions=["change"])
+    @admin.action(description="Reactivate selected users", permissions=["suspend"])
     def reactivate_users(self, request, queryset):
         return confirm_then(
             self,

@@ -63,6 +63,7 @@ PERSONAS = {
     "support_staff": (
         "accounts.view_user",
         "accounts.change_user",
+        "accounts.suspend_user",
         "clusters.view_hopsworkscluster",
         "clusters.add_userhopsworksassignment",
         "clusters.change_userhopsworksassignment",
@@ -81,6 +82,10 @@ PERSONAS = {
         "billing.view_billinghistory",
         "billing.view_stripeevent",
         "billing.change_stripeevent",
+        "billing.change_billing_mode",
+        "billing.grant_credits",
+        "billing.collect_usage",
+        "billing.sync_invoices",
     ),
     "superuser": None,
 }
