@@ -140,12 +140,18 @@ class UserAdminBase(DjangoUserAdmin):
         )
 
     def _set_status(self, request, queryset, service, verb, reason):
-        changed = 0
+        changed = unchanged = 0
         for user in queryset:
-            if service(user=user, actor=request.user, reason=reason):
+            try:
+                done = service(user=user, actor=request.user, reason=reason)
+            except services.StatusChangeRefused as error:
+                self.message_user(request, f"{user.email}: {error}", messages.ERROR)
+                continue
+            if done:
                 changed += 1
                 self.log_change(request, user, f"{verb.capitalize()}. {reason}".strip())
-        unchanged = queryset.count() - changed
+            else:
+                unchanged += 1
         self.message_user(request, f"{changed} user(s) {verb}.", messages.SUCCESS)
         if unchanged:
             self.message_user(request, f"{unchanged} already were.", messages.INFO)

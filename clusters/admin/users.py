@@ -114,6 +114,8 @@ class UserPlacementAdminMixin:
     def auto_assign(self, request, queryset):
         def run(user, data):
             placement = services.assignment_place(user=user, actor=request.user, gated=False)
+            if placement.outcome == services.Placement.Outcome.NOT_ACTIVE:
+                raise services.UserNotActive(placement.detail)  # reported as not done
             where = f" on {placement.cluster.name}" if placement.cluster else ""
             return f"{placement.outcome}{where}"
 

@@ -270,3 +270,28 @@ def test_only_a_superuser_sets_another_operators_password(client, persona, opera
     assert refused.status_code == 403
     assert "password/" not in page
     assert User.objects.get(pk=operator.pk).check_password("operator-password")
+
+
+def test_suspending_reports_per_user_who_could_not_be_suspended(client, persona):
+    operator = persona("support_staff")
+    root = AdminFactory(email="root@example.com")  # the only superuser
+    customer = UserFactory()
+    client.force_login(operator, backend="django.contrib.auth.backends.ModelBackend")
+
+    response = client.post(
+        CHANGELIST,
+        {
+            "action": "suspend_users",
+            "_selected_action": [operator.pk, root.pk, customer.pk],
+            "confirmed": "yes",
+        },
+        follow=True,
+    )
+
+    messages = [str(m) for m in response.context["messages"]]
+    assert f"{operator.email}: you cannot suspend your own account." in " ".join(messages)
+    assert any(m.startswith("root@example.com: root@example.com is the last") for m in messages)
+    assert "1 user(s) suspended." in messages
+    statuses = dict(User.objects.values_list("email", "status"))
+    assert statuses[operator.email] == statuses["root@example.com"] == "active"
+    assert statuses[customer.email] == "suspended"

@@ -247,3 +247,17 @@ def test_a_full_cluster_is_a_409_with_the_reason(client, make_key):
     )
     assert response.status_code == 409
     assert "full is full" in response.json()["error"]["message"]
+
+
+def test_auto_placing_a_suspended_user_is_a_409_that_says_so(client, make_key):
+    ClusterFactory(name="east")
+    user = UserFactory(status="suspended")
+    response = client.post(
+        f"/api/v1/users/{user.pk}/assignment",
+        {},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=make_key("assignments:write"),
+    )
+    assert response.status_code == 409
+    assert f"{user.email} is suspended" in response.json()["error"]["message"]
+    assert not UserHopsworksAssignment.objects.filter(user=user).exists()
