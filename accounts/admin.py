@@ -9,6 +9,7 @@ from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from accounts import services
+from accounts.api import SCOPE_PERMISSIONS, session_may
 from accounts.models import ApiKey, User, new_local_id
 from plumbing.admin_confirm import confirm_then
 
@@ -158,13 +159,43 @@ class UserAdminBase(DjangoUserAdmin):
 
 
 class ApiKeyForm(forms.ModelForm):
+    """A key is as much power as its scopes: an operator gives a key, or keeps alive
+    longer, only scopes whose permissions they hold themselves (SCOPE_PERMISSIONS)."""
+
     scopes = forms.MultipleChoiceField(
         choices=ApiKey.SCOPES, widget=forms.CheckboxSelectMultiple, required=True
     )
+    operator = None  # the requesting user, set by ApiKeyAdmin.get_form
 
     class Meta:
         model = ApiKey
         fields = ("name", "scopes", "expiry_date", "revoked")
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.instance.revoked:  # grants nothing, and cannot be un-revoked
+            return cleaned
+        scopes = set(cleaned.get("scopes") or [])
+        unheld = {scope for scope in scopes if not session_may(self.operator, scope)}
+        before = set(self.instance.scopes or []) if self.instance.pk else set()
+        added = sorted(unheld - before)
+        if added:
+            needs = "; ".join(f"{s} needs {', '.join(SCOPE_PERMISSIONS[s])}" for s in added)
+            self.add_error(
+                "scopes", f"You may only give scopes whose permissions you hold: {needs}."
+            )
+        elif unheld and self.instance.pk and self._extends(cleaned.get("expiry_date")):
+            self.add_error(
+                "expiry_date",
+                "This key has scopes whose permissions you do not hold "
+                f"({', '.join(sorted(unheld))}): you may shorten its life or revoke it, "
+                "not extend it.",
+            )
+        return cleaned
+
+    def _extends(self, expiry) -> bool:
+        current = self.instance.expiry_date
+        return current is not None and (expiry is None or expiry > current)
 
 
 @admin.register(ApiKey)
@@ -185,6 +216,10 @@ class ApiKeyAdmin(APIKeyModelAdmin):
     )
     list_filter = ("revoked", "created")
     readonly_fields = ("prefix", "created_by", "last_used_at")
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        return type(form.__name__, (form,), {"operator": request.user})
 
     @admin.display(description="scopes")
     def scope_list(self, obj):
