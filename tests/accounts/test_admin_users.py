@@ -295,3 +295,23 @@ def test_suspending_reports_per_user_who_could_not_be_suspended(client, persona)
     statuses = dict(User.objects.values_list("email", "status"))
     assert statuses[operator.email] == statuses["root@example.com"] == "active"
     assert statuses[customer.email] == "suspended"
+
+
+def test_only_a_superuser_gives_a_group_permissions(client, operator):
+    from django.contrib.auth.models import Group, Permission
+
+    group = Group.objects.create(name="support")
+    member = StaffFactory(permissions=["auth.change_group", "auth.view_group"])
+    member.groups.add(group)
+    everything = list(Permission.objects.values_list("pk", flat=True))
+    url = f"/admin/auth/group/{group.pk}/change/"
+    client.force_login(member, backend="django.contrib.auth.backends.ModelBackend")
+
+    page = client.get(url).content.decode()
+    client.post(url, {"name": "support", "permissions": everything})
+    assert not group.permissions.exists()
+    assert 'name="permissions"' not in page
+
+    client.force_login(operator, backend="django.contrib.auth.backends.ModelBackend")
+    client.post(url, {"name": "support", "permissions": everything[:1]})
+    assert group.permissions.count() == 1
