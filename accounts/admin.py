@@ -2,12 +2,16 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from accounts import services
+from accounts.api import SCOPE_PERMISSIONS, session_may
 from accounts.models import ApiKey, User, new_local_id
 from plumbing.admin_confirm import confirm_then
 
@@ -17,10 +21,10 @@ SYNCED_FIELDS = ("status", "hopsworks_username", "stripe_customer_id")
 # The user admin's sections, by name; console/admin.py puts each app's sections in order.
 IDENTITY_SECTION = ("Identity (from Auth0)", {"fields": AUTH0_FIELDS})
 ACCOUNT_SECTION = ("Account", {"fields": SYNCED_FIELDS})
-CONSOLE_ACCESS_SECTION = (
-    "Console access",
-    {"fields": ("is_admin", "is_superuser", "groups", "user_permissions")},
-)
+# Fields that grant power: only a superuser changes them (for anyone else they are
+# read-only, so they are not in the form and a crafted POST cannot set them).
+PRIVILEGE_FIELDS = ("is_admin", "is_superuser", "groups", "user_permissions")
+CONSOLE_ACCESS_SECTION = ("Console access", {"fields": PRIVILEGE_FIELDS})
 
 
 class LocalUserCreationForm(AdminUserCreationForm):
@@ -85,20 +89,29 @@ class UserAdminBase(DjangoUserAdmin):
     )
 
     def get_readonly_fields(self, request, obj=None):
-        if obj is None:
-            return ()
-        fields = list(super().get_readonly_fields(request, obj))
-        if obj.is_local:  # a local login's name is ours to edit; Auth0's comes from the token
+        fields = [] if obj is None else list(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.is_local:  # ours to edit; Auth0's name comes from the token
             fields.remove("name")
+        if not request.user.is_superuser:
+            fields += [field for field in PRIVILEGE_FIELDS if field not in fields]
         return fields
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)
-        if obj is not None and obj.is_local:
+        if obj is not None and obj.is_local and request.user.is_superuser:
             return (*fieldsets, ("Password", {"fields": ("password",)}))
         return fieldsets
 
-    @admin.action(description="Suspend selected users", permissions=["change"])
+    def user_change_password(self, request, id, form_url=""):
+        # Setting someone's password is logging in as them: as much power as they have.
+        if not request.user.is_superuser:
+            raise PermissionDenied
+        return super().user_change_password(request, id, form_url)
+
+    def has_suspend_permission(self, request):
+        return request.user.has_perm("accounts.suspend_user")
+
+    @admin.action(description="Suspend selected users", permissions=["suspend"])
     def suspend_users(self, request, queryset):
         return confirm_then(
             self,
@@ -114,7 +127,7 @@ class UserAdminBase(DjangoUserAdmin):
             ),
         )
 
-    @admin.action(description="Reactivate selected users", permissions=["change"])
+    @admin.action(description="Reactivate selected users", permissions=["suspend"])
     def reactivate_users(self, request, queryset):
         return confirm_then(
             self,
@@ -130,25 +143,74 @@ class UserAdminBase(DjangoUserAdmin):
         )
 
     def _set_status(self, request, queryset, service, verb, reason):
-        changed = 0
+        changed = unchanged = 0
         for user in queryset:
-            if service(user=user, actor=request.user, reason=reason):
+            try:
+                done = service(user=user, actor=request.user, reason=reason)
+            except services.StatusChangeRefused as error:
+                self.message_user(request, f"{user.email}: {error}", messages.ERROR)
+                continue
+            if done:
                 changed += 1
                 self.log_change(request, user, f"{verb.capitalize()}. {reason}".strip())
-        unchanged = queryset.count() - changed
+            else:
+                unchanged += 1
         self.message_user(request, f"{changed} user(s) {verb}.", messages.SUCCESS)
         if unchanged:
             self.message_user(request, f"{unchanged} already were.", messages.INFO)
 
 
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(DjangoGroupAdmin):
+    """A group's permissions grant power to all its members (the editor among them): only
+    a superuser changes them."""
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields if request.user.is_superuser else (*fields, "permissions")
+
+
 class ApiKeyForm(forms.ModelForm):
+    """A key is as much power as its scopes: an operator gives a key, or keeps alive
+    longer, only scopes whose permissions they hold themselves (SCOPE_PERMISSIONS)."""
+
     scopes = forms.MultipleChoiceField(
         choices=ApiKey.SCOPES, widget=forms.CheckboxSelectMultiple, required=True
     )
+    operator = None  # the requesting user, set by ApiKeyAdmin.get_form
 
     class Meta:
         model = ApiKey
         fields = ("name", "scopes", "expiry_date", "revoked")
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.instance.revoked:  # grants nothing, and cannot be un-revoked
+            return cleaned
+        scopes = set(cleaned.get("scopes") or [])
+        unheld = {scope for scope in scopes if not session_may(self.operator, scope)}
+        before = set(self.instance.scopes or []) if self.instance.pk else set()
+        added = sorted(unheld - before)
+        if added:
+            needs = "; ".join(f"{s} needs {', '.join(SCOPE_PERMISSIONS[s])}" for s in added)
+            self.add_error(
+                "scopes", f"You may only give scopes whose permissions you hold: {needs}."
+            )
+        elif unheld and self.instance.pk and self._extends(cleaned.get("expiry_date")):
+            self.add_error(
+                "expiry_date",
+                "This key has scopes whose permissions you do not hold "
+                f"({', '.join(sorted(unheld))}): you may shorten its life or revoke it, "
+                "not extend it.",
+            )
+        return cleaned
+
+    def _extends(self, expiry) -> bool:
+        current = self.instance.expiry_date
+        return current is not None and (expiry is None or expiry > current)
 
 
 @admin.register(ApiKey)
@@ -169,6 +231,10 @@ class ApiKeyAdmin(APIKeyModelAdmin):
     )
     list_filter = ("revoked", "created")
     readonly_fields = ("prefix", "created_by", "last_used_at")
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        return type(form.__name__, (form,), {"operator": request.user})
 
     @admin.display(description="scopes")
     def scope_list(self, obj):

@@ -24,15 +24,33 @@ class ApiKeySchema(OpenApiAuthenticationExtension):
         }
 
 
+# The one map from a scope to the Django permissions an operator's session needs for it
+# (all of them), so the browser can do exactly what the admin lets that operator do.
+SCOPE_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "users:read": ("accounts.view_user",),
+    "clusters:read": ("clusters.view_hopsworkscluster",),
+    "usage:read": ("billing.view_usagedaily",),
+    "usage:write": ("billing.add_usagedaily", "billing.change_usagedaily"),
+    "assignments:write": (
+        "clusters.add_userhopsworksassignment",
+        "clusters.change_userhopsworksassignment",
+        "clusters.delete_userhopsworksassignment",
+    ),
+}
+
+
 def _is_person(user) -> bool:
     return isinstance(user, User) and user.is_authenticated
 
 
-class HasScope(BasePermission):
-    """An API key needs the view's scope for the method; a logged-in operator (admin)
-    may use operator endpoints from the browser too. Other people may not."""
+def session_may(user, scope: str) -> bool:
+    """Whether a logged-in operator holds every permission the scope maps to."""
+    return _is_person(user) and user.is_staff and user.has_perms(SCOPE_PERMISSIONS[scope])
 
-    message = "This needs the scope {scope}."
+
+class HasScope(BasePermission):
+    """An API key needs the view's scope for the method; a logged-in operator needs the
+    Django permissions the scope maps to (SCOPE_PERMISSIONS). Nobody else may."""
 
     def has_permission(self, request, view):
         if not (request.user and request.user.is_authenticated):
@@ -44,10 +62,12 @@ class HasScope(BasePermission):
             if request.auth.has_scope(scope):
                 return True
             raise exceptions.PermissionDenied(f"This API key lacks the scope {scope}.")
-        user = request.user
-        if _is_person(user) and user.is_staff:
+        if session_may(request.user, scope):
             return True
-        raise exceptions.PermissionDenied("Only operators and API keys with the scope may.")
+        raise exceptions.PermissionDenied(
+            f"This needs the permission(s) {', '.join(SCOPE_PERMISSIONS[scope])} "
+            f"(or an API key with the scope {scope})."
+        )
 
 
 class IsPerson(BasePermission):

@@ -106,6 +106,8 @@ class User(AbstractBaseUser, PermissionsMixin):
     class Meta:
         db_table = "users"
         ordering = ["email"]
+        # What the admin's actions need beyond Django's add/change/delete/view.
+        permissions = [("suspend_user", "Can suspend and reactivate users")]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(status__in=["active", "suspended", "deleted"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import User, normalize_email
@@ -99,12 +99,36 @@ def user_record_login(*, user: User) -> None:
     user.refresh_from_db(fields=["login_count", "last_login"])
 
 
+class StatusChangeRefused(Exception):
+    """A status change that would lock the console out; the message says why."""
+
+
+_VERBS = {User.Status.SUSPENDED: "suspend", User.Status.DELETED: "delete"}
+
+
 def user_set_status(*, user: User, status: str, actor, reason: str = "") -> bool:
-    """Change a user's status. Returns False when it already had that status."""
+    """Change a user's status. Returns False when it already had that status.
+
+    Raises StatusChangeRefused for an operator locking themselves out, and for the last
+    active superuser (someone must be left who can change permissions).
+    """
     if status not in User.Status.values:
         raise ValueError(f"Unknown status {status!r}; use one of {', '.join(User.Status.values)}.")
     with transaction.atomic():
-        locked = User.objects.select_for_update().get(pk=user.pk)
+        if status == User.Status.ACTIVE:
+            locked = User.objects.select_for_update().get(pk=user.pk)
+        else:
+            # The user and every active superuser, locked in primary-key order: two
+            # operators suspending the last two superusers at once cannot both succeed.
+            rows = {
+                row.pk: row
+                for row in User.objects.select_for_update()
+                .filter(Q(pk=user.pk) | Q(is_superuser=True, status=User.Status.ACTIVE))
+                .order_by("pk")
+            }
+            locked = rows[user.pk]
+            if locked.status != status:
+                _refuse_lockout(locked, status=status, actor=actor, superusers=rows.values())
         if locked.status == status:
             return False
         previous = locked.status
@@ -123,6 +147,21 @@ def user_set_status(*, user: User, status: str, actor, reason: str = "") -> bool
         f" ({reason})" if reason else "",
     )
     return True
+
+
+def _refuse_lockout(user: User, *, status: str, actor, superusers) -> None:
+    verb = _VERBS[status]
+    if getattr(actor, "pk", None) == user.pk:
+        raise StatusChangeRefused(
+            f"you cannot {verb} your own account. Ask another operator if it must be done."
+        )
+    if user.is_active and user.is_superuser:
+        others = [u for u in superusers if u.pk != user.pk and u.is_superuser and u.is_active]
+        if not others:
+            raise StatusChangeRefused(
+                f"{user.email} is the last active superuser; make another operator superuser "
+                f"before you {verb} them."
+            )
 
 
 def user_suspend(*, user: User, actor, reason: str = "") -> bool:

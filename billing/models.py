@@ -60,6 +60,7 @@ class BillingProfile(models.Model):
 
     class Meta:
         db_table = "billing_account"
+        permissions = [("change_billing_mode", "Can switch users between prepaid and postpaid")]
 
     def __str__(self) -> str:
         return f"{self.user_id}: {self.mode}"
@@ -310,6 +311,8 @@ class CreditLedgerEntry(models.Model):
         verbose_name = "credit ledger entry"
         verbose_name_plural = "credit ledger"
         ordering = ["-created_at", "-id"]
+        # Entries are written by services only; granting is the one kind an operator adds.
+        permissions = [("grant_credits", "Can grant credits to users")]
         indexes = [models.Index(fields=["user", "-id"], name="credit_ledger_user_newest")]
 
     def __str__(self) -> str:
@@ -340,6 +343,7 @@ class UsageCollectionRun(models.Model):
     class Meta:
         db_table = "billing_usage_collection_run"
         ordering = ["-date", "cluster_id"]
+        permissions = [("collect_usage", "Can collect clusters' usage now")]
         constraints = [
             models.UniqueConstraint(fields=["cluster", "date"], name="collection_run_per_day")
         ]
@@ -393,6 +397,7 @@ class BillingHistory(models.Model):
         verbose_name = "invoice"
         verbose_name_plural = "billing history"
         ordering = ["-created_at"]
+        permissions = [("sync_invoices", "Can sync users' invoices from Stripe")]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(status__in=["pending", "paid", "failed", "void"]),

@@ -143,6 +143,8 @@ class AssignmentView(APIView):
                 services.assignment_set(user=user, cluster=_cluster(name), actor=request.user)
             else:
                 placement = services.assignment_place(user=user, actor=request.user, gated=False)
+                if placement.outcome == services.Placement.Outcome.NOT_ACTIVE:
+                    raise Conflict(placement.detail)
                 if placement.assignment is None:
                     raise Conflict(
                         "No active cluster has room; the user waits for capacity and is "

@@ -49,6 +49,10 @@ class NotAssigned(PlacementError):
     pass
 
 
+class UserNotActive(PlacementError):
+    pass
+
+
 @dataclass(frozen=True)
 class Placement:
     class Outcome(models.TextChoices):
@@ -56,9 +60,11 @@ class Placement:
         ALREADY_ASSIGNED = "already assigned"
         WAITING = "waiting for capacity"
         WAITING_FOR_BILLING = "waiting for billing setup"
+        NOT_ACTIVE = "not placed: the user is not active"
 
     outcome: Outcome
     assignment: Assignment | None = None
+    detail: str = ""  # why, when the user was not placed
 
     @property
     def cluster(self) -> HopsworksCluster | None:
@@ -105,9 +111,25 @@ def place_waiting_queue() -> None:
     defer(tasks.place_waiting_users, queueing_lock="place-waiting")
 
 
-def _place(*, user: User, cluster_id, actor) -> Assignment | None:
-    """Take a slot on the cluster and assign the user there, or None if it has no room."""
+def _not_active(user: User, status: str) -> UserNotActive:
+    return UserNotActive(
+        f"{user.email} is {status}: only active users are placed automatically. Reactivate "
+        "them first, or assign them to a chosen cluster."
+    )
+
+
+def _place(*, user: User, cluster_id, actor, only_if_active: bool = False) -> Assignment | None:
+    """Take a slot on the cluster and assign the user there, or None if it has no room.
+
+    The user's status is read under their row lock (user_set_status takes the same lock),
+    so a suspension at the same moment is seen: with `only_if_active` a user who is not
+    active raises UserNotActive; otherwise their account there is wanted deactivated.
+    """
     with transaction.atomic():
+        status = User.objects.select_for_update().values_list("status", flat=True).get(pk=user.pk)
+        active = status == User.Status.ACTIVE
+        if only_if_active and not active:
+            raise _not_active(user, status)
         if not _take_slot(cluster_id):
             return None
         assignment = Assignment.objects.create(user=user, hopsworks_cluster_id=cluster_id)
@@ -115,9 +137,7 @@ def _place(*, user: User, cluster_id, actor) -> Assignment | None:
         _want_account(
             user=user,
             cluster_id=cluster_id,
-            desired=HopsworksAccount.State.ACTIVE
-            if user.is_active
-            else HopsworksAccount.State.DEACTIVATED,
+            desired=HopsworksAccount.State.ACTIVE if active else HopsworksAccount.State.DEACTIVATED,
         )
         accounts_sync_queue(user)
     logger.info("user %s assigned to cluster %s by %s", user.pk, cluster_id, actor_label(actor))
@@ -149,14 +169,18 @@ def _wait(user: User, reason: str, detail: str = "") -> None:
 def assignment_place(*, user: User, actor=None, gated: bool = True) -> Placement:
     """Place the user on the active cluster with the fewest users that has room.
 
-    With `gated` (every automatic placement), a user whose billing is not set up waits
-    for it. Without room anywhere the user waits for capacity, first come first served,
-    and is placed by `capacity_place_waiting` when a slot appears. Operators placing a
-    user by hand pass gated=False.
+    A suspended or deleted user is never placed this way (NOT_ACTIVE, with the reason in
+    `detail`). With `gated` (every automatic placement), a user whose billing is not set
+    up waits for it. Without room anywhere the user waits for capacity, first come first
+    served, and is placed by `capacity_place_waiting` when a slot appears. Operators
+    placing a user by hand pass gated=False.
     """
     existing = assignment_of(user)
     if existing is not None:
         return Placement(Placement.Outcome.ALREADY_ASSIGNED, existing)
+    status = User.objects.filter(pk=user.pk).values_list("status", flat=True).first()
+    if status != User.Status.ACTIVE:  # read again, under the lock, when a slot is taken
+        return Placement(Placement.Outcome.NOT_ACTIVE, detail=str(_not_active(user, status)))
     if gated:
         blocker = placement_blocker(user)
         if blocker:
@@ -172,9 +196,11 @@ def assignment_place(*, user: User, actor=None, gated: bool = True) -> Placement
     )
     for cluster_id in candidates:
         try:
-            assignment = _place(user=user, cluster_id=cluster_id, actor=actor)
+            assignment = _place(user=user, cluster_id=cluster_id, actor=actor, only_if_active=True)
         except IntegrityError:  # placed by a concurrent request for the same user
             return Placement(Placement.Outcome.ALREADY_ASSIGNED, assignment_of(user))
+        except UserNotActive as error:  # suspended while we looked for a cluster
+            return Placement(Placement.Outcome.NOT_ACTIVE, detail=str(error))
         if assignment is not None:
             return Placement(Placement.Outcome.ASSIGNED, assignment_of(user))
 

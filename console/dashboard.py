@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from urllib.parse import urlencode
 
+from django.contrib import admin
 from django.db.models import Count, F, Q, Sum
 from django.urls import reverse
 
@@ -31,30 +32,26 @@ def _list(model_path: str, **params) -> str:
     return f"{url}?{urlencode(params)}" if params else url
 
 
-def dashboard_tiles() -> list[Tile]:
-    month = month_start()
-    month_param = {"date__gte": month.isoformat()}
-    tiles = []
-
+def _active_users(month) -> list[Tile]:
     active = User.objects.filter(status=User.Status.ACTIVE).count()
-    tiles.append(Tile("Active users", f"{active}", _list("accounts_user", status__exact="active")))
+    return [Tile("Active users", f"{active}", _list("accounts_user", status__exact="active"))]
 
+
+def _usage(month) -> list[Tile]:
+    month_param = {"date__gte": month.isoformat()}
     revenue = UsageDaily.objects.filter(date__gte=month).aggregate(total=Sum("total_cost"))
-    tiles.append(
-        Tile(
-            "Usage this month",
-            f"${to_cents(revenue['total'] or Decimal(0)):,}",
-            _list("billing_usagedaily", **month_param),
-        )
-    )
-
     per_cluster = (
         UsageDaily.objects.filter(date__gte=month)
         .values("hopsworks_cluster_id", "hopsworks_cluster__name")
         .annotate(total=Sum("total_cost"), cpu=Sum("cpu_hours"), gpu=Sum("gpu_hours"))
         .order_by("hopsworks_cluster__name")
     )
-    tiles.append(
+    return [
+        Tile(
+            "Usage this month",
+            f"${to_cents(revenue['total'] or Decimal(0)):,}",
+            _list("billing_usagedaily", **month_param),
+        ),
         Tile(
             "Usage per cluster this month",
             f"{len(per_cluster)} clusters",
@@ -72,16 +69,18 @@ def dashboard_tiles() -> list[Tile]:
                 )
                 for row in per_cluster
             ],
-        )
-    )
+        ),
+    ]
 
+
+def _cluster_fill(month) -> list[Tile]:
     clusters = list(
         HopsworksCluster.objects.order_by("name").values(
             "pk", "name", "status", "current_users", "max_users"
         )
     )
     full = [c for c in clusters if c["current_users"] >= c["max_users"]]
-    tiles.append(
+    return [
         Tile(
             "Cluster fill",
             f"{sum(c['current_users'] for c in clusters)} / "
@@ -97,65 +96,96 @@ def dashboard_tiles() -> list[Tile]:
                 for c in clusters
             ],
         )
-    )
+    ]
 
+
+def _placement(month) -> list[Tile]:
     waits = CapacityWait.objects.aggregate(
         capacity=Count("pk", filter=Q(reason=CapacityWait.Reason.NO_CAPACITY)),
         billing=Count("pk", filter=Q(reason=CapacityWait.Reason.BILLING)),
     )
-    tiles.append(
+    pending = HopsworksAccount.objects.pending().count()
+    return [
         Tile(
             "Waiting for capacity",
             f"{waits['capacity']}",
             _list("accounts_user", placement="waiting"),
             alert=waits["capacity"] > 0,
-        )
-    )
-    tiles.append(
+        ),
         Tile(
             "Waiting for billing setup",
             f"{waits['billing']}",
             _list("accounts_user", placement="billing"),
-        )
-    )
-
-    pending = HopsworksAccount.objects.pending().count()
-    tiles.append(
+        ),
         Tile(
             "Hopsworks accounts pending",
             f"{pending}",
             _list("accounts_user", placement="pending"),
             alert=pending > 0,
-        )
-    )
+        ),
+    ]
 
-    failed_runs = UsageCollectionRun.objects.filter(status=UsageCollectionRun.Status.FAILED).count()
-    tiles.append(
+
+def _failed_runs(month) -> list[Tile]:
+    failed = UsageCollectionRun.objects.filter(status=UsageCollectionRun.Status.FAILED).count()
+    return [
         Tile(
             "Failed collection runs",
-            f"{failed_runs}",
+            f"{failed}",
             _list("billing_usagecollectionrun", status__exact="failed"),
-            alert=failed_runs > 0,
+            alert=failed > 0,
         )
-    )
+    ]
 
-    failed_events = StripeEvent.objects.filter(status=StripeEvent.Status.FAILED).count()
-    tiles.append(
+
+def _failed_events(month) -> list[Tile]:
+    failed = StripeEvent.objects.filter(status=StripeEvent.Status.FAILED).count()
+    return [
         Tile(
             "Failed Stripe events",
-            f"{failed_events}",
+            f"{failed}",
             _list("billing_stripeevent", status__exact="failed"),
-            alert=failed_events > 0,
+            alert=failed > 0,
         )
-    )
+    ]
 
+
+def _negative_balances(month) -> list[Tile]:
     negative = UserCredits.objects.filter(total_used__gt=F("total_purchased")).count()
-    tiles.append(
+    return [
         Tile(
             "Balances below zero",
             f"{negative}",
             _list("billing_usercredits", balance="negative"),
             alert=negative > 0,
         )
-    )
+    ]
+
+
+# Each group of tiles, in the order shown, after the model whose admin list they link to.
+TILES = (
+    (User, _active_users),
+    (UsageDaily, _usage),
+    (HopsworksCluster, _cluster_fill),
+    (User, _placement),
+    (UsageCollectionRun, _failed_runs),
+    (StripeEvent, _failed_events),
+    (UserCredits, _negative_balances),
+)
+
+
+def _may_open(request, model) -> bool:
+    """What the admin itself asks before showing the model's list."""
+    model_admin = admin.site.get_model_admin(model)
+    return model_admin.has_view_or_change_permission(request)
+
+
+def dashboard_tiles(request) -> list[Tile]:
+    """The tiles for this operator: a tile only for those who may open the list it links
+    to (its figures are not even computed for others)."""
+    month = month_start()
+    tiles = []
+    for model, build in TILES:
+        if _may_open(request, model):
+            tiles += build(month)
     return tiles

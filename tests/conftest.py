@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.factories import AdminFactory, UserFactory
+from tests.factories import AdminFactory, StaffFactory, UserFactory
 from tests.fakes.auth0 import CLIENT_ID, CLIENT_SECRET, FakeAuth0
 from tests.fakes.server import local_server
 from tests.fakes.tls import make_test_ca
@@ -56,6 +56,77 @@ def operator(db):
 def operator_client(client, operator):
     client.force_login(operator, backend="django.contrib.auth.backends.ModelBackend")
     return client
+
+
+# The operators the permission tests ask about, by what they were granted. "view_only"
+# holds every view permission there is; "superuser" holds everything without grants.
+VIEW_EVERYTHING = "every view_* permission"
+PERSONAS = {
+    "no_permission_staff": (),
+    "view_only_staff": VIEW_EVERYTHING,
+    # What the users admin's suspend/assign actions used to need, and all it grants now.
+    "change_user_staff": ("accounts.change_user",),
+    "support_staff": (
+        "accounts.view_user",
+        "accounts.change_user",
+        "accounts.suspend_user",
+        "clusters.view_hopsworkscluster",
+        "clusters.add_userhopsworksassignment",
+        "clusters.change_userhopsworksassignment",
+        "clusters.delete_userhopsworksassignment",
+        "clusters.view_capacitywait",
+        "clusters.view_hopsworksaccount",
+        "clusters.change_hopsworksaccount",
+    ),
+    "finance_staff": (
+        "accounts.view_user",
+        "clusters.view_hopsworkscluster",
+        "billing.view_usagedaily",
+        "billing.view_usercredits",
+        "billing.view_creditledgerentry",
+        "billing.view_usagecollectionrun",
+        "billing.view_billinghistory",
+        "billing.view_stripeevent",
+        "billing.change_stripeevent",
+        "billing.change_billing_mode",
+        "billing.grant_credits",
+        "billing.collect_usage",
+        "billing.sync_invoices",
+    ),
+    "superuser": None,
+}
+
+
+@pytest.fixture
+def persona(db):
+    """persona("support_staff") -> a new operator with that persona's permissions."""
+    from django.contrib.auth.models import Permission
+
+    def make(name: str):
+        granted = PERSONAS[name]
+        if granted is None:
+            return AdminFactory()
+        if granted == VIEW_EVERYTHING:
+            granted = [
+                f"{p.content_type.app_label}.{p.codename}"
+                for p in Permission.objects.filter(codename__startswith="view_").select_related(
+                    "content_type"
+                )
+            ]
+        return StaffFactory(permissions=list(granted))
+
+    return make
+
+
+@pytest.fixture
+def persona_client(client, persona):
+    """persona_client("view_only_staff") -> the test client, logged in as that persona."""
+
+    def login(name: str):
+        client.force_login(persona(name), backend="django.contrib.auth.backends.ModelBackend")
+        return client
+
+    return login
 
 
 @pytest.fixture(scope="session")

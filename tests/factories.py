@@ -1,4 +1,5 @@
 import factory
+from django.contrib.auth.models import Permission
 
 from accounts.models import User
 
@@ -25,6 +26,26 @@ class AdminFactory(UserFactory):
     def _save(obj, create, extracted, **kwargs):
         if create:
             obj.save()
+
+
+class StaffFactory(UserFactory):
+    """An operator who may open the console, with exactly the permissions given
+    (`permissions=["accounts.view_user", ...]`) and no superuser power."""
+
+    id = factory.Sequence(lambda n: f"local|staff{n:06d}")
+    email = factory.Sequence(lambda n: f"staff{n}@example.com")
+    is_admin = True
+
+    @factory.post_generation
+    def permissions(obj, create, extracted, **kwargs):
+        if not create or not extracted:
+            return
+        for name in extracted:
+            app_label, codename = name.split(".")
+            # .get(): a misspelt permission fails here, not as a puzzling refusal later
+            obj.user_permissions.add(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
 
 
 class ClusterFactory(factory.django.DjangoModelFactory):

@@ -79,7 +79,7 @@ class GrantCreditsMixin:
         return list(queryset)
 
     def has_grant_permission(self, request):
-        return request.user.has_perm("billing.add_creditledgerentry")
+        return request.user.has_perm("billing.grant_credits")
 
     @admin.action(description="Grant credits", permissions=["grant"])
     def grant_credits(self, request, queryset):

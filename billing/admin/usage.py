@@ -124,7 +124,10 @@ class UsageCollectionRunAdmin(ReadOnlyAdmin):
     def has_change_permission(self, request, obj=None):  # the detail page is a read-only view
         return False
 
-    @admin.action(description="Collect these days again")
+    def has_collect_usage_permission(self, request):
+        return request.user.has_perm("billing.collect_usage")
+
+    @admin.action(description="Collect these days again", permissions=["collect_usage"])
     def collect_again(self, request, queryset):
         def days_for(runs):
             by_cluster = {}
@@ -140,7 +143,10 @@ class ClusterUsageAdminMixin:
 
     usage_actions = ("collect_now",)
 
-    @admin.action(description="Collect yesterday's usage now")
+    def has_collect_usage_permission(self, request):
+        return request.user.has_perm("billing.collect_usage")
+
+    @admin.action(description="Collect yesterday's usage now", permissions=["collect_usage"])
     def collect_now(self, request, queryset):
         yesterday = timezone.now().date() - dt.timedelta(days=1)
         _collect_again(

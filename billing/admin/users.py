@@ -57,7 +57,16 @@ class UserBillingAdminMixin(GrantCreditsMixin):
             status,
         )
 
-    @admin.action(description="Sync invoices from Stripe (repairs missed webhooks)")
+    def has_sync_invoices_permission(self, request):
+        return request.user.has_perm("billing.sync_invoices")
+
+    def has_change_billing_mode_permission(self, request):
+        return request.user.has_perm("billing.change_billing_mode")
+
+    @admin.action(
+        description="Sync invoices from Stripe (repairs missed webhooks)",
+        permissions=["sync_invoices"],
+    )
     def sync_invoices(self, request, queryset):
         synced = 0
         for user in queryset.exclude(stripe_customer_id__isnull=True):
@@ -113,10 +122,10 @@ class UserBillingAdminMixin(GrantCreditsMixin):
             apply=apply,
         )
 
-    @admin.action(description="Switch to prepaid (credits)", permissions=["change"])
+    @admin.action(description="Switch to prepaid (credits)", permissions=["change_billing_mode"])
     def make_prepaid(self, request, queryset):
         return self._set_mode(request, queryset, BillingProfile.Mode.PREPAID)
 
-    @admin.action(description="Switch to postpaid (metered)", permissions=["change"])
+    @admin.action(description="Switch to postpaid (metered)", permissions=["change_billing_mode"])
     def make_postpaid(self, request, queryset):
         return self._set_mode(request, queryset, BillingProfile.Mode.POSTPAID)

@@ -125,7 +125,8 @@ class ClusterAdminBase(admin.ModelAdmin):
         except services.ClusterValidationError as error:
             self.message_user(request, f"Not saved: {error}", messages.ERROR)
 
-    @admin.action(description="Test the connection to Hopsworks")
+    # Calls the cluster with its stored key: for those who manage the cluster's settings.
+    @admin.action(description="Test the connection to Hopsworks", permissions=["change"])
     def test_connection(self, request, queryset):
         for cluster in queryset:
             try:

@@ -21,7 +21,10 @@ class CapacityWaitAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
-    @admin.action(description="Try to place waiting users now")
+    def has_assign_permission(self, request):  # placing users writes assignments
+        return request.user.has_perm("clusters.add_userhopsworksassignment")
+
+    @admin.action(description="Try to place waiting users now", permissions=["assign"])
     def place_now(self, request, queryset):
         placed = services.capacity_place_waiting()
         self.message_user(request, f"{placed} waiting user(s) placed.")
@@ -51,7 +54,7 @@ class HopsworksAccountAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    @admin.action(description="Sync with Hopsworks now")
+    @admin.action(description="Sync with Hopsworks now", permissions=["change"])
     def sync_now(self, request, queryset):
         from clusters.account_sync import hopsworks_accounts_sync
 

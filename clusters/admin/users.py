@@ -99,10 +99,23 @@ class UserPlacementAdminMixin:
             form_class=form,
         )
 
-    @admin.action(description="Assign to a cluster with room (auto)", permissions=["change"])
+    # Placing is writing assignments: the same permissions the API's assignments:write
+    # maps to (accounts.api.SCOPE_PERMISSIONS), one per kind of change.
+    def has_assign_permission(self, request):
+        return request.user.has_perm("clusters.add_userhopsworksassignment")
+
+    def has_move_permission(self, request):
+        return request.user.has_perm("clusters.change_userhopsworksassignment")
+
+    def has_unassign_permission(self, request):
+        return request.user.has_perm("clusters.delete_userhopsworksassignment")
+
+    @admin.action(description="Assign to a cluster with room (auto)", permissions=["assign"])
     def auto_assign(self, request, queryset):
         def run(user, data):
             placement = services.assignment_place(user=user, actor=request.user, gated=False)
+            if placement.outcome == services.Placement.Outcome.NOT_ACTIVE:
+                raise services.UserNotActive(placement.detail)  # reported as not done
             where = f" on {placement.cluster.name}" if placement.cluster else ""
             return f"{placement.outcome}{where}"
 
@@ -116,7 +129,7 @@ class UserPlacementAdminMixin:
             run=run,
         )
 
-    @admin.action(description="Assign to a chosen cluster", permissions=["change"])
+    @admin.action(description="Assign to a chosen cluster", permissions=["assign"])
     def assign_to_cluster(self, request, queryset):
         def run(user, data):
             services.assignment_create(user=user, cluster=data["cluster"], actor=request.user)
@@ -132,7 +145,7 @@ class UserPlacementAdminMixin:
             form=ClusterChoiceForm,
         )
 
-    @admin.action(description="Move to another cluster", permissions=["change"])
+    @admin.action(description="Move to another cluster", permissions=["move"])
     def move_to_cluster(self, request, queryset):
         def run(user, data):
             services.assignment_move(user=user, to_cluster=data["cluster"], actor=request.user)
@@ -149,7 +162,7 @@ class UserPlacementAdminMixin:
             form=ClusterChoiceForm,
         )
 
-    @admin.action(description="Unassign from their cluster", permissions=["change"])
+    @admin.action(description="Unassign from their cluster", permissions=["unassign"])
     def unassign(self, request, queryset):
         def run(user, data):
             services.assignment_unassign(user=user, actor=request.user)

@@ -6,7 +6,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import User
-from tests.factories import AdminFactory, UserFactory
+from tests.factories import AdminFactory, StaffFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -171,3 +171,147 @@ def test_an_operator_can_add_a_break_glass_login(operator_client):
     created = User.objects.get(email="new.op@example.com")
     assert created.id.startswith("local|")
     assert created.check_password("a-long-enough-passphrase")
+
+
+# Fields that grant power ------------------------------------------------------------
+
+PRIVILEGE_INPUTS = (
+    'name="is_superuser"',
+    'name="is_admin"',
+    'name="groups"',
+    'name="user_permissions"',
+)
+
+
+def _escalation_post(group, permission):
+    return {
+        "is_superuser": "on",
+        "is_admin": "on",
+        "groups": [group.pk],
+        "user_permissions": [permission.pk],
+    }
+
+
+def _grants(user):
+    user = User.objects.get(pk=user.pk)
+    return (
+        user.is_superuser,
+        user.is_admin,
+        sorted(user.groups.values_list("name", flat=True)),
+        sorted(user.user_permissions.values_list("codename", flat=True)),
+    )
+
+
+@pytest.mark.parametrize("whom", ["themselves", "a customer"])
+def test_a_change_user_operator_cannot_grant_power_through_the_change_form(client, persona, whom):
+    from django.contrib.auth.models import Group, Permission
+
+    operator = persona("change_user_staff")
+    target = operator if whom == "themselves" else UserFactory()
+    group = Group.objects.create(name="everything")
+    group.permissions.set(Permission.objects.all())
+    delete_users = Permission.objects.get(codename="delete_user")
+    before = _grants(target)
+    client.force_login(operator, backend="django.contrib.auth.backends.ModelBackend")
+    url = f"{CHANGELIST}{target.pk}/change/"
+
+    page = client.get(url).content.decode()
+    response = client.post(url, _escalation_post(group, delete_users))
+
+    assert _grants(target) == before
+    assert response.status_code == 302  # saved: with nothing it may change
+    assert not any(field in page for field in PRIVILEGE_INPUTS)
+    assert not User.objects.get(pk=operator.pk).has_perm("accounts.delete_user")
+
+
+def test_a_superuser_grants_console_access_groups_and_permissions(operator_client):
+    from django.contrib.auth.models import Group, Permission
+
+    target = UserFactory()
+    group = Group.objects.create(name="support")
+    view_users = Permission.objects.get(codename="view_user")
+    url = f"{CHANGELIST}{target.pk}/change/"
+
+    page = operator_client.get(url).content.decode()
+    operator_client.post(url, _escalation_post(group, view_users))
+
+    assert all(field in page for field in PRIVILEGE_INPUTS)
+    assert _grants(target) == (True, True, ["support"], ["view_user"])
+
+
+def test_an_operator_who_may_add_users_cannot_add_a_console_login(client):
+    adder = StaffFactory(permissions=["accounts.add_user", "accounts.change_user"])
+    client.force_login(adder, backend="django.contrib.auth.backends.ModelBackend")
+
+    page = client.get(f"{CHANGELIST}add/").content.decode()
+    client.post(
+        f"{CHANGELIST}add/",
+        {
+            "email": "sneaky@example.com",
+            "is_admin": "on",
+            "password1": "a-long-enough-passphrase",
+            "password2": "a-long-enough-passphrase",
+        },
+    )
+    assert not User.objects.get(email="sneaky@example.com").is_admin
+    assert 'name="is_admin"' not in page
+
+
+def test_only_a_superuser_sets_another_operators_password(client, persona, operator):
+    support = persona("change_user_staff")
+    client.force_login(support, backend="django.contrib.auth.backends.ModelBackend")
+    url = f"{CHANGELIST}{operator.pk}/password/"
+
+    page = client.get(f"{CHANGELIST}{operator.pk}/change/").content.decode()
+    refused = client.post(
+        url, {"password1": "taken-over-passphrase", "password2": "taken-over-passphrase"}
+    )
+
+    assert refused.status_code == 403
+    assert "password/" not in page
+    assert User.objects.get(pk=operator.pk).check_password("operator-password")
+
+
+def test_suspending_reports_per_user_who_could_not_be_suspended(client, persona):
+    operator = persona("support_staff")
+    root = AdminFactory(email="root@example.com")  # the only superuser
+    customer = UserFactory()
+    client.force_login(operator, backend="django.contrib.auth.backends.ModelBackend")
+
+    response = client.post(
+        CHANGELIST,
+        {
+            "action": "suspend_users",
+            "_selected_action": [operator.pk, root.pk, customer.pk],
+            "confirmed": "yes",
+        },
+        follow=True,
+    )
+
+    messages = [str(m) for m in response.context["messages"]]
+    assert f"{operator.email}: you cannot suspend your own account." in " ".join(messages)
+    assert any(m.startswith("root@example.com: root@example.com is the last") for m in messages)
+    assert "1 user(s) suspended." in messages
+    statuses = dict(User.objects.values_list("email", "status"))
+    assert statuses[operator.email] == statuses["root@example.com"] == "active"
+    assert statuses[customer.email] == "suspended"
+
+
+def test_only_a_superuser_gives_a_group_permissions(client, operator):
+    from django.contrib.auth.models import Group, Permission
+
+    group = Group.objects.create(name="support")
+    member = StaffFactory(permissions=["auth.change_group", "auth.view_group"])
+    member.groups.add(group)
+    everything = list(Permission.objects.values_list("pk", flat=True))
+    url = f"/admin/auth/group/{group.pk}/change/"
+    client.force_login(member, backend="django.contrib.auth.backends.ModelBackend")
+
+    page = client.get(url).content.decode()
+    client.post(url, {"name": "support", "permissions": everything})
+    assert not group.permissions.exists()
+    assert 'name="permissions"' not in page
+
+    client.force_login(operator, backend="django.contrib.auth.backends.ModelBackend")
+    client.post(url, {"name": "support", "permissions": everything[:1]})
+    assert group.permissions.count() == 1

@@ -6,7 +6,9 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
+from billing.models import UsageDaily
 from clusters import services
+from clusters.models import UserHopsworksAssignment
 from tests.conftest import ALL_SCOPES
 from tests.factories import ClusterFactory, UserFactory
 
@@ -119,8 +121,78 @@ def test_a_user_never_reaches_other_users_through_operator_endpoints(
         assert victim.email not in response.content.decode()
 
 
-def test_an_operator_session_may_use_operator_endpoints(operator_client, world):
-    assert operator_client.get("/api/v1/clusters").status_code == 200
+# Operators in the browser: their Django permissions decide, endpoint by endpoint.
+Y, _ = True, False
+PERSONA_COLUMNS = (
+    "no_permission_staff",
+    "view_only_staff",
+    "change_user_staff",
+    "support_staff",
+    "finance_staff",
+    "superuser",
+)
+#                                                  nobody view change_user support finance super
+SESSION_MATRIX = {
+    ("get", "/api/v1/users"):                       (_, Y, _, Y, Y, Y),
+    ("get", "/api/v1/users/{user}"):                (_, Y, _, Y, Y, Y),
+    ("post", "/api/v1/users/{user}/assignment"):    (_, _, _, Y, _, Y),
+    ("delete", "/api/v1/users/{user}/assignment"):  (_, _, _, Y, _, Y),
+    ("get", "/api/v1/clusters"):                    (_, Y, _, Y, Y, Y),
+    ("get", "/api/v1/usage"):                       (_, Y, _, _, Y, Y),
+    ("post", "/api/v1/usage"):                      (_, _, _, _, _, Y),
+}  # fmt: skip
+SESSION_CELLS = [
+    pytest.param(who, method, template, allowed, id=f"{who}-{method}-{template}")
+    for (method, template), row in SESSION_MATRIX.items()
+    for who, allowed in zip(PERSONA_COLUMNS, row, strict=True)
+]
+
+
+def test_every_scope_maps_to_django_permissions_that_exist():
+    from django.contrib.auth.models import Permission
+
+    from accounts.api import SCOPE_PERMISSIONS
+    from accounts.models import ApiKey
+
+    assert set(SCOPE_PERMISSIONS) == {scope for scope, _ in ApiKey.SCOPES} == set(ALL_SCOPES)
+    for permissions in SCOPE_PERMISSIONS.values():
+        for name in permissions:
+            app_label, codename = name.split(".")
+            assert Permission.objects.filter(
+                content_type__app_label=app_label, codename=codename
+            ).exists(), name
+
+
+def test_the_session_matrix_covers_every_operator_endpoint():
+    assert set(SESSION_MATRIX) == {(method, template) for method, template, _ in OPERATOR_ENDPOINTS}
+
+
+def _state(world):
+    """What the writing endpoints change: usage rows and where the user is."""
+    assignment = UserHopsworksAssignment.objects.filter(user=world["user"]).first()
+    return UsageDaily.objects.count(), assignment and assignment.hopsworks_cluster.name
+
+
+@pytest.mark.parametrize(("who", "method", "template", "allowed"), SESSION_CELLS)
+def test_an_operator_session_reaches_an_endpoint_only_with_its_permissions(
+    persona_client, world, who, method, template, allowed
+):
+    ClusterFactory(name="west")
+    client = persona_client(who)
+    path = template.format(user=world["user"].pk)
+    body = body_for(path, world) if path == "/api/v1/usage" else {"cluster": "west"}
+    before = _state(world)
+
+    response = call(client, method, path, body=body)
+
+    if allowed:
+        assert response.status_code < 400, response.content
+        assert (_state(world) != before) == (method != "get")
+    else:
+        assert response.status_code == 403, response.content
+        assert "permission" in response.json()["error"]["message"]
+        assert world["user"].email not in response.content.decode()
+        assert _state(world) == before
 
 
 def test_each_key_is_throttled_on_its_own(client, make_key, monkeypatch):
@@ -175,3 +247,17 @@ def test_a_full_cluster_is_a_409_with_the_reason(client, make_key):
     )
     assert response.status_code == 409
     assert "full is full" in response.json()["error"]["message"]
+
+
+def test_auto_placing_a_suspended_user_is_a_409_that_says_so(client, make_key):
+    ClusterFactory(name="east")
+    user = UserFactory(status="suspended")
+    response = client.post(
+        f"/api/v1/users/{user.pk}/assignment",
+        {},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=make_key("assignments:write"),
+    )
+    assert response.status_code == 409
+    assert f"{user.email} is suspended" in response.json()["error"]["message"]
+    assert not UserHopsworksAssignment.objects.filter(user=user).exists()

@@ -245,3 +245,24 @@ def test_the_users_list_with_clusters_makes_as_many_queries_for_50_users_as_for_
     for user in UserFactory.create_batch(45):
         services.assignment_create(user=user, cluster=cluster, actor=None)
     assert queries() == few
+
+
+def test_auto_assign_reports_a_suspended_user_as_not_placed(operator_client):
+    ClusterFactory(name="east")
+    suspended, active = UserFactory(status="suspended"), UserFactory()
+
+    response = operator_client.post(
+        USERS,
+        {
+            "action": "auto_assign",
+            "_selected_action": [suspended.pk, active.pk],
+            "confirmed": "yes",
+        },
+        follow=True,
+    )
+
+    messages = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith(f"{suspended.email}: {suspended.email} is suspended") for m in messages)
+    assert f"{active.email}: assigned on east" in messages
+    assert "1 user(s) done." in messages
+    assert list(Assignment.objects.values_list("user_id", flat=True)) == [active.pk]

@@ -3,6 +3,7 @@
 import pytest
 from django.db import IntegrityError, transaction
 
+from accounts.models import User
 from clusters import services
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
 from clusters.models import UserHopsworksAssignment as Assignment
@@ -163,3 +164,60 @@ def test_suspending_a_user_wants_their_account_deactivated_and_reactivating_acti
     assert HopsworksAccount.objects.get(user=user).desired == "deactivated"
     user_reactivate(user=user, actor=None)
     assert HopsworksAccount.objects.get(user=user).desired == "active"
+
+
+@pytest.mark.parametrize("status", ["suspended", "deleted"])
+def test_a_suspended_or_deleted_user_is_never_placed_automatically(status):
+    cluster = ClusterFactory()
+    user = UserFactory()
+    User.objects.filter(pk=user.pk).update(status=status)  # `user` in memory still says active
+
+    placement = services.assignment_place(user=user)
+    by_hand = services.assignment_place(user=user, gated=False)
+
+    for result in (placement, by_hand):
+        assert result.outcome == services.Placement.Outcome.NOT_ACTIVE
+        assert result.assignment is None
+        assert f"{user.email} is {status}" in result.detail
+    assert counts(cluster) == (0, 0)
+    assert not CapacityWait.objects.filter(user=user).exists()
+
+
+def suspend_the_others_while_asked(user):
+    """A billing gate (PLACEMENT_GATE) that, asked about one waiting user, suspends the
+    other waiting users: an operator suspending them while the placement run is going."""
+    User.objects.filter(capacity_wait__isnull=False).exclude(pk=user.pk).update(status="suspended")
+    return None
+
+
+def test_a_user_suspended_while_waiting_users_are_placed_is_not_placed_or_counted(settings):
+    cluster = ClusterFactory(max_users=5)
+    first, second, third = UserFactory.create_batch(3)
+    for user in (first, second, third):
+        CapacityWait.objects.create(user=user)
+    settings.PLACEMENT_GATE = f"{__name__}.suspend_the_others_while_asked"
+
+    placed = services.capacity_place_waiting()
+
+    assert placed == 1
+    assert list(Assignment.objects.values_list("user_id", flat=True)) == [first.pk]
+    assert counts(cluster) == (1, 1)
+    assert set(CapacityWait.objects.values_list("user_id", flat=True)) == {second.pk, third.pk}
+
+
+def suspend_the_one_asked_about(user):
+    """A billing gate that suspends the user it is asked about: the suspension lands after
+    placement first looked at the user and before it takes a slot."""
+    User.objects.filter(pk=user.pk).update(status="suspended")
+    return None
+
+
+def test_a_user_suspended_while_being_placed_is_not_placed(settings):
+    cluster = ClusterFactory()
+    user = UserFactory()
+    settings.PLACEMENT_GATE = f"{__name__}.suspend_the_one_asked_about"
+
+    placement = services.assignment_place(user=user)
+
+    assert placement.outcome == services.Placement.Outcome.NOT_ACTIVE
+    assert counts(cluster) == (0, 0)

@@ -20,6 +20,16 @@ def test_assign_user_by_email_picks_a_cluster_and_says_where(capsys):
     assert "ada@example.com is on east (assigned)" in capsys.readouterr().out
 
 
+def test_assign_user_does_not_auto_place_a_suspended_user():
+    cluster = ClusterFactory(name="east")
+    UserFactory(email="ada@example.com", status="suspended")
+
+    with pytest.raises(CommandError, match=r"ada@example\.com is suspended"):
+        call_command("assign_user", "ada@example.com")
+
+    assert not Assignment.objects.filter(hopsworks_cluster=cluster).exists()
+
+
 def test_assign_user_by_id_to_a_named_cluster(capsys):
     ClusterFactory(name="east")
     west = ClusterFactory(name="west")

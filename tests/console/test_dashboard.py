@@ -92,3 +92,51 @@ def test_the_dashboard_makes_as_many_queries_for_a_big_world_as_a_small_one(oper
     small = queries()
     add_world(20, 10)
     assert queries() == small
+
+
+USER_TILES = {
+    "Active users",
+    "Waiting for capacity",
+    "Waiting for billing setup",
+    "Hopsworks accounts pending",
+}
+EVERY_TILE = USER_TILES | {
+    "Usage this month",
+    "Usage per cluster this month",
+    "Cluster fill",
+    "Failed collection runs",
+    "Failed Stripe events",
+    "Balances below zero",
+}
+# Who sees which tiles: exactly those whose list they may open.
+TILES_BY_PERSONA = {
+    "no_permission_staff": set(),
+    "view_only_staff": EVERY_TILE,
+    "change_user_staff": USER_TILES,  # changing users includes seeing them
+    "support_staff": USER_TILES | {"Cluster fill"},
+    "finance_staff": EVERY_TILE,
+    "superuser": EVERY_TILE,
+}
+
+
+@pytest.mark.parametrize(("who", "expected"), TILES_BY_PERSONA.items())
+def test_a_tile_appears_only_to_those_who_may_open_the_list_it_links_to(
+    client, persona, who, expected
+):
+    add_world(2, 1)
+    every_url = {
+        tile.title: tile.url for tile in tiles(_logged_in(client, persona("superuser")))[0].values()
+    }
+    found, body = tiles(_logged_in(client, persona(who)))
+
+    assert set(found) == expected
+    for title, url in every_url.items():
+        assert client.get(url).status_code == (200 if title in expected else 403), title
+    for title in EVERY_TILE - expected:
+        assert title not in body
+    assert ('id="dashboard"' in body) == bool(expected)
+
+
+def _logged_in(client, user):
+    client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+    return client

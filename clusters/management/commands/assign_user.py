@@ -36,6 +36,8 @@ class Command(BaseCommand):
             return
 
         placement = services.assignment_place(user=target_user, actor="assign_user", gated=False)
+        if placement.outcome == services.Placement.Outcome.NOT_ACTIVE:
+            raise CommandError(placement.detail)
         if placement.outcome == services.Placement.Outcome.WAITING:
             raise CommandError(
                 f"No active cluster has room for {target_user.email}; they are waiting for "
