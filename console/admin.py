@@ -6,7 +6,9 @@ moving a section is moving a line, never counting positions in another app's tup
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from procrastinate.contrib.django.admin import ProcrastinateJobAdmin
+from procrastinate.contrib.django.models import ProcrastinateJob
 
 from accounts.admin import (
     ACCOUNT_SECTION,
@@ -21,6 +23,7 @@ from billing.admin.usage import ClusterUsageAdminMixin
 from billing.admin.users import BILLING_SECTION, UserBillingAdminMixin
 from clusters.admin import PLACEMENT_SECTION, ClusterAdminBase, UserPlacementAdminMixin
 from clusters.models import HopsworksCluster
+from plumbing.jobs import jobs_cancel, jobs_retry
 
 admin.site.site_header = "Hopsworks Platform Console"
 admin.site.site_title = "Platform Console"
@@ -73,3 +76,44 @@ class ClusterAdmin(ClusterUsageAdminMixin, ClusterAdminBase):
     """Clusters: capacity and accounts (clusters), collecting their usage (billing)."""
 
     actions = (*ClusterAdminBase.actions, *ClusterUsageAdminMixin.usage_actions)
+
+
+# The job queue (Procrastinate's own admin, with actions that declare their permission).
+admin.site.unregister(ProcrastinateJob)
+
+
+@admin.register(ProcrastinateJob)
+class JobAdmin(ProcrastinateJobAdmin):
+    """Queued, running, failed and succeeded jobs with their arguments, attempts and
+    events. Retrying or cancelling needs "Can change procrastinate job"."""
+
+    actions = ("retry_jobs", "cancel_jobs")
+    list_filter = ("status", "queue_name", "task_name")
+    search_fields = ("task_name", "=id")
+
+    def has_operate_permission(self, request):
+        return request.user.has_perm("procrastinate.change_procrastinatejob")
+
+    @admin.action(description="Retry the selected failed or stuck jobs", permissions=["operate"])
+    def retry_jobs(self, request, queryset):
+        retried = jobs_retry(job_ids=list(queryset.values_list("pk", flat=True)))
+        skipped = queryset.count() - retried
+        self.message_user(request, f"{retried} job(s) queued again.", messages.SUCCESS)
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} job(s) not retried: only failed or running ones can be.",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Cancel the selected waiting jobs", permissions=["operate"])
+    def cancel_jobs(self, request, queryset):
+        cancelled = jobs_cancel(job_ids=list(queryset.values_list("pk", flat=True)))
+        skipped = queryset.count() - cancelled
+        self.message_user(request, f"{cancelled} job(s) cancelled.", messages.SUCCESS)
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} job(s) not cancelled: only waiting ones can be.",
+                messages.WARNING,
+            )

@@ -69,6 +69,30 @@ def stalled_jobs_retry(*, seconds_since_heartbeat: float = DEAD_WORKER_AFTER) ->
     return len(stalled)
 
 
+def jobs_retry(*, job_ids: list[int]) -> int:
+    """Queue again the given jobs that failed or are stuck running; returns how many."""
+    from procrastinate.contrib.django.models import ProcrastinateJob
+
+    retriable = ProcrastinateJob.objects.filter(pk__in=job_ids, status__in=["failed", "doing"])
+    now = timezone.now()
+    count = 0
+    for job_id in retriable.values_list("pk", flat=True):
+        app.job_manager.retry_job_by_id(job_id=job_id, retry_at=now)
+        count += 1
+    return count
+
+
+def jobs_cancel(*, job_ids: list[int]) -> int:
+    """Cancel the given jobs that are still waiting; returns how many."""
+    from procrastinate.contrib.django.models import ProcrastinateJob
+
+    waiting = ProcrastinateJob.objects.filter(pk__in=job_ids, status="todo")
+    return sum(
+        bool(app.job_manager.cancel_job_by_id(job_id=job_id))
+        for job_id in waiting.values_list("pk", flat=True)
+    )
+
+
 @app.periodic(cron="* * * * *")
 @app.task(queue="maintenance", name="plumbing.retry_stalled_jobs")
 def retry_stalled_jobs(timestamp: int) -> int:

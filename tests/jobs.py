@@ -61,3 +61,23 @@ def run_jobs():
     """`with run_jobs(): ...` runs the jobs queued inside the block when it ends."""
     yield
     run_queued_jobs()
+
+
+def job_with_status(status: str) -> int:
+    """A queued `clusters.place_waiting_users` job, brought to `status` ("todo", "failed",
+    "succeeded") through Procrastinate's own SQL; returns its id."""
+    from clusters.tasks import place_waiting_users
+
+    job_id = place_waiting_users.defer()
+    if status == "todo":
+        return job_id
+    connector = app.connector.get_sync_connector()
+    worker = connector.execute_query_one(query=sql.queries["register_worker"])["worker_id"]
+    fetched = connector.execute_query_one(
+        query=sql.queries["fetch_job"], queues=None, worker_id=worker
+    )
+    assert fetched["id"] == job_id
+    connector.execute_query(
+        query=sql.queries["finish_job"], job_id=job_id, status=status, delete_job=False
+    )
+    return job_id

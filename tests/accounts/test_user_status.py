@@ -56,7 +56,6 @@ def test_a_superuser_may_be_suspended_while_another_stays_active():
     assert status(other) == User.Status.ACTIVE
 
 
-@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_suspending_the_last_two_superusers_at_once_leaves_one():
     pair = [AdminFactory(), AdminFactory()]

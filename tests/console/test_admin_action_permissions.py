@@ -33,6 +33,7 @@ from clusters import services
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
 from clusters.models import UserHopsworksAssignment as Assignment
 from tests.factories import ClusterFactory, UserFactory
+from tests.jobs import job_with_status
 
 pytestmark = pytest.mark.django_db
 
@@ -85,6 +86,9 @@ MATRIX = {
     ("social_django.usersocialauth", "delete_selected"): (_, _, _, _, _, Y),
     ("social_django.nonce", "delete_selected"):          (_, _, _, _, _, Y),
     ("social_django.association", "delete_selected"):    (_, _, _, _, _, Y),
+    ("procrastinate.procrastinatejob", "retry_jobs"):    (_, _, _, _, _, Y),
+    ("procrastinate.procrastinatejob", "cancel_jobs"):   (_, _, _, _, _, Y),
+    ("procrastinate.procrastinatejob", "delete_selected"): (_, _, _, _, _, _),
 }  # fmt: skip
 
 
@@ -330,6 +334,22 @@ def _association():
     )
 
 
+def _job_status(job_id):
+    from procrastinate.contrib.django.models import ProcrastinateJob
+
+    return lambda: ProcrastinateJob.objects.filter(pk=job_id).values_list("status", flat=True)[0]
+
+
+def retry_jobs(request):
+    job_id = job_with_status("failed")
+    return Case([job_id], _job_status(job_id))
+
+
+def cancel_jobs(request):
+    job_id = job_with_status("todo")
+    return Case([job_id], _job_status(job_id))
+
+
 SCENARIOS = {
     ("accounts.user", "suspend_users"): suspend_users,
     ("accounts.user", "reactivate_users"): reactivate_users,
@@ -399,6 +419,11 @@ SCENARIOS = {
     ("social_django.usersocialauth", "delete_selected"): _deleting(_social_auth),
     ("social_django.nonce", "delete_selected"): _deleting(_nonce),
     ("social_django.association", "delete_selected"): _deleting(_association),
+    ("procrastinate.procrastinatejob", "retry_jobs"): retry_jobs,
+    ("procrastinate.procrastinatejob", "cancel_jobs"): cancel_jobs,
+    ("procrastinate.procrastinatejob", "delete_selected"): lambda request: Case(
+        [job_id := job_with_status("succeeded")], _job_status(job_id)
+    ),
 }
 
 CELLS = [
