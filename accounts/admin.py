@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from axes.models import AccessFailureLog, AccessLog
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
@@ -181,3 +182,7 @@ class ApiKeyAdmin(APIKeyModelAdmin):
 
 
 admin.site.unregister(LibraryAPIKey)
+# django-axes' lists: only its access attempts are kept (and deleting them lifts a
+# lockout); successful logins and a failure log are not recorded (see AXES_* settings).
+admin.site.unregister(AccessLog)
+admin.site.unregister(AccessFailureLog)

@@ -8,6 +8,7 @@ names what is missing. With DEBUG on (`make run`, `make test`), local defaults a
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -102,6 +103,7 @@ INSTALLED_APPS = [
     "rest_framework_api_key",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     # Our apps, bottom up; imports go console -> billing -> clusters -> accounts (all may
     # import plumbing, which is not an app: it has no models).
     "accounts",
@@ -121,6 +123,8 @@ MIDDLEWARE = [
     "accounts.middleware.InactiveUserLogoutMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out password login into its page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "platform_site.urls"
@@ -144,6 +148,8 @@ TEMPLATES = [
 
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
+    # First, so a locked-out password login is refused before the password is checked.
+    "axes.backends.AxesStandaloneBackend",
     "accounts.auth0.Auth0Backend",
     # Break-glass login for operators with a local password (createsuperuser).
     "django.contrib.auth.backends.ModelBackend",
@@ -154,6 +160,26 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Repeated failed password logins (the break-glass login at /admin/login/) lock out the
+# account, and separately the address, for a cool-off (django-axes, counted in the
+# database). Attempts during a lockout are not counted, so it ends COOL-OFF after the last
+# counted failure however long someone keeps trying: guesses are held to the limit per
+# cool-off without an attacker being able to lock an operator out for good.
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Only the admin's password login: the Auth0 login (its own brute-force protection at
+# Auth0) is never locked by failures here.
+AXES_ONLY_ADMIN_SITE = True
+AXES_USERNAME_FORM_FIELD = "username"  # what the admin's login form posts
+AXES_USERNAME_CALLABLE = "accounts.lockout.username"
+AXES_CLIENT_IP_CALLABLE = "plumbing.client_address.client_address"
+AXES_LOCKOUT_CALLABLE = "accounts.lockout.locked_out"
+# Logins are counted on users (login_count, last_login_at); no second log of them.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -235,7 +261,11 @@ STORAGES = {
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SESSION_COOKIE_HTTPONLY = True
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if not DEBUG else None
+# How many proxies of ours sit in front of the app (0: none). Only then are
+# X-Forwarded-Proto (is the request https?) and X-Forwarded-For (who is the client?)
+# believed; otherwise a client could claim either.
+TRUSTED_PROXY = env.int("TRUSTED_PROXY", default=0)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUSTED_PROXY else None
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 SECURE_CONTENT_TYPE_NOSNIFF = True
