@@ -121,6 +121,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "accounts.middleware.InactiveUserLogoutMiddleware",
+    "accounts.middleware.OperatorSessionIdleTimeoutMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a locked-out password login into its page.
@@ -258,6 +259,9 @@ STORAGES = {
     },
 }
 
+# Operators (is_staff) are logged out after this long without a request (a working day);
+# users keep Django's SESSION_COOKIE_AGE (two weeks).
+OPERATOR_SESSION_IDLE_SECONDS = env.int("OPERATOR_SESSION_IDLE_SECONDS", default=8 * 3600)
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SESSION_COOKIE_HTTPONLY = True

@@ -107,3 +107,44 @@ def test_an_address_locked_out_of_the_password_login_can_still_log_in_with_auth0
 
     assert response.status_code == 302
     assert client.session["_auth_user_id"] == SUB
+
+
+def test_behind_a_trusted_proxy_the_address_is_the_one_the_proxy_saw(client, operator, settings):
+    settings.TRUSTED_PROXY = 1
+    proxy = "127.0.0.2"
+    # The attacker writes its own X-Forwarded-For entries; the proxy appends what it saw.
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        client.post(
+            "/admin/login/",
+            {"username": f"someone{n}@example.com", "password": "wrong"},
+            REMOTE_ADDR=proxy,
+            HTTP_X_FORWARDED_FOR=f"198.51.100.{n}, 203.0.113.9",
+        )
+
+    locked = client.post(
+        "/admin/login/",
+        {"username": operator.email, "password": PASSWORD},
+        REMOTE_ADDR=proxy,
+        HTTP_X_FORWARDED_FOR="203.0.113.9",
+    )
+    assert_locked_out(locked)
+    # Another client behind the same proxy is not locked out.
+    response = client.post(
+        "/admin/login/",
+        {"username": operator.email, "password": PASSWORD},
+        REMOTE_ADDR=proxy,
+        HTTP_X_FORWARDED_FOR="203.0.113.10",
+    )
+    assert response.status_code == 302
+
+
+def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(client, operator):
+    for n in range(settings.AXES_FAILURE_LIMIT):
+        client.post(
+            "/admin/login/",
+            {"username": f"someone{n}@example.com", "password": "wrong"},
+            REMOTE_ADDR="203.0.113.9",
+            HTTP_X_FORWARDED_FOR=f"198.51.100.{n}",
+        )
+
+    assert_locked_out(admin_login(client, operator.email, PASSWORD, address="203.0.113.9"))

@@ -39,3 +39,10 @@ def test_debug_runs_need_no_secrets():
     )
     assert result.returncode == 0, result.stderr
     assert "sqlite3" in result.stdout
+
+
+def test_the_operator_session_idle_timeout_comes_from_the_environment():
+    code = "from django.conf import settings; print(settings.OPERATOR_SESSION_IDLE_SECONDS)"
+    assert run_django(code, **PRODUCTION).stdout.split() == [str(8 * 3600)]
+    result = run_django(code, **PRODUCTION, OPERATOR_SESSION_IDLE_SECONDS="3600")
+    assert result.stdout.split() == ["3600"], result.stderr
