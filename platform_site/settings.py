@@ -78,6 +78,10 @@ CREDIT_TOPUP_PRESETS = env.list("CREDIT_TOPUP_PRESETS", default=["10", "25", "50
 CREDIT_TOPUP_MIN = env("CREDIT_TOPUP_MIN", default="5")
 CREDIT_TOPUP_MAX = env("CREDIT_TOPUP_MAX", default="1000")
 
+# Set only by `make run`, on the local database it made for the demo: the one database
+# seed_demo (a known admin password) may write to. Never set it anywhere else.
+DEMO_DATABASE = env.bool("DEMO_DATABASE", default=False)
+
 # Users are placed on a cluster only once their billing is set up (postpaid: an active
 # subscription; prepaid: a positive balance). Operators can always place anyone by hand.
 PLACEMENT_REQUIRES_BILLING = env.bool("PLACEMENT_REQUIRES_BILLING", default=True)

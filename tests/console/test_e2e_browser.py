@@ -65,6 +65,7 @@ def test_an_operator_can_use_every_admin_page_in_a_real_browser(
     from playwright.sync_api import sync_playwright
 
     settings.DEBUG = True  # seed_demo refuses to run with DEBUG off
+    settings.DEMO_DATABASE = True  # and on any database but a local demo one (this is)
     call_command("seed_demo", stdout=io.StringIO())
     # The user's own page, as Ada sees it: her session, made here (no ORM inside the
     # browser block below).
