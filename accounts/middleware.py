@@ -45,7 +45,10 @@ class OperatorSessionIdleTimeoutMiddleware:
     def __call__(self, request):
         response = self.get_response(request)
         user = getattr(request, "user", None)
-        if user is not None and user.is_authenticated and user.is_staff:
+        # Only a session login: a request authenticated otherwise (an API key) gets no
+        # session of its own made for it.
+        logged_in = SESSION_KEY in request.session
+        if logged_in and user is not None and user.is_authenticated and user.is_staff:
             # Marks the session modified, so it is saved and its cookie re-sent: the
             # expiry slides with each request.
             request.session.set_expiry(settings.OPERATOR_SESSION_IDLE_SECONDS)
