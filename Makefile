@@ -8,7 +8,7 @@ TEST_DATABASE_URL ?=
 PYTEST_ARGS ?= -n 2
 LOCALDB := $(BIN)/python -m platform_site.localdb
 
-.PHONY: run test setup lint migrations-check clean
+.PHONY: run demo-database test setup lint migrations-check clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) is needed (set PYTHON=... to use another)"; exit 1; }
@@ -25,6 +25,10 @@ setup: $(VENV)/.installed
 # data, one worker and the web server; Ctrl-C stops them all.
 run: setup
 	$(LOCALDB) serve
+
+# The demo database alone: migrations and demo data on .localdb/demo, nothing served.
+demo-database: setup
+	$(LOCALDB) serve --prepare-only
 
 test: setup
 	DEBUG=1 TEST_DATABASE_URL=$(TEST_DATABASE_URL) $(LOCALDB) test -- $(BIN)/python -m pytest $(PYTEST_ARGS)

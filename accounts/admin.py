@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from axes.admin import AccessAttemptAdmin as AxesAccessAttemptAdmin
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
@@ -247,3 +249,17 @@ class ApiKeyAdmin(APIKeyModelAdmin):
 
 
 admin.site.unregister(LibraryAPIKey)
+# django-axes' lists: only its access attempts are kept (and deleting them lifts a
+# lockout); successful logins and a failure log are not recorded (see AXES_* settings).
+admin.site.unregister(AccessLog)
+admin.site.unregister(AccessFailureLog)
+admin.site.unregister(AccessAttempt)
+
+
+@admin.register(AccessAttempt)
+class AccessAttemptAdmin(AxesAccessAttemptAdmin):
+    """Locked-out accounts and addresses. Deleting a row (needs "Can delete access
+    attempt") lifts that lockout; expired ones lift themselves, so axes' clean-up action,
+    which declared no permission, is not offered."""
+
+    actions = ()

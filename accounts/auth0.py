@@ -2,7 +2,9 @@
 
 Login itself is social-auth-app-django's Auth0 backend (authorization code flow; the
 id_token is verified against the tenant's JWKS: RS256 signature, audience = our client id,
-issuer = the tenant, expiry). Its `sub` claim becomes our user's primary key.
+issuer = the tenant, expiry). On top of that we check the authorized party (`azp`) and
+refuse claims that no database column can hold (NUL characters). Its `sub` claim becomes
+our user's primary key.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from social_core.backends.auth0 import Auth0OAuth2
+from social_core.exceptions import AuthResponseError
 
 
 class Auth0Backend(Auth0OAuth2):
@@ -19,6 +22,50 @@ class Auth0Backend(Auth0OAuth2):
     name = "auth0"
     # Auth0 returns `state` itself and matches callback URLs exactly: no extra query string.
     REDIRECT_STATE = False
+
+    def _decode_id_token(self, id_token: str, keys) -> dict:
+        # social-auth has verified signature, audience, issuer and expiry when this returns.
+        claims = super()._decode_id_token(id_token, keys)
+        problem = id_token_problem(claims, client_id=self.setting("KEY"))
+        if problem:
+            raise AuthResponseError(self, problem, code="invalid_claim", stage="token_validation")
+        return claims
+
+
+def id_token_problem(claims: dict, *, client_id: str) -> str | None:
+    """What is wrong with verified id_token claims beyond what PyJWT checks, or None.
+
+    OpenID Connect Core 3.1.3.7: a token for several audiences must name the party it was
+    issued to (`azp`), and an `azp` must be us; otherwise another application's token
+    that merely lists us could log someone in here.
+    """
+    audience = claims.get("aud")
+    authorized_party = claims.get("azp")
+    if isinstance(audience, list) and len(audience) > 1 and authorized_party is None:
+        return "the token is for several audiences and does not say which one it was issued to"
+    if authorized_party is not None and authorized_party != client_id:
+        return "the token was issued to another application (azp)"
+    if _contains_nul(claims):
+        return "the token contains a NUL character"
+    return None
+
+
+def _contains_nul(value) -> bool:
+    # PostgreSQL text and jsonb cannot hold NUL, and no honest identity contains one.
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(item) for item in value)
+    return False
+
+
+def subject_max_length() -> int:
+    """The longest `sub` we can keep: the social link's uid column (users.id is TEXT)."""
+    from social_django.models import UserSocialAuth
+
+    return UserSocialAuth._meta.get_field("uid").max_length
 
 
 def is_configured() -> bool:

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib.auth import SESSION_KEY, logout
 from django.http import JsonResponse
 from django.shortcuts import render
@@ -28,6 +29,30 @@ class InactiveUserLogoutMiddleware:
                     request, "accounts/account_inactive.html", {"status": status}, status=403
                 )
         return self.get_response(request)
+
+
+class OperatorSessionIdleTimeoutMiddleware:
+    """An operator's session ends OPERATOR_SESSION_IDLE_SECONDS after their last request.
+
+    Operators hold the keys to every account, so a forgotten console tab must not stay
+    logged in for Django's two weeks; users keep SESSION_COOKIE_AGE. Applied after the
+    view, so the login request itself (where request.user becomes the operator) counts.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        # Only a session login: a request authenticated otherwise (an API key) gets no
+        # session of its own made for it.
+        logged_in = SESSION_KEY in request.session
+        if logged_in and user is not None and user.is_authenticated and user.is_staff:
+            # Marks the session modified, so it is saved and its cookie re-sent: the
+            # expiry slides with each request.
+            request.session.set_expiry(settings.OPERATOR_SESSION_IDLE_SECONDS)
+        return response
 
 
 class RejectNullBytesMiddleware:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from accounts import auth0
 from accounts.models import User, normalize_email
 from accounts.signals import user_status_changed
 from plumbing.actors import actor_label
@@ -36,21 +39,33 @@ class IncompleteIdentity(LoginRefused):
     status = 400
 
 
-def user_sync_from_auth0(*, subject: str, email: str | None, name: str | None) -> User:
+class EmailNotVerified(LoginRefused):
+    title = "Verify your email address first"
+
+
+# RFC 5321: a forward path is at most 256 octets, two of them the angle brackets.
+EMAIL_MAX_LENGTH = 254
+
+
+def user_sync_from_auth0(
+    *, subject: str, email: str | None, name: str | None, email_verified: object = False
+) -> User:
     """Create the user on first login, or refresh email and name from the token.
 
-    Refuses (raises `LoginRefused`) a suspended or deleted user, and an email that another
-    Auth0 id already owns: two identities are never merged silently.
+    Refuses (raises `LoginRefused`) before writing anything: an identity we cannot store
+    (no `sub`, one too long for the social link, a NUL anywhere), an email that is not a
+    usable address or that the identity provider has not verified (else anyone could sign
+    up with someone else's address and take it), a suspended or deleted user, and an email
+    that another Auth0 id already owns: two identities are never merged silently.
     """
     email = normalize_email(email or "")
-    if not subject:
-        raise IncompleteIdentity("The login did not carry a user id (the token's `sub`).")
-    if not email:
-        raise IncompleteIdentity(
-            "Your login did not include an email address. Log in with an account that has "
-            "one, or ask your identity provider to share it."
-        )
     name = (name or "").strip() or None
+    _check_identity(subject=subject, email=email, name=name)
+    if email_verified is not True:  # a boolean claim; "true" or a missing claim is not yes
+        raise EmailNotVerified(
+            f"Auth0 has not confirmed that {email} is your address yet. Open the "
+            "verification email Auth0 sent to it and follow its link, then log in again."
+        )
 
     try:
         with transaction.atomic():
@@ -81,6 +96,33 @@ def user_sync_from_auth0(*, subject: str, email: str | None, name: str | None) -
         if not user.is_active:
             raise AccountNotActive(_not_active_message(user)) from None
     return user
+
+
+def _check_identity(*, subject: str, email: str, name: str | None) -> None:
+    if not subject:
+        raise IncompleteIdentity("The login did not carry a user id (the token's `sub`).")
+    if any("\x00" in value for value in (subject, email, name or "")):
+        raise IncompleteIdentity("Your login carried a NUL character, which we cannot store.")
+    if len(subject) > (limit := auth0.subject_max_length()):
+        raise IncompleteIdentity(
+            f"Your identity provider sent a user id of {len(subject)} characters; we can "
+            f"store at most {limit}. Log in with another account, or contact support."
+        )
+    if not email:
+        raise IncompleteIdentity(
+            "Your login did not include an email address. Log in with an account that has "
+            "one, or ask your identity provider to share it."
+        )
+    try:
+        if len(email) > EMAIL_MAX_LENGTH:
+            raise ValidationError("too long")
+        validate_email(email)
+    except ValidationError:
+        raise IncompleteIdentity(
+            "Your login carried an email address we cannot use: it is not a valid address "
+            f"of at most {EMAIL_MAX_LENGTH} characters. Log in with an account whose email "
+            "address is valid."
+        ) from None
 
 
 def _not_active_message(user: User) -> str:

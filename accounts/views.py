@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 
 from django.contrib.auth import logout
+from django.db import transaction
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
@@ -30,9 +31,14 @@ def login_page(request):
 @never_cache
 @csrf_exempt  # Auth0 redirects here with a GET; the `state` parameter is the CSRF check.
 def auth0_complete(request, backend):
-    """social-auth's callback, with refusals and bad tokens shown as pages, not errors."""
+    """social-auth's callback, with refusals and bad tokens shown as pages, not errors.
+
+    One transaction: the user, their social link, its extra data and the login count are
+    written together or not at all (a failure half-way leaves no user without a link).
+    """
     try:
-        return social_views.complete(request, backend)
+        with transaction.atomic():
+            return social_views.complete(request, backend)
     except LoginRefused as refusal:
         logout(request)
         return render(
@@ -42,7 +48,7 @@ def auth0_complete(request, backend):
             status=refusal.status,
         )
     except SocialAuthBaseException as error:
-        logger.warning("Auth0 login failed: %s", error)
+        logger.warning("Auth0 login failed: %s %s", error, getattr(error, "detail", ""))
         logout(request)
         return render(
             request,

@@ -110,9 +110,9 @@ def test(command: list[str]) -> int:
     return _run(command, env)
 
 
-def serve(python: str) -> int:
+def serve(python: str, *, prepare_only: bool = False) -> int:
     """`make run`: the embedded demo database, migrations, demo data, a worker and the
-    web server, all stopped by one Ctrl-C."""
+    web server, all stopped by one Ctrl-C (`prepare_only`: the database and data only)."""
     server = start("demo")
     env = dict(os.environ, DEBUG="1", DATABASE_URL=url_of(server), DEMO_DATABASE="1")
     manage = [python, str(BASE_DIR / "manage.py")]
@@ -120,6 +120,8 @@ def serve(python: str) -> int:
         code = _run([*manage, *step], env)
         if code:
             return code
+    if prepare_only:
+        return 0
     workers = [subprocess.Popen([*manage, "procrastinate", "worker"], env=env)]  # noqa: S603
     print("Serving the console at http://127.0.0.1:8000/admin/ (Ctrl-C stops it)", flush=True)
     try:
@@ -137,13 +139,14 @@ def serve(python: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m platform_site.localdb")
     sub = parser.add_subparsers(dest="what", required=True)
-    sub.add_parser("serve", help="make run: demo database, worker and web server")
+    serving = sub.add_parser("serve", help="make run: demo database, worker and web server")
+    serving.add_argument("--prepare-only", action="store_true", help="migrate and seed only")
     run_tests = sub.add_parser("test", help="make test: run a command against a test database")
     run_tests.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     _stop_on_signals()
     if args.what == "serve":
-        return serve(sys.executable)
+        return serve(sys.executable, prepare_only=args.prepare_only)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to run after --")

@@ -8,9 +8,11 @@ names what is missing. With DEBUG on (`make run`, `make test`), local defaults a
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
+from csp import constants as csp
 from django.core.exceptions import ImproperlyConfigured
 
 from plumbing.database import database_config
@@ -85,6 +87,10 @@ CREDIT_TOPUP_PRESETS = env.list("CREDIT_TOPUP_PRESETS", default=["10", "25", "50
 CREDIT_TOPUP_MIN = env("CREDIT_TOPUP_MIN", default="5")
 CREDIT_TOPUP_MAX = env("CREDIT_TOPUP_MAX", default="1000")
 
+# Set only by `make run`, on the local database it made for the demo: the one database
+# seed_demo (a known admin password) may write to. Never set it anywhere else.
+DEMO_DATABASE = env.bool("DEMO_DATABASE", default=False)
+
 # Users are placed on a cluster only once their billing is set up (postpaid: an active
 # subscription; prepaid: a positive balance). Operators can always place anyone by hand.
 PLACEMENT_REQUIRES_BILLING = env.bool("PLACEMENT_REQUIRES_BILLING", default=True)
@@ -124,6 +130,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "procrastinate.contrib.django",
+    "axes",
+    "csp",
     # Our apps, bottom up; imports go console -> billing -> clusters -> accounts (all may
     # import plumbing, which is not an app: it has no models).
     "accounts",
@@ -134,6 +142,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "accounts.middleware.RejectNullBytesMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -141,8 +150,11 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "accounts.middleware.InactiveUserLogoutMiddleware",
+    "accounts.middleware.OperatorSessionIdleTimeoutMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out password login into its page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "platform_site.urls"
@@ -166,6 +178,8 @@ TEMPLATES = [
 
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
+    # First, so a locked-out password login is refused before the password is checked.
+    "axes.backends.AxesStandaloneBackend",
     "accounts.auth0.Auth0Backend",
     # Break-glass login for operators with a local password (createsuperuser).
     "django.contrib.auth.backends.ModelBackend",
@@ -176,6 +190,26 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Repeated failed password logins (the break-glass login at /admin/login/) lock out the
+# account, and separately the address, for a cool-off (django-axes, counted in the
+# database). Attempts during a lockout are not counted, so it ends COOL-OFF after the last
+# counted failure however long someone keeps trying: guesses are held to the limit per
+# cool-off without an attacker being able to lock an operator out for good.
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Only the admin's password login: the Auth0 login (its own brute-force protection at
+# Auth0) is never locked by failures here.
+AXES_ONLY_ADMIN_SITE = True
+AXES_USERNAME_FORM_FIELD = "username"  # what the admin's login form posts
+AXES_USERNAME_CALLABLE = "accounts.lockout.username"
+AXES_CLIENT_IP_CALLABLE = "plumbing.client_address.client_address"
+AXES_LOCKOUT_CALLABLE = "accounts.lockout.locked_out"
+# Logins are counted on users (login_count, last_login_at); no second log of them.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -231,6 +265,9 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # No badge from validator.swagger.io: it would send our schema's address there (and
+    # the policy below allows no outside images).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
 }
@@ -254,14 +291,49 @@ STORAGES = {
     },
 }
 
+# Operators (is_staff) are logged out after this long without a request (a working day);
+# users keep Django's SESSION_COOKIE_AGE (two weeks).
+OPERATOR_SESSION_IDLE_SECONDS = env.int("OPERATOR_SESSION_IDLE_SECONDS", default=8 * 3600)
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SESSION_COOKIE_HTTPONLY = True
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if not DEBUG else None
-SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+# How many proxies of ours sit in front of the app (0: none). Only then are
+# X-Forwarded-Proto (is the request https?) and X-Forwarded-For (who is the client?)
+# believed; otherwise a client could claim either.
+TRUSTED_PROXY = env.int("TRUSTED_PROXY", default=0)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUSTED_PROXY else None
+# Plain http is redirected to https only where the scheme can be known (behind a trusted
+# proxy): without one every request would look like http and redirect forever. Health
+# checks from the load balancer may come over plain http.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=bool(TRUSTED_PROXY) and not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# HSTS: browsers use only https for a year once they have seen the console over https.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy (django-csp). Scripts: only our own files, and inline scripts
+# that carry the response's nonce (the API docs' start-up script,
+# templates/drf_spectacular/swagger_ui.html), so injected markup cannot run script.
+# Styles allow inline: the admin and Swagger UI write style attributes and <style>
+# blocks we do not control, and a nonce in style-src would turn 'unsafe-inline' off.
+# img-src data: is Swagger UI's icons. No form-action: forms here end in redirects to
+# Auth0 and Stripe's hosted pages, which Chromium checks against it.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [csp.SELF],
+        "script-src": [csp.SELF, csp.NONCE],
+        "style-src": [csp.SELF, csp.UNSAFE_INLINE],
+        "img-src": [csp.SELF, "data:"],
+        "font-src": [csp.SELF],
+        "connect-src": [csp.SELF],
+        "object-src": [csp.NONE],
+        "base-uri": [csp.NONE],
+        "frame-ancestors": [csp.NONE],
+    }
+}
 
 LOGGING = {
     "version": 1,

@@ -11,7 +11,7 @@ from django.test import Client
 
 from accounts.models import User
 from tests.factories import UserFactory
-from tests.fakes.auth0 import CLIENT_ID, CLIENT_SECRET, new_signing_key
+from tests.fakes.auth0 import CLIENT_ID, CLIENT_SECRET, OMIT, new_signing_key
 
 SUB = "google-oauth2|115161017478488946656"
 
@@ -208,3 +208,153 @@ def test_logout_ends_the_auth0_session_too(client, fake_auth0, db):
     assert (location.netloc, location.path) == (fake_auth0.domain, "/v2/logout")
     assert parse_qs(location.query)["client_id"] == [CLIENT_ID]
     assert session_user_id(client) is None
+
+
+def nothing_was_written(client: Client) -> bool:
+    from social_django.models import UserSocialAuth
+
+    return (
+        not User.objects.exists()
+        and not UserSocialAuth.objects.exists()
+        and session_user_id(client) is None
+    )
+
+
+@pytest.mark.parametrize(
+    "verified",
+    [
+        pytest.param(False, id="false"),
+        pytest.param("true", id="a-string"),
+        pytest.param(OMIT, id="absent"),
+    ],
+)
+def test_an_unverified_email_is_refused_with_what_to_do_and_nothing_written(
+    client, fake_auth0, db, verified
+):
+    token = fake_auth0.id_token(sub=SUB, email="victim@example.com", email_verified=verified)
+
+    response = log_in(client, fake_auth0, token)
+
+    assert response.status_code == 403
+    body = response.content.decode()
+    assert "Verify your email address" in body
+    assert "then log in again" in body
+    assert "victim@example.com" in body
+    assert nothing_was_written(client)
+
+
+def test_an_unverified_email_cannot_squat_the_address_of_its_real_owner(client, fake_auth0, db):
+    log_in(
+        client,
+        fake_auth0,
+        fake_auth0.id_token(sub="auth0|squatter", email="hire@example.com", email_verified=False),
+    )
+    client.logout()
+
+    response = log_in(client, fake_auth0, fake_auth0.id_token(sub=SUB, email="hire@example.com"))
+
+    assert response.status_code == 302
+    assert User.objects.get(email="hire@example.com").pk == SUB
+    assert not User.objects.filter(pk="auth0|squatter").exists()
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        pytest.param("not-an-address", id="not-an-address"),
+        pytest.param("two@@example.com", id="two-ats"),
+        pytest.param("a" * 250 + "@example.com", id="too-long"),
+        pytest.param("space in@example.com", id="space"),
+    ],
+)
+def test_an_email_claim_that_is_not_a_usable_address_is_refused(client, fake_auth0, db, email):
+    response = log_in(client, fake_auth0, fake_auth0.id_token(sub=SUB, email=email))
+
+    assert response.status_code == 400
+    assert "email address" in response.content.decode()
+    assert nothing_was_written(client)
+
+
+def test_a_sub_longer_than_the_social_link_can_hold_is_refused_before_anything_is_written(
+    client, fake_auth0, db
+):
+    response = log_in(
+        client, fake_auth0, fake_auth0.id_token(sub="auth0|" + "x" * 300, email="g@example.com")
+    )
+
+    assert response.status_code == 400
+    assert nothing_was_written(client)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        pytest.param({"sub": "auth0|abc\x00def"}, id="sub"),
+        pytest.param({"email": "g\x00@example.com"}, id="email"),
+        pytest.param({"name": "Grace\x00Hopper"}, id="name"),
+        pytest.param({"nickname": "g\x00"}, id="nickname"),
+        pytest.param({"picture": "https://example.com/\x00.png"}, id="picture"),
+    ],
+)
+def test_a_nul_byte_in_any_claim_is_refused_before_anything_is_written(
+    client, fake_auth0, db, claims
+):
+    token = fake_auth0.id_token(**{"sub": SUB, "email": "g@example.com", **claims})
+
+    response = log_in(client, fake_auth0, token)
+
+    assert response.status_code == 400
+    assert nothing_was_written(client)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        pytest.param({"aud": [CLIENT_ID, "another-client"]}, id="several-audiences-no-azp"),
+        pytest.param(
+            {"aud": [CLIENT_ID, "another-client"], "azp": "another-client"},
+            id="several-audiences-azp-another",
+        ),
+        pytest.param({"azp": "another-client"}, id="azp-another"),
+    ],
+)
+def test_a_token_not_authorized_for_us_is_refused(client, fake_auth0, db, claims):
+    token = fake_auth0.id_token(sub=SUB, email="g@example.com", **claims)
+
+    response = log_in(client, fake_auth0, token)
+
+    assert response.status_code == 400
+    assert "could not verify your login" in response.content.decode()
+    assert nothing_was_written(client)
+
+
+def test_a_token_for_several_audiences_that_names_us_as_authorized_party_logs_in(
+    client, fake_auth0, db
+):
+    token = fake_auth0.id_token(
+        sub=SUB, email="g@example.com", aud=[CLIENT_ID, "https://api.example.com/"], azp=CLIENT_ID
+    )
+
+    response = log_in(client, fake_auth0, token)
+
+    assert response.status_code == 302
+    assert session_user_id(client) == SUB
+
+
+def test_a_failure_late_in_the_first_login_leaves_no_half_written_user(client, fake_auth0, db):
+    from django.contrib.auth.signals import user_logged_in
+
+    def fail(**kwargs):
+        raise RuntimeError("something after the user was created failed")
+
+    user_logged_in.connect(fail, dispatch_uid="test_fail_late")
+    try:
+        with pytest.raises(RuntimeError):
+            log_in(client, fake_auth0, fake_auth0.id_token(sub=SUB, email="g@example.com"))
+    finally:
+        user_logged_in.disconnect(dispatch_uid="test_fail_late")
+
+    from social_django.models import UserSocialAuth
+
+    assert not User.objects.exists()
+    assert not UserSocialAuth.objects.exists()

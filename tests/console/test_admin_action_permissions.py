@@ -89,6 +89,7 @@ MATRIX = {
     ("procrastinate.procrastinatejob", "retry_jobs"):    (_, _, _, _, _, Y),
     ("procrastinate.procrastinatejob", "cancel_jobs"):   (_, _, _, _, _, Y),
     ("procrastinate.procrastinatejob", "delete_selected"): (_, _, _, _, _, _),
+    ("axes.accessattempt", "delete_selected"):          (_, _, _, _, _, Y),
 }  # fmt: skip
 
 
@@ -340,6 +341,19 @@ def _job_status(job_id):
     return lambda: ProcrastinateJob.objects.filter(pk=job_id).values_list("status", flat=True)[0]
 
 
+def _access_attempt():
+    from axes.models import AccessAttempt
+
+    return AccessAttempt.objects.create(
+        username="ops@example.com",
+        ip_address="127.0.0.1",
+        user_agent="test",
+        get_data="",
+        post_data="",
+        failures_since_start=5,
+    )
+
+
 def retry_jobs(request):
     job_id = job_with_status("failed")
     return Case([job_id], _job_status(job_id))
@@ -421,6 +435,7 @@ SCENARIOS = {
     ("social_django.association", "delete_selected"): _deleting(_association),
     ("procrastinate.procrastinatejob", "retry_jobs"): retry_jobs,
     ("procrastinate.procrastinatejob", "cancel_jobs"): cancel_jobs,
+    ("axes.accessattempt", "delete_selected"): _deleting(_access_attempt),
     ("procrastinate.procrastinatejob", "delete_selected"): lambda request: Case(
         [job_id := job_with_status("succeeded")], _job_status(job_id)
     ),

@@ -1,4 +1,5 @@
-"""The operator console in a real browser: log in, the dashboard, every admin list, a user.
+"""The operator console in a real browser: log in, the dashboard, every admin list, a user,
+the API docs and a user's own page, with no Content-Security-Policy violation anywhere.
 
 Runs Debian's Chromium (apt package `chromium`) through Playwright; Playwright never
 downloads a browser of its own. Without /usr/bin/chromium the test skips itself; CI
@@ -15,6 +16,7 @@ import pytest
 from django.core.management import call_command
 
 from accounts.demo import DEMO_ADMIN_EMAIL, DEMO_ADMIN_PASSWORD
+from accounts.models import User
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -29,6 +31,16 @@ CHROMIUM_ARGS = [
 CHANGELIST_PATH = re.compile(r"^/admin/[^/]+/[^/]+/$")
 ERROR_PAGE_TEXTS = ("Traceback", "Server Error", "Page not found")
 TIMEOUT_MS = 15_000
+# Reports every CSP violation of a page (and its frames) to the test, whatever the console
+# says about it.
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.reportCspViolation(
+    `${event.violatedDirective} blocked ${event.blockedURI || "inline"} ` +
+    `at ${event.sourceFile}:${event.lineNumber}`
+  );
+});
+"""
 
 
 def _assert_admin_page_ok(page, response, what: str) -> None:
@@ -53,12 +65,21 @@ def test_an_operator_can_use_every_admin_page_in_a_real_browser(
     from playwright.sync_api import sync_playwright
 
     settings.DEBUG = True  # seed_demo refuses to run with DEBUG off
+    settings.DEMO_DATABASE = True  # and on any database but a local demo one (this is)
     call_command("seed_demo", stdout=io.StringIO())
+    # The user's own page, as Ada sees it: her session, made here (no ORM inside the
+    # browser block below).
+    from django.test import Client
+
+    ada = Client()
+    ada.force_login(User.objects.get(email="ada@example.com"))
+    ada_session = ada.cookies[settings.SESSION_COOKIE_NAME].value
     # Serve the browser the way pytest-django runs every other test: DEBUG off, so an
     # error is the plain 500 page, not the debug one.
     settings.DEBUG = False
 
     console_errors: list[str] = []
+    csp_violations: list[str] = []
 
     # No ORM calls inside this block: Playwright's sync API runs an event loop in this
     # thread, and Django refuses sync database access from there (SynchronousOnlyOperation).
@@ -69,6 +90,10 @@ def test_an_operator_can_use_every_admin_page_in_a_real_browser(
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(TIMEOUT_MS)
+            page.expose_function(
+                "reportCspViolation", lambda text: csp_violations.append(f"{page.url}: {text}")
+            )
+            page.add_init_script(REPORT_CSP_VIOLATIONS)
 
             def on_console(message):
                 # A missing favicon is the browser's guess, not a page of ours failing.
@@ -79,7 +104,8 @@ def test_an_operator_can_use_every_admin_page_in_a_real_browser(
             page.on("pageerror", lambda error: console_errors.append(f"{page.url}: {error}"))
 
             # Log in through the admin's own form.
-            page.goto(live_server.url + "/admin/login/")
+            response = page.goto(live_server.url + "/admin/login/")
+            assert "script-src" in response.headers["content-security-policy"]
             page.fill("input[name=username]", DEMO_ADMIN_EMAIL)
             page.fill("input[name=password]", DEMO_ADMIN_PASSWORD)
             with page.expect_navigation():
@@ -135,9 +161,38 @@ def test_an_operator_can_use_every_admin_page_in_a_real_browser(
                 assert text in content, f"ada's page does not say {text!r}"
             user_png = tmp_path / "user.png"
             page.screenshot(path=user_png, full_page=True)
+
+            # The API docs: Swagger UI starts (its inline script runs by the policy's
+            # nonce) and shows the operations of the schema it fetched.
+            response = page.goto(live_server.url + "/api/docs/")
+            assert response.status == 200
+            assert "nonce-" in response.headers["content-security-policy"]
+            page.locator(".swagger-ui .opblock").first.wait_for()
+            assert "Hopsworks Platform Console API" in page.inner_text(".swagger-ui .info")
+            docs_png = tmp_path / "docs.png"
+            page.screenshot(path=docs_png, full_page=True)
+
+            # A user's own page, with its usage chart (inline SVG).
+            page.context.add_cookies(
+                [
+                    {
+                        "name": settings.SESSION_COOKIE_NAME,
+                        "value": ada_session,
+                        "url": live_server.url,
+                    }
+                ]
+            )
+            response = page.goto(live_server.url + "/")
+            assert response.status == 200
+            assert "content-security-policy" in response.headers
+            assert "ada@example.com" in page.inner_text("header")
+            assert page.locator("svg rect").count() > 0, "no usage chart on Ada's page"
+            home_png = tmp_path / "home.png"
+            page.screenshot(path=home_png, full_page=True)
         finally:
             browser.close()
 
+    assert csp_violations == []
     assert console_errors == []
-    for png in (dashboard_png, user_png):
+    for png in (dashboard_png, user_png, docs_png, home_png):
         assert png.stat().st_size > 0, png

@@ -1,5 +1,6 @@
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from accounts.demo import DEMO_ADMIN_EMAIL, DEMO_ADMIN_PASSWORD
 from accounts.models import User
@@ -7,8 +8,14 @@ from accounts.models import User
 pytestmark = pytest.mark.django_db
 
 
-def test_seed_demo_is_idempotent_and_prints_a_working_admin_login(client, settings, capsys):
+@pytest.fixture
+def demo_database(settings):
+    """What `make run` says of the database it made (the test database is local)."""
     settings.DEBUG = True
+    settings.DEMO_DATABASE = True
+
+
+def test_seed_demo_is_idempotent_and_prints_a_working_admin_login(client, demo_database, capsys):
     call_command("seed_demo")
     first = capsys.readouterr().out
     counts = User.objects.count()
@@ -25,3 +32,52 @@ def test_seed_demo_refuses_a_production_setting(settings):
     with pytest.raises(CommandError, match="DEBUG is off"):
         call_command("seed_demo")
     assert not User.objects.exists()
+
+
+def an_operator_named_like_the_demo_one() -> User:
+    return User.objects.create_user(DEMO_ADMIN_EMAIL, "their-own-password", name="Real Person")
+
+
+def assert_untouched(person: User) -> None:
+    person.refresh_from_db()
+    assert person.check_password("their-own-password")
+    assert not person.is_superuser and not person.is_admin
+    assert User.objects.count() == 1
+
+
+def test_seed_demo_refuses_a_database_make_run_did_not_make_even_with_debug_on(settings):
+    settings.DEBUG = True
+    settings.DEMO_DATABASE = False
+    person = an_operator_named_like_the_demo_one()
+
+    with pytest.raises(CommandError, match="not the demo database"):
+        call_command("seed_demo")
+
+    assert_untouched(person)
+
+
+def test_seed_demo_refuses_a_remote_database_even_when_it_is_said_to_be_the_demo_one(
+    demo_database, monkeypatch
+):
+    person = an_operator_named_like_the_demo_one()
+    monkeypatch.setitem(connection.settings_dict, "ENGINE", "django.db.backends.postgresql")
+    monkeypatch.setitem(connection.settings_dict, "HOST", "aws-0-eu-central-1.pooler.supabase.com")
+
+    with pytest.raises(
+        CommandError, match=r"on aws-0-eu-central-1\.pooler\.supabase\.com, not this machine"
+    ):
+        call_command("seed_demo")
+
+    monkeypatch.undo()
+    assert_untouched(person)
+
+
+def test_force_does_not_make_a_database_the_demo_one(settings):
+    settings.DEBUG = False
+    settings.DEMO_DATABASE = False
+    person = an_operator_named_like_the_demo_one()
+
+    with pytest.raises(CommandError, match="not the demo database"):
+        call_command("seed_demo", "--force")
+
+    assert_untouched(person)

@@ -15,6 +15,8 @@ from werkzeug import Request, Response
 
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret"
+# Pass as a claim's value to leave that claim out of the token.
+OMIT = object()
 
 
 def new_signing_key():
@@ -81,6 +83,7 @@ class FakeAuth0:
             "exp": now + 3600,
         }
         claims.update(overrides)
+        claims = {name: value for name, value in claims.items() if value is not OMIT}
         return jwt.encode(
             claims,
             key or self.signing_key,

@@ -52,3 +52,10 @@ def test_sqlite_is_refused_with_what_to_use_instead():
     result = run_django("print('started')", DEBUG="1", DATABASE_URL="sqlite:///x.sqlite3")
     assert result.returncode != 0
     assert "is not PostgreSQL" in result.stderr
+
+
+def test_the_operator_session_idle_timeout_comes_from_the_environment():
+    code = "from django.conf import settings; print(settings.OPERATOR_SESSION_IDLE_SECONDS)"
+    assert run_django(code, **PRODUCTION).stdout.split() == [str(8 * 3600)]
+    result = run_django(code, **PRODUCTION, OPERATOR_SESSION_IDLE_SECONDS="3600")
+    assert result.stdout.split() == ["3600"], result.stderr
