@@ -11,8 +11,11 @@ from django.db.models import Q
 from django.utils import timezone
 from procrastinate.contrib.django import app
 
+from accounts.models import User
+from billing import stripe_gateway as gateway
 from billing.collection import clusters_to_collect, usage_collect_day
 from billing.credits import credits_check_balances
+from billing.invoices import invoices_sync
 from billing.models import StripeEvent, UsageCollectionRun
 from billing.stripe_events import stripe_event_process, stripe_events_retry
 from billing.stripe_reporting import usage_report_to_stripe
@@ -84,6 +87,23 @@ def collect_missing_usage(timestamp: int) -> str:
     return f"{queued} cluster-day(s) queued"
 
 
+@app.task(queue="stripe", retry=OUTSIDE_SYSTEM_RETRY, name="billing.sync_invoices")
+def sync_invoices(user_id: str) -> str:
+    """Repair missed invoice webhooks for one user from Stripe's own list."""
+    user = User.objects.filter(pk=user_id).first()
+    if user is None:
+        raise TargetGone(f"User {user_id} no longer exists.")
+    try:
+        count = invoices_sync(user=user)
+    except gateway.StripeGatewayError as error:
+        raise StillFailing(str(error)) from error
+    return f"{count} invoice(s) brought up to date"
+
+
+def invoices_sync_queue(*, user):
+    return defer(sync_invoices, queueing_lock=f"invoices:{user.pk}", user_id=user.pk)
+
+
 # Stripe -------------------------------------------------------------------------------
 
 
@@ -113,6 +133,7 @@ def process_stripe_event(event_id: str) -> str:
 
 
 def stripe_event_defer(*, event_id: str):
+    """Queue processing a stored event (an event already processed stays so)."""
     return defer(process_stripe_event, queueing_lock=f"stripe-event:{event_id}", event_id=event_id)
 
 

@@ -111,5 +111,14 @@ def delete_old_jobs(timestamp: int) -> None:
     )
 
 
+def queued_message(count: int, what: str, *, task_name: str):
+    """What an admin action that queued jobs says: how many, and where to watch them."""
+    from django.urls import reverse
+    from django.utils.html import format_html
+
+    url = reverse("admin:procrastinate_procrastinatejob_changelist") + f"?task_name={task_name}"
+    return format_html('{} {} queued; <a href="{}">watch them in Jobs</a>.', count, what, url)
+
+
 def utc_day_of(timestamp: int) -> dt.date:
     return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).date()

@@ -13,7 +13,8 @@ from billing.models import (
     StripeEvent,
     StripeUsageReport,
 )
-from billing.stripe_events import stripe_event_process
+from billing.tasks import stripe_event_defer
+from plumbing.jobs import queued_message
 
 
 @admin.register(BillingHistory)
@@ -72,14 +73,15 @@ class StripeEventAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Process again", permissions=["process"])
     def process_again(self, request, queryset):
-        counts = {}
+        count = 0
         for event_id in queryset.values_list("pk", flat=True):
-            event = stripe_event_process(event_id=event_id)
-            counts[event.status] = counts.get(event.status, 0) + 1
-            if event.status == StripeEvent.Status.FAILED:
-                self.message_user(request, f"{event.id}: {event.error}", messages.ERROR)
-        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        self.message_user(request, f"Events now: {summary}.")
+            stripe_event_defer(event_id=event_id)
+            count += 1
+        self.message_user(
+            request,
+            queued_message(count, "event job(s)", task_name="billing.process_stripe_event"),
+            messages.INFO,
+        )
 
 
 @admin.register(StripeCatalogEntry)

@@ -10,9 +10,10 @@ from django.utils.html import format_html, format_html_join
 
 from billing import selectors
 from billing.admin.base import ReadOnlyAdmin
-from billing.collection import usage_collect
 from billing.models import UsageCollectionRun, UsageDaily
 from billing.pricing import to_cents
+from billing.tasks import collection_defer
+from plumbing.jobs import queued_message
 
 
 @admin.register(UsageDaily)
@@ -47,19 +48,23 @@ class UsageDailyAdmin(ReadOnlyAdmin):
         return response
 
 
-def _collect_again(modeladmin, request, runs_or_clusters, days_for):
-    outcomes = []
-    for cluster, days in days_for(runs_or_clusters):
-        outcomes += usage_collect(clusters=[cluster], days=days, actor=request.user.email)
-    for run in outcomes:
-        if run.status == UsageCollectionRun.Status.SUCCEEDED:
-            modeladmin.message_user(
-                request, f"{run.cluster.name} {run.date}: {run.rows_written} rows", messages.SUCCESS
-            )
+def _collect_again(modeladmin, request, cluster_days):
+    """Queue one collection job per cluster-day (one already waiting is not queued twice)."""
+    queued = waiting = 0
+    for cluster, day in cluster_days:
+        if collection_defer(cluster=cluster, day=day) is None:
+            waiting += 1
         else:
-            modeladmin.message_user(
-                request, f"{run.cluster.name} {run.date}: {run.error}", messages.ERROR
-            )
+            queued += 1
+    modeladmin.message_user(
+        request,
+        queued_message(queued, "collection job(s)", task_name="billing.collect_cluster_day"),
+        messages.INFO,
+    )
+    if waiting:
+        modeladmin.message_user(
+            request, f"{waiting} cluster-day(s) were already queued.", messages.INFO
+        )
 
 
 @admin.register(UsageCollectionRun)
@@ -129,13 +134,8 @@ class UsageCollectionRunAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Collect these days again", permissions=["collect_usage"])
     def collect_again(self, request, queryset):
-        def days_for(runs):
-            by_cluster = {}
-            for run in runs.select_related("cluster"):
-                by_cluster.setdefault(run.cluster, []).append(run.date)
-            return [(cluster, sorted(days)) for cluster, days in by_cluster.items()]
-
-        _collect_again(self, request, queryset, days_for)
+        runs = queryset.select_related("cluster").order_by("cluster__name", "date")
+        _collect_again(self, request, [(run.cluster, run.date) for run in runs])
 
 
 class ClusterUsageAdminMixin:
@@ -149,6 +149,4 @@ class ClusterUsageAdminMixin:
     @admin.action(description="Collect yesterday's usage now", permissions=["collect_usage"])
     def collect_now(self, request, queryset):
         yesterday = timezone.now().date() - dt.timedelta(days=1)
-        _collect_again(
-            self, request, queryset, lambda clusters: [(c, [yesterday]) for c in clusters]
-        )
+        _collect_again(self, request, [(cluster, yesterday) for cluster in queryset])

@@ -11,11 +11,12 @@ from django.utils.safestring import mark_safe
 from billing import selectors
 from billing import stripe_gateway as gateway
 from billing.admin.credits import GrantCreditsMixin, balance_html
-from billing.invoices import invoices_sync
 from billing.models import BillingProfile
 from billing.pricing import to_cents
 from billing.profiles import billing_mode_set
+from billing.tasks import invoices_sync_queue
 from plumbing.admin_confirm import confirm_then
+from plumbing.jobs import queued_message
 
 
 class BillingModeFilter(admin.SimpleListFilter):
@@ -68,13 +69,22 @@ class UserBillingAdminMixin(GrantCreditsMixin):
         permissions=["sync_invoices"],
     )
     def sync_invoices(self, request, queryset):
-        synced = 0
-        for user in queryset.exclude(stripe_customer_id__isnull=True):
-            try:
-                synced += invoices_sync(user=user)
-            except gateway.StripeGatewayError as error:
-                self.message_user(request, f"{user.email}: {error}", messages.ERROR)
-        self.message_user(request, f"{synced} invoice(s) brought up to date.")
+        customers = queryset.exclude(stripe_customer_id__isnull=True)
+        count = 0
+        for user in customers:
+            invoices_sync_queue(user=user)
+            count += 1
+        self.message_user(
+            request,
+            queued_message(count, "invoice sync job(s)", task_name="billing.sync_invoices"),
+            messages.INFO,
+        )
+        if skipped := queryset.count() - count:
+            self.message_user(
+                request,
+                f"{skipped} user(s) have no Stripe customer: nothing to sync.",
+                messages.WARNING,
+            )
 
     @admin.display(description="billing")
     def billing(self, obj):

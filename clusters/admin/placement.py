@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from accounts.models import User
 from clusters import services
 from clusters.models import CapacityWait, HopsworksAccount
+from plumbing.jobs import queued_message
 
 
 @admin.register(CapacityWait)
@@ -24,10 +25,22 @@ class CapacityWaitAdmin(admin.ModelAdmin):
     def has_assign_permission(self, request):  # placing users writes assignments
         return request.user.has_perm("clusters.add_userhopsworksassignment")
 
-    @admin.action(description="Try to place waiting users now", permissions=["assign"])
+    @admin.action(
+        description="Place waiting users now (all of them, first come first served)",
+        permissions=["assign"],
+    )
     def place_now(self, request, queryset):
-        placed = services.capacity_place_waiting()
-        self.message_user(request, f"{placed} waiting user(s) placed.")
+        # Waiting users are placed first come, first served, whichever rows are selected.
+        services.place_waiting_queue()
+        self.message_user(
+            request,
+            queued_message(
+                1,
+                "job placing every waiting user in order",
+                task_name="clusters.place_waiting_users",
+            ),
+            messages.INFO,
+        )
 
 
 @admin.register(HopsworksAccount)
@@ -56,14 +69,13 @@ class HopsworksAccountAdmin(admin.ModelAdmin):
 
     @admin.action(description="Sync with Hopsworks now", permissions=["change"])
     def sync_now(self, request, queryset):
-        from clusters.account_sync import hopsworks_accounts_sync
-
         users = User.objects.filter(pk__in=queryset.values("user_id"))
-        synced = failed = 0
+        count = 0
         for user in users:
-            report = hopsworks_accounts_sync(user=user)
-            synced += report.synced
-            failed += report.failed
-            for error in report.errors:
-                self.message_user(request, error, messages.ERROR)
-        self.message_user(request, f"{synced} account(s) synced, {failed} failed.")
+            services.accounts_sync_queue(user)
+            count += 1
+        self.message_user(
+            request,
+            queued_message(count, "account sync job(s)", task_name="clusters.sync_user_accounts"),
+            messages.INFO,
+        )

@@ -17,7 +17,7 @@ from clusters.models import UserHopsworksAssignment as Assignment
 from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
 from tests.fakes.stripe import make_event
-from tests.jobs import run_jobs
+from tests.jobs import run_jobs, run_queued_jobs
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -368,10 +368,15 @@ def test_sync_invoices_repairs_missed_webhooks(operator_client, fake_stripe):
     fake_stripe.add_invoice(customer=customer, status="paid", amount_due=999)
     fake_stripe.add_invoice(customer=customer, status="open", amount_due=100)
 
-    operator_client.post(
-        "/admin/accounts/user/", {"action": "sync_invoices", "_selected_action": [user.pk]}
+    response = operator_client.post(
+        "/admin/accounts/user/",
+        {"action": "sync_invoices", "_selected_action": [user.pk]},
+        follow=True,
     )
+    assert "1 invoice sync job(s) queued" in response.content.decode()
+    assert not BillingHistory.objects.exists()  # nothing from Stripe inside the request
 
+    run_queued_jobs()
     assert sorted(BillingHistory.objects.values_list("status", "amount")) == [
         ("paid", D("9.99")),
         ("pending", D("1.00")),
