@@ -76,6 +76,9 @@ class ClusterAdmin(ClusterUsageAdminMixin, ClusterAdminBase):
     """Clusters: capacity and accounts (clusters), collecting their usage (billing)."""
 
     actions = (*ClusterAdminBase.actions, *ClusterUsageAdminMixin.usage_actions)
+    readonly_fields = (*ClusterAdminBase.readonly_fields, *ClusterUsageAdminMixin.usage_fields)
+    fieldsets = (*ClusterAdminBase.fieldsets, ClusterUsageAdminMixin.usage_section)
+    shown_once_saved = {*ClusterAdminBase.shown_once_saved, *ClusterUsageAdminMixin.usage_fields}
 
 
 # The job queue (Procrastinate's own admin, with actions that declare their permission).

@@ -3,13 +3,16 @@ link to the admin list that explains it."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 from urllib.parse import urlencode
 
 from django.contrib import admin
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, Min, Q, Sum
 from django.urls import reverse
+from django.utils import timezone
+from procrastinate.contrib.django.models import ProcrastinateEvent, ProcrastinateJob
 
 from accounts.models import User
 from billing.models import StripeEvent, UsageCollectionRun, UsageDaily, UserCredits
@@ -162,6 +165,48 @@ def _negative_balances(month) -> list[Tile]:
     ]
 
 
+def _jobs(month) -> list[Tile]:
+    now = timezone.now()
+    counts = ProcrastinateJob.objects.aggregate(
+        failed=Count("pk", filter=Q(status="failed")), queued=Count("pk", filter=Q(status="todo"))
+    )
+    # The oldest job that could run now (not one scheduled for a later retry).
+    oldest = (
+        ProcrastinateEvent.objects.filter(type="deferred", job__status="todo")
+        .filter(Q(job__scheduled_at__isnull=True) | Q(job__scheduled_at__lte=now))
+        .aggregate(at=Min("at"))["at"]
+    )
+    age = now - oldest if oldest else None
+    waiting = f"oldest waiting {_duration(age)}" if age else "none waiting"
+    return [
+        Tile(
+            "Failed jobs",
+            f"{counts['failed']}",
+            _list("procrastinate_procrastinatejob", status__exact="failed"),
+            alert=counts["failed"] > 0,
+        ),
+        Tile(
+            "Jobs queued",
+            f"{counts['queued']} ({waiting})",
+            _list("procrastinate_procrastinatejob", status__exact="todo"),
+            # Workers take a job within seconds; one waiting for minutes means none runs.
+            alert=bool(age and age > JOB_WAIT_ALERT),
+        ),
+    ]
+
+
+JOB_WAIT_ALERT = dt.timedelta(minutes=10)
+
+
+def _duration(age: dt.timedelta) -> str:
+    seconds = int(age.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"
+
+
 # Each group of tiles, in the order shown, after the model whose admin list they link to.
 TILES = (
     (User, _active_users),
@@ -171,6 +216,7 @@ TILES = (
     (UsageCollectionRun, _failed_runs),
     (StripeEvent, _failed_events),
     (UserCredits, _negative_balances),
+    (ProcrastinateJob, _jobs),
 )
 
 

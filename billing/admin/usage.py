@@ -142,6 +142,18 @@ class ClusterUsageAdminMixin:
     """The clusters admin's billing part: collect a cluster's usage now."""
 
     usage_actions = ("collect_now",)
+    usage_fields = ("last_collection",)
+    usage_section = ("Usage collection", {"fields": ("last_collection",)})
+
+    @admin.display(description="last collection")
+    def last_collection(self, obj):
+        run = obj.collection_runs.order_by("-date").first()
+        if run is None:
+            return "Never collected."
+        text = f"{run.date}: {run.get_status_display().lower()}"
+        if run.error:
+            text += f" ({run.error[:200]})"
+        return text
 
     def has_collect_usage_permission(self, request):
         return request.user.has_perm("billing.collect_usage")

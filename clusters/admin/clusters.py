@@ -53,13 +53,27 @@ class ClusterAdminBase(admin.ModelAdmin):
     )
     list_filter = ("status",)
     search_fields = ("name", "api_url")
-    readonly_fields = ("current_users", "created_at", "users_link", "account_problems")
+    readonly_fields = (
+        "current_users",
+        "created_at",
+        "users_link",
+        "account_problems",
+        "last_sync",
+    )
+    # Facts about a cluster that exists: left out of the add form.
+    shown_once_saved = {
+        "current_users",
+        "users_link",
+        "account_problems",
+        "created_at",
+        "last_sync",
+    }
     actions = ("test_connection", "put_in_maintenance", "make_active", "make_inactive")
     fieldsets = (
         (None, {"fields": ("name", "status", "api_url", "api_key_input", "ca_bundle")}),
         ("Capacity", {"fields": ("max_users", "current_users", "users_link")}),
         ("Usage metrics", {"fields": ("kubeconfig_input", "clear_kubeconfig")}),
-        ("Hopsworks accounts", {"fields": ("account_problems", "created_at")}),
+        ("Hopsworks accounts", {"fields": ("account_problems", "last_sync", "created_at")}),
     )
 
     def get_queryset(self, request):
@@ -77,9 +91,7 @@ class ClusterAdminBase(admin.ModelAdmin):
         )
 
     def get_fieldsets(self, request, obj=None):
-        hidden = set()
-        if obj is None:  # nothing to show about users and accounts before it exists
-            hidden = {"current_users", "users_link", "account_problems", "created_at"}
+        hidden = set(self.shown_once_saved) if obj is None else set()
         if obj is None or not obj.kubeconfig:
             hidden.add("clear_kubeconfig")
         return [
@@ -104,6 +116,19 @@ class ClusterAdminBase(admin.ModelAdmin):
         return format_html(
             '<a href="{}">{} assigned users</a>', users_on_cluster_url(obj.pk), obj.assigned
         )
+
+    @admin.display(description="last account sync")
+    def last_sync(self, obj):
+        last = (
+            obj.hopsworks_accounts.filter(last_attempt_at__isnull=False)
+            .order_by("-last_attempt_at")
+            .values("last_attempt_at", "last_error")
+            .first()
+        )
+        if last is None:
+            return "No account has been synced yet."
+        outcome = f"failed: {last['last_error']}" if last["last_error"] else "succeeded"
+        return f"{last['last_attempt_at']:%Y-%m-%d %H:%M} UTC, {outcome}"
 
     @admin.display(description="accounts not yet in sync")
     def account_problems(self, obj):

@@ -100,21 +100,26 @@ USER_TILES = {
     "Waiting for billing setup",
     "Hopsworks accounts pending",
 }
-EVERY_TILE = USER_TILES | {
-    "Usage this month",
-    "Usage per cluster this month",
-    "Cluster fill",
-    "Failed collection runs",
-    "Failed Stripe events",
-    "Balances below zero",
-}
+JOB_TILES = {"Failed jobs", "Jobs queued"}
+EVERY_TILE = (
+    USER_TILES
+    | JOB_TILES
+    | {
+        "Usage this month",
+        "Usage per cluster this month",
+        "Cluster fill",
+        "Failed collection runs",
+        "Failed Stripe events",
+        "Balances below zero",
+    }
+)
 # Who sees which tiles: exactly those whose list they may open.
 TILES_BY_PERSONA = {
     "no_permission_staff": set(),
     "view_only_staff": EVERY_TILE,
     "change_user_staff": USER_TILES,  # changing users includes seeing them
     "support_staff": USER_TILES | {"Cluster fill"},
-    "finance_staff": EVERY_TILE,
+    "finance_staff": EVERY_TILE - JOB_TILES,  # the jobs list needs its own permission
     "superuser": EVERY_TILE,
 }
 
@@ -140,3 +145,23 @@ def test_a_tile_appears_only_to_those_who_may_open_the_list_it_links_to(
 def _logged_in(client, user):
     client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
     return client
+
+
+def test_the_dashboard_shows_failed_jobs_and_how_long_the_oldest_has_waited(operator_client):
+    from django.db import connection
+
+    from tests.jobs import job_with_status
+
+    job_with_status("failed")
+    waiting = job_with_status("todo")
+    with connection.cursor() as cursor:  # deferred 20 minutes ago, and no worker took it
+        cursor.execute(
+            "UPDATE procrastinate_events SET at = now() - interval '20 minutes' "
+            "WHERE job_id = %s AND type = 'deferred'",
+            [waiting],
+        )
+    found, _body = tiles(operator_client)
+
+    assert found["Failed jobs"].value == "1" and found["Failed jobs"].alert
+    assert found["Jobs queued"].value == "1 (oldest waiting 20 min)"
+    assert found["Jobs queued"].alert
