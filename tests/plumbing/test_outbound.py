@@ -137,16 +137,21 @@ def test_a_slow_drip_ends_at_the_deadline_not_at_the_server_s_pace():
 
 
 def test_a_connection_outside_a_deadline_is_a_programming_error():
-    with RecordingListener() as stranger:
-        with pytest.raises(RuntimeError, match="outside outbound.deadline"):
-            outbound.guarded_session().get(stranger.url, timeout=2)
+    with (
+        RecordingListener() as stranger,
+        pytest.raises(RuntimeError, match=r"outside outbound\.deadline"),
+    ):
+        outbound.guarded_session().get(stranger.url, timeout=2)
     assert stranger.connections == 0
 
 
 def test_in_production_a_refused_address_is_not_even_connected_to(production_rules):
-    with RecordingListener() as stranger, outbound.deadline(2):
-        with pytest.raises(requests.ConnectionError) as caught:
-            outbound.guarded_session().get(stranger.url.replace("http:", "https:"), timeout=2)
+    with (
+        RecordingListener() as stranger,
+        outbound.deadline(2),
+        pytest.raises(requests.ConnectionError) as caught,
+    ):
+        outbound.guarded_session().get(stranger.url.replace("http:", "https:"), timeout=2)
 
     refused = outbound.find_cause(caught.value, outbound.DestinationRefused)
     assert refused is not None
