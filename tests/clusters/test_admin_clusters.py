@@ -8,6 +8,7 @@ from clusters import services
 from clusters.models import HopsworksCluster
 from clusters.models import UserHopsworksAssignment as Assignment
 from tests.factories import ClusterFactory, UserFactory
+from tests.fakes.raw_servers import RecordingListener
 
 pytestmark = pytest.mark.django_db
 
@@ -83,7 +84,9 @@ def test_creating_a_cluster_encrypts_its_key_and_never_shows_it_back(operator_cl
 
 
 def test_saving_with_empty_secret_inputs_keeps_the_stored_secrets(operator_client):
-    cluster = ClusterFactory(name="east", api_key="keep-me", kubeconfig=KUBECONFIG)
+    cluster = ClusterFactory(
+        name="east", api_url="https://east.example.com", api_key="keep-me", kubeconfig=KUBECONFIG
+    )
     response = operator_client.post(
         f"{LIST}{cluster.pk}/change/", form_data(api_key_input="", max_users="20")
     )
@@ -245,3 +248,81 @@ def test_the_users_list_with_clusters_makes_as_many_queries_for_50_users_as_for_
     for user in UserFactory.create_batch(45):
         services.assignment_create(user=user, cluster=cluster, actor=None)
     assert queries() == few
+
+
+# Where the key goes, and secrets never shown back
+
+
+def test_a_url_change_without_the_key_is_refused_so_test_connection_cannot_leak_the_key(
+    operator_client, fake_hopsworks, cluster_on, test_ca
+):
+    east, _ = fake_hopsworks
+    cluster = cluster_on(east, name="east")
+
+    with RecordingListener(tls=test_ca) as stranger:
+        change = operator_client.post(
+            f"{LIST}{cluster.pk}/change/",
+            form_data(
+                api_url=stranger.url,
+                api_key_input="",
+                ca_bundle=test_ca.ca_path.read_text(),
+            ),
+        )
+        operator_client.post(
+            LIST, {"action": "test_connection", "_selected_action": [cluster.pk]}, follow=True
+        )
+
+    assert east.api_key.encode() not in stranger.received
+    assert (stranger.connections, stranger.received) == (0, b"")
+    assert change.status_code == 200
+    errors = change.context["adminform"].form.errors
+    assert "enter the API key again" in " ".join(errors["api_key_input"])
+    assert HopsworksCluster.objects.get(pk=cluster.pk).api_url == east.api_url
+
+
+def test_test_connection_never_shows_what_the_server_answered(
+    operator_client, fake_hopsworks, cluster_on
+):
+    east, _ = fake_hopsworks
+    cluster = cluster_on(east, name="east")
+    east.answer_next(
+        403, {"usrMsg": "internal-secret-from-the-body", "errorCode": 7}, path="/admin/users"
+    )
+
+    response = operator_client.post(
+        LIST, {"action": "test_connection", "_selected_action": [cluster.pk]}, follow=True
+    )
+
+    messages = " ".join(str(m) for m in response.context["messages"])
+    assert "HTTP 403 Forbidden" in messages
+    assert "internal-secret-from-the-body" not in messages
+    assert "internal-secret-from-the-body" not in response.content.decode()
+
+
+def test_an_invalid_form_never_shows_the_pasted_kubeconfig_or_key_again(operator_client):
+    response = operator_client.post(
+        f"{LIST}add/",
+        form_data(
+            api_url="not a url",
+            api_key_input="the-admin-key-typed-in",
+            kubeconfig_input=KUBECONFIG,
+        ),
+    )
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "kube-secret-token" not in page
+    assert "the-admin-key-typed-in" not in page
+    errors = response.context["adminform"].form.errors
+    assert "Enter it again" in " ".join(errors["kubeconfig_input"])
+    assert "Enter it again" in " ".join(errors["api_key_input"])
+
+
+def test_a_kubeconfig_refused_for_its_server_is_not_shown_again(operator_client):
+    config = KUBECONFIG.replace("https://10.0.0.1:6443", "https://10.0.0.1:6443/internal/x?y=")
+    response = operator_client.post(f"{LIST}add/", form_data(kubeconfig_input=config))
+
+    assert response.status_code == 200
+    assert "kube-secret-token" not in response.content.decode()
+    errors = response.context["adminform"].form.errors["kubeconfig_input"]
+    assert "without a path, query or fragment" in " ".join(errors)
