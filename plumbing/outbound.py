@@ -202,7 +202,8 @@ def destination_problem(url: str) -> str | None:
 
 @dataclass
 class Budget:
-    """The time one call (or one piece of work) may still take, on the monotonic clock."""
+    """The time one call (or one piece of work) may still take, on the monotonic clock.
+    `seconds` is the deadline's size, for messages."""
 
     seconds: float
     ends: float
@@ -230,12 +231,10 @@ _background: ContextVar[bool] = ContextVar("outbound_background", default=False)
 def deadline(seconds: float) -> Iterator[Budget]:
     """Everything sent and received inside must finish within `seconds`; nested deadlines
     keep the earlier end, so a piece of work can bound the calls it is made of."""
-    now = time.monotonic()
-    ends = now + seconds
+    budget = Budget(seconds=seconds, ends=time.monotonic() + seconds)
     outer = _budget.get()
-    if outer is not None and outer.ends < ends:
-        ends = outer.ends
-    budget = Budget(seconds=round(ends - now, 3), ends=ends)
+    if outer is not None and outer.ends < budget.ends:
+        budget = outer  # the earlier deadline binds, and messages name it
     token = _budget.set(budget)
     try:
         yield budget

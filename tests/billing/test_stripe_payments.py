@@ -16,6 +16,7 @@ from clusters.models import CapacityWait
 from clusters.models import UserHopsworksAssignment as Assignment
 from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
+from tests.fakes.raw_servers import DripServer, http_response
 from tests.fakes.stripe import make_event
 
 pytestmark = pytest.mark.django_db
@@ -152,6 +153,27 @@ def test_stripe_down_is_a_clear_message_not_an_error(client, fake_stripe):
     assert any(
         "could not reach our payment provider" in str(m) for m in response.context["messages"]
     )
+
+
+def test_a_slow_payment_provider_is_a_clear_message_within_the_deadline(
+    client, fake_stripe, settings
+):
+    settings.OUTBOUND_DEADLINE_SECONDS = 1.0
+    user = prepaid_user()
+    login(client, user)
+    answer = http_response(200, b'{"id": "cus_slow"}' + b" " * 400)
+    with DripServer(answer, interval=0.05) as slow:
+        settings.STRIPE_API_BASE = slow.url
+        started = time.monotonic()
+        response = client.post("/billing/credits/", {"amount": "25"}, follow=True)
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert any(
+        "could not reach our payment provider" in str(m) for m in response.context["messages"]
+    )
+    assert elapsed < 1.0 + 1.5
+    assert slow.connections == 1
 
 
 # Webhooks -------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The user's account on their Hopsworks cluster: created at first login, retried when the
 cluster is down, following suspension and moves; never created twice."""
 
+import time
+
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -13,6 +15,7 @@ from clusters.models import UserHopsworksAssignment as Assignment
 from tests.accounts.test_auth0_login import log_in
 from tests.factories import UserFactory
 from tests.fakes.hopsworks import OAUTH_CLIENT_ID
+from tests.fakes.raw_servers import DripServer, http_response
 
 pytestmark = pytest.mark.django_db
 
@@ -160,3 +163,42 @@ def test_a_suspended_user_logging_in_gets_no_account(
     log_in(client, fake_auth0, fake_auth0.id_token(sub=SUB, email="s@example.com"))
     assert posts(east) == []
     assert not Assignment.objects.filter(user_id=SUB).exists()
+
+
+def test_a_slow_cluster_cannot_hold_a_first_login_and_the_retry_creates_the_account(
+    client, fake_auth0, fake_hopsworks, test_ca, settings, django_capture_on_commit_callbacks
+):
+    settings.OUTBOUND_DEADLINE_SECONDS = 1.0
+    east, _ = fake_hopsworks
+    users_page = http_response(200, b'{"count": 0}' + b" " * 400)
+    with DripServer(users_page, interval=0.05, tls=test_ca) as slow:
+        cluster = services.cluster_save(
+            cluster=HopsworksCluster(),
+            changes={
+                "name": "slow",
+                "api_url": slow.url,
+                "api_key": east.api_key,
+                "ca_bundle": test_ca.ca_path.read_text(),
+            },
+            actor="test",
+        )
+        started = time.monotonic()
+        with django_capture_on_commit_callbacks(execute=True):
+            response = log_in(client, fake_auth0, fake_auth0.id_token(sub=SUB, email="ada@x.org"))
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 302
+    assert elapsed < 1.0 + 1.5
+    assert slow.connections == 1  # one attempt, no retry inside the login
+    account = HopsworksAccount.objects.get(user_id=SUB)
+    assert account.pending
+    assert "deadline" in account.last_error
+
+    services.cluster_save(
+        cluster=cluster, changes={"api_url": east.api_url, "api_key": east.api_key}, actor="test"
+    )
+    call_command("sync_hopsworks_accounts")
+
+    account.refresh_from_db()
+    assert (account.synced, account.last_error) == ("active", "")
+    assert len(posts(east)) == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -18,7 +19,10 @@ from clusters.hopsworks import (
     HopsworksProject,
     validate_api_url,
 )
+from clusters.models import HopsworksCluster
+from plumbing import outbound
 from tests.fakes.hopsworks import CREATE_PARAMS, OAUTH_CLIENT_ID, reset, start_server
+from tests.fakes.raw_servers import DripServer, http_response
 
 SUBJECT = "auth0|65f1c0ffee"
 
@@ -594,3 +598,68 @@ def test_an_api_url_pasted_with_the_api_path_is_not_doubled(fake_hopsworks, make
     assert client.api_url == fake_hopsworks.api_url
     assert all(r.path.startswith("/admin/") for r in fake_hopsworks.requests)
     assert urlsplit(client.api_url).path == ""
+
+
+# Deadlines and size
+
+
+def drip_cluster(slow, test_ca):
+    return HopsworksCluster(
+        name="slow",
+        api_url=slow.url,
+        api_key="an-admin-key-0123",
+        ca_bundle=test_ca.ca_path.read_text(),
+    )
+
+
+@pytest.mark.django_db
+def test_a_slow_drip_cluster_is_cut_off_at_the_deadline_with_one_attempt(test_ca, settings):
+    settings.OUTBOUND_DEADLINE_SECONDS = 1.0
+    answer = http_response(200, b'{"count": 0}' + b" " * 400)
+    with DripServer(answer, interval=0.05, tls=test_ca) as slow:
+        started = time.monotonic()
+        with (
+            pytest.raises(HopsworksError) as caught,
+            drip_cluster(slow, test_ca).hopsworks_client(quick=True) as client,
+        ):
+            client.check_connection()
+        elapsed = time.monotonic() - started
+
+    assert "no complete answer within 1s (the deadline for one call)" in str(caught.value)
+    assert "tried once" in str(caught.value)
+    assert caught.value.retriable
+    assert elapsed < 1.0 + 1.0
+    assert slow.connections == 1
+
+
+@pytest.mark.django_db
+def test_in_the_background_retries_stay_within_the_one_deadline(test_ca, settings):
+    settings.OUTBOUND_BACKGROUND_DEADLINE_SECONDS = 1.5
+    answer = http_response(200, b'{"count": 0}' + b" " * 400)
+    with DripServer(answer, interval=0.05, tls=test_ca) as slow, outbound.background_work():
+        started = time.monotonic()
+        with (
+            pytest.raises(HopsworksError) as caught,
+            drip_cluster(slow, test_ca).hopsworks_client() as client,
+        ):
+            client.check_connection()
+        elapsed = time.monotonic() - started
+
+    assert "deadline" in str(caught.value)
+    assert elapsed < 1.5 + 1.0
+
+
+def test_an_answer_larger_than_the_limit_is_refused(test_ca):
+    huge = http_response(200, b'{"count": 1, "items": ["' + b"x" * 300_000 + b'"]}')
+    with DripServer(huge, interval=0, chunk=65536, tls=test_ca) as big:
+        client = HopsworksClient(
+            api_url=big.url,
+            api_key="an-admin-key-0123",
+            ca_bundle_pem=test_ca.ca_path.read_text(),
+            max_response_bytes=64 * 1024,
+        )
+        with pytest.raises(HopsworksError) as caught, client:
+            client.check_connection()
+
+    assert "larger than 65536 bytes" in str(caught.value)
+    assert not caught.value.retriable

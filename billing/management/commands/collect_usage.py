@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from billing.collection import CollectionError, clusters_to_collect, days_between, usage_collect
+from plumbing import outbound
 
 
 def _date(value: str) -> dt.date:
@@ -44,7 +45,8 @@ class Command(BaseCommand):
             self.stdout.write("No active or maintenance cluster has a kubeconfig: nothing to do.")
             return
 
-        runs = usage_collect(clusters=clusters, days=days)
+        with outbound.background_work():  # cron: the longer deadline and retries per call
+            runs = usage_collect(clusters=clusters, days=days)
         failed = 0
         for run in runs:
             if run.status == run.Status.SUCCEEDED:
