@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import admin, messages
 
 from accounts.models import User
 from clusters import services
 from clusters.models import CapacityWait, HopsworksAccount
+from plumbing import outbound
 
 
 @admin.register(CapacityWait)
@@ -57,10 +59,12 @@ class HopsworksAccountAdmin(admin.ModelAdmin):
 
         users = User.objects.filter(pk__in=queryset.values("user_id"))
         synced = failed = 0
-        for user in users:
-            report = hopsworks_accounts_sync(user=user)
-            synced += report.synced
-            failed += report.failed
-            for error in report.errors:
-                self.message_user(request, error, messages.ERROR)
+        # One deadline for all the users selected: the page answers in time however many.
+        with outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS):
+            for user in users:
+                report = hopsworks_accounts_sync(user=user, quick=True)
+                synced += report.synced
+                failed += report.failed
+                for error in report.errors:
+                    self.message_user(request, error, messages.ERROR)
         self.message_user(request, f"{synced} account(s) synced, {failed} failed.")

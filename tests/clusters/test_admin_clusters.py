@@ -1,14 +1,16 @@
 """The clusters console: utilization list, write-only secrets, validation, actions."""
 
+import time
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from clusters import services
-from clusters.models import HopsworksCluster
+from clusters.models import HopsworksAccount, HopsworksCluster
 from clusters.models import UserHopsworksAssignment as Assignment
 from tests.factories import ClusterFactory, UserFactory
-from tests.fakes.raw_servers import RecordingListener
+from tests.fakes.raw_servers import DripServer, RecordingListener, http_response
 
 pytestmark = pytest.mark.django_db
 
@@ -326,3 +328,26 @@ def test_a_kubeconfig_refused_for_its_server_is_not_shown_again(operator_client)
     assert "kube-secret-token" not in response.content.decode()
     errors = response.context["adminform"].form.errors["kubeconfig_input"]
     assert "without a path, query or fragment" in " ".join(errors)
+
+
+def test_sync_now_for_many_users_on_a_slow_cluster_answers_within_the_deadline(
+    operator_client, test_ca, settings
+):
+    settings.OUTBOUND_DEADLINE_SECONDS = 1.0
+    answer = http_response(200, b'{"count": 0}' + b" " * 400)
+    with DripServer(answer, interval=0.05, for_seconds=3, tls=test_ca) as slow:
+        cluster = ClusterFactory(api_url=slow.url, ca_bundle=test_ca.ca_path.read_text())
+        for _ in range(3):
+            services.assignment_create(user=UserFactory(), cluster=cluster, actor=None)
+        accounts = list(HopsworksAccount.objects.values_list("pk", flat=True))
+        started = time.monotonic()
+        response = operator_client.post(
+            "/admin/clusters/hopsworksaccount/",
+            {"action": "sync_now", "_selected_action": accounts},
+            follow=True,
+        )
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert elapsed < 1.0 + 1.5
+    assert HopsworksAccount.objects.pending().count() == 3
