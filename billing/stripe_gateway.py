@@ -685,12 +685,26 @@ def verify_webhook(*, payload: bytes, signature_header: str | None) -> dict:
     except UnicodeDecodeError:
         raise WebhookSignatureError("the payload is not UTF-8") from None
     try:
-        event = json.loads(payload)
+        # NaN, Infinity and 1e400 are no JSON Stripe sends, and PostgreSQL cannot store them.
+        event = json.loads(payload, parse_constant=_not_a_number, parse_float=_finite_float)
+    except RecursionError:
+        raise WebhookSignatureError("the signed payload is nested too deeply") from None
     except ValueError:
         raise WebhookSignatureError("the signed payload is not JSON") from None
     if not isinstance(event, dict):
         raise WebhookSignatureError("the signed payload is not a JSON object")
     return event
+
+
+def _not_a_number(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is not a finite number")
+    return number
 
 
 def dashboard_url(kind: str, object_id: str) -> str:

@@ -153,6 +153,22 @@ class DripServer(_Server):
             if not data:
                 return
             request += data
+        # Read the request's body too: closing with unread data would reset the connection
+        # and the client would see a reset instead of our answer.
+        head, _, body = request.partition(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        while len(body) < length:
+            data = conn.recv(65536)
+            if not data:
+                return
+            body += data
         ends = time.monotonic() + self.for_seconds
         for start in range(0, len(self.response), self.chunk):
             if self._stop.is_set() or time.monotonic() > ends:
