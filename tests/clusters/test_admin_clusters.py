@@ -3,8 +3,11 @@
 import time
 
 import pytest
+import yaml
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clusters import services
 from clusters.models import HopsworksAccount, HopsworksCluster
@@ -351,3 +354,60 @@ def test_sync_now_for_many_users_on_a_slow_cluster_answers_within_the_deadline(
     assert response.status_code == 200
     assert elapsed < 1.0 + 1.5
     assert HopsworksAccount.objects.pending().count() == 3
+
+
+# No form input is a server error
+
+texts = st.text(st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
+    ["", " ", "\x00", "https://east.example.com", "http://localhost:8181", "https://[::1]:x"]
+)
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | texts,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["clusters", "users", "contexts", "name", "cluster", "server", "user"])
+            | texts,
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=15,
+)
+kubeconfigs = (
+    texts
+    | yaml_values.map(lambda v: yaml.safe_dump(v, allow_unicode=True))
+    | st.integers(1, 3000).map(lambda n: "a: " + "[" * n + "]" * n)
+    | st.just(KUBECONFIG)
+    | st.just(KUBECONFIG.replace("https://10.0.0.1:6443", "https://10.0.0.1:6443/x?y=\x00"))
+)
+cluster_forms = st.fixed_dictionaries(
+    {
+        "name": texts,
+        "api_url": texts,
+        "status": st.sampled_from(["active", "maintenance", "inactive", "", "\x00"]) | texts,
+        "max_users": st.sampled_from(["10", "-1", "0", "1e9", "99999999999999999999"]) | texts,
+        "ca_bundle": texts,
+        "api_key_input": texts,
+        "kubeconfig_input": kubeconfigs,
+    },
+    optional={"clear_kubeconfig": st.sampled_from(["on", "", "\x00"])},
+)
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=cluster_forms, change=st.booleans())
+def test_no_cluster_form_input_is_a_server_error(operator_client, data, change):
+    cluster = HopsworksCluster.objects.filter(name="fuzzed").first() or ClusterFactory(
+        name="fuzzed", kubeconfig=KUBECONFIG
+    )
+    url = f"{LIST}{cluster.pk}/change/" if change else f"{LIST}add/"
+
+    response = operator_client.post(url, data)
+
+    assert response.status_code in (200, 302)
+    assert "kube-secret-token" not in response.content.decode()
