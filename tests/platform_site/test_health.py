@@ -53,3 +53,21 @@ def test_a_nul_byte_in_the_address_is_a_400_not_a_database_error(operator_client
     assert response.status_code == 400
     if json_error:
         assert response.json()["error"]["status"] == 400
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [
+        ("/", {"HTTP_COOKIE": 'sessionid="\\000\\000\\000\\000\\000\\000\\000\\000"'}),
+        ("/admin/", {"HTTP_COOKIE": 'sessionid="abcdefgh\\000"'}),
+        ("/api/v1/users", {"HTTP_AUTHORIZATION": "Api-Key abc\x00.def"}),
+        ("/", {"HTTP_X_FORWARDED_FOR": "1.2.3.4\x00"}),
+    ],
+)
+def test_a_nul_byte_in_a_cookie_or_header_is_a_400_not_a_database_error(client, url, headers):
+    client.raise_request_exception = False
+
+    response = client.get(url, **headers)
+
+    assert response.status_code == 400
