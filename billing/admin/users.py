@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -15,6 +16,7 @@ from billing.invoices import invoices_sync
 from billing.models import BillingProfile
 from billing.pricing import to_cents
 from billing.profiles import billing_mode_set
+from plumbing import outbound
 from plumbing.admin_confirm import confirm_then
 
 
@@ -60,11 +62,13 @@ class UserBillingAdminMixin(GrantCreditsMixin):
     @admin.action(description="Sync invoices from Stripe (repairs missed webhooks)")
     def sync_invoices(self, request, queryset):
         synced = 0
-        for user in queryset.exclude(stripe_customer_id__isnull=True):
-            try:
-                synced += invoices_sync(user=user)
-            except gateway.StripeGatewayError as error:
-                self.message_user(request, f"{user.email}: {error}", messages.ERROR)
+        # One deadline for all the users selected: the page answers in time however many.
+        with outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS):
+            for user in queryset.exclude(stripe_customer_id__isnull=True):
+                try:
+                    synced += invoices_sync(user=user)
+                except gateway.StripeGatewayError as error:
+                    self.message_user(request, f"{user.email}: {error}", messages.ERROR)
         self.message_user(request, f"{synced} invoice(s) brought up to date.")
 
     @admin.display(description="billing")

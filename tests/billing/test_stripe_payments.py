@@ -408,6 +408,27 @@ def test_sync_invoices_repairs_missed_webhooks(operator_client, fake_stripe):
     ]
 
 
+def test_sync_invoices_for_many_users_on_a_slow_stripe_answers_within_the_deadline(
+    operator_client, fake_stripe, settings
+):
+    settings.OUTBOUND_DEADLINE_SECONDS = 1.0
+    users = [UserFactory(stripe_customer_id=f"cus_slow_{n}") for n in range(3)]
+    answer = http_response(200, b'{"object": "list", "data": []}' + b" " * 400)
+    with DripServer(answer, interval=0.05, for_seconds=3) as slow:
+        settings.STRIPE_API_BASE = slow.url
+        started = time.monotonic()
+        response = operator_client.post(
+            "/admin/accounts/user/",
+            {"action": "sync_invoices", "_selected_action": [u.pk for u in users]},
+            follow=True,
+        )
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert elapsed < 1.0 + 1.5
+    assert any("could not be reached" in str(m) for m in response.context["messages"])
+
+
 def test_the_stripe_admin_pages_open(operator_client, fake_stripe, deliver):
     user = UserFactory()
     customer = customer_ensure(user=user)
