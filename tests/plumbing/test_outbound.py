@@ -168,3 +168,67 @@ def test_proxies_from_the_environment_are_not_used(monkeypatch):
 
     assert response.content == b"ok"
     assert proxy.connections == 0
+
+
+def fake_dns(monkeypatch, answers: dict[str, list[str]]):
+    """Host names answered from `answers` (a list per lookup: the last one repeats)."""
+    real = outbound.socket.getaddrinfo
+    calls: dict[str, int] = {}
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        calls[host] = calls.get(host, 0) + 1
+        address = answers[host][min(calls[host], len(answers[host])) - 1]
+        family = outbound.socket.AF_INET6 if ":" in address else outbound.socket.AF_INET
+        return [(family, outbound.socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", getaddrinfo)
+    return calls
+
+
+def test_every_address_of_a_name_is_checked_not_just_the_first(production_rules, monkeypatch):
+    real = outbound.socket.getaddrinfo
+
+    def two_addresses(host, port, *args, **kwargs):
+        if host != "mixed.example":
+            return real(host, port, *args, **kwargs)
+        return [
+            (outbound.socket.AF_INET, outbound.socket.SOCK_STREAM, 6, "", ("8.8.8.8", port)),
+            (outbound.socket.AF_INET, outbound.socket.SOCK_STREAM, 6, "", ("10.0.0.7", port)),
+        ]
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", two_addresses)
+
+    problem = outbound.destination_problem("https://mixed.example")
+
+    assert "10.0.0.7" in problem
+    assert "private" in problem
+
+
+def test_a_name_that_resolves_elsewhere_at_connect_time_is_refused_then(
+    production_rules, monkeypatch
+):
+    # Public when saved, this machine when connecting (DNS rebinding).
+    fake_dns(monkeypatch, {"rebind.example": ["8.8.8.8", "127.0.0.1"]})
+    assert outbound.destination_problem("https://rebind.example") is None
+
+    with (
+        RecordingListener() as stranger,
+        outbound.deadline(2),
+        pytest.raises(requests.ConnectionError) as caught,
+    ):
+        outbound.guarded_session().get(f"https://rebind.example:{stranger.port}/", timeout=2)
+
+    assert "this machine" in outbound.find_cause(caught.value, outbound.DestinationRefused).problem
+    assert stranger.connections == 0
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch):
+    # One lookup per connection: the socket connects to the answer the rule saw.
+    calls = fake_dns(monkeypatch, {"site.example": ["127.0.0.1"]})
+    with DripServer(http_response(200, b"ok"), interval=0) as site, outbound.deadline(2):
+        response = outbound.guarded_session().get(f"http://site.example:{site.port}/", timeout=2)
+
+    assert response.content == b"ok"
+    assert calls == {"site.example": 1}
