@@ -5,9 +5,9 @@ transport (`plumbing.outbound`): one deadline per operation (connect, reads and 
 together), answers read up to a size limit, no proxy. Inside a web request a call is tried
 once (OUTBOUND_DEADLINE_SECONDS); management commands (`background_work`) get network
 retries and the longer deadline. Every call that creates or moves something carries a
-deterministic idempotency key, so a caller may simply call again after an error. SDK errors become a
-`StripeGatewayError` whose message an operator can act on and which never contains a secret;
-results are plain dicts and strings, so callers never depend on stripe types.
+deterministic idempotency key, so a caller may simply call again after an error. SDK errors
+become a `StripeGatewayError` whose message an operator can act on and which never contains
+a secret; results are plain dicts and strings, so callers never depend on stripe types.
 
 Settings: STRIPE_SECRET_KEY (empty = not configured), STRIPE_WEBHOOK_SECRET, and
 STRIPE_API_BASE (empty = https://api.stripe.com; http:// only for a local fake).
@@ -228,9 +228,7 @@ def _network_reason(exc: stripe.APIConnectionError, budget: outbound.Budget | No
     too_large = outbound.find_cause(exc, outbound.ResponseTooLarge)
     if too_large is not None:
         return str(too_large)
-    if (budget is not None and budget.expired) or outbound.find_cause(
-        exc, outbound.DeadlineExceeded
-    ):
+    if _deadline_passed(exc, budget):
         seconds = budget.seconds if budget is not None else READ_TIMEOUT_SECONDS
         return f"no complete answer within {seconds:g} s (the deadline for one call)"
     cause = exc.__cause__
@@ -246,6 +244,12 @@ def _network_reason(exc: stripe.APIConnectionError, budget: outbound.Budget | No
     if errno:
         return errno.group(0).strip()
     return " ".join(f"{name}: {text}".split())[:300] if name else "network error"
+
+
+def _deadline_passed(exc: Exception, budget: outbound.Budget | None) -> bool:
+    return (budget is not None and budget.expired) or bool(
+        outbound.find_cause(exc, outbound.DeadlineExceeded)
+    )
 
 
 def _translate(
@@ -277,7 +281,11 @@ def _translate(
     if isinstance(exc, stripe.APIConnectionError):
         # The SDK marks what is worth retrying: not a failed TLS verification.
         reason = _network_reason(exc, budget)
-        retriable = bool(getattr(exc, "should_retry", True)) or "deadline" in reason
+        # A later call may get an answer in time; a refused address or a huge answer not.
+        retriable = _deadline_passed(exc, budget) or (
+            bool(getattr(exc, "should_retry", True))
+            and not outbound.find_cause(exc, outbound.DestinationRefused)
+        )
         message = (
             f"Stripe could not be reached at {_api_base()}: {reason}. "
             f"Could not {operation} ({tries}). Check the "
