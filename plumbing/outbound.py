@@ -395,7 +395,9 @@ class _GuardedConnectionMixin:
                 error = NewConnectionError(self, f"Failed to establish a new connection: {exc}")
                 error.__cause__ = exc
             else:
-                sock.settimeout(_number(self.timeout))
+                # Keep the cut timeout for the TLS handshake (one call in C that our socket
+                # methods do not see); later operations cut urllib3's own timeouts again.
+                sock._wanted_timeout = _number(self.timeout)
                 return sock
         raise error or NewConnectionError(self, f"{self.host} has no address")
 

@@ -9,6 +9,9 @@ one byte at a time (a slow-drip server, to prove a call ends at its deadline).
     with DripServer(http_response(200, b"{}"), interval=0.05) as slow:
         ...                                               # slow.url, slow.connections
 
+    with SilentListener() as mute:                        # accepts, then says nothing
+        ...
+
 Both speak TLS with a certificate from the test CA when given `tls=`, so a client that
 verifies against that CA gets as far as sending its request (and its credentials).
 """
@@ -125,6 +128,13 @@ class RecordingListener(_Server):
                 self._received += data
             if b"\r\n\r\n" in self._received:
                 return
+
+
+class SilentListener(_Server):
+    """Accepts connections and never says a word (not even a TLS handshake), until stopped."""
+
+    def _serve(self, conn: socket.socket) -> None:
+        self._stop.wait(30)
 
 
 class DripServer(_Server):

@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from plumbing import outbound
-from tests.fakes.raw_servers import DripServer, RecordingListener, http_response
+from tests.fakes.raw_servers import DripServer, RecordingListener, SilentListener, http_response
 
 
 @pytest.fixture
@@ -133,6 +133,17 @@ def test_a_slow_drip_ends_at_the_deadline_not_at_the_server_s_pace():
         elapsed = time.monotonic() - started
 
     assert budget.expired
+    assert elapsed < 1.0 + 0.5
+
+
+def test_a_server_that_never_answers_the_tls_handshake_is_cut_off_at_the_deadline():
+    session = outbound.guarded_session()
+    with SilentListener() as mute:
+        started = time.monotonic()
+        with pytest.raises(requests.RequestException), outbound.deadline(1.0):
+            session.get(mute.url.replace("http:", "https:"), timeout=(5, 5))
+        elapsed = time.monotonic() - started
+
     assert elapsed < 1.0 + 0.5
 
 
