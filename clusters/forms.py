@@ -64,7 +64,9 @@ class HopsworksClusterForm(forms.ModelForm):
 
     def clean_api_url(self):
         url = self.cleaned_data["api_url"].strip().rstrip("/")
-        problem = validate_api_url(url, resolve=True)
+        # A new address is resolved and checked; the service checks again, connections too.
+        changed = services.cluster_address_changes(self.instance, {"api_url": url})
+        problem = validate_api_url(url, resolve=self.instance._state.adding or changed)
         if problem:
             raise forms.ValidationError(problem)
         return url

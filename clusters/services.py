@@ -324,11 +324,13 @@ def cluster_address_changes(cluster: HopsworksCluster, changes: dict) -> bool:
     )
 
 
-def _check_destinations(changes: dict) -> None:
-    """The cluster's URL and kubeconfig server must pass the outbound rule (resolving their
-    hosts); connections check again, since DNS answers change."""
+def _check_destinations(cluster: HopsworksCluster, changes: dict) -> None:
+    """A new URL or kubeconfig server must pass the outbound rule (resolving its host);
+    connections check again, since DNS answers change. An unchanged URL is not looked up
+    again here, so a DNS hiccup does not block an unrelated edit."""
     if "api_url" in changes:
-        problem = validate_api_url(changes["api_url"], resolve=True)
+        new_url = cluster._state.adding or not _same_address(cluster.api_url, changes["api_url"])
+        problem = validate_api_url(changes["api_url"], resolve=new_url)
         if problem:
             raise ClusterValidationError("api_url", problem)
     if changes.get("kubeconfig"):
@@ -352,7 +354,7 @@ def cluster_save(*, cluster: HopsworksCluster, changes: dict, actor) -> Hopswork
     changes = dict(changes)
     if "api_url" in changes:
         changes["api_url"] = (changes["api_url"] or "").strip().rstrip("/")
-    _check_destinations(changes)  # before the row lock: it may wait for DNS
+    _check_destinations(cluster, changes)  # before the row lock: it may wait for DNS
     creating = cluster._state.adding
     with transaction.atomic():
         if creating:

@@ -152,3 +152,19 @@ def test_the_address_is_checked_again_when_connecting(
     assert "this machine" in str(caught.value)
     assert not caught.value.retriable
     assert (stranger.connections, stranger.received) == (0, b"")
+
+
+def test_in_production_an_unchanged_url_is_not_looked_up_again(production_rules, monkeypatch):
+    cluster = ClusterFactory(api_url="https://hopsworks.example.com", max_users=5)
+
+    def no_dns(*args, **kwargs):
+        raise AssertionError("resolved an address that did not change")
+
+    monkeypatch.setattr("plumbing.outbound.socket.getaddrinfo", no_dns)
+    services.cluster_save(
+        cluster=cluster,
+        changes={"api_url": "https://hopsworks.example.com/", "max_users": 6},
+        actor="op",
+    )
+
+    assert HopsworksCluster.objects.get(pk=cluster.pk).max_users == 6
