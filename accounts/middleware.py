@@ -56,9 +56,10 @@ class OperatorSessionIdleTimeoutMiddleware:
 
 
 class RejectNullBytesMiddleware:
-    """PostgreSQL text cannot hold NUL bytes: a path or query string with one is a bad
-    request (400), never a database error (500). Bodies are checked by the forms and
-    serializers that read them."""
+    """PostgreSQL text cannot hold NUL bytes: a path, query string, cookie or header with
+    one is a bad request (400), never a database error (500): a session cookie holding
+    `"\\000"` would otherwise reach the session table. Bodies are checked by the forms, the
+    API's parser and the webhook that read them."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -68,18 +69,21 @@ class RejectNullBytesMiddleware:
         if "\x00" in request.path or any(
             "\x00" in k or any("\x00" in v for v in vs) for k, vs in query
         ):
-            message = "The address contains a NUL character (%00), which is not allowed."
-            if request.path.startswith("/api/"):
-                return JsonResponse(
-                    {
-                        "error": {
-                            "status": 400,
-                            "code": "invalid",
-                            "message": message,
-                            "details": None,
-                        }
-                    },
-                    status=400,
-                )
-            return render(request, "400.html", {"message": message}, status=400)
+            return self._refuse(request, "The address contains a NUL character (%00)")
+        if any("\x00" in k or "\x00" in v for k, v in request.COOKIES.items()) or any(
+            isinstance(v, str) and "\x00" in v
+            for k, v in request.META.items()
+            if k.startswith("HTTP_")
+        ):
+            return self._refuse(request, "A cookie or header contains a NUL character")
         return self.get_response(request)
+
+    @staticmethod
+    def _refuse(request, what: str):
+        message = f"{what}, which is not allowed."
+        if request.path.startswith("/api/"):
+            return JsonResponse(
+                {"error": {"status": 400, "code": "invalid", "message": message, "details": None}},
+                status=400,
+            )
+        return render(request, "400.html", {"message": message}, status=400)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -34,6 +36,7 @@ from clusters.opencost import (
     is_system_namespace,
 )
 from clusters.selectors import user_ids_by_hopsworks_identity
+from plumbing import outbound
 from plumbing.encryption import SecretDecryptionError
 
 logger = logging.getLogger(__name__)
@@ -211,8 +214,16 @@ def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
 
 
 def usage_collect(*, clusters, days, actor="collect_usage") -> list[UsageCollectionRun]:
-    return [
-        usage_collect_day(cluster=cluster, day=day, actor=actor)
-        for cluster in clusters
-        for day in days
-    ]
+    """Collect each cluster-day. Inside a web request (an operator's "collect now") all of it
+    shares one outbound deadline, and cluster-days not started in time are left to cron."""
+    in_request = not outbound.in_background()
+    runs = []
+    with (
+        outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS) if in_request else nullcontext()
+    ) as budget:
+        for cluster in clusters:
+            for day in days:
+                if budget is not None and budget.expired:
+                    return runs
+                runs.append(usage_collect_day(cluster=cluster, day=day, actor=actor))
+    return runs

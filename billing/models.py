@@ -411,12 +411,17 @@ class BillingHistory(models.Model):
 
 class StripeEvent(models.Model):
     """A webhook event from Stripe, stored by its unique id before it is processed, so a
-    duplicate delivery is recognised and a failed processing can be retried."""
+    duplicate delivery is recognised and a failed processing can be retried.
+
+    `unmatched`: about a customer or user we do not know (yet). Answered 200, so Stripe stops
+    redelivering; not retried by `retry_stripe_events`; an operator processes it again once
+    the customer is linked."""
 
     class Status(models.TextChoices):
         RECEIVED = "received", "Received"
         PROCESSED = "processed", "Processed"
         IGNORED = "ignored", "Ignored (type not handled)"
+        UNMATCHED = "unmatched", "Unmatched (no user of ours)"
         FAILED = "failed", "Failed"
 
     id = models.TextField(primary_key=True, verbose_name="Stripe event id")
@@ -429,6 +434,8 @@ class StripeEvent(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     received_at = models.DateTimeField(default=timezone.now)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # When processing was last tried: retries take the oldest first.
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "billing_stripe_event"

@@ -1,14 +1,19 @@
 """Stripe webhook events: stored once by their id, then processed in a transaction.
 
 The dispatch table comes first: each event type we act on, and the one function that acts
-on it (below, in the same order). Types not listed are stored and marked ignored.
+on it (below, in the same order). Types not listed are stored and marked ignored. An event
+about a customer we do not know is stored as unmatched: answered 200 (Stripe would
+otherwise redeliver it for days and may disable the endpoint) and processed again by an
+operator once the customer is linked.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import User
@@ -21,6 +26,16 @@ from billing.profiles import billing_profile_ensure
 from billing.selectors import user_for_stripe_object
 
 logger = logging.getLogger(__name__)
+
+RETRY_BATCH = 100
+RETRY_MAX_ATTEMPTS = 10
+# Stripe objects are a few levels deep; anything much deeper is not an event of theirs.
+MAX_EVENT_DEPTH = 64
+LATEST_TIMESTAMP = int(dt.datetime(9999, 12, 31, tzinfo=dt.UTC).timestamp())
+
+
+class UnmatchedCustomer(BillingError):
+    """The event is about a Stripe customer or user that is not ours (yet)."""
 
 
 def _handlers() -> dict:
@@ -43,9 +58,10 @@ def _handlers() -> dict:
 def stripe_event_receive(*, payload: bytes, signature: str | None) -> StripeEvent:
     """Verify, store (once, by event id) and process a webhook delivery.
 
-    Raises `gateway.WebhookSignatureError` for a bad or stale signature (nothing stored).
+    Raises `gateway.WebhookSignatureError` for a bad or stale signature, and ValueError for
+    a signed body that is not a Stripe event (nothing stored in either case).
     """
-    event = gateway.verify_webhook(payload=payload, signature_header=signature)
+    event = _storable(gateway.verify_webhook(payload=payload, signature_header=signature))
     StripeEvent.objects.get_or_create(
         id=event["id"],
         defaults={
@@ -58,19 +74,65 @@ def stripe_event_receive(*, payload: bytes, signature: str | None) -> StripeEven
     return stripe_event_process(event_id=event["id"])
 
 
+def _storable(event: dict) -> dict:
+    """The event checked for Stripe's envelope, with text PostgreSQL cannot store (NUL, lone
+    surrogates) replaced by U+FFFD: it is signed, so it is Stripe's and is kept."""
+    event = _clean(event, depth=0)
+    if not isinstance(event.get("id"), str) or not event["id"].strip():
+        raise ValueError("the event has no id")
+    if not isinstance(event.get("type"), str) or not event["type"].strip():
+        raise ValueError("the event has no type")
+    created = event.get("created")
+    if not isinstance(created, int) or isinstance(created, bool):
+        raise ValueError("created is not a Unix timestamp")
+    if not 0 <= created <= LATEST_TIMESTAMP:
+        raise ValueError("created is not a plausible Unix timestamp")
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise ValueError("the event has no data.object")
+    return event
+
+
+def _clean(value, *, depth: int):
+    if depth > MAX_EVENT_DEPTH:
+        raise ValueError(f"the event is nested deeper than {MAX_EVENT_DEPTH} levels")
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, list):
+        return [_clean(item, depth=depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {_clean_text(key): _clean(item, depth=depth + 1) for key, item in value.items()}
+    return value
+
+
+def _clean_text(text: str) -> str:
+    text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (\ud800): not storable as UTF-8
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
 def stripe_event_process(*, event_id: str) -> StripeEvent:
     """Process a stored event once. A failure is recorded with its error and left for
-    Stripe's redelivery or `retry_stripe_events`; a processed event is not processed again."""
+    Stripe's redelivery or `retry_stripe_events`; an event about a customer we do not know
+    is recorded as unmatched; a processed event is not processed again."""
     with transaction.atomic():
         event = StripeEvent.objects.select_for_update().get(pk=event_id)
         if event.status in (StripeEvent.Status.PROCESSED, StripeEvent.Status.IGNORED):
             return event
         handler = _handlers().get(event.type)
         event.attempts += 1
+        event.last_attempt_at = timezone.now()
         try:
             with transaction.atomic():
                 if handler is not None:
                     handler(event.payload["data"]["object"], event_created=event.created)
+        except UnmatchedCustomer as error:
+            logger.info("Stripe event %s (%s) is unmatched: %s", event.id, event.type, error)
+            event.status = StripeEvent.Status.UNMATCHED
+            event.error = str(error)
         except Exception as error:
             logger.exception("Stripe event %s (%s) failed", event.id, event.type)
             event.status = StripeEvent.Status.FAILED
@@ -79,17 +141,43 @@ def stripe_event_process(*, event_id: str) -> StripeEvent:
             event.status = StripeEvent.Status.PROCESSED if handler else StripeEvent.Status.IGNORED
             event.error = ""
             event.processed_at = timezone.now()
-        event.save(update_fields=["status", "error", "attempts", "processed_at"])
+        event.save(update_fields=["status", "error", "attempts", "processed_at", "last_attempt_at"])
     return event
 
 
-def stripe_events_retry(*, limit: int = 500) -> list[StripeEvent]:
-    pending = StripeEvent.objects.filter(
-        status__in=[StripeEvent.Status.FAILED, StripeEvent.Status.RECEIVED]
-    ).order_by("created")[:limit]
+def stripe_events_retry(
+    *, limit: int = RETRY_BATCH, max_attempts: int = RETRY_MAX_ATTEMPTS
+) -> list[StripeEvent]:
+    """Process again the failed (or never processed) events, the one whose last attempt is
+    oldest first, at most `limit` of them. Events tried `max_attempts` times, and unmatched
+    ones, are left to an operator ("Process again" in the admin)."""
+    due = StripeEvent.objects.filter(
+        status__in=[StripeEvent.Status.FAILED, StripeEvent.Status.RECEIVED],
+        attempts__lt=max_attempts,
+    ).order_by(F("last_attempt_at").asc(nulls_first=True), "created", "id")[:limit]
     return [
-        stripe_event_process(event_id=event_id) for event_id in pending.values_list("pk", flat=True)
+        stripe_event_process(event_id=event_id) for event_id in due.values_list("pk", flat=True)
     ]
+
+
+def stripe_events_worn_out(*, max_attempts: int = RETRY_MAX_ATTEMPTS):
+    """Failed events no retry will take any more: they need an operator."""
+    return StripeEvent.objects.filter(
+        status__in=[StripeEvent.Status.FAILED, StripeEvent.Status.RECEIVED],
+        attempts__gte=max_attempts,
+    )
+
+
+def _user_or_unmatched(obj: dict, what: str) -> User:
+    user = user_for_stripe_object(obj)
+    if user is None:
+        customer = obj.get("customer")
+        customer = customer.get("id") if isinstance(customer, dict) else customer
+        raise UnmatchedCustomer(
+            f"{what} {obj.get('id')} names no user of ours (customer {customer or 'none'}); "
+            "process it again once the customer is linked to a user."
+        )
+    return user
 
 
 def on_checkout_session_completed(session: dict, *, event_created) -> None:
@@ -99,9 +187,7 @@ def on_checkout_session_completed(session: dict, *, event_created) -> None:
         return
     if session.get("mode") != "subscription" or not session.get("subscription"):
         return
-    user = user_for_stripe_object(session)
-    if user is None:
-        raise BillingError(f"Checkout session {session['id']} names no user of ours.")
+    user = _user_or_unmatched(session, "Checkout session")
     subscription = session["subscription"]
     if isinstance(subscription, dict):
         subscription = subscription["id"]
@@ -118,9 +204,7 @@ def on_checkout_session_paid(session: dict, *, event_created) -> None:
         return
     if session.get("payment_status") != "paid":
         return  # paid later: checkout.session.async_payment_succeeded comes then
-    user = user_for_stripe_object(session)
-    if user is None:
-        raise BillingError(f"Checkout session {session['id']} names no user of ours.")
+    user = _user_or_unmatched(session, "Checkout session")
     amount = gateway.from_minor_units(session["amount_total"], session["currency"])
     credits_add(
         user=user,
@@ -135,9 +219,7 @@ def on_checkout_session_paid(session: dict, *, event_created) -> None:
 
 def on_customer_subscription_changed(subscription: dict, *, event_created) -> None:
     """created, updated and deleted all carry the subscription's current status."""
-    user = user_for_stripe_object(subscription)
-    if user is None:
-        raise BillingError(f"Subscription {subscription['id']} belongs to no user of ours.")
+    user = _user_or_unmatched(subscription, "Subscription")
     _subscription_state(
         user=user,
         subscription_id=subscription["id"],
@@ -188,22 +270,27 @@ def _subscription_state(*, user: User, subscription_id: str, status: str, event_
 
 
 def on_invoice_created(invoice: dict, *, event_created) -> None:
+    _user_or_unmatched(invoice, "Invoice")
     invoice_apply(invoice, status=BillingHistory.Status.PENDING, event_created=event_created)
 
 
 def on_invoice_finalized(invoice: dict, *, event_created) -> None:
+    _user_or_unmatched(invoice, "Invoice")
     invoice_apply(invoice, status=BillingHistory.Status.PENDING, event_created=event_created)
 
 
 def on_invoice_paid(invoice: dict, *, event_created) -> None:
+    _user_or_unmatched(invoice, "Invoice")
     invoice_apply(invoice, status=BillingHistory.Status.PAID, event_created=event_created)
 
 
 def on_invoice_payment_failed(invoice: dict, *, event_created) -> None:
+    _user_or_unmatched(invoice, "Invoice")
     invoice_apply(invoice, status=BillingHistory.Status.FAILED, event_created=event_created)
 
 
 def on_invoice_voided(invoice: dict, *, event_created) -> None:
+    _user_or_unmatched(invoice, "Invoice")
     invoice_apply(invoice, status=BillingHistory.Status.VOID, event_created=event_created)
 
 

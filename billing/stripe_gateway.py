@@ -1,10 +1,13 @@
 """Stripe: the only module that imports the `stripe` SDK.
 
-Every call goes through one `stripe.StripeClient` with a pinned API version, bounded network
-retries and timeouts. Every call that creates or moves something carries a deterministic
-idempotency key, so a caller may simply call again after an error. SDK errors become a
-`StripeGatewayError` whose message an operator can act on and which never contains a secret;
-results are plain dicts and strings, so callers never depend on stripe types.
+Every call goes through a `stripe.StripeClient` with a pinned API version, on our guarded
+transport (`plumbing.outbound`): one deadline per operation (connect, reads and retries
+together), answers read up to a size limit, no proxy. Inside a web request a call is tried
+once (OUTBOUND_DEADLINE_SECONDS); management commands (`background_work`) get network
+retries and the longer deadline. Every call that creates or moves something carries a
+deterministic idempotency key, so a caller may simply call again after an error. SDK errors
+become a `StripeGatewayError` whose message an operator can act on and which never contains
+a secret; results are plain dicts and strings, so callers never depend on stripe types.
 
 Settings: STRIPE_SECRET_KEY (empty = not configured), STRIPE_WEBHOOK_SECRET, and
 STRIPE_API_BASE (empty = https://api.stripe.com; http:// only for a local fake).
@@ -24,10 +27,12 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+import requests
 import stripe
+import urllib3
 from django.conf import settings
 
-from plumbing.outbound import url_problem
+from plumbing import outbound
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +42,11 @@ logger = logging.getLogger(__name__)
 STRIPE_API_VERSION = "2026-10-28.endive"
 
 DEFAULT_API_BASE = "https://api.stripe.com"
+# Network retries in management commands; none inside a web request.
 MAX_NETWORK_RETRIES = 2
 CONNECT_TIMEOUT_SECONDS = 10
 READ_TIMEOUT_SECONDS = 30
+CHUNK_BYTES = 64 * 1024
 WEBHOOK_TOLERANCE_SECONDS = 300
 PAGE_SIZE = 100
 CREDITS_PRODUCT_NAME = "Platform credits"
@@ -136,7 +143,7 @@ def _api_base() -> str:
     raw = _setting("STRIPE_API_BASE")
     if not raw:
         return DEFAULT_API_BASE
-    problem = url_problem(raw)
+    problem = outbound.url_problem(raw)
     if problem:
         raise StripeGatewayError(
             f"STRIPE_API_BASE {raw!r} is refused: it {problem}. "
@@ -145,23 +152,61 @@ def _api_base() -> str:
     return raw.rstrip("/")
 
 
+class _GuardedRequestsClient(stripe.RequestsClient):
+    """The SDK's requests client on our guarded session. Answers are read in chunks up to
+    OUTBOUND_MAX_RESPONSE_BYTES, and a retry is made only while the deadline leaves time
+    for it (the SDK waits up to MAX_DELAY seconds between attempts)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(session=outbound.guarded_session(), **kwargs)
+
+    def request(self, method, url, headers, post_data=None):
+        raw, status, response_headers = self.request_stream(method, url, headers, post_data)
+        try:
+            content = outbound.read_capped(
+                raw.stream(CHUNK_BYTES, decode_content=True),
+                limit=int(settings.OUTBOUND_MAX_RESPONSE_BYTES),
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raw.close()  # half read: the connection cannot be reused
+            # What requests raises for the same failure, so the SDK judges it the same way.
+            self._handle_request_error(requests.exceptions.ConnectionError(exc))
+        except outbound.ResponseTooLarge as exc:
+            raw.close()
+            self._handle_request_error(exc)
+        raw.release_conn()
+        return content, status, response_headers
+
+    def _should_retry(self, response, api_connection_error, num_retries, max_network_retries):
+        budget = outbound.current_budget()
+        if budget is not None and budget.remaining() <= self.MAX_DELAY:
+            return False
+        return super()._should_retry(
+            response, api_connection_error, num_retries, max_network_retries
+        )
+
+
 @functools.lru_cache(maxsize=8)
-def _build_client(secret_key: str, api_base: str) -> stripe.StripeClient:
+def _build_client(secret_key: str, api_base: str, retries: int) -> stripe.StripeClient:
     # Cached so the HTTP session (and its connection pool) is reused between calls.
     return stripe.StripeClient(
         secret_key,
         stripe_version=STRIPE_API_VERSION,
         base_addresses={"api": api_base},
-        max_network_retries=MAX_NETWORK_RETRIES,
-        http_client=stripe.RequestsClient(timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)),
+        max_network_retries=retries,
+        http_client=_GuardedRequestsClient(timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)),
     )
+
+
+def _retries() -> int:
+    return MAX_NETWORK_RETRIES if outbound.limits().attempts > 1 else 0
 
 
 def _client() -> stripe.StripeClient:
     secret_key = _setting("STRIPE_SECRET_KEY")
     if not secret_key:
         raise StripeNotConfigured()
-    return _build_client(secret_key, _api_base())
+    return _build_client(secret_key, _api_base(), _retries())
 
 
 # Errors
@@ -175,8 +220,17 @@ def _redact(text: str) -> str:
     return text
 
 
-def _network_reason(exc: stripe.APIConnectionError) -> str:
+def _network_reason(exc: stripe.APIConnectionError, budget: outbound.Budget | None) -> str:
     """'Connection refused', 'no answer within 30 s', ... from the HTTP library's error."""
+    refused = outbound.find_cause(exc, outbound.DestinationRefused)
+    if refused is not None:
+        return f"not contacted: its host {refused.problem}"
+    too_large = outbound.find_cause(exc, outbound.ResponseTooLarge)
+    if too_large is not None:
+        return str(too_large)
+    if _deadline_passed(exc, budget):
+        seconds = budget.seconds if budget is not None else READ_TIMEOUT_SECONDS
+        return f"no complete answer within {seconds:g} s (the deadline for one call)"
     cause = exc.__cause__
     name = type(cause).__name__ if cause is not None else ""
     text = str(cause) if cause is not None else (exc.user_message or "")
@@ -192,8 +246,18 @@ def _network_reason(exc: stripe.APIConnectionError) -> str:
     return " ".join(f"{name}: {text}".split())[:300] if name else "network error"
 
 
+def _deadline_passed(exc: Exception, budget: outbound.Budget | None) -> bool:
+    return (budget is not None and budget.expired) or bool(
+        outbound.find_cause(exc, outbound.DeadlineExceeded)
+    )
+
+
 def _translate(
-    exc: stripe.StripeError, *, operation: str, idempotency_key: str | None
+    exc: stripe.StripeError,
+    *,
+    operation: str,
+    idempotency_key: str | None,
+    budget: outbound.Budget | None = None,
 ) -> StripeGatewayError:
     status = exc.http_status
     code = exc.code
@@ -211,13 +275,20 @@ def _translate(
     )
     stripe_said = f"Stripe said: {said}" + (f" [{details}]" if details else "")
     retriable = False
+    attempts = _retries() + 1
+    tries = "one attempt" if attempts == 1 else f"up to {attempts} attempts"
 
     if isinstance(exc, stripe.APIConnectionError):
         # The SDK marks what is worth retrying: not a failed TLS verification.
-        retriable = bool(getattr(exc, "should_retry", True))
+        reason = _network_reason(exc, budget)
+        # A later call may get an answer in time; a refused address or a huge answer not.
+        retriable = _deadline_passed(exc, budget) or (
+            bool(getattr(exc, "should_retry", True))
+            and not outbound.find_cause(exc, outbound.DestinationRefused)
+        )
         message = (
-            f"Stripe could not be reached at {_api_base()}: {_network_reason(exc)}. "
-            f"Could not {operation} (up to {MAX_NETWORK_RETRIES + 1} attempts). Check the "
+            f"Stripe could not be reached at {_api_base()}: {reason}. "
+            f"Could not {operation} ({tries}). Check the "
             "network, DNS and firewall, and STRIPE_API_BASE if it is set."
         )
     elif isinstance(exc, stripe.AuthenticationError):
@@ -253,7 +324,7 @@ def _translate(
     else:  # APIError and anything newer: Stripe's side failed or answered oddly
         retriable = status is None or status == 409 or status >= 500
         message = (
-            f"Stripe failed to {operation} (up to {MAX_NETWORK_RETRIES + 1} attempts); "
+            f"Stripe failed to {operation} ({tries}); "
             f"try again later (https://status.stripe.com). {stripe_said}."
         )
     return StripeGatewayError(
@@ -267,10 +338,14 @@ def _translate(
 
 @contextmanager
 def _stripe_errors(operation: str, *, idempotency_key: str | None = None) -> Iterator[None]:
-    try:
-        yield
-    except stripe.StripeError as exc:
-        raise _translate(exc, operation=operation, idempotency_key=idempotency_key) from exc
+    """One operation's SDK calls: within one deadline, their errors as StripeGatewayError."""
+    with outbound.deadline(outbound.limits().deadline) as budget:
+        try:
+            yield
+        except stripe.StripeError as exc:
+            raise _translate(
+                exc, operation=operation, idempotency_key=idempotency_key, budget=budget
+            ) from exc
 
 
 def _options(idempotency_key: str) -> dict[str, str]:
@@ -618,12 +693,26 @@ def verify_webhook(*, payload: bytes, signature_header: str | None) -> dict:
     except UnicodeDecodeError:
         raise WebhookSignatureError("the payload is not UTF-8") from None
     try:
-        event = json.loads(payload)
+        # NaN, Infinity and 1e400 are no JSON Stripe sends, and PostgreSQL cannot store them.
+        event = json.loads(payload, parse_constant=_not_a_number, parse_float=_finite_float)
+    except RecursionError:
+        raise WebhookSignatureError("the signed payload is nested too deeply") from None
     except ValueError:
         raise WebhookSignatureError("the signed payload is not JSON") from None
     if not isinstance(event, dict):
         raise WebhookSignatureError("the signed payload is not a JSON object")
     return event
+
+
+def _not_a_number(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is not a finite number")
+    return number
 
 
 def dashboard_url(kind: str, object_id: str) -> str:

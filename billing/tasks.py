@@ -20,7 +20,14 @@ from billing.models import StripeEvent, UsageCollectionRun
 from billing.stripe_events import stripe_event_process, stripe_events_retry
 from billing.stripe_reporting import usage_report_to_stripe
 from clusters.models import HopsworksCluster
-from plumbing.jobs import OUTSIDE_SYSTEM_RETRY, StillFailing, TargetGone, defer, utc_day_of
+from plumbing.jobs import (
+    OUTSIDE_SYSTEM_RETRY,
+    StillFailing,
+    TargetGone,
+    background,
+    defer,
+    utc_day_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 @app.task(queue="collection", retry=OUTSIDE_SYSTEM_RETRY, name="billing.collect_cluster_day")
+@background
 def collect_cluster_day(cluster_id: str, day: str) -> str:
     """One cluster's usage for one day. Deferred with a lock per cluster (two days of one
     cluster never run at once) and a queueing lock per cluster-day (queued once)."""
@@ -76,6 +84,7 @@ def days_to_collect(cluster: HopsworksCluster, *, today: dt.date, now=None) -> l
 
 @app.periodic(cron="5 * * * *")
 @app.task(queue="maintenance", name="billing.collect_missing_usage")
+@background
 def collect_missing_usage(timestamp: int) -> str:
     """Every hour: queue each cluster-day that is owed (a day missed while a cluster or the
     database was down is collected when it is back)."""
@@ -88,6 +97,7 @@ def collect_missing_usage(timestamp: int) -> str:
 
 
 @app.task(queue="stripe", retry=OUTSIDE_SYSTEM_RETRY, name="billing.sync_invoices")
+@background
 def sync_invoices(user_id: str) -> str:
     """Repair missed invoice webhooks for one user from Stripe's own list."""
     user = User.objects.filter(pk=user_id).first()
@@ -108,6 +118,7 @@ def invoices_sync_queue(*, user):
 
 
 @app.task(queue="stripe", retry=OUTSIDE_SYSTEM_RETRY, name="billing.report_usage_now")
+@background
 def report_usage_now() -> str:
     run = usage_report_to_stripe()
     if run.errors:
@@ -117,12 +128,14 @@ def report_usage_now() -> str:
 
 @app.periodic(cron="30 1 * * *")
 @app.task(queue="stripe", name="billing.report_usage_daily")
+@background
 def report_usage_daily(timestamp: int) -> str:
     """Daily, whatever was collected: the month's differences to Stripe."""
     return report_usage_now()
 
 
 @app.task(queue="stripe", retry=OUTSIDE_SYSTEM_RETRY, name="billing.process_stripe_event")
+@background
 def process_stripe_event(event_id: str) -> str:
     if not StripeEvent.objects.filter(pk=event_id).exists():
         raise TargetGone(f"Stripe event {event_id} is not stored.")
@@ -139,6 +152,7 @@ def stripe_event_defer(*, event_id: str):
 
 @app.periodic(cron="15 * * * *")
 @app.task(queue="stripe", name="billing.retry_stripe_events")
+@background
 def retry_stripe_events(timestamp: int) -> str:
     """Hourly: events whose processing failed (oldest first, a capped batch)."""
     events = stripe_events_retry()
@@ -152,6 +166,7 @@ class BalanceDriftFound(Exception):
 
 @app.periodic(cron="0 5 * * *")
 @app.task(queue="maintenance", name="billing.check_credit_balances")
+@background
 def check_credit_balances(timestamp: int) -> str:
     """Daily: each balance against its ledger. Drift fails the job (the dashboard shows
     failed jobs); `check_credit_balances --fix` repairs it."""

@@ -25,4 +25,5 @@ def stripe_webhook(request):
     if event.status == StripeEvent.Status.FAILED:
         # Not 2xx, so Stripe delivers it again; retry_stripe_events retries it too.
         return JsonResponse({"id": event.id, "status": event.status}, status=503)
+    # Processed, ignored, or unmatched (kept for an operator: a redelivery cannot help).
     return JsonResponse({"id": event.id, "status": event.status})

@@ -1,14 +1,17 @@
 """Making users' Hopsworks accounts match what we want (`HopsworksAccount.desired`).
 
-Runs right after the change that caused it (with one quick attempt, so a login is never
-held up for long by a slow cluster) and from `manage.py sync_hopsworks_accounts` (cron),
-which retries whatever is still pending. Every call is idempotent: the account is looked
+Runs right after the change that caused it, inside the web request (a first login, an
+operator's action): then each call is tried once and all of them together get one deadline
+(OUTBOUND_DEADLINE_SECONDS), so a slow cluster cannot hold a login; what is not done stays
+pending. `manage.py sync_hopsworks_accounts` (cron) retries whatever is still pending, with
+retries and the longer deadline per call. Every call is idempotent: the account is looked
 up before it is created, and status changes are PUTs of the wanted status.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -20,6 +23,7 @@ from django.utils import timezone
 from accounts.models import User
 from clusters.hopsworks import HopsworksClient, HopsworksError, HopsworksUser
 from clusters.models import HopsworksAccount, HopsworksCluster, UserHopsworksAssignment
+from plumbing import outbound
 from plumbing.encryption import SecretDecryptionError
 
 logger = logging.getLogger(__name__)
@@ -120,30 +124,44 @@ def pending_accounts():
 def hopsworks_accounts_sync(
     *, user: User | None = None, cluster: HopsworksCluster | None = None, quick: bool = False
 ) -> SyncReport:
-    """Bring pending accounts in line; failures are recorded on the row and retried later."""
+    """Bring pending accounts in line; failures are recorded on the row and retried later.
+
+    `quick`, or any run outside `outbound.background_work()` (a web request): one attempt per
+    call and one deadline for them all; accounts not reached in time stay pending.
+    """
     report = SyncReport()
     pending = pending_accounts()
     if user is not None:
         pending = pending.filter(user=user)
     if cluster is not None:
         pending = pending.filter(cluster=cluster)
+    in_request = quick or not outbound.in_background()
     clients: dict = {}
-    try:
-        for pk in list(pending.order_by("updated_at").values_list("pk", flat=True)):
-            if not _lease(pk):
-                continue  # another run is working on it
-            account = HopsworksAccount.objects.select_related("user", "cluster").get(pk=pk)
-            try:
-                if account.cluster_id not in clients:
-                    clients[account.cluster_id] = account.cluster.hopsworks_client(quick=quick)
-                state, remote = _apply(account, clients[account.cluster_id])
-            except (HopsworksError, SecretDecryptionError, ValueError) as error:
-                report.failed += 1
-                report.errors.append(_record_failure(account, error))
-                continue
-            _record_success(account, state, remote)
-            report.synced += 1
-    finally:
-        for client in clients.values():
-            client.close()
+    with (
+        outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS) if in_request else nullcontext()
+    ) as budget:
+        try:
+            _sync_each(pending, clients, report, quick=in_request, budget=budget)
+        finally:
+            for client in clients.values():
+                client.close()
     return report
+
+
+def _sync_each(pending, clients: dict, report: SyncReport, *, quick: bool, budget) -> None:
+    for pk in list(pending.order_by("updated_at").values_list("pk", flat=True)):
+        if budget is not None and budget.expired:
+            break  # out of time: the rest stays pending for the next run
+        if not _lease(pk):
+            continue  # another run is working on it
+        account = HopsworksAccount.objects.select_related("user", "cluster").get(pk=pk)
+        try:
+            if account.cluster_id not in clients:
+                clients[account.cluster_id] = account.cluster.hopsworks_client(quick=quick)
+            state, remote = _apply(account, clients[account.cluster_id])
+        except (HopsworksError, SecretDecryptionError, ValueError) as error:
+            report.failed += 1
+            report.errors.append(_record_failure(account, error))
+            continue
+        _record_success(account, state, remote)
+        report.synced += 1

@@ -2,13 +2,25 @@ from __future__ import annotations
 
 from django import forms
 
+from clusters import services
 from clusters.hopsworks import validate_api_url, validate_ca_bundle
-from clusters.kubeconfig import KubeconfigError, parse_kubeconfig
+from clusters.kubeconfig import KubeconfigError, validate_kubeconfig
 from clusters.models import HopsworksCluster, max_users_problem
+
+SECRET_NOT_KEPT = (
+    "Not kept, because the form has errors: a secret is never shown back. Enter it again."
+)
 
 
 def _secret_state(value) -> str:
     return "set" if value else "not set"
+
+
+class SecretTextarea(forms.Textarea):
+    """A textarea that never renders its value, not even after a failed submit."""
+
+    def get_context(self, name, value, attrs):
+        return super().get_context(name, None, attrs)
 
 
 MODEL_FIELDS = ("name", "api_url", "status", "max_users", "ca_bundle")
@@ -27,7 +39,7 @@ class HopsworksClusterForm(forms.ModelForm):
     kubeconfig_input = forms.CharField(
         label="Kubeconfig",
         required=False,
-        widget=forms.Textarea(attrs={"rows": 6, "autocomplete": "off", "spellcheck": "false"}),
+        widget=SecretTextarea(attrs={"rows": 6, "autocomplete": "off", "spellcheck": "false"}),
     )
     clear_kubeconfig = forms.BooleanField(label="Remove the stored kubeconfig", required=False)
 
@@ -52,7 +64,9 @@ class HopsworksClusterForm(forms.ModelForm):
 
     def clean_api_url(self):
         url = self.cleaned_data["api_url"].strip().rstrip("/")
-        problem = validate_api_url(url)
+        # A new address is resolved and checked; the service checks again, connections too.
+        changed = services.cluster_address_changes(self.instance, {"api_url": url})
+        problem = validate_api_url(url, resolve=self.instance._state.adding or changed)
         if problem:
             raise forms.ValidationError(problem)
         return url
@@ -71,7 +85,7 @@ class HopsworksClusterForm(forms.ModelForm):
         text = self.cleaned_data["kubeconfig_input"]
         if text.strip():
             try:
-                parse_kubeconfig(text)
+                validate_kubeconfig(text)
             except KubeconfigError as error:
                 raise forms.ValidationError(str(error)) from None
         return text
@@ -84,6 +98,28 @@ class HopsworksClusterForm(forms.ModelForm):
         if problem:
             raise forms.ValidationError(problem)
         return pem + "\n"
+
+    def clean(self):
+        data = super().clean()
+        # The service checks this again under the row lock; here it is a field error.
+        address = {f: data[f] for f in ("api_url", "ca_bundle") if f in data}
+        if (
+            "api_url" in data
+            and services.cluster_address_changes(self.instance, address)
+            and not data.get("api_key_input")
+        ):
+            self.add_error("api_key_input", services.KEY_AGAIN)
+        return data
+
+    def full_clean(self):
+        super().full_clean()
+        if not self.is_bound or not self._errors:
+            return
+        # The page comes back with errors: say the secrets typed in were not kept.
+        for name in ("api_key_input", "kubeconfig_input"):
+            typed = self.data.get(self.add_prefix(name))
+            if isinstance(typed, str) and typed.strip() and name not in self._errors:
+                self.add_error(name, SECRET_NOT_KEPT)
 
     def changes(self) -> dict:
         """The fields to save, secrets included only when the operator gave new ones."""

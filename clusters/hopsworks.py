@@ -2,13 +2,19 @@
 
 Base URL `<api_url>/hopsworks-api/api`, header `Authorization: ApiKey <key>`. Every failure
 becomes a `HopsworksError` whose message an operator can act on and which never contains
-the API key. TLS verification is always on: against the system trust store, or against
-the cluster's own CA when one is given.
+the API key, nor anything of the answer's body (the URL may point anywhere an operator
+typed: a page must not show what it answered; a short excerpt goes to the log). TLS
+verification is always on: against the system trust store, or against the cluster's own CA
+when one is given. Calls go through `plumbing.outbound`: the address rule is checked on
+every connection, each call has one deadline (connect, reads, retries and their pauses),
+and answers are read up to a size limit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http
+import json
 import logging
 import os
 import re
@@ -21,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from urllib3.exceptions import ReadTimeoutError
 
-from plumbing.outbound import url_problem
+from plumbing import outbound
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +40,16 @@ REMOTE_USERS_FILTER = ("filter_by", "type:REMOTE_ACCOUNT_TYPE")
 MIN_API_KEY_LENGTH = 8
 # A server that ignores `offset` would otherwise page forever.
 MAX_PAGES = 10_000
+CHUNK_BYTES = 64 * 1024
+LOGGED_BODY_CHARS = 200
 
 
 class HopsworksError(Exception):
     """The one error this module raises once a client exists.
 
-    `str(error)` names the cluster URL, the operation, the HTTP status and Hopsworks' own
-    message, and never the API key. `retriable` says whether trying again later may help.
+    `str(error)` names the cluster URL, the operation, the HTTP status and Hopsworks' error
+    code, and never the API key or the answer's text. `retriable` says whether trying again
+    later may help.
     """
 
     status: int | None
@@ -94,14 +104,16 @@ def namespace_for_project(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-def validate_api_url(url: str) -> str | None:
+def validate_api_url(url: str, *, resolve: bool = False) -> str | None:
     """An error message for a cluster URL we refuse to talk to, or None when it is fine.
 
-    https only: the API key travels in every request (`plumbing.outbound`).
+    https only: the API key travels in every request (`plumbing.outbound`). With `resolve`
+    (when a URL is saved), the host's addresses are checked too; connections check again.
     """
     if not isinstance(url, str) or not url.strip():
         return "Enter the cluster's URL, for example https://hopsworks.example.com."
-    problem = url_problem(url)
+    check = outbound.destination_problem if resolve else outbound.url_problem
+    problem = check(url)
     return f"The cluster URL {problem}." if problem else None
 
 
@@ -134,6 +146,8 @@ class HopsworksClient:
         backoff: float = 0.5,
         sleep: Callable[[float], object] = time.sleep,
         page_size: int = 200,
+        deadline: float = 60.0,
+        max_response_bytes: int = 5 * 1024 * 1024,
     ) -> None:
         problem = validate_api_url(api_url)
         if problem:
@@ -147,8 +161,8 @@ class HopsworksClient:
                 f"The Hopsworks API key is too short (under {MIN_API_KEY_LENGTH} characters) "
                 "to be a real key."
             )
-        if connect_timeout <= 0 or read_timeout <= 0:
-            raise ValueError("Hopsworks timeouts must be positive.")
+        if connect_timeout <= 0 or read_timeout <= 0 or deadline <= 0:
+            raise ValueError("Hopsworks timeouts and the deadline must be positive.")
         if max_attempts < 1 or page_size < 1 or backoff < 0:
             raise ValueError("max_attempts and page_size must be >= 1 and backoff >= 0.")
 
@@ -160,6 +174,8 @@ class HopsworksClient:
         self._base = url + API_PATH
         self._api_key = api_key.strip()
         self._timeout = (connect_timeout, read_timeout)
+        self._deadline = deadline
+        self._max_response_bytes = max_response_bytes
         self._max_attempts = max_attempts
         self._backoff = backoff
         self._sleep = sleep
@@ -180,9 +196,14 @@ class HopsworksClient:
             self._verify = bundle.name
             self._cleanup = weakref.finalize(self, _remove_quietly, bundle.name)
 
-        self._session = requests.Session()
+        self._session = outbound.guarded_session()
         self._session.headers.update(
-            {"Authorization": f"ApiKey {self._api_key}", "Accept": "application/json"}
+            {
+                "Authorization": f"ApiKey {self._api_key}",
+                "Accept": "application/json",
+                # Sizes are capped as received: a compressed answer could expand past it.
+                "Accept-Encoding": "identity",
+            }
         )
 
     def close(self) -> None:
@@ -374,53 +395,38 @@ class HopsworksClient:
         """One API call: JSON in, JSON out (None for an empty body), errors as HopsworksError.
 
         GET and PUT are idempotent, so transport failures and 5xx are retried with
-        exponential backoff. POST is sent once.
+        exponential backoff, within the call's one deadline. POST is sent once.
         """
         attempts = self._max_attempts if method in ("GET", "PUT") else 1
         where = f"Hopsworks at {self.api_url}: {operation} ({method} {path})"
-        for attempt in range(1, attempts + 1):
-            status: int | None = None
-            cause: Exception | None = None
-            try:
-                response = self._session.request(
-                    method,
-                    self._base + path,
-                    params=params,
-                    json=json_body,
-                    timeout=self._timeout,
-                    verify=self._verify,
-                    # A redirect is a misconfigured URL or a login proxy; never follow it
-                    # with the key attached.
-                    allow_redirects=False,
-                )
-            except requests.exceptions.SSLError as exc:
-                raise HopsworksError(
-                    self._redact(
-                        f"{where} failed: the cluster at {self.api_url} could not be reached "
-                        f"securely: TLS verification failed ({_reason(exc)}). Check the "
-                        "cluster's URL and its CA certificate."
-                    ),
-                ) from exc
-            except requests.exceptions.ConnectTimeout as exc:
-                failure = f"no connection within {self._timeout[0]:g}s (connect timeout)"
-                cause = exc
-            except requests.exceptions.Timeout as exc:
-                failure = f"no answer within {self._timeout[1]:g}s (read timeout)"
-                cause = exc
-            except (
-                requests.exceptions.ConnectionError,
-                requests.exceptions.ChunkedEncodingError,
-            ) as exc:
-                failure, cause = _reason(exc), exc
-            except requests.RequestException as exc:
-                raise HopsworksError(self._redact(f"{where} failed: {_reason(exc)}.")) from exc
-            else:
-                if response.status_code < 500:
-                    return self._answer(response, where=where)
-                failure, status = _describe_answer(response), response.status_code
+        tried = 0
+        with outbound.deadline(self._deadline) as budget:
+            for attempt in range(1, attempts + 1):
+                tried = attempt
+                status: int | None = None
+                cause: Exception | None = None
+                try:
+                    response, body = self._send(
+                        method, path, params=params, json_body=json_body, budget=budget
+                    )
+                except outbound.ResponseTooLarge as exc:
+                    raise HopsworksError(
+                        f"{where} failed: {exc}, more than a Hopsworks answer can be. Check "
+                        "that the URL points at the Hopsworks API."
+                    ) from None
+                except (requests.RequestException, outbound.DeadlineExceeded) as exc:
+                    failure, cause = self._transport_failure(exc, budget=budget, where=where)
+                else:
+                    if response.status_code < 500:
+                        return self._answer(response, body, where=where)
+                    failure, status = _describe_answer(response, body), response.status_code
+                    self._log_body(where, response, body)
 
-            if attempt < attempts:
+                if attempt == attempts or budget.expired:
+                    break
                 delay = self._backoff * 2 ** (attempt - 1)
+                if delay >= budget.remaining():
+                    break  # no time left for another attempt
                 logger.warning(
                     "%s failed (%s); retrying in %gs (attempt %d of %d)",
                     where,
@@ -431,7 +437,7 @@ class HopsworksClient:
                 )
                 self._sleep(delay)
 
-        times = "once" if attempts == 1 else f"{attempts} times"
+        times = "once" if tried == 1 else f"{tried} times"
         if status is None:
             message = (
                 f"{where} failed: could not reach the cluster at {self.api_url}: {failure}; "
@@ -441,37 +447,117 @@ class HopsworksClient:
             message = f"{where} failed: Hopsworks failed ({failure}); tried {times}."
         raise HopsworksError(self._redact(message), status=status, retriable=True) from cause
 
-    def _answer(self, response: requests.Response, *, where: str) -> Any:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: list[tuple[str, str | int]] | None,
+        json_body: dict | None,
+        budget: outbound.Budget,
+    ) -> tuple[requests.Response, bytes]:
+        """One request, and its whole (capped) body, within what the deadline leaves."""
+        connect, read = self._timeout
+        response = self._session.request(
+            method,
+            self._base + path,
+            params=params,
+            json=json_body,
+            timeout=(budget.cap(connect), budget.cap(read)),
+            verify=self._verify,
+            # A redirect is a misconfigured URL or a login proxy; never follow it with the
+            # key attached.
+            allow_redirects=False,
+            stream=True,
+        )
+        with response:
+            body = outbound.read_capped(
+                response.iter_content(CHUNK_BYTES), limit=self._max_response_bytes
+            )
+        return response, body
+
+    def _transport_failure(
+        self, exc: Exception, *, budget: outbound.Budget, where: str
+    ) -> tuple[str, Exception]:
+        """What went wrong on the way, for a retriable failure; raises for a final one."""
+        refused = outbound.find_cause(exc, outbound.DestinationRefused)
+        if refused is not None:
+            raise HopsworksError(
+                f"{where} refused: the cluster's host {refused.problem}. Nothing was sent."
+            ) from None
+        if budget.expired or outbound.find_cause(exc, outbound.DeadlineExceeded):
+            return (
+                f"no complete answer within {budget.seconds:g}s (the deadline for one call)",
+                exc,
+            )
+        if isinstance(exc, requests.exceptions.SSLError):
+            raise HopsworksError(
+                self._redact(
+                    f"{where} failed: the cluster at {self.api_url} could not be reached "
+                    f"securely: TLS verification failed ({_reason(exc)}). Check the "
+                    "cluster's URL and its CA certificate."
+                ),
+            ) from exc
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return f"no connection within {self._timeout[0]:g}s (connect timeout)", exc
+        # A read that times out in the body comes as a ConnectionError around urllib3's.
+        if isinstance(exc, requests.exceptions.Timeout) or outbound.find_cause(
+            exc, ReadTimeoutError
+        ):
+            return f"no answer within {self._timeout[1]:g}s (read timeout)", exc
+        if isinstance(
+            exc,
+            requests.exceptions.ConnectionError
+            | requests.exceptions.ChunkedEncodingError
+            | requests.exceptions.ContentDecodingError,
+        ):
+            return _reason(exc), exc
+        raise HopsworksError(self._redact(f"{where} failed: {_reason(exc)}.")) from exc
+
+    def _answer(self, response: requests.Response, body: bytes, *, where: str) -> Any:
         status = response.status_code
         if 200 <= status < 300:
-            if not response.content.strip():
+            if not body.strip():
                 return None
             try:
-                return response.json()
-            except ValueError:
-                snippet = response.text[:80].replace("\n", " ")
+                return json.loads(body)
+            except (ValueError, RecursionError):
+                self._log_body(where, response, body)
                 raise HopsworksError(
                     self._redact(
                         f"{where} failed: Hopsworks answered HTTP {status} but not with JSON "
-                        f"({snippet!r}). Check that the URL points at the Hopsworks API."
+                        f"({len(body)} bytes). Check that the URL points at the Hopsworks API."
                     ),
                     status=status,
                 ) from None
-        error_code = _error_json(response).get("errorCode")
-        error_code = error_code if isinstance(error_code, int) else None
+        self._log_body(where, response, body)
+        error_code = _error_code(body)
         if status in (401, 403):
             message = (
-                f"{where} was refused ({_describe_answer(response)}). Check the cluster's API "
-                "key: it must be valid and have the admin scope."
+                f"{where} was refused ({_describe_answer(response, body)}). Check the "
+                "cluster's API key: it must be valid and have the admin scope."
             )
         elif 300 <= status < 400:
             message = (
-                f"{where} failed: Hopsworks redirected to {response.headers.get('Location')!r} "
-                f"(HTTP {status}). Check the cluster URL."
+                f"{where} failed: Hopsworks answered with a redirect (HTTP {status}), which "
+                "is not followed. Check the cluster URL."
             )
         else:
-            message = f"{where} was rejected ({_describe_answer(response)})."
+            message = f"{where} was rejected ({_describe_answer(response, body)})."
         raise HopsworksError(self._redact(message), status=status, error_code=error_code)
+
+    def _log_body(self, where: str, response: requests.Response, body: bytes) -> None:
+        """What the server said, for the operator reading the logs (never for a page)."""
+        excerpt = body[: LOGGED_BODY_CHARS * 4].decode("utf-8", "replace")[:LOGGED_BODY_CHARS]
+        location = response.headers.get("Location")
+        logger.warning(
+            "%s: HTTP %s%s, %d bytes: %r",
+            where,
+            response.status_code,
+            f" to {self._redact(location)!r}" if location else "",
+            len(body),
+            self._redact(excerpt),
+        )
 
     def _pages(self, path: str, *, params: list[tuple[str, str]], operation: str) -> Iterator[Any]:
         """Every item of a list endpoint, one page at a time, until `count` is reached."""
@@ -583,28 +669,27 @@ class HopsworksClient:
         return text.replace(self._api_key, "[API key]")
 
 
-def _error_json(response: requests.Response) -> dict:
+def _error_code(body: bytes) -> int | None:
+    """Hopsworks' numeric error code, the one part of an error body a message may carry."""
     try:
-        data = response.json()
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    code = data.get("errorCode") if isinstance(data, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _describe_answer(response: requests.Response, body: bytes) -> str:
+    """'HTTP 404 Not Found, Hopsworks error code 160002': the status and, from the body,
+    only the numeric code. Hopsworks' own text is logged, not shown."""
+    status = response.status_code
+    try:
+        phrase = http.HTTPStatus(status).phrase
     except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _describe_answer(response: requests.Response) -> str:
-    """'HTTP 404: <usrMsg> [<errorMsg>, code <errorCode>]', from whatever the body holds."""
-    error = _error_json(response)
-    text = f"HTTP {response.status_code}"
-    if response.reason:
-        text += f" {response.reason}"
-    if error.get("usrMsg"):
-        text += f": {error['usrMsg']}"
-    details = [str(error["errorMsg"])] if error.get("errorMsg") else []
-    if error.get("errorCode") is not None:
-        details.append(f"code {error['errorCode']}")
-    if details:
-        text += f" [{', '.join(details)}]"
-    return text
+        phrase = ""
+    text = f"HTTP {status} {phrase}".rstrip()
+    code = _error_code(body)
+    return f"{text}, Hopsworks error code {code}" if code is not None else text
 
 
 def _reason(exc: requests.RequestException) -> str:

@@ -4,7 +4,11 @@ We accept what `kubectl config view --minify --flatten` prints for a service acc
 client certificate: the credentials inline (`token`, `client-certificate-data` and
 `client-key-data`, `certificate-authority-data`). We refuse what would make this server do
 something on the kubeconfig's say-so: read its own files (`tokenFile`, `certificate-authority`,
-...), run a command (`exec`, `auth-provider`), or skip TLS verification.
+...), run a command (`exec`, `auth-provider`), skip TLS verification, go through a proxy
+(`proxy-url`) or check another name than the server's (`tls-server-name`). The server URL is
+a scheme, a host and a port, nothing more, and its host follows the same address rule as a
+cluster's API URL (`plumbing.outbound`): `validate_kubeconfig` resolves it when a kubeconfig
+is saved, and every connection checks again.
 
 Messages name the entry and the key to fix and never quote a value other than the server URL,
 so they are safe to show on a form and to log.
@@ -18,6 +22,19 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import yaml
+
+from plumbing import outbound
+
+# Far above any real kubeconfig; a bigger paste is a mistake, or an attempt to tie up YAML.
+MAX_KUBECONFIG_CHARS = 256 * 1024
+# What a cluster entry may hold: anything else could change where or how we connect.
+_CLUSTER_KEYS = {
+    "server",
+    "certificate-authority-data",
+    "insecure-skip-tls-verify",  # accepted only as false
+    "disable-compression",
+    "extensions",
+}
 
 
 class KubeconfigError(ValueError):
@@ -64,6 +81,19 @@ def parse_kubeconfig(text: str) -> dict:
     return {**config, "current-context": active.context_name}
 
 
+def validate_kubeconfig(text: str) -> dict:
+    """`parse_kubeconfig`, and the server's host resolved and checked against the outbound
+    address rule: for when a kubeconfig is saved."""
+    config = parse_kubeconfig(text)
+    active = active_context(config)
+    problem = outbound.destination_problem(active.server)
+    if problem:
+        raise KubeconfigError(
+            f"The kubeconfig's cluster '{active.cluster_name}' server {active.server} {problem}."
+        )
+    return config
+
+
 def active_context(config: dict) -> ActiveContext:
     """The context, cluster and user of a kubeconfig that `parse_kubeconfig` accepted."""
     return _resolve(config)
@@ -76,8 +106,17 @@ def kubeconfig_summary(text: str) -> str:
 
 
 def _load_yaml(text: str) -> dict:
+    if not isinstance(text, str):
+        raise KubeconfigError("The kubeconfig must be text.")
+    if len(text) > MAX_KUBECONFIG_CHARS:
+        raise KubeconfigError(
+            f"The kubeconfig is longer than {MAX_KUBECONFIG_CHARS // 1024} KB; paste the "
+            "output of `kubectl config view --minify --flatten`."
+        )
     try:
         config = yaml.safe_load(text)
+    except RecursionError:
+        raise KubeconfigError("The kubeconfig is nested too deeply to be a kubeconfig.") from None
     except yaml.YAMLError as exc:
         # str(exc) quotes the offending line, which may hold a token: give its position only.
         mark = getattr(exc, "problem_mark", None)
@@ -173,7 +212,13 @@ def _check_cluster(name: str, cluster: dict) -> None:
     server = cluster.get("server")
     if not server or not isinstance(server, str):
         raise KubeconfigError(f"The kubeconfig's cluster '{name}' has no server address.")
-    parts = urlsplit(server)
+    try:
+        parts = urlsplit(server)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise KubeconfigError(
+            f"The kubeconfig's cluster '{name}' server is not a valid URL."
+        ) from None
     if parts.scheme != "https" or not parts.hostname:
         raise KubeconfigError(
             f"The kubeconfig's cluster '{name}' server must be an https:// URL, not '{server}'."
@@ -182,6 +227,24 @@ def _check_cluster(name: str, cluster: dict) -> None:
         raise KubeconfigError(
             f"The kubeconfig's cluster '{name}' server URL must not carry a user or password."
         )
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in server:
+        raise KubeconfigError(
+            f"The kubeconfig's cluster '{name}' server must be only https://host:port, "
+            "without a path, query or fragment."
+        )
+    problem = outbound.url_problem(server)
+    if problem:
+        raise KubeconfigError(f"The kubeconfig's cluster '{name}' server {problem}.")
+    if "proxy-url" in cluster:
+        raise KubeconfigError(
+            f"The kubeconfig's cluster '{name}' sets proxy-url: this server connects to the "
+            "API server directly. Remove it."
+        )
+    if "tls-server-name" in cluster:
+        raise KubeconfigError(
+            f"The kubeconfig's cluster '{name}' sets tls-server-name: the server's certificate "
+            "must match the host in its server URL. Remove it."
+        )
     # The client reads any truthy value (even the string "false") as "skip verification".
     if cluster.get("insecure-skip-tls-verify", False) is not False:
         raise KubeconfigError(
@@ -189,6 +252,12 @@ def _check_cluster(name: str, cluster: dict) -> None:
             "must stay on. Remove it and give the cluster's CA as certificate-authority-data."
         )
     _refuse_file_keys("cluster", name, cluster)
+    unknown = sorted(str(key) for key in cluster if key not in _CLUSTER_KEYS)
+    if unknown:
+        raise KubeconfigError(
+            f"The kubeconfig's cluster '{name}' has settings this server does not use: "
+            f"{', '.join(unknown)}. Keep only server and certificate-authority-data."
+        )
     ca_data = cluster.get("certificate-authority-data")
     if ca_data is not None and b"-----BEGIN CERTIFICATE-----" not in _b64(ca_data):
         raise KubeconfigError(

@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from clusters.hopsworks import HopsworksClient
+from plumbing import outbound
 from plumbing.db import DatabaseNow, GenRandomUUID
 from plumbing.encryption import EncryptedTextField
 
@@ -88,15 +89,19 @@ class HopsworksCluster(models.Model):
         return max(self.max_users - self.current_users, 0)
 
     def hopsworks_client(self, *, quick: bool = False) -> HopsworksClient:
-        """The cluster's API client. `quick`: one attempt with a short read timeout, for
-        work done inside a user's request. Raises SecretDecryptionError for a key that
-        cannot be read."""
+        """The cluster's API client. Inside a web request (or with `quick`) each call is one
+        attempt within the short deadline; in a management command (`background_work`) it
+        gets retries and the longer one (`plumbing.outbound.limits`). Raises
+        SecretDecryptionError for a key that cannot be read."""
+        limits = outbound.limits(quick=quick)
         return HopsworksClient(
             api_url=self.api_url,
             api_key=self.api_key.reveal(),
             ca_bundle_pem=self.ca_bundle or None,
-            read_timeout=10.0 if quick else 30.0,
-            max_attempts=1 if quick else 3,
+            read_timeout=min(limits.deadline, 30.0),
+            max_attempts=limits.attempts,
+            deadline=limits.deadline,
+            max_response_bytes=limits.max_response_bytes,
         )
 
 

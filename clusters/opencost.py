@@ -3,7 +3,9 @@
 OpenCost is reached through the API server's service proxy, authenticated as the cluster's
 kubeconfig user, so nothing but the API server has to be exposed. One call answers one UTC
 day's usage per namespace. Every failure becomes a MetricsError whose message an operator
-can act on; no message carries a token or key.
+can act on; no message carries a token or key, nor text from the answer's body (it is
+logged). The connection goes through `plumbing.outbound`: the server's address is checked
+when connecting, no proxy is used, the call has one deadline and the answer a size limit.
 
 Figures stay Decimal from the JSON text on (`json.loads(parse_float=Decimal)`): they are
 billed. OpenCost rounds them to 5 places, sends NaN/Inf as null, and sends negatives when its
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -27,6 +30,9 @@ from kubernetes.client import Configuration
 from kubernetes.client.exceptions import ApiException
 
 from clusters.kubeconfig import KubeconfigError, active_context, parse_kubeconfig
+from plumbing import outbound
+
+logger = logging.getLogger(__name__)
 
 OPENCOST_NAMESPACE = "opencost"
 OPENCOST_SERVICE = "opencost:9003"
@@ -73,6 +79,8 @@ _FIGURES = {
 }
 _ZERO = Decimal(0)
 _CLIENT_FILES_LOCK = threading.Lock()
+CONNECT_TIMEOUT = 5.0
+CHUNK_BYTES = 64 * 1024
 
 
 class MetricsError(Exception):
@@ -105,28 +113,37 @@ def day_window(day: datetime.date) -> str:
 
 
 def fetch_day_allocations(
-    *, kubeconfig: str, day: datetime.date, timeout: float = 30.0
+    *, kubeconfig: str, day: datetime.date, timeout: float | None = None
 ) -> list[NamespaceUsage]:
     """Every namespace's usage on `day` (UTC), system namespaces included, sorted by name.
 
     Makes one request and does not retry it: the caller reruns the whole day, which is
-    idempotent, and `timeout` then bounds how long a dead cluster holds the job.
+    idempotent. `timeout` is the call's whole deadline (connect, TLS, every read); by default
+    the outbound limit for where it runs (`plumbing.outbound.limits`).
     """
     try:
         config = parse_kubeconfig(kubeconfig)
     except KubeconfigError as exc:
         raise MetricsError(f"The cluster's kubeconfig cannot be used: {exc}") from None
     server = active_context(config).server
-    body = _get_allocations(config=config, server=server, day=day, timeout=timeout)
+    limits = outbound.limits()
+    seconds = limits.deadline if timeout is None else timeout
+    with outbound.deadline(seconds) as budget:
+        body = _get_allocations(
+            config=config, server=server, day=day, budget=budget, limit=limits.max_response_bytes
+        )
     return _parse_allocations(body=body, server=server)
 
 
-def _get_allocations(*, config: dict, server: str, day: datetime.date, timeout: float) -> bytes:
+def _get_allocations(
+    *, config: dict, server: str, day: datetime.date, budget: outbound.Budget, limit: int
+) -> bytes:
     # The client writes the CA and client key to files for urllib3; keep them in a directory
     # of ours that goes away with the request instead of lingering in /tmp. The client caches
     # those files by content across calls, so one call at a time may own the directory.
     with _CLIENT_FILES_LOCK, tempfile.TemporaryDirectory(prefix="kubeconfig-") as files:
         configuration = Configuration()
+        configuration.proxy = None  # not even HTTPS_PROXY from the environment
         # Any error is reported at once; see fetch_day_allocations.
         configuration.retries = urllib3.Retry(total=0, redirect=0)
         try:
@@ -141,6 +158,14 @@ def _get_allocations(*, config: dict, server: str, day: datetime.date, timeout: 
                 f"The kubeconfig for {server} could not be loaded by the Kubernetes client: {exc}"
             ) from None
         try:
+            manager = api_client.rest_client.pool_manager
+            if type(manager) is not urllib3.PoolManager:
+                raise MetricsError(
+                    f"The Kubernetes client for {server} would use a proxy; this server "
+                    "connects to the API server directly."
+                )
+            # Our connections: the address rule on connect, and the deadline on every read.
+            manager.pool_classes_by_scheme = outbound.GUARDED_POOL_CLASSES
             request = api_client.param_serialize(
                 method="GET",
                 resource_path=ALLOCATION_PATH,
@@ -149,16 +174,31 @@ def _get_allocations(*, config: dict, server: str, day: datetime.date, timeout: 
                     ("aggregate", "namespace"),
                     ("accumulate", "true"),
                 ],
-                header_params={"Accept": "application/json"},
+                header_params={"Accept": "application/json", "Accept-Encoding": "identity"},
                 auth_settings=["BearerToken"],
             )
-            response = api_client.call_api(*request, _request_timeout=timeout)
-            body = response.read()
+            response = api_client.call_api(
+                *request,
+                _request_timeout=(budget.cap(CONNECT_TIMEOUT), budget.cap(budget.seconds)),
+            )
+            raw = response.response
+            try:
+                body = outbound.read_capped(
+                    raw.stream(CHUNK_BYTES, decode_content=True), limit=limit
+                )
+            finally:
+                raw.release_conn()
+        except outbound.ResponseTooLarge as exc:
+            raise MetricsError(
+                f"OpenCost behind the Kubernetes API server at {server} sent a bad answer: {exc}."
+            ) from None
         except ApiException as exc:
             # The client turns TLS failures into ApiException(status=0).
+            if budget.expired:
+                raise MetricsError(_deadline_message(server, budget)) from exc
             raise MetricsError(_tls_message(server, str(exc.reason))) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise MetricsError(_transport_message(server, exc, timeout)) from exc
+        except (urllib3.exceptions.HTTPError, outbound.DeadlineExceeded) as exc:
+            raise MetricsError(_transport_message(server, exc, budget)) from exc
         except OSError as exc:
             raise MetricsError(
                 f"The Kubernetes API server at {server} is unreachable: {exc}"
@@ -167,6 +207,13 @@ def _get_allocations(*, config: dict, server: str, day: datetime.date, timeout: 
             api_client.close()
     _check_status(server=server, status=response.status, body=body)
     return body
+
+
+def _deadline_message(server: str, budget: outbound.Budget) -> str:
+    return (
+        f"The Kubernetes API server at {server} did not answer within {budget.seconds:g} "
+        "seconds (the deadline for the whole request)."
+    )
 
 
 def _tls_message(server: str, reason: str) -> str:
@@ -178,7 +225,14 @@ def _tls_message(server: str, reason: str) -> str:
     )
 
 
-def _transport_message(server: str, exc: urllib3.exceptions.HTTPError, timeout: float) -> str:
+def _transport_message(server: str, exc: Exception, budget: outbound.Budget) -> str:
+    refused = outbound.find_cause(exc, outbound.DestinationRefused)
+    if refused is not None:
+        return (
+            f"The Kubernetes API server at {server} was not contacted: its host {refused.problem}."
+        )
+    if budget.expired or outbound.find_cause(exc, outbound.DeadlineExceeded):
+        return _deadline_message(server, budget)
     reason = getattr(exc, "reason", None) or exc
     if isinstance(reason, urllib3.exceptions.SSLError):
         return _tls_message(server, str(reason))
@@ -190,8 +244,8 @@ def _transport_message(server: str, exc: urllib3.exceptions.HTTPError, timeout: 
         )
     if isinstance(reason, urllib3.exceptions.TimeoutError):
         return (
-            f"The Kubernetes API server at {server} did not answer within {timeout:g} seconds "
-            "(timeout)."
+            f"The Kubernetes API server at {server} did not answer within "
+            f"{budget.seconds:g} seconds (timeout)."
         )
     return f"The request to the Kubernetes API server at {server} failed: {reason}"
 
@@ -199,6 +253,7 @@ def _transport_message(server: str, exc: urllib3.exceptions.HTTPError, timeout: 
 def _check_status(*, server: str, status: int, body: bytes) -> None:
     if 200 <= status < 300:
         return
+    _log_body(server, status, body)
     if status == 401:
         raise MetricsError(
             f"The Kubernetes API server at {server} rejected the kubeconfig's credentials "
@@ -217,18 +272,20 @@ def _check_status(*, server: str, status: int, body: bytes) -> None:
             f"{OPENCOST_NAMESPACE} and is ready."
         )
     raise MetricsError(
-        f"OpenCost behind the Kubernetes API server at {server} answered HTTP {status}"
-        f"{_opencost_message(body)}."
+        f"OpenCost behind the Kubernetes API server at {server} answered HTTP {status}; "
+        "its message is in the console's log."
     )
 
 
-def _opencost_message(body: bytes) -> str:
-    """OpenCost's own error text, when the body has one: it says what was wrong with the query."""
-    try:
-        message = json.loads(body).get("message")
-    except (ValueError, AttributeError):
-        return ""
-    return f": {str(message)[:200]}" if message else ""
+def _log_body(server: str, status: int, body: bytes) -> None:
+    """What OpenCost or the API server said, for the log only: a page never shows it."""
+    logger.warning(
+        "Kubernetes API server at %s: HTTP %s, %d bytes: %r",
+        server,
+        status,
+        len(body),
+        body[:800].decode("utf-8", "replace")[:200],
+    )
 
 
 def _parse_allocations(*, body: bytes, server: str) -> list[NamespaceUsage]:
@@ -239,12 +296,16 @@ def _parse_allocations(*, body: bytes, server: str) -> list[NamespaceUsage]:
 
     try:
         answer = json.loads(body, parse_float=Decimal, parse_int=Decimal, parse_constant=Decimal)
-    except ValueError:
+    except (ValueError, RecursionError):
+        _log_body(server, 200, body)
         raise bad(f"not JSON ({len(body)} bytes)") from None
     if not isinstance(answer, dict):
         raise bad("not a JSON object")
     if answer.get("code") != 200:
-        raise bad(f"code {answer.get('code')}{_opencost_message(body)}")
+        _log_body(server, 200, body)
+        code = answer.get("code")
+        code = code if isinstance(code, Decimal) else "(none)"
+        raise bad(f"code {code}; its message is in the console's log")
 
     data = answer.get("data")
     if data is None:

@@ -20,6 +20,8 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from accounts.models import User
+from clusters.hopsworks import validate_api_url
+from clusters.kubeconfig import KubeconfigError, validate_kubeconfig
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster, max_users_problem
 from clusters.models import UserHopsworksAssignment as Assignment
 from clusters.selectors import assignment_of
@@ -333,20 +335,66 @@ class ClusterValidationError(Exception):
 
 
 _EDITABLE = {"name", "api_url", "api_key", "max_users", "status", "kubeconfig", "ca_bundle"}
+KEY_AGAIN = (
+    "The cluster's address (its URL or CA bundle) changed: enter the API key again. A stored "
+    "key is only ever sent to the address it was entered for."
+)
+
+
+def _same_address(stored: str | None, new: str | None) -> bool:
+    return (stored or "").strip().rstrip("/") == (new or "").strip().rstrip("/")
+
+
+def cluster_address_changes(cluster: HopsworksCluster, changes: dict) -> bool:
+    """Whether `changes` give an existing cluster a new address (URL or CA bundle), which
+    needs the API key entered again."""
+    if cluster._state.adding:
+        return False
+    return any(
+        field in changes and not _same_address(getattr(cluster, field), changes[field])
+        for field in ("api_url", "ca_bundle")
+    )
+
+
+def _check_destinations(cluster: HopsworksCluster, changes: dict) -> None:
+    """A new URL or kubeconfig server must pass the outbound rule (resolving its host);
+    connections check again, since DNS answers change. An unchanged URL is not looked up
+    again here, so a DNS hiccup does not block an unrelated edit."""
+    if "api_url" in changes:
+        new_url = cluster._state.adding or not _same_address(cluster.api_url, changes["api_url"])
+        problem = validate_api_url(changes["api_url"], resolve=new_url)
+        if problem:
+            raise ClusterValidationError("api_url", problem)
+    if changes.get("kubeconfig"):
+        try:
+            validate_kubeconfig(changes["kubeconfig"])
+        except KubeconfigError as error:
+            raise ClusterValidationError("kubeconfig", str(error)) from None
 
 
 def cluster_save(*, cluster: HopsworksCluster, changes: dict, actor) -> HopsworksCluster:
     """Create (unsaved `cluster`) or update a cluster. `max_users` may not go below the users
-    already assigned (checked under the cluster's row lock). New room places waiting users."""
+    already assigned (checked under the cluster's row lock). New room places waiting users.
+
+    A new address (`api_url` or `ca_bundle`) needs the API key in the same change: the stored
+    key is never sent anywhere but where it was entered for (whoever may edit the URL could
+    otherwise send it to any host). URLs and kubeconfig servers must pass the outbound rule.
+    """
     unknown = set(changes) - _EDITABLE
     if unknown:
         raise ValueError(f"Not editable here: {', '.join(sorted(unknown))}")
+    changes = dict(changes)
+    if "api_url" in changes:
+        changes["api_url"] = (changes["api_url"] or "").strip().rstrip("/")
+    _check_destinations(cluster, changes)  # before the row lock: it may wait for DNS
     creating = cluster._state.adding
     with transaction.atomic():
         if creating:
             locked = cluster
         else:
             locked = HopsworksCluster.objects.select_for_update().get(pk=cluster.pk)
+            if cluster_address_changes(locked, changes) and not changes.get("api_key"):
+                raise ClusterValidationError("api_key", KEY_AGAIN)
         for field, value in changes.items():
             setattr(locked, field, value)
         assigned = 0 if creating else locked.assignments.count()

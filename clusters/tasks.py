@@ -10,12 +10,13 @@ from procrastinate.contrib.django import app
 from accounts.models import User
 from clusters.account_sync import hopsworks_accounts_sync
 from clusters.services import capacity_place_waiting, cluster_counts_check
-from plumbing.jobs import OUTSIDE_SYSTEM_RETRY, StillFailing, TargetGone
+from plumbing.jobs import OUTSIDE_SYSTEM_RETRY, StillFailing, TargetGone, background
 
 logger = logging.getLogger(__name__)
 
 
 @app.task(queue="hopsworks", retry=OUTSIDE_SYSTEM_RETRY, name="clusters.sync_user_accounts")
+@background
 def sync_user_accounts(user_id: str) -> str:
     """Make Hopsworks match what we want for one user's accounts (create, move, (de)activate)."""
     user = User.objects.filter(pk=user_id).first()
@@ -28,12 +29,14 @@ def sync_user_accounts(user_id: str) -> str:
 
 
 @app.task(queue="hopsworks", name="clusters.place_waiting_users")
+@background
 def place_waiting_users() -> str:
     return f"{capacity_place_waiting()} waiting user(s) placed"
 
 
 @app.periodic(cron="*/10 * * * *")
 @app.task(queue="hopsworks", name="clusters.sweep_hopsworks_accounts")
+@background
 def sweep_hopsworks_accounts(timestamp: int) -> str:
     """Every 10 minutes: place waiting users, retry every pending account change (each
     failure stays recorded on its account and is tried again next time)."""
@@ -48,6 +51,7 @@ class CountDriftFound(Exception):
 
 @app.periodic(cron="0 4 * * *")
 @app.task(queue="maintenance", name="clusters.check_cluster_counts")
+@background
 def check_cluster_counts(timestamp: int) -> str:
     """Daily: current_users against the assignments. Drift fails the job (the dashboard
     shows failed jobs); `check_cluster_counts --fix` repairs it."""

@@ -23,6 +23,7 @@ from billing.checkout import (
 from billing.models import BillingHistory, BillingProfile
 from billing.pricing import to_cents
 from clusters.selectors import placement_of
+from plumbing import outbound
 
 
 @login_required
@@ -101,7 +102,9 @@ def _checkout(request, start):
         messages.error(request, "Payments are not available: Stripe is not configured here.")
         return redirect("home")
     try:
-        url = start()
+        # Every Stripe call of one checkout together: the page answers within the deadline.
+        with outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS):
+            url = start()
     except BillingError as error:
         messages.error(request, str(error))
         return redirect("home")

@@ -82,6 +82,22 @@ STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
 STRIPE_CURRENCY = "usd"
+# Outbound calls to Hopsworks, Kubernetes (OpenCost) and Stripe (plumbing/outbound.py). With
+# DEBUG off they go to public https addresses only; the hosts named here may also be on a
+# private network (an internal cluster), comma-separated host names.
+OUTBOUND_ALLOWED_HOSTS = env.list("OUTBOUND_ALLOWED_HOSTS", default=[])
+# DEBUG runs (make run, the tests) may also call this machine, over http too. Never settable
+# on its own: production cannot turn it on without DEBUG.
+OUTBOUND_ALLOW_LOCAL = DEBUG
+# Total seconds (connect, every read, retries) for the outside calls of one action inside a
+# web request (a login's account sync, a checkout, a connection test): keep it well below
+# gunicorn's timeout (gunicorn.conf.py). Management commands get the longer deadline per call.
+OUTBOUND_DEADLINE_SECONDS = env.float("OUTBOUND_DEADLINE_SECONDS", default=10.0)
+OUTBOUND_BACKGROUND_DEADLINE_SECONDS = env.float(
+    "OUTBOUND_BACKGROUND_DEADLINE_SECONDS", default=60.0
+)
+# The longest answer read from an outside system, in bytes.
+OUTBOUND_MAX_RESPONSE_BYTES = env.int("OUTBOUND_MAX_RESPONSE_BYTES", default=5 * 1024 * 1024)
 # Credit top-ups: preset amounts and the limits of a custom amount, in US dollars.
 CREDIT_TOPUP_PRESETS = env.list("CREDIT_TOPUP_PRESETS", default=["10", "25", "50", "100"])
 CREDIT_TOPUP_MIN = env("CREDIT_TOPUP_MIN", default="5")

@@ -16,17 +16,47 @@ from rest_framework.throttling import SimpleRateThrottle
 
 
 class StrictJSONParser(parsers.JSONParser):
-    """JSON numbers become Decimal (0.1 arrives as exactly 0.1), and text that is not
-    valid Unicode (a lone UTF-16 surrogate) is a 400 before it can reach the database."""
+    """JSON numbers become Decimal (0.1 arrives as exactly 0.1). Whatever the body, the
+    answer is data or a 400, never a 500: text that is not valid Unicode (a lone UTF-16
+    surrogate), NUL characters (PostgreSQL text cannot hold them), NaN and Infinity (no
+    column takes them) and nesting deeper than any request of ours are refused here."""
 
     def parse(self, stream, media_type=None, parser_context=None):
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
-            data = json.loads(stream.read().decode(encoding), parse_float=Decimal)
+            data = json.loads(
+                stream.read().decode(encoding),
+                parse_float=Decimal,
+                parse_constant=_refuse_constant,
+            )
             json.dumps(data, ensure_ascii=False, default=str).encode("utf-8")
+        except RecursionError:
+            raise exceptions.ParseError("The body is nested too deeply.") from None
         except (ValueError, UnicodeError) as error:
             raise exceptions.ParseError(f"The body is not valid JSON text: {error}") from None
+        if _has_nul(data):
+            raise exceptions.ParseError("The body contains a NUL character (\\u0000).")
         return data
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number")
+
+
+def _has_nul(data) -> bool:
+    """Whether any key or string in already-parsed JSON holds a NUL (iterative: no depth)."""
+    todo = [data]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return False
 
 
 class PerKeyThrottle(SimpleRateThrottle):

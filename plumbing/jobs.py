@@ -9,6 +9,7 @@ share: deferring once, the two kinds of failure, and the watch over dead workers
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 
 from django.db import transaction
@@ -16,6 +17,8 @@ from django.utils import timezone
 from procrastinate import RetryStrategy, sql
 from procrastinate.contrib.django import app
 from procrastinate.exceptions import AlreadyEnqueued
+
+from plumbing import outbound
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,18 @@ class StillFailing(Exception):
 OUTSIDE_SYSTEM_RETRY = RetryStrategy(
     max_attempts=6, exponential_wait=5, retry_exceptions={StillFailing}
 )
+
+
+def background(func):
+    """A job runs off the request path: its outside calls get the background deadline and
+    their retries (`plumbing.outbound`), not a web request's single short attempt."""
+
+    @functools.wraps(func)
+    def run(*args, **kwargs):
+        with outbound.background_work():
+            return func(*args, **kwargs)
+
+    return run
 
 
 def defer(task, *, queueing_lock: str | None = None, lock: str | None = None, **kwargs):

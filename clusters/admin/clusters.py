@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count
 from django.urls import reverse
@@ -11,6 +12,7 @@ from clusters import selectors, services
 from clusters.forms import HopsworksClusterForm
 from clusters.hopsworks import HopsworksError
 from clusters.models import HopsworksCluster, account_pending
+from plumbing import outbound
 from plumbing.admin_confirm import confirm_then
 from plumbing.encryption import SecretDecryptionError
 
@@ -153,19 +155,24 @@ class ClusterAdminBase(admin.ModelAdmin):
     # Calls the cluster with its stored key: for those who manage the cluster's settings.
     @admin.action(description="Test the connection to Hopsworks", permissions=["change"])
     def test_connection(self, request, queryset):
-        for cluster in queryset:
-            try:
-                with cluster.hopsworks_client(quick=True) as client:
-                    report = client.check_connection()
-            except (HopsworksError, SecretDecryptionError, ValueError) as error:
-                self.message_user(request, f"{cluster.name}: {error}", messages.ERROR)
-            else:
-                self.message_user(
-                    request,
-                    f"{cluster.name}: connected; Hopsworks has {report.users} users and "
-                    f"{report.projects} projects.",
-                    messages.SUCCESS,
-                )
+        # Every cluster tested shares one deadline: the page answers in time however many.
+        with outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS):
+            for cluster in queryset:
+                self._test_one(request, cluster)
+
+    def _test_one(self, request, cluster):
+        try:
+            with cluster.hopsworks_client(quick=True) as client:
+                report = client.check_connection()
+        except (HopsworksError, SecretDecryptionError, ValueError) as error:
+            self.message_user(request, f"{cluster.name}: {error}", messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                f"{cluster.name}: connected; Hopsworks has {report.users} users and "
+                f"{report.projects} projects.",
+                messages.SUCCESS,
+            )
 
     def _set_status(self, request, queryset, status, title, message):
         def apply(_data):

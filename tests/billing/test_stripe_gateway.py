@@ -20,6 +20,8 @@ from billing.stripe_gateway import (
     StripeNotConfigured,
     WebhookSignatureError,
 )
+from plumbing import outbound
+from tests.fakes.raw_servers import DripServer, RecordingListener, http_response
 from tests.fakes.stripe import WEBHOOK_SECRET, make_event, sign_payload
 
 USER_ID = "42"
@@ -565,7 +567,8 @@ def test_a_missing_object_carries_stripes_error_code(fake_stripe):
 def test_a_server_error_is_retried_with_the_same_idempotency_key_and_then_succeeds(fake_stripe):
     fake_stripe.fail_next(1, status=500)
 
-    customer_id = gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+    with outbound.background_work():
+        customer_id = gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
 
     posts = fake_stripe.posts("/v1/customers")
     assert [p.status for p in posts] == [500, 200]
@@ -576,7 +579,7 @@ def test_a_server_error_is_retried_with_the_same_idempotency_key_and_then_succee
 def test_a_lasting_server_error_is_retriable_after_the_retries(fake_stripe, fast_retries):
     fake_stripe.fail_next(5, status=503)
 
-    with pytest.raises(StripeGatewayError) as caught:
+    with pytest.raises(StripeGatewayError) as caught, outbound.background_work():
         gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
 
     assert (caught.value.status, caught.value.retriable) == (503, True)
@@ -608,7 +611,7 @@ def test_an_unreachable_stripe_is_retriable_and_names_the_address(
     base = f"http://127.0.0.1:{free_port()}"
     settings.STRIPE_API_BASE = base
 
-    with pytest.raises(StripeGatewayError) as caught:
+    with pytest.raises(StripeGatewayError) as caught, outbound.background_work():
         gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
 
     error = caught.value
@@ -775,3 +778,69 @@ def test_money_is_never_a_float():
         gateway.to_minor_units(25.0, "usd")  # type: ignore[arg-type]
     assert str(gateway.from_minor_units(2500, "usd")) == "25.00"
     assert str(gateway.from_minor_units(1500, "jpy")) == "1500"
+
+
+# Deadlines, size and retries inside a web request
+
+
+def test_inside_a_web_request_a_server_error_is_not_retried(fake_stripe):
+    fake_stripe.fail_next(1, status=500)
+
+    with pytest.raises(StripeGatewayError) as caught:
+        gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+
+    assert caught.value.retriable
+    assert "(one attempt)" in str(caught.value)
+    assert len(fake_stripe.requests) == 1
+
+
+def test_a_slow_drip_stripe_is_cut_off_at_the_deadline(fake_stripe, settings):
+    settings.OUTBOUND_DEADLINE_SECONDS = 1.0
+    with DripServer(http_response(200, b'{"id": "cus_1"}' + b" " * 400), interval=0.05) as slow:
+        settings.STRIPE_API_BASE = slow.url
+        started = time.monotonic()
+        with pytest.raises(StripeGatewayError) as caught:
+            gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+        elapsed = time.monotonic() - started
+
+    assert "no complete answer within 1 s (the deadline for one call)" in str(caught.value)
+    assert caught.value.retriable
+    assert elapsed < 1.0 + 1.0
+    assert slow.connections == 1
+
+
+def test_in_the_background_retries_stay_within_the_deadline(fake_stripe, settings, fast_retries):
+    settings.OUTBOUND_BACKGROUND_DEADLINE_SECONDS = 1.5
+    with DripServer(http_response(200, b'{"id": "cus_1"}' + b" " * 400), interval=0.05) as slow:
+        settings.STRIPE_API_BASE = slow.url
+        started = time.monotonic()
+        with pytest.raises(StripeGatewayError), outbound.background_work():
+            gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+        elapsed = time.monotonic() - started
+
+    assert elapsed < 1.5 + 1.0
+
+
+def test_an_answer_larger_than_the_limit_is_refused(fake_stripe, settings):
+    settings.OUTBOUND_MAX_RESPONSE_BYTES = 64 * 1024
+    huge = http_response(200, b'{"id": "cus_1", "x": "' + b"x" * 300_000 + b'"}')
+    with DripServer(huge, interval=0, chunk=65536) as big:
+        settings.STRIPE_API_BASE = big.url
+        with pytest.raises(StripeGatewayError) as caught:
+            gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+
+    assert "larger than 65536 bytes" in str(caught.value)
+    assert not caught.value.retriable
+
+
+def test_in_production_a_private_api_base_is_not_contacted(fake_stripe, settings):
+    settings.OUTBOUND_ALLOW_LOCAL = False
+    settings.OUTBOUND_ALLOWED_HOSTS = []
+    with RecordingListener() as stranger:
+        settings.STRIPE_API_BASE = stranger.url.replace("http://", "https://")
+        with pytest.raises(StripeGatewayError) as caught:
+            gateway.create_customer(user_id=USER_ID, email="ada@example.com", name="Ada")
+
+    assert "not contacted" in str(caught.value)
+    assert fake_stripe.api_key not in str(caught.value)
+    assert stranger.connections == 0

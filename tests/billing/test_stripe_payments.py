@@ -8,14 +8,17 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
+from django.db import OperationalError
 
 from accounts.models import User
+from billing import stripe_events
 from billing.checkout import customer_ensure
 from billing.models import BillingHistory, BillingProfile, CreditLedgerEntry, StripeEvent
 from clusters.models import CapacityWait
 from clusters.models import UserHopsworksAssignment as Assignment
 from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
+from tests.fakes.raw_servers import DripServer, http_response
 from tests.fakes.stripe import make_event
 from tests.jobs import run_jobs, run_queued_jobs
 
@@ -154,6 +157,27 @@ def test_stripe_down_is_a_clear_message_not_an_error(client, fake_stripe):
     )
 
 
+def test_a_slow_payment_provider_is_a_clear_message_within_the_deadline(
+    client, fake_stripe, settings
+):
+    settings.OUTBOUND_DEADLINE_SECONDS = 1.0
+    user = prepaid_user()
+    login(client, user)
+    answer = http_response(200, b'{"id": "cus_slow"}' + b" " * 400)
+    with DripServer(answer, interval=0.05) as slow:
+        settings.STRIPE_API_BASE = slow.url
+        started = time.monotonic()
+        response = client.post("/billing/credits/", {"amount": "25"}, follow=True)
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert any(
+        "could not reach our payment provider" in str(m) for m in response.context["messages"]
+    )
+    assert elapsed < 1.0 + 1.5
+    assert slow.connections == 1
+
+
 # Webhooks -------------------------------------------------------------------------------
 
 
@@ -236,27 +260,33 @@ def test_payment_failed_then_paid_ends_paid(fake_stripe, deliver):
     assert BillingHistory.objects.get().status == "paid"
 
 
-def test_a_failed_processing_is_recorded_redelivered_and_retried(fake_stripe, deliver):
+def test_a_failed_processing_is_recorded_redelivered_and_retried(fake_stripe, deliver, monkeypatch):
+    user = prepaid_user(id="auth0|buyer")
     session = {
-        "id": "cs_test_orphan",
+        "id": "cs_test_flaky",
         "object": "checkout.session",
         "mode": "payment",
         "payment_status": "paid",
         "status": "complete",
         "amount_total": 1500,
         "currency": "usd",
-        "client_reference_id": "auth0|not-yet",
-        "metadata": {"purpose": "credits", "user_id": "auth0|not-yet"},
+        "client_reference_id": user.pk,
+        "metadata": {"purpose": "credits", "user_id": user.pk},
         "customer": None,
     }
     event = make_event("checkout.session.completed", session)
+    real_credits_add = stripe_events.credits_add
 
+    def database_hiccup(**kwargs):
+        raise OperationalError("the database went away for a moment")
+
+    monkeypatch.setattr(stripe_events, "credits_add", database_hiccup)
     first = deliver(event)
     assert first.status_code == 503  # not 2xx: Stripe delivers it again
     stored = StripeEvent.objects.get()
-    assert stored.status == "failed" and "names no user" in stored.error
+    assert stored.status == "failed" and "went away" in stored.error
 
-    prepaid_user(id="auth0|not-yet")
+    monkeypatch.setattr(stripe_events, "credits_add", real_credits_add)
     call_command("retry_stripe_events")  # exits non-zero if anything still fails
     stored.refresh_from_db()
     assert stored.status == "processed" and stored.attempts == 2

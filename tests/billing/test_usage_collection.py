@@ -8,6 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from billing.collection import usage_collect
 from billing.models import BillingProfile, CreditLedgerEntry, UsageCollectionRun, UsageDaily
 from clusters import services
 from clusters.account_sync import hopsworks_accounts_sync
@@ -167,3 +168,28 @@ def test_the_default_day_is_yesterday_utc(world, capsys):
     yesterday = timezone.now().date() - dt.timedelta(days=1)
     call_command("collect_usage")
     assert UsageCollectionRun.objects.get().date == yesterday
+
+
+def test_cron_gets_the_longer_deadline_a_web_request_the_short_one(world, settings):
+    settings.OUTBOUND_DEADLINE_SECONDS = 0.3
+    settings.OUTBOUND_BACKGROUND_DEADLINE_SECONDS = 5
+    world["k8s"].delay = 0.8  # slower than a web request may wait, fine for cron
+
+    runs = usage_collect(clusters=[world["cluster"]], days=[DAY], actor="operator")
+    assert [run.status for run in runs] == ["failed"]
+    assert "did not answer within 0.3 seconds" in runs[0].error
+
+    call_command("collect_usage", "--date", DAY.isoformat())
+    assert UsageCollectionRun.objects.get().status == "succeeded"
+
+
+def test_in_a_web_request_days_not_started_in_time_are_left_to_cron(world, settings):
+    settings.OUTBOUND_DEADLINE_SECONDS = 0.5
+    world["k8s"].delay = 0.6
+
+    runs = usage_collect(
+        clusters=[world["cluster"]], days=[DAY, DAY + dt.timedelta(days=1)], actor="operator"
+    )
+
+    assert [run.date for run in runs] == [DAY]
+    assert UsageCollectionRun.objects.count() == 1

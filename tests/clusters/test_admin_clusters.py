@@ -1,13 +1,17 @@
 """The clusters console: utilization list, write-only secrets, validation, actions."""
 
 import pytest
+import yaml
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clusters import services
 from clusters.models import HopsworksCluster
 from clusters.models import UserHopsworksAssignment as Assignment
 from tests.factories import ClusterFactory, UserFactory
+from tests.fakes.raw_servers import RecordingListener
 
 pytestmark = pytest.mark.django_db
 
@@ -83,7 +87,9 @@ def test_creating_a_cluster_encrypts_its_key_and_never_shows_it_back(operator_cl
 
 
 def test_saving_with_empty_secret_inputs_keeps_the_stored_secrets(operator_client):
-    cluster = ClusterFactory(name="east", api_key="keep-me", kubeconfig=KUBECONFIG)
+    cluster = ClusterFactory(
+        name="east", api_url="https://east.example.com", api_key="keep-me", kubeconfig=KUBECONFIG
+    )
     response = operator_client.post(
         f"{LIST}{cluster.pk}/change/", form_data(api_key_input="", max_users="20")
     )
@@ -266,3 +272,138 @@ def test_auto_assign_reports_a_suspended_user_as_not_placed(operator_client):
     assert f"{active.email}: assigned on east" in messages
     assert "1 user(s) done." in messages
     assert list(Assignment.objects.values_list("user_id", flat=True)) == [active.pk]
+
+
+# Where the key goes, and secrets never shown back
+
+
+def test_a_url_change_without_the_key_is_refused_so_test_connection_cannot_leak_the_key(
+    operator_client, fake_hopsworks, cluster_on, test_ca
+):
+    east, _ = fake_hopsworks
+    cluster = cluster_on(east, name="east")
+
+    with RecordingListener(tls=test_ca) as stranger:
+        change = operator_client.post(
+            f"{LIST}{cluster.pk}/change/",
+            form_data(
+                api_url=stranger.url,
+                api_key_input="",
+                ca_bundle=test_ca.ca_path.read_text(),
+            ),
+        )
+        operator_client.post(
+            LIST, {"action": "test_connection", "_selected_action": [cluster.pk]}, follow=True
+        )
+
+    assert east.api_key.encode() not in stranger.received
+    assert (stranger.connections, stranger.received) == (0, b"")
+    assert change.status_code == 200
+    errors = change.context["adminform"].form.errors
+    assert "enter the API key again" in " ".join(errors["api_key_input"])
+    assert HopsworksCluster.objects.get(pk=cluster.pk).api_url == east.api_url
+
+
+def test_test_connection_never_shows_what_the_server_answered(
+    operator_client, fake_hopsworks, cluster_on
+):
+    east, _ = fake_hopsworks
+    cluster = cluster_on(east, name="east")
+    east.answer_next(
+        403, {"usrMsg": "internal-secret-from-the-body", "errorCode": 7}, path="/admin/users"
+    )
+
+    response = operator_client.post(
+        LIST, {"action": "test_connection", "_selected_action": [cluster.pk]}, follow=True
+    )
+
+    messages = " ".join(str(m) for m in response.context["messages"])
+    assert "HTTP 403 Forbidden" in messages
+    assert "internal-secret-from-the-body" not in messages
+    assert "internal-secret-from-the-body" not in response.content.decode()
+
+
+def test_an_invalid_form_never_shows_the_pasted_kubeconfig_or_key_again(operator_client):
+    response = operator_client.post(
+        f"{LIST}add/",
+        form_data(
+            api_url="not a url",
+            api_key_input="the-admin-key-typed-in",
+            kubeconfig_input=KUBECONFIG,
+        ),
+    )
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "kube-secret-token" not in page
+    assert "the-admin-key-typed-in" not in page
+    errors = response.context["adminform"].form.errors
+    assert "Enter it again" in " ".join(errors["kubeconfig_input"])
+    assert "Enter it again" in " ".join(errors["api_key_input"])
+
+
+def test_a_kubeconfig_refused_for_its_server_is_not_shown_again(operator_client):
+    config = KUBECONFIG.replace("https://10.0.0.1:6443", "https://10.0.0.1:6443/internal/x?y=")
+    response = operator_client.post(f"{LIST}add/", form_data(kubeconfig_input=config))
+
+    assert response.status_code == 200
+    assert "kube-secret-token" not in response.content.decode()
+    errors = response.context["adminform"].form.errors["kubeconfig_input"]
+    assert "without a path, query or fragment" in " ".join(errors)
+
+
+# No form input is a server error
+
+texts = st.text(st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
+    ["", " ", "\x00", "https://east.example.com", "http://localhost:8181", "https://[::1]:x"]
+)
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | texts,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["clusters", "users", "contexts", "name", "cluster", "server", "user"])
+            | texts,
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=15,
+)
+kubeconfigs = (
+    texts
+    | yaml_values.map(lambda v: yaml.safe_dump(v, allow_unicode=True))
+    | st.integers(1, 3000).map(lambda n: "a: " + "[" * n + "]" * n)
+    | st.just(KUBECONFIG)
+    | st.just(KUBECONFIG.replace("https://10.0.0.1:6443", "https://10.0.0.1:6443/x?y=\x00"))
+)
+cluster_forms = st.fixed_dictionaries(
+    {
+        "name": texts,
+        "api_url": texts,
+        "status": st.sampled_from(["active", "maintenance", "inactive", "", "\x00"]) | texts,
+        "max_users": st.sampled_from(["10", "-1", "0", "1e9", "99999999999999999999"]) | texts,
+        "ca_bundle": texts,
+        "api_key_input": texts,
+        "kubeconfig_input": kubeconfigs,
+    },
+    optional={"clear_kubeconfig": st.sampled_from(["on", "", "\x00"])},
+)
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=cluster_forms, change=st.booleans())
+def test_no_cluster_form_input_is_a_server_error(operator_client, data, change):
+    cluster = HopsworksCluster.objects.filter(name="fuzzed").first() or ClusterFactory(
+        name="fuzzed", kubeconfig=KUBECONFIG
+    )
+    url = f"{LIST}{cluster.pk}/change/" if change else f"{LIST}add/"
+
+    response = operator_client.post(url, data)
+
+    assert response.status_code in (200, 302)
+    assert "kube-secret-token" not in response.content.decode()

@@ -1,6 +1,8 @@
 """The user's account on their Hopsworks cluster: created at first login, retried when the
 cluster is down, following suspension and moves; never created twice."""
 
+import time
+
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -13,7 +15,8 @@ from clusters.models import UserHopsworksAssignment as Assignment
 from tests.accounts.test_auth0_login import log_in
 from tests.factories import UserFactory
 from tests.fakes.hopsworks import OAUTH_CLIENT_ID
-from tests.jobs import run_jobs
+from tests.fakes.raw_servers import DripServer, http_response
+from tests.jobs import run_jobs, run_queued_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -157,3 +160,43 @@ def test_a_suspended_user_logging_in_gets_no_account(
     log_in(client, fake_auth0, fake_auth0.id_token(sub=SUB, email="s@example.com"))
     assert posts(east) == []
     assert not Assignment.objects.filter(user_id=SUB).exists()
+
+
+def test_a_slow_cluster_cannot_hold_a_first_login_and_the_retry_creates_the_account(
+    client, fake_auth0, fake_hopsworks, test_ca, settings
+):
+    settings.OUTBOUND_BACKGROUND_DEADLINE_SECONDS = 1.0
+    east, _ = fake_hopsworks
+    users_page = http_response(200, b'{"count": 0}' + b" " * 400)
+    with DripServer(users_page, interval=0.05, tls=test_ca) as slow:
+        cluster = services.cluster_save(
+            cluster=HopsworksCluster(),
+            changes={
+                "name": "slow",
+                "api_url": slow.url,
+                "api_key": east.api_key,
+                "ca_bundle": test_ca.ca_path.read_text(),
+            },
+            actor="test",
+        )
+        response = log_in(client, fake_auth0, fake_auth0.id_token(sub=SUB, email="ada@x.org"))
+        assert response.status_code == 302
+        assert slow.connections == 0  # the login queued the account: no cluster call in it
+
+        started = time.monotonic()
+        assert ("clusters.sync_user_accounts", "failed") in run_queued_jobs()
+        elapsed = time.monotonic() - started
+
+    assert elapsed < 1.0 + 1.5  # the job's calls, retries included, end at its deadline
+    account = HopsworksAccount.objects.get(user_id=SUB)
+    assert account.pending
+    assert "deadline" in account.last_error
+
+    services.cluster_save(
+        cluster=cluster, changes={"api_url": east.api_url, "api_key": east.api_key}, actor="test"
+    )
+    call_command("sync_hopsworks_accounts")
+
+    account.refresh_from_db()
+    assert (account.synced, account.last_error) == ("active", "")
+    assert len(posts(east)) == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -18,7 +19,10 @@ from clusters.hopsworks import (
     HopsworksProject,
     validate_api_url,
 )
+from clusters.models import HopsworksCluster
+from plumbing import outbound
 from tests.fakes.hopsworks import CREATE_PARAMS, OAUTH_CLIENT_ID, reset
+from tests.fakes.raw_servers import DripServer, http_response
 from tests.fakes.server import local_server
 
 SUBJECT = "auth0|65f1c0ffee"
@@ -191,7 +195,7 @@ def test_ensuring_a_user_another_worker_just_created_returns_it_without_a_second
 
 
 def test_ensuring_a_user_raises_the_create_error_when_the_account_is_still_missing(
-    fake_hopsworks, hopsworks
+    fake_hopsworks, hopsworks, caplog
 ):
     fake_hopsworks.answer_next(
         400,
@@ -206,7 +210,10 @@ def test_ensuring_a_user_raises_the_create_error_when_the_account_is_still_missi
     assert caught.value.status == 400
     assert caught.value.error_code == 160004
     assert not caught.value.retriable
-    assert "Invalid email format" in str(caught.value)
+    # The code, not the server's words, is in the message; its words are in the log.
+    assert "HTTP 400 Bad Request, Hopsworks error code 160004" in str(caught.value)
+    assert "Invalid email format" not in str(caught.value)
+    assert "Invalid email format" in caplog.text
     assert len(fake_hopsworks.requests_to("POST", "/admin/users")) == 1
     assert len(fake_hopsworks.requests_to("GET", "/admin/users")) == 2
 
@@ -240,8 +247,7 @@ def test_an_unknown_user_is_a_404_that_is_not_retried(fake_hopsworks, hopsworks,
 
     assert caught.value.status == 404
     assert not caught.value.retriable
-    assert "User not found" in str(caught.value)
-    assert "HTTP 404" in str(caught.value)
+    assert "HTTP 404 Not Found, Hopsworks error code 160002" in str(caught.value)
     assert len(fake_hopsworks.requests) == 1
     assert sleeps == []
 
@@ -359,7 +365,7 @@ def test_a_5xx_twice_then_success_is_retried_with_exponential_backoff(
     assert user.email == "gina@example.com"
     assert len(fake_hopsworks.requests) == 3
     assert sleeps == [0.5, 1.0]
-    retries = [r for r in caplog.records if r.name == "clusters.hopsworks"]
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
     assert len(retries) == 2
     assert all(r.levelno == logging.WARNING for r in retries)
     assert all(fake_hopsworks.api_key not in r.getMessage() for r in retries)
@@ -380,8 +386,8 @@ def test_a_5xx_every_time_is_a_retriable_error_after_max_attempts(
     assert fake_hopsworks.api_url in message
     assert "list projects" in message
     assert "Hopsworks failed" in message
-    assert "HTTP 500" in message
-    assert "Service unavailable" in message
+    assert "HTTP 500 Internal Server Error, Hopsworks error code 120000" in message
+    assert "Service unavailable" not in message
     assert "tried 4 times" in message
     assert len(fake_hopsworks.requests) == 4
     assert sleeps == [0.25, 0.5, 1.0]
@@ -422,7 +428,8 @@ def test_a_key_echoed_back_by_the_server_is_kept_out_of_messages_and_logs(
         hopsworks.check_connection()
 
     assert key not in str(caught.value)
-    assert "[API key]" in str(caught.value)
+    assert "bad token" not in str(caught.value)
+    assert "bad token [API key]" in caplog.text
     assert caplog.records
     assert all(key not in record.getMessage() for record in caplog.records)
 
@@ -592,3 +599,68 @@ def test_an_api_url_pasted_with_the_api_path_is_not_doubled(fake_hopsworks, make
     assert client.api_url == fake_hopsworks.api_url
     assert all(r.path.startswith("/admin/") for r in fake_hopsworks.requests)
     assert urlsplit(client.api_url).path == ""
+
+
+# Deadlines and size
+
+
+def drip_cluster(slow, test_ca):
+    return HopsworksCluster(
+        name="slow",
+        api_url=slow.url,
+        api_key="an-admin-key-0123",
+        ca_bundle=test_ca.ca_path.read_text(),
+    )
+
+
+@pytest.mark.django_db
+def test_a_slow_drip_cluster_is_cut_off_at_the_deadline_with_one_attempt(test_ca, settings):
+    settings.OUTBOUND_DEADLINE_SECONDS = 1.0
+    answer = http_response(200, b'{"count": 0}' + b" " * 400)
+    with DripServer(answer, interval=0.05, tls=test_ca) as slow:
+        started = time.monotonic()
+        with (
+            pytest.raises(HopsworksError) as caught,
+            drip_cluster(slow, test_ca).hopsworks_client(quick=True) as client,
+        ):
+            client.check_connection()
+        elapsed = time.monotonic() - started
+
+    assert "no complete answer within 1s (the deadline for one call)" in str(caught.value)
+    assert "tried once" in str(caught.value)
+    assert caught.value.retriable
+    assert elapsed < 1.0 + 1.0
+    assert slow.connections == 1
+
+
+@pytest.mark.django_db
+def test_in_the_background_retries_stay_within_the_one_deadline(test_ca, settings):
+    settings.OUTBOUND_BACKGROUND_DEADLINE_SECONDS = 1.5
+    answer = http_response(200, b'{"count": 0}' + b" " * 400)
+    with DripServer(answer, interval=0.05, tls=test_ca) as slow, outbound.background_work():
+        started = time.monotonic()
+        with (
+            pytest.raises(HopsworksError) as caught,
+            drip_cluster(slow, test_ca).hopsworks_client() as client,
+        ):
+            client.check_connection()
+        elapsed = time.monotonic() - started
+
+    assert "deadline" in str(caught.value)
+    assert elapsed < 1.5 + 1.0
+
+
+def test_an_answer_larger_than_the_limit_is_refused(test_ca):
+    huge = http_response(200, b'{"count": 1, "items": ["' + b"x" * 300_000 + b'"]}')
+    with DripServer(huge, interval=0, chunk=65536, tls=test_ca) as big:
+        client = HopsworksClient(
+            api_url=big.url,
+            api_key="an-admin-key-0123",
+            ca_bundle_pem=test_ca.ca_path.read_text(),
+            max_response_bytes=64 * 1024,
+        )
+        with pytest.raises(HopsworksError) as caught, client:
+            client.check_connection()
+
+    assert "larger than 65536 bytes" in str(caught.value)
+    assert not caught.value.retriable

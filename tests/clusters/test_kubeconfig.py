@@ -7,7 +7,12 @@ import base64
 import pytest
 import yaml
 
-from clusters.kubeconfig import KubeconfigError, kubeconfig_summary, parse_kubeconfig
+from clusters.kubeconfig import (
+    KubeconfigError,
+    kubeconfig_summary,
+    parse_kubeconfig,
+    validate_kubeconfig,
+)
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.secret-service-account-token"
 PEM_DATA = base64.b64encode(
@@ -183,3 +188,87 @@ def test_the_summary_of_a_client_certificate_user():
     assert (
         kubeconfig_summary(text) == "cluster https://1.2.3.4:6443, user admin (client certificate)"
     )
+
+
+# The server is a scheme, a host and a port; nothing reroutes the connection
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        "https://1.2.3.4:6443/internal/x?y=",
+        "https://1.2.3.4:6443/api",
+        "https://1.2.3.4:6443?y=1",
+        "https://1.2.3.4:6443/#frag",
+    ],
+)
+def test_a_server_url_with_a_path_query_or_fragment_is_refused(server):
+    config = kubeconfig()
+    config["clusters"][0]["cluster"]["server"] = server
+
+    assert "without a path, query or fragment" in error_for(as_text(config))
+
+
+def test_a_server_url_with_only_a_trailing_slash_is_fine():
+    config = kubeconfig()
+    config["clusters"][0]["cluster"]["server"] = "https://1.2.3.4:6443/"
+
+    parse_kubeconfig(as_text(config))
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        ("proxy-url", "http://proxy.internal:3128", "proxy-url"),
+        ("proxy-url", "socks5://127.0.0.1:1080", "proxy-url"),
+        ("tls-server-name", "kubernetes.default.svc", "tls-server-name"),
+        ("certificate-authority", "/etc/kubernetes/ca.crt", "refers to a file"),
+        ("some-future-setting", "x", "settings this server does not use"),
+    ],
+)
+def test_cluster_settings_that_reroute_or_relax_the_connection_are_refused(
+    setting, value, expected
+):
+    config = kubeconfig()
+    config["clusters"][0]["cluster"][setting] = value
+
+    message = error_for(as_text(config))
+
+    assert expected in message
+    assert value not in message
+
+
+def test_a_deeply_nested_kubeconfig_is_refused_not_a_crash():
+    assert "nested too deeply" in error_for("a: " + "[" * 5000 + "]" * 5000)
+
+
+def test_a_huge_kubeconfig_is_refused_before_it_is_parsed():
+    assert "longer than" in error_for("# " + "x" * 300_000)
+
+
+def test_nul_characters_are_refused():
+    assert "not valid YAML" in error_for(as_text(kubeconfig()).replace("prod", "pr\x00od", 1))
+
+
+def test_when_saved_in_production_a_private_server_is_refused(settings):
+    settings.OUTBOUND_ALLOW_LOCAL = False
+    settings.OUTBOUND_ALLOWED_HOSTS = []
+    config = kubeconfig()
+    config["clusters"][0]["cluster"]["server"] = "https://169.254.169.254:6443"
+
+    with pytest.raises(KubeconfigError) as caught:
+        validate_kubeconfig(as_text(config))
+
+    assert "metadata" in str(caught.value)
+    assert TOKEN not in str(caught.value)
+    # Parsing alone does not resolve: the fetch checks again when it connects.
+    parse_kubeconfig(as_text(config))
+
+
+def test_when_saved_in_production_a_named_internal_host_is_accepted(settings):
+    settings.OUTBOUND_ALLOW_LOCAL = False
+    settings.OUTBOUND_ALLOWED_HOSTS = ["localhost"]
+    config = kubeconfig()
+    config["clusters"][0]["cluster"]["server"] = "https://localhost:6443"
+
+    validate_kubeconfig(as_text(config))

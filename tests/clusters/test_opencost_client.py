@@ -22,6 +22,7 @@ from tests.fakes.kubernetes import (
     FakeKubernetes,
     kubeconfig_for,
 )
+from tests.fakes.raw_servers import DripServer, RecordingListener, http_response
 from tests.fakes.server import local_server
 from tests.fakes.tls import make_test_ca
 
@@ -276,24 +277,27 @@ def test_a_body_that_is_not_json_is_a_bad_answer(fake, kubeconfig):
     assert "sent a bad answer: not JSON" in fetch_error(kubeconfig=kubeconfig)
 
 
-def test_an_opencost_error_code_is_a_bad_answer_with_its_message(fake, kubeconfig):
+def test_an_opencost_error_code_is_a_bad_answer_whose_message_is_logged(fake, kubeconfig, caplog):
     fake.raw_body = '{"code": 400, "status": "error", "message": "invalid window"}'
     fake.raw_content_type = "application/json"
 
     message = fetch_error(kubeconfig=kubeconfig)
 
-    assert "sent a bad answer: code 400: invalid window" in message
-    assert "invalid window" in message
+    assert "sent a bad answer: code 400" in message
+    # What a server answered is never shown on a page; the operator finds it in the log.
+    assert "invalid window" not in message
+    assert "invalid window" in caplog.text
 
 
-def test_an_opencost_http_error_carries_its_message(fake, kubeconfig):
+def test_an_opencost_http_error_names_the_status_and_logs_the_message(fake, kubeconfig, caplog):
     fake.raw_body = '{"code": 500, "status": "error", "message": "prometheus unreachable"}'
     fake.raw_status = 500
 
     message = fetch_error(kubeconfig=kubeconfig)
 
     assert "HTTP 500" in message
-    assert "prometheus unreachable" in message
+    assert "prometheus unreachable" not in message
+    assert "prometheus unreachable" in caplog.text
 
 
 def test_a_figure_that_is_not_a_number_is_a_bad_answer(fake, kubeconfig):
@@ -316,3 +320,50 @@ def test_an_unusable_kubeconfig_is_a_metrics_error_naming_what_to_fix(fake, test
 
 def test_byte_hours_become_average_gb_held():
     assert gb_held_from_byte_hours(Decimal("24") * Decimal(10) ** 9 * Decimal("5")) == Decimal("5")
+
+
+# Deadlines, size and where the connection goes
+
+
+def allocation_answer(size: int = 0) -> bytes:
+    body = b'{"code": 200, "status": "success", "data": [{}]' + b" " * size + b"}"
+    return http_response(200, body)
+
+
+def test_a_slow_drip_api_server_is_cut_off_at_the_deadline(test_ca, fake, settings):
+    settings.OUTBOUND_DEADLINE_SECONDS = 1.0
+    with DripServer(allocation_answer(400), interval=0.05, tls=test_ca) as slow:
+        started = time.monotonic()
+        message = fetch_error(kubeconfig=kubeconfig_for(fake, test_ca, server=slow.url))
+        elapsed = time.monotonic() - started
+
+    assert "did not answer within 1 seconds" in message
+    assert elapsed < 1.0 + 1.0
+
+
+def test_an_answer_larger_than_the_limit_is_refused(test_ca, fake, settings):
+    settings.OUTBOUND_MAX_RESPONSE_BYTES = 64 * 1024
+    with DripServer(allocation_answer(1024 * 1024), interval=0, chunk=65536, tls=test_ca) as big:
+        message = fetch_error(kubeconfig=kubeconfig_for(fake, test_ca, server=big.url))
+
+    assert "larger than 65536 bytes" in message
+
+
+def test_in_production_the_server_address_is_checked_when_connecting(fake, kubeconfig, settings):
+    settings.OUTBOUND_ALLOW_LOCAL = False
+    settings.OUTBOUND_ALLOWED_HOSTS = []
+
+    message = fetch_error(kubeconfig=kubeconfig)
+
+    assert "was not contacted" in message
+    assert "this machine" in message
+    assert fake.requests == []
+
+
+def test_a_proxy_in_the_environment_is_not_used(fake, kubeconfig, monkeypatch):
+    with RecordingListener() as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+
+    assert proxy.connections == 0
+    assert len(fake.requests) == 1

@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from billing.collection import CollectionError, clusters_to_collect, days_between, usage_collect_day
+from plumbing import outbound
 
 
 def _date(value: str) -> dt.date:
@@ -44,24 +45,28 @@ class Command(BaseCommand):
             self.stdout.write("No active or maintenance cluster has a kubeconfig: nothing to do.")
             return
 
-        # The same code the jobs run, in the foreground, one line per cluster-day as it ends.
-        total = len(clusters) * len(days)
-        runs, failed = [], 0
-        for cluster in clusters:
-            for day in days:
-                run = usage_collect_day(cluster=cluster, day=day, actor="collect_usage")
-                runs.append(run)
-                progress = f"[{len(runs)}/{total}] "
-                if run.status == run.Status.SUCCEEDED:
-                    line = f"{progress}{run.cluster.name} {run.date}: {run.rows_written} rows"
-                    if run.unknown_namespaces:
-                        names = ", ".join(n["namespace"] for n in run.unknown_namespaces)
-                        line += f"; unknown namespaces: {names}"
-                    self.stdout.write(self.style.SUCCESS(line))
-                else:
-                    failed += 1
-                    self.stdout.write(
-                        self.style.ERROR(f"{progress}{run.cluster.name} {run.date}: {run.error}")
-                    )
+        # Background work: the longer deadline and retries per call, as in the jobs.
+        with outbound.background_work():
+            # The same code the jobs run, in the foreground, one line per cluster-day as it ends.
+            total = len(clusters) * len(days)
+            runs, failed = [], 0
+            for cluster in clusters:
+                for day in days:
+                    run = usage_collect_day(cluster=cluster, day=day, actor="collect_usage")
+                    runs.append(run)
+                    progress = f"[{len(runs)}/{total}] "
+                    if run.status == run.Status.SUCCEEDED:
+                        line = f"{progress}{run.cluster.name} {run.date}: {run.rows_written} rows"
+                        if run.unknown_namespaces:
+                            names = ", ".join(n["namespace"] for n in run.unknown_namespaces)
+                            line += f"; unknown namespaces: {names}"
+                        self.stdout.write(self.style.SUCCESS(line))
+                    else:
+                        failed += 1
+                        self.stdout.write(
+                            self.style.ERROR(
+                                f"{progress}{run.cluster.name} {run.date}: {run.error}"
+                            )
+                        )
         if failed:
             raise CommandError(f"{failed} of {len(runs)} cluster-day(s) failed; rerun to retry.")

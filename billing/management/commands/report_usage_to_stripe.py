@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from billing import stripe_gateway as gateway
 from billing.stripe_reporting import usage_report_to_stripe
+from plumbing import outbound
 
 
 class Command(BaseCommand):
@@ -14,7 +15,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if not gateway.is_configured():
             raise CommandError("Stripe is not configured (STRIPE_SECRET_KEY is empty).")
-        run = usage_report_to_stripe()
+        with outbound.background_work():  # cron: the longer deadline and retries per call
+            run = usage_report_to_stripe()
         self.stdout.write(
             f"{run.sent_events} meter event(s) sent, {run.sent_cents} cents in all; "
             f"{run.skipped_locked} user-month(s) left to a concurrent run."

@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from billing import stripe_gateway as gateway
 from billing.catalog import catalog_setup
+from plumbing import outbound
 
 
 class Command(BaseCommand):
@@ -12,7 +13,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            entries = catalog_setup()
+            with outbound.background_work():  # not a web request: retries, longer deadline
+                entries = catalog_setup()
         except gateway.StripeGatewayError as error:
             raise CommandError(str(error)) from None
         for entry in entries:
