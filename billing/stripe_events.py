@@ -27,6 +27,9 @@ from billing.selectors import user_for_stripe_object
 
 logger = logging.getLogger(__name__)
 
+# An event in one of these states is not processed again.
+DONE = (StripeEvent.Status.PROCESSED, StripeEvent.Status.IGNORED)
+
 RETRY_BATCH = 100
 RETRY_MAX_ATTEMPTS = 10
 # Stripe objects are a few levels deep; anything much deeper is not an event of theirs.
@@ -56,22 +59,29 @@ def _handlers() -> dict:
 
 
 def stripe_event_receive(*, payload: bytes, signature: str | None) -> StripeEvent:
-    """Verify, store (once, by event id) and process a webhook delivery.
+    """Verify a webhook delivery, store it (once, by event id) and queue its processing in
+    the same transaction: Stripe gets its answer at once, and a worker applies the event
+    (retried with backoff if that fails). A redelivery of a processed event changes nothing.
 
     Raises `gateway.WebhookSignatureError` for a bad or stale signature, and ValueError for
     a signed body that is not a Stripe event (nothing stored in either case).
     """
+    from billing.tasks import stripe_event_defer  # tasks import this module
+
     event = _storable(gateway.verify_webhook(payload=payload, signature_header=signature))
-    StripeEvent.objects.get_or_create(
-        id=event["id"],
-        defaults={
-            "type": event["type"],
-            "created": gateway.datetime_from_timestamp(event["created"]),
-            "livemode": bool(event.get("livemode")),
-            "payload": event,
-        },
-    )
-    return stripe_event_process(event_id=event["id"])
+    with transaction.atomic():
+        stored, _ = StripeEvent.objects.get_or_create(
+            id=event["id"],
+            defaults={
+                "type": event["type"],
+                "created": gateway.datetime_from_timestamp(event["created"]),
+                "livemode": bool(event.get("livemode")),
+                "payload": event,
+            },
+        )
+        if stored.status not in DONE:
+            stripe_event_defer(event_id=stored.id)
+    return stored
 
 
 def _storable(event: dict) -> dict:
@@ -120,7 +130,7 @@ def stripe_event_process(*, event_id: str) -> StripeEvent:
     is recorded as unmatched; a processed event is not processed again."""
     with transaction.atomic():
         event = StripeEvent.objects.select_for_update().get(pk=event_id)
-        if event.status in (StripeEvent.Status.PROCESSED, StripeEvent.Status.IGNORED):
+        if event.status in DONE:
             return event
         handler = _handlers().get(event.type)
         event.attempts += 1

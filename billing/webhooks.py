@@ -1,4 +1,5 @@
-"""Stripe's webhook endpoint. Thin: verify, store, process (billing.stripe_events)."""
+"""Stripe's webhook endpoint. Thin: verify, store and queue (billing.stripe_events); a
+worker processes the event."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from billing import stripe_gateway as gateway
-from billing.models import StripeEvent
 from billing.stripe_events import stripe_event_receive
 
 
@@ -22,8 +22,6 @@ def stripe_webhook(request):
         return JsonResponse({"error": f"Signature check failed: {error}"}, status=400)
     except (KeyError, TypeError, ValueError) as error:
         return JsonResponse({"error": f"Not a Stripe event: {error}"}, status=400)
-    if event.status == StripeEvent.Status.FAILED:
-        # Not 2xx, so Stripe delivers it again; retry_stripe_events retries it too.
-        return JsonResponse({"id": event.id, "status": event.status}, status=503)
-    # Processed, ignored, or unmatched (kept for an operator: a redelivery cannot help).
+    # Stored and queued (or already done): 2xx, so Stripe does not deliver it again; the
+    # job retries a failed processing, and unmatched events wait for an operator.
     return JsonResponse({"id": event.id, "status": event.status})

@@ -234,7 +234,8 @@ def fake_stripe(stripe_server, settings):
 
 @pytest.fixture
 def deliver(client):
-    """Deliver a webhook event to /webhooks/stripe/, signed the way Stripe signs."""
+    """Deliver a webhook event to /webhooks/stripe/, signed the way Stripe signs; then run
+    the jobs it queued, as a worker would (`process=False` leaves them queued)."""
     import json
 
     from tests.fakes.stripe import WEBHOOK_SECRET, sign_payload
@@ -245,15 +246,21 @@ def deliver(client):
         secret: str = WEBHOOK_SECRET,
         timestamp: int | None = None,
         signature: str | None = None,
+        process: bool = True,
     ):
+        from tests.jobs import run_queued_jobs
+
         payload = json.dumps(event).encode()
         header = signature if signature is not None else sign_payload(payload, secret, timestamp)
-        return client.post(
+        response = client.post(
             "/webhooks/stripe/",
             payload,
             content_type="application/json",
             HTTP_STRIPE_SIGNATURE=header,
         )
+        if process:
+            run_queued_jobs()
+        return response
 
     return send
 

@@ -1,5 +1,5 @@
 """The Stripe webhook endpoint: whatever a signed body holds, the answer is a 2xx, a 400 or
-(for a failure worth Stripe's redelivery) a 503, never a 500; events for customers we do
+(stored and queued for a worker) a 200, never a 500; events for customers we do
 not know are kept as "unmatched" and answered 200."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from billing.checkout import customer_ensure
 from billing.models import BillingHistory, CreditLedgerEntry, StripeEvent
 from tests.factories import UserFactory
 from tests.fakes.stripe import WEBHOOK_SECRET, make_event, sign_payload
-from tests.jobs import run_jobs
+from tests.jobs import run_jobs, run_queued_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -43,6 +43,34 @@ def credit_session(user_id: str) -> dict:
         "metadata": {"purpose": "credits", "user_id": user_id},
         "customer": "cus_unknown_1",
     }
+
+
+# Stored at once, applied by a worker
+
+
+def test_a_delivery_is_stored_and_queued_and_applied_only_by_the_worker(fake_stripe, deliver):
+    user = UserFactory(id="auth0|buyer")
+
+    response = deliver(
+        make_event("checkout.session.completed", credit_session(user.pk)), process=False
+    )
+
+    assert response.status_code == 200
+    assert StripeEvent.objects.get().status == "received"
+    assert not CreditLedgerEntry.objects.exists()  # nothing applied inside Stripe's request
+    assert run_queued_jobs() == [("billing.process_stripe_event", "succeeded")]
+    assert StripeEvent.objects.get().status == "processed"
+    assert CreditLedgerEntry.objects.get().amount == Decimal("15")
+
+
+def test_a_redelivery_of_a_processed_event_queues_nothing(fake_stripe, deliver):
+    user = UserFactory(id="auth0|buyer")
+    event = make_event("checkout.session.completed", credit_session(user.pk))
+    deliver(event)
+
+    assert deliver(event, process=False).status_code == 200
+    assert run_queued_jobs() == []
+    assert CreditLedgerEntry.objects.count() == 1
 
 
 # Customers we do not know (yet)
