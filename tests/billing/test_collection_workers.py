@@ -3,14 +3,10 @@ share the queue, each cluster-day is collected once, and a worker killed mid-job
 nothing. The data is committed (transactional tests), as a worker sees it."""
 
 import datetime as dt
-import os
 import signal
-import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.db import connection
@@ -24,6 +20,7 @@ from clusters.models import HopsworksCluster
 from plumbing.jobs import stalled_jobs_retry
 from tests.factories import UserFactory
 from tests.fakes.kubernetes import kubeconfig_for
+from tests.workers import finish, no_worker_outlives_its_test, start_worker  # noqa: F401
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("default_rate_card")]
 D = Decimal
@@ -54,46 +51,6 @@ def two_clusters(fake_hopsworks, fake_kubernetes, cluster_on, test_ca):
     return world
 
 
-def worker_env() -> dict:
-    s = connection.settings_dict
-    host = quote(s["HOST"] or "127.0.0.1", safe="")
-    url = f"postgres://{s['USER']}@{host}:{s['PORT'] or 5432}/{s['NAME']}"
-    # Only the collection queue, and no periodic job queued at start: the test queues its own.
-    return {**os.environ, "DEBUG": "1", "DATABASE_URL": url, "JOBS_PERIODIC_MAX_DELAY": "0"}
-
-
-STARTED: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def no_worker_outlives_its_test():
-    yield
-    while STARTED:
-        worker = STARTED.pop()
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(timeout=30)
-
-
-def start_worker(name: str) -> subprocess.Popen:
-    command = ["manage.py", "procrastinate", "worker", "--name", name]
-    worker = subprocess.Popen(
-        [sys.executable, *command, "--queues", "collection", "--one-shot"],
-        cwd=ROOT,
-        env=worker_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    STARTED.append(worker)
-    return worker
-
-
-def finish(*workers: subprocess.Popen) -> None:
-    for worker in workers:
-        _, errors = worker.communicate(timeout=120)
-        assert worker.returncode == 0, errors.decode()[-2000:]
-
-
 def queue_every_cluster_day(world) -> None:
     for entry in world.values():
         for day in DAYS:
@@ -119,7 +76,7 @@ def test_two_workers_collect_each_cluster_day_exactly_once(two_clusters):
     queue_every_cluster_day(two_clusters)
     queue_every_cluster_day(two_clusters)  # queued twice: the queueing lock keeps one
 
-    finish(start_worker("one"), start_worker("two"))
+    finish(start_worker("one", queues="collection"), start_worker("two", queues="collection"))
 
     assert sorted(job_statuses()) == ["succeeded"] * 6
     runs = UsageCollectionRun.objects.all()
@@ -132,7 +89,7 @@ def test_a_worker_killed_mid_collection_loses_nothing_and_counts_nothing_twice(t
     east = two_clusters["east"]
     east["k8s"].delay = 60  # OpenCost hangs: the worker is caught in the middle of a job
     collection_defer(cluster=east["cluster"], day=DAYS[0])
-    doomed = start_worker("doomed")
+    doomed = start_worker("doomed", queues="collection")
     deadline = time.monotonic() + 60
     running = UsageCollectionRun.objects.filter(cluster=east["cluster"], status="running")
     while not running.exists():  # the run has begun and waits for OpenCost
@@ -148,7 +105,7 @@ def test_a_worker_killed_mid_collection_loses_nothing_and_counts_nothing_twice(t
     # The watch over dead workers (a periodic job every minute) puts it back in the queue.
     assert stalled_jobs_retry(seconds_since_heartbeat=0) == 1
     queue_every_cluster_day(two_clusters)
-    finish(start_worker("heir"), start_worker("other"))
+    finish(start_worker("heir", queues="collection"), start_worker("other", queues="collection"))
 
     assert sorted(job_statuses()) == ["succeeded"] * 6
     assert_exact_totals(two_clusters)
