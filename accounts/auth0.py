@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+import requests
 from django.conf import settings
+from social_core.backends import base as social_base
 from social_core.backends.auth0 import Auth0OAuth2
 from social_core.exceptions import AuthResponseError
+
+from plumbing import outbound
 
 
 class Auth0Backend(Auth0OAuth2):
@@ -30,6 +34,25 @@ class Auth0Backend(Auth0OAuth2):
         if problem:
             raise AuthResponseError(self, problem, code="invalid_claim", stage="token_validation")
         return claims
+
+
+class _GuardedRequests:
+    """What social-auth's base backend calls `requests`: the real module, except that its
+    one call, `requests.request`, goes through a guarded session (the address rule, no
+    proxy, and the login request's one total deadline, set by the login view, instead of a
+    timeout per read). A new session per call, so concurrent logins share nothing."""
+
+    def __getattr__(self, name):  # exceptions and the rest, as requests has them
+        return getattr(requests, name)
+
+    @staticmethod
+    def request(method, url, **kwargs):
+        with outbound.guarded_session() as session:
+            return session.request(method, url, **kwargs)
+
+
+# social-auth makes every request to Auth0 (token exchange, keys) through this name.
+social_base.requests = _GuardedRequests()
 
 
 def id_token_problem(claims: dict, *, client_id: str) -> str | None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.contrib.auth import logout
 from django.db import transaction
 from django.shortcuts import redirect, render
@@ -13,6 +14,7 @@ from social_django import views as social_views
 
 from accounts import auth0
 from accounts.services import LoginRefused
+from plumbing import outbound
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,8 @@ def auth0_complete(request, backend):
     written together or not at all (a failure half-way leaves no user without a link).
     """
     try:
-        with transaction.atomic():
+        # One deadline for every call to Auth0 in this request (token exchange, keys).
+        with outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS), transaction.atomic():
             return social_views.complete(request, backend)
     except LoginRefused as refusal:
         logout(request)
