@@ -230,7 +230,8 @@ class Workers:
         for p in self.processes:
             p.wait(timeout=60)
         self.ended = time.perf_counter()
-        self._check()
+        # A worker still starting has no signal handler yet: SIGTERM ends it at once.
+        self._check(ok=(0, -signal.SIGTERM))
 
     def kill(self) -> None:
         for p in self.processes:
@@ -238,9 +239,16 @@ class Workers:
                 p.kill()
                 p.wait(timeout=30)
 
-    def _check(self) -> None:
+    def log_tail(self, lines: int = 30) -> list[str]:
+        """The last lines each worker wrote (its log, INFO and up)."""
+        tails = []
+        for path in sorted(self._logs.glob("worker-*.log")):
+            tails += [f"{path.stem}: {line}" for line in path.read_text().splitlines()[-lines:]]
+        return tails
+
+    def _check(self, ok: tuple[int, ...] = (0,)) -> None:
         for n, p in enumerate(self.processes, start=1):
-            if p.returncode != 0:
+            if p.returncode not in ok:
                 log = (self._logs / f"worker-{n}.log").read_text(errors="replace")
                 raise RuntimeError(f"worker {n} exited with {p.returncode}:\n{log[-3000:]}")
         shutil.rmtree(self._logs, ignore_errors=True)
@@ -764,15 +772,34 @@ def profile_collection(world: dict, *, fakes: FakeTimer) -> list[dict]:
 # 3. Delay from defer to start ------------------------------------------------------------
 
 
-def wait_for_success(job_id: int, *, timeout: float) -> None:
+# A sample not started after three polling intervals is "late": what the worker and the job
+# went through is kept in the figures, and the wait goes on until STUCK_AFTER.
+LATE_AFTER = 3 * POLLING_INTERVAL
+STUCK_AFTER = 120.0
+
+
+def wait_for_job(job_id: int, *, timeout: float) -> str:
+    """The job's status once it has ended, or when `timeout` has passed."""
     deadline = time.monotonic() + timeout
     while True:
         (status,) = sql_all("SELECT status FROM procrastinate_jobs WHERE id = %s", [job_id])[0]
-        if status == "succeeded":
-            return
-        if status in ("failed", "cancelled", "aborted") or time.monotonic() > deadline:
-            raise RuntimeError(f"latency job {job_id} ended {status}")
+        if status in ("succeeded", "failed", "cancelled", "aborted"):
+            return status
+        if time.monotonic() > deadline:
+            return status
         time.sleep(0.01)
+
+
+def job_history(job_id: int, pool: Workers) -> dict:
+    events = sql_all(
+        "SELECT type::text, at FROM procrastinate_events WHERE job_id = %s ORDER BY id", [job_id]
+    )
+    return {
+        "job_id": job_id,
+        "events": [(kind, at.isoformat()) for kind, at in events],
+        "workers": [list(row) for row in sql_all("SELECT * FROM procrastinate_workers")],
+        "worker_log_tail": pool.log_tail(),
+    }
 
 
 def latency_run(url: str, *, samples: int, listen: bool, rng: random.Random) -> dict:
@@ -787,18 +814,26 @@ def latency_run(url: str, *, samples: int, listen: bool, rng: random.Random) -> 
     deferrer = ping.configure(queue=LATENCY_QUEUE)
     pool = Workers(url=url, queue=LATENCY_QUEUE, count=1, one_shot=False, listen=listen)
     pool.start()
+    ids, late, stuck = [], [], None
     try:
         with transaction.atomic():
             warm_up = deferrer.defer()
-        wait_for_success(warm_up, timeout=120)  # the worker is up, and now waits
-        time.sleep(1.0)  # its LISTEN connection is open by now
+        if wait_for_job(warm_up, timeout=120) != "succeeded":  # the worker is up
+            raise RuntimeError(f"the warm-up job: {job_history(warm_up, pool)}")
+        time.sleep(1.0)  # and its LISTEN connection is open by now
         pause = (0.02, 0.2) if listen else (0.0, POLLING_INTERVAL)
-        ids = []
         for _ in range(samples):
             time.sleep(rng.uniform(*pause))
             with transaction.atomic():
-                ids.append(deferrer.defer())
-            wait_for_success(ids[-1], timeout=POLLING_INTERVAL * 3 + 30)
+                job_id = deferrer.defer()
+            status = wait_for_job(job_id, timeout=LATE_AFTER)
+            if status != "succeeded":
+                late.append(job_history(job_id, pool))
+                status = wait_for_job(job_id, timeout=STUCK_AFTER)
+            if status != "succeeded":
+                stuck = job_history(job_id, pool)
+                break
+            ids.append(job_id)
     finally:
         pool.stop()
     by_id = {j["id"]: j for j in job_timings(LATENCY_QUEUE, "plumbing.ping")}
@@ -806,9 +841,11 @@ def latency_run(url: str, *, samples: int, listen: bool, rng: random.Random) -> 
     to_end = [(by_id[i]["finished"] - by_id[i]["deferred"]) * 1000 for i in ids]
     return {
         "listen_notify": listen,
-        "samples": samples,
-        "to_start_ms": _summary(to_start),
-        "to_finish_ms": _summary(to_end),
+        "samples": len(ids),
+        "to_start_ms": _summary(to_start) if ids else None,
+        "to_finish_ms": _summary(to_end) if ids else None,
+        "late": late,
+        "stuck": stuck,
     }
 
 
@@ -1023,10 +1060,23 @@ def report(figures: dict) -> str:
     for r in figures["latency"]:
         mode = "LISTEN/NOTIFY" if r["listen_notify"] else f"polling ({POLLING_INTERVAL:.0f} s)"
         s = r["to_start_ms"]
-        lines.append(
-            f"  {mode:<28}{r['samples']:>8}{s['min']:>9.1f}{s['median']:>9.1f}{s['p95']:>9.1f}"
-            f"{s['max']:>9.1f}{r['to_finish_ms']['median']:>20.1f}"
-        )
+        if s is None:
+            lines.append(f"  {mode:<28}{0:>8}")
+        else:
+            lines.append(
+                f"  {mode:<28}{r['samples']:>8}{s['min']:>9.1f}{s['median']:>9.1f}"
+                f"{s['p95']:>9.1f}{s['max']:>9.1f}{r['to_finish_ms']['median']:>20.1f}"
+            )
+        for incident in r["late"]:
+            lines.append(
+                f"    late: job {incident['job_id']} not done after {LATE_AFTER:.0f} s; its "
+                f"events then: {incident['events']} (worker log in the JSON)"
+            )
+        if r["stuck"]:
+            lines.append(
+                f"    STUCK: job {r['stuck']['job_id']} not done after {STUCK_AFTER:.0f} s more; "
+                "the run stopped there (events and worker log in the JSON)"
+            )
     return "\n".join(lines)
 
 
