@@ -135,5 +135,12 @@ def queued_message(count: int, what: str, *, task_name: str):
     return format_html('{} {} queued; <a href="{}">watch them in Jobs</a>.', count, what, url)
 
 
+@app.task(queue="maintenance", name="plumbing.ping")
+def ping() -> str:
+    """A health check that does nothing: a "pong" result shows that a worker takes jobs from
+    the queue it was deferred to (`ping.configure(queue=...).defer()`)."""
+    return "pong"
+
+
 def utc_day_of(timestamp: int) -> dt.date:
     return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).date()
