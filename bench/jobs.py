@@ -41,6 +41,10 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scratch
+from scratch import drop_database, recreate_database
+
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/bench_jobs"
 NOOP_QUEUE = "bench_noop"
@@ -111,36 +115,8 @@ def parse_args(argv=None):
 # The scratch database --------------------------------------------------------------------
 
 
-def _server_url(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts._replace(path="/postgres").geturl(), parts.path.lstrip("/")
-
-
-def recreate_database(url: str) -> None:
-    server, name = _server_url(url)
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def drop_database(url: str) -> None:
-    server, name = _server_url(url)
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def setup_django(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DEBUG", "1")  # the settings refuse to start without secrets else
-    os.environ["DJANGO_SETTINGS_MODULE"] = "platform_site.settings"
-    sys.path.insert(0, str(PROJECT))
-    import django
-    from django.conf import settings
-
-    django.setup()
-    # DEBUG makes Django keep every statement in connection.queries; production does not,
-    # so neither does this process (the workers run with DEBUG=1: see worker_env).
-    settings.DEBUG = False
+    scratch.setup_django(url)
     # One line per request served by the fakes, per job queued: noise here.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     logging.getLogger("clusters").setLevel(logging.WARNING)

@@ -31,6 +31,10 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scratch
+from scratch import drop_database, recreate_database
+
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/bench_usage"
 TARGET_RATIO = 1 / 3
@@ -102,36 +106,8 @@ def parse_args(argv=None):
 # The scratch database --------------------------------------------------------------------
 
 
-def _server_url(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts._replace(path="/postgres").geturl(), parts.path.lstrip("/")
-
-
-def recreate_database(url: str) -> None:
-    server, name = _server_url(url)
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def drop_database(url: str) -> None:
-    server, name = _server_url(url)
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def setup_django(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("DEBUG", "1")  # the settings refuse to start without secrets else
-    os.environ["DJANGO_SETTINGS_MODULE"] = "platform_site.settings"
-    sys.path.insert(0, str(PROJECT))
-    import django
-    from django.conf import settings
-
-    django.setup()
-    # DEBUG makes Django keep every statement's SQL in connection.queries (arrays of 5,000
-    # values rendered as text); production does not, so neither does the benchmark.
-    settings.DEBUG = False
+    scratch.setup_django(url)
     # Users going negative are counted in the report; one log line each is noise here.
     logging.getLogger("billing.credits").setLevel(logging.ERROR)
 
