@@ -86,8 +86,11 @@ def user_sync_from_auth0(
                 user.email, user.name = email, name
                 user.save(update_fields=["email", "name"])
     except IntegrityError:
-        # Another login created this user, or took this email, at the same moment.
-        existing = User.objects.filter(pk=subject).first()
+        # Another login created this user, or took this email, at the same moment. Lock
+        # the row as the path above does: inside the login's transaction every login then
+        # takes the user before its social link, and two logins cannot deadlock.
+        with transaction.atomic():
+            existing = User.objects.select_for_update().filter(pk=subject).first()
         if existing is None or existing.email != email:
             raise EmailOwnedByAnotherAccount(
                 f"The email address {email} is already used by another account."
