@@ -14,13 +14,11 @@ import argparse
 import dataclasses
 import datetime as dt
 import functools
-import json
 import logging
 import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -33,7 +31,6 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scratch
-from scratch import drop_database, recreate_database
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/bench_usage"
@@ -478,24 +475,7 @@ def environment() -> dict:
             "SELECT current_setting('server_version'), current_setting('shared_buffers')"
         )
         version, shared_buffers = cursor.fetchone()
-    try:  # read-only: which code was measured
-        commit = subprocess.run(
-            ["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(PROJECT), "status", "--porcelain", "--", "billing", "clusters"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        if dirty.strip():
-            changed = ", ".join(line[3:] for line in dirty.splitlines() if line.strip())
-            commit += f" + uncommitted changes in {changed}"
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = scratch.measured_commit("billing", "clusters")
     return {
         "commit": commit,
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -598,25 +578,7 @@ def report(figures: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    recreate_database(args.database_url)
-    try:
-        setup_django(args.database_url)
-        figures = benchmark(args)
-    finally:
-        if "django" in sys.modules:
-            from django.db import connections
-
-            connections.close_all()
-        if not args.keep:
-            drop_database(args.database_url)
-    print(report(figures), flush=True)
-    text = json.dumps(figures, indent=2, default=str)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-        print(f"\nfigures written to {args.json}")
-    else:
-        print("\n" + text)
-    return 0
+    return scratch.run_in_scratch(args, setup=setup_django, benchmark=benchmark, report=report)
 
 
 def benchmark(args) -> dict:
