@@ -122,12 +122,12 @@ def pending_accounts():
 
 
 def hopsworks_accounts_sync(
-    *, user: User | None = None, cluster: HopsworksCluster | None = None, quick: bool = False
+    *, user: User | None = None, cluster: HopsworksCluster | None = None
 ) -> SyncReport:
     """Bring pending accounts in line; failures are recorded on the row and retried later.
 
-    `quick`, or any run outside `outbound.background_work()` (a web request): one attempt per
-    call and one deadline for them all; accounts not reached in time stay pending.
+    Outside `outbound.background_work()` (a web request): one attempt per call and one
+    deadline for them all; accounts not reached in time stay pending.
     """
     report = SyncReport()
     pending = pending_accounts()
@@ -135,7 +135,7 @@ def hopsworks_accounts_sync(
         pending = pending.filter(user=user)
     if cluster is not None:
         pending = pending.filter(cluster=cluster)
-    in_request = quick or not outbound.in_background()
+    in_request = not outbound.in_background()
     clients: dict = {}
     with (
         outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS) if in_request else nullcontext()

@@ -8,6 +8,7 @@ from tests.factories import AdminFactory, StaffFactory, UserFactory
 from tests.fakes.auth0 import CLIENT_ID, CLIENT_SECRET, FakeAuth0
 from tests.fakes.server import local_server
 from tests.fakes.tls import make_test_ca
+from tests.personas import PERSONAS, VIEW_EVERYTHING
 
 
 @pytest.fixture(autouse=True)
@@ -60,43 +61,6 @@ def operator_client(client, operator):
 
 # The operators the permission tests ask about, by what they were granted. "view_only"
 # holds every view permission there is; "superuser" holds everything without grants.
-VIEW_EVERYTHING = "every view_* permission"
-PERSONAS = {
-    "no_permission_staff": (),
-    "view_only_staff": VIEW_EVERYTHING,
-    # What the users admin's suspend/assign actions used to need, and all it grants now.
-    "change_user_staff": ("accounts.change_user",),
-    "support_staff": (
-        "accounts.view_user",
-        "accounts.change_user",
-        "accounts.suspend_user",
-        "clusters.view_hopsworkscluster",
-        "clusters.add_userhopsworksassignment",
-        "clusters.change_userhopsworksassignment",
-        "clusters.delete_userhopsworksassignment",
-        "clusters.view_capacitywait",
-        "clusters.view_hopsworksaccount",
-        "clusters.change_hopsworksaccount",
-    ),
-    "finance_staff": (
-        "accounts.view_user",
-        "clusters.view_hopsworkscluster",
-        "billing.view_usagedaily",
-        "billing.view_usercredits",
-        "billing.view_creditledgerentry",
-        "billing.view_usagecollectionrun",
-        "billing.view_billinghistory",
-        "billing.view_stripeevent",
-        "billing.change_stripeevent",
-        "billing.change_billing_mode",
-        "billing.grant_credits",
-        "billing.collect_usage",
-        "billing.sync_invoices",
-    ),
-    "superuser": None,
-}
-
-
 @pytest.fixture
 def persona(db):
     """persona("support_staff") -> a new operator with that persona's permissions."""

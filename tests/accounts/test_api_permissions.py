@@ -11,6 +11,7 @@ from clusters import services
 from clusters.models import UserHopsworksAssignment
 from tests.conftest import ALL_SCOPES
 from tests.factories import ClusterFactory, UserFactory
+from tests.personas import PERSONA_COLUMNS
 
 pytestmark = pytest.mark.django_db
 
@@ -123,14 +124,6 @@ def test_a_user_never_reaches_other_users_through_operator_endpoints(
 
 # Operators in the browser: their Django permissions decide, endpoint by endpoint.
 Y, _ = True, False
-PERSONA_COLUMNS = (
-    "no_permission_staff",
-    "view_only_staff",
-    "change_user_staff",
-    "support_staff",
-    "finance_staff",
-    "superuser",
-)
 #                                                  nobody view change_user support finance super
 SESSION_MATRIX = {
     ("get", "/api/v1/users"):                       (_, Y, _, Y, Y, Y),

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from billing.checkout import customer_ensure
 from billing.models import BillingHistory, CreditLedgerEntry, StripeEvent
+from tests import strategies
 from tests.factories import UserFactory
 from tests.fakes.stripe import WEBHOOK_SECRET, make_event, sign_payload
 from tests.jobs import run_jobs, run_queued_jobs
@@ -207,17 +208,7 @@ def test_numbers_postgresql_cannot_store_are_a_400(fake_stripe, client, constant
 
 # No signed body at all is a server error
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=25,
-)
+json_values = strategies.json_values(max_leaves=25)
 event_types = st.sampled_from(
     [
         "checkout.session.completed",

@@ -34,18 +34,11 @@ from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
 from clusters.models import UserHopsworksAssignment as Assignment
 from tests.factories import ClusterFactory, UserFactory
 from tests.jobs import job_with_status, run_queued_jobs
+from tests.personas import PERSONA_COLUMNS
 
 pytestmark = pytest.mark.django_db
 
 Y, _ = True, False
-PERSONA_COLUMNS = (
-    "no_permission_staff",
-    "view_only_staff",
-    "change_user_staff",
-    "support_staff",
-    "finance_staff",
-    "superuser",
-)
 #                                                     nobody view change_user support finance super
 MATRIX = {
     ("accounts.user", "suspend_users"):                  (_, _, _, Y, _, Y),

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing.models import UsageDaily
+from tests import strategies
 
 pytestmark = pytest.mark.django_db
 
@@ -55,17 +56,7 @@ def test_json_constants_that_are_not_numbers_are_a_400(client, make_key, constan
     assert_bad_request(post_raw(client, make_key("usage:write"), body), "not valid JSON")
 
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=20,
-)
+json_values = strategies.json_values(max_leaves=20)
 record = st.fixed_dictionaries(
     {},
     optional={

@@ -1,0 +1,40 @@
+"""The operator personas the permission tests use (tests/conftest.py makes them), in the
+order of the matrices' columns."""
+
+VIEW_EVERYTHING = "every view_* permission"
+PERSONAS = {
+    "no_permission_staff": (),
+    "view_only_staff": VIEW_EVERYTHING,
+    # What the users admin's suspend/assign actions used to need, and all it grants now.
+    "change_user_staff": ("accounts.change_user",),
+    "support_staff": (
+        "accounts.view_user",
+        "accounts.change_user",
+        "accounts.suspend_user",
+        "clusters.view_hopsworkscluster",
+        "clusters.add_userhopsworksassignment",
+        "clusters.change_userhopsworksassignment",
+        "clusters.delete_userhopsworksassignment",
+        "clusters.view_capacitywait",
+        "clusters.view_hopsworksaccount",
+        "clusters.change_hopsworksaccount",
+    ),
+    "finance_staff": (
+        "accounts.view_user",
+        "clusters.view_hopsworkscluster",
+        "billing.view_usagedaily",
+        "billing.view_usercredits",
+        "billing.view_creditledgerentry",
+        "billing.view_usagecollectionrun",
+        "billing.view_billinghistory",
+        "billing.view_stripeevent",
+        "billing.change_stripeevent",
+        "billing.change_billing_mode",
+        "billing.grant_credits",
+        "billing.collect_usage",
+        "billing.sync_invoices",
+    ),
+    "superuser": None,
+}
+
+PERSONA_COLUMNS = tuple(PERSONAS)
