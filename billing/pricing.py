@@ -13,6 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass, fields
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal
 
+from django.conf import settings
+
 PLACES = Decimal("0.0000000001")
 CENT = Decimal("0.01")
 CALLS_PER_PRICE_UNIT = Decimal(1000)
@@ -81,6 +83,24 @@ def day_cost(quantities: Quantities, rates: Rates) -> Decimal:
 
 def days_in_month(day: dt.date) -> int:
     return calendar.monthrange(day.year, day.month)[1]
+
+
+def storage_unit() -> str:
+    """The unit storage is billed in, "GiB" (2^30 bytes, the default) or "GB" (10^9 bytes)."""
+    return settings.STORAGE_UNIT
+
+
+def resource_unit(resource: str) -> str:
+    """What one unit of a rate-card resource is, as the rate card states it."""
+    units = {
+        "cpu_hour": "core-hour",
+        "gpu_hour": "GPU-hour",
+        "storage_gb_month": f"{storage_unit()}-month ("
+        + ("1 GiB = 2^30 bytes" if storage_unit() == "GiB" else "1 GB = 10^9 bytes")
+        + ")",
+        "api_calls_1k": "1,000 calls",
+    }
+    return units[resource]
 
 
 def storage_gb_months(*, gb_held: Decimal, day: dt.date) -> Decimal:

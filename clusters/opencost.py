@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 import urllib3
+from django.conf import settings
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 from kubernetes.client.exceptions import ApiException
@@ -60,14 +61,15 @@ SYSTEM_NAMESPACES = frozenset(
 )
 SYSTEM_NAMESPACE_PREFIXES = ("kube-",)
 
-# OpenCost's allocation field -> NamespaceUsage field.
-BYTES_PER_GB = Decimal(10) ** 9
+# Bytes in the unit storage is billed in (settings.STORAGE_UNIT).
+STORAGE_UNIT_BYTES = {"GiB": Decimal(2) ** 30, "GB": Decimal(10) ** 9}
 HOURS_PER_DAY = Decimal(24)
 
 
 def gb_held_from_byte_hours(byte_hours: Decimal) -> Decimal:
-    """OpenCost's persistent-volume byte-hours for one day, as the average GB held."""
-    return Decimal(byte_hours) / HOURS_PER_DAY / BYTES_PER_GB
+    """OpenCost's persistent-volume byte-hours for one day, as the average held in the
+    billing storage unit: GiB by default (a 100Gi volume is 100, not 107.37), or GB."""
+    return Decimal(byte_hours) / HOURS_PER_DAY / STORAGE_UNIT_BYTES[settings.STORAGE_UNIT]
 
 
 _FIGURES = {

@@ -113,6 +113,12 @@ PLACEMENT_REQUIRES_BILLING = env.bool("PLACEMENT_REQUIRES_BILLING", default=True
 # Who decides whether a user may be placed automatically (clusters asks; billing answers).
 PLACEMENT_GATE = "billing.gate.placement_blocker"
 
+# The unit storage is billed in: GiB (2^30 bytes; Kubernetes sizes volumes in Gi, and the
+# clouds bill GB-months of 2^30 bytes) or GB (10^9 bytes). Stated on the rate card.
+STORAGE_UNIT = env.str("STORAGE_UNIT", default="GiB")
+if STORAGE_UNIT not in ("GiB", "GB"):
+    raise ImproperlyConfigured(f"STORAGE_UNIT is {STORAGE_UNIT!r}; use GiB or GB.")
+
 # Background jobs (Procrastinate): each app's tasks.py is found by itself; plumbing's jobs
 # (the watch over dead workers) are named. Workers: `python manage.py procrastinate worker`.
 PROCRASTINATE_IMPORT_PATHS = ["plumbing.jobs"]
@@ -187,6 +193,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "accounts.context_processors.auth0_login",
+                "billing.context_processors.units",
             ],
         },
     },

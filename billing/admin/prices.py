@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 
 from billing.models import Price
 from billing.prices import price_delete, price_save
+from billing.pricing import resource_unit
 
 
 @admin.register(Price)
@@ -15,12 +16,24 @@ class PriceAdmin(admin.ModelAdmin):
     deleted (past days were charged with it); a change is a new row from a later date."""
 
     fields = ("resource", "unit_price", "effective_from", "user", "note")
-    list_display = ("resource", "unit_price", "effective_from", "user", "in_effect", "note")
+    list_display = (
+        "resource",
+        "unit_price",
+        "unit",
+        "effective_from",
+        "user",
+        "in_effect",
+        "note",
+    )
     list_select_related = ("user",)
     list_filter = ("resource", ("user", admin.EmptyFieldListFilter))
     search_fields = ("user__email", "note")
     autocomplete_fields = ("user",)
     ordering = ("resource", "-effective_from")
+
+    @admin.display(description="per")
+    def unit(self, obj):
+        return resource_unit(obj.resource)
 
     @admin.display(boolean=True, description="in effect")
     def in_effect(self, obj):

@@ -18,7 +18,7 @@ from tests.fakes.kubernetes import kubeconfig_for
 pytestmark = pytest.mark.django_db
 D = Decimal
 DAY = dt.date(2026, 11, 20)  # November: 30 days
-GB_HELD_ALL_DAY = D(24) * D(10) ** 9  # byte-hours of 1 GB held for 24 hours
+GB_HELD_ALL_DAY = D(24) * D(2) ** 30  # byte-hours of 1 GiB (the billing unit) held for 24 hours
 
 
 @pytest.fixture

@@ -318,8 +318,15 @@ def test_an_unusable_kubeconfig_is_a_metrics_error_naming_what_to_fix(fake, test
     assert fake.requests == []
 
 
-def test_byte_hours_become_average_gb_held():
-    assert gb_held_from_byte_hours(Decimal("24") * Decimal(10) ** 9 * Decimal("5")) == Decimal("5")
+def test_byte_hours_become_the_average_held_in_gib_by_default():
+    # A 100Gi volume held all day is 100 GiB, not the 107.37 decimal GB it also is.
+    assert gb_held_from_byte_hours(Decimal(24) * 100 * Decimal(2) ** 30) == Decimal(100)
+
+
+def test_byte_hours_become_decimal_gb_when_storage_is_billed_in_gb(settings):
+    settings.STORAGE_UNIT = "GB"
+    assert gb_held_from_byte_hours(Decimal(24) * 5 * Decimal(10) ** 9) == Decimal(5)
+    assert gb_held_from_byte_hours(Decimal(24) * 100 * Decimal(2) ** 30) == Decimal("107.3741824")
 
 
 # Deadlines, size and where the connection goes

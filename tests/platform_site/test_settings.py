@@ -59,3 +59,16 @@ def test_the_operator_session_idle_timeout_comes_from_the_environment():
     assert run_django(code, **PRODUCTION).stdout.split() == [str(8 * 3600)]
     result = run_django(code, **PRODUCTION, OPERATOR_SESSION_IDLE_SECONDS="3600")
     assert result.stdout.split() == ["3600"], result.stderr
+
+
+def test_storage_is_billed_in_gib_unless_the_environment_says_gb():
+    code = "from django.conf import settings; print(settings.STORAGE_UNIT)"
+    assert run_django(code, **PRODUCTION).stdout.split() == ["GiB"]
+    assert run_django(code, **PRODUCTION, STORAGE_UNIT="GB").stdout.split() == ["GB"]
+
+
+def test_an_unknown_storage_unit_is_refused_naming_the_choices():
+    result = run_django("print('started')", **PRODUCTION, STORAGE_UNIT="TB")
+    assert result.returncode != 0
+    assert "started" not in result.stdout
+    assert "STORAGE_UNIT is 'TB'; use GiB or GB." in result.stderr
