@@ -263,3 +263,36 @@ def test_a_missing_field_an_extra_field_and_an_unknown_object_are_caught():
         )
     with pytest.raises(AssertionError, match="makes a 'coupon'"):
         published_shapes({"object": "coupon"})
+
+
+def test_credit_notes_and_a_page_of_them_have_the_published_fields(sdk, fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    invoice = fake_stripe.add_invoice(customer=customer["id"], status="paid", amount_due=1000)
+    note = fake_stripe.add_credit_note(invoice_id=invoice["id"], amount=300, refund_amount=100)
+    fake_stripe.void_credit_note(note["id"])
+
+    page = sdk.v1.credit_notes.list(params={"invoice": invoice["id"], "limit": 100})
+    read = sdk.v1.credit_notes.retrieve(note["id"])
+
+    assert published_shapes(raw(page)) == {"list", "credit_note"}
+    assert published_shapes(raw(read)) == {"list", "credit_note"}  # its (empty) lines
+    assert (read.status, read.amount, read.type) == ("void", 300, "post_payment")
+
+
+def test_a_refunded_charge_its_refunds_and_the_invoice_payment_have_the_published_fields(
+    sdk, fake_stripe
+):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    invoice = fake_stripe.add_invoice(customer=customer["id"], status="open", amount_due=1000)
+    charge = fake_stripe.pay_invoice(invoice["id"])
+    fake_stripe.refund_charge(charge["id"], 400)
+
+    read = sdk.v1.charges.retrieve(charge["id"])
+    payments = sdk.v1.invoice_payments.list(
+        params={"payment": {"type": "payment_intent", "payment_intent": charge["payment_intent"]}}
+    )
+
+    assert published_shapes(raw(read)) == {"charge", "list", "refund"}
+    assert published_shapes(raw(payments)) == {"list", "invoice_payment"}
+    assert [p.invoice for p in payments.data] == [invoice["id"]]
+    assert (read.amount_refunded, read.refunded) == (400, False)
