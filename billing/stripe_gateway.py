@@ -664,6 +664,36 @@ def retrieve_subscription(*, subscription_id: str) -> dict:
         return _plain(client.v1.subscriptions.retrieve(subscription_id))
 
 
+def retrieve_invoice(*, invoice_id: str) -> dict:
+    client = _client()
+    with _stripe_errors(f"read invoice {invoice_id}"):
+        return _plain(client.v1.invoices.retrieve(invoice_id))
+
+
+def list_credit_notes(*, invoice_id: str) -> list[dict]:
+    """Every credit note of one invoice (issued and void), every page."""
+    client = _client()
+    with _stripe_errors(f"list the credit notes of invoice {invoice_id}"):
+        page = client.v1.credit_notes.list(params={"invoice": invoice_id, "limit": PAGE_SIZE})
+        return [_plain(note) for note in page.auto_paging_iter()]
+
+
+def invoice_id_for_payment_intent(*, payment_intent_id: str) -> str | None:
+    """The invoice a payment intent paid, or None (a payment outside invoices, such as a
+    credit purchase). Since API 2025-03-31 a charge no longer names its invoice: the
+    invoice payment links them."""
+    client = _client()
+    params: dict[str, Any] = {
+        "payment": {"type": "payment_intent", "payment_intent": payment_intent_id},
+        "limit": PAGE_SIZE,
+    }
+    with _stripe_errors(f"find the invoice paid by {payment_intent_id}"):
+        page = client.v1.invoice_payments.list(params=params)
+        invoices = {_plain(payment)["invoice"] for payment in page.auto_paging_iter()}
+    invoices.discard(None)
+    return min(invoices) if invoices else None
+
+
 def list_invoices(*, customer_id: str) -> list[dict]:
     """All of a customer's invoices, newest first (Stripe's order), every page."""
     client = _client()

@@ -224,10 +224,11 @@ def test_a_late_active_event_of_an_ended_subscription_does_not_replace_its_succe
     user = UserFactory()
     customer = customer_ensure(user=user)
     old = fake_stripe.add_subscription(customer=customer, status="canceled")
-    new = fake_stripe.add_subscription(customer=customer, status="canceled")
+    new = fake_stripe.add_subscription(customer=customer, status="active")
     now = int(time.time())
     deliver(subscription_event(old, "canceled", now - 30, "customer.subscription.deleted"))
     deliver(subscription_event(new, "active", now - 20, "customer.subscription.created"))
+    fake_stripe.subscriptions[new["id"]]["status"] = "canceled"
     deliver(subscription_event(new, "canceled", now - 10, "customer.subscription.deleted"))
 
     deliver(subscription_event(old, "active", now))  # Stripe has it canceled
