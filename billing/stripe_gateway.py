@@ -702,6 +702,46 @@ def list_invoices(*, customer_id: str) -> list[dict]:
         return [_plain(invoice) for invoice in page.auto_paging_iter()]
 
 
+# Reconciliation (billing/reconciliation.py): what Stripe has counted and invoiced.
+# INTEGRATOR: the settlement branch (issue 12, item 10) adds `meter_event_summary_total`
+# with this exact name and signature; keep one of the two.
+
+
+def meter_event_summary_total(
+    *, meter_id: str, customer_id: str, start_time: int, end_time: int
+) -> int:
+    """What Stripe has aggregated on a meter for a customer in [start_time, end_time) (Unix
+    seconds on minute boundaries): the sum of `aggregated_value` over every summary. Our
+    meters sum whole cents, so anything else is an error, never rounded."""
+    client = _client()
+    params: dict[str, Any] = {
+        "customer": customer_id,
+        "start_time": int(start_time),
+        "end_time": int(end_time),
+        "limit": PAGE_SIZE,
+    }
+    total = Decimal(0)
+    operation = f"read the event summaries of meter {meter_id} for {customer_id}"
+    with _stripe_errors(operation):
+        page = client.v1.billing.meters.event_summaries.list(meter_id, params=params)
+        for summary in map(_plain, page.auto_paging_iter()):
+            total += Decimal(str(summary.get("aggregated_value") or 0))
+    if total != total.to_integral_value():
+        raise StripeGatewayError(
+            f"Stripe's summary of meter {meter_id} for {customer_id} is {total}, not whole "
+            "cents: check the meter's aggregation (it must sum our integer values)."
+        )
+    return int(total)
+
+
+def list_invoice_lines(*, invoice_id: str) -> list[dict]:
+    """Every line of an invoice (Stripe's `line_item` objects), every page."""
+    client = _client()
+    with _stripe_errors(f"list the lines of invoice {invoice_id}"):
+        page = client.v1.invoices.line_items.list(invoice_id, params={"limit": PAGE_SIZE})
+        return [_plain(line) for line in page.auto_paging_iter()]
+
+
 # Webhooks and links
 
 

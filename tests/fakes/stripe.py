@@ -389,6 +389,54 @@ class FakeStripe:
         params.update(subscription=subscription, created=created, number=number)
         return self._make("invoice", params)
 
+    def add_usage_invoice(
+        self, *, subscription_id: str, period_start: int, period_end: int, status: str = "open"
+    ) -> dict:
+        """The invoice Stripe makes for a subscription's period: one line per metered price,
+        its quantity what the price's meter summed for the customer over [start, end) (the
+        meter events accepted so far), its amount quantity times the unit amount."""
+        with self._lock:
+            subscription = self.subscriptions[subscription_id]
+            customer, lines = subscription["customer"], []
+            for item in subscription["items"]["data"]:
+                price = item["price"]
+                if price["recurring"]["usage_type"] != "metered":
+                    continue
+                meter = self.meters[price["recurring"]["meter"]]
+                quantity = self._summed(meter, customer, period_start, period_end)
+                quantity = int(quantity)
+                amount = quantity * price["unit_amount"]
+                parent = {"invoice_item": None, "proration": False}
+                parent.update(proration_details={"credited_items": None})
+                parent.update(subscription=subscription_id, subscription_item=item["id"])
+                lines.append(
+                    {
+                        "id": _new_id("il_"),
+                        "amount": amount,
+                        "currency": price["currency"],
+                        "description": f"{quantity} x {price['product']}",
+                        "parent": {
+                            "invoice_item_details": None,
+                            "subscription_item_details": parent,
+                            "type": "subscription_item_details",
+                        },
+                        "period": {"end": period_end, "start": period_start},
+                        "pricing": {
+                            "price_details": {"price": price["id"], "product": price["product"]},
+                            "type": "price_details",
+                            "unit_amount_decimal": price["unit_amount_decimal"],
+                        },
+                        "quantity": quantity,
+                        "quantity_decimal": str(quantity),
+                        "subtotal": amount,
+                    }
+                )
+            params = {"customer": customer, "status": status, "number": None, "created": None}
+            params.update(amount_due=sum(line["amount"] for line in lines))
+            params.update(subscription=subscription_id, lines=lines)
+            params.update(period=(period_start, period_end))
+            return self._make("invoice", params)
+
     def add_charge(self, *, customer: str, amount: int) -> dict:
         """A card charge outside any invoice (a credit purchase's, say)."""
         return self._make("charge", {"amount": amount, "customer": customer})
@@ -533,6 +581,9 @@ class FakeStripe:
         return 200, answer, {"Request-Id": request_id}
 
     def _route(self, method: str, path: str, items: list, params: dict) -> dict:
+        answer = self._reconciliation_route(method, path, items, params)
+        if answer is not None:
+            return answer
         for resource in self.RESOURCES:
             object_id = path.removeprefix(resource.path + "/")
             if path == resource.path and method == "POST" and resource.create:
@@ -559,6 +610,70 @@ class FakeStripe:
             404,
             f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
             "or we can help at https://support.stripe.com/.",
+        )
+
+    # Reconciliation: meter event summaries and invoice lines (billing/reconciliation.py).
+    # INTEGRATOR: the settlement branch adds event_summaries too; keep one of the two.
+
+    def _reconciliation_route(self, method, path, items, params) -> dict | None:
+        if method != "GET":
+            return None
+        summaries = re.fullmatch(r"/v1/billing/meters/([^/]+)/event_summaries", path)
+        if summaries:
+            accepted = "customer start_time end_time value_grouping_window " + LIST
+            _check_names(items, accepted)
+            return self._event_summaries(summaries.group(1), params)
+        lines = re.fullmatch(r"/v1/invoices/([^/]+)/lines", path)
+        if lines:
+            _check_names(items, LIST)
+            invoice = self.invoices.get(lines.group(1))
+            if invoice is None:
+                raise _missing("invoice", lines.group(1))
+            return _page_in_order(path, invoice["lines"]["data"], params, kind="line_item")
+        return None
+
+    def _event_summaries(self, meter_id: str, params: dict) -> dict:
+        meter = self.meters.get(meter_id)
+        if meter is None:
+            raise _missing("billing meter", meter_id)
+        _need(params, "customer start_time end_time")
+        start, end = (_integer(params[name], name) for name in ("start_time", "end_time"))
+        for name, value in (("start_time", start), ("end_time", end)):
+            _ensure(value % 60 == 0, "Must be aligned with minute boundaries.", name)
+        _ensure(start < end, "end_time must be after start_time.", "end_time")
+        _ensure(
+            "value_grouping_window" not in params,
+            "Not served by the fake.",
+            "value_grouping_window",
+        )
+        value = self._summed(meter, params["customer"], start, end)
+        summary = {
+            "id": _new_id("mtrusg_"),
+            "object": "billing.meter_event_summary",
+            "aggregated_value": int(value) if value == int(value) else float(value),
+            "end_time": end,
+            "livemode": False,
+            "meter": meter_id,
+            "start_time": start,
+        }
+        return _page_in_order(
+            f"/v1/billing/meters/{meter_id}/event_summaries",
+            [summary],
+            params,
+            kind="billing.meter_event_summary",
+        )
+
+    def _summed(self, meter: dict, customer: str, start: int, end: int) -> Decimal:
+        """The accepted events of the meter's event name for the customer, start <= t < end."""
+        return sum(
+            (
+                Decimal(event["payload"]["value"])
+                for event in self.meter_events
+                if event["event_name"] == meter["event_name"]
+                and event["payload"].get("stripe_customer_id") == customer
+                and start <= event["timestamp"] < end
+            ),
+            Decimal(0),
         )
 
     def _make(self, kind: str, params: dict) -> dict:
@@ -761,14 +876,21 @@ class FakeStripe:
         invoice_id, status, due = new["id"], params["status"], params["amount_due"]
         now, subscription = params["created"] or new["created"], params["subscription"]
         final, customer = status != "draft", self.customers.get(params["customer"]) or {}
-        line = _fields(LINE_ITEM_BODY) | {
-            "id": _new_id("il_"),
-            "amount": due,
-            "invoice": invoice_id,
-            "period": {"end": now, "start": now},
-            "subscription": subscription,
-            "subtotal": due,
-        }
+        period_start, period_end = params.get("period") or (now, now)
+        lines = [
+            _fields(LINE_ITEM_BODY) | {"invoice": invoice_id, "subscription": subscription} | line
+            for line in params.get("lines") or ()
+        ] or [
+            _fields(LINE_ITEM_BODY)
+            | {
+                "id": _new_id("il_"),
+                "amount": due,
+                "invoice": invoice_id,
+                "period": {"end": now, "start": now},
+                "subscription": subscription,
+                "subtotal": due,
+            }
+        ]
         happened = {"finalized": final, "marked_uncollectible": status == "uncollectible"}
         happened.update(paid=status == "paid", voided=status == "void")
         parent = {"type": "subscription_details", "quote_details": None}
@@ -785,11 +907,11 @@ class FakeStripe:
             "customer_name": customer.get("name"),
             "hosted_invoice_url": url if final else None,
             "invoice_pdf": f"{url}/pdf" if final else None,
-            "lines": _list_object(f"/v1/invoices/{invoice_id}/lines", [line]),
+            "lines": _list_object(f"/v1/invoices/{invoice_id}/lines", lines),
             "number": params["number"] or (f"FAKE-{len(self.invoices) + 1:04d}" if final else None),
             "parent": parent if subscription else None,
-            "period_end": now,
-            "period_start": now,
+            "period_end": period_end,
+            "period_start": period_start,
             "status": status,
             "status_transitions": {f"{k}_at": now if v else None for k, v in happened.items()},
             "subscription": subscription,
@@ -993,6 +1115,19 @@ def _page(url: str, objects: list[dict], params: dict, *, kind: str) -> dict:
             raise _missing(kind, params["starting_after"], "starting_after")
         start = ids.index(params["starting_after"]) + 1
     return _list_object(url, ordered[start : start + limit], start + limit < len(ordered))
+
+
+def _page_in_order(url: str, objects: list[dict], params: dict, *, kind: str) -> dict:
+    """A list object over objects in their own order (invoice lines, summaries)."""
+    limit = _integer(params.get("limit", "10"), "limit")
+    _ensure(1 <= limit <= MAX_LIMIT, f"limit must be between 1 and {MAX_LIMIT}.", "limit")
+    ids = [o["id"] for o in objects]
+    start = 0
+    if "starting_after" in params:
+        if params["starting_after"] not in ids:
+            raise _missing(kind, params["starting_after"], "starting_after")
+        start = ids.index(params["starting_after"]) + 1
+    return _list_object(url, objects[start : start + limit], start + limit < len(objects))
 
 
 def reset(server: HTTPServer, *, api_key: str = API_KEY) -> FakeStripe:
