@@ -516,3 +516,32 @@ class StripeUsageReport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.month:%Y-%m} {self.resource}: {self.reported_cents}c"
+
+
+class ReconciliationRun(models.Model):
+    """One run of `reconcile_billing` (the command or the daily job): for each user and
+    month, our usage, what we reported, what Stripe counted and what it invoiced, side by
+    side, and every difference with its cause. Written once by `reconciliation_record`;
+    the admin shows it read-only (the run itself makes Stripe calls, so no web request
+    does it)."""
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    months = models.TextField(help_text="The months reconciled, YYYY-MM, comma separated.")
+    users = models.TextField(blank=True, default="", help_text="Only these users, if given.")
+    actor = models.TextField(help_text="Who or what ran it (the daily job, a command).")
+    lines = models.JSONField(default=list, help_text="One entry per user and month.")
+    differences = models.PositiveIntegerField(default=0)
+    unexplained = models.PositiveIntegerField(
+        default=0, help_text="Differences needing an operator: the run fails on any."
+    )
+    errors = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        db_table = "billing_reconciliation_run"
+        verbose_name = "reconciliation"
+        verbose_name_plural = "reconciliation"
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.months} at {self.started_at:%Y-%m-%d %H:%M}: {self.unexplained} unexplained"

@@ -298,9 +298,7 @@ def test_a_refunded_charge_its_refunds_and_the_invoice_payment_have_the_publishe
     assert (read.amount_refunded, read.refunded) == (400, False)
 
 
-def test_meter_event_summaries_and_usage_invoice_lines_have_the_published_fields(
-    sdk, fake_stripe
-):
+def test_meter_event_summaries_and_usage_invoice_lines_have_the_published_fields(sdk, fake_stripe):
     price = metered_price(sdk)
     customer = fake_stripe.add_customer(email="ada@example.com")
     subscription = fake_stripe.add_subscription(customer=customer["id"], price_ids=[price.id])
