@@ -58,7 +58,7 @@ from billing.models import (
     is_active_subscription,
 )
 from billing.pricing import FIGURES, Quantities, RateBook, resource_costs, to_cents
-from billing.stripe_reporting import _split, event_timestamp
+from billing.stripe_reporting import _split, event_timestamp  # the reporter's own figures
 
 logger = logging.getLogger(__name__)
 RESOURCES = Price.Resource.values

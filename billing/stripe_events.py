@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 # An event in one of these states is not processed again.
 DONE = (StripeEvent.Status.PROCESSED, StripeEvent.Status.IGNORED)
+# A subscription in one of these is over for good (its id never becomes active again).
+ENDED = BillingProfile.ENDED_SUBSCRIPTION
 
 RETRY_BATCH = 100
 RETRY_MAX_ATTEMPTS = 10
@@ -305,9 +307,6 @@ def _subscription_state(*, user: User, subscription_id: str, status: str, event_
 
 def _stripe_status(subscription_id: str) -> str:
     return gateway.retrieve_subscription(subscription_id=subscription_id)["status"]
-
-
-ENDED = BillingProfile.ENDED_SUBSCRIPTION
 
 
 def on_invoice_created(invoice: dict, *, event_created) -> None:

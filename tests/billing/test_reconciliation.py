@@ -263,3 +263,22 @@ def test_the_daily_job_passes_when_everything_agrees(catalog):
     reported_a_while_ago()
 
     assert "0 unexplained" in reconcile_billing(timestamp=int(timezone.now().timestamp()))
+
+
+def test_the_reconciliation_list_makes_as_many_queries_for_many_runs_as_for_one(
+    operator_client,
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert operator_client.get("/admin/billing/reconciliationrun/").status_code == 200
+        return len(captured)
+
+    ReconciliationRun.objects.create(months="2026-11", actor="job", unexplained=1)
+    one = queries()
+    for _ in range(5):
+        ReconciliationRun.objects.create(months="2026-11, 2026-12", actor="job")
+
+    assert queries() == one
