@@ -47,7 +47,8 @@ class BillingProfile(models.Model):
         User, on_delete=models.CASCADE, primary_key=True, related_name="billing_profile"
     )
     mode = models.TextField(choices=Mode.choices, default=Mode.POSTPAID)
-    # The user's one metered subscription (postpaid), as Stripe last told us.
+    # The user's one metered subscription (postpaid), as Stripe last told us. An ended
+    # status (ENDED_SUBSCRIPTION) is final for that subscription id.
     stripe_subscription_id = models.TextField(blank=True, default="")
     subscription_status = models.TextField(blank=True, default="")
     subscription_event_created = models.DateTimeField(null=True, blank=True)
@@ -55,6 +56,8 @@ class BillingProfile(models.Model):
 
     # Stripe's subscription statuses under which the user is billed (past_due still is).
     ACTIVE_SUBSCRIPTION = ("active", "trialing", "past_due")
+    # Statuses Stripe never moves a subscription out of.
+    ENDED_SUBSCRIPTION = ("canceled", "incomplete_expired")
 
     objects = BillingProfileQuerySet.as_manager()
 
@@ -356,8 +359,13 @@ class BillingHistory(models.Model):
     """An invoice: the seed's `billing_history`, one row per Stripe invoice.
 
     Written only from Stripe (webhooks and the "sync invoices" repair), in major units as
-    Decimal. `stripe_event_created` is the time of the newest Stripe event applied, so an
-    older event delivered late never overwrites a newer state; paid and void are final.
+    Decimal. `amount` is the invoice's total, whatever was paid, credited or refunded
+    since; `amount_credited` is the sum of its issued credit notes and `amount_refunded`
+    the money returned on its payment (each Stripe's own running total, so a redelivered
+    or reordered event cannot count twice). `status` is one of the seed's four;
+    `stripe_status` keeps Stripe's own (uncollectible shows as failed). `stripe_event_created`
+    is the time of the newest Stripe event applied, so an older event delivered late never
+    overwrites a newer state; paid and void are final.
     """
 
     class Status(models.TextChoices):
@@ -389,6 +397,18 @@ class BillingHistory(models.Model):
     period_end = models.DateTimeField(null=True, blank=True)
     stripe_event_created = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    stripe_status = models.TextField(
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Stripe's own invoice status (draft, open, paid, uncollectible, void).",
+    )
+    amount_credited = SeedDecimalField(
+        default=ZERO, db_default=ZERO, help_text="Issued (not voided) credit notes."
+    )
+    amount_refunded = SeedDecimalField(
+        default=ZERO, db_default=ZERO, help_text="Refunded on the invoice's payment."
+    )
 
     FINAL = (Status.PAID, Status.VOID)
 
@@ -496,3 +516,32 @@ class StripeUsageReport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.month:%Y-%m} {self.resource}: {self.reported_cents}c"
+
+
+class ReconciliationRun(models.Model):
+    """One run of `reconcile_billing` (the command or the daily job): for each user and
+    month, our usage, what we reported, what Stripe counted and what it invoiced, side by
+    side, and every difference with its cause. Written once by `reconciliation_record`;
+    the admin shows it read-only (the run itself makes Stripe calls, so no web request
+    does it)."""
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    months = models.TextField(help_text="The months reconciled, YYYY-MM, comma separated.")
+    users = models.TextField(blank=True, default="", help_text="Only these users, if given.")
+    actor = models.TextField(help_text="Who or what ran it (the daily job, a command).")
+    lines = models.JSONField(default=list, help_text="One entry per user and month.")
+    differences = models.PositiveIntegerField(default=0)
+    unexplained = models.PositiveIntegerField(
+        default=0, help_text="Differences needing an operator: the run fails on any."
+    )
+    errors = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        db_table = "billing_reconciliation_run"
+        verbose_name = "reconciliation"
+        verbose_name_plural = "reconciliation"
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.months} at {self.started_at:%Y-%m-%d %H:%M}: {self.unexplained} unexplained"

@@ -20,7 +20,7 @@ from accounts.models import User
 from billing import stripe_gateway as gateway
 from billing.checkout import BillingError
 from billing.credits import Kind, credits_add
-from billing.invoices import invoice_apply
+from billing.invoices import invoice_apply, invoice_credits_refresh, invoice_refund_apply
 from billing.models import BillingHistory, BillingProfile, StripeEvent, is_active_subscription
 from billing.profiles import billing_profile_ensure
 from billing.selectors import user_for_stripe_object
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 # An event in one of these states is not processed again.
 DONE = (StripeEvent.Status.PROCESSED, StripeEvent.Status.IGNORED)
+# A subscription in one of these is over for good (its id never becomes active again).
+ENDED = BillingProfile.ENDED_SUBSCRIPTION
 
 RETRY_BATCH = 100
 RETRY_MAX_ATTEMPTS = 10
@@ -55,6 +57,11 @@ def _handlers() -> dict:
         "invoice.paid": on_invoice_paid,
         "invoice.payment_failed": on_invoice_payment_failed,
         "invoice.voided": on_invoice_voided,
+        "invoice.marked_uncollectible": on_invoice_marked_uncollectible,
+        "credit_note.created": on_credit_note_changed,
+        "credit_note.updated": on_credit_note_changed,
+        "credit_note.voided": on_credit_note_changed,
+        "charge.refunded": on_charge_refunded,
     }
 
 
@@ -240,10 +247,29 @@ def on_customer_subscription_changed(subscription: dict, *, event_created) -> No
 
 def _subscription_state(*, user: User, subscription_id: str, status: str, event_created) -> None:
     """Keep exactly one subscription per user: the first active one wins; a second one
-    (two checkouts completed, racing webhooks) is canceled at Stripe."""
+    (two checkouts completed, racing webhooks) is canceled at Stripe.
+
+    An ended status (canceled, incomplete_expired) is final for its subscription id: no
+    later event revives it. Events of the same second that disagree are settled by the
+    subscription as Stripe holds it now, and so is a subscription that would replace an
+    ended one (it may itself have ended since, its events still on their way)."""
     account = billing_profile_ensure(user=user)
     account = BillingProfile.objects.select_for_update().get(pk=account.pk)
     current = account.stripe_subscription_id
+    if current == subscription_id and account.subscription_status in ENDED:
+        return
+    replacing_an_ended = (
+        current and current != subscription_id and not account.has_active_subscription
+    )
+    if replacing_an_ended and is_active_subscription(status):
+        status = _stripe_status(subscription_id)
+    same_second = (
+        current == subscription_id
+        and account.subscription_event_created is not None
+        and event_created == account.subscription_event_created
+    )
+    if same_second and status != account.subscription_status:
+        status = _stripe_status(subscription_id)
     if current and current != subscription_id:
         current_active = account.has_active_subscription
         if current_active and is_active_subscription(status):
@@ -279,6 +305,10 @@ def _subscription_state(*, user: User, subscription_id: str, status: str, event_
         _after_billing_ready(user)
 
 
+def _stripe_status(subscription_id: str) -> str:
+    return gateway.retrieve_subscription(subscription_id=subscription_id)["status"]
+
+
 def on_invoice_created(invoice: dict, *, event_created) -> None:
     _user_or_unmatched(invoice, "Invoice")
     invoice_apply(invoice, status=BillingHistory.Status.PENDING, event_created=event_created)
@@ -302,6 +332,28 @@ def on_invoice_payment_failed(invoice: dict, *, event_created) -> None:
 def on_invoice_voided(invoice: dict, *, event_created) -> None:
     _user_or_unmatched(invoice, "Invoice")
     invoice_apply(invoice, status=BillingHistory.Status.VOID, event_created=event_created)
+
+
+def on_invoice_marked_uncollectible(invoice: dict, *, event_created) -> None:
+    """Stripe gave up collecting: `failed` in billing history, `uncollectible` kept beside."""
+    _user_or_unmatched(invoice, "Invoice")
+    invoice_apply(invoice, status=BillingHistory.Status.FAILED, event_created=event_created)
+
+
+def on_credit_note_changed(credit_note: dict, *, event_created) -> None:
+    """A credit note issued or voided: the invoice's credited total, as Stripe lists it."""
+    _user_or_unmatched(credit_note, "Credit note")
+    invoice = credit_note.get("invoice")
+    invoice = invoice.get("id") if isinstance(invoice, dict) else invoice
+    if invoice:
+        invoice_credits_refresh(invoice_id=invoice)
+
+
+def on_charge_refunded(charge: dict, *, event_created) -> None:
+    """Money returned on a charge: shown on the invoice it paid, if it paid one (refunds of
+    credit purchases are not invoices)."""
+    _user_or_unmatched(charge, "Charge")
+    invoice_refund_apply(charge=charge)
 
 
 def _after_billing_ready(user: User) -> None:

@@ -664,12 +664,82 @@ def retrieve_subscription(*, subscription_id: str) -> dict:
         return _plain(client.v1.subscriptions.retrieve(subscription_id))
 
 
+def retrieve_invoice(*, invoice_id: str) -> dict:
+    client = _client()
+    with _stripe_errors(f"read invoice {invoice_id}"):
+        return _plain(client.v1.invoices.retrieve(invoice_id))
+
+
+def list_credit_notes(*, invoice_id: str) -> list[dict]:
+    """Every credit note of one invoice (issued and void), every page."""
+    client = _client()
+    with _stripe_errors(f"list the credit notes of invoice {invoice_id}"):
+        page = client.v1.credit_notes.list(params={"invoice": invoice_id, "limit": PAGE_SIZE})
+        return [_plain(note) for note in page.auto_paging_iter()]
+
+
+def invoice_id_for_payment_intent(*, payment_intent_id: str) -> str | None:
+    """The invoice a payment intent paid, or None (a payment outside invoices, such as a
+    credit purchase). Since API 2025-03-31 a charge no longer names its invoice: the
+    invoice payment links them."""
+    client = _client()
+    params: dict[str, Any] = {
+        "payment": {"type": "payment_intent", "payment_intent": payment_intent_id},
+        "limit": PAGE_SIZE,
+    }
+    with _stripe_errors(f"find the invoice paid by {payment_intent_id}"):
+        page = client.v1.invoice_payments.list(params=params)
+        invoices = {_plain(payment)["invoice"] for payment in page.auto_paging_iter()}
+    invoices.discard(None)
+    return min(invoices) if invoices else None
+
+
 def list_invoices(*, customer_id: str) -> list[dict]:
     """All of a customer's invoices, newest first (Stripe's order), every page."""
     client = _client()
     with _stripe_errors(f"list the invoices of customer {customer_id}"):
         page = client.v1.invoices.list(params={"customer": customer_id, "limit": PAGE_SIZE})
         return [_plain(invoice) for invoice in page.auto_paging_iter()]
+
+
+# Reconciliation (billing/reconciliation.py): what Stripe has counted and invoiced.
+# INTEGRATOR: the settlement branch (issue 12, item 10) adds `meter_event_summary_total`
+# with this exact name and signature; keep one of the two.
+
+
+def meter_event_summary_total(
+    *, meter_id: str, customer_id: str, start_time: int, end_time: int
+) -> int:
+    """What Stripe has aggregated on a meter for a customer in [start_time, end_time) (Unix
+    seconds on minute boundaries): the sum of `aggregated_value` over every summary. Our
+    meters sum whole cents, so anything else is an error, never rounded."""
+    client = _client()
+    params: dict[str, Any] = {
+        "customer": customer_id,
+        "start_time": int(start_time),
+        "end_time": int(end_time),
+        "limit": PAGE_SIZE,
+    }
+    total = Decimal(0)
+    operation = f"read the event summaries of meter {meter_id} for {customer_id}"
+    with _stripe_errors(operation):
+        page = client.v1.billing.meters.event_summaries.list(meter_id, params=params)
+        for summary in map(_plain, page.auto_paging_iter()):
+            total += Decimal(str(summary.get("aggregated_value") or 0))
+    if total != total.to_integral_value():
+        raise StripeGatewayError(
+            f"Stripe's summary of meter {meter_id} for {customer_id} is {total}, not whole "
+            "cents: check the meter's aggregation (it must sum our integer values)."
+        )
+    return int(total)
+
+
+def list_invoice_lines(*, invoice_id: str) -> list[dict]:
+    """Every line of an invoice (Stripe's `line_item` objects), every page."""
+    client = _client()
+    with _stripe_errors(f"list the lines of invoice {invoice_id}"):
+        page = client.v1.invoices.line_items.list(invoice_id, params={"limit": PAGE_SIZE})
+        return [_plain(line) for line in page.auto_paging_iter()]
 
 
 # Webhooks and links

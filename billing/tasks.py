@@ -1,5 +1,6 @@
 """Billing's background jobs: collecting usage per cluster and day (and catching up on
-what was missed), reporting to Stripe, processing Stripe's events, the balance check."""
+what was missed), reporting to Stripe, processing Stripe's events, the balance check, the
+reconciliation against Stripe."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from billing.collection import clusters_to_collect, usage_collect_day
 from billing.credits import credits_check_balances
 from billing.invoices import invoices_sync
 from billing.models import StripeEvent, UsageCollectionRun
+from billing.reconciliation import billing_reconcile, default_months, reconciliation_record
 from billing.stripe_events import stripe_event_process, stripe_events_retry
 from billing.stripe_reporting import usage_report_to_stripe
 from clusters.models import HopsworksCluster
@@ -174,3 +176,26 @@ def check_credit_balances(timestamp: int) -> str:
     if drift:
         raise BalanceDriftFound(f"{len(drift)} balance(s) disagree with the ledger")
     return "no drift"
+
+
+class ReconciliationDifferences(Exception):
+    pass
+
+
+@app.periodic(cron="45 5 * * *")
+@app.task(queue="stripe", name="billing.reconcile_billing")
+@background
+def reconcile_billing(timestamp: int) -> str:
+    """Daily, after the usage report: the previous and current month against Stripe. A
+    difference needing an operator fails the job (the dashboard shows failed jobs); the
+    run is kept for the admin's Reconciliation page."""
+    started = timezone.now()
+    result = billing_reconcile(months=default_months(utc_day_of(timestamp)))
+    run = reconciliation_record(result=result, actor="job", started_at=started)
+    summary = (
+        f"{len(result.lines)} user-month(s), {run.differences} difference(s), "
+        f"{run.unexplained} unexplained (reconciliation run {run.pk})"
+    )
+    if not result.ok:
+        raise ReconciliationDifferences(summary)
+    return summary

@@ -33,6 +33,7 @@ PERSONAS = {
         "billing.grant_credits",
         "billing.collect_usage",
         "billing.sync_invoices",
+        "billing.view_reconciliationrun",
     ),
     "superuser": None,
 }

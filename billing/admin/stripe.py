@@ -23,13 +23,16 @@ class BillingHistoryAdmin(ReadOnlyAdmin):
         "created_at",
         "user",
         "amount",
+        "amount_credited",
+        "amount_refunded",
         "currency",
         "status",
+        "stripe_status",
         "description",
         "stripe_link",
     )
     list_select_related = ("user",)
-    list_filter = ("status", "currency", "created_at")
+    list_filter = ("status", "stripe_status", "currency", "created_at")
     search_fields = ("user__email", "=stripe_invoice_id", "description")
     date_hierarchy = "created_at"
 

@@ -193,3 +193,62 @@ def test_racing_subscriptions_leave_exactly_one_active(fake_stripe, deliver):
     canceled = fake_stripe.requests_to("DELETE", f"/v1/subscriptions/{second['id']}")
     assert len(canceled) == 1
     assert not fake_stripe.requests_to("DELETE", f"/v1/subscriptions/{first['id']}")
+
+
+def subscription_event(subscription, status, created, event_type="customer.subscription.updated"):
+    return make_event(event_type, {**subscription, "status": status}, created=created)
+
+
+@pytest.mark.parametrize("ended", ["canceled", "incomplete_expired"])
+def test_an_ended_subscription_is_not_revived_by_a_later_active_event(fake_stripe, deliver, ended):
+    user = UserFactory()
+    customer = customer_ensure(user=user)
+    subscription = fake_stripe.add_subscription(customer=customer, status=ended)
+    now = int(time.time())
+
+    deliver(subscription_event(subscription, "active", now - 20))
+    deliver(subscription_event(subscription, ended, now - 10, "customer.subscription.deleted"))
+    deliver(subscription_event(subscription, "active", now))  # newer, yet the id is over
+
+    account = BillingProfile.objects.get(user=user)
+    assert (account.stripe_subscription_id, account.subscription_status) == (
+        subscription["id"],
+        ended,
+    )
+    assert not account.has_active_subscription
+
+
+def test_a_late_active_event_of_an_ended_subscription_does_not_replace_its_successor(
+    fake_stripe, deliver
+):
+    user = UserFactory()
+    customer = customer_ensure(user=user)
+    old = fake_stripe.add_subscription(customer=customer, status="canceled")
+    new = fake_stripe.add_subscription(customer=customer, status="active")
+    now = int(time.time())
+    deliver(subscription_event(old, "canceled", now - 30, "customer.subscription.deleted"))
+    deliver(subscription_event(new, "active", now - 20, "customer.subscription.created"))
+    fake_stripe.subscriptions[new["id"]]["status"] = "canceled"
+    deliver(subscription_event(new, "canceled", now - 10, "customer.subscription.deleted"))
+
+    deliver(subscription_event(old, "active", now))  # Stripe has it canceled
+
+    account = BillingProfile.objects.get(user=user)
+    assert (account.stripe_subscription_id, account.subscription_status) == (new["id"], "canceled")
+
+
+@pytest.mark.parametrize("at_stripe", ["active", "past_due"])
+@pytest.mark.parametrize("order", [("active", "past_due"), ("past_due", "active")])
+def test_subscription_events_of_one_second_end_as_stripe_has_the_subscription(
+    fake_stripe, deliver, at_stripe, order
+):
+    user = UserFactory()
+    customer = customer_ensure(user=user)
+    subscription = fake_stripe.add_subscription(customer=customer, status=at_stripe)
+    now = int(time.time())
+
+    for status in order:
+        deliver(subscription_event(subscription, status, now))
+
+    account = BillingProfile.objects.get(user=user)
+    assert account.subscription_status == at_stripe

@@ -22,6 +22,7 @@ from billing.models import (
     BillingProfile,
     CreditLedgerEntry,
     Price,
+    ReconciliationRun,
     StripeCatalogEntry,
     StripeEvent,
     StripeUsageReport,
@@ -75,6 +76,7 @@ MATRIX = {
     ("billing.billinghistory", "delete_selected"):       (_, _, _, _, _, _),
     ("billing.stripecatalogentry", "delete_selected"):   (_, _, _, _, _, _),
     ("billing.stripeusagereport", "delete_selected"):    (_, _, _, _, _, _),
+    ("billing.reconciliationrun", "delete_selected"):    (_, _, _, _, _, _),
     ("auth.group", "delete_selected"):                   (_, _, _, _, _, Y),
     ("social_django.usersocialauth", "delete_selected"): (_, _, _, _, _, Y),
     ("social_django.nonce", "delete_selected"):          (_, _, _, _, _, Y),
@@ -425,6 +427,9 @@ SCENARIOS = {
         lambda: StripeUsageReport.objects.create(
             user=UserFactory(), month=timezone.now().date().replace(day=1), resource="cpu_hour"
         )
+    ),
+    ("billing.reconciliationrun", "delete_selected"): _deleting(
+        lambda: ReconciliationRun.objects.create(months="2026-11", actor="test")
     ),
     ("auth.group", "delete_selected"): _deleting(_group),
     ("social_django.usersocialauth", "delete_selected"): _deleting(_social_auth),

@@ -227,6 +227,28 @@ LINE_ITEM_BODY = (
     " description=Usage discount_amounts=[] discountable=true discounts=[] metadata={}"
     ' quantity=1 pricing={"price_details":null,"type":"price_details","unit_amount_decimal":null}'
 )
+# Refunds and credit notes on invoices (stripe_events: credit_note.*, charge.refunded).
+CREDIT_NOTE_BODY = (
+    "customer_account customer_balance_transaction memo out_of_band_amount reason"
+    " total_excluding_tax total_taxes amount_shipping=0 currency=usd discount_amount=0"
+    " discount_amounts=[] metadata={} pretax_credit_amounts=[] refunds=[]"
+    ' shipping_cost={"amount_subtotal":0,"amount_tax":0,"amount_total":0,"shipping_rate":null}'
+)
+CHARGE_BODY = (
+    "application application_fee application_fee_amount balance_transaction"
+    " calculated_statement_descriptor description failure_balance_transaction failure_code"
+    " failure_message on_behalf_of payment_method receipt_email receipt_number review source"
+    " source_transfer statement_descriptor statement_descriptor_suffix transfer_data"
+    ' transfer_group billing_details={"address":null,"email":null,"name":null,"phone":null,'
+    '"tax_id":null} captured=true currency=usd disputed=false fraud_details={} metadata={}'
+    ' outcome={"type":"authorized"} paid=true payment_method_details={"type":"card"}'
+    " shipping={} status=succeeded"
+)
+REFUND_BODY = (
+    "balance_transaction customer_account payment_method reason receipt_number"
+    " source_transfer_reversal transfer_reversal currency=usd"
+    ' destination_details={"card":{"type":"refund"},"type":"card"} metadata={} status=succeeded'
+)
 
 
 @dataclass(frozen=True)
@@ -272,6 +294,10 @@ class FakeStripe:
     meter_events: list[dict] = field(default_factory=list)
     subscriptions: dict[str, dict] = field(default_factory=dict)
     invoices: dict[str, dict] = field(default_factory=dict)
+    credit_notes: dict[str, dict] = field(default_factory=dict)
+    charges: dict[str, dict] = field(default_factory=dict)
+    refunds: dict[str, dict] = field(default_factory=dict)
+    invoice_payments: dict[str, dict] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -362,6 +388,102 @@ class FakeStripe:
         params = {"customer": customer, "status": status, "amount_due": amount_due}
         params.update(subscription=subscription, created=created, number=number)
         return self._make("invoice", params)
+
+    def add_usage_invoice(
+        self, *, subscription_id: str, period_start: int, period_end: int, status: str = "open"
+    ) -> dict:
+        """The invoice Stripe makes for a subscription's period: one line per metered price,
+        its quantity what the price's meter summed for the customer over [start, end) (the
+        meter events accepted so far), its amount quantity times the unit amount."""
+        with self._lock:
+            subscription = self.subscriptions[subscription_id]
+            customer, lines = subscription["customer"], []
+            for item in subscription["items"]["data"]:
+                price = item["price"]
+                if price["recurring"]["usage_type"] != "metered":
+                    continue
+                meter = self.meters[price["recurring"]["meter"]]
+                quantity = self._summed(meter, customer, period_start, period_end)
+                quantity = int(quantity)
+                amount = quantity * price["unit_amount"]
+                parent = {"invoice_item": None, "proration": False}
+                parent.update(proration_details={"credited_items": None})
+                parent.update(subscription=subscription_id, subscription_item=item["id"])
+                lines.append(
+                    {
+                        "id": _new_id("il_"),
+                        "amount": amount,
+                        "currency": price["currency"],
+                        "description": f"{quantity} x {price['product']}",
+                        "parent": {
+                            "invoice_item_details": None,
+                            "subscription_item_details": parent,
+                            "type": "subscription_item_details",
+                        },
+                        "period": {"end": period_end, "start": period_start},
+                        "pricing": {
+                            "price_details": {"price": price["id"], "product": price["product"]},
+                            "type": "price_details",
+                            "unit_amount_decimal": price["unit_amount_decimal"],
+                        },
+                        "quantity": quantity,
+                        "quantity_decimal": str(quantity),
+                        "subtotal": amount,
+                    }
+                )
+            params = {"customer": customer, "status": status, "number": None, "created": None}
+            params.update(amount_due=sum(line["amount"] for line in lines))
+            params.update(subscription=subscription_id, lines=lines)
+            params.update(period=(period_start, period_end))
+            return self._make("invoice", params)
+
+    def add_charge(self, *, customer: str, amount: int) -> dict:
+        """A card charge outside any invoice (a credit purchase's, say)."""
+        return self._make("charge", {"amount": amount, "customer": customer})
+
+    def pay_invoice(self, invoice_id: str) -> dict:
+        """The invoice paid by card: a charge (returned) through a payment intent, and the
+        invoice payment that links them (as Stripe records it since the 2025 API versions)."""
+        with self._lock:
+            invoice = self.invoices[invoice_id]
+            amount = invoice["amount_due"]
+            charge = self._make("charge", {"amount": amount, "customer": invoice["customer"]})
+            self._make(
+                "invoice_payment",
+                {
+                    "invoice": invoice_id,
+                    "amount": amount,
+                    "payment_intent": charge["payment_intent"],
+                },
+            )
+            invoice.update(status="paid", amount_paid=amount, amount_remaining=0)
+            invoice["status_transitions"]["paid_at"] = charge["created"]
+            return charge
+
+    def refund_charge(self, charge_id: str, amount: int) -> dict:
+        """A (partial) refund of a charge; returns the charge as `charge.refunded` carries it."""
+        with self._lock:
+            charge = self.charges[charge_id]
+            if charge["amount_refunded"] + amount > charge["amount"]:
+                raise ValueError("Stripe refuses to refund more than was charged")
+            refund = self._make("refund", {"charge": charge, "amount": amount})
+            del refund["livemode"]  # Stripe's refund has none
+            charge["amount_refunded"] += amount
+            charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+            charge["refunds"]["data"].insert(0, refund)
+            return charge
+
+    def add_credit_note(self, *, invoice_id: str, amount: int, refund_amount: int = 0) -> dict:
+        """An issued credit note on an invoice, for `amount` minor units (`refund_amount` of
+        it refunded: post-payment)."""
+        params = {"invoice": invoice_id, "amount": amount, "refund_amount": refund_amount}
+        return self._make("credit_note", params)
+
+    def void_credit_note(self, credit_note_id: str) -> dict:
+        with self._lock:
+            note = self.credit_notes[credit_note_id]
+            note.update(status="void", voided_at=int(time.time()))
+            return note
 
     def complete_checkout(self, session_id: str) -> dict:
         """What Stripe does when the customer pays: the session completes; a subscription-mode
@@ -459,6 +581,9 @@ class FakeStripe:
         return 200, answer, {"Request-Id": request_id}
 
     def _route(self, method: str, path: str, items: list, params: dict) -> dict:
+        answer = self._reconciliation_route(method, path, items, params)
+        if answer is not None:
+            return answer
         for resource in self.RESOURCES:
             object_id = path.removeprefix(resource.path + "/")
             if path == resource.path and method == "POST" and resource.create:
@@ -467,7 +592,8 @@ class FakeStripe:
             if path == resource.path and method == "GET" and resource.filters is not None:
                 _check_names(items, f"limit starting_after expand[] {resource.filters}")
                 objects = list(getattr(self, resource.store).values())
-                for name in set(resource.filters.replace("[]", "").split()) & params.keys():
+                names = {re.sub(r"\[.*", "", name) for name in resource.filters.split()}
+                for name in names & params.keys():
                     objects = [o for o in objects if _matches(o, name, params[name])]
                 return _page(resource.path, objects, params, kind=resource.kind)
             one = object_id != path and "/" not in object_id and resource.id_prefix
@@ -484,6 +610,70 @@ class FakeStripe:
             404,
             f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
             "or we can help at https://support.stripe.com/.",
+        )
+
+    # Reconciliation: meter event summaries and invoice lines (billing/reconciliation.py).
+    # INTEGRATOR: the settlement branch adds event_summaries too; keep one of the two.
+
+    def _reconciliation_route(self, method, path, items, params) -> dict | None:
+        if method != "GET":
+            return None
+        summaries = re.fullmatch(r"/v1/billing/meters/([^/]+)/event_summaries", path)
+        if summaries:
+            accepted = "customer start_time end_time value_grouping_window " + LIST
+            _check_names(items, accepted)
+            return self._event_summaries(summaries.group(1), params)
+        lines = re.fullmatch(r"/v1/invoices/([^/]+)/lines", path)
+        if lines:
+            _check_names(items, LIST)
+            invoice = self.invoices.get(lines.group(1))
+            if invoice is None:
+                raise _missing("invoice", lines.group(1))
+            return _page_in_order(path, invoice["lines"]["data"], params, kind="line_item")
+        return None
+
+    def _event_summaries(self, meter_id: str, params: dict) -> dict:
+        meter = self.meters.get(meter_id)
+        if meter is None:
+            raise _missing("billing meter", meter_id)
+        _need(params, "customer start_time end_time")
+        start, end = (_integer(params[name], name) for name in ("start_time", "end_time"))
+        for name, value in (("start_time", start), ("end_time", end)):
+            _ensure(value % 60 == 0, "Must be aligned with minute boundaries.", name)
+        _ensure(start < end, "end_time must be after start_time.", "end_time")
+        _ensure(
+            "value_grouping_window" not in params,
+            "Not served by the fake.",
+            "value_grouping_window",
+        )
+        value = self._summed(meter, params["customer"], start, end)
+        summary = {
+            "id": _new_id("mtrusg_"),
+            "object": "billing.meter_event_summary",
+            "aggregated_value": int(value) if value == int(value) else float(value),
+            "end_time": end,
+            "livemode": False,
+            "meter": meter_id,
+            "start_time": start,
+        }
+        return _page_in_order(
+            f"/v1/billing/meters/{meter_id}/event_summaries",
+            [summary],
+            params,
+            kind="billing.meter_event_summary",
+        )
+
+    def _summed(self, meter: dict, customer: str, start: int, end: int) -> Decimal:
+        """The accepted events of the meter's event name for the customer, start <= t < end."""
+        return sum(
+            (
+                Decimal(event["payload"]["value"])
+                for event in self.meter_events
+                if event["event_name"] == meter["event_name"]
+                and event["payload"].get("stripe_customer_id") == customer
+                and start <= event["timestamp"] < end
+            ),
+            Decimal(0),
         )
 
     def _make(self, kind: str, params: dict) -> dict:
@@ -686,14 +876,21 @@ class FakeStripe:
         invoice_id, status, due = new["id"], params["status"], params["amount_due"]
         now, subscription = params["created"] or new["created"], params["subscription"]
         final, customer = status != "draft", self.customers.get(params["customer"]) or {}
-        line = _fields(LINE_ITEM_BODY) | {
-            "id": _new_id("il_"),
-            "amount": due,
-            "invoice": invoice_id,
-            "period": {"end": now, "start": now},
-            "subscription": subscription,
-            "subtotal": due,
-        }
+        period_start, period_end = params.get("period") or (now, now)
+        lines = [
+            _fields(LINE_ITEM_BODY) | {"invoice": invoice_id, "subscription": subscription} | line
+            for line in params.get("lines") or ()
+        ] or [
+            _fields(LINE_ITEM_BODY)
+            | {
+                "id": _new_id("il_"),
+                "amount": due,
+                "invoice": invoice_id,
+                "period": {"end": now, "start": now},
+                "subscription": subscription,
+                "subtotal": due,
+            }
+        ]
         happened = {"finalized": final, "marked_uncollectible": status == "uncollectible"}
         happened.update(paid=status == "paid", voided=status == "void")
         parent = {"type": "subscription_details", "quote_details": None}
@@ -710,11 +907,11 @@ class FakeStripe:
             "customer_name": customer.get("name"),
             "hosted_invoice_url": url if final else None,
             "invoice_pdf": f"{url}/pdf" if final else None,
-            "lines": _list_object(f"/v1/invoices/{invoice_id}/lines", [line]),
+            "lines": _list_object(f"/v1/invoices/{invoice_id}/lines", lines),
             "number": params["number"] or (f"FAKE-{len(self.invoices) + 1:04d}" if final else None),
             "parent": parent if subscription else None,
-            "period_end": now,
-            "period_start": now,
+            "period_end": period_end,
+            "period_start": period_start,
             "status": status,
             "status_transitions": {f"{k}_at": now if v else None for k, v in happened.items()},
             "subscription": subscription,
@@ -722,6 +919,67 @@ class FakeStripe:
                 ("subtotal", "subtotal_excluding_tax", "total", "total_excluding_tax"), due
             ),
             "webhooks_delivered_at": now,
+        }
+
+    def _credit_note(self, params: dict, new: dict) -> dict:
+        invoice = self.invoices.get(params["invoice"])
+        if invoice is None:
+            raise _missing("invoice", params["invoice"], "invoice")
+        amount, refunded = params["amount"], params["refund_amount"]
+        paid = invoice["status"] == "paid"
+        number = f"{invoice['number'] or 'FAKE'}-CN-{len(self.credit_notes) + 1:02d}"
+        return {
+            "amount": amount,
+            "customer": invoice["customer"],
+            "effective_at": new["created"],
+            "invoice": invoice["id"],
+            "lines": _list_object(f"/v1/credit_notes/{new['id']}/lines", []),
+            "number": number,
+            "pdf": f"https://pay.stripe.com/credit_notes/{ACCOUNT}/test_{new['id']}/pdf",
+            "post_payment_amount": amount if paid else 0,
+            "pre_payment_amount": 0 if paid else amount,
+            "status": "issued",
+            "subtotal": amount,
+            "subtotal_excluding_tax": amount,
+            "total": amount,
+            "type": "post_payment" if paid else "pre_payment",
+            "voided_at": None,
+            "out_of_band_amount": amount - refunded if paid else None,
+        }
+
+    def _charge(self, params: dict, new: dict) -> dict:
+        amount = params["amount"]
+        return {
+            "amount": amount,
+            "amount_captured": amount,
+            "amount_refunded": 0,
+            "customer": params["customer"],
+            "payment_intent": _new_id("pi_"),
+            "receipt_url": f"https://pay.stripe.com/receipts/payment/test_{new['id']}",
+            "refunded": False,
+            "refunds": _list_object(f"/v1/charges/{new['id']}/refunds", []),
+        }
+
+    def _refund(self, params: dict, new: dict) -> dict:
+        charge = params["charge"]
+        return {
+            "amount": params["amount"],
+            "charge": charge["id"],
+            "customer": charge["customer"],
+            "payment_intent": charge["payment_intent"],
+        }
+
+    def _invoice_payment(self, params: dict, new: dict) -> dict:
+        amount = params["amount"]
+        return {
+            "amount_paid": amount,
+            "amount_requested": amount,
+            "currency": "usd",
+            "invoice": params["invoice"],
+            "is_default": True,
+            "payment": {"payment_intent": params["payment_intent"], "type": "payment_intent"},
+            "status": "paid",
+            "status_transitions": {"canceled_at": None, "paid_at": new["created"]},
         }
 
     RESOURCES = (  # object, id prefix, builder, default fields, create params, list filters
@@ -733,6 +991,15 @@ class FakeStripe:
         Resource("price", "price_", _price, PRICE_BODY, PRICE, "active lookup_keys[]"),
         Resource("subscription", "sub_", _subscription, SUBSCRIPTION_BODY, cancel=_cancel),
         Resource("invoice", "in_", _invoice, INVOICE_BODY, filters="customer"),
+        Resource("credit_note", "cn_", _credit_note, CREDIT_NOTE_BODY, filters="invoice"),
+        Resource("charge", "ch_", _charge, CHARGE_BODY),
+        Resource("refund", "re_", _refund, REFUND_BODY),
+        Resource(
+            "invoice_payment",
+            "inpay_",
+            _invoice_payment,
+            filters="invoice payment[type] payment[payment_intent]",
+        ),
     )
 
 
@@ -825,6 +1092,8 @@ def _boolean(value: Any, param: str) -> bool:
 def _matches(obj: dict, name: str, value: Any) -> bool:
     if name == "lookup_keys":  # the one filter that takes a list
         return obj["lookup_key"] in value
+    if isinstance(value, dict):  # a hash filter: payment[type]=...&payment[payment_intent]=...
+        return all(_matches(obj[name], key, item) for key, item in value.items())
     if isinstance(obj[name], bool):
         return obj[name] == _boolean(value, name)
     return obj[name] == value
@@ -846,6 +1115,19 @@ def _page(url: str, objects: list[dict], params: dict, *, kind: str) -> dict:
             raise _missing(kind, params["starting_after"], "starting_after")
         start = ids.index(params["starting_after"]) + 1
     return _list_object(url, ordered[start : start + limit], start + limit < len(ordered))
+
+
+def _page_in_order(url: str, objects: list[dict], params: dict, *, kind: str) -> dict:
+    """A list object over objects in their own order (invoice lines, summaries)."""
+    limit = _integer(params.get("limit", "10"), "limit")
+    _ensure(1 <= limit <= MAX_LIMIT, f"limit must be between 1 and {MAX_LIMIT}.", "limit")
+    ids = [o["id"] for o in objects]
+    start = 0
+    if "starting_after" in params:
+        if params["starting_after"] not in ids:
+            raise _missing(kind, params["starting_after"], "starting_after")
+        start = ids.index(params["starting_after"]) + 1
+    return _list_object(url, objects[start : start + limit], start + limit < len(objects))
 
 
 def reset(server: HTTPServer, *, api_key: str = API_KEY) -> FakeStripe:

@@ -263,3 +263,69 @@ def test_a_missing_field_an_extra_field_and_an_unknown_object_are_caught():
         )
     with pytest.raises(AssertionError, match="makes a 'coupon'"):
         published_shapes({"object": "coupon"})
+
+
+def test_credit_notes_and_a_page_of_them_have_the_published_fields(sdk, fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    invoice = fake_stripe.add_invoice(customer=customer["id"], status="paid", amount_due=1000)
+    note = fake_stripe.add_credit_note(invoice_id=invoice["id"], amount=300, refund_amount=100)
+    fake_stripe.void_credit_note(note["id"])
+
+    page = sdk.v1.credit_notes.list(params={"invoice": invoice["id"], "limit": 100})
+    read = sdk.v1.credit_notes.retrieve(note["id"])
+
+    assert published_shapes(raw(page)) == {"list", "credit_note"}
+    assert published_shapes(raw(read)) == {"list", "credit_note"}  # its (empty) lines
+    assert (read.status, read.amount, read.type) == ("void", 300, "post_payment")
+
+
+def test_a_refunded_charge_its_refunds_and_the_invoice_payment_have_the_published_fields(
+    sdk, fake_stripe
+):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    invoice = fake_stripe.add_invoice(customer=customer["id"], status="open", amount_due=1000)
+    charge = fake_stripe.pay_invoice(invoice["id"])
+    fake_stripe.refund_charge(charge["id"], 400)
+
+    read = sdk.v1.charges.retrieve(charge["id"])
+    payments = sdk.v1.invoice_payments.list(
+        params={"payment": {"type": "payment_intent", "payment_intent": charge["payment_intent"]}}
+    )
+
+    assert published_shapes(raw(read)) == {"charge", "list", "refund"}
+    assert published_shapes(raw(payments)) == {"list", "invoice_payment"}
+    assert [p.invoice for p in payments.data] == [invoice["id"]]
+    assert (read.amount_refunded, read.refunded) == (400, False)
+
+
+def test_meter_event_summaries_and_usage_invoice_lines_have_the_published_fields(sdk, fake_stripe):
+    price = metered_price(sdk)
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    subscription = fake_stripe.add_subscription(customer=customer["id"], price_ids=[price.id])
+    start = (int(time.time()) // 60 - 60) * 60
+    for number, (value, at) in enumerate([(120, start + 5), (30, start + 60), (999, start - 1)]):
+        sdk.v1.billing.meter_events.create(
+            params={
+                "event_name": "cpu_hours",
+                "payload": {"stripe_customer_id": customer["id"], "value": str(value)},
+                "identifier": f"e{number}",
+                "timestamp": at,
+            }
+        )
+    end = start + 3600
+    invoice = fake_stripe.add_usage_invoice(
+        subscription_id=subscription["id"], period_start=start, period_end=end
+    )
+
+    summaries = sdk.v1.billing.meters.event_summaries.list(
+        price.recurring.meter,
+        params={"customer": customer["id"], "start_time": start, "end_time": end},
+    )
+    lines = sdk.v1.invoices.line_items.list(invoice["id"])
+
+    assert published_shapes(raw(summaries)) == {"list", "billing.meter_event_summary"}
+    assert [s.aggregated_value for s in summaries.data] == [150]
+    assert published_shapes(raw(lines)) == {"list", "line_item", "line_item.period"}
+    [line] = lines.data
+    assert (line.amount, line.quantity, line.pricing.price_details.price) == (600, 150, price.id)
+    assert invoice["amount_due"] == 600
