@@ -74,6 +74,35 @@ class BillingProfile(models.Model):
         return self.mode == self.Mode.PREPAID
 
 
+class BillingModeChange(models.Model):
+    """One switch of a user's billing mode. Append-only: a switch is never edited or deleted
+    (the admin shows them read-only); a switch back is a new row.
+
+    Invariant: a user's changes are in `effective_at` order, none earlier than the start of
+    the UTC day it was recorded in, so a day already begun keeps its mode. The mode of a day
+    is the mode in force when it began (00:00 UTC): the `to_mode` of the latest change
+    effective by then; before the first change, that change's `from_mode`
+    (`billing.selectors.billing_modes_on`)."""
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="billing_mode_changes")
+    from_mode = models.TextField(choices=BillingProfile.Mode.choices)
+    to_mode = models.TextField(choices=BillingProfile.Mode.choices)
+    effective_at = models.DateTimeField()
+    actor = models.TextField(help_text="Who switched it (an operator, a command).")
+    reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "billing_mode_change"
+        ordering = ["-effective_at", "-id"]
+        indexes = [
+            models.Index(fields=["user", "effective_at"], name="billing_mode_change_user_at")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.from_mode} -> {self.to_mode} at {self.effective_at}"
+
+
 def is_active_subscription(status: str | None) -> bool:
     """The one test of "this Stripe subscription status is billed"."""
     return status in BillingProfile.ACTIVE_SUBSCRIPTION
@@ -199,7 +228,8 @@ class UsageDaily(models.Model):
         choices=BilledVia.choices,
         default=BilledVia.STRIPE,
         db_default=BilledVia.STRIPE,
-        help_text="Fixed when the row is first written, from the user's billing mode then.",
+        help_text="Fixed when the row is first written, from the billing mode in force when "
+        "its day began (00:00 UTC).",
     )
     updated_at = models.DateTimeField(default=timezone.now, db_default=DatabaseNow())
 

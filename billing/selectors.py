@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
+from django.db import connection
 from django.db.models import DecimalField, F, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -80,6 +81,39 @@ def usage_totals(queryset) -> dict:
 def billing_mode(user: User) -> str:
     account = BillingProfile.objects.filter(user=user).first()
     return account.mode if account else BillingProfile.Mode.POSTPAID
+
+
+def billing_modes_on(pairs) -> dict[tuple[str, dt.date], str]:
+    """The billing mode of each (user id, day): the mode in force when the day began
+    (00:00 UTC), i.e. the `to_mode` of the latest `BillingModeChange` effective by then;
+    before a user's first change, its `from_mode`; for a user with no change recorded, the
+    profile's mode (postpaid without a profile). One query for any number of pairs."""
+    pairs = sorted(set(pairs))
+    if not pairs:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT k.user_id, k.day, COALESCE(
+                (SELECT c.to_mode FROM billing_mode_change c
+                  WHERE c.user_id = k.user_id
+                    AND c.effective_at <= (k.day::timestamp AT TIME ZONE 'UTC')
+                  ORDER BY c.effective_at DESC, c.id DESC LIMIT 1),
+                (SELECT c.from_mode FROM billing_mode_change c
+                  WHERE c.user_id = k.user_id
+                  ORDER BY c.effective_at, c.id LIMIT 1),
+                p.mode,
+                %s)
+            FROM unnest(%s::text[], %s::date[]) AS k(user_id, day)
+            LEFT JOIN billing_account p ON p.user_id = k.user_id
+            """,
+            [
+                BillingProfile.Mode.POSTPAID,
+                [user_id for user_id, _ in pairs],
+                [day for _, day in pairs],
+            ],
+        )
+        return {(user_id, day): mode for user_id, day, mode in cursor}
 
 
 def credit_balance(user: User) -> Decimal:
