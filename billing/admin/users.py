@@ -11,7 +11,7 @@ from django.utils.safestring import mark_safe
 from billing import selectors
 from billing import stripe_gateway as gateway
 from billing.admin.credits import GrantCreditsMixin, balance_html
-from billing.models import BillingProfile
+from billing.models import BillingModeChange, BillingProfile
 from billing.pricing import to_cents
 from billing.profiles import billing_mode_set
 from billing.tasks import invoices_sync_queue
@@ -34,7 +34,7 @@ class BillingModeFilter(admin.SimpleListFilter):
         return queryset
 
 
-BILLING_SECTION = ("Billing", {"fields": ("billing", "stripe")})
+BILLING_SECTION = ("Billing", {"fields": ("billing", "stripe", "mode_switches")})
 
 
 class UserBillingAdminMixin(GrantCreditsMixin):
@@ -42,7 +42,7 @@ class UserBillingAdminMixin(GrantCreditsMixin):
     fields, section and actions are named; console/admin.py puts them in place."""
 
     billing_filters = (BillingModeFilter,)
-    billing_fields = ("billing", "stripe")
+    billing_fields = ("billing", "stripe", "mode_switches")
     billing_actions = ("make_prepaid", "make_postpaid", "grant_credits", "sync_invoices")
 
     @admin.display(description="Stripe")
@@ -114,6 +114,32 @@ class UserBillingAdminMixin(GrantCreditsMixin):
             rows or mark_safe("<tr><td colspan=5>No usage in the last 30 days.</td></tr>"),
         )
 
+    @admin.display(description="Billing mode switches")
+    def mode_switches(self, obj):
+        # Append-only: shown, never edited. A day is settled on the mode in force at its
+        # start (00:00 UTC).
+        changes = BillingModeChange.objects.filter(user=obj).order_by("-effective_at", "-id")
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{} → {}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    f"{c.effective_at:%Y-%m-%d %H:%M} UTC",
+                    c.get_from_mode_display(),
+                    c.get_to_mode_display(),
+                    c.actor,
+                    c.reason or "-",
+                )
+                for c in changes[:50]
+            ),
+        )
+        if not rows:
+            return "No switches recorded: every day is settled as the mode above."
+        return format_html(
+            "<table><tr><th>Effective</th><th>Switch</th><th>By</th><th>Reason</th></tr>{}</table>",
+            rows,
+        )
+
     def _set_mode(self, request, queryset, mode):
         label = BillingProfile.Mode(mode).label
 
@@ -126,8 +152,9 @@ class UserBillingAdminMixin(GrantCreditsMixin):
             request,
             queryset,
             title=f"Switch to {label}",
-            message="Usage already recorded keeps the way it was settled; days collected from "
-            "now on follow the new mode.",
+            message="The switch takes effect now: days that began before it (today "
+            "included) stay on the old mode, even if collected later; from tomorrow on, "
+            "days follow the new mode.",
             confirm_label=f"Yes, switch to {label}",
             apply=apply,
         )
