@@ -203,3 +203,107 @@ def test_two_concurrent_runs_report_each_unit_once(catalog):
     # Each event crossed the wire once: no run sent what another run was sending.
     sent = [r.form["identifier"] for r in catalog.requests_to("POST", "/v1/billing/meter_events")]
     assert len(sent) == len(set(sent)) == len(catalog.meter_events)
+
+
+# The identifier window: Stripe keeps an identifier unique for about 24 hours only.
+
+
+def lose_the_answer_of_the_first_event(fake_stripe, *, arrived: bool):
+    fake_stripe.fail_next(1, status=500, path="/v1/billing/meter_events", processed=arrived)
+
+
+def a_day_later(fake_stripe):
+    fake_stripe.forget_idempotency_keys()
+    fake_stripe.forget_meter_event_identifiers()
+
+
+@pytest.mark.django_db
+def test_an_event_stripe_received_while_we_saw_a_timeout_is_not_counted_twice_a_day_later(
+    catalog,
+):
+    user, customer = subscribed_user(catalog)
+    record_days(user, ClusterFactory(), this_month_days(1), cpu_hours=D("10"))  # $1.00
+    lose_the_answer_of_the_first_event(catalog, arrived=True)
+    now = timezone.now()
+    assert usage_report_to_stripe(now=now).errors
+    report = StripeUsageReport.objects.get(user=user, resource="cpu_hour")
+    assert (report.reported_cents, report.pending_cents) == (0, 100)
+    a_day_later(catalog)
+
+    later = usage_report_to_stripe(now=now + dt.timedelta(hours=25))
+
+    assert later.errors == []
+    assert stripe_cents(catalog, customer) == 100
+    report.refresh_from_db()
+    assert (report.reported_cents, report.pending_identifier, report.pending_cents) == (
+        100,
+        "",
+        None,
+    )
+    assert usage_report_to_stripe(now=now + dt.timedelta(hours=26)).sent_events == 0
+
+
+@pytest.mark.django_db
+def test_an_event_that_never_arrived_is_resent_after_the_window_under_a_new_identifier(catalog):
+    user, customer = subscribed_user(catalog)
+    record_days(user, ClusterFactory(), this_month_days(1), cpu_hours=D("10"))
+    lose_the_answer_of_the_first_event(catalog, arrived=False)
+    now = timezone.now()
+    usage_report_to_stripe(now=now)
+    decided = StripeUsageReport.objects.get(user=user, resource="cpu_hour").pending_identifier
+    a_day_later(catalog)
+
+    usage_report_to_stripe(now=now + dt.timedelta(hours=25))
+
+    assert stripe_cents(catalog, customer) == 100
+    [event] = catalog.meter_events
+    assert event["identifier"] != decided
+    assert StripeUsageReport.objects.get(user=user, resource="cpu_hour").reported_cents == 100
+
+
+@pytest.mark.django_db
+def test_a_pending_event_is_resent_unchanged_within_the_window(catalog):
+    user, customer = subscribed_user(catalog)
+    record_days(user, ClusterFactory(), this_month_days(1), cpu_hours=D("10"))
+    lose_the_answer_of_the_first_event(catalog, arrived=False)
+    now = timezone.now()
+    usage_report_to_stripe(now=now)
+    decided = StripeUsageReport.objects.get(user=user, resource="cpu_hour").pending_identifier
+
+    usage_report_to_stripe(now=now + dt.timedelta(hours=19))
+
+    assert [e["identifier"] for e in catalog.meter_events] == [decided]
+    assert not catalog.requests_to(
+        "GET",
+        f"/v1/billing/meters/{StripeCatalogEntry.objects.get(resource='cpu_hour').meter_id}"
+        "/event_summaries",
+    )
+
+
+@pytest.mark.django_db
+def test_a_pending_event_stripe_disagrees_about_stays_pending_with_the_reason(catalog):
+    from billing import stripe_gateway as gateway
+
+    user, customer = subscribed_user(catalog)
+    [day] = this_month_days(1)
+    record_days(user, ClusterFactory(), [day], cpu_hours=D("10"))
+    lose_the_answer_of_the_first_event(catalog, arrived=True)
+    now = timezone.now()
+    usage_report_to_stripe(now=now)
+    cpu = StripeCatalogEntry.objects.get(resource="cpu_hour").event_name
+    gateway.send_meter_event(  # something else reached Stripe for that month
+        event_name=cpu,
+        customer_id=customer,
+        value=7,
+        identifier="by-hand",
+        timestamp=int(now.timestamp()) - 1,
+    )
+    a_day_later(catalog)
+
+    run = usage_report_to_stripe(now=now + dt.timedelta(hours=25))
+
+    report = StripeUsageReport.objects.get(user=user, resource="cpu_hour")
+    assert report.pending_cents == 100 and report.reported_cents == 0
+    assert "107" in report.last_error and "reconcil" in report.last_error
+    assert run.errors
+    assert stripe_cents(catalog, customer) == 107  # nothing resent
