@@ -513,6 +513,11 @@ class StripeUsageReport(models.Model):
     # identifier and value, so a lost answer never turns into a different amount.
     pending_identifier = models.TextField(blank=True, default="")
     pending_cents = models.BigIntegerField(null=True, blank=True)
+    # When the pending event was decided (and first sent), and the timestamp it carries:
+    # within IDENTIFIER_WINDOW it is resent as is; after it, Stripe's meter event summaries
+    # say whether it arrived before anything is resent.
+    pending_since = models.DateTimeField(null=True, blank=True)
+    pending_timestamp = models.BigIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
     last_reported_at = models.DateTimeField(null=True, blank=True)
 

@@ -645,6 +645,36 @@ def send_meter_event(
         raise
 
 
+def meter_event_summary_total(
+    *, meter_id: str, customer_id: str, start_time: int, end_time: int
+) -> int:
+    """What Stripe has counted on a meter for a customer over [start_time, end_time) (Unix
+    seconds, aligned to the minute as Stripe requires): the sum of `aggregated_value` over
+    every page of its meter event summaries."""
+    client = _client()
+    for name, value in (("start_time", start_time), ("end_time", end_time)):
+        if isinstance(value, bool) or not isinstance(value, int) or value % 60:
+            raise ValueError(f"{name} must be whole Unix seconds on a minute, not {value!r}.")
+    params = {
+        "customer": customer_id,
+        "start_time": start_time,
+        "end_time": end_time,
+        "limit": PAGE_SIZE,
+    }
+    total = Decimal(0)
+    operation = f"read the meter event summaries of meter {meter_id} for {customer_id}"
+    with _stripe_errors(operation):
+        page = client.v1.billing.meters.event_summaries.list(meter_id, params=params)
+        for summary in map(_plain, page.auto_paging_iter()):
+            total += Decimal(str(summary.get("aggregated_value") or 0))
+    if total != total.to_integral_value():
+        raise StripeGatewayError(
+            f"Stripe's total on meter {meter_id} for {customer_id} is {total}, not a whole "
+            "number of cents: the meter holds events that are not ours."
+        )
+    return int(total)
+
+
 def cancel_subscription(*, subscription_id: str) -> None:
     """Cancel now. Stripe answers 404 for one already canceled (or gone): that is done too."""
     client = _client()

@@ -38,12 +38,17 @@ logger = logging.getLogger(__name__)
 RESOURCES = Price.Resource.values
 # Stripe accepts meter events up to 35 days old; keep a margin.
 MAX_EVENT_AGE = dt.timedelta(days=34)
+# Stripe keeps a meter event identifier unique for about 24 hours: a pending event is
+# resent with the same identifier only this long after it was first sent; after that
+# Stripe's meter event summaries decide (see _pending_after_window).
+IDENTIFIER_WINDOW = dt.timedelta(hours=20)
 
 
 @dataclass
 class ReportRun:
     sent_events: int = 0
     sent_cents: int = 0
+    confirmed_events: int = 0  # pending events Stripe turned out to have (no resend)
     skipped_locked: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -137,7 +142,7 @@ def _claim(user_id: str, month: dt.date) -> dict[str, StripeUsageReport] | None:
 def usage_report_to_stripe(*, user_ids=None, now: dt.datetime | None = None) -> ReportRun:
     """Send every difference between our figures and what Stripe has, for every month."""
     now = now or timezone.now()
-    catalog = dict(StripeCatalogEntry.objects.values_list("resource", "event_name"))
+    catalog = {entry.resource: entry for entry in StripeCatalogEntry.objects.all()}
     run = ReportRun()
     if len(catalog) != len(RESOURCES):
         run.errors.append("The Stripe catalog is not set up: run setup_stripe_billing first.")
@@ -154,9 +159,67 @@ def usage_report_to_stripe(*, user_ids=None, now: dt.datetime | None = None) -> 
     return run
 
 
+def month_bounds(month: dt.date) -> tuple[int, int]:
+    """[start, end) of a calendar month in Unix seconds (UTC)."""
+    start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
+    end = dt.datetime.combine((month + dt.timedelta(days=32)).replace(day=1), dt.time(), dt.UTC)
+    return int(start.timestamp()), int(end.timestamp())
+
+
+def _decide(report: StripeUsageReport, *, user_id, month, cents: int, now) -> None:
+    """A new pending event, committed before it is sent."""
+    report.pending_identifier = identifier(user_id, month, report.resource, report.events_sent + 1)
+    report.pending_cents = cents
+    report.pending_since = now
+    report.pending_timestamp = event_timestamp(month, now)
+
+
+def _pending_after_window(report, *, user_id, month, customer_id, entry, now) -> str:
+    """Past the identifier window Stripe may count a resend again: ask its meter event
+    summaries for the month first. "arrived": Stripe has it (accepted, nothing resent);
+    "lost": Stripe never counted it (a new identifier is decided, to be sent now);
+    "unknown": neither figure matches (left pending, with the reason)."""
+    start, end = month_bounds(month)
+    total = gateway.meter_event_summary_total(
+        meter_id=entry.meter_id, customer_id=customer_id, start_time=start, end_time=end
+    )
+    reported = report.reported_cents
+    if total == reported + report.pending_cents:
+        return "arrived"
+    if total == reported:
+        timestamp = report.pending_timestamp
+        report.events_sent += 1  # the lost event's number is used up
+        _decide(report, user_id=user_id, month=month, cents=report.pending_cents, now=now)
+        if timestamp is not None and timestamp >= (now - MAX_EVENT_AGE).timestamp():
+            report.pending_timestamp = timestamp  # still inside the month, still accepted
+        report.last_error = ""
+        report.save()
+        return "lost"
+    report.last_error = (
+        f"Stripe's total for {month:%Y-%m} on meter {entry.meter_id} is {total} cents; we "
+        f"have {reported} reported and {report.pending_cents:+} pending "
+        f"({report.pending_identifier}, first sent {report.pending_since:%Y-%m-%d %H:%M} "
+        "UTC): neither matches, so nothing is resent; reconcile this month with Stripe."
+    )
+    report.save(update_fields=["last_error"])
+    return "unknown"
+
+
+def _accepted(run: ReportRun, report: StripeUsageReport, now) -> None:
+    run.sent_cents += report.pending_cents
+    report.reported_cents += report.pending_cents
+    report.events_sent += 1
+    report.pending_identifier, report.pending_cents = "", None
+    report.pending_since, report.pending_timestamp = None, None
+    report.last_error = ""
+    report.last_reported_at = now
+    report.save()
+
+
 def _report_month(run, user_id, month, customer_id, catalog, now) -> None:
-    # 1. Decide, and commit, the events to send: each (identifier, cents) is fixed before
-    #    it leaves, so a retry after a lost answer resends exactly the same event.
+    # 1. Decide, and commit, the events to send: each (identifier, cents, timestamp) is
+    #    fixed before it leaves, so a retry after a lost answer resends exactly the same
+    #    event (within IDENTIFIER_WINDOW; after it, see _pending_after_window).
     with transaction.atomic():
         claimed = _claim(user_id, month)
         if claimed is None:
@@ -168,12 +231,10 @@ def _report_month(run, user_id, month, customer_id, catalog, now) -> None:
             delta = targets[resource] - report.reported_cents
             if report.pending_identifier or delta == 0:
                 continue
-            report.pending_identifier = identifier(user_id, month, resource, report.events_sent + 1)
-            report.pending_cents = delta
-            report.save(update_fields=["pending_identifier", "pending_cents"])
+            _decide(report, user_id=user_id, month=month, cents=delta, now=now)
+            report.save()
 
     # 2. Send what is pending, holding the rows so no other run sends it too.
-    timestamp = event_timestamp(month, now)
     with transaction.atomic():
         claimed = _claim(user_id, month)
         if claimed is None:
@@ -183,18 +244,36 @@ def _report_month(run, user_id, month, customer_id, catalog, now) -> None:
             report = claimed[resource]
             if not report.pending_identifier:
                 continue
-            if timestamp is None:
-                report.last_error = (
-                    f"{report.pending_cents:+} cents for {month:%Y-%m} can no longer be "
-                    "reported: Stripe takes meter events up to 35 days old. Invoice the "
-                    "difference by hand."
-                )
-                report.save(update_fields=["last_error"])
-                run.errors.append(f"{user_id} {month:%Y-%m} {resource}: {report.last_error}")
-                continue
+            where = f"{user_id} {month:%Y-%m} {resource}"
             try:
+                if report.pending_since is None or now - report.pending_since > IDENTIFIER_WINDOW:
+                    verdict = _pending_after_window(
+                        report,
+                        user_id=user_id,
+                        month=month,
+                        customer_id=customer_id,
+                        entry=catalog[resource],
+                        now=now,
+                    )
+                    if verdict == "arrived":
+                        run.confirmed_events += 1
+                        _accepted(run, report, now)
+                        continue
+                    if verdict == "unknown":
+                        run.errors.append(f"{where}: {report.last_error}")
+                        continue
+                timestamp = report.pending_timestamp or event_timestamp(month, now)
+                if timestamp is None or timestamp < (now - MAX_EVENT_AGE).timestamp():
+                    report.last_error = (
+                        f"{report.pending_cents:+} cents for {month:%Y-%m} can no longer be "
+                        "reported: Stripe takes meter events up to 35 days old. Invoice the "
+                        "difference by hand."
+                    )
+                    report.save(update_fields=["last_error"])
+                    run.errors.append(f"{where}: {report.last_error}")
+                    continue
                 gateway.send_meter_event(
-                    event_name=catalog[resource],
+                    event_name=catalog[resource].event_name,
                     customer_id=customer_id,
                     value=report.pending_cents,
                     identifier=report.pending_identifier,
@@ -203,15 +282,9 @@ def _report_month(run, user_id, month, customer_id, catalog, now) -> None:
             except gateway.StripeGatewayError as error:
                 report.last_error = str(error)
                 report.save(update_fields=["last_error"])
-                run.errors.append(f"{user_id} {month:%Y-%m} {resource}: {error}")
+                run.errors.append(f"{where}: {error}")
                 if error.retriable:
                     return  # Stripe is struggling: the rest waits for the next run
                 continue
             run.sent_events += 1
-            run.sent_cents += report.pending_cents
-            report.reported_cents += report.pending_cents
-            report.events_sent += 1
-            report.pending_identifier, report.pending_cents = "", None
-            report.last_error = ""
-            report.last_reported_at = now
-            report.save()
+            _accepted(run, report, now)

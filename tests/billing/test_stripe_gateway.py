@@ -844,3 +844,38 @@ def test_in_production_a_private_api_base_is_not_contacted(fake_stripe, settings
     assert "not contacted" in str(caught.value)
     assert fake_stripe.api_key not in str(caught.value)
     assert stranger.connections == 0
+
+
+def test_the_meter_event_summary_total_is_stripes_sum_over_the_range(fake_stripe):
+    [entry] = gateway.ensure_billing_catalog(catalog_items()[:1])
+    start = int(time.time()) // 60 * 60 - 3600
+    for value, at in ((12, start - 60), (30, start), (-5, start + 60), (8, start + 3600)):
+        gateway.send_meter_event(
+            event_name=entry.event_name,
+            customer_id="cus_123",
+            value=value,
+            identifier=f"e{at}",
+            timestamp=at,
+        )
+    gateway.send_meter_event(
+        event_name=entry.event_name,
+        customer_id="cus_other",
+        value=99,
+        identifier="o",
+        timestamp=start,
+    )
+
+    total = gateway.meter_event_summary_total(
+        meter_id=entry.meter_id, customer_id="cus_123", start_time=start, end_time=start + 3600
+    )
+
+    assert total == 25
+    [asked] = fake_stripe.requests_to("GET", f"/v1/billing/meters/{entry.meter_id}/event_summaries")
+    assert (asked.form["customer"], asked.form["start_time"]) == ("cus_123", str(start))
+    with pytest.raises(ValueError, match="minute"):
+        gateway.meter_event_summary_total(
+            meter_id=entry.meter_id,
+            customer_id="cus_123",
+            start_time=start + 1,
+            end_time=start + 60,
+        )

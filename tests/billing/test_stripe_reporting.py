@@ -263,7 +263,7 @@ def test_an_event_that_never_arrived_is_resent_after_the_window_under_a_new_iden
 
 @pytest.mark.django_db
 def test_a_pending_event_is_resent_unchanged_within_the_window(catalog):
-    user, customer = subscribed_user(catalog)
+    user, _customer = subscribed_user(catalog)
     record_days(user, ClusterFactory(), this_month_days(1), cpu_hours=D("10"))
     lose_the_answer_of_the_first_event(catalog, arrived=False)
     now = timezone.now()
