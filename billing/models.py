@@ -51,6 +51,11 @@ class BillingProfile(models.Model):
     stripe_subscription_id = models.TextField(blank=True, default="")
     subscription_status = models.TextField(blank=True, default="")
     subscription_event_created = models.DateTimeField(null=True, blank=True)
+    # When the subscription `started_subscription_id` began, as Stripe says (its
+    # start_date): usage of months that ended before it is invoiced as an item, since the
+    # subscription never bills meter events from before it existed.
+    subscription_started_at = models.DateTimeField(null=True, blank=True)
+    started_subscription_id = models.TextField(blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
 
     # Stripe's subscription statuses under which the user is billed (past_due still is).
@@ -418,6 +423,9 @@ class BillingHistory(models.Model):
     period_start = models.DateTimeField(null=True, blank=True)
     period_end = models.DateTimeField(null=True, blank=True)
     stripe_event_created = models.DateTimeField(null=True, blank=True)
+    # When Stripe finalized it (moved it past draft): from then on the usage of its period
+    # is never billed again, and corrections to it go on a later invoice as items.
+    finalized_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     FINAL = (Status.PAID, Status.VOID)
@@ -498,7 +506,8 @@ class StripeCatalogEntry(models.Model):
 class StripeUsageReport(models.Model):
     """What has been reported to Stripe for one user, month and resource, in cents.
 
-    Invariant: `reported_cents` is the sum of the meter events Stripe accepted for it;
+    Invariant: `reported_cents` is the sum of the meter events Stripe accepted for it
+    and of this resource's share of the sent invoice items for the month (`adjusted_cents`);
     `report_usage_to_stripe` sends only the difference to our figure (negative when a
     day was corrected downwards). `events_sent` numbers the events, so each one has a
     deterministic identifier, and a pending event is committed before it is sent.
@@ -520,6 +529,9 @@ class StripeUsageReport(models.Model):
     pending_timestamp = models.BigIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
     last_reported_at = models.DateTimeField(null=True, blank=True)
+    # The part of reported_cents that went out as invoice items (StripeUsageAdjustment),
+    # not meter events: Stripe's meter total for the month is reported - adjusted.
+    adjusted_cents = models.BigIntegerField(default=0)
 
     class Meta:
         db_table = "billing_stripe_usage_report"
@@ -531,3 +543,40 @@ class StripeUsageReport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.month:%Y-%m} {self.resource}: {self.reported_cents}c"
+
+
+class StripeUsageAdjustment(models.Model):
+    """A correction to a month Stripe no longer bills through meter events (its invoice is
+    finalized, it ended before the subscription began, or it is older than Stripe takes
+    events): an invoice item on the customer's next invoice, negative for a credit.
+    Append-only: a further correction is a new row.
+
+    Invariant: decided and committed (pending) before it is sent, with a unique
+    `identifier` that is also the idempotency key and the item's metadata, so a lost answer
+    is found at Stripe or resent, never sent twice. Once sent, its `resources` cents are in
+    the month's `StripeUsageReport.reported_cents` (and `adjusted_cents`)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="stripe_adjustments")
+    month = models.DateField(help_text="First day of the corrected month.")
+    cents = models.BigIntegerField(help_text="Signed: positive charges, negative credits.")
+    resources = models.JSONField(help_text="The cents per rate-card resource.")
+    description = models.TextField()
+    identifier = models.TextField(unique=True)
+    stripe_invoice_item_id = models.TextField(blank=True, default="")
+    status = models.TextField(choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "billing_stripe_usage_adjustment"
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "month"], name="stripe_adjustment_user_month")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.month:%Y-%m}: {self.cents:+}c ({self.status})"

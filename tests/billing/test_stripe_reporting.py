@@ -8,13 +8,20 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from billing.checkout import customer_ensure
-from billing.models import BillingProfile, Price, StripeCatalogEntry, StripeUsageReport
+from billing.models import (
+    BillingProfile,
+    Price,
+    StripeCatalogEntry,
+    StripeUsageAdjustment,
+    StripeUsageReport,
+)
 from billing.pricing import to_cents
 from billing.selectors import month_to_date_cost
 from billing.stripe_reporting import usage_report_to_stripe
 from billing.usage import UsageRecord, usage_upsert
 from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
+from tests.fakes.stripe import make_event
 
 D = Decimal
 
@@ -307,3 +314,113 @@ def test_a_pending_event_stripe_disagrees_about_stays_pending_with_the_reason(ca
     assert "107" in report.last_error and "reconcil" in report.last_error
     assert run.errors
     assert stripe_cents(catalog, customer) == 107  # nothing resent
+
+
+# Closed periods: what Stripe will not bill again goes on the next invoice as an item.
+
+
+def last_day_of_last_month():
+    return timezone.now().date().replace(day=1) - dt.timedelta(days=1)
+
+
+def unix(day):
+    return int(dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).timestamp())
+
+
+def long_subscribed_user(fake_stripe):
+    """A user whose subscription began 90 days ago."""
+    user = UserFactory()
+    customer = customer_ensure(user=user)
+    started = int((timezone.now() - dt.timedelta(days=90)).timestamp())
+    sub = fake_stripe.add_subscription(customer=customer, status="active", start_date=started)
+    BillingProfile.objects.update_or_create(
+        user=user,
+        defaults={"stripe_subscription_id": sub["id"], "subscription_status": "active"},
+    )
+    return user, customer, sub["id"]
+
+
+def finalize_invoice_of(fake_stripe, deliver, customer, subscription, month_day):
+    month = month_day.replace(day=1)
+    next_month = (month + dt.timedelta(days=32)).replace(day=1)
+    invoice = fake_stripe.add_invoice(
+        customer=customer,
+        status="open",
+        amount_due=100,
+        subscription=subscription,
+        period_start=unix(month),
+        period_end=unix(next_month),
+    )
+    deliver(make_event("invoice.finalized", invoice))
+
+
+@pytest.mark.django_db
+def test_a_correction_to_a_month_already_invoiced_becomes_an_invoice_item(catalog, deliver):
+    user, customer, subscription = long_subscribed_user(catalog)
+    cluster, day = ClusterFactory(), last_day_of_last_month()
+    record_days(user, cluster, [day], cpu_hours=D("10"))  # $1.00
+    usage_report_to_stripe()
+    finalize_invoice_of(catalog, deliver, customer, subscription, day)
+    events_before = len(catalog.meter_events)
+    record_days(user, cluster, [day], cpu_hours=D("13"))  # +$0.30, after the invoice
+
+    run = usage_report_to_stripe()
+
+    assert run.errors == []
+    assert len(catalog.meter_events) == events_before  # Stripe would never bill it
+    [item] = catalog.invoice_items_of(customer)
+    assert (item["amount"], item["currency"]) == (30, "usd")
+    assert item["parent"]["subscription_details"]["subscription"] == subscription
+    assert item["description"] == f"Usage correction for {day:%Y-%m} (days {day}): +$0.30"
+    assert (
+        sum(StripeUsageReport.objects.filter(user=user).values_list("reported_cents", flat=True))
+        == 130
+    )
+    assert StripeUsageAdjustment.objects.get().status == "sent"
+    assert usage_report_to_stripe().sent_events == 0
+    assert len(catalog.invoice_items_of(customer)) == 1
+
+    record_days(user, cluster, [day], cpu_hours=D("5"))  # -$0.80: a credit on the next invoice
+    usage_report_to_stripe()
+    assert sorted(i["amount"] for i in catalog.invoice_items_of(customer)) == [-80, 30]
+    assert len(catalog.meter_events) == events_before
+
+
+@pytest.mark.django_db
+def test_an_invoice_item_whose_answer_was_lost_is_sent_once(catalog, deliver):
+    user, customer, subscription = long_subscribed_user(catalog)
+    cluster, day = ClusterFactory(), last_day_of_last_month()
+    record_days(user, cluster, [day], cpu_hours=D("10"))
+    usage_report_to_stripe()
+    finalize_invoice_of(catalog, deliver, customer, subscription, day)
+    record_days(user, cluster, [day], cpu_hours=D("13"))
+    catalog.fail_next(1, status=500, path="/v1/invoiceitems", processed=True)
+
+    assert usage_report_to_stripe().errors
+    assert StripeUsageAdjustment.objects.get().status == "pending"
+    catalog.forget_idempotency_keys()  # even a day later
+
+    usage_report_to_stripe()
+
+    [item] = catalog.invoice_items_of(customer)
+    adjustment = StripeUsageAdjustment.objects.get()
+    assert (adjustment.status, adjustment.stripe_invoice_item_id) == ("sent", item["id"])
+    assert (
+        sum(StripeUsageReport.objects.filter(user=user).values_list("reported_cents", flat=True))
+        == 130
+    )
+
+
+@pytest.mark.django_db
+def test_usage_from_before_the_subscription_began_goes_on_the_next_invoice_as_an_item(catalog):
+    user, customer = subscribed_user(catalog)  # the subscription begins now
+    day = last_day_of_last_month()
+    record_days(user, ClusterFactory(), [day], cpu_hours=D("10"), gpu_hours=D("1"))  # $1.50
+
+    run = usage_report_to_stripe()
+
+    assert run.errors == []
+    assert catalog.meter_events == []
+    [item] = catalog.invoice_items_of(customer)
+    assert item["amount"] == 150
+    assert item["description"] == f"Usage correction for {day:%Y-%m} (days {day}): +$1.50"
