@@ -675,6 +675,47 @@ def meter_event_summary_total(
     return int(total)
 
 
+def create_invoice_item(
+    *,
+    customer_id: str,
+    amount: Decimal,
+    currency: str,
+    description: str,
+    subscription_id: str | None,
+    idempotency_key: str,
+    metadata: dict[str, str] | None = None,
+) -> dict:
+    """An item on the customer's next invoice (of `subscription_id`, if given): `amount`
+    in major units, negative for a credit. A retry with the same key within 24 hours
+    returns the same item; after that, look it up with `list_invoice_items`."""
+    client = _client()
+    currency = _currency(currency)
+    minor = to_minor_units(amount, currency)
+    if minor == 0:
+        raise ValueError("An invoice item of zero changes nothing.")
+    params: dict[str, Any] = {
+        "customer": customer_id,
+        "amount": minor,
+        "currency": currency,
+        "description": description,
+        "metadata": dict(metadata or {}),
+    }
+    if subscription_id:
+        params["subscription"] = subscription_id
+    operation = f"add an invoice item of {amount} {currency.upper()} for {customer_id}"
+    with _stripe_errors(operation, idempotency_key=idempotency_key):
+        item = client.v1.invoice_items.create(params=params, options=_options(idempotency_key))
+    return _plain(item)
+
+
+def list_invoice_items(*, customer_id: str) -> list[dict]:
+    """All of a customer's invoice items, newest first, every page."""
+    client = _client()
+    with _stripe_errors(f"list the invoice items of customer {customer_id}"):
+        page = client.v1.invoice_items.list(params={"customer": customer_id, "limit": PAGE_SIZE})
+        return [_plain(item) for item in page.auto_paging_iter()]
+
+
 def cancel_subscription(*, subscription_id: str) -> None:
     """Cancel now. Stripe answers 404 for one already canceled (or gone): that is done too."""
     client = _client()

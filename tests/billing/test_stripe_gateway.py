@@ -879,3 +879,23 @@ def test_the_meter_event_summary_total_is_stripes_sum_over_the_range(fake_stripe
             start_time=start + 1,
             end_time=start + 60,
         )
+
+
+def test_an_invoice_item_is_sent_in_minor_units_with_its_key_and_may_be_a_credit(fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    subscription = fake_stripe.add_subscription(customer=customer["id"])
+
+    item = gateway.create_invoice_item(
+        customer_id=customer["id"],
+        amount=Decimal("-12.34"),
+        currency="usd",
+        description="Usage correction",
+        subscription_id=subscription["id"],
+        idempotency_key="adjust-1",
+        metadata={"usage_adjustment": "adjust-1"},
+    )
+
+    [sent] = fake_stripe.posts("/v1/invoiceitems")
+    assert (sent.form["amount"], sent.idempotency_key) == ("-1234", "adjust-1")
+    assert item["amount"] == -1234
+    assert [i["id"] for i in gateway.list_invoice_items(customer_id=customer["id"])] == [item["id"]]

@@ -424,3 +424,18 @@ def test_usage_from_before_the_subscription_began_goes_on_the_next_invoice_as_an
     [item] = catalog.invoice_items_of(customer)
     assert item["amount"] == 150
     assert item["description"] == f"Usage correction for {day:%Y-%m} (days {day}): +$1.50"
+
+
+@pytest.mark.django_db
+def test_a_month_older_than_stripe_takes_meter_events_goes_on_an_invoice_item(catalog):
+    user, customer, _subscription = long_subscribed_user(catalog)
+    day = timezone.now().date() - dt.timedelta(days=70)
+    record_days(user, ClusterFactory(), [day], cpu_hours=D("10"))
+
+    run = usage_report_to_stripe()
+
+    assert run.errors == []
+    assert catalog.meter_events == []
+    [item] = catalog.invoice_items_of(customer)
+    assert item["amount"] == 100
+    assert f"{day:%Y-%m}" in item["description"] and str(day) in item["description"]
