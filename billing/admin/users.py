@@ -34,6 +34,21 @@ class BillingModeFilter(admin.SimpleListFilter):
         return queryset
 
 
+class UnbilledUsageFilter(admin.SimpleListFilter):
+    """Users whose Stripe-billed usage is held, unreported, for want of a live subscription."""
+
+    title = "unbilled usage"
+    parameter_name = "unbilled"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Unbilled usage (no live subscription)"),)
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(pk__in=list(selectors.unbilled_usage()))
+        return queryset
+
+
 BILLING_SECTION = ("Billing", {"fields": ("billing", "stripe", "mode_switches")})
 
 
@@ -41,7 +56,7 @@ class UserBillingAdminMixin(GrantCreditsMixin):
     """The users admin's billing part: what each user costs and how they pay. Its filter,
     fields, section and actions are named; console/admin.py puts them in place."""
 
-    billing_filters = (BillingModeFilter,)
+    billing_filters = (BillingModeFilter, UnbilledUsageFilter)
     billing_fields = ("billing", "stripe", "mode_switches")
     billing_actions = ("make_prepaid", "make_postpaid", "grant_credits", "sync_invoices")
 
@@ -104,13 +119,21 @@ class UserBillingAdminMixin(GrantCreditsMixin):
                 for d in days
             ),
         )
+        unbilled = selectors.unbilled_usage(user_ids=[obj.pk]).get(obj.pk)
         return format_html(
-            "<div>Mode: {}</div><div>Month to date: ${}</div><div>Credit balance: {}</div>"
+            "<div>Mode: {}</div><div>Month to date: ${}</div><div>Credit balance: {}</div>{}"
             "<table><tr><th>Date</th><th>CPU h</th><th>GPU h</th><th>Storage GB-mo</th>"
             "<th>Cost</th></tr>{}</table>",
             BillingProfile.Mode(mode).label,
             to_cents(selectors.month_to_date_cost(obj)),
             balance_html(selectors.credit_balance(obj)),
+            format_html(
+                '<div class="errornote">Unbilled usage: ${} (no live subscription): '
+                "reported to Stripe as soon as a subscription is live.</div>",
+                unbilled,
+            )
+            if unbilled
+            else "",
             rows or mark_safe("<tr><td colspan=5>No usage in the last 30 days.</td></tr>"),
         )
 

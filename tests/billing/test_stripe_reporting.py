@@ -439,3 +439,41 @@ def test_a_month_older_than_stripe_takes_meter_events_goes_on_an_invoice_item(ca
     [item] = catalog.invoice_items_of(customer)
     assert item["amount"] == 100
     assert f"{day:%Y-%m}" in item["description"] and str(day) in item["description"]
+
+
+# Postpaid users without a live subscription: their usage is held as unbilled.
+
+
+@pytest.mark.django_db
+def test_usage_without_a_live_subscription_is_held_as_unbilled_then_reported_when_one_is_live(
+    catalog, deliver, operator_client
+):
+    from billing.selectors import unbilled_usage
+
+    user = UserFactory()
+    customer = customer_ensure(user=user)
+    ended = catalog.add_subscription(
+        customer=customer, status="canceled", metadata={"user_id": user.pk}
+    )
+    deliver(make_event("customer.subscription.deleted", ended))
+    assert BillingProfile.objects.get(user=user).subscription_status == "canceled"
+    record_days(user, ClusterFactory(), this_month_days(2), cpu_hours=D("10.123"), api_calls=77)
+
+    usage_report_to_stripe()
+
+    assert catalog.meter_events == []
+    held = to_cents(month_to_date_cost(user))
+    assert unbilled_usage() == {user.pk: held}
+    page = operator_client.get(f"/admin/accounts/user/{user.pk}/change/").content.decode()
+    assert f"Unbilled usage: ${held} (no live subscription)" in page
+    listed = operator_client.get("/admin/accounts/user/", {"unbilled": "yes"})
+    assert [u.pk for u in listed.context["cl"].result_list] == [user.pk]
+
+    live = catalog.add_subscription(
+        customer=customer, status="active", metadata={"user_id": user.pk}
+    )
+    deliver(make_event("customer.subscription.created", live))
+    usage_report_to_stripe()
+
+    assert stripe_cents(catalog, customer) == held * 100
+    assert unbilled_usage() == {}
