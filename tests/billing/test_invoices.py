@@ -47,6 +47,7 @@ def test_the_stripe_admin_pages_open(operator_client, fake_stripe, deliver):
         "/admin/billing/stripeevent/",
         "/admin/billing/stripecatalogentry/",
         "/admin/billing/stripeusagereport/",
+        "/admin/billing/stripeusageadjustment/",
         f"/admin/accounts/user/{user.pk}/change/",
     ]:
         page = operator_client.get(url)

@@ -24,6 +24,7 @@ from billing.models import (
     Price,
     StripeCatalogEntry,
     StripeEvent,
+    StripeUsageAdjustment,
     StripeUsageReport,
     UsageCollectionRun,
     UsageDaily,
@@ -75,6 +76,7 @@ MATRIX = {
     ("billing.billinghistory", "delete_selected"):       (_, _, _, _, _, _),
     ("billing.stripecatalogentry", "delete_selected"):   (_, _, _, _, _, _),
     ("billing.stripeusagereport", "delete_selected"):    (_, _, _, _, _, _),
+    ("billing.stripeusageadjustment", "delete_selected"): (_, _, _, _, _, _),
     ("auth.group", "delete_selected"):                   (_, _, _, _, _, Y),
     ("social_django.usersocialauth", "delete_selected"): (_, _, _, _, _, Y),
     ("social_django.nonce", "delete_selected"):          (_, _, _, _, _, Y),
@@ -424,6 +426,16 @@ SCENARIOS = {
     ("billing.stripeusagereport", "delete_selected"): _deleting(
         lambda: StripeUsageReport.objects.create(
             user=UserFactory(), month=timezone.now().date().replace(day=1), resource="cpu_hour"
+        )
+    ),
+    ("billing.stripeusageadjustment", "delete_selected"): _deleting(
+        lambda: StripeUsageAdjustment.objects.create(
+            user=UserFactory(),
+            month=timezone.now().date().replace(day=1),
+            cents=1,
+            resources={"cpu_hour": 1},
+            description="Usage correction",
+            identifier="adjust-1",
         )
     ),
     ("auth.group", "delete_selected"): _deleting(_group),
