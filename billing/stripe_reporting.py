@@ -1,11 +1,18 @@
-"""Reporting postpaid usage to Stripe as Billing Meter Events.
+"""Reporting postpaid usage to Stripe as Billing Meter Events (and invoice items).
 
 Per user, month and resource we keep what Stripe has accepted (`StripeUsageReport`, in
 cents). A run computes what it should be now and sends the difference, negative for a
 day corrected downwards. So a rerun sends nothing, a re-collected day sends only its
-change, a day that failed before is retried by the next run whatever day that is, and
-correctness never depends on Stripe's 24-hour de-duplication window. Two runs at once
-claim user-months with `SELECT ... FOR UPDATE SKIP LOCKED`: each is reported by one run.
+change, and a day that failed before is retried by the next run whatever day that is. A
+pending event (decided, sent, answer lost) is resent with its identifier only within
+IDENTIFIER_WINDOW, as Stripe de-duplicates identifiers for about a day; after that Stripe's
+meter event summaries say whether it arrived. Two runs at once claim user-months with
+`SELECT ... FOR UPDATE SKIP LOCKED`: each is reported by one run.
+
+A month Stripe no longer bills through meter events (its invoice finalized, ended before
+the subscription began, older than Stripe takes events) is corrected with an invoice item
+on the next invoice instead (`StripeUsageAdjustment`), decided and committed before it is
+sent, like an event.
 
 The month's cents are our month total rounded once, split over the four resources by
 largest remainder, so Stripe's invoice for the month equals our total to the cent.
@@ -229,7 +236,7 @@ def month_closed(month: dt.date, *, now, started: dt.datetime, finalized) -> str
         return "its invoice is finalized"
     if end <= started:
         return "it ended before the subscription began"
-    if event_timestamp(month, now) is None and start <= now:
+    if end <= now - MAX_EVENT_AGE:
         return "Stripe takes meter events up to 35 days old"
     return ""
 
@@ -342,6 +349,8 @@ def _report_month(run, user_id, month, profile, catalog, now, *, closed: str) ->
                         report.pending_timestamp = timestamp  # the same moment, still taken
                     report.save()
                 timestamp = report.pending_timestamp or event_timestamp(month, now)
+                if timestamp is None:
+                    continue  # the month began seconds ago: the next run sends it
                 gateway.send_meter_event(
                     event_name=catalog[resource].event_name,
                     customer_id=customer_id,
