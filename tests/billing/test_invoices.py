@@ -54,3 +54,19 @@ def test_the_stripe_admin_pages_open(operator_client, fake_stripe, deliver):
         assert page.status_code == 200, url
     history = operator_client.get("/admin/billing/billinghistory/").content.decode()
     assert "https://dashboard.stripe.com/test/invoices/" in history
+
+
+def test_an_invoice_is_noted_finalized_once_stripe_moves_it_past_draft(fake_stripe, deliver):
+    user = UserFactory()
+    customer = customer_ensure(user=user)
+    draft = fake_stripe.add_invoice(customer=customer, status="draft", amount_due=100)
+    deliver(make_event("invoice.created", draft))
+    assert BillingHistory.objects.get().finalized_at is None
+
+    finalized = {**draft, "status": "open", "status_transitions": {"finalized_at": 1796083200}}
+    deliver(make_event("invoice.finalized", finalized, created=draft["created"] + 5))
+    deliver(make_event("invoice.created", draft, created=draft["created"] + 1))  # late, older
+
+    row = BillingHistory.objects.get()
+    assert row.finalized_at is not None
+    assert int(row.finalized_at.timestamp()) == 1796083200
