@@ -53,7 +53,7 @@ COPY_COLUMNS = (
 STEPS = (
     "validate_records",
     "RateBook.load",
-    "billing_modes",
+    "billing_modes_on",
     "_insert_missing",
     "_lock_rows",
     "pricing loop + rest",
@@ -285,7 +285,7 @@ class StepTimer:
 
         from billing import credits, pricing, usage
 
-        for name in ("validate_records", "billing_modes", "_insert_missing", "_lock_rows"):
+        for name in ("validate_records", "billing_modes_on", "_insert_missing", "_lock_rows"):
             self._wrap(usage, name, name)
         self._wrap(usage, "_write_rows", "_write_rows")
         self._wrap(credits, "credits_apply", "credits_apply")

@@ -17,7 +17,6 @@ from billing.credits import Kind, Movement, credits_apply
 from billing.invoices import invoice_apply
 from billing.models import BillingProfile, UsageDaily
 from billing.pricing import storage_gb_months, to_cents
-from billing.profiles import billing_mode_set
 from billing.usage import UsageRecord, usage_upsert
 from clusters.models import UserHopsworksAssignment
 
@@ -51,7 +50,11 @@ def seed() -> list[str]:
     movements = []
     for index, amount in PREPAID.items():
         user = User.objects.get(pk=DEMO_USERS[index][0])
-        billing_mode_set(user=user, mode=BillingProfile.Mode.PREPAID, actor="seed_demo")
+        # Prepaid from the start (their 60 days are settled with credits), not a switch
+        # today, which would leave the days before it postpaid.
+        BillingProfile.objects.update_or_create(
+            user=user, defaults={"mode": BillingProfile.Mode.PREPAID}
+        )
         movements.append(
             Movement(
                 user_id=user.pk,

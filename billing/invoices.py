@@ -49,6 +49,7 @@ def invoice_apply(invoice: dict, *, status: str, event_created) -> BillingHistor
         },
     )
     row = BillingHistory.objects.select_for_update().get(pk=row.pk)
+    _note_finalized(row, invoice, event_created)
     if row.stripe_event_created is not None and event_created < row.stripe_event_created:
         return None  # an older event, delivered late
     same_second = row.stripe_event_created is not None and event_created == row.stripe_event_created
@@ -128,6 +129,21 @@ def _row_or_retry(invoice_id: str) -> BillingHistory:
             "(or use Sync invoices from Stripe on its user)"
         )
     return row
+
+
+def _note_finalized(row: BillingHistory, invoice: dict, event_created) -> None:
+    """Finalization happens once and is never undone, whatever order events come in:
+    noted from any event that shows it (Stripe's status past draft or its time)."""
+    if row.finalized_at is not None:
+        return
+    at = (invoice.get("status_transitions") or {}).get("finalized_at")
+    if at:
+        row.finalized_at = gateway.datetime_from_timestamp(at)
+    elif invoice.get("status") in ("open", "paid", "uncollectible", "void"):
+        row.finalized_at = event_created
+    else:
+        return
+    row.save(update_fields=["finalized_at"])
 
 
 def _describe(invoice: dict) -> str:

@@ -52,6 +52,11 @@ class BillingProfile(models.Model):
     stripe_subscription_id = models.TextField(blank=True, default="")
     subscription_status = models.TextField(blank=True, default="")
     subscription_event_created = models.DateTimeField(null=True, blank=True)
+    # When the subscription `started_subscription_id` began, as Stripe says (its
+    # start_date): usage of months that ended before it is invoiced as an item, since the
+    # subscription never bills meter events from before it existed.
+    subscription_started_at = models.DateTimeField(null=True, blank=True)
+    started_subscription_id = models.TextField(blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
 
     # Stripe's subscription statuses under which the user is billed (past_due still is).
@@ -75,6 +80,35 @@ class BillingProfile(models.Model):
     @property
     def is_prepaid(self) -> bool:
         return self.mode == self.Mode.PREPAID
+
+
+class BillingModeChange(models.Model):
+    """One switch of a user's billing mode. Append-only: a switch is never edited or deleted
+    (the admin shows them read-only); a switch back is a new row.
+
+    Invariant: a user's changes are in `effective_at` order, none earlier than the start of
+    the UTC day it was recorded in, so a day already begun keeps its mode. The mode of a day
+    is the mode in force when it began (00:00 UTC): the `to_mode` of the latest change
+    effective by then; before the first change, that change's `from_mode`
+    (`billing.selectors.billing_modes_on`)."""
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="billing_mode_changes")
+    from_mode = models.TextField(choices=BillingProfile.Mode.choices)
+    to_mode = models.TextField(choices=BillingProfile.Mode.choices)
+    effective_at = models.DateTimeField()
+    actor = models.TextField(help_text="Who switched it (an operator, a command).")
+    reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "billing_mode_change"
+        ordering = ["-effective_at", "-id"]
+        indexes = [
+            models.Index(fields=["user", "effective_at"], name="billing_mode_change_user_at")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.from_mode} -> {self.to_mode} at {self.effective_at}"
 
 
 def is_active_subscription(status: str | None) -> bool:
@@ -202,7 +236,8 @@ class UsageDaily(models.Model):
         choices=BilledVia.choices,
         default=BilledVia.STRIPE,
         db_default=BilledVia.STRIPE,
-        help_text="Fixed when the row is first written, from the user's billing mode then.",
+        help_text="Fixed when the row is first written, from the billing mode in force when "
+        "its day began (00:00 UTC).",
     )
     updated_at = models.DateTimeField(default=timezone.now, db_default=DatabaseNow())
 
@@ -396,6 +431,9 @@ class BillingHistory(models.Model):
     period_start = models.DateTimeField(null=True, blank=True)
     period_end = models.DateTimeField(null=True, blank=True)
     stripe_event_created = models.DateTimeField(null=True, blank=True)
+    # When Stripe finalized it (moved it past draft): from then on the usage of its period
+    # is never billed again, and corrections to it go on a later invoice as items.
+    finalized_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
     stripe_status = models.TextField(
         blank=True,
@@ -488,7 +526,8 @@ class StripeCatalogEntry(models.Model):
 class StripeUsageReport(models.Model):
     """What has been reported to Stripe for one user, month and resource, in cents.
 
-    Invariant: `reported_cents` is the sum of the meter events Stripe accepted for it;
+    Invariant: `reported_cents` is the sum of the meter events Stripe accepted for it
+    and of this resource's share of the sent invoice items for the month (`adjusted_cents`);
     `report_usage_to_stripe` sends only the difference to our figure (negative when a
     day was corrected downwards). `events_sent` numbers the events, so each one has a
     deterministic identifier, and a pending event is committed before it is sent.
@@ -503,8 +542,16 @@ class StripeUsageReport(models.Model):
     # identifier and value, so a lost answer never turns into a different amount.
     pending_identifier = models.TextField(blank=True, default="")
     pending_cents = models.BigIntegerField(null=True, blank=True)
+    # When the pending event was decided (and first sent), and the timestamp it carries:
+    # within IDENTIFIER_WINDOW it is resent as is; after it, Stripe's meter event summaries
+    # say whether it arrived before anything is resent.
+    pending_since = models.DateTimeField(null=True, blank=True)
+    pending_timestamp = models.BigIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
     last_reported_at = models.DateTimeField(null=True, blank=True)
+    # The part of reported_cents that went out as invoice items (StripeUsageAdjustment),
+    # not meter events: Stripe's meter total for the month is reported - adjusted.
+    adjusted_cents = models.BigIntegerField(default=0)
 
     class Meta:
         db_table = "billing_stripe_usage_report"
@@ -545,3 +592,40 @@ class ReconciliationRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.months} at {self.started_at:%Y-%m-%d %H:%M}: {self.unexplained} unexplained"
+
+
+class StripeUsageAdjustment(models.Model):
+    """A correction to a month Stripe no longer bills through meter events (its invoice is
+    finalized, it ended before the subscription began, or it is older than Stripe takes
+    events): an invoice item on the customer's next invoice, negative for a credit.
+    Append-only: a further correction is a new row.
+
+    Invariant: decided and committed (pending) before it is sent, with a unique
+    `identifier` that is also the idempotency key and the item's metadata, so a lost answer
+    is found at Stripe or resent, never sent twice. Once sent, its `resources` cents are in
+    the month's `StripeUsageReport.reported_cents` (and `adjusted_cents`)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="stripe_adjustments")
+    month = models.DateField(help_text="First day of the corrected month.")
+    cents = models.BigIntegerField(help_text="Signed: positive charges, negative credits.")
+    resources = models.JSONField(help_text="The cents per rate-card resource.")
+    description = models.TextField()
+    identifier = models.TextField(unique=True)
+    stripe_invoice_item_id = models.TextField(blank=True, default="")
+    status = models.TextField(choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "billing_stripe_usage_adjustment"
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "month"], name="stripe_adjustment_user_month")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.month:%Y-%m}: {self.cents:+}c ({self.status})"

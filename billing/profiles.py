@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from django.db import transaction
+from django.utils import timezone
 
 from accounts.models import User
-from billing.models import BillingProfile
+from billing.models import BillingModeChange, BillingProfile, UsageDaily
 from plumbing.actors import actor_label
 
 logger = logging.getLogger(__name__)
@@ -19,20 +21,81 @@ def billing_profile_ensure(*, user: User) -> BillingProfile:
     return profile
 
 
-def billing_mode_set(*, user: User, mode: str, actor) -> bool:
-    """Switch a user between postpaid and prepaid. Returns False if already so.
+def start_of_day(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
-    Usage already recorded keeps the way it was settled; days collected from now on follow
-    the new mode.
+
+def billing_mode_set(
+    *,
+    user: User,
+    mode: str,
+    actor,
+    effective_at: dt.datetime | None = None,
+    reason: str = "",
+) -> bool:
+    """Switch a user between postpaid and prepaid from `effective_at` (default: now).
+    Returns False if already so.
+
+    The switch is recorded (`BillingModeChange`) with the profile change. A day is settled
+    on the mode in force when it began (00:00 UTC), so a switch during a day takes effect
+    with the next day, and a day collected late is still settled on its own mode. Days
+    already collected never change channel: a switch may not take effect before the start
+    of today, before the user's last switch, or at the start of a day that has usage.
     """
     if mode not in BillingProfile.Mode.values:
         raise ValueError(f"Unknown billing mode {mode!r}; use prepaid or postpaid.")
+    now = timezone.now()
+    effective_at = effective_at or now
+    if timezone.is_naive(effective_at):
+        raise ValueError("effective_at must carry a time zone (UTC).")
+    today_start = start_of_day(now.astimezone(dt.UTC).date())
+    if effective_at < today_start:
+        raise ValueError(
+            f"A switch cannot take effect at {effective_at:%Y-%m-%d %H:%M} UTC, before the "
+            f"start of today ({today_start:%Y-%m-%d} 00:00 UTC): days already begun keep "
+            "the mode they began with."
+        )
     with transaction.atomic():
         profile = billing_profile_ensure(user=user)
         profile = BillingProfile.objects.select_for_update().get(pk=profile.pk)
         if profile.mode == mode:
             return False
+        last = (
+            BillingModeChange.objects.filter(user=user)
+            .order_by("-effective_at", "-id")
+            .values_list("effective_at", flat=True)
+            .first()
+        )
+        if last is not None and effective_at < last:
+            raise ValueError(
+                f"A switch cannot take effect at {effective_at:%Y-%m-%d %H:%M:%S} UTC, "
+                f"earlier than the last switch of this user ({last:%Y-%m-%d %H:%M:%S} UTC)."
+            )
+        # The first day the switch governs: the one beginning at or after effective_at.
+        first_day = effective_at.astimezone(dt.UTC).date()
+        if start_of_day(first_day) < effective_at:
+            first_day += dt.timedelta(days=1)
+        if UsageDaily.objects.filter(user=user, date__gte=first_day).exists():
+            raise ValueError(
+                f"{first_day} already has usage settled as {profile.mode}: a switch "
+                f"effective at {effective_at:%Y-%m-%d %H:%M} UTC would change its channel. "
+                "Let it take effect later (the default, now, starts with tomorrow)."
+            )
+        BillingModeChange.objects.create(
+            user=user,
+            from_mode=profile.mode,
+            to_mode=mode,
+            effective_at=effective_at,
+            actor=actor_label(actor),
+            reason=reason,
+        )
         profile.mode = mode
         profile.save(update_fields=["mode", "updated_at"])
-    logger.info("billing mode of %s set to %s by %s", user.pk, mode, actor_label(actor))
+    logger.info(
+        "billing mode of %s set to %s from %s by %s",
+        user.pk,
+        mode,
+        effective_at.isoformat(),
+        actor_label(actor),
+    )
     return True

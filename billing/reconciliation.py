@@ -53,6 +53,7 @@ from billing.models import (
     Price,
     ReconciliationRun,
     StripeCatalogEntry,
+    StripeUsageAdjustment,
     StripeUsageReport,
     UsageDaily,
     is_active_subscription,
@@ -79,7 +80,8 @@ class Figures:
     ours: int = 0
     reported: int = 0
     pending: int | None = None
-    adjusted: int = 0  # invoice items for this month on a later invoice (hook, see above)
+    adjusted: int = 0  # invoice items for this month on a later invoice (sent)
+    adjusting: int = 0  # invoice items decided, not yet confirmed by Stripe
     stripe: int | None = None
     invoiced: int | None = None
     reported_recently: bool = False  # younger than Stripe's summary lag
@@ -211,25 +213,36 @@ class Reported:
     reported: int = 0
     pending: int | None = None
     adjusted: int = 0
+    adjusting: int = 0  # invoice items decided, not yet confirmed by Stripe
     last_error: str = ""
     last_reported_at: dt.datetime | None = None
 
 
 def reported_by_user(month: dt.date, *, user_ids=None) -> dict[str, dict[str, Reported]]:
-    """user -> resource -> what we reported to Stripe for the month: THE hook for "what we
-    reported". Invoice items for closed months (a later adjustment record) belong in
-    `adjusted` here."""
+    """user -> resource -> what we reported to Stripe for the month: `reported` as meter
+    events, `adjusted` as invoice items on a later invoice (a closed month's corrections,
+    `StripeUsageAdjustment`), and what is decided but not confirmed yet of each."""
     reports = StripeUsageReport.objects.filter(month=month)
+    adjustments = StripeUsageAdjustment.objects.filter(
+        month=month, status=StripeUsageAdjustment.Status.PENDING
+    )
     if user_ids is not None:
         reports = reports.filter(user_id__in=list(user_ids))
+        adjustments = adjustments.filter(user_id__in=list(user_ids))
     found: dict[str, dict[str, Reported]] = defaultdict(dict)
     for report in reports:
+        # reported_cents counts meter events and sent invoice items together.
         found[report.user_id][report.resource] = Reported(
-            reported=report.reported_cents,
+            reported=report.reported_cents - report.adjusted_cents,
             pending=report.pending_cents if report.pending_identifier else None,
+            adjusted=report.adjusted_cents,
             last_error=report.last_error,
             last_reported_at=report.last_reported_at,
         )
+    for adjustment in adjustments:
+        for resource, cents in adjustment.resources.items():
+            sent = found[adjustment.user_id].setdefault(resource, Reported())
+            sent.adjusting += int(cents)
     return found
 
 
@@ -365,6 +378,7 @@ def _month_lines(month: dt.date, *, user_ids, now: dt.datetime) -> list[UserMont
                     reported=sent.reported,
                     pending=sent.pending,
                     adjusted=sent.adjusted,
+                    adjusting=sent.adjusting,
                     last_error=sent.last_error,
                     reported_recently=bool(
                         sent.last_reported_at and now - sent.last_reported_at < SUMMARY_LAG
@@ -438,6 +452,12 @@ def _compare(line: UserMonth, *, now: dt.datetime) -> None:
                     True,
                     "",
                 )
+            elif f.adjusting and f.reported + f.adjusted + f.adjusting == f.ours:
+                cause, ok, repair = (
+                    "invoice item for a closed month unconfirmed: the next report sends it",
+                    True,
+                    "",
+                )
             elif line.mode == BillingProfile.Mode.POSTPAID and not live:
                 cause = "not reported: no live subscription (held as unbilled)"
                 ok, repair = True, ""
@@ -474,9 +494,10 @@ def _compare(line: UserMonth, *, now: dt.datetime) -> None:
             line.differences.append(
                 Difference("reported/stripe", f.resource, lost, cause, ok, repair)
             )
-        # 3. What Stripe's meter has against what its invoice charged.
-        if f.invoiced is not None and f.stripe is not None and f.invoiced + f.adjusted != f.stripe:
-            late = f.stripe - f.invoiced - f.adjusted
+        # 3. What Stripe's meter has against what its invoice charged (a closed month's
+        #    corrections are invoice items on a later invoice: in neither).
+        if f.invoiced is not None and f.stripe is not None and f.invoiced != f.stripe:
+            late = f.stripe - f.invoiced
             if late > 0:
                 cause = "invoice does not include late events: month closed"
                 repair = _proposal(late, line, f.resource)

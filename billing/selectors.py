@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
+from django.db import connection
 from django.db.models import DecimalField, F, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -18,6 +19,7 @@ from accounts.models import User
 from billing.models import BillingProfile, CreditLedgerEntry, UsageDaily, UserCredits
 
 ZERO = Decimal("0")
+CENT = Decimal("0.01")
 _DECIMAL = DecimalField(max_digits=30, decimal_places=10)
 
 
@@ -80,6 +82,79 @@ def usage_totals(queryset) -> dict:
 def billing_mode(user: User) -> str:
     account = BillingProfile.objects.filter(user=user).first()
     return account.mode if account else BillingProfile.Mode.POSTPAID
+
+
+def billing_modes_on(pairs) -> dict[tuple[str, dt.date], str]:
+    """The billing mode of each (user id, day): the mode in force when the day began
+    (00:00 UTC), i.e. the `to_mode` of the latest `BillingModeChange` effective by then;
+    before a user's first change, its `from_mode`; for a user with no change recorded, the
+    profile's mode (postpaid without a profile). One query for any number of pairs."""
+    pairs = sorted(set(pairs))
+    if not pairs:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT k.user_id, k.day, COALESCE(
+                (SELECT c.to_mode FROM billing_mode_change c
+                  WHERE c.user_id = k.user_id
+                    AND c.effective_at <= (k.day::timestamp AT TIME ZONE 'UTC')
+                  ORDER BY c.effective_at DESC, c.id DESC LIMIT 1),
+                (SELECT c.from_mode FROM billing_mode_change c
+                  WHERE c.user_id = k.user_id
+                  ORDER BY c.effective_at, c.id LIMIT 1),
+                p.mode,
+                %s)
+            FROM unnest(%s::text[], %s::date[]) AS k(user_id, day)
+            LEFT JOIN billing_account p ON p.user_id = k.user_id
+            """,
+            [
+                BillingProfile.Mode.POSTPAID,
+                [user_id for user_id, _ in pairs],
+                [day for _, day in pairs],
+            ],
+        )
+        return {(user_id, day): mode for user_id, day, mode in cursor}
+
+
+def unbilled_usage(*, user_ids=None) -> dict[str, Decimal]:
+    """Per user without a live subscription (none, or canceled, unpaid, incomplete...):
+    their Stripe-billed usage not yet reported to Stripe, in dollars and cents. It is our
+    month totals (each rounded to the cent once, as reported) minus what
+    `StripeUsageReport` says Stripe took, over all months. Held until a subscription is
+    live; the next report then sends it. One query, whatever the number of users."""
+    only = "AND u.user_id = ANY(%s)" if user_ids is not None else ""
+    params = [UsageDaily.BilledVia.STRIPE, list(BillingProfile.ACTIVE_SUBSCRIPTION)]
+    if user_ids is not None:
+        params.append(list(user_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH months AS (
+                SELECT u.user_id, date_trunc('month', u.date)::date AS month,
+                       ROUND(SUM(u.total_cost), 2) AS total
+                FROM usage_daily u
+                WHERE u.billed_via = %s
+                  AND NOT EXISTS (
+                      SELECT 1 FROM billing_account p
+                      WHERE p.user_id = u.user_id AND p.subscription_status = ANY(%s))
+                  {only}
+                GROUP BY 1, 2
+            ), reported AS (
+                SELECT r.user_id, r.month, SUM(r.reported_cents) AS cents
+                FROM billing_stripe_usage_report r
+                WHERE r.user_id IN (SELECT user_id FROM months)
+                GROUP BY 1, 2
+            )
+            SELECT m.user_id, SUM(m.total - COALESCE(r.cents, 0) / 100.0) AS unbilled
+            FROM months m
+            LEFT JOIN reported r ON r.user_id = m.user_id AND r.month = m.month
+            GROUP BY m.user_id
+            HAVING SUM(m.total - COALESCE(r.cents, 0) / 100.0) <> 0
+            """,  # noqa: S608 - the optional condition is ours, values are parameters
+            params,
+        )
+        return {user_id: Decimal(amount).quantize(CENT) for user_id, amount in cursor}
 
 
 def credit_balance(user: User) -> Decimal:

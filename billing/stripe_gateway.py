@@ -645,6 +645,77 @@ def send_meter_event(
         raise
 
 
+def meter_event_summary_total(
+    *, meter_id: str, customer_id: str, start_time: int, end_time: int
+) -> int:
+    """What Stripe has counted on a meter for a customer over [start_time, end_time) (Unix
+    seconds, aligned to the minute as Stripe requires): the sum of `aggregated_value` over
+    every page of its meter event summaries."""
+    client = _client()
+    for name, value in (("start_time", start_time), ("end_time", end_time)):
+        if isinstance(value, bool) or not isinstance(value, int) or value % 60:
+            raise ValueError(f"{name} must be whole Unix seconds on a minute, not {value!r}.")
+    params = {
+        "customer": customer_id,
+        "start_time": start_time,
+        "end_time": end_time,
+        "limit": PAGE_SIZE,
+    }
+    total = Decimal(0)
+    operation = f"read the meter event summaries of meter {meter_id} for {customer_id}"
+    with _stripe_errors(operation):
+        page = client.v1.billing.meters.event_summaries.list(meter_id, params=params)
+        for summary in map(_plain, page.auto_paging_iter()):
+            total += Decimal(str(summary.get("aggregated_value") or 0))
+    if total != total.to_integral_value():
+        raise StripeGatewayError(
+            f"Stripe's total on meter {meter_id} for {customer_id} is {total}, not a whole "
+            "number of cents: the meter holds events that are not ours."
+        )
+    return int(total)
+
+
+def create_invoice_item(
+    *,
+    customer_id: str,
+    amount: Decimal,
+    currency: str,
+    description: str,
+    subscription_id: str | None,
+    idempotency_key: str,
+    metadata: dict[str, str] | None = None,
+) -> dict:
+    """An item on the customer's next invoice (of `subscription_id`, if given): `amount`
+    in major units, negative for a credit. A retry with the same key within 24 hours
+    returns the same item; after that, look it up with `list_invoice_items`."""
+    client = _client()
+    currency = _currency(currency)
+    minor = to_minor_units(amount, currency)
+    if minor == 0:
+        raise ValueError("An invoice item of zero changes nothing.")
+    params: dict[str, Any] = {
+        "customer": customer_id,
+        "amount": minor,
+        "currency": currency,
+        "description": description,
+        "metadata": dict(metadata or {}),
+    }
+    if subscription_id:
+        params["subscription"] = subscription_id
+    operation = f"add an invoice item of {amount} {currency.upper()} for {customer_id}"
+    with _stripe_errors(operation, idempotency_key=idempotency_key):
+        item = client.v1.invoice_items.create(params=params, options=_options(idempotency_key))
+    return _plain(item)
+
+
+def list_invoice_items(*, customer_id: str) -> list[dict]:
+    """All of a customer's invoice items, newest first, every page."""
+    client = _client()
+    with _stripe_errors(f"list the invoice items of customer {customer_id}"):
+        page = client.v1.invoice_items.list(params={"customer": customer_id, "limit": PAGE_SIZE})
+        return [_plain(item) for item in page.auto_paging_iter()]
+
+
 def cancel_subscription(*, subscription_id: str) -> None:
     """Cancel now. Stripe answers 404 for one already canceled (or gone): that is done too."""
     client = _client()
@@ -703,35 +774,6 @@ def list_invoices(*, customer_id: str) -> list[dict]:
 
 
 # Reconciliation (billing/reconciliation.py): what Stripe has counted and invoiced.
-# INTEGRATOR: the settlement branch (issue 12, item 10) adds `meter_event_summary_total`
-# with this exact name and signature; keep one of the two.
-
-
-def meter_event_summary_total(
-    *, meter_id: str, customer_id: str, start_time: int, end_time: int
-) -> int:
-    """What Stripe has aggregated on a meter for a customer in [start_time, end_time) (Unix
-    seconds on minute boundaries): the sum of `aggregated_value` over every summary. Our
-    meters sum whole cents, so anything else is an error, never rounded."""
-    client = _client()
-    params: dict[str, Any] = {
-        "customer": customer_id,
-        "start_time": int(start_time),
-        "end_time": int(end_time),
-        "limit": PAGE_SIZE,
-    }
-    total = Decimal(0)
-    operation = f"read the event summaries of meter {meter_id} for {customer_id}"
-    with _stripe_errors(operation):
-        page = client.v1.billing.meters.event_summaries.list(meter_id, params=params)
-        for summary in map(_plain, page.auto_paging_iter()):
-            total += Decimal(str(summary.get("aggregated_value") or 0))
-    if total != total.to_integral_value():
-        raise StripeGatewayError(
-            f"Stripe's summary of meter {meter_id} for {customer_id} is {total}, not whole "
-            "cents: check the meter's aggregation (it must sum our integer values)."
-        )
-    return int(total)
 
 
 def list_invoice_lines(*, invoice_id: str) -> list[dict]:

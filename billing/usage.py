@@ -28,6 +28,7 @@ from accounts.models import User
 from billing import credits
 from billing.models import NO_CLUSTER, BillingProfile, UsageDaily
 from billing.pricing import FIGURES, MissingPrice, Quantities, RateBook, day_cost, quantize
+from billing.selectors import billing_modes_on
 from clusters.models import HopsworksCluster
 from plumbing.actors import actor_label
 
@@ -180,13 +181,6 @@ def _uuid_or_none(value):
         return "invalid"
 
 
-def billing_modes(user_ids) -> dict[str, str]:
-    modes = dict(
-        BillingProfile.objects.filter(user_id__in=list(user_ids)).values_list("user_id", "mode")
-    )
-    return {user_id: modes.get(user_id, BillingProfile.Mode.POSTPAID) for user_id in user_ids}
-
-
 def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
     """Write usage records (see the module docstring). Bad input raises
     `UsageValidationError` and writes nothing; sending the same batch twice changes
@@ -197,14 +191,14 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
     records = sorted(records, key=lambda r: (r.user_id, str(r.cluster_id or NO_CLUSTER), r.date))
     user_ids = {r.user_id for r in records}
     rates = RateBook.load(user_ids=user_ids)
-    modes = billing_modes(user_ids)
     actor_name = actor_label(actor)
-
+    # A new row is settled on the mode in force when its day began (existing rows keep
+    # the channel they were first written with).
     channel = {
-        user_id: UsageDaily.BilledVia.CREDITS
+        key: UsageDaily.BilledVia.CREDITS
         if mode == BillingProfile.Mode.PREPAID
         else UsageDaily.BilledVia.STRIPE
-        for user_id, mode in modes.items()
+        for key, mode in billing_modes_on((r.user_id, r.date) for r in records).items()
     }
 
     with transaction.atomic():
@@ -287,7 +281,7 @@ def _insert_missing(records, channel) -> None:
               AS k(user_id, cluster_id, date, billed_via)
             ON CONFLICT DO NOTHING
             """,
-            [now, now, *_key_arrays(records), [channel[r.user_id] for r in records]],
+            [now, now, *_key_arrays(records), [channel[(r.user_id, r.date)] for r in records]],
         )
 
 

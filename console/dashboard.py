@@ -17,7 +17,7 @@ from procrastinate.contrib.django.models import ProcrastinateEvent, Procrastinat
 from accounts.models import User
 from billing.models import StripeEvent, UsageCollectionRun, UsageDaily, UserCredits
 from billing.pricing import to_cents
-from billing.selectors import month_start
+from billing.selectors import month_start, unbilled_usage
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
 
 
@@ -165,6 +165,19 @@ def _negative_balances(month) -> list[Tile]:
     ]
 
 
+def _unbilled(month) -> list[Tile]:
+    held = unbilled_usage()
+    total = sum(held.values(), Decimal(0))
+    return [
+        Tile(
+            "Unbilled usage",
+            f"${total:,} ({len(held)} users)",
+            _list("accounts_user", unbilled="yes"),
+            alert=bool(held),
+        )
+    ]
+
+
 def _jobs(month) -> list[Tile]:
     now = timezone.now()
     counts = ProcrastinateJob.objects.aggregate(
@@ -216,6 +229,7 @@ TILES = (
     (UsageCollectionRun, _failed_runs),
     (StripeEvent, _failed_events),
     (UserCredits, _negative_balances),
+    (User, _unbilled),
     (ProcrastinateJob, _jobs),
 )
 

@@ -11,6 +11,7 @@ from billing.models import (
     BillingHistory,
     StripeCatalogEntry,
     StripeEvent,
+    StripeUsageAdjustment,
     StripeUsageReport,
 )
 from billing.tasks import stripe_event_defer
@@ -99,10 +100,33 @@ class StripeUsageReportAdmin(ReadOnlyAdmin):
         "user",
         "resource",
         "reported_cents",
+        "adjusted_cents",
         "events_sent",
+        "pending_cents",
+        "pending_since",
         "last_error",
         "last_reported_at",
     )
     list_select_related = ("user",)
     list_filter = ("month", "resource")
     search_fields = ("user__email",)
+
+
+@admin.register(StripeUsageAdjustment)
+class StripeUsageAdjustmentAdmin(ReadOnlyAdmin):
+    """Corrections to months Stripe no longer bills by meter events: invoice items."""
+
+    list_display = (
+        "month",
+        "user",
+        "cents",
+        "status",
+        "description",
+        "stripe_invoice_item_id",
+        "error",
+        "created_at",
+        "sent_at",
+    )
+    list_select_related = ("user",)
+    list_filter = ("status", "month")
+    search_fields = ("user__email", "=identifier", "=stripe_invoice_item_id")

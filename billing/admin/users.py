@@ -11,7 +11,7 @@ from django.utils.safestring import mark_safe
 from billing import selectors
 from billing import stripe_gateway as gateway
 from billing.admin.credits import GrantCreditsMixin, balance_html
-from billing.models import BillingProfile
+from billing.models import BillingModeChange, BillingProfile
 from billing.pricing import to_cents
 from billing.profiles import billing_mode_set
 from billing.tasks import invoices_sync_queue
@@ -34,15 +34,30 @@ class BillingModeFilter(admin.SimpleListFilter):
         return queryset
 
 
-BILLING_SECTION = ("Billing", {"fields": ("billing", "stripe")})
+class UnbilledUsageFilter(admin.SimpleListFilter):
+    """Users whose Stripe-billed usage is held, unreported, for want of a live subscription."""
+
+    title = "unbilled usage"
+    parameter_name = "unbilled"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Unbilled usage (no live subscription)"),)
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(pk__in=list(selectors.unbilled_usage()))
+        return queryset
+
+
+BILLING_SECTION = ("Billing", {"fields": ("billing", "stripe", "mode_switches")})
 
 
 class UserBillingAdminMixin(GrantCreditsMixin):
     """The users admin's billing part: what each user costs and how they pay. Its filter,
     fields, section and actions are named; console/admin.py puts them in place."""
 
-    billing_filters = (BillingModeFilter,)
-    billing_fields = ("billing", "stripe")
+    billing_filters = (BillingModeFilter, UnbilledUsageFilter)
+    billing_fields = ("billing", "stripe", "mode_switches")
     billing_actions = ("make_prepaid", "make_postpaid", "grant_credits", "sync_invoices")
 
     @admin.display(description="Stripe")
@@ -104,14 +119,48 @@ class UserBillingAdminMixin(GrantCreditsMixin):
                 for d in days
             ),
         )
+        unbilled = selectors.unbilled_usage(user_ids=[obj.pk]).get(obj.pk)
         return format_html(
-            "<div>Mode: {}</div><div>Month to date: ${}</div><div>Credit balance: {}</div>"
+            "<div>Mode: {}</div><div>Month to date: ${}</div><div>Credit balance: {}</div>{}"
             "<table><tr><th>Date</th><th>CPU h</th><th>GPU h</th><th>Storage GB-mo</th>"
             "<th>Cost</th></tr>{}</table>",
             BillingProfile.Mode(mode).label,
             to_cents(selectors.month_to_date_cost(obj)),
             balance_html(selectors.credit_balance(obj)),
+            format_html(
+                '<div class="errornote">Unbilled usage: ${} (no live subscription): '
+                "reported to Stripe as soon as a subscription is live.</div>",
+                unbilled,
+            )
+            if unbilled
+            else "",
             rows or mark_safe("<tr><td colspan=5>No usage in the last 30 days.</td></tr>"),
+        )
+
+    @admin.display(description="Billing mode switches")
+    def mode_switches(self, obj):
+        # Append-only: shown, never edited. A day is settled on the mode in force at its
+        # start (00:00 UTC).
+        changes = BillingModeChange.objects.filter(user=obj).order_by("-effective_at", "-id")
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{} → {}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    f"{c.effective_at:%Y-%m-%d %H:%M} UTC",
+                    c.get_from_mode_display(),
+                    c.get_to_mode_display(),
+                    c.actor,
+                    c.reason or "-",
+                )
+                for c in changes[:50]
+            ),
+        )
+        if not rows:
+            return "No switches recorded: every day is settled as the mode above."
+        return format_html(
+            "<table><tr><th>Effective</th><th>Switch</th><th>By</th><th>Reason</th></tr>{}</table>",
+            rows,
         )
 
     def _set_mode(self, request, queryset, mode):
@@ -126,8 +175,9 @@ class UserBillingAdminMixin(GrantCreditsMixin):
             request,
             queryset,
             title=f"Switch to {label}",
-            message="Usage already recorded keeps the way it was settled; days collected from "
-            "now on follow the new mode.",
+            message="The switch takes effect now: days that began before it (today "
+            "included) stay on the old mode, even if collected later; from tomorrow on, "
+            "days follow the new mode.",
             confirm_label=f"Yes, switch to {label}",
             apply=apply,
         )

@@ -198,3 +198,18 @@ def test_credits_can_be_granted_from_the_credits_list_too(operator_client):
         },
     )
     assert UserCredits.objects.get(user=user).balance == D("3")
+
+
+def test_the_admin_switch_is_recorded_with_its_operator_and_listed_on_the_users_page(
+    operator_client, operator
+):
+    user = UserFactory()
+    operator_client.post(
+        USERS, {"action": "make_prepaid", "_selected_action": [user.pk], "confirmed": "yes"}
+    )
+
+    page = operator_client.get(f"{USERS}{user.pk}/change/").content.decode()
+
+    assert "Billing mode switches" in page
+    assert "Postpaid (metered) → Prepaid (credits)" in page
+    assert operator.email in page

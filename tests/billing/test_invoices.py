@@ -48,6 +48,7 @@ def test_the_stripe_admin_pages_open(operator_client, fake_stripe, deliver):
         "/admin/billing/stripeevent/",
         "/admin/billing/stripecatalogentry/",
         "/admin/billing/stripeusagereport/",
+        "/admin/billing/stripeusageadjustment/",
         f"/admin/accounts/user/{user.pk}/change/",
     ]:
         page = operator_client.get(url)
@@ -149,3 +150,19 @@ def test_invoice_events_of_one_second_end_as_stripe_has_the_invoice(fake_stripe,
 
     row = BillingHistory.objects.get()
     assert (row.status, row.stripe_status) == ("failed", "open")
+
+
+def test_an_invoice_is_noted_finalized_once_stripe_moves_it_past_draft(fake_stripe, deliver):
+    user = UserFactory()
+    customer = customer_ensure(user=user)
+    draft = fake_stripe.add_invoice(customer=customer, status="draft", amount_due=100)
+    deliver(make_event("invoice.created", draft))
+    assert BillingHistory.objects.get().finalized_at is None
+
+    finalized = {**draft, "status": "open", "status_transitions": {"finalized_at": 1796083200}}
+    deliver(make_event("invoice.finalized", finalized, created=draft["created"] + 5))
+    deliver(make_event("invoice.created", draft, created=draft["created"] + 1))  # late, older
+
+    row = BillingHistory.objects.get()
+    assert row.finalized_at is not None
+    assert int(row.finalized_at.timestamp()) == 1796083200

@@ -168,7 +168,7 @@ def test_an_event_stripe_counted_twice_is_found_and_taken_back(catalog, capsys):
     assert billing_reconcile(months=[this_month()]).ok
 
 
-def test_usage_reported_after_the_invoice_was_finalized_needs_an_invoice_item(
+def test_a_correction_after_the_invoice_was_finalized_is_an_invoice_item_and_reconciles(
     catalog, deliver, capsys
 ):
     user, subscription = subscribed_user(catalog)
@@ -177,6 +177,31 @@ def test_usage_reported_after_the_invoice_was_finalized_needs_an_invoice_item(
     invoice_the_month(catalog, deliver, subscription)
     use(user, cpu_hours=D("15"))  # the day corrected upwards after the invoice
     usage_report_to_stripe()
+    reported_a_while_ago()
+
+    out, code = reconcile(capsys)
+
+    assert code == 0, out
+    [item] = catalog.invoiceitems.values()
+    assert item["amount"] == 150
+    assert "0 unexplained" in out
+
+
+def test_a_meter_event_that_reached_stripe_after_the_invoice_was_finalized_is_flagged(
+    catalog, deliver, capsys
+):
+    # What the code before closed periods did: a late correction as a meter event stamped
+    # into the month, counted by the meter, never invoiced.
+    user, subscription = subscribed_user(catalog)
+    use(user, cpu_hours=D("10"))
+    usage_report_to_stripe()
+    invoice_the_month(catalog, deliver, subscription)
+    use(user, cpu_hours=D("15"))
+    [event] = [e for e in catalog.meter_events if "cpu_hour" in e["event_name"]]
+    catalog.meter_events.append(
+        {**event, "identifier": "late-event", "payload": {**event["payload"], "value": "150"}}
+    )
+    StripeUsageReport.objects.filter(user=user, resource="cpu_hour").update(reported_cents=250)
     reported_a_while_ago()
 
     out, code = reconcile(capsys)

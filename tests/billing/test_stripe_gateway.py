@@ -844,3 +844,58 @@ def test_in_production_a_private_api_base_is_not_contacted(fake_stripe, settings
     assert "not contacted" in str(caught.value)
     assert fake_stripe.api_key not in str(caught.value)
     assert stranger.connections == 0
+
+
+def test_the_meter_event_summary_total_is_stripes_sum_over_the_range(fake_stripe):
+    [entry] = gateway.ensure_billing_catalog(catalog_items()[:1])
+    start = int(time.time()) // 60 * 60 - 3600
+    for value, at in ((12, start - 60), (30, start), (-5, start + 60), (8, start + 3600)):
+        gateway.send_meter_event(
+            event_name=entry.event_name,
+            customer_id="cus_123",
+            value=value,
+            identifier=f"e{at}",
+            timestamp=at,
+        )
+    gateway.send_meter_event(
+        event_name=entry.event_name,
+        customer_id="cus_other",
+        value=99,
+        identifier="o",
+        timestamp=start,
+    )
+
+    total = gateway.meter_event_summary_total(
+        meter_id=entry.meter_id, customer_id="cus_123", start_time=start, end_time=start + 3600
+    )
+
+    assert total == 25
+    [asked] = fake_stripe.requests_to("GET", f"/v1/billing/meters/{entry.meter_id}/event_summaries")
+    assert (asked.form["customer"], asked.form["start_time"]) == ("cus_123", str(start))
+    with pytest.raises(ValueError, match="minute"):
+        gateway.meter_event_summary_total(
+            meter_id=entry.meter_id,
+            customer_id="cus_123",
+            start_time=start + 1,
+            end_time=start + 60,
+        )
+
+
+def test_an_invoice_item_is_sent_in_minor_units_with_its_key_and_may_be_a_credit(fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    subscription = fake_stripe.add_subscription(customer=customer["id"])
+
+    item = gateway.create_invoice_item(
+        customer_id=customer["id"],
+        amount=Decimal("-12.34"),
+        currency="usd",
+        description="Usage correction",
+        subscription_id=subscription["id"],
+        idempotency_key="adjust-1",
+        metadata={"usage_adjustment": "adjust-1"},
+    )
+
+    [sent] = fake_stripe.posts("/v1/invoiceitems")
+    assert (sent.form["amount"], sent.idempotency_key) == ("-1234", "adjust-1")
+    assert item["amount"] == -1234
+    assert [i["id"] for i in gateway.list_invoice_items(customer_id=customer["id"])] == [item["id"]]

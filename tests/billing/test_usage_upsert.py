@@ -6,6 +6,7 @@ from decimal import Decimal
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from billing.models import BillingProfile, CreditLedgerEntry, UsageDaily, UserCredits
 from billing.usage import UsageRecord, UsageValidationError, usage_upsert
@@ -141,3 +142,105 @@ def test_an_absurd_quantity_is_a_clear_error_not_an_overflow():
             records=[record(user, cpu_hours=D("39100921040505985396.8701006737"))], actor="t"
         )
     assert not UsageDaily.objects.exists()
+
+
+# The channel of a day is the billing mode in force when the day began (00:00 UTC).
+
+
+def start_of_today():
+    return dt.datetime.combine(timezone.now().date(), dt.time(), tzinfo=dt.UTC)
+
+
+def test_a_day_from_before_a_switch_backfilled_after_it_is_settled_on_that_days_mode():
+    from billing.profiles import billing_mode_set
+
+    user, cluster = UserFactory(), ClusterFactory()
+    yesterday = timezone.now().date() - dt.timedelta(days=1)
+    billing_mode_set(user=user, mode=BillingProfile.Mode.PREPAID, actor="ops")  # now
+
+    usage_upsert(records=[record(user, cluster, day=yesterday, cpu_hours=D("10"))], actor="t")
+    # Today began before the switch too: it is still postpaid.
+    usage_upsert(
+        records=[record(user, cluster, day=timezone.now().date(), cpu_hours=D("3"))], actor="t"
+    )
+
+    assert set(UsageDaily.objects.values_list("billed_via", flat=True)) == {"stripe"}
+    assert not CreditLedgerEntry.objects.exists()
+
+
+def test_a_day_that_began_after_a_switch_is_settled_on_the_new_mode():
+    from billing.profiles import billing_mode_set
+
+    user, cluster = UserFactory(), ClusterFactory()
+    today = timezone.now().date()
+    billing_mode_set(
+        user=user, mode=BillingProfile.Mode.PREPAID, actor="ops", effective_at=start_of_today()
+    )
+
+    usage_upsert(
+        records=[
+            record(user, cluster, day=today - dt.timedelta(days=1), cpu_hours=D("10")),
+            record(user, cluster, day=today, cpu_hours=D("3")),
+        ],
+        actor="t",
+    )
+
+    assert dict(UsageDaily.objects.values_list("date", "billed_via")) == {
+        today - dt.timedelta(days=1): "stripe",
+        today: "credits",
+    }
+    assert list(CreditLedgerEntry.objects.values_list("amount", flat=True)) == [D("-0.3")]
+
+
+def test_each_day_follows_the_mode_of_its_own_start_through_several_switches():
+    from billing.models import BillingModeChange
+    from billing.selectors import billing_modes_on
+
+    early, late, never, profile_only = UserFactory.create_batch(4)
+    BillingProfile.objects.create(user=profile_only, mode=BillingProfile.Mode.PREPAID)
+    at = lambda day, hour=0: dt.datetime.combine(day, dt.time(hour), tzinfo=dt.UTC)  # noqa: E731
+    for user, frm, to, when in [
+        (early, "postpaid", "prepaid", at(DAY, 12)),  # mid-day: DAY is still postpaid
+        (early, "prepaid", "postpaid", at(DAY + dt.timedelta(days=3))),
+        (late, "prepaid", "postpaid", at(DAY)),
+    ]:
+        BillingModeChange.objects.create(
+            user=user, from_mode=frm, to_mode=to, effective_at=when, actor="t"
+        )
+    days = [DAY - dt.timedelta(days=1), DAY, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=3)]
+
+    modes = billing_modes_on([(u.pk, d) for u in (early, late, never, profile_only) for d in days])
+
+    assert [modes[(early.pk, d)] for d in days] == ["postpaid", "postpaid", "prepaid", "postpaid"]
+    assert [modes[(late.pk, d)] for d in days] == ["prepaid", "postpaid", "postpaid", "postpaid"]
+    assert {modes[(never.pk, d)] for d in days} == {"postpaid"}
+    assert {modes[(profile_only.pk, d)] for d in days} == {"prepaid"}
+
+
+def test_a_switch_cannot_take_effect_in_a_day_already_begun_or_before_the_last_switch():
+    from billing.models import BillingModeChange
+    from billing.profiles import billing_mode_set
+
+    user, cluster = UserFactory(), ClusterFactory()
+    with pytest.raises(ValueError, match="before the start of today"):
+        billing_mode_set(
+            user=user,
+            mode="prepaid",
+            actor="ops",
+            effective_at=start_of_today() - dt.timedelta(seconds=1),
+        )
+    usage_upsert(
+        records=[record(user, cluster, day=timezone.now().date(), cpu_hours=D("1"))], actor="t"
+    )
+    with pytest.raises(ValueError, match="already has usage"):
+        billing_mode_set(user=user, mode="prepaid", actor="ops", effective_at=start_of_today())
+    tomorrow = start_of_today() + dt.timedelta(days=1)
+    billing_mode_set(user=user, mode="prepaid", actor="ops", effective_at=tomorrow)
+    with pytest.raises(ValueError, match="earlier than the last switch"):
+        billing_mode_set(
+            user=user, mode="postpaid", actor="ops", effective_at=tomorrow - dt.timedelta(hours=1)
+        )
+
+    change = BillingModeChange.objects.get()
+    assert (change.from_mode, change.to_mode, change.actor) == ("postpaid", "prepaid", "ops")
+    assert BillingProfile.objects.get(user=user).mode == "prepaid"

@@ -25,6 +25,7 @@ from billing.models import (
     ReconciliationRun,
     StripeCatalogEntry,
     StripeEvent,
+    StripeUsageAdjustment,
     StripeUsageReport,
     UsageCollectionRun,
     UsageDaily,
@@ -77,6 +78,7 @@ MATRIX = {
     ("billing.stripecatalogentry", "delete_selected"):   (_, _, _, _, _, _),
     ("billing.stripeusagereport", "delete_selected"):    (_, _, _, _, _, _),
     ("billing.reconciliationrun", "delete_selected"):    (_, _, _, _, _, _),
+    ("billing.stripeusageadjustment", "delete_selected"): (_, _, _, _, _, _),
     ("auth.group", "delete_selected"):                   (_, _, _, _, _, Y),
     ("social_django.usersocialauth", "delete_selected"): (_, _, _, _, _, Y),
     ("social_django.nonce", "delete_selected"):          (_, _, _, _, _, Y),
@@ -430,6 +432,16 @@ SCENARIOS = {
     ),
     ("billing.reconciliationrun", "delete_selected"): _deleting(
         lambda: ReconciliationRun.objects.create(months="2026-11", actor="test")
+    ),
+    ("billing.stripeusageadjustment", "delete_selected"): _deleting(
+        lambda: StripeUsageAdjustment.objects.create(
+            user=UserFactory(),
+            month=timezone.now().date().replace(day=1),
+            cents=1,
+            resources={"cpu_hour": 1},
+            description="Usage correction",
+            identifier="adjust-1",
+        )
     ),
     ("auth.group", "delete_selected"): _deleting(_group),
     ("social_django.usersocialauth", "delete_selected"): _deleting(_social_auth),

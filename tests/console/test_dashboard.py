@@ -80,6 +80,21 @@ def test_the_dashboard_shows_each_figure_as_a_link_to_its_list(operator_client):
         assert operator_client.get(tile.url).status_code == 200, tile.url
 
 
+def test_the_dashboard_shows_unbilled_usage_of_users_without_a_live_subscription(
+    operator_client,
+):
+    _cluster, people = add_world(3, 2)  # 2 CPU hours a day: $0.20
+    BillingProfile.objects.create(user=people[0], subscription_status="active")
+    BillingProfile.objects.create(user=people[1], subscription_status="canceled")
+
+    found, _body = tiles(operator_client)
+
+    tile = found["Unbilled usage"]
+    assert (tile.value, tile.alert) == ("$0.80 (2 users)", True)
+    listed = operator_client.get(tile.url).context["cl"].result_list
+    assert {u.pk for u in listed} == {people[1].pk, people[2].pk}
+
+
 def test_the_dashboard_makes_as_many_queries_for_a_big_world_as_a_small_one(operator_client):
     add_world(2, 2)
     operator_client.get("/admin/")
@@ -96,6 +111,7 @@ def test_the_dashboard_makes_as_many_queries_for_a_big_world_as_a_small_one(oper
 
 USER_TILES = {
     "Active users",
+    "Unbilled usage",
     "Waiting for capacity",
     "Waiting for billing setup",
     "Hopsworks accounts pending",

@@ -38,6 +38,8 @@ SHAPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "refund": ("refund", ()),
     "invoice_payment": ("invoice_payment", ()),
     "billing.meter_event_summary": ("billing.meter_event_summary", ()),
+    "invoiceitem": ("invoiceitem", ()),
+    "invoiceitem.period": ("invoiceitem", ("period",)),
     "event": ("event", ()),
     "event.data": ("event", ("data",)),
     "event.request": ("event", ("request",)),

@@ -156,6 +156,7 @@ METER = (
 )
 METER_EVENT = "event_name identifier timestamp payload[*] expand[]"
 PRODUCT = "id name metadata[*] expand[]"
+INVOICE_ITEM = "customer amount currency description subscription metadata[*] expand[]"
 PRICE = (
     "currency unit_amount product lookup_key transfer_lookup_key billing_scheme metadata[*]"
     " recurring[interval] recurring[usage_type] recurring[meter] expand[]"
@@ -221,6 +222,10 @@ INVOICE_BODY = (
     " post_payment_credit_notes_amount=0 pre_payment_credit_notes_amount=0 starting_balance=0"
     " total_discount_amounts=[] total_pretax_credit_amounts=[] total_taxes=[]"
 )
+INVOICE_ITEM_BODY = (
+    "customer_account invoice test_clock discountable=true discounts=[] proration=false"
+    " quantity=1 quantity_decimal=1 tax_rates=[]"
+)
 LINE_ITEM_BODY = (
     "parent pretax_credit_amounts quantity_decimal taxes object=line_item currency=usd"
     " livemode=false"
@@ -270,6 +275,7 @@ class Resource:
     create: str = ""
     filters: str | None = None
     cancel: Callable[[FakeStripe, dict], None] | None = None
+    dated: bool = False  # its time is `date`, not `created` (an invoice item)
 
     @property
     def path(self) -> str:
@@ -298,11 +304,14 @@ class FakeStripe:
     charges: dict[str, dict] = field(default_factory=dict)
     refunds: dict[str, dict] = field(default_factory=dict)
     invoice_payments: dict[str, dict] = field(default_factory=dict)
+    invoiceitems: dict[str, dict] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
-        self._failures: list[tuple[int, dict, str | None, str | None]] = []
+        self._failures: list[tuple[int, dict, str | None, str | None, bool]] = []
+        # Meter events before this index no longer count for identifier uniqueness.
+        self._forgotten_identifiers = 0
         # Idempotency-Key -> (method, path, sorted form items, answer, request id)
         self._idempotency: dict[str, tuple] = {}
         # Checkout session id -> (price ids, subscription_data): what completing it needs.
@@ -325,22 +334,32 @@ class FakeStripe:
         error: dict | None = None,
         method: str | None = None,
         path: str | None = None,
+        processed: bool = False,
     ) -> None:
         """Answer the next `count` requests (matching method/path if given) with this error.
 
-        The failure happens before the endpoint runs (like an outage at Stripe's edge), so it
-        is not stored under the request's idempotency key: a retry is processed normally.
+        By default the failure happens before the endpoint runs (like an outage at Stripe's
+        edge), so it is not stored under the request's idempotency key: a retry is processed
+        normally. With `processed=True` the endpoint runs (and its answer is kept under the
+        idempotency key) and the answer is lost on the way back: the caller sees the error
+        although Stripe did the work (a timeout after the request arrived).
         """
         client_error = {"type": "invalid_request_error", "message": "Injected failure"}
         server_error = {"type": "api_error", "message": "An unknown error occurred"}
         error = error or (server_error if status >= 500 else client_error)
         with self._lock:
-            self._failures.extend([(status, error, method, path)] * count)
+            self._failures.extend([(status, error, method, path, processed)] * count)
 
     def forget_idempotency_keys(self) -> None:
         """What Stripe does after 24 hours: a reused key is processed as a new request."""
         with self._lock:
             self._idempotency.clear()
+
+    def forget_meter_event_identifiers(self) -> None:
+        """Stripe keeps a meter event identifier unique for about 24 hours only: after that
+        an event resent with the same identifier may be counted again (as here)."""
+        with self._lock:
+            self._forgotten_identifiers = len(self.meter_events)
 
     # Arranging state
 
@@ -366,10 +385,13 @@ class FakeStripe:
         status: str = "active",
         metadata: dict | None = None,
         billing_cycle_anchor: int | None = None,
+        start_date: int | None = None,
     ) -> dict:
-        """A subscription with one item per price (the prices must exist)."""
+        """A subscription with one item per price (the prices must exist); `start_date`
+        (default now) for one that began earlier."""
         params = {"customer": customer, "price_ids": list(price_ids), "status": status}
         params.update(metadata=dict(metadata or {}), billing_cycle_anchor=billing_cycle_anchor)
+        params.update(start_date=start_date)
         return self._make("subscription", params)
 
     def add_invoice(
@@ -381,12 +403,16 @@ class FakeStripe:
         subscription: str | None = None,
         created: int | None = None,
         number: str | None = None,
+        period_start: int | None = None,
+        period_end: int | None = None,
     ) -> dict:
-        """A USD invoice with one line; amounts in minor units. Listed newest first."""
+        """A USD invoice with one line; amounts in minor units. Listed newest first. Its
+        period is [period_start, period_end] (default: the moment it was created)."""
         if status not in ("draft", "open", "paid", "uncollectible", "void"):
             raise ValueError(f"Stripe has no invoice status {status!r}")
         params = {"customer": customer, "status": status, "amount_due": amount_due}
         params.update(subscription=subscription, created=created, number=number)
+        params.update(period_start=period_start, period_end=period_end)
         return self._make("invoice", params)
 
     def add_usage_invoice(
@@ -511,6 +537,10 @@ class FakeStripe:
     def posts(self, path: str | None = None) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == "POST" and path in (None, r.path)]
 
+    def invoice_items_of(self, customer_id: str) -> list[dict]:
+        with self._lock:
+            return [i for i in self.invoiceitems.values() if i["customer"] == customer_id]
+
     def meter_event_totals(self, event_name: str, customer_id: str) -> Decimal:
         """The sum of the values of the accepted meter events (replays counted once)."""
         with self._lock:
@@ -545,10 +575,16 @@ class FakeStripe:
     def _answer(self, request: Request, record: RecordedRequest) -> tuple[int, dict, dict]:
         method, path = record.method, record.path
         for failure in self._failures:
-            status, error, only_method, only_path = failure
+            status, error, only_method, only_path, processed = failure
             if only_method in (None, method) and only_path in (None, path):
                 self._failures.remove(failure)
+                if processed:
+                    self._process(request, record)  # done at Stripe, the answer lost
                 return status, {"error": dict(error)}, {}
+        return self._process(request, record)
+
+    def _process(self, request: Request, record: RecordedRequest) -> tuple[int, dict, dict]:
+        method, path = record.method, record.path
         key = record.idempotency_key if method == "POST" else None  # Stripe ignores it elsewhere
         sent = [method, path, sorted(record.form_items)]
         try:
@@ -613,7 +649,6 @@ class FakeStripe:
         )
 
     # Reconciliation: meter event summaries and invoice lines (billing/reconciliation.py).
-    # INTEGRATOR: the settlement branch adds event_summaries too; keep one of the two.
 
     def _reconciliation_route(self, method, path, items, params) -> dict | None:
         if method != "GET":
@@ -683,6 +718,8 @@ class FakeStripe:
             if resource.id_prefix:
                 new = {"id": _new_id(resource.id_prefix), **new}
             obj = {**new, **_fields(resource.defaults), **resource.build(self, params, new)}
+            if resource.dated:
+                obj["date"] = obj.pop("created")
             objects = getattr(self, resource.store)
             if isinstance(objects, list):
                 objects.append(obj)
@@ -782,7 +819,8 @@ class FakeStripe:
             "timestamp",
         )
         identifier = params.get("identifier") or _new_id("mevt_")
-        known = any(e["identifier"] == identifier for e in self.meter_events)
+        recent = self.meter_events[self._forgotten_identifiers :]
+        known = any(e["identifier"] == identifier for e in recent)
         _ensure(not known, f"An event already exists with identifier {identifier}.", "identifier")
         return {
             "event_name": event_name,
@@ -861,7 +899,7 @@ class FakeStripe:
             "ended_at": ended,
             "items": _list_object(f"/v1/subscription_items?subscription={new['id']}", items),
             "metadata": params["metadata"],
-            "start_date": now,
+            "start_date": params.get("start_date") or now,
             "status": params["status"],
         }
 
@@ -876,7 +914,10 @@ class FakeStripe:
         invoice_id, status, due = new["id"], params["status"], params["amount_due"]
         now, subscription = params["created"] or new["created"], params["subscription"]
         final, customer = status != "draft", self.customers.get(params["customer"]) or {}
-        period_start, period_end = params.get("period") or (now, now)
+        period_start, period_end = params.get("period") or (
+            params.get("period_start") or now,
+            params.get("period_end") or now,
+        )
         lines = [
             _fields(LINE_ITEM_BODY) | {"invoice": invoice_id, "subscription": subscription} | line
             for line in params.get("lines") or ()
@@ -982,6 +1023,37 @@ class FakeStripe:
             "status_transitions": {"canceled_at": None, "paid_at": new["created"]},
         }
 
+    def _invoice_item(self, params: dict, new: dict) -> dict:
+        _need(params, "customer amount currency")
+        customer, subscription = params["customer"], params.get("subscription")
+        if customer not in self.customers:
+            raise _missing("customer", customer, "customer")
+        parent = None
+        if subscription is not None:
+            found = self.subscriptions.get(subscription)
+            if found is None:
+                raise _missing("subscription", subscription, "subscription")
+            _ensure(
+                found["customer"] == customer,
+                f"The subscription {subscription} does not belong to customer {customer}.",
+                "subscription",
+            )
+            parent = {"type": "subscription_details"}
+            parent["subscription_details"] = {"metadata": None, "subscription": subscription}
+        amount = _integer(params["amount"], "amount")  # negative: a credit
+        now = new["created"]
+        return {
+            "amount": amount,
+            "currency": params["currency"].lower(),
+            "customer": customer,
+            "description": params.get("description"),
+            "metadata": dict(params.get("metadata") or {}),
+            "net_amount": amount,
+            "parent": parent,
+            "period": {"end": now, "start": now},
+            "pricing": {"type": "price_details", "unit_amount_decimal": str(amount)},
+        }
+
     RESOURCES = (  # object, id prefix, builder, default fields, create params, list filters
         Resource("customer", "cus_", _customer, CUSTOMER_BODY, CUSTOMER),
         Resource("checkout.session", "cs_test_", _checkout_session, CHECKOUT_BODY, CHECKOUT),
@@ -999,6 +1071,15 @@ class FakeStripe:
             "inpay_",
             _invoice_payment,
             filters="invoice payment[type] payment[payment_intent]",
+        ),
+        Resource(
+            "invoiceitem",
+            "ii_",
+            _invoice_item,
+            INVOICE_ITEM_BODY,
+            INVOICE_ITEM,
+            "customer",
+            dated=True,
         ),
     )
 
@@ -1107,7 +1188,7 @@ def _page(url: str, objects: list[dict], params: dict, *, kind: str) -> dict:
     """A Stripe list object, newest first (among equal `created`, the later-made first)."""
     limit = _integer(params.get("limit", "10"), "limit")
     _ensure(1 <= limit <= MAX_LIMIT, f"limit must be between 1 and {MAX_LIMIT}.", "limit")
-    ordered = sorted(reversed(objects), key=lambda o: o["created"], reverse=True)
+    ordered = sorted(reversed(objects), key=lambda o: o.get("created", o.get("date")), reverse=True)
     ids = [o["id"] for o in ordered]
     start = 0
     if "starting_after" in params:

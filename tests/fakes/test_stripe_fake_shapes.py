@@ -239,6 +239,48 @@ def test_invoices_their_lines_and_a_page_of_invoices_have_the_published_fields(
     assert len(page.data) == 2
 
 
+def test_invoice_items_and_a_page_of_them_have_the_published_fields(sdk, fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    subscription = fake_stripe.add_subscription(customer=customer["id"])
+    created = sdk.v1.invoice_items.create(
+        params={
+            "customer": customer["id"],
+            "amount": -1234,
+            "currency": "usd",
+            "description": "Usage correction",
+            "subscription": subscription["id"],
+        }
+    )
+    page = sdk.v1.invoice_items.list(params={"customer": customer["id"], "limit": 100})
+
+    shapes = {"invoiceitem", "invoiceitem.period"}
+    assert published_shapes(raw(created)) == shapes
+    assert published_shapes(raw(page)) == {"list", *shapes}
+    assert [(i.amount, i.parent.subscription_details.subscription) for i in page.data] == [
+        (-1234, subscription["id"])
+    ]
+
+
+def test_a_page_of_meter_event_summaries_has_the_published_fields_and_sums_the_range(sdk):
+    meter = metered_price(sdk).recurring.meter
+    now = int(time.time()) // 60 * 60
+    for value, at in (("12", now - 120), ("-2", now - 60), ("100", now)):
+        sdk.v1.billing.meter_events.create(
+            params={
+                "event_name": "cpu_hours",
+                "payload": {"stripe_customer_id": "cus_123", "value": value},
+                "timestamp": at,
+            }
+        )
+
+    page = sdk.v1.billing.meters.event_summaries.list(
+        meter, params={"customer": "cus_123", "start_time": now - 3600, "end_time": now}
+    )
+
+    assert published_shapes(raw(page)) == {"list", "billing.meter_event_summary"}
+    assert [s.aggregated_value for s in page.data] == [10]  # end_time is exclusive
+
+
 def test_a_webhook_event_has_the_published_fields(sdk, fake_stripe):
     customer = sdk.v1.customers.create(params={"email": "ada@example.com"})
     event = make_event("customer.created", raw(customer))

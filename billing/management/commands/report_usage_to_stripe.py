@@ -9,7 +9,9 @@ class Command(BaseCommand):
     help = (
         "Send postpaid usage to Stripe as Billing Meter Events: for every month, only the "
         "difference between our figures and what Stripe has accepted (negative for a "
-        "correction). Safe to rerun and to run twice at once. Exits non-zero on errors."
+        "correction); for a month Stripe no longer bills (invoice finalized, before the "
+        "subscription, too old) as an invoice item on the next invoice. Safe to rerun and "
+        "to run twice at once. Exits non-zero on errors."
     )
 
     def handle(self, *args, **options):
@@ -18,7 +20,9 @@ class Command(BaseCommand):
         with outbound.background_work():  # cron: the longer deadline and retries per call
             run = usage_report_to_stripe()
         self.stdout.write(
-            f"{run.sent_events} meter event(s) sent, {run.sent_cents} cents in all; "
+            f"{run.sent_events} meter event(s) sent, {run.sent_cents} cents in all "
+            f"({run.confirmed_events} found already at Stripe); {run.adjustments} invoice "
+            f"item(s) for closed months, {run.adjusted_cents} cents; "
             f"{run.skipped_locked} user-month(s) left to a concurrent run."
         )
         for error in run.errors:
