@@ -442,3 +442,21 @@ def test_figures_fetched_later_than_ours_are_not_overwritten(world):
     run = UsageCollectionRun.objects.get()
     assert run.status == "failed" and "read from OpenCost later" in run.error
     assert usage_of(world["ada"])[0] == D("12")
+
+
+def test_a_rerun_needs_hopsworks_only_for_namespaces_the_day_has_no_owner_for(world):
+    world["k8s"].set_allocations(DAY, {"ada-project": {"cpuCoreHours": D("3")}})
+    call_command("collect_usage", "--date", DAY.isoformat())
+    world["hopsworks"].fail_next(2, status=401, method="GET", path="/admin/projects")
+    world["k8s"].set_allocations(DAY, {"ada-project": {"cpuCoreHours": D("4")}})
+
+    call_command("collect_usage", "--date", DAY.isoformat())  # owners from the run's record
+
+    assert usage_of(world["ada"])[0] == D("4")
+    run = UsageCollectionRun.objects.get()
+    assert any("Hopsworks could not be asked" in note for note in run.notes)
+
+    world["k8s"].set_allocations(DAY, {"mystery": {"cpuCoreHours": D("1")}})
+    with pytest.raises(CommandError):  # a namespace nobody owned yet: Hopsworks is needed
+        call_command("collect_usage", "--date", DAY.isoformat())
+    assert "401" in UsageCollectionRun.objects.get().error
