@@ -6,6 +6,17 @@ byte-hours per namespace; Hopsworks (`GET /admin/projects?expand=creator`) says 
 project owns a namespace and who created it; the creator is our user through their
 account on that cluster. Rows are written by `usage_upsert` in one transaction with the
 run's record, so a rerun or a backfill gives the same result as one clean run.
+
+A re-collection never destroys what is stored:
+- one collection per cluster-day at a time, from before OpenCost is read until the rows
+  are committed (a PostgreSQL advisory lock), and figures read from OpenCost earlier than
+  the stored ones are never written over them;
+- an answer that covers fewer minutes of the day than the stored figures is refused (a
+  failed run saying so), unless an operator forces it (`force=True`, `--force-replace`);
+- a namespace keeps the owner it was billed to when its day was first collected (the run's
+  `attribution`), so a project deleted since does not take its usage away;
+- a namespace with an implausible figure is left out and noted, the rest is written; any
+  other error fails its own cluster-day's run only.
 """
 
 from __future__ import annotations
@@ -13,22 +24,24 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import defaultdict
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import normalize_email
+from accounts.models import User, normalize_email
 from billing.models import UsageCollectionRun, UsageDaily
 from billing.pricing import quantize, storage_gb_months
-from billing.usage import UsageRecord, usage_upsert
+from billing.usage import MAX_QUANTITY, UsageRecord, UsageValidationError, usage_upsert
 from clusters.hopsworks import HopsworksError, HopsworksProject
-from clusters.models import HopsworksCluster
+from clusters.models import HopsworksCluster, UserHopsworksAssignment
 from clusters.opencost import (
+    DAY_MINUTES,
     MetricsError,
     NamespaceUsage,
     fetch_day_allocations,
@@ -42,10 +55,23 @@ from plumbing.encryption import SecretDecryptionError
 logger = logging.getLogger(__name__)
 ZERO = Decimal("0")
 COLLECTED_STATUSES = (HopsworksCluster.Status.ACTIVE, HopsworksCluster.Status.MAINTENANCE)
+# Failures an operator acts on from the message alone; anything else is logged with its
+# traceback too.
+EXPECTED_FAILURES = (
+    MetricsError,
+    HopsworksError,
+    SecretDecryptionError,
+    UsageValidationError,
+    ValueError,
+)
 
 
 class CollectionError(Exception):
     """A collection that cannot start (bad dates, unknown cluster); nothing is written."""
+
+
+class CollectionRefused(Exception):
+    """The answer must not replace what is stored; nothing was written."""
 
 
 @dataclass
@@ -53,6 +79,24 @@ class Attribution:
     per_user: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     unknown: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # namespace -> {"project": name, "user_id": id}: the stored mapping plus what is new.
+    mapping: dict[str, dict] = field(default_factory=dict)
+    # Users owning a namespace left out for a bad figure.
+    held: set[str] = field(default_factory=set)
+
+
+def _implausible(usage: NamespaceUsage, day: dt.date) -> str | None:
+    """Why a namespace's figures cannot be billed (more than `usage_upsert` takes for a
+    day), or None."""
+    storage = storage_gb_months(gb_held=gb_held_from_byte_hours(usage.pv_byte_hours), day=day)
+    for source, sent, quantity, unit in (
+        ("cpuCoreHours", usage.cpu_core_hours, usage.cpu_core_hours, "CPU core-hours"),
+        ("gpuHours", usage.gpu_hours, usage.gpu_hours, "GPU hours"),
+        ("pvByteHours", usage.pv_byte_hours, storage, "GB-months"),
+    ):
+        if quantity > MAX_QUANTITY:
+            return f"{source} {sent} is implausible (more than {MAX_QUANTITY:,} {unit} a day)"
+    return None
 
 
 def attribute(
@@ -61,8 +105,16 @@ def attribute(
     *,
     cluster: HopsworksCluster,
     day: dt.date,
+    known: dict | None = None,
+    rejected: dict[str, str] | None = None,
 ) -> Attribution:
-    """Sum each namespace's usage onto the user who created its project."""
+    """Sum each namespace's usage onto the user who created its project.
+
+    `known` is the mapping the stored figures of this cluster-day used: it wins over today's
+    projects, which only fill namespaces it does not have. `rejected` (namespace -> why) are
+    namespaces OpenCost sent junk for; they, and namespaces with implausible figures, are
+    left out and noted.
+    """
     by_username, by_email = user_ids_by_hopsworks_identity(cluster)
     owner_of = {}
     for project in projects:
@@ -70,8 +122,49 @@ def attribute(
             normalize_email(project.creator_email or "")
         )
         owner_of[project.namespace] = (project, owner)
+    known = {
+        namespace: entry
+        for namespace, entry in (known or {}).items()
+        if isinstance(entry, dict) and entry.get("user_id")
+    }
+    existing = set(
+        User.objects.filter(pk__in={entry["user_id"] for entry in known.values()}).values_list(
+            "pk", flat=True
+        )
+    )
 
-    result = Attribution()
+    result = Attribution(mapping=dict(known))
+
+    def owner_for(namespace: str) -> tuple[str | None, str | None]:
+        """(user id, why not) for a namespace; the stored mapping first."""
+        if namespace in known:
+            entry = known[namespace]
+            if entry["user_id"] in existing:
+                return entry["user_id"], None
+            return None, (
+                f"project {entry.get('project')} was billed to user {entry['user_id']} when "
+                "this day was first collected, and that user no longer exists"
+            )
+        project, owner = owner_of.get(namespace, (None, None))
+        if owner is not None:
+            result.mapping[namespace] = {"project": project.name, "user_id": owner}
+            return owner, None
+        if project is None:
+            return None, "no Hopsworks project has this namespace"
+        return None, (
+            f"project {project.name} was created by "
+            f"{project.creator_email or project.creator_username or 'nobody known'}, "
+            "who is not a user of ours on this cluster"
+        )
+
+    for namespace, why in (rejected or {}).items():
+        if is_system_namespace(namespace):
+            continue
+        result.notes.append(f"{namespace}: {why}; the namespace was left out")
+        owner, _ = owner_for(namespace)
+        if owner is not None:
+            result.held.add(owner)
+
     sums: dict[str, dict[str, Decimal]] = defaultdict(
         lambda: {"cpu_hours": ZERO, "gpu_hours": ZERO, "pv_byte_hours": ZERO}
     )
@@ -79,16 +172,18 @@ def attribute(
         if is_system_namespace(usage.namespace):
             continue
         result.notes.extend(f"{usage.namespace}: {note}" for note in usage.notes)
-        project, owner = owner_of.get(usage.namespace, (None, None))
+        owner, why_not = owner_for(usage.namespace)
+        implausible = _implausible(usage, day)
+        if implausible is not None:
+            result.notes.append(f"{usage.namespace}: {implausible}; the namespace was left out")
+            if owner is not None:
+                result.held.add(owner)
+            continue
         if owner is None:
             result.unknown.append(
                 {
                     "namespace": usage.namespace,
-                    "reason": "no Hopsworks project has this namespace"
-                    if project is None
-                    else f"project {project.name} was created by "
-                    f"{project.creator_email or project.creator_username or 'nobody known'}, "
-                    "who is not a user of ours on this cluster",
+                    "reason": why_not,
                     "cpu_core_hours": str(usage.cpu_core_hours),
                     "gpu_hours": str(usage.gpu_hours),
                 }
@@ -123,43 +218,162 @@ def _start_run(cluster: HopsworksCluster, day: dt.date) -> UsageCollectionRun:
 
 
 def _fail_run(run: UsageCollectionRun, error: Exception) -> UsageCollectionRun:
+    """Record a failed attempt; what is stored (coverage, fetch time, mapping) stays."""
+    message = str(error) or type(error).__name__
+    if run.cluster.status == HopsworksCluster.Status.INACTIVE and not isinstance(
+        error, CollectionRefused
+    ):
+        message += (
+            f" (Cluster {run.cluster.name} is inactive; its usage is still collected while it "
+            "has assigned users or usage on the day.)"
+        )
     UsageCollectionRun.objects.filter(pk=run.pk).update(
-        status=UsageCollectionRun.Status.FAILED, error=str(error), finished_at=timezone.now()
+        status=UsageCollectionRun.Status.FAILED, error=message, finished_at=timezone.now()
     )
-    logger.warning("usage collection failed for %s on %s: %s", run.cluster, run.date, error)
+    logger.warning("usage collection failed for %s on %s: %s", run.cluster, run.date, message)
     run.refresh_from_db()
     return run
 
 
-def usage_collect_day(*, cluster: HopsworksCluster, day: dt.date, actor="collect_usage"):
-    """Collect one cluster's usage for one day. A failure is recorded on the run and
-    raised to nobody: one cluster down does not stop the others."""
-    run = _start_run(cluster, day)
+@contextmanager
+def _one_collector(cluster: HopsworksCluster, day: dt.date) -> Iterator[None]:
+    """Hold this cluster-day for the whole collection, from before OpenCost is read until
+    the rows are committed: a second collector waits here, then reads OpenCost afresh.
+    A session lock, so it is held across transactions and goes with a dead connection."""
+    key = f"collect:{cluster.pk}:{day.isoformat()}"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", [key])
     try:
-        if not cluster.kubeconfig:
-            raise MetricsError(f"Cluster {cluster.name} has no kubeconfig to read usage with.")
-        allocations = fetch_day_allocations(kubeconfig=cluster.kubeconfig.reveal(), day=day)
+        yield
+    finally:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
+        except DatabaseError:  # the connection is gone, and its lock with it
+            logger.warning("could not release the collection lock %s", key, exc_info=True)
+
+
+def _stored_coverage(run: UsageCollectionRun) -> int | None:
+    """Minutes of the day the stored figures cover, or None when nothing was collected yet.
+    A day collected before coverage was recorded counts as a whole day."""
+    if run.coverage_minutes is not None:
+        return run.coverage_minutes
+    collected = (
+        UsageDaily.objects.filter(hopsworks_cluster_id=run.cluster_id, date=run.date)
+        .exclude(Q(cpu_hours=0) & Q(gpu_hours=0) & Q(storage_gb_months=0))
+        .exists()
+    )
+    return DAY_MINUTES if collected else None
+
+
+def usage_collect_day(
+    *, cluster: HopsworksCluster, day: dt.date, actor="collect_usage", force: bool = False
+) -> UsageCollectionRun:
+    """Collect one cluster's usage for one day. A failure is recorded on the run and
+    raised to nobody: one cluster-day failing does not stop the others.
+
+    `force` (an operator's explicit choice) writes the answer even when it covers less of
+    the day than what is stored, or was read earlier.
+    """
+    with _one_collector(cluster, day):
+        run = _start_run(cluster, day)
+        try:
+            return _collect(run, cluster=cluster, day=day, actor=actor, force=force)
+        except (CollectionRefused, *EXPECTED_FAILURES) as error:
+            return _fail_run(run, error)
+        except Exception as error:  # a bug or the unforeseen: this cluster-day only
+            logger.exception("usage collection crashed for %s on %s", cluster, day)
+            return _fail_run(
+                run, RuntimeError(f"Unexpected error ({type(error).__name__}): {error}")
+            )
+
+
+def _collect(
+    run: UsageCollectionRun,
+    *,
+    cluster: HopsworksCluster,
+    day: dt.date,
+    actor,
+    force: bool,
+) -> UsageCollectionRun:
+    if not cluster.kubeconfig:
+        raise MetricsError(
+            f"Cluster {cluster.name} has no kubeconfig to read usage with: add one on the "
+            "cluster's page in the console (Usage metrics), for a user that may get "
+            "services/proxy in namespace opencost."
+        )
+    fetched_at = timezone.now()
+    answer = fetch_day_allocations(kubeconfig=cluster.kubeconfig.reveal(), day=day)
+    notes = []
+    try:
         with cluster.hopsworks_client() as hopsworks:
             projects = hopsworks.list_projects()
-    except (MetricsError, HopsworksError, SecretDecryptionError, ValueError) as error:
-        return _fail_run(run, error)
+    except HopsworksError as error:
+        # A rerun needs Hopsworks only for namespaces the day's stored mapping lacks.
+        needed = {
+            usage.namespace
+            for usage in answer.namespaces
+            if not is_system_namespace(usage.namespace)
+        }
+        if not needed <= set(run.attribution or {}):
+            raise
+        projects = []
+        notes.append(f"Hopsworks could not be asked ({error}); owners from this day's record.")
 
-    result = attribute(allocations, projects, cluster=cluster, day=day)
     with transaction.atomic():
-        # One collector per cluster and day at a time: the second waits, then replaces.
-        UsageCollectionRun.objects.select_for_update().get(pk=run.pk)
-        records = [
-            UsageRecord(user_id=user_id, cluster_id=cluster.pk, date=day, **figures)
-            for user_id, figures in result.per_user.items()
-        ]
-        # Users with a row from an earlier run who no longer show up: their figures go to
-        # zero (API calls, which OpenCost does not know, are kept).
-        stale = (
+        locked = UsageCollectionRun.objects.select_for_update().get(pk=run.pk)
+        stored = _stored_coverage(locked)
+        covered = answer.coverage_minutes
+        if locked.fetched_at is not None and locked.fetched_at > fetched_at and not force:
+            raise CollectionRefused(
+                f"The figures stored for {cluster.name} on {day} were read from OpenCost later "
+                f"({locked.fetched_at:%Y-%m-%d %H:%M:%S} UTC) than this run's "
+                f"({fetched_at:%Y-%m-%d %H:%M:%S} UTC): nothing was written."
+            )
+        if stored is not None and covered < stored:
+            if not force:
+                raise CollectionRefused(
+                    f"OpenCost answered for {covered} of {DAY_MINUTES} minutes of {day} (less "
+                    f"than the {stored} already collected): nothing was written. Rerun when "
+                    "OpenCost has the day, or force the replacement with --force-replace."
+                )
+            notes.append(
+                f"Replacement forced by {actor}: OpenCost answered for {covered} of "
+                f"{DAY_MINUTES} minutes, less than the {stored} collected before."
+            )
+        elif covered < DAY_MINUTES:
+            notes.append(
+                f"OpenCost answered for {covered} of {DAY_MINUTES} minutes of {day}: the "
+                "figures are for that part of the day only."
+            )
+
+        result = attribute(
+            answer.namespaces,
+            projects,
+            cluster=cluster,
+            day=day,
+            known=locked.attribution,
+            rejected=answer.rejected,
+        )
+        # A user with a namespace left out keeps the figures stored for them, if any.
+        collected_before = set(
             UsageDaily.objects.filter(hopsworks_cluster=cluster, date=day)
-            .exclude(user_id__in=list(result.per_user))
             .exclude(Q(cpu_hours=0) & Q(gpu_hours=0) & Q(storage_gb_months=0))
             .values_list("user_id", flat=True)
         )
+        kept = result.held & collected_before
+        if kept:
+            result.notes.append(
+                "Figures already stored were kept for users owning a namespace left out: "
+                + ", ".join(sorted(kept))
+            )
+        records = [
+            UsageRecord(user_id=user_id, cluster_id=cluster.pk, date=day, **figures)
+            for user_id, figures in result.per_user.items()
+            if user_id not in kept
+        ]
+        # Users with a row from an earlier run who no longer show up: their figures go to
+        # zero (API calls, which OpenCost does not know, are kept).
         records += [
             UsageRecord(
                 user_id=user_id,
@@ -169,31 +383,54 @@ def usage_collect_day(*, cluster: HopsworksCluster, day: dt.date, actor="collect
                 gpu_hours=ZERO,
                 storage_gb_months=ZERO,
             )
-            for user_id in stale
+            for user_id in sorted(collected_before - set(result.per_user) - kept)
         ]
-        written = usage_upsert(records=records, actor=actor)
+        try:
+            written = usage_upsert(records=records, actor=actor)
+        except UsageValidationError as error:
+            problems = "; ".join(
+                f"user {records[index].user_id}: {', '.join(messages)}"
+                for index, messages in error.errors.items()
+            )
+            raise CollectionRefused(
+                f"The usage of {cluster.name} on {day} was refused, nothing was written: "
+                f"{problems}."
+            ) from error
         UsageCollectionRun.objects.filter(pk=run.pk).update(
             status=UsageCollectionRun.Status.SUCCEEDED,
             rows_written=written.rows,
             unknown_namespaces=result.unknown,
-            notes=result.notes,
+            notes=notes + result.notes,
             error="",
             finished_at=timezone.now(),
+            coverage_minutes=covered,
+            fetched_at=fetched_at,
+            attribution=dict(sorted(result.mapping.items())),
         )
     run.refresh_from_db()
     return run
 
 
-def clusters_to_collect(name: str | None = None):
+def clusters_to_collect(name: str | None = None, *, days: list[dt.date] | None = None):
+    """The clusters whose usage is owed: every active or maintenance cluster, and any other
+    that has assigned users or has usage rows on one of `days`. With or without a
+    kubeconfig: one without gets a failed run saying so, never a silent skip."""
     if name is not None:
         cluster = HopsworksCluster.objects.filter(name=name).first()
         if cluster is None:
             names = ", ".join(HopsworksCluster.objects.values_list("name", flat=True))
             raise CollectionError(f"No cluster named {name!r}. Clusters: {names or 'none'}.")
         return [cluster]
-    return list(
-        HopsworksCluster.objects.filter(status__in=COLLECTED_STATUSES, kubeconfig__isnull=False)
+    owed = Q(status__in=COLLECTED_STATUSES) | Q(
+        pk__in=UserHopsworksAssignment.objects.values("hopsworks_cluster_id")
     )
+    if days:
+        owed |= Q(
+            pk__in=UsageDaily.objects.filter(
+                date__gte=min(days), date__lte=max(days), hopsworks_cluster__isnull=False
+            ).values("hopsworks_cluster_id")
+        )
+    return list(HopsworksCluster.objects.filter(owed).order_by("name"))
 
 
 MAX_DAYS = 400
@@ -213,7 +450,9 @@ def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=offset) for offset in range(count)]
 
 
-def usage_collect(*, clusters, days, actor="collect_usage") -> list[UsageCollectionRun]:
+def usage_collect(
+    *, clusters, days, actor="collect_usage", force: bool = False
+) -> list[UsageCollectionRun]:
     """Collect each cluster-day. Inside a web request (an operator's "collect now") all of it
     shares one outbound deadline, and cluster-days not started in time are left to cron."""
     in_request = not outbound.in_background()
@@ -225,5 +464,5 @@ def usage_collect(*, clusters, days, actor="collect_usage") -> list[UsageCollect
             for day in days:
                 if budget is not None and budget.expired:
                     return runs
-                runs.append(usage_collect_day(cluster=cluster, day=day, actor=actor))
+                runs.append(usage_collect_day(cluster=cluster, day=day, actor=actor, force=force))
     return runs

@@ -358,7 +358,17 @@ class CreditLedgerEntry(models.Model):
 
 
 class UsageCollectionRun(models.Model):
-    """The outcome of collecting one cluster's usage for one day (the last attempt)."""
+    """Collecting one cluster's usage for one day: the last attempt, and what is stored.
+
+    `status`, `error`, `attempts`, `started_at` and `finished_at` are the last attempt's.
+    `coverage_minutes`, `fetched_at` and `attribution` describe the figures stored in
+    `usage_daily` for this cluster and day, so they change only when figures are written:
+    how many of the day's 1440 minutes OpenCost's answer covered (NULL for a day collected
+    before this was recorded, which counts as a whole day), when that answer was read, and
+    which user each namespace was billed to. A re-collection never writes an answer that
+    covers less than what is stored, or was read earlier, unless an operator forces it; and
+    a namespace keeps the owner it was first billed to.
+    """
 
     class Status(models.TextChoices):
         RUNNING = "running", "Running"
@@ -377,6 +387,17 @@ class UsageCollectionRun(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+    coverage_minutes = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Minutes of the UTC day the stored figures cover."
+    )
+    fetched_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the stored figures were read from OpenCost."
+    )
+    attribution = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Namespace -> {"project": name, "user_id": id} the stored figures used.',
+    )
 
     class Meta:
         db_table = "billing_usage_collection_run"

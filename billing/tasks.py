@@ -37,6 +37,11 @@ logger = logging.getLogger(__name__)
 # Collection -----------------------------------------------------------------------------
 
 
+class CannotCollect(Exception):
+    """A cluster-day that no retry can collect (the cluster has no kubeconfig): the job
+    fails once, not retried; its run says why and the hourly catch-up asks again."""
+
+
 @app.task(queue="collection", retry=OUTSIDE_SYSTEM_RETRY, name="billing.collect_cluster_day")
 @background
 def collect_cluster_day(cluster_id: str, day: str) -> str:
@@ -47,6 +52,8 @@ def collect_cluster_day(cluster_id: str, day: str) -> str:
         raise TargetGone(f"Cluster {cluster_id} no longer exists.")
     run = usage_collect_day(cluster=cluster, day=dt.date.fromisoformat(day), actor="jobs")
     if run.status != UsageCollectionRun.Status.SUCCEEDED:
+        if not cluster.kubeconfig:  # no retry helps until an operator adds one
+            raise CannotCollect(f"{cluster.name} {day}: {run.error}")
         raise StillFailing(f"{cluster.name} {day}: {run.error}")
     defer(report_usage_now, queueing_lock="report-usage")
     return f"{cluster.name} {day}: {run.rows_written} rows"
@@ -91,8 +98,11 @@ def collect_missing_usage(timestamp: int) -> str:
     """Every hour: queue each cluster-day that is owed (a day missed while a cluster or the
     database was down is collected when it is back)."""
     today = utc_day_of(timestamp)
+    window = [
+        today - dt.timedelta(days=n) for n in range(1, settings.USAGE_COLLECTION_LOOKBACK_DAYS + 1)
+    ]
     queued = 0
-    for cluster in clusters_to_collect():
+    for cluster in clusters_to_collect(days=window):
         for day in days_to_collect(cluster, today=today):
             queued += collection_defer(cluster=cluster, day=day) is not None
     return f"{queued} cluster-day(s) queued"

@@ -188,6 +188,8 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
     records = records if validated else validate_records(records)
     if not records:
         return UpsertResult()
+    # Errors name a record by its place in the caller's list, not in the sorted copy.
+    caller_index = {record.key: index for index, record in enumerate(records)}
     records = sorted(records, key=lambda r: (r.user_id, str(r.cluster_id or NO_CLUSTER), r.date))
     user_ids = {r.user_id for r in records}
     rates = RateBook.load(user_ids=user_ids)
@@ -217,7 +219,7 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
                     rates.rates(user_id=record.user_id, day=record.date),
                 )
             except MissingPrice as error:
-                raise UsageValidationError({records.index(record): [str(error)]}) from None
+                raise UsageValidationError({caller_index[record.key]: [str(error)]}) from None
             debited, revision = row["credits_debited"], row["credit_revision"]
             # A row is settled the way it was first written: a day billed through Stripe
             # is never also taken from credits after a switch to prepaid, and back.

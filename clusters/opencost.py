@@ -9,7 +9,14 @@ when connecting, no proxy is used, the call has one deadline and the answer a si
 
 Figures stay Decimal from the JSON text on (`json.loads(parse_float=Decimal)`): they are
 billed. OpenCost rounds them to 5 places, sends NaN/Inf as null, and sends negatives when its
-metrics have gaps; those count as 0 and say so in `NamespaceUsage.notes`.
+metrics have gaps; those count as 0 and say so in `NamespaceUsage.notes`. A figure that is
+not a number at all leaves its namespace out (`DayAllocations.rejected`), not the whole day.
+
+The answer also says how much of the day it covers (`DayAllocations.coverage_minutes`): each
+allocation's `start`/`end` (when OpenCost has data, bounded by `minutes`) within its `window`
+and the day, summed over the union of all allocations. A day OpenCost no longer has (its
+retention ran out, it was down) answers `data: []` and covers 0 minutes; a re-collection uses
+this to never replace a fuller day with a poorer answer.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import logging
 import tempfile
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -64,6 +71,7 @@ SYSTEM_NAMESPACE_PREFIXES = ("kube-",)
 # Bytes in the unit storage is billed in (settings.STORAGE_UNIT).
 STORAGE_UNIT_BYTES = {"GiB": Decimal(2) ** 30, "GB": Decimal(10) ** 9}
 HOURS_PER_DAY = Decimal(24)
+DAY_MINUTES = 24 * 60
 
 
 def gb_held_from_byte_hours(byte_hours: Decimal) -> Decimal:
@@ -102,6 +110,17 @@ class NamespaceUsage:
     notes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class DayAllocations:
+    """OpenCost's answer for one UTC day: usage per namespace, how many minutes of the day
+    it has data for (0 to 1440), and namespaces left out because a figure was not a number
+    (namespace -> why)."""
+
+    namespaces: list[NamespaceUsage]
+    coverage_minutes: int
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
 def is_system_namespace(name: str) -> bool:
     """Whether a namespace's usage is the platform's own rather than a user's (see the list)."""
     return name in SYSTEM_NAMESPACES or name.startswith(SYSTEM_NAMESPACE_PREFIXES)
@@ -116,8 +135,9 @@ def day_window(day: datetime.date) -> str:
 
 def fetch_day_allocations(
     *, kubeconfig: str, day: datetime.date, timeout: float | None = None
-) -> list[NamespaceUsage]:
-    """Every namespace's usage on `day` (UTC), system namespaces included, sorted by name.
+) -> DayAllocations:
+    """Every namespace's usage on `day` (UTC), system namespaces included, sorted by name,
+    with the minutes of the day the answer covers.
 
     Makes one request and does not retry it: the caller reruns the whole day, which is
     idempotent. `timeout` is the call's whole deadline (connect, TLS, every read); by default
@@ -134,7 +154,7 @@ def fetch_day_allocations(
         body = _get_allocations(
             config=config, server=server, day=day, budget=budget, limit=limits.max_response_bytes
         )
-    return _parse_allocations(body=body, server=server)
+    return _parse_allocations(body=body, server=server, day=day)
 
 
 def _get_allocations(
@@ -290,7 +310,7 @@ def _log_body(server: str, status: int, body: bytes) -> None:
     )
 
 
-def _parse_allocations(*, body: bytes, server: str) -> list[NamespaceUsage]:
+def _parse_allocations(*, body: bytes, server: str, day: datetime.date) -> DayAllocations:
     def bad(why: str) -> MetricsError:
         return MetricsError(
             f"OpenCost behind the Kubernetes API server at {server} sent a bad answer: {why}."
@@ -311,7 +331,7 @@ def _parse_allocations(*, body: bytes, server: str) -> list[NamespaceUsage]:
 
     data = answer.get("data")
     if data is None:
-        return []
+        return DayAllocations(namespaces=[], coverage_minutes=0)
     sets = [data] if isinstance(data, dict) else data
     if not isinstance(sets, list) or not all(isinstance(s, dict) for s in sets):
         raise bad("`data` is not a list of namespace -> allocation mappings")
@@ -319,23 +339,87 @@ def _parse_allocations(*, body: bytes, server: str) -> list[NamespaceUsage]:
     # accumulate=true gives one set; several (e.g. a window split by OpenCost) are summed.
     totals: dict[str, dict[str, Decimal]] = {}
     notes: dict[str, list[str]] = {}
+    rejected: dict[str, str] = {}
+    covered: list[tuple[datetime.datetime, datetime.datetime]] = []
     for allocation_set in sets:
         for namespace, allocation in allocation_set.items():
             if not isinstance(allocation, dict):
-                raise bad(f"the allocation of namespace {namespace!r} is not an object")
+                rejected.setdefault(namespace, "its allocation is not a JSON object")
+                continue
+            span = _covered_span(allocation, day)
+            if span is not None:
+                covered.append(span)
             figures = totals.setdefault(namespace, dict.fromkeys(_FIGURES.values(), _ZERO))
             namespace_notes = notes.setdefault(namespace, [])
             for source, target in _FIGURES.items():
                 value, note = _figure(allocation, source)
                 if value is None:
-                    raise bad(f"{source} of namespace {namespace!r} is not a number")
+                    rejected.setdefault(
+                        namespace, f"{source} is not a number: {_shown(allocation[source])}"
+                    )
+                    continue
                 figures[target] += value
                 if note and note not in namespace_notes:
                     namespace_notes.append(note)
-    return [
-        NamespaceUsage(namespace=namespace, **totals[namespace], notes=tuple(notes[namespace]))
-        for namespace in sorted(totals)
-    ]
+    return DayAllocations(
+        namespaces=[
+            NamespaceUsage(namespace=namespace, **totals[namespace], notes=tuple(notes[namespace]))
+            for namespace in sorted(totals)
+            if namespace not in rejected
+        ],
+        coverage_minutes=_union_minutes(covered),
+        rejected=dict(sorted(rejected.items())),
+    )
+
+
+def _shown(value: Any) -> str:
+    """A junk figure as it came, short: it is shown to operators on the run."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _moment(value: Any) -> datetime.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
+def _covered_span(
+    allocation: Mapping[str, Any], day: datetime.date
+) -> tuple[datetime.datetime, datetime.datetime] | None:
+    """When, within the day, this allocation has data: [start, end] (bounded by `minutes`
+    after start) inside its window and the day. None when it says nothing of its times."""
+    window = allocation.get("window") if isinstance(allocation.get("window"), dict) else {}
+    window_start, window_end = _moment(window.get("start")), _moment(window.get("end"))
+    start, end = _moment(allocation.get("start")), _moment(allocation.get("end"))
+    minutes = allocation.get("minutes")
+    minutes = minutes if isinstance(minutes, Decimal) and minutes.is_finite() else None
+    if not any((window_start, window_end, start, end)) and minutes is None:
+        return None
+    day_start = datetime.datetime.combine(day, datetime.time.min, tzinfo=datetime.UTC)
+    day_end = day_start + datetime.timedelta(days=1)
+    lower = start or window_start or day_start
+    upper = end or window_end or day_end
+    if minutes is not None:
+        upper = min(upper, lower + datetime.timedelta(minutes=float(max(minutes, _ZERO))))
+    lower = max(lower, window_start or lower, day_start)
+    upper = min(upper, window_end or upper, day_end)
+    return (lower, upper) if upper > lower else None
+
+
+def _union_minutes(spans: list[tuple[datetime.datetime, datetime.datetime]]) -> int:
+    seconds, reach = 0.0, None
+    for start, end in sorted(spans):
+        if reach is not None and start < reach:
+            start = reach
+        if end > start:
+            seconds += (end - start).total_seconds()
+            reach = end
+    return min(DAY_MINUTES, round(seconds / 60))
 
 
 def _figure(allocation: Mapping[str, Any], field: str) -> tuple[Decimal | None, str | None]:

@@ -8,6 +8,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from accounts.models import User
 from billing import selectors
 from billing.admin.base import ReadOnlyAdmin
 from billing.models import UsageCollectionRun, UsageDaily
@@ -74,6 +75,7 @@ class UsageCollectionRunAdmin(ReadOnlyAdmin):
         "cluster",
         "status",
         "rows_written",
+        "coverage",
         "unknown",
         "attempts",
         "short_error",
@@ -82,20 +84,31 @@ class UsageCollectionRunAdmin(ReadOnlyAdmin):
     list_select_related = ("cluster",)
     list_filter = ("status", "cluster", "date")
     date_hierarchy = "date"
-    readonly_fields = ("unknown_list", "notes_list")
+    readonly_fields = ("coverage", "unknown_list", "notes_list", "attribution_list")
     fields = (
         "cluster",
         "date",
         "status",
         "rows_written",
+        "coverage",
+        "fetched_at",
         "attempts",
         "error",
         "unknown_list",
         "notes_list",
+        "attribution_list",
         "started_at",
         "finished_at",
     )
     actions = ("collect_again",)
+
+    @admin.display(description="coverage", ordering="coverage_minutes")
+    def coverage(self, obj):
+        """Minutes of the day the stored figures cover (a failed attempt does not change it)."""
+        if obj.coverage_minutes is None:
+            # Collected before coverage was recorded (counts as the whole day), or never.
+            return "-"
+        return f"{obj.coverage_minutes}/1440 min"
 
     @admin.display(description="unknown namespaces")
     def unknown(self, obj):
@@ -118,12 +131,35 @@ class UsageCollectionRunAdmin(ReadOnlyAdmin):
             ),
         )
 
-    @admin.display(description="notes (values counted as zero)")
+    @admin.display(description="notes (values counted as zero or left out, coverage)")
     def notes_list(self, obj):
         if not obj.notes:
             return "None"
         return format_html(
             "<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((n,) for n in obj.notes))
+        )
+
+    @admin.display(description="attribution (namespace -> project -> user), kept for reruns")
+    def attribution_list(self, obj):
+        if not obj.attribution:
+            return "None"
+        user_ids = {entry.get("user_id") for entry in obj.attribution.values()}
+        emails = dict(User.objects.filter(pk__in=user_ids).values_list("pk", "email"))
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join(
+                "",
+                "<li><code>{}</code>: project {}, billed to {} (<code>{}</code>)</li>",
+                (
+                    (
+                        namespace,
+                        entry.get("project"),
+                        emails.get(entry.get("user_id"), "a deleted user"),
+                        entry.get("user_id"),
+                    )
+                    for namespace, entry in sorted(obj.attribution.items())
+                ),
+            ),
         )
 
     def has_change_permission(self, request, obj=None):  # the detail page is a read-only view

@@ -213,3 +213,27 @@ def test_the_admin_switch_is_recorded_with_its_operator_and_listed_on_the_users_
     assert "Billing mode switches" in page
     assert "Postpaid (metered) → Prepaid (credits)" in page
     assert operator.email in page
+
+
+def test_the_runs_show_coverage_and_the_detail_the_attribution_snapshot(operator_client):
+    from billing.models import UsageCollectionRun
+
+    cluster = ClusterFactory(name="east")
+    ada = UserFactory(email="ada@example.com")
+    partial = UsageCollectionRun.objects.create(
+        cluster=cluster,
+        date=dt.date(2026, 11, 20),
+        status="succeeded",
+        coverage_minutes=1080,
+        attribution={"ada-ml": {"project": "ada_ml", "user_id": ada.pk}},
+    )
+    UsageCollectionRun.objects.create(cluster=cluster, date=dt.date(2026, 11, 19))
+
+    listing = operator_client.get("/admin/billing/usagecollectionrun/").content.decode()
+    assert "1080/1440 min" in listing
+
+    detail = operator_client.get(
+        f"/admin/billing/usagecollectionrun/{partial.pk}/change/"
+    ).content.decode()
+    assert "1080/1440 min" in detail
+    assert "ada-ml" in detail and "ada_ml" in detail and "ada@example.com" in detail

@@ -158,3 +158,22 @@ def test_list_queries_do_not_grow_with_the_page_size(client, make_key, url):
     queries(client, url, key)  # the first use of a key records when it was last used
     small = queries(client, f"{url}?page_size=5", key)
     assert queries(client, f"{url}?page_size=50", key) == small
+
+
+def test_a_record_without_a_price_is_named_by_its_place_in_the_callers_batch(client, make_key):
+    user = UserFactory()
+    response = post(
+        client,
+        make_key("usage:write"),
+        [
+            {"user": user.pk, "date": DAY, "api_calls": 1000},
+            # Before the rate card's first day: no price. Sorted, it would come first.
+            {"user": user.pk, "date": "2019-06-01", "api_calls": 1000},
+        ],
+    )
+
+    assert response.status_code == 400
+    errors = response.json()["error"]["details"]["records"]
+    assert list(errors) == ["1"]
+    assert "The rate card has no cpu_hour price on 2019-06-01" in errors["1"][0]
+    assert not UsageDaily.objects.exists()

@@ -13,11 +13,17 @@ from django.db import connection
 from django.db.models import Sum
 
 from billing.models import UsageCollectionRun, UsageDaily
-from billing.tasks import collect_missing_usage, collection_defer, days_to_collect
+from billing.tasks import (
+    CannotCollect,
+    collect_cluster_day,
+    collect_missing_usage,
+    collection_defer,
+    days_to_collect,
+)
 from clusters import services
 from clusters.account_sync import hopsworks_accounts_sync
 from clusters.models import HopsworksCluster
-from plumbing.jobs import stalled_jobs_retry
+from plumbing.jobs import StillFailing, stalled_jobs_retry
 from tests.factories import UserFactory
 from tests.fakes.kubernetes import kubeconfig_for
 from tests.workers import finish, no_worker_outlives_its_test, start_worker  # noqa: F401
@@ -137,3 +143,45 @@ def test_a_cluster_down_for_three_days_is_caught_up_exactly_on_those_days(two_cl
         )
         queued = sorted(day for (day,) in cursor.fetchall())
     assert queued == [day.isoformat() for day in down]
+
+
+def queued_days(cluster) -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT args->>'day' FROM procrastinate_jobs WHERE args->>'cluster_id' = %s",
+            [str(cluster.pk)],
+        )
+        return sorted(day for (day,) in cursor.fetchall())
+
+
+def test_the_catch_up_owes_an_inactive_clusters_days_and_one_without_kubeconfig_fails_each(
+    two_clusters,
+):
+    east, west = two_clusters["east"]["cluster"], two_clusters["west"]["cluster"]
+    services.cluster_set_status(cluster=west, status="inactive", actor=None)  # users stay
+    HopsworksCluster.objects.filter(pk=east.pk).update(kubeconfig=None)
+    today = DAYS[-1] + dt.timedelta(days=1)
+    for cluster in (east, west):
+        for n in range(9):  # the days before DAYS were collected
+            UsageCollectionRun.objects.create(
+                cluster=cluster,
+                date=dt.date(2026, 11, 1) + dt.timedelta(days=n),
+                status="succeeded",
+            )
+    timestamp = int(dt.datetime.combine(today, dt.time(1, 5), tzinfo=dt.UTC).timestamp())
+
+    collect_missing_usage(timestamp=timestamp)
+
+    assert queued_days(east) == queued_days(west) == [day.isoformat() for day in DAYS]
+    assert collect_cluster_day(cluster_id=str(west.pk), day=DAYS[0].isoformat()).startswith(
+        "west 2026-11-10: 1 rows"
+    )
+    # Nothing to wait for: the job fails once (not retried), the run says why.
+    with pytest.raises(CannotCollect, match="no kubeconfig") as failed:
+        collect_cluster_day(cluster_id=str(east.pk), day=DAYS[0].isoformat())
+    assert not isinstance(failed.value, StillFailing)
+    run = UsageCollectionRun.objects.get(cluster=east, date=DAYS[0])
+    assert run.status == "failed" and "has no kubeconfig" in run.error
+    # An hour later the day is still owed, and the catch-up runs again without trouble.
+    assert days_to_collect(east, today=today) == DAYS
+    collect_missing_usage(timestamp=timestamp + 3600)

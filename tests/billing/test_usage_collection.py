@@ -193,3 +193,270 @@ def test_in_a_web_request_days_not_started_in_time_are_left_to_cron(world, setti
 
     assert [run.date for run in runs] == [DAY]
     assert UsageCollectionRun.objects.count() == 1
+
+
+# A re-collection never destroys what is stored (issue 12, items 1 to 4)
+
+
+def ledger_amounts():
+    return list(CreditLedgerEntry.objects.order_by("id").values_list("amount", flat=True))
+
+
+def at(hour: int) -> dt.datetime:
+    return dt.datetime.combine(DAY, dt.time(), tzinfo=dt.UTC) + dt.timedelta(hours=hour)
+
+
+@pytest.mark.parametrize("empty", [[], [{}]])
+def test_an_empty_answer_for_a_collected_day_fails_the_run_and_zeroes_nothing(world, empty):
+    BillingProfile.objects.create(user=world["ada"], mode=BillingProfile.Mode.PREPAID)
+    call_command("collect_usage", "--date", DAY.isoformat())
+    world["k8s"].set_data(DAY, empty)  # OpenCost's retention ran out
+
+    for _ in range(2):  # a refused rerun does not lower what counts as stored
+        with pytest.raises(CommandError, match="1 of 1 cluster-day"):
+            call_command("collect_usage", "--date", DAY.isoformat())
+
+        run = UsageCollectionRun.objects.get()
+        assert run.status == "failed"
+        assert run.error == (
+            "OpenCost answered for 0 of 1440 minutes of 2026-11-20 (less than the 1440 "
+            "already collected): nothing was written. Rerun when OpenCost has the day, or "
+            "force the replacement with --force-replace."
+        )
+        assert run.coverage_minutes == 1440
+        assert usage_of(world["ada"]) == (D("12"), D("1"), D("1"), D("1.85"))
+        assert usage_of(world["grace"])[3] == D("0.200001")
+        assert ledger_amounts() == [D("-1.85")]
+
+
+def test_a_partial_answer_does_not_replace_a_whole_collected_day(world):
+    call_command("collect_usage", "--date", DAY.isoformat())
+    world["k8s"].set_allocations(
+        DAY, {"ada-project": {"cpuCoreHours": D("1")}}, covering=(at(12), at(24))
+    )
+
+    with pytest.raises(CommandError):
+        call_command("collect_usage", "--date", DAY.isoformat())
+
+    run = UsageCollectionRun.objects.get()
+    assert run.status == "failed"
+    assert "answered for 720 of 1440 minutes" in run.error
+    assert usage_of(world["ada"])[0] == D("12")
+
+
+def test_a_partial_first_collection_is_written_noted_and_replaced_by_a_fuller_one(world):
+    world["k8s"].set_allocations(
+        DAY, {"ada-project": {"cpuCoreHours": D("5")}}, covering=(at(0), at(18))
+    )
+    call_command("collect_usage", "--date", DAY.isoformat())
+
+    run = UsageCollectionRun.objects.get()
+    assert (run.status, run.coverage_minutes) == ("succeeded", 1080)
+    assert any("1080 of 1440 minutes" in note for note in run.notes)
+    assert usage_of(world["ada"])[0] == D("5")
+
+    world["k8s"].set_allocations(DAY, {"ada-project": {"cpuCoreHours": D("7")}})
+    call_command("collect_usage", "--date", DAY.isoformat())
+
+    run.refresh_from_db()
+    assert (run.status, run.coverage_minutes) == ("succeeded", 1440)
+    assert usage_of(world["ada"])[0] == D("7")
+
+
+def test_an_operator_forces_a_smaller_answer_explicitly(world):
+    BillingProfile.objects.create(user=world["ada"], mode=BillingProfile.Mode.PREPAID)
+    call_command("collect_usage", "--date", DAY.isoformat())
+    world["k8s"].set_data(DAY, [])
+
+    call_command("collect_usage", "--date", DAY.isoformat(), "--force-replace")
+
+    run = UsageCollectionRun.objects.get()
+    assert (run.status, run.coverage_minutes) == ("succeeded", 0)
+    assert any("forced" in note for note in run.notes)
+    assert usage_of(world["ada"])[3] == D("0")
+    assert ledger_amounts() == [D("-1.85"), D("1.85")]
+
+
+def test_a_day_collected_before_coverage_was_recorded_counts_as_a_whole_day(world):
+    call_command("collect_usage", "--date", DAY.isoformat())
+    UsageCollectionRun.objects.update(coverage_minutes=None, fetched_at=None, attribution={})
+    world["k8s"].set_data(DAY, [])
+
+    with pytest.raises(CommandError):
+        call_command("collect_usage", "--date", DAY.isoformat())
+
+    assert "less than the 1440 already collected" in UsageCollectionRun.objects.get().error
+    assert usage_of(world["ada"])[0] == D("12")
+
+
+def test_a_project_deleted_after_its_day_was_collected_keeps_billing_its_owner(world):
+    call_command("collect_usage", "--date", DAY.isoformat())
+    before = usage_of(world["ada"]), usage_of(world["grace"])
+    world["hopsworks"].remove_project("Ada_Project")
+    world["hopsworks"].remove_project("grace_ml")
+
+    call_command("collect_usage", "--date", DAY.isoformat())
+
+    assert (usage_of(world["ada"]), usage_of(world["grace"])) == before
+    run = UsageCollectionRun.objects.get()
+    assert run.attribution["ada-project"] == {
+        "project": "Ada_Project",
+        "user_id": world["ada"].pk,
+    }
+    assert run.attribution["grace-ml"]["user_id"] == world["grace"].pk
+    assert {n["namespace"] for n in run.unknown_namespaces} == {"orphan", "mystery"}
+
+
+def test_a_namespace_changing_hands_keeps_the_owner_of_the_day_it_was_collected(world):
+    call_command("collect_usage", "--date", DAY.isoformat())
+    world["hopsworks"].remove_project("ada_two")
+    world["hopsworks"].add_project("ada_two", "grace@example.com", namespace="ada-two")
+
+    call_command("collect_usage", "--date", DAY.isoformat())
+
+    assert usage_of(world["ada"])[0] == D("12")
+    assert usage_of(world["grace"])[0] == D("2.00001")
+
+
+def test_a_namespace_unknown_before_is_filled_by_a_mapping_known_now(world):
+    call_command("collect_usage", "--date", DAY.isoformat())
+    world["hopsworks"].add_project("mystery", "grace@example.com", namespace="mystery")
+
+    call_command("collect_usage", "--date", DAY.isoformat())
+
+    assert usage_of(world["grace"])[0] == D("6.00001")
+    run = UsageCollectionRun.objects.get()
+    assert run.attribution["mystery"] == {"project": "mystery", "user_id": world["grace"].pk}
+    assert [n["namespace"] for n in run.unknown_namespaces] == ["orphan"]
+
+
+def test_an_inactive_cluster_keeps_being_collected_for_its_assigned_users(world):
+    services.cluster_set_status(cluster=world["cluster"], status="inactive", actor=None)
+
+    call_command("collect_usage", "--date", DAY.isoformat())
+
+    assert UsageCollectionRun.objects.get().status == "succeeded"
+    assert usage_of(world["ada"])[0] == D("12")
+
+
+def test_a_cluster_without_a_kubeconfig_gets_a_failed_run_saying_why(world, fake_hopsworks):
+    west = ClusterFactory(name="west")  # no kubeconfig
+    services.assignment_create(user=UserFactory(), cluster=west, actor=None)
+    services.cluster_set_status(cluster=west, status="inactive", actor=None)
+
+    with pytest.raises(CommandError, match="1 of 2 cluster-day"):
+        call_command("collect_usage", "--date", DAY.isoformat())
+
+    runs = {r.cluster.name: r for r in UsageCollectionRun.objects.select_related("cluster")}
+    assert runs["east"].status == "succeeded"
+    assert runs["west"].status == "failed"
+    assert runs["west"].error.startswith("Cluster west has no kubeconfig to read usage with")
+
+
+def test_a_cluster_nobody_is_assigned_to_that_had_usage_that_day_is_collected(world):
+    call_command("collect_usage", "--date", DAY.isoformat())
+    for user in (world["ada"], world["grace"]):
+        services.assignment_unassign(user=user, actor=None)
+    services.cluster_set_status(cluster=world["cluster"], status="inactive", actor=None)
+
+    call_command("collect_usage", "--date", DAY.isoformat())
+
+    run = UsageCollectionRun.objects.get()
+    assert (run.status, run.attempts) == ("succeeded", 2)
+    assert usage_of(world["ada"])[0] == D("12")
+
+
+def second_cluster(fake_hopsworks, fake_kubernetes, cluster_on, test_ca):
+    """west: lin's project on the second fakes, one CPU hour on DAY."""
+    _, hopsworks = fake_hopsworks
+    _, k8s = fake_kubernetes
+    west = cluster_on(hopsworks, name="west", kubeconfig=kubeconfig_for(k8s, test_ca))
+    lin = UserFactory(email="lin@example.com")
+    services.assignment_create(user=lin, cluster=west, actor=None)
+    hopsworks_accounts_sync()
+    hopsworks.add_project("lin_lab", "lin@example.com", namespace="lin-lab")
+    k8s.set_allocations(DAY, {"lin-lab": {"cpuCoreHours": D("1")}})
+    return lin
+
+
+def test_one_implausible_figure_leaves_out_its_namespace_and_the_rest_is_collected(
+    world, fake_hopsworks, fake_kubernetes, cluster_on, test_ca
+):
+    lin = second_cluster(fake_hopsworks, fake_kubernetes, cluster_on, test_ca)
+    world["k8s"].set_allocations(
+        DAY,
+        {
+            "ada-project": {"cpuCoreHours": D("1000000000000")},
+            "ada-two": {"cpuCoreHours": D("1.5")},
+            "grace-ml": {"cpuCoreHours": D("2"), "gpuHours": "lots"},
+            "mystery": {"cpuCoreHours": D("4")},
+        },
+    )
+
+    call_command("collect_usage", "--date", DAY.isoformat())
+
+    assert usage_of(world["ada"])[0] == D("1.5")
+    assert not UsageDaily.objects.filter(user=world["grace"]).exists()
+    assert usage_of(lin)[0] == D("1")
+    run = UsageCollectionRun.objects.get(cluster=world["cluster"])
+    assert run.status == "succeeded"
+    notes = " ".join(run.notes)
+    assert "ada-project" in notes and "1000000000000" in notes
+    assert "grace-ml" in notes and "'lots'" in notes
+
+
+def test_an_error_writing_one_cluster_day_fails_its_run_and_the_next_cluster_is_collected(
+    world, fake_hopsworks, fake_kubernetes, cluster_on, test_ca
+):
+    lin = second_cluster(fake_hopsworks, fake_kubernetes, cluster_on, test_ca)
+    # Each namespace is plausible; their sum for Ada is not, and usage_upsert refuses it.
+    world["k8s"].set_allocations(
+        DAY,
+        {
+            "ada-project": {"cpuCoreHours": D("600000000")},
+            "ada-two": {"cpuCoreHours": D("600000000")},
+        },
+    )
+
+    with pytest.raises(CommandError, match="1 of 2 cluster-day"):
+        call_command("collect_usage", "--date", DAY.isoformat())
+
+    runs = {r.cluster.name: r for r in UsageCollectionRun.objects.select_related("cluster")}
+    assert runs["east"].status == "failed" and runs["east"].finished_at is not None
+    assert "cpu_hours is implausibly large" in runs["east"].error
+    assert not UsageDaily.objects.filter(hopsworks_cluster=world["cluster"]).exists()
+    assert runs["west"].status == "succeeded"
+    assert usage_of(lin)[0] == D("1")
+
+
+def test_figures_fetched_later_than_ours_are_not_overwritten(world):
+    call_command("collect_usage", "--date", DAY.isoformat())
+    # Stored by a collector that read OpenCost after us (its clock, or it ran unlocked).
+    later = timezone.now() + dt.timedelta(hours=1)
+    UsageCollectionRun.objects.update(fetched_at=later)
+    world["k8s"].set_allocations(DAY, {"ada-project": {"cpuCoreHours": D("99")}})
+
+    with pytest.raises(CommandError):
+        call_command("collect_usage", "--date", DAY.isoformat())
+
+    run = UsageCollectionRun.objects.get()
+    assert run.status == "failed" and "read from OpenCost later" in run.error
+    assert usage_of(world["ada"])[0] == D("12")
+
+
+def test_a_rerun_needs_hopsworks_only_for_namespaces_the_day_has_no_owner_for(world):
+    world["k8s"].set_allocations(DAY, {"ada-project": {"cpuCoreHours": D("3")}})
+    call_command("collect_usage", "--date", DAY.isoformat())
+    world["hopsworks"].fail_next(2, status=401, method="GET", path="/admin/projects")
+    world["k8s"].set_allocations(DAY, {"ada-project": {"cpuCoreHours": D("4")}})
+
+    call_command("collect_usage", "--date", DAY.isoformat())  # owners from the run's record
+
+    assert usage_of(world["ada"])[0] == D("4")
+    run = UsageCollectionRun.objects.get()
+    assert any("Hopsworks could not be asked" in note for note in run.notes)
+
+    world["k8s"].set_allocations(DAY, {"mystery": {"cpuCoreHours": D("1")}})
+    with pytest.raises(CommandError):  # a namespace nobody owned yet: Hopsworks is needed
+        call_command("collect_usage", "--date", DAY.isoformat())
+    assert "401" in UsageCollectionRun.objects.get().error

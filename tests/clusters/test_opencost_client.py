@@ -85,7 +85,7 @@ def test_figures_come_back_exactly_as_decimals(fake, kubeconfig):
         },
     )
 
-    usage = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+    usage = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY).namespaces
 
     assert usage == [
         NamespaceUsage(
@@ -117,7 +117,7 @@ def test_null_nan_negative_and_missing_figures_count_as_zero_and_say_so(fake, ku
     del day["gpuHours"]
     fake.set_data(DAY, [{"team-a": day}])
 
-    [usage] = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+    [usage] = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY).namespaces
 
     assert (usage.cpu_core_hours, usage.gpu_hours, usage.pv_byte_hours, usage.ram_byte_hours) == (
         0,
@@ -145,7 +145,7 @@ def test_system_namespaces_are_returned_and_flagged(fake, kubeconfig):
         },
     )
 
-    usage = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+    usage = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY).namespaces
 
     assert [(u.namespace, is_system_namespace(u.namespace)) for u in usage] == [
         ("__idle__", True),
@@ -184,23 +184,75 @@ def test_several_allocation_sets_are_summed(fake, kubeconfig):
         ],
     )
 
-    [usage] = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+    [usage] = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY).namespaces
 
     assert usage.cpu_core_hours == Decimal("3.75")
     assert usage.minutes == Decimal("1440")
 
 
 @pytest.mark.parametrize("data", [[], None, [{}]])
-def test_no_allocations_is_an_empty_list(fake, kubeconfig, data):
+def test_no_allocations_is_an_empty_list_covering_no_minute_of_the_day(fake, kubeconfig, data):
     fake.set_data(DAY, data)
 
-    assert fetch_day_allocations(kubeconfig=kubeconfig, day=DAY) == []
+    answer = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+
+    assert (answer.namespaces, answer.coverage_minutes) == ([], 0)
 
 
 def test_a_day_opencost_has_nothing_for_is_an_empty_list(fake, kubeconfig):
     fake.set_allocations(DAY, {"team-a": {"cpuCoreHours": Decimal("1")}})
 
-    assert fetch_day_allocations(kubeconfig=kubeconfig, day=DAY + dt.timedelta(days=1)) == []
+    answer = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY + dt.timedelta(days=1))
+
+    assert (answer.namespaces, answer.coverage_minutes) == ([], 0)
+
+
+# How much of the day the answer covers
+
+
+def at(hour: int, minute: int = 0, *, day: dt.date = DAY) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) + dt.timedelta(
+        hours=hour, minutes=minute
+    )
+
+
+def test_an_answer_for_the_whole_day_covers_its_1440_minutes(fake, kubeconfig):
+    fake.set_allocations(DAY, {"team-a": {"cpuCoreHours": Decimal("1")}, "__idle__": {}})
+
+    assert fetch_day_allocations(kubeconfig=kubeconfig, day=DAY).coverage_minutes == 1440
+
+
+def test_an_answer_for_part_of_the_day_covers_only_that_part(fake, kubeconfig):
+    fake.set_allocations(DAY, {"team-a": {"cpuCoreHours": Decimal("1")}}, covering=(at(12), at(24)))
+
+    answer = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+
+    assert answer.coverage_minutes == 720
+    assert answer.namespaces[0].cpu_core_hours == Decimal("1")
+
+
+def test_the_coverage_is_the_union_of_the_allocations_times_within_the_day(fake, kubeconfig):
+    fake.set_data(
+        DAY,
+        [
+            {
+                "team-a": fake.allocation(DAY, "team-a", covering=(at(0), at(6))),
+                "team-b": fake.allocation(DAY, "team-b", covering=(at(4), at(10, 30))),
+            },
+            # A set reaching past the day counts only inside it.
+            {"team-a": fake.allocation(DAY, "team-a", covering=(at(20), at(26)))},
+        ],
+    )
+
+    assert fetch_day_allocations(kubeconfig=kubeconfig, day=DAY).coverage_minutes == 630 + 240
+
+
+def test_minutes_shorter_than_the_allocations_times_bound_the_coverage(fake, kubeconfig):
+    allocation = fake.allocation(DAY, "team-a", minutes=90)
+    del allocation["start"], allocation["end"]
+    fake.set_data(DAY, [{"team-a": allocation}])
+
+    assert fetch_day_allocations(kubeconfig=kubeconfig, day=DAY).coverage_minutes == 90
 
 
 def test_a_wrong_token_says_check_the_credentials_without_showing_the_token(fake, test_ca):
@@ -300,12 +352,17 @@ def test_an_opencost_http_error_names_the_status_and_logs_the_message(fake, kube
     assert "prometheus unreachable" in caplog.text
 
 
-def test_a_figure_that_is_not_a_number_is_a_bad_answer(fake, kubeconfig):
-    fake.set_allocations(DAY, {"team-a": {"cpuCoreHours": "12.5"}})
-
-    assert "cpuCoreHours of namespace 'team-a' is not a number" in fetch_error(
-        kubeconfig=kubeconfig
+def test_a_figure_that_is_not_a_number_leaves_out_only_its_namespace(fake, kubeconfig):
+    fake.set_allocations(
+        DAY,
+        {"team-a": {"cpuCoreHours": "12.5"}, "team-b": {"cpuCoreHours": Decimal("2")}},
     )
+
+    answer = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+
+    assert [u.namespace for u in answer.namespaces] == ["team-b"]
+    assert answer.rejected == {"team-a": "cpuCoreHours is not a number: '12.5'"}
+    assert answer.coverage_minutes == 1440
 
 
 def test_an_unusable_kubeconfig_is_a_metrics_error_naming_what_to_fix(fake, test_ca):

@@ -151,6 +151,11 @@ class FakeHopsworks:
             self.projects.append(project)
             return project
 
+    def remove_project(self, name: str) -> None:
+        """The project is deleted in Hopsworks (its namespace goes with it)."""
+        with self._lock:
+            self.projects = [p for p in self.projects if p.name != name]
+
     def user_by_email(self, email: str) -> FakeUser | None:
         wanted = email.casefold()
         return next((u for u in self.users if u.email.casefold() == wanted), None)

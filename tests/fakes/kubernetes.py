@@ -1,7 +1,8 @@
 """A local Kubernetes API server, over TLS, with OpenCost behind its service proxy.
 
 It answers what a real API server answers on the path our client uses: OpenCost's allocation
-JSON for a day that was set, an empty `data` list for any other window, the API server's own
+JSON for a day that was set (the whole day, or only part of it as OpenCost answers when it
+was down or its retention ran out), an empty `data` list for any other window, the API server's own
 Status objects for a wrong bearer token (401), a forbidden user (403), a missing OpenCost
 service (404) or one with no ready pods (503). Every request is recorded, so tests assert on
 what our code sent.
@@ -98,16 +99,29 @@ class FakeKubernetes:
         """End any `delay` now (call it in teardown so no handler thread is left waiting)."""
         self._released.set()
 
-    def set_allocations(self, day: dt.date, allocations: Mapping[str, Mapping[str, Any]]) -> None:
+    def set_allocations(
+        self,
+        day: dt.date,
+        allocations: Mapping[str, Mapping[str, Any]],
+        *,
+        covering: tuple[dt.datetime, dt.datetime] | None = None,
+    ) -> None:
         """Serve these namespaces for `day`'s window, each a full OpenCost allocation.
 
         Given fields override the defaults (a whole day of nothing). Decimals are written
         exactly as given; floats as Python writes them (NaN as `NaN`); None as null.
+        `covering=(start, end)` (UTC) serves what OpenCost answers when it has only part of
+        the day: the allocations' `start`/`end` and `minutes` say which part.
         """
         start, end = _day_bounds(day)
         self.set_data(
             day,
-            [{name: _allocation(name, start, end, fields) for name, fields in allocations.items()}],
+            [
+                {
+                    name: _allocation(name, start, end, fields, covering=covering)
+                    for name, fields in allocations.items()
+                }
+            ],
         )
 
     def set_data(self, day: dt.date, data: Any) -> None:
@@ -116,10 +130,17 @@ class FakeKubernetes:
         self._data_by_window[f"{start},{end}"] = data
 
     @staticmethod
-    def allocation(day: dt.date, namespace: str, **fields: Any) -> dict[str, Any]:
-        """One allocation as OpenCost writes it, for building `set_data` payloads by hand."""
+    def allocation(
+        day: dt.date,
+        namespace: str,
+        *,
+        covering: tuple[dt.datetime, dt.datetime] | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """One allocation as OpenCost writes it, for building `set_data` payloads by hand
+        (`set_data(day, [])` or `[{}]` is OpenCost's answer for a day it has nothing of)."""
         start, end = _day_bounds(day)
-        return _allocation(namespace, start, end, fields)
+        return _allocation(namespace, start, end, fields, covering=covering)
 
     def _record(self, request: Request) -> None:
         self.requests.append(
@@ -193,13 +214,26 @@ def _day_bounds(day: dt.date) -> tuple[str, str]:
     return f"{day:%Y-%m-%d}T00:00:00Z", f"{day + dt.timedelta(days=1):%Y-%m-%d}T00:00:00Z"
 
 
-def _allocation(namespace: str, start: str, end: str, fields: Mapping[str, Any]) -> dict:
+def _allocation(
+    namespace: str,
+    start: str,
+    end: str,
+    fields: Mapping[str, Any],
+    *,
+    covering: tuple[dt.datetime, dt.datetime] | None = None,
+) -> dict:
+    # OpenCost keeps the asked window in `window`; `start`/`end` are when it has data, and
+    # `minutes` is end - start.
+    seen_start, seen_end, minutes = start, end, 1440
+    if covering is not None:
+        seen_start, seen_end = (f"{moment:%Y-%m-%dT%H:%M:%SZ}" for moment in covering)
+        minutes = int((covering[1] - covering[0]).total_seconds() // 60)
     allocation = {
         "name": namespace,
         "properties": {"cluster": "default-cluster", "namespace": namespace},
         "window": {"start": start, "end": end},
-        "start": start,
-        "end": end,
+        "start": seen_start,
+        "end": seen_end,
         "cpuCores": 0,
         "cpuCoreRequestAverage": 0,
         "cpuCoreUsageAverage": 0,
@@ -227,7 +261,7 @@ def _allocation(namespace: str, start: str, end: str, fields: Mapping[str, Any])
         "externalCost": 0,
         "totalCost": 0,
         "totalEfficiency": 0,
-        "minutes": 1440,
+        "minutes": minutes,
     }
     allocation.update(fields)
     return allocation

@@ -1,10 +1,13 @@
 import datetime as dt
+import logging
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from billing.collection import CollectionError, clusters_to_collect, days_between, usage_collect_day
 from plumbing import outbound
+
+logger = logging.getLogger(__name__)
 
 
 def _date(value: str) -> dt.date:
@@ -16,9 +19,12 @@ def _date(value: str) -> dt.date:
 
 class Command(BaseCommand):
     help = (
-        "Collect daily usage from OpenCost for every active or maintenance cluster with a "
-        "kubeconfig (default: yesterday, UTC). Rerunning a day replaces its figures; it never "
-        "counts twice. Exits non-zero if any cluster-day failed (the others are collected)."
+        "Collect daily usage from OpenCost (default: yesterday, UTC) for every active or "
+        "maintenance cluster and every other cluster with assigned users or usage on those "
+        "days. Rerunning a day replaces its figures, never counting twice, unless OpenCost's "
+        "answer covers less of the day than what is stored (then the day fails and nothing "
+        "is written; --force-replace writes it anyway). Exits non-zero if any cluster-day "
+        "failed (the others are collected)."
     )
 
     def add_arguments(self, parser):
@@ -26,8 +32,16 @@ class Command(BaseCommand):
         parser.add_argument("--from", dest="start", help="First day of a backfill.")
         parser.add_argument("--to", dest="end", help="Last day of a backfill (inclusive).")
         parser.add_argument("--cluster", help="Only this cluster (by name).")
+        parser.add_argument(
+            "--force-replace",
+            action="store_true",
+            help="Write OpenCost's answer even when it covers less of the day than the "
+            "figures already stored (e.g. to zero a day on purpose).",
+        )
 
-    def handle(self, *args, date=None, start=None, end=None, cluster=None, **options):
+    def handle(
+        self, *args, date=None, start=None, end=None, cluster=None, force_replace=False, **options
+    ):
         yesterday = timezone.now().date() - dt.timedelta(days=1)
         if date and (start or end):
             raise CommandError("Give either --date or --from/--to, not both.")
@@ -38,11 +52,14 @@ class Command(BaseCommand):
             last = _date(end) if end else (first if start else yesterday)
         try:
             days = days_between(first, last)
-            clusters = clusters_to_collect(cluster)
+            clusters = clusters_to_collect(cluster, days=days)
         except CollectionError as error:
             raise CommandError(str(error)) from None
         if not clusters:
-            self.stdout.write("No active or maintenance cluster has a kubeconfig: nothing to do.")
+            self.stdout.write(
+                "No cluster is active or in maintenance, has assigned users or had usage on "
+                "those days: nothing to do."
+            )
             return
 
         # Background work: the longer deadline and retries per call, as in the jobs.
@@ -52,11 +69,25 @@ class Command(BaseCommand):
             runs, failed = [], 0
             for cluster in clusters:
                 for day in days:
-                    run = usage_collect_day(cluster=cluster, day=day, actor="collect_usage")
+                    progress = f"[{len(runs) + 1}/{total}] "
+                    try:
+                        run = usage_collect_day(
+                            cluster=cluster, day=day, actor="collect_usage", force=force_replace
+                        )
+                    except Exception as error:  # e.g. the database went away: go on
+                        logger.exception("collecting %s on %s failed", cluster.name, day)
+                        runs.append(None)
+                        failed += 1
+                        self.stdout.write(
+                            self.style.ERROR(f"{progress}{cluster.name} {day}: {error}")
+                        )
+                        continue
                     runs.append(run)
-                    progress = f"[{len(runs)}/{total}] "
                     if run.status == run.Status.SUCCEEDED:
-                        line = f"{progress}{run.cluster.name} {run.date}: {run.rows_written} rows"
+                        line = (
+                            f"{progress}{cluster.name} {run.date}: {run.rows_written} rows, "
+                            f"{run.coverage_minutes}/1440 min"
+                        )
                         if run.unknown_namespaces:
                             names = ", ".join(n["namespace"] for n in run.unknown_namespaces)
                             line += f"; unknown namespaces: {names}"
@@ -64,9 +95,7 @@ class Command(BaseCommand):
                     else:
                         failed += 1
                         self.stdout.write(
-                            self.style.ERROR(
-                                f"{progress}{run.cluster.name} {run.date}: {run.error}"
-                            )
+                            self.style.ERROR(f"{progress}{cluster.name} {run.date}: {run.error}")
                         )
         if failed:
             raise CommandError(f"{failed} of {len(runs)} cluster-day(s) failed; rerun to retry.")
