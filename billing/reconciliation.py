@@ -59,7 +59,12 @@ from billing.models import (
     is_active_subscription,
 )
 from billing.pricing import FIGURES, Quantities, RateBook, resource_costs, to_cents
-from billing.stripe_reporting import _split, event_timestamp  # the reporter's own figures
+from billing.stripe_reporting import (  # the reporter's own figures and rules
+    _split,
+    event_timestamp,
+    finalized_periods,
+    month_closed,
+)
 
 logger = logging.getLogger(__name__)
 RESOURCES = Price.Resource.values
@@ -67,6 +72,7 @@ ZERO = Decimal(0)
 # Stripe aggregates meter events asynchronously: an event younger than this may be
 # missing from a summary without being lost.
 SUMMARY_LAG = dt.timedelta(hours=1)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 # What a run finds
@@ -118,18 +124,24 @@ class UserMonth:
     subscription_status: str = ""
     invoice_id: str = ""
     invoice_status: str = ""
+    subscription_started_at: dt.datetime | None = None
+    closed: str = ""  # why Stripe no longer bills this month's meter ("" if it does)
     figures: dict[str, Figures] = field(default_factory=dict)
     credits: Credits | None = None
     differences: list[Difference] = field(default_factory=list)
 
     @property
     def month_closed(self) -> bool:
-        """Its invoice is finalized, so Stripe never bills this month's meter again."""
-        return bool(self.invoice_id) and self.invoice_status not in ("", "draft")
+        """Stripe never bills this month's meter again (stripe_reporting.month_closed), or
+        Stripe lists its invoice past draft."""
+        invoiced = bool(self.invoice_id) and self.invoice_status not in ("", "draft")
+        return bool(self.closed) or invoiced
 
     def as_dict(self) -> dict:
         data = asdict(self)
         data["month"] = f"{self.month:%Y-%m}"
+        started = self.subscription_started_at
+        data["subscription_started_at"] = started.isoformat() if started else None
         data["figures"] = [asdict(f) for f in self.figures.values()]
         return data
 
@@ -343,6 +355,7 @@ def _profiles(user_ids) -> dict[str, dict]:
             "stripe_customer_id",
             "billing_profile__mode",
             "billing_profile__subscription_status",
+            "billing_profile__subscription_started_at",
         )
     }
 
@@ -356,6 +369,7 @@ def _line(user_id: str, month: dt.date, profiles: dict) -> UserMonth:
         mode=profile.get("billing_profile__mode") or BillingProfile.Mode.POSTPAID,
         customer_id=profile.get("stripe_customer_id") or "",
         subscription_status=profile.get("billing_profile__subscription_status") or "",
+        subscription_started_at=profile.get("billing_profile__subscription_started_at"),
     )
 
 
@@ -366,9 +380,18 @@ def _month_lines(month: dt.date, *, user_ids, now: dt.datetime) -> list[UserMont
     everyone = sorted(set(ours) | set(reported) | set(credits))
     profiles = _profiles(everyone)
     invoices = _invoices_by_user(month, everyone)
+    finalized = finalized_periods(user_ids=everyone)
     lines = []
     for user_id in everyone:
         line = _line(user_id, month, profiles)
+        # The reporter's own rule for a closed month (no Stripe call: a start not yet
+        # asked for is taken as "long ago").
+        line.closed = month_closed(
+            month,
+            now=now,
+            started=line.subscription_started_at or EPOCH,
+            finalized=finalized.get(user_id, []),
+        )
         if user_id in ours or user_id in reported:
             for resource in RESOURCES:
                 sent = reported.get(user_id, {}).get(resource, Reported())
@@ -462,8 +485,13 @@ def _compare(line: UserMonth, *, now: dt.datetime) -> None:
                 cause = "not reported: no live subscription (held as unbilled)"
                 ok, repair = True, ""
             elif not reportable:
-                cause = "not reported and the month is closed"
-                ok, repair = False, _proposal(missing, line, f.resource)
+                # report_usage_to_stripe settles a closed month as an invoice item.
+                why = line.closed or "its invoice is finalized"
+                cause = (
+                    f"not reported yet; the month is closed ({why}): the next report run "
+                    "puts it on the next invoice as an invoice item"
+                )
+                ok, repair = True, ""
             else:
                 cause, ok, repair = "not reported yet: the next report run sends it", True, ""
             if f.last_error:
@@ -569,9 +597,19 @@ def reconciliation_resend(
     if entry is None or not user.stripe_customer_id:
         raise RepairRefused(f"{user.pk} {month:%Y-%m} {resource}: no Stripe catalog or customer.")
     invoice = _invoices_by_user(month, [user.pk]).get(user.pk)
-    closed = (
-        invoice is not None and (invoice.stripe_status or _stripe_status_of(invoice)) != "draft"
+    started = (
+        BillingProfile.objects.filter(user=user)
+        .values_list("subscription_started_at", flat=True)
+        .first()
     )
+    closed = bool(
+        month_closed(
+            month,
+            now=now,
+            started=started or EPOCH,
+            finalized=finalized_periods(user_ids=[user.pk]).get(user.pk, []),
+        )
+    ) or (invoice is not None and (invoice.stripe_status or _stripe_status_of(invoice)) != "draft")
     if timestamp is None or closed:
         raise RepairRefused(
             f"{user.pk} {month:%Y-%m} {resource}: the month is closed; invoice the difference "

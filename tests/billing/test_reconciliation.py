@@ -307,3 +307,36 @@ def test_the_reconciliation_list_makes_as_many_queries_for_many_runs_as_for_one(
         ReconciliationRun.objects.create(months="2026-11, 2026-12", actor="job")
 
     assert queries() == one
+
+
+def test_usage_from_before_the_subscription_is_an_invoice_item_and_reconciles(catalog, capsys):
+    # The reporter's rule for a closed month is reconciliation's too: last month ended
+    # before this subscription began, so its usage goes on an invoice item, not the meter.
+    last_month = (this_month() - dt.timedelta(days=1)).replace(day=1)
+    user = UserFactory()
+    customer = customer_ensure(user=user)
+    prices = [entry.price_id for entry in StripeCatalogEntry.objects.order_by("resource")]
+    began = int(dt.datetime.combine(this_month(), dt.time(), dt.UTC).timestamp())
+    subscription = catalog.add_subscription(customer=customer, price_ids=prices, start_date=began)
+    BillingProfile.objects.update_or_create(
+        user=user,
+        defaults={"stripe_subscription_id": subscription["id"], "subscription_status": "active"},
+    )
+    usage_upsert(
+        records=[
+            UsageRecord(
+                user_id=user.pk, cluster_id=ClusterFactory().pk, date=last_month, cpu_hours=D(10)
+            )
+        ],
+        actor="t",
+    )
+    usage_report_to_stripe()
+    reported_a_while_ago()
+
+    out, code = reconcile(capsys, "--month", f"{last_month:%Y-%m}")
+
+    assert code == 0, out
+    [item] = catalog.invoiceitems.values()
+    assert item["amount"] == 100
+    assert not catalog.meter_events
+    assert "0 unexplained" in out
