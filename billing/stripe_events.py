@@ -24,6 +24,7 @@ from billing.invoices import invoice_apply, invoice_credits_refresh, invoice_ref
 from billing.models import BillingHistory, BillingProfile, StripeEvent, is_active_subscription
 from billing.profiles import billing_profile_ensure
 from billing.selectors import user_for_stripe_object
+from plumbing.jobs import defer
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +304,15 @@ def _subscription_state(*, user: User, subscription_id: str, status: str, event_
     )
     if is_active_subscription(status):
         _after_billing_ready(user)
+        _report_held_usage()
+
+
+def _report_held_usage() -> None:
+    """Usage held as unbilled while the user had no live subscription is reported as soon
+    as one is live: the report job is queued in this event's transaction (once)."""
+    from billing.tasks import report_usage_now  # tasks import this module
+
+    defer(report_usage_now, queueing_lock="report-usage")
 
 
 def _stripe_status(subscription_id: str) -> str:

@@ -472,8 +472,9 @@ def test_usage_without_a_live_subscription_is_held_as_unbilled_then_reported_whe
     live = catalog.add_subscription(
         customer=customer, status="active", metadata={"user_id": user.pk}
     )
+    # The subscription going live queues the report in the event's own transaction: the
+    # held usage is reported as soon as the worker takes it, not at the next daily run.
     deliver(make_event("customer.subscription.created", live))
-    usage_report_to_stripe()
 
     assert stripe_cents(catalog, customer) == held * 100
     assert unbilled_usage() == {}
