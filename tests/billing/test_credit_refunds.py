@@ -7,13 +7,14 @@ The real stripe SDK talks to a local fake Stripe; webhooks are signed with Strip
 from decimal import Decimal
 
 import pytest
+from django.urls import reverse
 
 from billing import stripe_events
 from billing.checkout import BillingError
 from billing.credits import Kind, credits_add
 from billing.models import CreditLedgerEntry, CreditPurchase, StripeEvent
 from billing.purchases import credit_purchase_refund_request
-from tests.billing.stripe_helpers import balance, buy, prepaid_user
+from tests.billing.stripe_helpers import balance, buy, login, prepaid_user
 from tests.fakes.stripe import make_event
 
 pytestmark = pytest.mark.django_db
@@ -221,3 +222,33 @@ def test_a_refund_too_large_or_of_a_refunded_purchase_says_so_and_sends_nothing(
 
     assert not fake_stripe.posts("/v1/refunds")
     assert CreditLedgerEntry.objects.count() == ledger
+
+
+def test_the_admin_refund_action_asks_stripe_and_says_the_webhook_takes_the_credits(
+    client, fake_stripe, deliver, operator
+):
+    user = prepaid_user()
+    charge = bought(client, fake_stripe, deliver, user, "25")
+    purchase = CreditPurchase.objects.get()
+    operator_client = login(client, operator) or client
+    url = reverse("admin:billing_creditpurchase_changelist")
+
+    response = operator_client.post(
+        url, {"action": "refund_purchases", "_selected_action": [purchase.pk]}, follow=True
+    )
+
+    [sent] = fake_stripe.posts("/v1/refunds")
+    assert sent.form["amount"] == "2500"
+    text = response.content.decode()
+    assert "refund of 25.00 requested at Stripe" in text
+    assert "the credits are taken back when Stripe confirms it" in text
+    assert balance(user) == D("25")
+    deliver(make_event("charge.refunded", fake_stripe.charges[charge["id"]]))
+    assert balance(user) == D("0")
+
+    again = operator_client.post(
+        url, {"action": "refund_purchases", "_selected_action": [purchase.pk]}, follow=True
+    )
+
+    assert "nothing left to refund" in again.content.decode()
+    assert len(fake_stripe.posts("/v1/refunds")) == 1
