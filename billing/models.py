@@ -422,6 +422,10 @@ class BillingHistory(models.Model):
     `stripe_status` keeps Stripe's own (uncollectible shows as failed). `stripe_event_created`
     is the time of the newest Stripe event applied, so an older event delivered late never
     overwrites a newer state; paid and void are final.
+
+    A receipt is a row without an invoice: a credit purchase (its amount) or a refund of one
+    (a negative amount), status paid, named by its unique `receipt_reference` and written
+    with the ledger entry that moves the credits.
     """
 
     class Status(models.TextChoices):
@@ -468,6 +472,9 @@ class BillingHistory(models.Model):
     amount_refunded = SeedDecimalField(
         default=ZERO, db_default=ZERO, help_text="Refunded on the invoice's payment."
     )
+    # A receipt (a credit purchase or its refund) has no Stripe invoice: this names it
+    # (`stripe:checkout:<cs_id>`, `stripe:refund:<re_id>`), so it is written once.
+    receipt_reference = models.TextField(null=True, blank=True, unique=True)
 
     FINAL = (Status.PAID, Status.VOID)
 

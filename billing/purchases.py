@@ -22,7 +22,7 @@ from accounts.models import User
 from billing import stripe_gateway as gateway
 from billing.checkout import BillingError
 from billing.credits import Kind, credits_add
-from billing.models import CreditLedgerEntry, CreditPurchase
+from billing.models import BillingHistory, CreditLedgerEntry, CreditPurchase
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def credit_purchase_apply(*, user: User, session: dict) -> CreditPurchase:
                 "currency": currency.upper(),
             },
         )
-        credits_add(
+        entry = credits_add(
             user=user,
             kind=Kind.PURCHASE,
             amount=amount,
@@ -60,7 +60,23 @@ def credit_purchase_apply(*, user: User, session: dict) -> CreditPurchase:
             actor="stripe",
             reason=f"Credit purchase (Checkout {session['id']})",
         )
+        if entry is not None:
+            _receipt(purchase, entry.reference, amount, "Credit purchase (receipt)")
     return purchase
+
+
+def _receipt(purchase: CreditPurchase, reference: str, amount: Decimal, description: str) -> None:
+    """The purchase or refund in billing history, once (by its reference)."""
+    BillingHistory.objects.get_or_create(
+        receipt_reference=reference,
+        defaults={
+            "user": purchase.user,
+            "amount": amount,
+            "currency": purchase.currency,
+            "description": description,
+            "status": BillingHistory.Status.PAID,
+        },
+    )
 
 
 def _ids(obj: dict, *names: str) -> list[str]:
@@ -134,15 +150,16 @@ def _refund_apply(purchase: CreditPurchase, refund: dict) -> None:
         amount = min(amount, purchase.amount - purchase.amount_refunded - purchase.amount_disputed)
         if amount <= 0:
             return  # nothing of the purchase is left to take back
-        credits_add(
+        if credits_add(
             user=purchase.user,
             kind=Kind.REFUND,
             amount=-amount,
             reference=reference,
             actor="stripe",
             reason=f"Refund {refund['id']} of purchase {purchase.stripe_checkout_session_id}",
-        )
-        purchase.amount_refunded += amount
+        ):
+            purchase.amount_refunded += amount
+            _receipt(purchase, reference, -amount, "Refund of credit purchase")
     elif taken is not None and refund.get("status") in ("failed", "canceled"):
         # The money never left: the credits taken for it come back, once.
         given = credits_add(
@@ -155,6 +172,7 @@ def _refund_apply(purchase: CreditPurchase, refund: dict) -> None:
         )
         if given is not None:
             purchase.amount_refunded += taken.amount
+            _receipt(purchase, given.reference, given.amount, "Refund of credit purchase failed")
 
 
 def credit_purchase_dispute_apply(*, dispute: dict, closed: bool) -> CreditPurchase | None:

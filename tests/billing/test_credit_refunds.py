@@ -12,7 +12,7 @@ from django.urls import reverse
 from billing import stripe_events
 from billing.checkout import BillingError
 from billing.credits import Kind, credits_add
-from billing.models import CreditLedgerEntry, CreditPurchase, StripeEvent
+from billing.models import BillingHistory, CreditLedgerEntry, CreditPurchase, StripeEvent
 from billing.purchases import credit_purchase_refund_request
 from tests.billing.stripe_helpers import balance, buy, login, prepaid_user
 from tests.fakes.stripe import make_event
@@ -252,3 +252,25 @@ def test_the_admin_refund_action_asks_stripe_and_says_the_webhook_takes_the_cred
 
     assert "nothing left to refund" in again.content.decode()
     assert len(fake_stripe.posts("/v1/refunds")) == 1
+
+
+def test_each_purchase_and_refund_is_a_paid_receipt_in_billing_history_once(
+    client, fake_stripe, deliver
+):
+    user = prepaid_user()
+    charge = bought(client, fake_stripe, deliver, user, "25")
+    refunded = fake_stripe.refund_charge(charge["id"], 1000)
+    deliver(make_event("charge.refunded", refunded))
+    deliver(make_event("charge.refunded", refunded))
+    [session_id] = fake_stripe.checkout_sessions
+    deliver(make_event("checkout.session.completed", fake_stripe.checkout_sessions[session_id]))
+
+    rows = BillingHistory.objects.filter(user=user).order_by("amount")
+    assert [(r.description, r.amount, r.status, r.stripe_invoice_id) for r in rows] == [
+        ("Refund of credit purchase", D("-10"), "paid", None),
+        ("Credit purchase (receipt)", D("25"), "paid", None),
+    ]
+    assert [r.receipt_reference for r in rows] == [
+        f"stripe:refund:{refunded['refunds']['data'][0]['id']}",
+        f"stripe:checkout:{session_id}",
+    ]
