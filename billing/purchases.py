@@ -118,7 +118,9 @@ def credit_purchase_refunds_apply(
             return None
         if charge_id and not purchase.stripe_charge_id:
             purchase.stripe_charge_id = charge_id
-        refunds = gateway.list_refunds(charge_id=charge_id or purchase.stripe_charge_id)
+        if not purchase.stripe_charge_id:
+            return purchase  # no charge named yet: the charge.refunded event names it
+        refunds = gateway.list_refunds(charge_id=purchase.stripe_charge_id)
         for refund in sorted(refunds, key=lambda r: (r.get("created") or 0, r["id"])):
             _refund_apply(purchase, refund)
         if purchase.status not in (Status.DISPUTED, Status.DISPUTE_LOST):
