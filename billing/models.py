@@ -422,6 +422,10 @@ class BillingHistory(models.Model):
     `stripe_status` keeps Stripe's own (uncollectible shows as failed). `stripe_event_created`
     is the time of the newest Stripe event applied, so an older event delivered late never
     overwrites a newer state; paid and void are final.
+
+    A receipt is a row without an invoice: a credit purchase (its amount) or a refund of one
+    (a negative amount), status paid, named by its unique `receipt_reference` and written
+    with the ledger entry that moves the credits.
     """
 
     class Status(models.TextChoices):
@@ -468,6 +472,9 @@ class BillingHistory(models.Model):
     amount_refunded = SeedDecimalField(
         default=ZERO, db_default=ZERO, help_text="Refunded on the invoice's payment."
     )
+    # A receipt (a credit purchase or its refund) has no Stripe invoice: this names it
+    # (`stripe:checkout:<cs_id>`, `stripe:refund:<re_id>`), so it is written once.
+    receipt_reference = models.TextField(null=True, blank=True, unique=True)
 
     FINAL = (Status.PAID, Status.VOID)
 
@@ -650,3 +657,47 @@ class StripeUsageAdjustment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.month:%Y-%m}: {self.cents:+}c ({self.status})"
+
+
+class CreditPurchase(models.Model):
+    """One prepaid credit purchase paid through Stripe Checkout (payment mode), written in
+    the same transaction as its PURCHASE ledger entry.
+
+    Invariant: `amount_refunded` and `amount_disputed` are what the ledger took back for
+    this purchase (REFUND entries `stripe:refund:<re_id>`, ADJUSTMENT entries
+    `stripe:dispute:<dp_id>:hold` less their `:release`); neither exceeds `amount`, and
+    together they never take back more than was bought. Changed only under the row's lock,
+    together with the ledger entry that moves the credits.
+    """
+
+    class Status(models.TextChoices):
+        PAID = "paid", "Paid"
+        PARTIALLY_REFUNDED = "partially_refunded", "Partially refunded"
+        REFUNDED = "refunded", "Refunded"
+        DISPUTED = "disputed", "Disputed (amount held)"
+        DISPUTE_WON = "dispute_won", "Dispute won (released)"
+        DISPUTE_LOST = "dispute_lost", "Dispute lost (taken back)"
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="credit_purchases")
+    stripe_checkout_session_id = models.TextField(unique=True)
+    stripe_payment_intent_id = models.TextField(blank=True, default="", db_index=True)
+    stripe_charge_id = models.TextField(blank=True, default="", db_index=True)
+    amount = SeedDecimalField()
+    currency = models.TextField(default="USD")
+    amount_refunded = SeedDecimalField(default=ZERO)
+    amount_disputed = SeedDecimalField(default=ZERO, help_text="Held for an open or lost dispute.")
+    status = models.TextField(choices=Status.choices, default=Status.PAID)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "billing_credit_purchase"
+        ordering = ["-created_at", "-id"]
+        permissions = [("refund_credit_purchase", "Can refund credit purchases through Stripe")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.amount} {self.currency} ({self.status})"
+
+    @property
+    def refundable(self) -> Decimal:
+        return self.amount - self.amount_refunded - self.amount_disputed

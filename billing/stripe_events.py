@@ -17,9 +17,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import User
+from billing import purchases
 from billing import stripe_gateway as gateway
 from billing.checkout import BillingError
-from billing.credits import Kind, credits_add
 from billing.invoices import invoice_apply, invoice_credits_refresh, invoice_refund_apply
 from billing.models import BillingHistory, BillingProfile, StripeEvent, is_active_subscription
 from billing.profiles import billing_profile_ensure
@@ -63,6 +63,10 @@ def _handlers() -> dict:
         "credit_note.updated": on_credit_note_changed,
         "credit_note.voided": on_credit_note_changed,
         "charge.refunded": on_charge_refunded,
+        "refund.created": on_refund_changed,
+        "refund.updated": on_refund_changed,
+        "charge.dispute.created": on_charge_dispute_created,
+        "charge.dispute.closed": on_charge_dispute_closed,
     }
 
 
@@ -223,15 +227,7 @@ def on_checkout_session_paid(session: dict, *, event_created) -> None:
     if session.get("payment_status") != "paid":
         return  # paid later: checkout.session.async_payment_succeeded comes then
     user = _user_or_unmatched(session, "Checkout session")
-    amount = gateway.from_minor_units(session["amount_total"], session["currency"])
-    credits_add(
-        user=user,
-        kind=Kind.PURCHASE,
-        amount=amount,
-        reference=f"stripe:checkout:{session['id']}",
-        actor="stripe",
-        reason=f"Credit purchase (Checkout {session['id']})",
-    )
+    purchases.credit_purchase_apply(user=user, session=session)
     _after_billing_ready(user)
 
 
@@ -360,10 +356,58 @@ def on_credit_note_changed(credit_note: dict, *, event_created) -> None:
 
 
 def on_charge_refunded(charge: dict, *, event_created) -> None:
-    """Money returned on a charge: shown on the invoice it paid, if it paid one (refunds of
-    credit purchases are not invoices)."""
+    """Money returned on a charge: a credit purchase's credits are taken back; otherwise it
+    is shown on the invoice it paid, if it paid one. A refund of a credit purchase whose
+    checkout event has not been applied yet fails, to be retried once it has."""
     _user_or_unmatched(charge, "Charge")
+    charge_id, payment_intent = charge["id"], charge.get("payment_intent")
+    if isinstance(payment_intent, dict):
+        payment_intent = payment_intent.get("id")
+    applied = purchases.credit_purchase_refunds_apply(
+        charge_id=charge_id, payment_intent_id=payment_intent or ""
+    )
+    if applied is not None:
+        return
+    if purchases.is_credit_charge(charge):
+        raise LookupError(
+            f"charge {charge_id} paid a credit purchase not recorded yet (its "
+            "checkout.session.completed event is not applied); the event is retried"
+        )
     invoice_refund_apply(charge=charge)
+
+
+def on_refund_changed(refund: dict, *, event_created) -> None:
+    """A refund created or updated (pending -> succeeded or failed): for a credit purchase,
+    the same as charge.refunded. Refunds of anything else, and of purchases not recorded
+    yet, are left to charge.refunded (which Stripe sends for each refund, and retries)."""
+    charge = refund.get("charge")
+    charge = charge.get("id") if isinstance(charge, dict) else charge
+    payment_intent = refund.get("payment_intent")
+    if isinstance(payment_intent, dict):
+        payment_intent = payment_intent.get("id")
+    if charge or payment_intent:
+        purchases.credit_purchase_refunds_apply(
+            charge_id=charge or "", payment_intent_id=payment_intent or ""
+        )
+
+
+def on_charge_dispute_created(dispute: dict, *, event_created) -> None:
+    _dispute(dispute, closed=False)
+
+
+def on_charge_dispute_closed(dispute: dict, *, event_created) -> None:
+    _dispute(dispute, closed=True)
+
+
+def _dispute(dispute: dict, *, closed: bool) -> None:
+    """Disputes of credit purchases hold (and release or keep) the credits. A dispute about
+    a charge that paid no purchase of ours is unmatched, with nothing written."""
+    if purchases.credit_purchase_dispute_apply(dispute=dispute, closed=closed) is None:
+        raise UnmatchedCustomer(
+            f"dispute {dispute.get('id')} is about charge {dispute.get('charge')} "
+            f"(payment intent {dispute.get('payment_intent') or 'none'}), which paid no credit "
+            "purchase of ours; nothing was held. Process it again once the purchase is recorded."
+        )
 
 
 def _after_billing_ready(user: User) -> None:

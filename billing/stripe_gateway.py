@@ -462,7 +462,7 @@ def create_credit_checkout(
             }
         ],
         "metadata": {"purpose": "credits", "user_id": str(user_id)},
-        "payment_intent_data": {"metadata": {"user_id": str(user_id)}},
+        "payment_intent_data": {"metadata": {"purpose": "credits", "user_id": str(user_id)}},
         "success_url": success_url,
         "cancel_url": cancel_url,
     }
@@ -763,6 +763,35 @@ def invoice_id_for_payment_intent(*, payment_intent_id: str) -> str | None:
         invoices = {_plain(payment)["invoice"] for payment in page.auto_paging_iter()}
     invoices.discard(None)
     return min(invoices) if invoices else None
+
+
+def list_refunds(*, charge_id: str) -> list[dict]:
+    """Every refund of one charge as Stripe holds it now (pending, succeeded, failed...)."""
+    client = _client()
+    with _stripe_errors(f"list the refunds of charge {charge_id}"):
+        page = client.v1.refunds.list(params={"charge": charge_id, "limit": PAGE_SIZE})
+        return [_plain(refund) for refund in page.auto_paging_iter()]
+
+
+def create_refund(
+    *, payment_intent_id: str, amount: Decimal, currency: str, idempotency_key: str
+) -> dict:
+    """Refund `amount` (major units) of a payment intent's charge. The key makes a retry of
+    the same request one refund."""
+    client = _client()
+    currency = _currency(currency)
+    minor = to_minor_units(amount, currency)
+    if minor <= 0:
+        raise ValueError(f"A refund must be positive, not {amount}.")
+    params: dict[str, Any] = {
+        "payment_intent": payment_intent_id,
+        "amount": minor,
+        "metadata": {"request": idempotency_key},
+    }
+    operation = f"refund {amount} {currency.upper()} of {payment_intent_id}"
+    with _stripe_errors(operation, idempotency_key=idempotency_key):
+        refund = client.v1.refunds.create(params=params, options=_options(idempotency_key))
+    return _plain(refund)
 
 
 def list_invoices(*, customer_id: str) -> list[dict]:

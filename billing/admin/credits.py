@@ -10,10 +10,14 @@ from django.contrib import admin, messages
 from django.db.models import F
 from django.utils.html import format_html
 
+from billing import stripe_gateway as gateway
 from billing.admin.base import ReadOnlyAdmin
+from billing.checkout import BillingError
 from billing.credits import CreditError, credits_grant
-from billing.models import CreditLedgerEntry, UserCredits
+from billing.models import CreditLedgerEntry, CreditPurchase, UserCredits
 from billing.pricing import to_cents
+from billing.purchases import credit_purchase_refund_request
+from billing.stripe_gateway import StripeGatewayError
 from plumbing.admin_confirm import confirm_then
 
 
@@ -132,3 +136,51 @@ def balance_html(balance):
             '<strong style="color:#dc2626">${} (below zero)</strong>', to_cents(balance)
         )
     return f"${to_cents(balance)}"
+
+
+@admin.register(CreditPurchase)
+class CreditPurchaseAdmin(ReadOnlyAdmin):
+    """Credit purchases paid through Stripe; refunds and disputes show here as Stripe's
+    webhooks apply them. "Refund through Stripe" asks Stripe for the refund only."""
+
+    list_display = (
+        "created_at",
+        "user",
+        "amount",
+        "amount_refunded",
+        "amount_disputed",
+        "currency",
+        "status",
+        "stripe_payment_intent_id",
+    )
+    list_select_related = ("user",)
+    list_filter = ("status", "currency")
+    search_fields = (
+        "user__email",
+        "=stripe_checkout_session_id",
+        "=stripe_payment_intent_id",
+        "=stripe_charge_id",
+    )
+    date_hierarchy = "created_at"
+    actions = ("refund_purchases",)
+
+    def has_refund_permission(self, request):
+        return request.user.has_perm("billing.refund_credit_purchase")
+
+    @admin.action(
+        description="Refund what is left of the purchase through Stripe", permissions=["refund"]
+    )
+    def refund_purchases(self, request, queryset):
+        for purchase in queryset.order_by("pk"):
+            try:
+                refund = credit_purchase_refund_request(purchase=purchase, actor=request.user)
+            except (BillingError, StripeGatewayError) as error:
+                self.message_user(request, f"{purchase}: {error}", messages.ERROR)
+                continue
+            amount = gateway.from_minor_units(refund["amount"], refund["currency"])
+            self.message_user(
+                request,
+                f"{purchase}: refund of {amount} requested at Stripe; the credits are taken "
+                "back when Stripe confirms it.",
+                messages.SUCCESS,
+            )

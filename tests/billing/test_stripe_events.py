@@ -10,7 +10,7 @@ import pytest
 from django.core.management import call_command
 from django.db import OperationalError
 
-from billing import stripe_events
+from billing import purchases
 from billing.checkout import customer_ensure
 from billing.models import BillingHistory, BillingProfile, CreditLedgerEntry, StripeEvent
 from tests.billing.stripe_helpers import balance, buy, prepaid_user
@@ -147,18 +147,18 @@ def test_a_failed_processing_is_recorded_redelivered_and_retried(fake_stripe, de
         "customer": None,
     }
     event = make_event("checkout.session.completed", session)
-    real_credits_add = stripe_events.credits_add
+    real_credits_add = purchases.credits_add  # the purchase is written there now
 
     def database_hiccup(**kwargs):
         raise OperationalError("the database went away for a moment")
 
-    monkeypatch.setattr(stripe_events, "credits_add", database_hiccup)
+    monkeypatch.setattr(purchases, "credits_add", database_hiccup)
     first = deliver(event)  # stored and queued; the worker's attempt fails
     assert first.status_code == 200  # kept: the job and retry_stripe_events retry it
     stored = StripeEvent.objects.get()
     assert stored.status == "failed" and "went away" in stored.error
 
-    monkeypatch.setattr(stripe_events, "credits_add", real_credits_add)
+    monkeypatch.setattr(purchases, "credits_add", real_credits_add)
     call_command("retry_stripe_events")  # exits non-zero if anything still fails
     stored.refresh_from_db()
     assert stored.status == "processed" and stored.attempts == 2

@@ -143,6 +143,7 @@ def test_credit_checkout_sends_the_amount_in_minor_units_and_who_is_paying(fake_
         "line_items[0][quantity]": "1",
         "metadata[purpose]": "credits",
         "metadata[user_id]": "42",
+        "payment_intent_data[metadata][purpose]": "credits",
         "payment_intent_data[metadata][user_id]": "42",
         "success_url": SUCCESS_URL,
         "cancel_url": CANCEL_URL,

@@ -68,6 +68,8 @@ MATRIX = {
     ("billing.usercredits", "grant_credits"):            (_, _, _, _, Y, Y),
     ("billing.usercredits", "delete_selected"):          (_, _, _, _, _, _),
     ("billing.creditledgerentry", "delete_selected"):    (_, _, _, _, _, _),
+    ("billing.creditpurchase", "refund_purchases"):      (_, _, _, _, Y, Y),
+    ("billing.creditpurchase", "delete_selected"):       (_, _, _, _, _, _),
     ("billing.usagecollectionrun", "collect_again"):     (_, _, _, _, Y, Y),
     ("billing.usagecollectionrun", "delete_selected"):   (_, _, _, _, _, _),
     ("billing.usagedaily", "delete_selected"):           (_, _, _, _, _, _),
@@ -211,6 +213,29 @@ def grant_credits_from_balances(request):
     target = UserFactory()
     credits_add(user=target, kind=Kind.PURCHASE, amount=Decimal("1"), reference="p", actor="t")
     return Case([UserCredits.objects.get(user=target).pk], CreditLedgerEntry.objects.count, GRANT)
+
+
+def _purchase(fake_stripe):
+    from billing.purchases import credit_purchase_apply
+
+    target = UserFactory()
+    customer = fake_stripe.add_customer(email=target.email) if fake_stripe else {"id": "cus"}
+    charge = (
+        fake_stripe.add_charge(customer=customer["id"], amount=500)
+        if fake_stripe
+        else {"payment_intent": "pi_1"}
+    )
+    session = {"id": f"cs_{target.pk}", "amount_total": 500, "currency": "usd"}
+    return credit_purchase_apply(
+        user=target, session={**session, "payment_intent": charge["payment_intent"]}
+    )
+
+
+def refund_purchases(request):
+    """Allowed: a refund is asked of Stripe (the webhook applies it later)."""
+    fake_stripe = request.getfixturevalue("fake_stripe")
+    purchase = _purchase(fake_stripe)
+    return Case([purchase.pk], lambda: len(fake_stripe.posts("/v1/refunds")))
 
 
 def _queued(task_name):
@@ -399,6 +424,8 @@ SCENARIOS = {
         lambda: UserCredits.objects.get(user=_ledger_entry().user)
     ),
     ("billing.creditledgerentry", "delete_selected"): _deleting(_ledger_entry),
+    ("billing.creditpurchase", "refund_purchases"): refund_purchases,
+    ("billing.creditpurchase", "delete_selected"): _deleting(lambda: _purchase(None)),
     ("billing.usagecollectionrun", "collect_again"): collect_again,
     ("billing.usagecollectionrun", "delete_selected"): _deleting(
         lambda: UsageCollectionRun.objects.create(

@@ -36,6 +36,7 @@ SHAPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "credit_note": ("credit_note", ()),
     "charge": ("charge", ()),
     "refund": ("refund", ()),
+    "dispute": ("dispute", ()),
     "invoice_payment": ("invoice_payment", ()),
     "billing.meter_event_summary": ("billing.meter_event_summary", ()),
     "invoiceitem": ("invoiceitem", ()),

@@ -154,6 +154,7 @@ METER = (
     "display_name event_name default_aggregation[formula] customer_mapping[event_payload_key]"
     " customer_mapping[type] value_settings[event_payload_key] expand[]"
 )
+REFUND = "payment_intent amount reason metadata[*] expand[]"
 METER_EVENT = "event_name identifier timestamp payload[*] expand[]"
 PRODUCT = "id name metadata[*] expand[]"
 INVOICE_ITEM = "customer amount currency description subscription metadata[*] expand[]"
@@ -254,6 +255,12 @@ REFUND_BODY = (
     " source_transfer_reversal transfer_reversal currency=usd"
     ' destination_details={"card":{"type":"refund"},"type":"card"} metadata={} status=succeeded'
 )
+DISPUTE_BODY = (
+    "balance_transactions=[] currency=usd enhanced_eligibility_types=[] evidence={}"
+    ' evidence_details={"due_by":null,"enhanced_eligibility":{},"has_evidence":false,'
+    '"past_due":false,"submission_count":0} is_charge_refundable=false metadata={}'
+    ' payment_method_details={"type":"card"} reason=fraudulent status=needs_response'
+)
 
 
 @dataclass(frozen=True)
@@ -303,6 +310,7 @@ class FakeStripe:
     credit_notes: dict[str, dict] = field(default_factory=dict)
     charges: dict[str, dict] = field(default_factory=dict)
     refunds: dict[str, dict] = field(default_factory=dict)
+    disputes: dict[str, dict] = field(default_factory=dict)
     invoice_payments: dict[str, dict] = field(default_factory=dict)
     invoiceitems: dict[str, dict] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -316,6 +324,8 @@ class FakeStripe:
         self._idempotency: dict[str, tuple] = {}
         # Checkout session id -> (price ids, subscription_data): what completing it needs.
         self._checkouts: dict[str, tuple[list[str], dict]] = {}
+        # Checkout session id -> payment_intent_data[metadata] (its charge carries it).
+        self._payment_metadata: dict[str, dict] = {}
 
     @property
     def api_base(self) -> str:
@@ -493,11 +503,31 @@ class FakeStripe:
             if charge["amount_refunded"] + amount > charge["amount"]:
                 raise ValueError("Stripe refuses to refund more than was charged")
             refund = self._make("refund", {"charge": charge, "amount": amount})
-            del refund["livemode"]  # Stripe's refund has none
             charge["amount_refunded"] += amount
             charge["refunded"] = charge["amount_refunded"] == charge["amount"]
             charge["refunds"]["data"].insert(0, refund)
             return charge
+
+    def dispute_charge(self, charge_id: str, amount: int | None = None) -> dict:
+        """The card holder disputes a charge (all of it by default); returns the dispute as
+        `charge.dispute.created` carries it."""
+        with self._lock:
+            charge = self.charges[charge_id]
+            charge["disputed"] = True
+            return self._make("dispute", {"charge": charge, "amount": amount})
+
+    def close_dispute(self, dispute_id: str, status: str) -> dict:
+        """The dispute decided (`won` or `lost`); returns it as `charge.dispute.closed` has it."""
+        with self._lock:
+            dispute = self.disputes[dispute_id]
+            dispute["status"] = status
+            return dispute
+
+    def charge_of(self, payment_intent_id: str) -> dict:
+        with self._lock:
+            return next(
+                c for c in self.charges.values() if c["payment_intent"] == payment_intent_id
+            )
 
     def add_credit_note(self, *, invoice_id: str, amount: int, refund_amount: int = 0) -> dict:
         """An issued credit note on an invoice, for `amount` minor units (`refund_amount` of
@@ -518,7 +548,18 @@ class FakeStripe:
             session = self.checkout_sessions[session_id]
             session.update(status="complete", payment_status="paid")
             if session["mode"] == "payment":
-                session["payment_intent"] = _new_id("pi_")
+                # Paid by card: a payment intent and its charge, which carries the payment
+                # intent's metadata (as Stripe copies it).
+                metadata = self._payment_metadata.get(session_id, {})
+                charge = self._make(
+                    "charge",
+                    {
+                        "amount": session["amount_total"],
+                        "customer": session["customer"],
+                        "metadata": metadata,
+                    },
+                )
+                session["payment_intent"] = charge["payment_intent"]
             else:
                 price_ids, data = self._checkouts[session_id]  # metadata, billing_cycle_anchor
                 subscription = self.add_subscription(
@@ -720,6 +761,8 @@ class FakeStripe:
             obj = {**new, **_fields(resource.defaults), **resource.build(self, params, new)}
             if resource.dated:
                 obj["date"] = obj.pop("created")
+            if kind == "refund":
+                obj.pop("livemode")  # Stripe's refund has none
             objects = getattr(self, resource.store)
             if isinstance(objects, list):
                 objects.append(obj)
@@ -753,6 +796,8 @@ class FakeStripe:
             self._checkout_line(mode, item, f"line_items[{n}]") for n, item in enumerate(items)
         ]
         self._checkouts[new["id"]] = ([item.get("price") for item in items], data)
+        payment_data = params.get("payment_intent_data") or {}
+        self._payment_metadata[new["id"]] = dict(payment_data.get("metadata") or {})
         invoice_creation = {"enabled": False, "invoice_data": None} if mode == "payment" else None
         return {
             "amount_subtotal": sum(amount for _, amount in lines),
@@ -995,6 +1040,7 @@ class FakeStripe:
             "amount_captured": amount,
             "amount_refunded": 0,
             "customer": params["customer"],
+            "metadata": dict(params.get("metadata") or {}),
             "payment_intent": _new_id("pi_"),
             "receipt_url": f"https://pay.stripe.com/receipts/payment/test_{new['id']}",
             "refunded": False,
@@ -1002,11 +1048,46 @@ class FakeStripe:
         }
 
     def _refund(self, params: dict, new: dict) -> dict:
-        charge = params["charge"]
+        charge = params.get("charge")
+        if charge is None:  # POST /v1/refunds: a payment intent's charge, refunded now
+            _need(params, "payment_intent")
+            intent = params["payment_intent"]
+            charge = next((c for c in self.charges.values() if c["payment_intent"] == intent), None)
+            if charge is None:
+                raise _missing("payment_intent", intent, "payment_intent")
+            left = charge["amount"] - charge["amount_refunded"]
+            amount = _integer(params.get("amount", left), "amount", 1)
+            _ensure(
+                amount <= left,
+                f"Refund amount (${amount / 100:.2f}) is greater than unrefunded amount on"
+                f" charge (${left / 100:.2f})",
+                "amount",
+                code="amount_too_large",
+            )
+            charge["amount_refunded"] += amount
+            charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+            refund = {
+                "amount": amount,
+                "charge": charge["id"],
+                "customer": charge["customer"],
+                "metadata": dict(params.get("metadata") or {}),
+                "payment_intent": intent,
+            }
+            listed = {k: v for k, v in new.items() if k != "livemode"}
+            charge["refunds"]["data"].insert(0, {**listed, **_fields(REFUND_BODY), **refund})
+            return refund
         return {
             "amount": params["amount"],
             "charge": charge["id"],
             "customer": charge["customer"],
+            "payment_intent": charge["payment_intent"],
+        }
+
+    def _dispute(self, params: dict, new: dict) -> dict:
+        charge = params["charge"]
+        return {
+            "amount": params.get("amount") or charge["amount"],
+            "charge": charge["id"],
             "payment_intent": charge["payment_intent"],
         }
 
@@ -1065,7 +1146,8 @@ class FakeStripe:
         Resource("invoice", "in_", _invoice, INVOICE_BODY, filters="customer"),
         Resource("credit_note", "cn_", _credit_note, CREDIT_NOTE_BODY, filters="invoice"),
         Resource("charge", "ch_", _charge, CHARGE_BODY),
-        Resource("refund", "re_", _refund, REFUND_BODY),
+        Resource("refund", "re_", _refund, REFUND_BODY, REFUND, "charge payment_intent"),
+        Resource("dispute", "dp_", _dispute, DISPUTE_BODY),
         Resource(
             "invoice_payment",
             "inpay_",

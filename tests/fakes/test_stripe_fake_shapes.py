@@ -340,6 +340,35 @@ def test_a_refunded_charge_its_refunds_and_the_invoice_payment_have_the_publishe
     assert (read.amount_refunded, read.refunded) == (400, False)
 
 
+def test_a_refund_created_listed_and_a_dispute_have_the_published_fields(sdk, fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    charge = fake_stripe.add_charge(customer=customer["id"], amount=2500)
+
+    created = sdk.v1.refunds.create(
+        params={"payment_intent": charge["payment_intent"], "amount": 1000}
+    )
+    listed = sdk.v1.refunds.list(params={"charge": charge["id"]})
+    read = sdk.v1.charges.retrieve(charge["id"])
+    dispute = fake_stripe.dispute_charge(charge["id"])
+
+    assert published_shapes(raw(created)) == {"refund"}
+    assert published_shapes(raw(listed)) == {"list", "refund"}
+    assert published_shapes(raw(read)) == {"charge", "list", "refund"}
+    assert published_shapes(dispute) == {"dispute"}
+    assert [r.id for r in listed.data] == [created.id]
+    assert (created.amount, created.charge, read.amount_refunded) == (1000, charge["id"], 1000)
+    assert (dispute["amount"], dispute["charge"]) == (2500, charge["id"])
+
+
+def test_a_refund_larger_than_what_is_left_is_refused_as_stripe_does(sdk, fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    charge = fake_stripe.add_charge(customer=customer["id"], amount=2500)
+
+    with pytest.raises(stripe.InvalidRequestError, match="greater than unrefunded"):
+        sdk.v1.refunds.create(params={"payment_intent": charge["payment_intent"], "amount": 2501})
+    assert fake_stripe.charges[charge["id"]]["amount_refunded"] == 0
+
+
 def test_meter_event_summaries_and_usage_invoice_lines_have_the_published_fields(sdk, fake_stripe):
     price = metered_price(sdk)
     customer = fake_stripe.add_customer(email="ada@example.com")
