@@ -6,6 +6,7 @@ import uuid
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import F
 from django.utils.html import format_html
@@ -18,6 +19,7 @@ from billing.models import CreditLedgerEntry, CreditPurchase, UserCredits
 from billing.pricing import to_cents
 from billing.purchases import credit_purchase_refund_request
 from billing.stripe_gateway import StripeGatewayError
+from plumbing import outbound
 from plumbing.admin_confirm import confirm_then
 
 
@@ -171,16 +173,38 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
         description="Refund what is left of the purchase through Stripe", permissions=["refund"]
     )
     def refund_purchases(self, request, queryset):
-        for purchase in queryset.order_by("pk"):
-            try:
-                refund = credit_purchase_refund_request(purchase=purchase, actor=request.user)
-            except (BillingError, StripeGatewayError) as error:
-                self.message_user(request, f"{purchase}: {error}", messages.ERROR)
-                continue
-            amount = gateway.from_minor_units(refund["amount"], refund["currency"])
-            self.message_user(
-                request,
-                f"{purchase}: refund of {amount} requested at Stripe; the credits are taken "
-                "back when Stripe confirms it.",
-                messages.SUCCESS,
-            )
+        return confirm_then(
+            self,
+            request,
+            queryset,
+            title="Refund credit purchases",
+            message="Ask Stripe to refund what is left of each selected purchase to the "
+            "card it was paid with. The credits are taken back when Stripe confirms it.",
+            confirm_label="Refund",
+            apply=lambda _data: self._refund(request, queryset),
+        )
+
+    def _refund(self, request, queryset):
+        # One deadline for all the purchases selected, well inside the web worker's timeout.
+        with outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS) as budget:
+            for purchase in queryset.order_by("pk"):
+                if budget.expired:
+                    self.message_user(
+                        request,
+                        f"{purchase}: not tried, Stripe took too long for the ones before it; "
+                        "select it again.",
+                        messages.WARNING,
+                    )
+                    continue
+                try:
+                    refund = credit_purchase_refund_request(purchase=purchase, actor=request.user)
+                except (BillingError, StripeGatewayError) as error:
+                    self.message_user(request, f"{purchase}: {error}", messages.ERROR)
+                    continue
+                amount = gateway.from_minor_units(refund["amount"], refund["currency"])
+                self.message_user(
+                    request,
+                    f"{purchase}: refund of {amount} requested at Stripe; the credits are taken "
+                    "back when Stripe confirms it.",
+                    messages.SUCCESS,
+                )

@@ -233,8 +233,15 @@ def test_the_admin_refund_action_asks_stripe_and_says_the_webhook_takes_the_cred
     operator_client = login(client, operator) or client
     url = reverse("admin:billing_creditpurchase_changelist")
 
+    asked = operator_client.post(
+        url, {"action": "refund_purchases", "_selected_action": [purchase.pk]}
+    )
+    assert "Refund credit purchases" in asked.content.decode()  # a confirmation page first
+    assert fake_stripe.posts("/v1/refunds") == []
     response = operator_client.post(
-        url, {"action": "refund_purchases", "_selected_action": [purchase.pk]}, follow=True
+        url,
+        {"action": "refund_purchases", "_selected_action": [purchase.pk], "confirmed": "yes"},
+        follow=True,
     )
 
     [sent] = fake_stripe.posts("/v1/refunds")
@@ -247,7 +254,9 @@ def test_the_admin_refund_action_asks_stripe_and_says_the_webhook_takes_the_cred
     assert balance(user) == D("0")
 
     again = operator_client.post(
-        url, {"action": "refund_purchases", "_selected_action": [purchase.pk]}, follow=True
+        url,
+        {"action": "refund_purchases", "_selected_action": [purchase.pk], "confirmed": "yes"},
+        follow=True,
     )
 
     assert "nothing left to refund" in again.content.decode()
