@@ -21,7 +21,7 @@ from django.core.management import call_command
 from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from billing.checkout import customer_ensure
@@ -242,6 +242,8 @@ def stripe_account(fake_stripe, stripe_server):
 def test_every_user_is_charged_their_final_usage_to_the_cent_and_nothing_twice(
     stripe_account, people, steps
 ):
+    note(f"people={people!r}")
+    note("steps=[\n" + "".join(f"    {step!r},\n" for step in steps) + "]")
     with transaction.atomic():
         world = World(stripe_account(), people)
         for step in steps:
