@@ -360,6 +360,11 @@ class FakeStripe:
         with self._lock:
             self._failures.extend([(status, error, method, path, processed)] * count)
 
+    def clear_failures(self) -> None:
+        """Drop the failures `fail_next` queued that no request has met yet."""
+        with self._lock:
+            self._failures.clear()
+
     def forget_idempotency_keys(self) -> None:
         """What Stripe does after 24 hours: a reused key is processed as a new request."""
         with self._lock:
