@@ -348,6 +348,14 @@ def _stripe_errors(operation: str, *, idempotency_key: str | None = None) -> Ite
             ) from exc
 
 
+def _every_page(operation: str, first_page) -> list[dict]:
+    """Every object of a Stripe list, all pages (`first_page(client)` asks for the first)."""
+    client = _client()
+    with _stripe_errors(operation):
+        page = first_page(client)
+        return [_plain(obj) for obj in page.auto_paging_iter()]
+
+
 def _options(idempotency_key: str) -> dict[str, str]:
     return {"idempotency_key": idempotency_key}
 
@@ -710,10 +718,12 @@ def create_invoice_item(
 
 def list_invoice_items(*, customer_id: str) -> list[dict]:
     """All of a customer's invoice items, newest first, every page."""
-    client = _client()
-    with _stripe_errors(f"list the invoice items of customer {customer_id}"):
-        page = client.v1.invoice_items.list(params={"customer": customer_id, "limit": PAGE_SIZE})
-        return [_plain(item) for item in page.auto_paging_iter()]
+    return _every_page(
+        f"list the invoice items of customer {customer_id}",
+        lambda client: client.v1.invoice_items.list(
+            params={"customer": customer_id, "limit": PAGE_SIZE}
+        ),
+    )
 
 
 def cancel_subscription(*, subscription_id: str) -> None:
@@ -743,10 +753,12 @@ def retrieve_invoice(*, invoice_id: str) -> dict:
 
 def list_credit_notes(*, invoice_id: str) -> list[dict]:
     """Every credit note of one invoice (issued and void), every page."""
-    client = _client()
-    with _stripe_errors(f"list the credit notes of invoice {invoice_id}"):
-        page = client.v1.credit_notes.list(params={"invoice": invoice_id, "limit": PAGE_SIZE})
-        return [_plain(note) for note in page.auto_paging_iter()]
+    return _every_page(
+        f"list the credit notes of invoice {invoice_id}",
+        lambda client: client.v1.credit_notes.list(
+            params={"invoice": invoice_id, "limit": PAGE_SIZE}
+        ),
+    )
 
 
 def invoice_id_for_payment_intent(*, payment_intent_id: str) -> str | None:
@@ -767,10 +779,10 @@ def invoice_id_for_payment_intent(*, payment_intent_id: str) -> str | None:
 
 def list_refunds(*, charge_id: str) -> list[dict]:
     """Every refund of one charge as Stripe holds it now (pending, succeeded, failed...)."""
-    client = _client()
-    with _stripe_errors(f"list the refunds of charge {charge_id}"):
-        page = client.v1.refunds.list(params={"charge": charge_id, "limit": PAGE_SIZE})
-        return [_plain(refund) for refund in page.auto_paging_iter()]
+    return _every_page(
+        f"list the refunds of charge {charge_id}",
+        lambda client: client.v1.refunds.list(params={"charge": charge_id, "limit": PAGE_SIZE}),
+    )
 
 
 def create_refund(
@@ -796,10 +808,12 @@ def create_refund(
 
 def list_invoices(*, customer_id: str) -> list[dict]:
     """All of a customer's invoices, newest first (Stripe's order), every page."""
-    client = _client()
-    with _stripe_errors(f"list the invoices of customer {customer_id}"):
-        page = client.v1.invoices.list(params={"customer": customer_id, "limit": PAGE_SIZE})
-        return [_plain(invoice) for invoice in page.auto_paging_iter()]
+    return _every_page(
+        f"list the invoices of customer {customer_id}",
+        lambda client: client.v1.invoices.list(
+            params={"customer": customer_id, "limit": PAGE_SIZE}
+        ),
+    )
 
 
 # Reconciliation (billing/reconciliation.py): what Stripe has counted and invoiced.
@@ -807,10 +821,10 @@ def list_invoices(*, customer_id: str) -> list[dict]:
 
 def list_invoice_lines(*, invoice_id: str) -> list[dict]:
     """Every line of an invoice (Stripe's `line_item` objects), every page."""
-    client = _client()
-    with _stripe_errors(f"list the lines of invoice {invoice_id}"):
-        page = client.v1.invoices.line_items.list(invoice_id, params={"limit": PAGE_SIZE})
-        return [_plain(line) for line in page.auto_paging_iter()]
+    return _every_page(
+        f"list the lines of invoice {invoice_id}",
+        lambda client: client.v1.invoices.line_items.list(invoice_id, params={"limit": PAGE_SIZE}),
+    )
 
 
 # Webhooks and links
