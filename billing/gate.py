@@ -1,4 +1,5 @@
-"""The billing gate on placement: a user gets a cluster once their billing is set up."""
+"""The billing gates clusters asks through: placement (a user gets a cluster once their
+billing is set up) and access (whether their Hopsworks account may be active)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,10 @@ def placement_blocker(user: User) -> str | None:
     if profile is not None and profile.has_active_subscription:
         return None
     return "Add a payment method to get a place on a cluster."
+
+
+def access_blocker(user: User) -> str | None:
+    """Why the user's Hopsworks account must be deactivated for billing reasons (a service
+    stop in force), or None. Asked by clusters whenever it decides what an account should be.
+    """
+    return None

@@ -57,6 +57,23 @@ class BillingProfile(models.Model):
     # subscription never bills meter events from before it existed.
     subscription_started_at = models.DateTimeField(null=True, blank=True)
     started_subscription_id = models.TextField(blank=True, default="")
+    # Spending limits; empty means the default from settings (billing.limits says which).
+    monthly_spending_cap = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Postpaid: the most the user is billed in a calendar month (USD). "
+        "Empty: the default (SPENDING_CAP_DEFAULT).",
+    )
+    low_balance_threshold = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Prepaid: warn when the balance falls below this (USD). "
+        "Empty: the default (LOW_BALANCE_THRESHOLD_DEFAULT).",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     # Stripe's subscription statuses under which the user is billed (past_due still is).
@@ -69,6 +86,18 @@ class BillingProfile(models.Model):
     class Meta:
         db_table = "billing_account"
         permissions = [("change_billing_mode", "Can switch users between prepaid and postpaid")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(monthly_spending_cap__gte=0),
+                name="billing_account_cap_not_negative",
+                violation_error_message="A spending cap cannot be negative.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(low_balance_threshold__gte=0),
+                name="billing_account_threshold_not_negative",
+                violation_error_message="A low-balance threshold cannot be negative.",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user_id}: {self.mode}"

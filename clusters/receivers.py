@@ -23,20 +23,11 @@ def place_on_login(sender, request, user: User, **kwargs):
 
 
 def follow_user_status(sender, user: User, previous: str, status: str, actor, **kwargs):
-    """Suspending a user deactivates their Hopsworks account; reactivating reactivates it.
+    """Suspending a user deactivates their Hopsworks account; reactivating reactivates it
+    (unless a billing stop is in force: clusters.services.accounts_refresh asks).
 
     Runs inside the status change's transaction; the cluster is called after commit.
     """
-    accounts = HopsworksAccount.objects.filter(user=user)
-    if status == User.Status.ACTIVE:
-        assignment = assignment_of(user)
-        if assignment is None:
-            return
-        accounts = accounts.filter(cluster_id=assignment.hopsworks_cluster_id)
-        desired = HopsworksAccount.State.ACTIVE
-    else:
-        desired = HopsworksAccount.State.DEACTIVATED
-    if accounts.exclude(desired=desired).update(desired=desired, attempts=0, last_error=""):
-        services.accounts_sync_queue(user)
+    services.accounts_refresh(user=user)
     if status == User.Status.ACTIVE:
         services.place_waiting_queue()

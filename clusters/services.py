@@ -136,11 +136,7 @@ def _place(*, user: User, cluster_id, actor, only_if_active: bool = False) -> As
             return None
         assignment = Assignment.objects.create(user=user, hopsworks_cluster_id=cluster_id)
         CapacityWait.objects.filter(user=user).delete()
-        _want_account(
-            user=user,
-            cluster_id=cluster_id,
-            desired=HopsworksAccount.State.ACTIVE if active else HopsworksAccount.State.DEACTIVATED,
-        )
+        _want_account(user=user, cluster_id=cluster_id, desired=_wanted_state(status, user))
         accounts_sync_queue(user)
     logger.info("user %s assigned to cluster %s by %s", user.pk, cluster_id, actor_label(actor))
     return assignment
@@ -154,6 +150,46 @@ def placement_blocker(user: User) -> str | None:
     """
     gate = getattr(settings, "PLACEMENT_GATE", "")
     return import_string(gate)(user) if gate else None
+
+
+def access_blocker(user: User) -> str | None:
+    """Why the user's Hopsworks account must stay deactivated although they are active and
+    assigned (a billing stop), or None. Billing answers (ACCOUNT_ACCESS_GATE)."""
+    gate = getattr(settings, "ACCOUNT_ACCESS_GATE", "")
+    return import_string(gate)(user) if gate else None
+
+
+def _wanted_state(user_status: str, user: User) -> str:
+    """What the account on the user's own cluster should be."""
+    if user_status == User.Status.ACTIVE and access_blocker(user) is None:
+        return HopsworksAccount.State.ACTIVE
+    return HopsworksAccount.State.DEACTIVATED
+
+
+def accounts_refresh(*, user: User) -> bool:
+    """Make what we want of the user's Hopsworks accounts follow who they are now: on their
+    cluster, active while the user is active and no billing stop is in force; anywhere
+    else, deactivated. Queues the sync if anything changed (returns True). Call it inside
+    the transaction of the change (a stop, a resume, a status change); the cluster is
+    called after commit, by the job."""
+    accounts = HopsworksAccount.objects.filter(user=user)
+    with transaction.atomic():
+        status = User.objects.select_for_update().values_list("status", flat=True).get(pk=user.pk)
+        before = dict(accounts.values_list("cluster_id", "desired"))
+        assigned_to = (
+            Assignment.objects.filter(user=user)
+            .values_list("hopsworks_cluster_id", flat=True)
+            .first()
+        )
+        if assigned_to is not None:
+            _want_account(user=user, cluster_id=assigned_to, desired=_wanted_state(status, user))
+        accounts.exclude(cluster_id=assigned_to).exclude(
+            desired=HopsworksAccount.State.DEACTIVATED
+        ).update(desired=HopsworksAccount.State.DEACTIVATED, attempts=0, last_error="")
+        changed = dict(accounts.values_list("cluster_id", "desired")) != before
+        if changed:
+            accounts_sync_queue(user)
+    return changed
 
 
 def _wait(user: User, reason: str, detail: str = "") -> None:
@@ -272,13 +308,8 @@ def assignment_move(*, user: User, to_cluster: HopsworksCluster, actor) -> Assig
         Assignment.objects.create(user=user, hopsworks_cluster=target)
         User.objects.filter(pk=user.pk).update(hopsworks_username=None)
         _want_account(user=user, cluster_id=from_id, desired=HopsworksAccount.State.DEACTIVATED)
-        _want_account(
-            user=user,
-            cluster_id=target.pk,
-            desired=HopsworksAccount.State.ACTIVE
-            if user.is_active
-            else HopsworksAccount.State.DEACTIVATED,
-        )
+        status = User.objects.values_list("status", flat=True).get(pk=user.pk)
+        _want_account(user=user, cluster_id=target.pk, desired=_wanted_state(status, user))
         accounts_sync_queue(user)
         place_waiting_queue()
     logger.info(

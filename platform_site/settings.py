@@ -113,6 +113,32 @@ PLACEMENT_REQUIRES_BILLING = env.bool("PLACEMENT_REQUIRES_BILLING", default=True
 # Who decides whether a user may be placed automatically (clusters asks; billing answers).
 PLACEMENT_GATE = "billing.gate.placement_blocker"
 
+# Spending limits and what happens when money runs out (billing.limits, issue 13).
+# Postpaid: the monthly cap every user has unless an operator or the user sets their own;
+# users may set their own between 0 and SPENDING_CAP_USER_MAX, operators up to
+# SPENDING_CAP_OPERATOR_MAX. Prepaid: warn below the threshold; stop below the floor.
+SPENDING_CAP_DEFAULT = env("SPENDING_CAP_DEFAULT", default="1000")
+SPENDING_CAP_USER_MAX = env("SPENDING_CAP_USER_MAX", default="10000")
+SPENDING_CAP_OPERATOR_MAX = env("SPENDING_CAP_OPERATOR_MAX", default="1000000")
+LOW_BALANCE_THRESHOLD_DEFAULT = env("LOW_BALANCE_THRESHOLD_DEFAULT", default="10")
+PREPAID_BALANCE_FLOOR = env("PREPAID_BALANCE_FLOOR", default="0")
+# How long a user keeps their cluster after they became ineligible (0: stopped at once),
+# and after a failed invoice payment (Stripe's retries run meanwhile).
+SERVICE_STOP_GRACE_HOURS = env.int("SERVICE_STOP_GRACE_HOURS", default=24)
+DUNNING_GRACE_HOURS = env.int("DUNNING_GRACE_HOURS", default=72)
+# Who decides whether a user's Hopsworks account may be active (clusters asks; billing
+# answers with the reason it must be deactivated, or None).
+ACCOUNT_ACCESS_GATE = "billing.gate.access_blocker"
+
+# Mail to users (alerts, dunning) goes through Django's email backend, from EMAIL_URL
+# (smtp+tls://user:password@host:587, or consolemail:// to print it: `make run` and DEBUG).
+# Mail is sent by jobs, never in a web request; EMAIL_TIMEOUT bounds each connection.
+vars().update(
+    env.email_url("EMAIL_URL", default="consolemail://" if DEBUG else "smtp://localhost:25")
+)
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="billing@localhost")
+
 # The unit storage is billed in: GiB (2^30 bytes; Kubernetes sizes volumes in Gi, and the
 # clouds bill GB-months of 2^30 bytes) or GB (10^9 bytes). Stated on the rate card.
 STORAGE_UNIT = env.str("STORAGE_UNIT", default="GiB")
