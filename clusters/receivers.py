@@ -6,8 +6,6 @@ import logging
 
 from accounts.models import User
 from clusters import services
-from clusters.models import HopsworksAccount
-from clusters.selectors import assignment_of
 
 logger = logging.getLogger(__name__)
 
