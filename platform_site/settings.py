@@ -221,6 +221,8 @@ TEMPLATES = [
                 "accounts.context_processors.auth0_login",
                 "billing.context_processors.units",
             ],
+            # money, precise_money and quantity in every template, without {% load %}.
+            "builtins": ["plumbing.formatting"],
         },
     },
 ]
