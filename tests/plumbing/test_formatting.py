@@ -85,6 +85,8 @@ def test_typed_amounts_refuse_what_is_not_dollars_and_cents(typed):
 
 
 def test_templates_have_the_filters_without_loading_them():
-    rendered = Template("{{ a|money }} {{ b|money:'EUR' }} {{ c|precise_money }} {{ q|quantity:2 }}")
+    rendered = Template(
+        "{{ a|money }} {{ b|money:'EUR' }} {{ c|precise_money }} {{ q|quantity:2 }}"
+    )
     context = Context({"a": D("-106.22"), "b": D("5"), "c": D("2.834002"), "q": D("4.85152")})
     assert rendered.render(context) == "-$106.22 5.00 EUR $2.834002 4.85"
