@@ -13,6 +13,8 @@ from plumbing import rls
 
 def _report(lines):
     # Migrations have no stdout of their own; what was done or skipped is worth seeing.
+    if lines:
+        print()  # migrate has written "Applying ..." without ending the line
     for line in lines:
         print(f"  {line}")
 
