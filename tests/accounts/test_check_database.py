@@ -134,9 +134,8 @@ def test_a_table_without_row_level_security_fails_the_check(committed_sql, capsy
     assert "python manage.py migrate" in error
 
 
-def test_a_forced_table_and_a_policy_open_to_anon_fail_the_check(
-    committed_sql, supabase_roles, capsys
-):
+@pytest.mark.usefixtures("supabase_roles")
+def test_a_forced_table_and_a_policy_open_to_anon_fail_the_check(committed_sql, capsys):
     committed_sql(
         "ALTER TABLE django_session FORCE ROW LEVEL SECURITY",
         "ALTER TABLE django_session NO FORCE ROW LEVEL SECURITY",
@@ -151,9 +150,8 @@ def test_a_forced_table_and_a_policy_open_to_anon_fail_the_check(
     assert "django_session: FORCE ROW LEVEL SECURITY is on" in error
 
 
-def test_on_supabase_the_own_rows_policies_are_reported(committed_sql, supabase_roles, capsys):
-    from django.core.management import call_command
-
+@pytest.mark.usefixtures("supabase_roles")
+def test_on_supabase_the_own_rows_policies_are_reported(committed_sql, capsys):
     committed_sql(
         SUPABASE_STUB,
         "DROP SCHEMA auth CASCADE;"  # the policies depend on auth.jwt(): they go too
@@ -166,5 +164,6 @@ def test_on_supabase_the_own_rows_policies_are_reported(committed_sql, supabase_
     assert error == ""
     assert "The anon key reads nothing" in out
     for table in ("users", "usage_daily", "user_credits", "billing_history"):
-        assert f"  {table}: Row Level Security on; authenticated users read only their own rows" in out
+        own_rows = "Row Level Security on; authenticated users read only their own rows"
+        assert f"  {table}: {own_rows}" in out
     assert "  django_session: Row Level Security on, no policy" in out
