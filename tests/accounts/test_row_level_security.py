@@ -227,10 +227,14 @@ def test_the_anon_key_reads_nothing_from_any_table(supabase, two_users, operator
     assert {t: s for t, s in seen.items() if s not in ([], "refused")} == {}
 
 
-def test_the_anon_key_cannot_write(supabase, two_users):
-    with pytest.raises(DatabaseError, match="row-level security"), as_role("anon") as cursor:
+@pytest.mark.parametrize("role, claims", [("anon", None), ("authenticated", {"sub": A})])
+def test_neither_the_anon_key_nor_a_signed_in_user_can_write(supabase, two_users, role, claims):
+    with (
+        pytest.raises(DatabaseError, match="row-level security"),
+        as_role(role, claims) as cursor,
+    ):
         cursor.execute("INSERT INTO users (id, email) VALUES ('anon|x', 'x@example.com')")
-    with as_role("anon") as cursor:
+    with as_role(role, claims) as cursor:
         cursor.execute("UPDATE users SET name = 'taken' WHERE id = %s", [A])
         assert cursor.rowcount == 0
         cursor.execute("DELETE FROM usage_daily")
