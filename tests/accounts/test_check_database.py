@@ -83,7 +83,9 @@ def test_database_url() -> str:
 
     s = connection.settings_dict
     password = f":{quote(s['PASSWORD'], safe='')}" if s["PASSWORD"] else ""
-    return f"postgresql://{s['USER']}{password}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+    # The embedded PostgreSQL's host is a socket folder, percent-encoded in a URL.
+    host = quote(s["HOST"], safe="") + (f":{s['PORT']}" if s["PORT"] else "")
+    return f"postgresql://{s['USER']}{password}@{host}/{s['NAME']}"
 
 
 test_database_url.__test__ = False
