@@ -307,3 +307,20 @@ def test_the_migration_is_reversible(supabase):
     executor.migrate([target])
     assert {t: rls_flags(t)[0] for t in public_tables()} == {t: True for t in public_tables()}
     assert len(policies()) == len(OWN_ROWS)
+
+
+def test_a_table_owned_by_another_role_is_named_not_changed(supabase_roles):
+    from plumbing.rls import rls_enable
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE public.rls_someone_elses (id int)")
+        cursor.execute(
+            f"CREATE TABLE public.rls_mine (id int); ALTER TABLE rls_mine OWNER TO {OWNER_PROBE}"
+        )
+    with as_role(OWNER_PROBE) as cursor:
+        change = rls_enable(cursor)
+
+    assert change.enabled == ["rls_mine"]
+    assert change.not_owned == ["rls_someone_elses"]
+    assert rls_flags("rls_someone_elses") == (False, False)
+    assert "owned by another role" in " ".join(change.lines())
