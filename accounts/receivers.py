@@ -16,7 +16,7 @@ RLS_MIGRATION = ("accounts", "0004_row_level_security")
 
 def enable_row_level_security(sender, using, verbosity=1, stdout=None, **kwargs):
     """post_migrate: RLS on tables that later migrations (ours, Django's, Procrastinate's,
-    any app's) created after accounts.0004 ran. One catalog query when nothing is missing."""
+    any app's) created after accounts.0004 ran. A few catalog queries when nothing is missing."""
     connection = connections[using]
     if connection.vendor != "postgresql":
         return

@@ -12,7 +12,7 @@ every table there. Row Level Security (RLS) decides what they see:
 * `anon` gets no policy anywhere, so the anon key reads nothing;
 * the console connects as the tables' owner, which RLS does not hold (never FORCE).
 
-`rls_enable` is idempotent and cheap when nothing is missing (one catalog query): the
+`rls_enable` is idempotent and cheap when nothing is missing (a few catalog queries): the
 accounts migration `0004_row_level_security` calls it, and so does every `migrate`
 afterwards (post_migrate), so tables created by later migrations (ours, Django's,
 Procrastinate's) are covered too. Where the role `authenticated` or the function
