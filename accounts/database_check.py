@@ -13,6 +13,7 @@ from plumbing.database import (
     database_config,
     describe_url,
 )
+from plumbing.rls import rls_report
 
 
 @dataclass
@@ -129,6 +130,7 @@ def diagnose(url: str) -> Diagnosis:
         ) as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]
             users_table = conn.execute("SELECT to_regclass('public.users')").fetchone()[0]
+            rls = rls_report(conn.cursor())
     except psycopg.Error as error:
         problem, advice = _explain(str(error), config)
         diagnosis.problem = problem
@@ -142,4 +144,20 @@ def diagnose(url: str) -> Diagnosis:
         if users_table
         else "The users table does not exist yet: run `python manage.py migrate`."
     )
+    diagnosis.facts.extend(rls.lines)
+    diagnosis.advice.extend(rls.notes)
+    if rls.problems:
+        diagnosis.ok = False
+        diagnosis.problem = "\n".join(
+            [
+                f"Row Level Security is missing or wrong on {len(rls.problems)} table(s): "
+                "Supabase's anon key, or the console itself, does not get what it should.",
+                *(f"- {problem}" for problem in rls.problems),
+            ]
+        )
+        diagnosis.advice.append(
+            "Run `python manage.py migrate`: it enables Row Level Security on every table "
+            "in public (never FORCE) and creates the own-rows policies. A policy someone "
+            "added for anon must be dropped by hand (DROP POLICY <name> ON <table>)."
+        )
     return diagnosis
