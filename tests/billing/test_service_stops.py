@@ -414,3 +414,38 @@ def _wait_until_blocked_on_a_lock():
                 return
         threading.Event().wait(0.01)
     raise AssertionError("the second evaluation never waited on the first")
+
+
+def test_a_stopped_user_stays_deactivated_when_moved_or_reactivated(
+    client, make_key, fake_hopsworks, cluster_on, settings
+):
+    from accounts.services import user_reactivate, user_suspend
+
+    settings.SERVICE_STOP_GRACE_HOURS = 0
+    east, west = fake_hopsworks
+    user = prepaid_user()
+    on_cluster(east, cluster_on, user)
+    post_usage(client, make_key, user, cpu_hours=1)  # stopped at once
+
+    with run_jobs():
+        user_suspend(user=user, actor=None)
+    with run_jobs():
+        user_reactivate(user=user, actor=None)
+    assert east.user_by_email(user.email).status == DEACTIVATED
+    with run_jobs():
+        services.assignment_move(user=user, to_cluster=cluster_on(west), actor=None)
+
+    assert west.user_by_email(user.email) is None  # not made active there either
+    assert Assignment.objects.get(user=user).hopsworks_cluster.api_url == west.api_url
+
+
+def test_a_lift_needs_a_sensible_hold_and_writes_nothing_otherwise(operator):
+    now = timezone.now()
+    stop = ServiceStop.objects.create(
+        user=UserFactory(), reason="over_cap", detected_at=now, enforce_at=now
+    )
+    for hours in (0, -1, 24 * 365):
+        with pytest.raises(StandingError, match="1 to 744 hours"):
+            service_stop_lift(stop=stop, reason="why not", hours=hours, actor=operator)
+    stop.refresh_from_db()
+    assert stop.resolved_at is None and stop.lifted_until is None
