@@ -102,6 +102,8 @@ def test_a_prepaid_user_below_the_floor_is_deactivated_after_the_grace_period_an
     assert "Buy credits" in access_blocker(user)
     page = client.get("/").content.decode()
     assert "Your service is stopped" in page and "Buy credits" in page
+    [mine] = client.get("/api/v1/me").json()["service_stops"]
+    assert (mine["reason"], mine["in_force"]) == ("Prepaid balance below the floor", True)
 
     _, _, session_id = buy(client, fake_stripe, user, "25")
     deliver(make_event("checkout.session.completed", fake_stripe.complete_checkout(session_id)))
