@@ -107,7 +107,7 @@ def _scope(user_ids) -> set[str]:
 
 def ineligibility(*, user_ids=None, now: dt.datetime | None = None) -> dict[tuple, str]:
     """(user id, reason) -> the figures, for each reason a user in scope is ineligible.
-    Five queries whatever the number of users."""
+    Six queries whatever the number of users."""
     now = now or timezone.now()
     scope = _scope(user_ids)
     if not scope:
