@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing.models import CreditLedgerEntry, UserCredits
+from billing.standing import standing_check_later
 from plumbing.actors import actor_label
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,9 @@ def credits_apply(movements: list[Movement]) -> list[CreditLedgerEntry]:
             return []
         CreditLedgerEntry.objects.bulk_create(entries)
         _write_summaries([rows[user_id] for user_id in sorted({e.user_id for e in entries})])
+        # A purchase, grant or refund moves the balance across the floor (usage is judged
+        # by usage_upsert, once for the whole batch): a top-up resumes the user at once.
+        standing_check_later(user_ids={e.user_id for e in entries if e.kind != Kind.USAGE})
     for entry in entries:
         if entry.balance_after < 0 <= entry.balance_after - entry.amount:
             logger.warning("credit balance of %s is now negative", entry.user_id)

@@ -17,11 +17,13 @@ from billing.credits import Kind, Movement, credits_apply
 from billing.invoices import invoice_apply
 from billing.models import BillingProfile, UsageDaily
 from billing.pricing import storage_gb_months, to_cents
+from billing.selectors import credit_balance
 from billing.usage import UsageRecord, usage_upsert
 from clusters.models import UserHopsworksAssignment
 
 DAYS = 60
 PREPAID = {1: Decimal("150"), 2: Decimal("5")}  # Grace buys plenty; Alan too little
+LOW_BALANCE_DEMO = Decimal("3")  # a prepaid demo user is topped up to this, not stopped
 
 
 @transaction.atomic
@@ -77,11 +79,44 @@ def seed() -> list[str]:
     )
     credits_apply(movements)  # before the usage, as a customer would have bought first
     result = usage_upsert(records=records, actor="seed_demo")
+    _keep_demo_users_eligible(today)
     invoices = _demo_invoices(today)
     return [
         f"Demo usage: {result.rows} daily rows over {DAYS} days; "
         f"{result.credit_entries} new credit debits; {invoices} demo invoices."
     ]
+
+
+def _keep_demo_users_eligible(today: dt.date) -> None:
+    """The periodic stop check must not stop the demo users: the postpaid ones on a cluster
+    get a demo subscription (no Stripe customer, so nothing is ever reported for it), and a
+    prepaid balance the usage took below LOW_BALANCE_DEMO is topped up to it (once a day:
+    Alan stays low, which shows the low-balance warning, not a stop)."""
+    for assignment in UserHopsworksAssignment.objects.filter(
+        user_id__in=[u[0] for u in DEMO_USERS]
+    ).order_by("user_id"):
+        profile, _ = BillingProfile.objects.get_or_create(user_id=assignment.user_id)
+        if profile.is_prepaid:
+            balance = credit_balance(profile.user)
+            if balance < LOW_BALANCE_DEMO:
+                credits_apply(
+                    [
+                        Movement(
+                            user_id=profile.user_id,
+                            kind=Kind.GRANT,
+                            amount=LOW_BALANCE_DEMO - balance,
+                            reference=f"demo:topup:{profile.user_id}:{today}",
+                            actor="seed_demo",
+                            reason="Demo top-up (keeps the demo user above the floor)",
+                        )
+                    ]
+                )
+        elif not profile.has_active_subscription:
+            profile.stripe_subscription_id = f"sub_demo_{profile.user_id.split('|')[-1]}"
+            profile.subscription_status = "active"
+            profile.save(
+                update_fields=["stripe_subscription_id", "subscription_status", "updated_at"]
+            )
 
 
 def _demo_invoices(today: dt.date) -> int:

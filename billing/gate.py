@@ -28,4 +28,9 @@ def access_blocker(user: User) -> str | None:
     """Why the user's Hopsworks account must be deactivated for billing reasons (a service
     stop in force), or None. Asked by clusters whenever it decides what an account should be.
     """
-    return None
+    from billing.standing import HOW_TO_RESUME, stops_in_force
+
+    stop = stops_in_force(user).first()
+    if stop is None:
+        return None
+    return f"Service stopped: {stop.get_reason_display().lower()}. {HOW_TO_RESUME[stop.reason]}"

@@ -730,3 +730,81 @@ class CreditPurchase(models.Model):
     @property
     def refundable(self) -> Decimal:
         return self.amount - self.amount_refunded - self.amount_disputed
+
+
+class ServiceStop(models.Model):
+    """A billing stop of a user's service: why the user is no longer eligible, when they
+    lose their Hopsworks account (`enforce_at`, after the grace period), when they did
+    (`stopped_at`), and when and how it ended (`resolved_at`, `resolution`).
+
+    Append-only history: a row is opened once, then only moved forward (enforced, then
+    resolved); it is never deleted, and a later stop for the same reason is a new row.
+    Invariant: at most one open (unresolved) stop per user and reason (a partial unique
+    constraint), so two evaluations at once never open two. A stop is in force while it is
+    open and enforced: the user's Hopsworks account is then deactivated
+    (`billing.gate.access_blocker`); they keep their assignment and their data. Written
+    only by `billing.standing`.
+    """
+
+    class Reason(models.TextChoices):
+        BALANCE_BELOW_FLOOR = "balance_below_floor", "Prepaid balance below the floor"
+        OVER_CAP = "over_cap", "Over the monthly spending cap"
+        NO_SUBSCRIPTION = "no_subscription", "No live subscription"
+        PAYMENT_FAILED = "payment_failed", "Invoice payment failed"
+
+    class Resolution(models.TextChoices):
+        ELIGIBLE = "eligible", "Eligible again"
+        LIFTED = "lifted", "Lifted by an operator"
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="service_stops")
+    reason = models.TextField(choices=Reason.choices)
+    detail = models.TextField(blank=True, default="", help_text="The figures when detected.")
+    detected_at = models.DateTimeField()
+    enforce_at = models.DateTimeField(help_text="Detected plus the grace period.")
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.TextField(choices=Resolution.choices, blank=True, default="")
+    resolution_note = models.TextField(
+        blank=True, default="", help_text="What made the user eligible, or the operator's reason."
+    )
+    resolved_by = models.TextField(blank=True, default="")
+    # A lifted stop holds off a new stop for the same reason until then (a fresh period,
+    # chosen by the operator); after it, a user still ineligible gets a new stop and grace.
+    lifted_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "billing_service_stop"
+        ordering = ["-detected_at", "-id"]
+        permissions = [("lift_service_stop", "Can lift users' service stops")]
+        indexes = [models.Index(fields=["user", "reason"], name="service_stop_user_reason")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "reason"],
+                condition=models.Q(resolved_at__isnull=True),
+                name="service_stop_one_open_per_reason",
+                violation_error_message="This user already has an open stop for this reason.",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(resolved_at__isnull=True, resolution="")
+                | (models.Q(resolved_at__isnull=False) & ~models.Q(resolution="")),
+                name="service_stop_resolution_with_time",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(resolution="lifted") | ~models.Q(resolution_note=""),
+                name="service_stop_lift_has_reason",
+                violation_error_message="Say why the stop is lifted.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.get_reason_display()} ({self.state})"
+
+    @property
+    def state(self) -> str:
+        if self.resolved_at is not None:
+            return "resolved"
+        return "enforced" if self.stopped_at is not None else "pending"
+
+    @property
+    def in_force(self) -> bool:
+        return self.resolved_at is None and self.stopped_at is not None

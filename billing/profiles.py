@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing.models import BillingModeChange, BillingProfile, UsageDaily
+from billing.standing import standing_check_later
 from plumbing.actors import actor_label
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def billing_mode_set(
         )
         profile.mode = mode
         profile.save(update_fields=["mode", "updated_at"])
+        standing_check_later(user_ids=[user.pk])  # the other mode's rules apply now
     logger.info(
         "billing mode of %s set to %s from %s by %s",
         user.pk,

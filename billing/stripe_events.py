@@ -24,6 +24,7 @@ from billing.invoices import invoice_apply, invoice_credits_refresh, invoice_ref
 from billing.models import BillingHistory, BillingProfile, StripeEvent, is_active_subscription
 from billing.profiles import billing_profile_ensure
 from billing.selectors import user_for_stripe_object
+from billing.standing import standing_evaluate
 from plumbing.jobs import defer
 
 logger = logging.getLogger(__name__)
@@ -217,6 +218,7 @@ def on_checkout_session_completed(session: dict, *, event_created) -> None:
         _subscription_state(
             user=user, subscription_id=subscription, status="active", event_created=event_created
         )
+        _standing(user)
 
 
 def on_checkout_session_paid(session: dict, *, event_created) -> None:
@@ -240,6 +242,7 @@ def on_customer_subscription_changed(subscription: dict, *, event_created) -> No
         status=subscription["status"],
         event_created=event_created,
     )
+    _standing(user)
 
 
 def _subscription_state(*, user: User, subscription_id: str, status: str, event_created) -> None:
@@ -326,24 +329,32 @@ def on_invoice_finalized(invoice: dict, *, event_created) -> None:
 
 
 def on_invoice_paid(invoice: dict, *, event_created) -> None:
-    _user_or_unmatched(invoice, "Invoice")
+    """Paid: a dunning stop ends once no failed invoice of the user is left unpaid."""
+    user = _user_or_unmatched(invoice, "Invoice")
     invoice_apply(invoice, status=BillingHistory.Status.PAID, event_created=event_created)
+    _standing(user)
 
 
 def on_invoice_payment_failed(invoice: dict, *, event_created) -> None:
-    _user_or_unmatched(invoice, "Invoice")
+    """Dunning starts: a stop with DUNNING_GRACE_HOURS and a mail to the user (Stripe's
+    retries run meanwhile). An older failure arriving after the paid event changes nothing
+    (invoice_apply keeps paid), so it stops no one."""
+    user = _user_or_unmatched(invoice, "Invoice")
     invoice_apply(invoice, status=BillingHistory.Status.FAILED, event_created=event_created)
+    _standing(user)
 
 
 def on_invoice_voided(invoice: dict, *, event_created) -> None:
-    _user_or_unmatched(invoice, "Invoice")
+    user = _user_or_unmatched(invoice, "Invoice")
     invoice_apply(invoice, status=BillingHistory.Status.VOID, event_created=event_created)
+    _standing(user)
 
 
 def on_invoice_marked_uncollectible(invoice: dict, *, event_created) -> None:
     """Stripe gave up collecting: `failed` in billing history, `uncollectible` kept beside."""
-    _user_or_unmatched(invoice, "Invoice")
+    user = _user_or_unmatched(invoice, "Invoice")
     invoice_apply(invoice, status=BillingHistory.Status.FAILED, event_created=event_created)
+    _standing(user)
 
 
 def on_credit_note_changed(credit_note: dict, *, event_created) -> None:
@@ -408,6 +419,12 @@ def _dispute(dispute: dict, *, closed: bool) -> None:
             f"(payment intent {dispute.get('payment_intent') or 'none'}), which paid no credit "
             "purchase of ours; nothing was held. Process it again once the purchase is recorded."
         )
+
+
+def _standing(user: User) -> None:
+    """The user's stops follow this event at once, in its transaction (a job's, not the
+    webhook request's): opened, resolved or enforced."""
+    standing_evaluate(user_ids=[user.pk], actor="stripe")
 
 
 def _after_billing_ready(user: User) -> None:

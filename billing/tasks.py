@@ -17,8 +17,9 @@ from billing import stripe_gateway as gateway
 from billing.collection import clusters_to_collect, usage_collect_day
 from billing.credits import credits_check_balances
 from billing.invoices import invoices_sync
-from billing.models import StripeEvent, UsageCollectionRun
+from billing.models import ServiceStop, StripeEvent, UsageCollectionRun
 from billing.reconciliation import billing_reconcile, default_months, reconciliation_record
+from billing.standing import standing_evaluate
 from billing.stripe_events import stripe_event_process, stripe_events_retry
 from billing.stripe_reporting import usage_report_to_stripe
 from clusters.models import HopsworksCluster
@@ -209,3 +210,62 @@ def reconcile_billing(timestamp: int) -> str:
     if not result.ok:
         raise ReconciliationDifferences(summary)
     return summary
+
+
+# Service stops ---------------------------------------------------------------------------
+
+
+@app.task(queue="maintenance", name="billing.evaluate_standing")
+@background
+def evaluate_standing(user_ids: list[str]) -> str:
+    """After usage, a credit movement or a mode switch: those users' stops opened, resolved
+    (a top-up resumes at once) or enforced."""
+    return str(standing_evaluate(user_ids=user_ids, actor="jobs"))
+
+
+@app.periodic(cron="*/10 * * * *")
+@app.task(queue="maintenance", name="billing.enforce_service_stops")
+@background
+def enforce_service_stops(timestamp: int) -> str:
+    """Every 10 minutes, every user on a cluster: stops whose grace period has run out are
+    enforced, and anything the event-driven checks missed is caught up."""
+    return str(standing_evaluate(actor="jobs"))
+
+
+@app.task(
+    queue="maintenance", retry=OUTSIDE_SYSTEM_RETRY, name="billing.send_payment_failed_notice"
+)
+@background
+def send_payment_failed_notice(stop_id: int) -> str:
+    """Tell the user an invoice payment failed, and when their service stops if unpaid."""
+    from django.core.mail import send_mail
+
+    stop = ServiceStop.objects.select_related("user").filter(pk=stop_id).first()
+    if stop is None:
+        raise TargetGone(f"Service stop {stop_id} no longer exists.")
+    if stop.resolved_at is not None:
+        return f"stop {stop_id} already resolved; nothing sent"
+    if not stop.user.email:
+        return f"user {stop.user_id} has no email address; nothing sent"
+    try:
+        send_mail(
+            subject="Your payment failed: please update your payment method",
+            message=payment_failed_text(stop),
+            from_email=None,
+            recipient_list=[stop.user.email],
+        )
+    except OSError as error:  # the mail server is down or refusing: retried
+        raise StillFailing(f"mail to {stop.user.email}: {error}") from error
+    return f"payment-failed notice sent to {stop.user.email}"
+
+
+def payment_failed_text(stop: ServiceStop) -> str:
+    from billing.standing import HOW_TO_RESUME
+
+    return (
+        f"Hello,\n\nThe payment of your invoice failed. {stop.detail}\n\n"
+        "Stripe will try again over the next days. If the invoice is still unpaid on "
+        f"{stop.enforce_at:%Y-%m-%d %H:%M} UTC, your Hopsworks service is stopped until it is "
+        "paid (your data and your place on the cluster are kept).\n\n"
+        f"{HOW_TO_RESUME[stop.reason]}\n"
+    )

@@ -29,6 +29,7 @@ from billing import credits
 from billing.models import NO_CLUSTER, BillingProfile, UsageDaily
 from billing.pricing import FIGURES, MissingPrice, Quantities, RateBook, day_cost, quantize
 from billing.selectors import billing_modes_on
+from billing.standing import standing_check_later
 from clusters.models import HopsworksCluster
 from plumbing.actors import actor_label
 
@@ -248,6 +249,9 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
         if updates:
             _write_rows(updates)
         entries = credits.credits_apply(movements)
+        # Usage may take a user past their cap or below the floor (or back): judged by a
+        # job, so collection and the usage API do not wait for it.
+        standing_check_later(user_ids=user_ids)
     return UpsertResult(
         rows=len(records),
         credit_entries=len(entries),

@@ -13,9 +13,19 @@ from billing import selectors
 from billing.api import MONEY, RANGE_PARAMETERS, date_range
 from billing.models import BillingHistory, CreditLedgerEntry
 from billing.pricing import to_cents
+from billing.standing import open_stops_of
 from clusters.api import AssignmentSerializer
 from clusters.selectors import placement_of
 from plumbing.api_docs import COMMON_ERRORS, error_responses
+
+
+class ServiceStopSerializer(serializers.Serializer):
+    reason = serializers.CharField()
+    detail = serializers.CharField()
+    in_force = serializers.BooleanField(help_text="True: your Hopsworks account is deactivated.")
+    stopped_at = serializers.DateTimeField(allow_null=True)
+    enforce_at = serializers.DateTimeField(help_text="When a pending stop takes effect.")
+    how_to_resume = serializers.CharField()
 
 
 class MyProfileSerializer(serializers.Serializer):
@@ -29,6 +39,9 @@ class MyProfileSerializer(serializers.Serializer):
     month_to_date = serializers.DecimalField(max_digits=20, decimal_places=2)
     credit_balance = serializers.DecimalField(max_digits=20, decimal_places=2)
     credit_balance_negative = serializers.BooleanField()
+    service_stops = ServiceStopSerializer(
+        many=True, help_text="Open billing stops of your service: pending or in force."
+    )
 
 
 class MyProfileView(APIView):
@@ -52,6 +65,7 @@ class MyProfileView(APIView):
             "month_to_date": to_cents(selectors.month_to_date_cost(user)),
             "credit_balance": to_cents(balance),
             "credit_balance_negative": balance < 0,
+            "service_stops": open_stops_of(user),
         }
         return Response(MyProfileSerializer(data).data)
 

@@ -22,6 +22,7 @@ from billing.checkout import (
 )
 from billing.models import BillingHistory, BillingProfile
 from billing.pricing import to_cents
+from billing.standing import open_stops_of
 from clusters.selectors import placement_of
 from plumbing import outbound
 
@@ -37,6 +38,7 @@ def home(request):
     context = {
         "account": user,
         "placement": placement_of(user),
+        "stops": open_stops_of(user),
         "mode": mode,
         "mode_label": BillingProfile.Mode(mode).label,
         "prepaid": mode == BillingProfile.Mode.PREPAID,

@@ -18,6 +18,7 @@ PERSONAS = {
         "clusters.view_capacitywait",
         "clusters.view_hopsworksaccount",
         "clusters.change_hopsworksaccount",
+        "billing.view_servicestop",
     ),
     "finance_staff": (
         "accounts.view_user",
@@ -36,6 +37,8 @@ PERSONAS = {
         "billing.collect_usage",
         "billing.sync_invoices",
         "billing.view_reconciliationrun",
+        "billing.view_servicestop",
+        "billing.lift_service_stop",
     ),
     "superuser": None,
 }

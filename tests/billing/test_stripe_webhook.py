@@ -59,7 +59,11 @@ def test_a_delivery_is_stored_and_queued_and_applied_only_by_the_worker(fake_str
     assert response.status_code == 200
     assert StripeEvent.objects.get().status == "received"
     assert not CreditLedgerEntry.objects.exists()  # nothing applied inside Stripe's request
-    assert run_queued_jobs() == [("billing.process_stripe_event", "succeeded")]
+    # The event's job, then the check of the user's standing that the new credits queued.
+    assert run_queued_jobs() == [
+        ("billing.process_stripe_event", "succeeded"),
+        ("billing.evaluate_standing", "succeeded"),
+    ]
     assert StripeEvent.objects.get().status == "processed"
     assert CreditLedgerEntry.objects.get().amount == Decimal("15")
 

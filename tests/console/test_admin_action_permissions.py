@@ -23,6 +23,7 @@ from billing.models import (
     CreditLedgerEntry,
     Price,
     ReconciliationRun,
+    ServiceStop,
     StripeCatalogEntry,
     StripeEvent,
     StripeUsageAdjustment,
@@ -81,6 +82,8 @@ MATRIX = {
     ("billing.stripeusagereport", "delete_selected"):    (_, _, _, _, _, _),
     ("billing.reconciliationrun", "delete_selected"):    (_, _, _, _, _, _),
     ("billing.stripeusageadjustment", "delete_selected"): (_, _, _, _, _, _),
+    ("billing.servicestop", "lift_stops"):               (_, _, _, _, Y, Y),
+    ("billing.servicestop", "delete_selected"):          (_, _, _, _, _, _),
     ("auth.group", "delete_selected"):                   (_, _, _, _, _, Y),
     ("social_django.usersocialauth", "delete_selected"): (_, _, _, _, _, Y),
     ("social_django.nonce", "delete_selected"):          (_, _, _, _, _, Y),
@@ -305,6 +308,22 @@ def process_again(request):
     return Case([event.pk], _queued("billing.process_stripe_event"))
 
 
+def _service_stop():
+    now = timezone.now()
+    return ServiceStop.objects.create(
+        user=UserFactory(), reason="over_cap", detected_at=now, enforce_at=now, stopped_at=now
+    )
+
+
+def lift_stops(request):
+    stop = _service_stop()
+    return Case(
+        [stop.pk],
+        lambda: ServiceStop.objects.filter(pk=stop.pk).values_list("resolution", flat=True)[0],
+        {"reason": "paying by wire", "hours": "24"},
+    )
+
+
 def _ledger_entry():
     from billing.credits import Kind, credits_add
 
@@ -470,6 +489,8 @@ SCENARIOS = {
             identifier="adjust-1",
         )
     ),
+    ("billing.servicestop", "lift_stops"): lift_stops,
+    ("billing.servicestop", "delete_selected"): _deleting(_service_stop),
     ("auth.group", "delete_selected"): _deleting(_group),
     ("social_django.usersocialauth", "delete_selected"): _deleting(_social_auth),
     ("social_django.nonce", "delete_selected"): _deleting(_nonce),

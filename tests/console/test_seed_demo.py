@@ -81,3 +81,20 @@ def test_force_does_not_make_a_database_the_demo_one(settings):
         call_command("seed_demo", "--force")
 
     assert_untouched(person)
+
+
+def test_no_demo_user_is_stopped_by_the_periodic_check(demo_database, settings):
+    """The demo users have what they need: postpaid ones a (demo) live subscription, the
+    prepaid ones a balance at or above the floor, so `make run` shows working accounts."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from billing.standing import standing_evaluate
+
+    settings.PLACEMENT_REQUIRES_BILLING = True
+    call_command("seed_demo")
+
+    later = standing_evaluate(now=timezone.now() + dt.timedelta(days=2))
+
+    assert later.opened == [] and later.enforced == []
