@@ -328,3 +328,27 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
                     "back when Stripe confirms it.",
                     messages.SUCCESS,
                 )
+
+
+@admin.register(BillingAdjustment)
+class BillingAdjustmentAdmin(ReadOnlyAdmin):
+    """Operators' credits and debits and carried prepaid debts, where each went. Written
+    only by billing.adjustments; a pending one is sent by the `send_billing_adjustment`
+    job (hourly, `retry_billing_adjustments` queues any left pending)."""
+
+    list_display = (
+        "created_at",
+        "user",
+        "direction",
+        "amount",
+        "channel",
+        "status",
+        "attempts",
+        "reason",
+        "actor",
+        "stripe_object_id",
+    )
+    list_select_related = ("user",)
+    list_filter = ("status", "channel", "direction", "created_at")
+    search_fields = ("user__email", "=reference", "=stripe_object_id")
+    date_hierarchy = "created_at"
