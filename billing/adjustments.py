@@ -37,6 +37,7 @@ from billing.models import (
     BillingHistory,
     BillingModeChange,
     BillingProfile,
+    CreditLedgerEntry,
     UserCredits,
 )
 from billing.pricing import to_cents
@@ -352,15 +353,17 @@ def prepaid_debt_carry(*, user: User, actor) -> BillingAdjustment | None:
             .order_by("-effective_at", "-id")
             .first()
         )
+        if change is None:  # never switched: a balance from before switches were recorded
+            return None
         debt = -credits.balance
         billed = to_cents(debt)
-        base = f"switch:{change.pk}:debt" if change else f"postpaid:{user.pk}:debt"
-        number = BillingAdjustment.objects.filter(reference__startswith=f"{base}:").count() + 1
+        base = f"switch:{change.pk}:debt"
+        # Each carry writes one ledger entry (a fraction of a cent no invoice item).
+        number = CreditLedgerEntry.objects.filter(reference__startswith=f"{base}:").count() + 1
         reference = f"{base}:{number}"
-        since = f" since {change.effective_at:%Y-%m-%d %H:%M} UTC" if change else ""
         reason = (
             f"Negative prepaid balance of -${billed} carried to the first postpaid invoice "
-            f"(postpaid{since})"
+            f"(postpaid since {change.effective_at:%Y-%m-%d %H:%M} UTC)"
         )
         credits_add(
             user=user,
@@ -393,8 +396,10 @@ def users_with_prepaid_debt() -> list[User]:
     """Postpaid users whose prepaid balance is below zero (prepaid days settled after their
     switch): the debt is still to be carried."""
     in_debt = UserCredits.objects.filter(total_used__gt=F("total_purchased")).values("user_id")
+    switched = BillingModeChange.objects.filter(to_mode=BillingProfile.Mode.POSTPAID)
     return list(
         User.objects.filter(pk__in=in_debt)
+        .filter(pk__in=switched.values("user_id"))
         .exclude(billing_profile__mode=BillingProfile.Mode.PREPAID)
         .order_by("pk")
     )

@@ -4,6 +4,7 @@ Driven through the admin actions, against the fake Stripe."""
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
 import pytest
@@ -505,3 +506,65 @@ def test_the_users_page_shows_the_switches_with_their_effective_time_and_the_car
     assert "Prepaid (credits) → Postpaid (metered)" in page
     assert " UTC" in page
     assert "$4.00" in page and "Sent" in page
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("mode", ["prepaid", "postpaid"])
+def test_the_same_form_submitted_at_once_from_four_tabs_applies_once(fake_stripe, operator, mode):
+    from billing.adjustments import adjustment_make
+    from tests.concurrency import run_at_once
+
+    if mode == "prepaid":
+        user = prepaid_user()
+    else:
+        user, customer = postpaid_user(fake_stripe)
+
+    run_at_once(
+        lambda _: adjustment_make(
+            user=user,
+            direction="credit",
+            amount="12.50",
+            reason="outage apology",
+            actor=operator,
+            reference=f"grant:tok-1:{user.pk}",
+        ),
+        range(4),
+    )
+
+    assert BillingAdjustment.objects.count() == 1
+    if mode == "prepaid":
+        assert UserCredits.objects.get(user=user).balance == D("12.5")
+    else:
+        assert len(fake_stripe.balance_transactions_of(customer)) == 1
+        assert fake_stripe.customers[customer]["balance"] == -1250
+        assert BillingAdjustment.objects.get().status == "sent"
+
+
+def test_a_carried_debt_is_sent_once_when_stripe_fails_and_the_switch_is_recorded_anyway(
+    operator_client, fake_stripe
+):
+    user = prepaid_user()
+    customer = customer_ensure(user=user)
+    credits_add(user=user, kind=Kind.ADJUSTMENT, amount=D("-4"), reference="u", actor="t")
+    # Every attempt of the job (the SDK retries twice) arrives, its answer lost.
+    fake_stripe.fail_next(3, status=500, path="/v1/invoiceitems", processed=True)
+
+    switch(operator_client, "make_postpaid", [user])
+    assert ("billing.send_billing_adjustment", "failed") in run_queued_jobs()
+    adjustment = BillingAdjustment.objects.get()
+    assert (adjustment.status, adjustment.attempts) == ("pending", 1)
+    assert BillingProfile.objects.get(user=user).mode == "postpaid"
+
+    fake_stripe.forget_idempotency_keys()
+    from billing.tasks import retry_billing_adjustments
+    from plumbing.jobs import defer
+
+    BillingAdjustment.objects.filter(pk=adjustment.pk).update(
+        created_at=adjustment.created_at - dt.timedelta(hours=1)
+    )
+    defer(retry_billing_adjustments, timestamp=0)
+    run_queued_jobs()
+
+    adjustment.refresh_from_db()
+    assert adjustment.status == "sent"
+    assert len(fake_stripe.invoice_items_of(customer)) == 1  # found at Stripe, not resent
