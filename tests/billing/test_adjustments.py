@@ -568,3 +568,16 @@ def test_a_carried_debt_is_sent_once_when_stripe_fails_and_the_switch_is_recorde
     adjustment.refresh_from_db()
     assert adjustment.status == "sent"
     assert len(fake_stripe.invoice_items_of(customer)) == 1  # found at Stripe, not resent
+
+
+def test_debit_asks_first_with_an_amount_a_reason_and_a_one_time_token(operator_client):
+    user = prepaid_user()
+
+    page = operator_client.post(USERS, {"action": "debit_accounts", "_selected_action": [user.pk]})
+
+    assert page.status_code == 200
+    form = page.context["form"]
+    assert {"amount", "reason", "token"} <= set(form.fields)
+    assert len(form["token"].value()) == 32
+    assert user.email in page.content.decode()
+    assert not BillingAdjustment.objects.exists()
