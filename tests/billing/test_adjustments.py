@@ -581,3 +581,28 @@ def test_debit_asks_first_with_an_amount_a_reason_and_a_one_time_token(operator_
     assert len(form["token"].value()) == 32
     assert user.email in page.content.decode()
     assert not BillingAdjustment.objects.exists()
+
+
+def test_the_adjustments_list_is_read_only_and_its_queries_do_not_grow_with_rows(
+    operator_client,
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def add(n):
+        for i in range(n):
+            user = prepaid_user()
+            grant(operator_client, [user], token=f"t{n}x{i}")
+
+    url = "/admin/billing/billingadjustment/"
+    add(1)
+    with CaptureQueriesContext(connection) as few:
+        assert operator_client.get(url).status_code == 200
+    add(5)
+    with CaptureQueriesContext(connection) as many:
+        page = operator_client.get(url)
+    assert len(many) == len(few)
+    assert "outage apology" in page.content.decode()
+    adjustment = BillingAdjustment.objects.first()
+    assert operator_client.get(f"{url}add/").status_code == 403
+    assert operator_client.post(f"{url}{adjustment.pk}/delete/", {"post": "yes"}).status_code == 403

@@ -175,6 +175,7 @@ def test_every_billing_list_opens(operator_client):
         "/admin/billing/price/",
         "/admin/billing/usercredits/",
         "/admin/billing/creditledgerentry/",
+        "/admin/billing/billingadjustment/",
         "/admin/billing/usagedaily/",
         "/admin/clusters/capacitywait/",
         "/admin/clusters/hopsworksaccount/",
