@@ -110,6 +110,16 @@ def outcome_message(user, applied: Applied, direction: str) -> tuple[int, str]:
     """What happened to one user's adjustment, for the operator: (message level, text)."""
     adjustment = applied.adjustment
     if not applied.created:
+        if adjustment is not None and adjustment.status == Status.PENDING:
+            return messages.WARNING, (
+                f"{user.email}: already submitted (this form was sent before) and still "
+                "queued for Stripe: nothing more done."
+            )
+        if adjustment is not None and adjustment.status == Status.FAILED:
+            return messages.ERROR, (
+                f"{user.email}: not done: this form was sent before and Stripe refused it "
+                f"({adjustment.error}); fix the cause and open the action again."
+            )
         return messages.INFO, (
             f"{user.email}: already applied (this form was submitted before): nothing more done."
         )
