@@ -606,3 +606,41 @@ def test_the_adjustments_list_is_read_only_and_its_queries_do_not_grow_with_rows
     adjustment = BillingAdjustment.objects.first()
     assert operator_client.get(f"{url}add/").status_code == 403
     assert operator_client.post(f"{url}{adjustment.pk}/delete/", {"post": "yes"}).status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_grant_racing_a_switch_to_postpaid_lands_in_one_place_and_the_debt_is_carried_once(
+    fake_stripe, operator
+):
+    from billing.adjustments import adjustment_make
+    from billing.profiles import billing_mode_set
+    from tests.concurrency import run_at_once
+
+    user = prepaid_user()
+    customer = customer_ensure(user=user)
+    credits_add(user=user, kind=Kind.ADJUSTMENT, amount=D("-4"), reference="u", actor="t")
+
+    def work(which):
+        if which == "switch":
+            billing_mode_set(user=user, mode="postpaid", actor=operator)
+        else:
+            adjustment_make(
+                user=user,
+                direction="credit",
+                amount="10",
+                reason="goodwill",
+                actor=operator,
+                reference=f"grant:race:{user.pk}",
+            )
+
+    run_at_once(work, ["switch", "grant"])
+
+    grant_row = BillingAdjustment.objects.get(reference__startswith="grant:")
+    carried = BillingAdjustment.objects.filter(reference__startswith="switch:")
+    balance = UserCredits.objects.get(user=user).balance
+    if grant_row.channel == "ledger":  # the grant came first: no debt left to carry
+        assert (balance, carried.count()) == (D("6"), 0)
+    else:  # the switch came first: the debt carried, the grant to Stripe
+        assert balance == 0
+        assert [c.amount for c in carried] == [D("4.00")]
+        assert fake_stripe.customers[customer]["balance"] == -1000
