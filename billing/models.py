@@ -808,3 +808,74 @@ class ServiceStop(models.Model):
     @property
     def in_force(self) -> bool:
         return self.resolved_at is None and self.stopped_at is not None
+
+
+class BillingAdjustment(models.Model):
+    """An operator's credit or debit to a user, with its reason, where the user's money is:
+    the prepaid ledger, or Stripe for postpaid (a credit on the customer's balance, a
+    credit note on an open invoice, an invoice item on the next invoice). Also the debt a
+    prepaid balance carries to Stripe when the user switches to postpaid.
+
+    Append-only: amount, channel, reason and reference never change; a correction is a new
+    adjustment. Invariant: `reference` is unique (a resubmitted form applies once) and is the
+    Stripe idempotency key and the Stripe object's `billing_adjustment` metadata, so a lost
+    answer is found at Stripe, never sent twice. A ledger adjustment is written `sent`
+    together with its ledger entry (the same reference); a Stripe one is committed `pending`
+    before it is sent, stays `pending` (with the error) while Stripe is unavailable and is
+    retried by a job, and is `failed` when Stripe refused it (`error` says why)."""
+
+    class Direction(models.TextChoices):
+        CREDIT = "credit", "Credit (to the user)"
+        DEBIT = "debit", "Debit (charged to the user)"
+
+    class Channel(models.TextChoices):
+        LEDGER = "ledger", "Prepaid credit ledger"
+        CUSTOMER_BALANCE = "stripe_customer_balance", "Stripe customer balance"
+        INVOICE_ITEM = "stripe_invoice_item", "Stripe invoice item"
+        CREDIT_NOTE = "stripe_credit_note", "Stripe credit note"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending (to be sent)"
+        SENT = "sent", "Sent (applied)"
+        FAILED = "failed", "Failed (refused)"
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="billing_adjustments")
+    direction = models.TextField(choices=Direction.choices)
+    amount = models.DecimalField(
+        max_digits=12, decimal_places=2, help_text="US dollars, positive either way."
+    )
+    currency = models.TextField(default="usd")
+    channel = models.TextField(choices=Channel.choices)
+    reason = models.TextField()
+    actor = models.TextField(help_text="Who made it (an operator, the mode switch).")
+    reference = models.TextField(unique=True)
+    stripe_customer_id = models.TextField(blank=True, default="")
+    stripe_invoice_id = models.TextField(
+        blank=True, default="", help_text="The open invoice a credit note is for."
+    )
+    stripe_object_id = models.TextField(blank=True, default="")
+    status = models.TextField(choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "billing_adjustment"
+        ordering = ["-created_at", "-id"]
+        permissions = [("debit_account", "Can debit users (a charge with a reason)")]
+        indexes = [
+            models.Index(fields=["user", "-created_at"], name="billing_adjustment_user"),
+            models.Index(fields=["status", "created_at"], name="billing_adjustment_status"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(amount__gt=0), name="billing_adjustment_amount_positive"
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(reason=""), name="billing_adjustment_has_reason"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.direction} ${self.amount} for {self.user_id} ({self.status})"

@@ -42,6 +42,11 @@ def billing_mode_set(
     with the next day, and a day collected late is still settled on its own mode. Days
     already collected never change channel: a switch may not take effect before the start
     of today, before the user's last switch, or at the start of a day that has usage.
+
+    What the old mode leaves is settled in the same transaction: prepaid -> postpaid carries
+    a negative prepaid balance to the first postpaid invoice (`prepaid_debt_carry`);
+    postpaid -> prepaid queues the user's usage report, so what was collected up to the
+    switch reaches Stripe first.
     """
     if mode not in BillingProfile.Mode.values:
         raise ValueError(f"Unknown billing mode {mode!r}; use prepaid or postpaid.")
@@ -90,9 +95,11 @@ def billing_mode_set(
             actor=actor_label(actor),
             reason=reason,
         )
+        previous = profile.mode
         profile.mode = mode
         profile.save(update_fields=["mode", "updated_at"])
         standing_check_later(user_ids=[user.pk])  # the other mode's rules apply now
+        _settle_the_old_mode(user=user, previous=previous, mode=mode, actor=actor)
     logger.info(
         "billing mode of %s set to %s from %s by %s",
         user.pk,
@@ -101,3 +108,14 @@ def billing_mode_set(
         actor_label(actor),
     )
     return True
+
+
+def _settle_the_old_mode(*, user: User, previous: str, mode: str, actor) -> None:
+    # Imported here: both modules import this one.
+    from billing.adjustments import prepaid_debt_carry
+    from billing.tasks import user_usage_report_defer
+
+    if previous == BillingProfile.Mode.PREPAID and mode == BillingProfile.Mode.POSTPAID:
+        prepaid_debt_carry(user=user, actor=actor)
+    elif previous == BillingProfile.Mode.POSTPAID and mode == BillingProfile.Mode.PREPAID:
+        user_usage_report_defer(user_id=user.pk)

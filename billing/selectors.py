@@ -16,7 +16,14 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import User
-from billing.models import BillingProfile, CreditLedgerEntry, UsageDaily, UserCredits
+from billing.models import (
+    BillingAdjustment,
+    BillingModeChange,
+    BillingProfile,
+    CreditLedgerEntry,
+    UsageDaily,
+    UserCredits,
+)
 
 ZERO = Decimal("0")
 CENT = Decimal("0.01")
@@ -182,3 +189,42 @@ def user_for_stripe_object(obj: dict) -> User | None:
     if isinstance(customer, dict):
         customer = customer.get("id")
     return User.objects.filter(stripe_customer_id=customer).first() if customer else None
+
+
+WHERE_ADJUSTED = {
+    "ledger": "your prepaid balance",
+    "stripe_customer_balance": "your Stripe balance, off your next invoices",
+    "stripe_invoice_item": "your next invoice",
+    "stripe_credit_note": "a credit note on your open invoice",
+}
+
+
+def account_changes(user: User, *, limit: int = 20) -> list[dict]:
+    """The user's history of how they pay: mode switches (with their effective time) and
+    operators' credits and debits, newest first, in words for the user's own page."""
+    changes = [
+        {
+            "at": change.effective_at,
+            "what": f"Billing mode {change.get_from_mode_display()} → "
+            f"{change.get_to_mode_display()}, effective "
+            f"{change.effective_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC",
+            "note": "",  # the operator's reason may be internal
+        }
+        for change in BillingModeChange.objects.filter(user=user).order_by("-effective_at")[:limit]
+    ]
+    for adjustment in (
+        BillingAdjustment.objects.filter(user=user)
+        .exclude(status=BillingAdjustment.Status.FAILED)
+        .order_by("-created_at")[:limit]
+    ):
+        kind = "Credit" if adjustment.direction == BillingAdjustment.Direction.CREDIT else "Charge"
+        pending = adjustment.status == BillingAdjustment.Status.PENDING
+        changes.append(
+            {
+                "at": adjustment.created_at,
+                "what": f"{kind} of ${adjustment.amount}: {adjustment.reason}",
+                "note": ("being applied to " if pending else "applied to ")
+                + WHERE_ADJUSTED[adjustment.channel],
+            }
+        )
+    return sorted(changes, key=lambda c: c["at"], reverse=True)[:limit]

@@ -726,6 +726,77 @@ def list_invoice_items(*, customer_id: str) -> list[dict]:
     )
 
 
+def create_customer_balance_transaction(
+    *,
+    customer_id: str,
+    amount: Decimal,
+    currency: str,
+    description: str,
+    idempotency_key: str,
+    metadata: dict[str, str] | None = None,
+) -> dict:
+    """Move the customer's invoice balance by `amount` (major units): negative is a credit
+    Stripe takes off the customer's next invoices, positive a debit. A retry with the same
+    key within 24 hours returns the same transaction; after that, look it up with
+    `list_customer_balance_transactions`."""
+    client = _client()
+    currency = _currency(currency)
+    minor = to_minor_units(amount, currency)
+    if minor == 0:
+        raise ValueError("A balance transaction of zero changes nothing.")
+    params: dict[str, Any] = {
+        "amount": minor,
+        "currency": currency,
+        "description": description,
+        "metadata": dict(metadata or {}),
+    }
+    operation = f"move the balance of customer {customer_id} by {amount} {currency.upper()}"
+    with _stripe_errors(operation, idempotency_key=idempotency_key):
+        transaction = client.v1.customers.balance_transactions.create(
+            customer_id, params=params, options=_options(idempotency_key)
+        )
+    return _plain(transaction)
+
+
+def list_customer_balance_transactions(*, customer_id: str) -> list[dict]:
+    """All of a customer's balance transactions, newest first, every page."""
+    return _every_page(
+        f"list the balance transactions of customer {customer_id}",
+        lambda client: client.v1.customers.balance_transactions.list(
+            customer_id, params={"limit": PAGE_SIZE}
+        ),
+    )
+
+
+def create_credit_note(
+    *,
+    invoice_id: str,
+    amount: Decimal,
+    currency: str,
+    memo: str,
+    idempotency_key: str,
+    metadata: dict[str, str] | None = None,
+) -> dict:
+    """A credit note of `amount` (major units, positive) on a finalized invoice: on an open
+    one it lowers what is due. A retry with the same key within 24 hours returns the same
+    note; after that, look it up with `list_credit_notes`."""
+    client = _client()
+    currency = _currency(currency)
+    minor = to_minor_units(amount, currency)
+    if minor <= 0:
+        raise ValueError(f"A credit note must be positive, not {amount}.")
+    params: dict[str, Any] = {
+        "invoice": invoice_id,
+        "amount": minor,
+        "memo": memo,
+        "metadata": dict(metadata or {}),
+    }
+    operation = f"issue a credit note of {amount} {currency.upper()} on invoice {invoice_id}"
+    with _stripe_errors(operation, idempotency_key=idempotency_key):
+        note = client.v1.credit_notes.create(params=params, options=_options(idempotency_key))
+    return _plain(note)
+
+
 def cancel_subscription(*, subscription_id: str) -> None:
     """Cancel now. Stripe answers 404 for one already canceled (or gone): that is done too."""
     client = _client()

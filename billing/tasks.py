@@ -14,10 +14,17 @@ from procrastinate.contrib.django import app
 
 from accounts.models import User
 from billing import stripe_gateway as gateway
+from billing.adjustments import (
+    adjustment_send,
+    adjustment_send_queue,
+    adjustments_pending,
+    prepaid_debt_carry,
+    users_with_prepaid_debt,
+)
 from billing.collection import clusters_to_collect, usage_collect_day
 from billing.credits import credits_check_balances
 from billing.invoices import invoices_sync
-from billing.models import ServiceStop, StripeEvent, UsageCollectionRun
+from billing.models import BillingAdjustment, ServiceStop, StripeEvent, UsageCollectionRun
 from billing.reconciliation import billing_reconcile, default_months, reconciliation_record
 from billing.standing import standing_evaluate
 from billing.stripe_events import stripe_event_process, stripe_events_retry
@@ -137,6 +144,21 @@ def report_usage_now() -> str:
     if run.errors:
         raise StillFailing("; ".join(run.errors[:5]))
     return f"{run.sent_events} meter event(s) sent"
+
+
+@app.task(queue="stripe", retry=OUTSIDE_SYSTEM_RETRY, name="billing.report_user_usage")
+@background
+def report_user_usage(user_id: str) -> str:
+    """One user's usage to Stripe now: deferred by a switch from postpaid to prepaid, so
+    everything collected up to the switch is reported first."""
+    run = usage_report_to_stripe(user_ids=[user_id])
+    if run.errors:
+        raise StillFailing("; ".join(run.errors[:5]))
+    return f"{run.sent_events} meter event(s) sent for {user_id}"
+
+
+def user_usage_report_defer(*, user_id: str):
+    return defer(report_user_usage, queueing_lock=f"report-usage:{user_id}", user_id=user_id)
 
 
 @app.periodic(cron="30 1 * * *")
@@ -269,3 +291,40 @@ def payment_failed_text(stop: ServiceStop) -> str:
         "paid (your data and your place on the cluster are kept).\n\n"
         f"{HOW_TO_RESUME[stop.reason]}\n"
     )
+
+
+# Adjustments (billing/adjustments.py) -------------------------------------------------
+
+
+@app.task(queue="stripe", retry=OUTSIDE_SYSTEM_RETRY, name="billing.send_billing_adjustment")
+@background
+def send_billing_adjustment(adjustment_id: int) -> str:
+    """Send one pending credit or debit to Stripe (looked up there first if an earlier
+    attempt may have arrived); retried with backoff while Stripe is unavailable."""
+    if not BillingAdjustment.objects.filter(pk=adjustment_id).exists():
+        raise TargetGone(f"Billing adjustment {adjustment_id} no longer exists.")
+    adjustment = adjustment_send(adjustment_id=adjustment_id)
+    if adjustment.status == BillingAdjustment.Status.PENDING:
+        raise StillFailing(f"{adjustment.reference}: {adjustment.error or 'being sent'}")
+    return f"{adjustment.reference}: {adjustment.status}"
+
+
+@app.periodic(cron="40 * * * *")
+@app.task(queue="stripe", name="billing.retry_billing_adjustments")
+@background
+def retry_billing_adjustments(timestamp: int) -> str:
+    """Hourly: queue every adjustment still pending (its job gave up while Stripe was down,
+    or the process died between recording and sending it)."""
+    pending = adjustments_pending(older_than=timezone.now() - dt.timedelta(minutes=10))
+    queued = sum(adjustment_send_queue(adjustment=a) is not None for a in pending)
+    return f"{queued} pending adjustment(s) queued"
+
+
+@app.periodic(cron="50 1 * * *")
+@app.task(queue="maintenance", name="billing.carry_prepaid_debts")
+@background
+def carry_prepaid_debts(timestamp: int) -> str:
+    """Daily: a user switched to postpaid whose last prepaid days, settled after the
+    switch, left their prepaid balance below zero: the debt goes on their next invoice."""
+    carried = [prepaid_debt_carry(user=user, actor="job") for user in users_with_prepaid_debt()]
+    return f"{sum(a is not None for a in carried)} prepaid debt(s) carried to Stripe"

@@ -52,6 +52,7 @@ def home(request):
         "chart": cost_chart(days),
         "invoices": BillingHistory.objects.filter(user=user).order_by("-created_at")[:24],
         "movements": selectors.credit_movements(user, limit=10),
+        "account_changes": selectors.account_changes(user, limit=20),
         "presets": settings.CREDIT_TOPUP_PRESETS,
         "topup_min": low,
         "topup_max": high,

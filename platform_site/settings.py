@@ -102,6 +102,8 @@ OUTBOUND_MAX_RESPONSE_BYTES = env.int("OUTBOUND_MAX_RESPONSE_BYTES", default=5 *
 CREDIT_TOPUP_PRESETS = env.list("CREDIT_TOPUP_PRESETS", default=["10", "25", "50", "100"])
 CREDIT_TOPUP_MIN = env("CREDIT_TOPUP_MIN", default="5")
 CREDIT_TOPUP_MAX = env("CREDIT_TOPUP_MAX", default="1000")
+# The most one operator credit or debit (admin "Grant credits" / "Debit") may be, US dollars.
+BILLING_ADJUSTMENT_MAX = env("BILLING_ADJUSTMENT_MAX", default="10000")
 
 # Set only by `make run`, on the local database it made for the demo: the one database
 # seed_demo (a known admin password) may write to. Never set it anywhere else.

@@ -32,6 +32,8 @@ PERSONAS = {
         "billing.change_stripeevent",
         "billing.change_billing_mode",
         "billing.grant_credits",
+        "billing.debit_account",
+        "billing.view_billingadjustment",
         "billing.view_creditpurchase",
         "billing.refund_credit_purchase",
         "billing.collect_usage",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import re
 import uuid
-from decimal import Decimal
 
 from django import forms
 from django.conf import settings
@@ -12,15 +12,25 @@ from django.db.models import F
 from django.utils.html import format_html
 
 from billing import stripe_gateway as gateway
+from billing.adjustments import (
+    AdjustmentError,
+    Applied,
+    adjustment_make,
+    adjustment_reference,
+    parse_adjustment_amount,
+)
 from billing.admin.base import ReadOnlyAdmin
 from billing.checkout import BillingError
-from billing.credits import CreditError, credits_grant
-from billing.models import CreditLedgerEntry, CreditPurchase, UserCredits
+from billing.models import BillingAdjustment, CreditLedgerEntry, CreditPurchase, UserCredits
 from billing.pricing import to_cents
 from billing.purchases import credit_purchase_refund_request
 from billing.stripe_gateway import StripeGatewayError
 from plumbing import outbound
 from plumbing.admin_confirm import confirm_then
+
+Channel = BillingAdjustment.Channel
+Direction = BillingAdjustment.Direction
+Status = BillingAdjustment.Status
 
 
 @admin.register(CreditLedgerEntry)
@@ -43,49 +53,150 @@ class CreditLedgerAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
 
 
-class GrantForm(forms.Form):
-    amount = forms.DecimalField(
-        min_value=Decimal("0.01"),
-        max_digits=12,
-        decimal_places=2,
-        help_text="US dollars of credit to add to each selected user.",
+class AmountField(forms.CharField):
+    """Dollars as typed: `25` or `25.00`, never `1e3`, zero, negative or above the
+    maximum (billing.adjustments.parse_adjustment_amount)."""
+
+    def to_python(self, value):
+        text = super().to_python(value)
+        if not text:
+            return text
+        try:
+            return parse_adjustment_amount(text)
+        except AdjustmentError as error:
+            raise forms.ValidationError(str(error)) from None
+
+
+class AdjustmentForm(forms.Form):
+    amount = AmountField(help_text="US dollars, for example 25 or 25.00.")
+    reason = forms.CharField(
+        max_length=500, help_text="Kept with the adjustment; Stripe shows it to the user."
     )
-    reason = forms.CharField(max_length=500, help_text="Kept in the ledger.")
-    # Generated when the form is shown: resubmitting the same form grants once.
+    # Generated when the form is shown: resubmitting the same form applies once.
     token = forms.CharField(widget=forms.HiddenInput, initial=lambda: uuid.uuid4().hex)
 
+    def clean_reason(self):
+        reason = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise forms.ValidationError("Say why: the reason is kept with the adjustment.")
+        return reason
 
-def _grant(modeladmin, request, users):
-    def apply(data):
-        granted = 0
-        for user in users:
-            try:
-                entry = credits_grant(
-                    user=user,
-                    amount=data["amount"],
-                    reason=data["reason"],
-                    actor=request.user,
-                    reference=f"{data['token']}:{user.pk}",
-                )
-            except CreditError as error:
-                modeladmin.message_user(request, f"{user.email}: {error}", messages.ERROR)
-                continue
-            granted += entry is not None
-        modeladmin.message_user(
-            request, f"${data['amount']} granted to {granted} user(s).", messages.SUCCESS
+
+class GrantForm(AdjustmentForm):
+    invoice = forms.CharField(
+        required=False,
+        max_length=255,
+        label="Open invoice (optional)",
+        help_text="Postpaid users only: a Stripe invoice id (in_...) of theirs that is still "
+        "open, to issue a credit note on it instead of crediting their Stripe balance.",
+    )
+
+    def clean_invoice(self):
+        invoice = self.cleaned_data["invoice"].strip()
+        if invoice and not re.fullmatch(r"in_[A-Za-z0-9]+", invoice):
+            raise forms.ValidationError("A Stripe invoice id looks like in_1Abc...")
+        return invoice
+
+
+WHAT = {
+    Channel.CUSTOMER_BALANCE: "as a credit on their Stripe customer balance (it comes off "
+    "their next invoices)",
+    Channel.CREDIT_NOTE: "as a credit note on invoice {invoice}",
+    Channel.INVOICE_ITEM: "as an invoice item on their next invoice",
+}
+
+
+def outcome_message(user, applied: Applied, direction: str) -> tuple[int, str]:
+    """What happened to one user's adjustment, for the operator: (message level, text)."""
+    adjustment = applied.adjustment
+    if not applied.created:
+        if adjustment is not None and adjustment.status == Status.PENDING:
+            return messages.WARNING, (
+                f"{user.email}: already submitted (this form was sent before) and still "
+                "queued for Stripe: nothing more done."
+            )
+        if adjustment is not None and adjustment.status == Status.FAILED:
+            return messages.ERROR, (
+                f"{user.email}: not done: this form was sent before and Stripe refused it "
+                f"({adjustment.error}); fix the cause and open the action again."
+            )
+        return messages.INFO, (
+            f"{user.email}: already applied (this form was submitted before): nothing more done."
         )
+    amount = f"${adjustment.amount}"
+    if adjustment.channel == Channel.LEDGER:
+        done = "granted to" if direction == Direction.CREDIT else "debited from"
+        return messages.SUCCESS, f"{user.email}: {amount} {done} the prepaid balance."
+    kind = "credit" if direction == Direction.CREDIT else "charge"
+    how = WHAT[adjustment.channel].format(invoice=adjustment.stripe_invoice_id)
+    if adjustment.status == Status.SENT:
+        return messages.SUCCESS, (
+            f"{user.email}: {amount} {kind} sent to Stripe {how} ({adjustment.stripe_object_id})."
+        )
+    if adjustment.status == Status.FAILED:
+        return (
+            messages.ERROR,
+            f"{user.email}: not done: Stripe refused the {kind}. {adjustment.error}",
+        )
+    why = (
+        f"Stripe is unavailable ({adjustment.error})"
+        if adjustment.error
+        else "Stripe took too long for the users before"
+    )
+    return messages.WARNING, (
+        f"{user.email}: {amount} {kind} queued, not yet at Stripe: {why}. A job sends it "
+        "(Jobs: billing.send_billing_adjustment)."
+    )
+
+
+def _adjust(modeladmin, request, users, direction):
+    kind = "grant" if direction == Direction.CREDIT else "debit"
+
+    def apply(data):
+        not_done = 0
+        # One deadline for every user selected, well inside the web worker's timeout: those
+        # Stripe has no time left for are queued for the job.
+        with outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS) as budget:
+            for user in users:
+                try:
+                    applied = adjustment_make(
+                        user=user,
+                        direction=direction,
+                        amount=data["amount"],
+                        reason=data["reason"],
+                        actor=request.user,
+                        reference=adjustment_reference(kind, token=data["token"], user=user),
+                        invoice_id=data.get("invoice", ""),
+                        send=not budget.expired,
+                    )
+                except AdjustmentError as error:
+                    level, text = messages.ERROR, f"{user.email}: not done: {error}"
+                else:
+                    level, text = outcome_message(user, applied, direction)
+                not_done += level in (messages.WARNING, messages.ERROR)
+                modeladmin.message_user(request, text, level)
+        if not_done:
+            modeladmin.message_user(
+                request,
+                f"{not_done} of {len(users)} user(s) not done or only queued: see above.",
+                messages.WARNING,
+            )
 
     return apply
 
 
-class GrantCreditsMixin:
-    """The "Grant credits" action, for any admin whose rows lead to users."""
+class AdjustmentActionsMixin:
+    """ "Grant credits" and "Debit", for any admin whose rows lead to users: each user's
+    money is adjusted where it is (the prepaid ledger, or Stripe for postpaid)."""
 
     def users_of(self, queryset):
         return list(queryset)
 
     def has_grant_permission(self, request):
         return request.user.has_perm("billing.grant_credits")
+
+    def has_debit_permission(self, request):
+        return request.user.has_perm("billing.debit_account")
 
     @admin.action(description="Grant credits", permissions=["grant"])
     def grant_credits(self, request, queryset):
@@ -94,11 +205,30 @@ class GrantCreditsMixin:
             request,
             queryset,
             title="Grant credits",
-            message="Add credit to each selected user's prepaid balance.",
+            message="Prepaid users: added to their prepaid balance. Postpaid users: a credit "
+            "on their Stripe customer balance, which comes off their next invoices (or, for "
+            "one user, a credit note on an open invoice of theirs).",
             confirm_label="Grant",
             form_class=GrantForm,
-            apply=_grant(self, request, self.users_of(queryset)),
+            apply=_adjust(self, request, self.users_of(queryset), Direction.CREDIT),
         )
+
+    @admin.action(description="Debit (charge with a reason)", permissions=["debit"])
+    def debit_accounts(self, request, queryset):
+        return confirm_then(
+            self,
+            request,
+            queryset,
+            title="Debit",
+            message="Prepaid users: taken from their prepaid balance (it may go below zero). "
+            "Postpaid users: an invoice item on their next Stripe invoice.",
+            confirm_label="Debit",
+            form_class=AdjustmentForm,
+            apply=_adjust(self, request, self.users_of(queryset), Direction.DEBIT),
+        )
+
+
+GrantCreditsMixin = AdjustmentActionsMixin  # the name other admins know it by
 
 
 class NegativeBalanceFilter(admin.SimpleListFilter):
@@ -208,3 +338,27 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
                     "back when Stripe confirms it.",
                     messages.SUCCESS,
                 )
+
+
+@admin.register(BillingAdjustment)
+class BillingAdjustmentAdmin(ReadOnlyAdmin):
+    """Operators' credits and debits and carried prepaid debts, where each went. Written
+    only by billing.adjustments; a pending one is sent by the `send_billing_adjustment`
+    job (hourly, `retry_billing_adjustments` queues any left pending)."""
+
+    list_display = (
+        "created_at",
+        "user",
+        "direction",
+        "amount",
+        "channel",
+        "status",
+        "attempts",
+        "reason",
+        "actor",
+        "stripe_object_id",
+    )
+    list_select_related = ("user",)
+    list_filter = ("status", "channel", "direction", "created_at")
+    search_fields = ("user__email", "=reference", "=stripe_object_id")
+    date_hierarchy = "created_at"

@@ -10,13 +10,23 @@ from django.utils.safestring import mark_safe
 
 from billing import selectors
 from billing import stripe_gateway as gateway
-from billing.admin.credits import GrantCreditsMixin, balance_html
-from billing.models import BillingModeChange, BillingProfile
+from billing.adjustments import debt_carried
+from billing.admin.credits import AdjustmentActionsMixin, balance_html
+from billing.models import BillingAdjustment, BillingModeChange, BillingProfile
 from billing.pricing import to_cents
 from billing.profiles import billing_mode_set
 from billing.tasks import invoices_sync_queue
 from plumbing.admin_confirm import confirm_then
 from plumbing.jobs import queued_message
+
+
+def _adjustment_status(adjustment: BillingAdjustment):
+    label = adjustment.get_status_display()
+    if adjustment.status == BillingAdjustment.Status.SENT and adjustment.stripe_object_id:
+        return f"{label}: {adjustment.stripe_object_id}"
+    if adjustment.error:
+        return f"{label}: {adjustment.error}"
+    return label
 
 
 class BillingModeFilter(admin.SimpleListFilter):
@@ -49,16 +59,25 @@ class UnbilledUsageFilter(admin.SimpleListFilter):
         return queryset
 
 
-BILLING_SECTION = ("Billing", {"fields": ("billing", "stripe", "mode_switches")})
+BILLING_SECTION = (
+    "Billing",
+    {"fields": ("billing", "stripe", "mode_switches", "adjustments")},
+)
 
 
-class UserBillingAdminMixin(GrantCreditsMixin):
+class UserBillingAdminMixin(AdjustmentActionsMixin):
     """The users admin's billing part: what each user costs and how they pay. Its filter,
     fields, section and actions are named; console/admin.py puts them in place."""
 
     billing_filters = (BillingModeFilter, UnbilledUsageFilter)
-    billing_fields = ("billing", "stripe", "mode_switches")
-    billing_actions = ("make_prepaid", "make_postpaid", "grant_credits", "sync_invoices")
+    billing_fields = ("billing", "stripe", "mode_switches", "adjustments")
+    billing_actions = (
+        "make_prepaid",
+        "make_postpaid",
+        "grant_credits",
+        "debit_accounts",
+        "sync_invoices",
+    )
 
     @admin.display(description="Stripe")
     def stripe(self, obj):
@@ -163,11 +182,64 @@ class UserBillingAdminMixin(GrantCreditsMixin):
             rows,
         )
 
+    @admin.display(description="Adjustments")
+    def adjustments(self, obj):
+        # Append-only: operators' credits and debits, and debts carried at a switch.
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>${}</td><td>{}</td><td>{}</td><td>{}</td>"
+            "<td>{}</td></tr>",
+            (
+                (
+                    f"{a.created_at:%Y-%m-%d %H:%M} UTC",
+                    a.get_direction_display(),
+                    a.amount,
+                    a.get_channel_display(),
+                    a.reason,
+                    a.actor,
+                    _adjustment_status(a),
+                )
+                for a in BillingAdjustment.objects.filter(user=obj).order_by("-created_at", "-id")[
+                    :50
+                ]
+            ),
+        )
+        if not rows:
+            return "No credits or debits by operators."
+        return format_html(
+            "<table><tr><th>When</th><th>What</th><th>Amount</th><th>Where</th><th>Reason</th>"
+            "<th>By</th><th>Status</th></tr>{}</table>",
+            rows,
+        )
+
     def _set_mode(self, request, queryset, mode):
         label = BillingProfile.Mode(mode).label
 
         def apply(_data):
-            changed = sum(billing_mode_set(user=u, mode=mode, actor=request.user) for u in queryset)
+            changed = 0
+            for user in queryset:
+                if not billing_mode_set(user=user, mode=mode, actor=request.user):
+                    continue
+                changed += 1
+                if mode == BillingProfile.Mode.POSTPAID and (debt := debt_carried(user=user)):
+                    self.message_user(
+                        request,
+                        f"{user.email}: negative prepaid balance carried: ${debt.amount} goes "
+                        "on their first postpaid invoice as an invoice item (queued for Stripe); "
+                        "their prepaid balance is back to $0.00.",
+                        messages.INFO,
+                    )
+                elif mode == BillingProfile.Mode.PREPAID:
+                    self.message_user(
+                        request,
+                        queued_message(
+                            1,
+                            f"usage report to Stripe for {user.email} (what was collected up "
+                            "to the switch)",
+                            task_name="billing.report_user_usage",
+                        ),
+                        messages.INFO,
+                    )
             self.message_user(request, f"{changed} user(s) switched to {label}.", messages.SUCCESS)
 
         return confirm_then(
@@ -177,7 +249,9 @@ class UserBillingAdminMixin(GrantCreditsMixin):
             title=f"Switch to {label}",
             message="The switch takes effect now: days that began before it (today "
             "included) stay on the old mode, even if collected later; from tomorrow on, "
-            "days follow the new mode.",
+            "days follow the new mode. To postpaid: a negative prepaid balance goes on the "
+            "first postpaid invoice. To prepaid: the usage collected so far is reported to "
+            "Stripe first.",
             confirm_label=f"Yes, switch to {label}",
             apply=apply,
         )

@@ -102,6 +102,7 @@ def test_the_ledger_is_read_only(operator_client):
 
 def test_operators_grant_credits_with_a_reason_and_a_resubmit_grants_once(operator_client):
     user = UserFactory()
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
     data = {
         "action": "grant_credits",
         "_selected_action": [user.pk],
@@ -174,6 +175,7 @@ def test_every_billing_list_opens(operator_client):
         "/admin/billing/price/",
         "/admin/billing/usercredits/",
         "/admin/billing/creditledgerentry/",
+        "/admin/billing/billingadjustment/",
         "/admin/billing/usagedaily/",
         "/admin/clusters/capacitywait/",
         "/admin/clusters/hopsworksaccount/",
@@ -184,6 +186,7 @@ def test_every_billing_list_opens(operator_client):
 
 def test_credits_can_be_granted_from_the_credits_list_too(operator_client):
     user = UserFactory()
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
     credits_add(user=user, kind=Kind.PURCHASE, amount=D("1"), reference="p", actor="t")
     row = UserCredits.objects.get(user=user)
     operator_client.post(

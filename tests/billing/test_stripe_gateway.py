@@ -900,3 +900,72 @@ def test_an_invoice_item_is_sent_in_minor_units_with_its_key_and_may_be_a_credit
     assert (sent.form["amount"], sent.idempotency_key) == ("-1234", "adjust-1")
     assert item["amount"] == -1234
     assert [i["id"] for i in gateway.list_invoice_items(customer_id=customer["id"])] == [item["id"]]
+
+
+def test_a_customer_balance_credit_is_sent_negative_in_minor_units_with_its_key(fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+
+    sent_back = gateway.create_customer_balance_transaction(
+        customer_id=customer["id"],
+        amount=Decimal("-12.50"),
+        currency="USD",
+        description="Credit: outage apology",
+        idempotency_key="grant:tok:1",
+        metadata={"billing_adjustment": "grant:tok:1"},
+    )
+
+    [sent] = fake_stripe.posts(f"/v1/customers/{customer['id']}/balance_transactions")
+    assert (sent.form["amount"], sent.form["currency"]) == ("-1250", "usd")
+    assert (sent.form["description"], sent.idempotency_key) == (
+        "Credit: outage apology",
+        "grant:tok:1",
+    )
+    assert sent_back["ending_balance"] == -1250
+    listed = gateway.list_customer_balance_transactions(customer_id=customer["id"])
+    assert [t["id"] for t in listed] == [sent_back["id"]]
+    with pytest.raises(ValueError, match="decimal places"):
+        gateway.create_customer_balance_transaction(
+            customer_id=customer["id"],
+            amount=Decimal("-0.001"),
+            currency="usd",
+            description="x",
+            idempotency_key="k",
+        )
+    with pytest.raises(StripeGatewayError, match="No such customer"):
+        gateway.create_customer_balance_transaction(
+            customer_id="cus_gone",
+            amount=Decimal("-1"),
+            currency="usd",
+            description="x",
+            idempotency_key="k2",
+        )
+
+
+def test_a_credit_note_is_sent_positive_in_minor_units_with_its_memo_and_key(fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    invoice = fake_stripe.add_invoice(customer=customer["id"], status="open", amount_due=5000)
+
+    note = gateway.create_credit_note(
+        invoice_id=invoice["id"],
+        amount=Decimal("12.50"),
+        currency="usd",
+        memo="Credit: outage apology",
+        idempotency_key="grant:tok:1",
+        metadata={"billing_adjustment": "grant:tok:1"},
+    )
+
+    [sent] = fake_stripe.posts("/v1/credit_notes")
+    assert (sent.form["amount"], sent.form["memo"], sent.idempotency_key) == (
+        "1250",
+        "Credit: outage apology",
+        "grant:tok:1",
+    )
+    assert note["type"] == "pre_payment"
+    with pytest.raises(ValueError, match="positive"):
+        gateway.create_credit_note(
+            invoice_id=invoice["id"],
+            amount=Decimal("-1"),
+            currency="usd",
+            memo="x",
+            idempotency_key="k",
+        )

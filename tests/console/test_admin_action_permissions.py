@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing.models import (
+    BillingAdjustment,
     BillingHistory,
     BillingProfile,
     CreditLedgerEntry,
@@ -53,6 +54,7 @@ MATRIX = {
     ("accounts.user", "make_prepaid"):                   (_, _, _, _, Y, Y),
     ("accounts.user", "make_postpaid"):                  (_, _, _, _, Y, Y),
     ("accounts.user", "grant_credits"):                  (_, _, _, _, Y, Y),
+    ("accounts.user", "debit_accounts"):                 (_, _, _, _, Y, Y),
     ("accounts.user", "sync_invoices"):                  (_, _, _, _, Y, Y),
     ("accounts.user", "delete_selected"):                (_, _, _, _, _, Y),
     ("accounts.apikey", "delete_selected"):              (_, _, _, _, _, Y),
@@ -84,6 +86,7 @@ MATRIX = {
     ("billing.stripeusageadjustment", "delete_selected"): (_, _, _, _, _, _),
     ("billing.servicestop", "lift_stops"):               (_, _, _, _, Y, Y),
     ("billing.servicestop", "delete_selected"):          (_, _, _, _, _, _),
+    ("billing.billingadjustment", "delete_selected"):    (_, _, _, _, _, _),
     ("auth.group", "delete_selected"):                   (_, _, _, _, _, Y),
     ("social_django.usersocialauth", "delete_selected"): (_, _, _, _, _, Y),
     ("social_django.nonce", "delete_selected"):          (_, _, _, _, _, Y),
@@ -205,15 +208,26 @@ def make_postpaid(request):
 GRANT = {"amount": "5", "reason": "goodwill", "token": "tok"}
 
 
-def grant_credits_to_users(request):
+def _prepaid_user():
     target = UserFactory()
+    BillingProfile.objects.create(user=target, mode=BillingProfile.Mode.PREPAID)
+    return target
+
+
+def grant_credits_to_users(request):
+    target = _prepaid_user()
     return Case([target.pk], CreditLedgerEntry.objects.count, GRANT)
+
+
+def debit_accounts(request):
+    target = _prepaid_user()
+    return Case([target.pk], CreditLedgerEntry.objects.count, {**GRANT, "reason": "support"})
 
 
 def grant_credits_from_balances(request):
     from billing.credits import Kind, credits_add
 
-    target = UserFactory()
+    target = _prepaid_user()
     credits_add(user=target, kind=Kind.PURCHASE, amount=Decimal("1"), reference="p", actor="t")
     return Case([UserCredits.objects.get(user=target).pk], CreditLedgerEntry.objects.count, GRANT)
 
@@ -419,6 +433,7 @@ SCENARIOS = {
     ("accounts.user", "make_prepaid"): make_prepaid,
     ("accounts.user", "make_postpaid"): make_postpaid,
     ("accounts.user", "grant_credits"): grant_credits_to_users,
+    ("accounts.user", "debit_accounts"): debit_accounts,
     ("accounts.user", "sync_invoices"): sync_invoices,
     ("accounts.user", "delete_selected"): _deleting(UserFactory),
     ("accounts.apikey", "delete_selected"): _deleting(_api_key),
@@ -491,6 +506,17 @@ SCENARIOS = {
     ),
     ("billing.servicestop", "lift_stops"): lift_stops,
     ("billing.servicestop", "delete_selected"): _deleting(_service_stop),
+    ("billing.billingadjustment", "delete_selected"): _deleting(
+        lambda: BillingAdjustment.objects.create(
+            user=UserFactory(),
+            direction="credit",
+            amount=Decimal("1"),
+            channel="ledger",
+            reason="goodwill",
+            actor="test",
+            reference="grant:t:1",
+        )
+    ),
     ("auth.group", "delete_selected"): _deleting(_group),
     ("social_django.usersocialauth", "delete_selected"): _deleting(_social_auth),
     ("social_django.nonce", "delete_selected"): _deleting(_nonce),

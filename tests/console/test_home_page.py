@@ -101,3 +101,30 @@ def test_a_missing_page_is_a_clear_page(client):
     response = client.get("/no/such/page/")
     assert response.status_code == 404
     assert "There is nothing at this address" in response.content.decode()
+
+
+def test_a_user_sees_their_mode_switches_and_adjustments_in_their_history(client):
+    from billing.models import BillingAdjustment
+    from billing.profiles import billing_mode_set
+
+    user = UserFactory()
+    billing_mode_set(user=user, mode="prepaid", actor="ops@example.com")
+    BillingAdjustment.objects.create(
+        user=user,
+        direction="credit",
+        amount=Decimal("12.50"),
+        channel="stripe_customer_balance",
+        reason="outage apology",
+        actor="ops@example.com",
+        reference="grant:t:1",
+        status="sent",
+    )
+    login(client, user)
+
+    page = client.get("/").content.decode()
+
+    assert "Account changes" in page
+    assert "Postpaid (metered) → Prepaid (credits)" in page
+    assert " UTC" in page  # the switch's effective time
+    assert "Credit of $12.50: outage apology" in page
+    assert "ops@example.com" not in page  # who did it is for operators

@@ -41,6 +41,7 @@ SHAPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "billing.meter_event_summary": ("billing.meter_event_summary", ()),
     "invoiceitem": ("invoiceitem", ()),
     "invoiceitem.period": ("invoiceitem", ("period",)),
+    "customer_balance_transaction": ("customer_balance_transaction", ()),
     "event": ("event", ()),
     "event.data": ("event", ("data",)),
     "event.request": ("event", ("request",)),

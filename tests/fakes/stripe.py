@@ -158,6 +158,8 @@ REFUND = "payment_intent amount reason metadata[*] expand[]"
 METER_EVENT = "event_name identifier timestamp payload[*] expand[]"
 PRODUCT = "id name metadata[*] expand[]"
 INVOICE_ITEM = "customer amount currency description subscription metadata[*] expand[]"
+BALANCE_TRANSACTION = "amount currency description metadata[*] expand[]"
+CREDIT_NOTE = "invoice amount memo reason metadata[*] expand[]"
 PRICE = (
     "currency unit_amount product lookup_key transfer_lookup_key billing_scheme metadata[*]"
     " recurring[interval] recurring[usage_type] recurring[meter] expand[]"
@@ -255,6 +257,8 @@ REFUND_BODY = (
     " source_transfer_reversal transfer_reversal currency=usd"
     ' destination_details={"card":{"type":"refund"},"type":"card"} metadata={} status=succeeded'
 )
+# An operator's credit (negative) or debit on a customer's invoice balance.
+BALANCE_TRANSACTION_BODY = "checkout_session credit_note customer_account invoice type=adjustment"
 DISPUTE_BODY = (
     "balance_transactions=[] currency=usd enhanced_eligibility_types=[] evidence={}"
     ' evidence_details={"due_by":null,"enhanced_eligibility":{},"has_evidence":false,'
@@ -313,6 +317,7 @@ class FakeStripe:
     disputes: dict[str, dict] = field(default_factory=dict)
     invoice_payments: dict[str, dict] = field(default_factory=dict)
     invoiceitems: dict[str, dict] = field(default_factory=dict)
+    customer_balance_transactions: dict[str, dict] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -587,6 +592,14 @@ class FakeStripe:
         with self._lock:
             return [i for i in self.invoiceitems.values() if i["customer"] == customer_id]
 
+    def balance_transactions_of(self, customer_id: str) -> list[dict]:
+        with self._lock:
+            return [
+                t
+                for t in self.customer_balance_transactions.values()
+                if t["customer"] == customer_id
+            ]
+
     def meter_event_totals(self, event_name: str, customer_id: str) -> Decimal:
         """The sum of the values of the accepted meter events (replays counted once)."""
         with self._lock:
@@ -664,6 +677,8 @@ class FakeStripe:
 
     def _route(self, method: str, path: str, items: list, params: dict) -> dict:
         answer = self._reconciliation_route(method, path, items, params)
+        if answer is None:
+            answer = self._customer_balance_route(method, path, items, params)
         if answer is not None:
             return answer
         for resource in self.RESOURCES:
@@ -712,6 +727,21 @@ class FakeStripe:
                 raise _missing("invoice", lines.group(1))
             return _page_in_order(path, invoice["lines"]["data"], params, kind="line_item")
         return None
+
+    def _customer_balance_route(self, method, path, items, params) -> dict | None:
+        """A customer's balance transactions: /v1/customers/<id>/balance_transactions."""
+        found = re.fullmatch(r"/v1/customers/([^/]+)/balance_transactions", path)
+        if not found:
+            return None
+        customer = found.group(1)
+        if customer not in self.customers:
+            raise _missing("customer", customer)
+        if method == "POST":
+            _check_names(items, BALANCE_TRANSACTION)
+            return self._make("customer_balance_transaction", {**params, "customer": customer})
+        _check_names(items, LIST)
+        mine = [t for t in self.customer_balance_transactions.values() if t["customer"] == customer]
+        return _page(path, mine, params, kind="customer_balance_transaction")
 
     def _event_summaries(self, meter_id: str, params: dict) -> dict:
         meter = self.meters.get(meter_id)
@@ -1013,9 +1043,31 @@ class FakeStripe:
         }
 
     def _credit_note(self, params: dict, new: dict) -> dict:
+        _need(params, "invoice")
         invoice = self.invoices.get(params["invoice"])
         if invoice is None:
             raise _missing("invoice", params["invoice"], "invoice")
+        extra = {}
+        if isinstance(params.get("amount"), str):  # POST /v1/credit_notes (add_* passes ints)
+            _ensure(
+                invoice["status"] in ("open", "paid"),
+                "You can only create a credit note for an invoice that is open or paid.",
+                "invoice",
+            )
+            _need(params, "amount")
+            params = {**params, "amount": _integer(params["amount"], "amount", 1)}
+            params["refund_amount"] = 0
+            if invoice["status"] == "open":  # pre-payment: it lowers what is still due
+                _ensure(
+                    params["amount"] <= invoice["amount_remaining"],
+                    "The credit note amount cannot exceed the invoice's amount remaining.",
+                    "amount",
+                )
+                invoice["amount_remaining"] -= params["amount"]
+                invoice["amount_due"] -= params["amount"]
+            extra = {"memo": params.get("memo"), "metadata": dict(params.get("metadata") or {})}
+            if params.get("reason"):
+                extra["reason"] = params["reason"]
         amount, refunded = params["amount"], params["refund_amount"]
         paid = invoice["status"] == "paid"
         number = f"{invoice['number'] or 'FAKE'}-CN-{len(self.credit_notes) + 1:02d}"
@@ -1036,6 +1088,22 @@ class FakeStripe:
             "type": "post_payment" if paid else "pre_payment",
             "voided_at": None,
             "out_of_band_amount": amount - refunded if paid else None,
+            **extra,
+        }
+
+    def _balance_transaction(self, params: dict, new: dict) -> dict:
+        _need(params, "amount currency")
+        amount = _integer(params["amount"], "amount")  # negative: a credit to the customer
+        _ensure(amount != 0, "Amount must be non-zero.", "amount")
+        customer = self.customers[params["customer"]]
+        customer["balance"] += amount
+        return {
+            "amount": amount,
+            "currency": params["currency"].lower(),
+            "customer": customer["id"],
+            "description": params.get("description"),
+            "ending_balance": customer["balance"],
+            "metadata": dict(params.get("metadata") or {}),
         }
 
     def _charge(self, params: dict, new: dict) -> dict:
@@ -1149,8 +1217,12 @@ class FakeStripe:
         Resource("price", "price_", _price, PRICE_BODY, PRICE, "active lookup_keys[]"),
         Resource("subscription", "sub_", _subscription, SUBSCRIPTION_BODY, cancel=_cancel),
         Resource("invoice", "in_", _invoice, INVOICE_BODY, filters="customer"),
-        Resource("credit_note", "cn_", _credit_note, CREDIT_NOTE_BODY, filters="invoice"),
+        Resource("credit_note", "cn_", _credit_note, CREDIT_NOTE_BODY, CREDIT_NOTE, "invoice"),
         Resource("charge", "ch_", _charge, CHARGE_BODY),
+        # Served at /v1/customers/<id>/balance_transactions (_customer_balance_route).
+        Resource(
+            "customer_balance_transaction", "cbtxn_", _balance_transaction, BALANCE_TRANSACTION_BODY
+        ),
         Resource("refund", "re_", _refund, REFUND_BODY, REFUND, "charge payment_intent"),
         Resource("dispute", "dp_", _dispute, DISPUTE_BODY),
         Resource(

@@ -400,3 +400,37 @@ def test_meter_event_summaries_and_usage_invoice_lines_have_the_published_fields
     [line] = lines.data
     assert (line.amount, line.quantity, line.pricing.price_details.price) == (600, 150, price.id)
     assert invoice["amount_due"] == 600
+
+
+def test_customer_balance_transactions_have_the_published_fields_and_move_the_balance(
+    sdk, fake_stripe
+):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    created = sdk.v1.customers.balance_transactions.create(
+        customer["id"],
+        params={"amount": -1250, "currency": "usd", "description": "Goodwill: outage"},
+    )
+    page = sdk.v1.customers.balance_transactions.list(customer["id"], params={"limit": 100})
+
+    assert published_shapes(raw(created)) == {"customer_balance_transaction"}
+    assert published_shapes(raw(page)) == {"list", "customer_balance_transaction"}
+    assert (created.amount, created.ending_balance, created.type) == (-1250, -1250, "adjustment")
+    assert sdk.v1.customers.retrieve(customer["id"]).balance == -1250
+    with pytest.raises(stripe.InvalidRequestError, match="No such customer"):
+        sdk.v1.customers.balance_transactions.create(
+            "cus_missing", params={"amount": -1, "currency": "usd"}
+        )
+
+
+def test_a_credit_note_created_on_an_open_invoice_lowers_what_is_due(sdk, fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    invoice = fake_stripe.add_invoice(customer=customer["id"], status="open", amount_due=1000)
+    note = sdk.v1.credit_notes.create(
+        params={"invoice": invoice["id"], "amount": 300, "memo": "Goodwill"}
+    )
+
+    assert published_shapes(raw(note)) == {"list", "credit_note"}
+    assert (note.type, note.amount, note.memo) == ("pre_payment", 300, "Goodwill")
+    assert sdk.v1.invoices.retrieve(invoice["id"]).amount_remaining == 700
+    with pytest.raises(stripe.InvalidRequestError, match="amount remaining"):
+        sdk.v1.credit_notes.create(params={"invoice": invoice["id"], "amount": 701})
