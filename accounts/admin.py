@@ -3,7 +3,7 @@ from __future__ import annotations
 from axes.admin import AccessAttemptAdmin as AxesAccessAttemptAdmin
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm
@@ -16,6 +16,7 @@ from accounts import services
 from accounts.api import SCOPE_PERMISSIONS, session_may
 from accounts.models import ApiKey, User, new_local_id
 from plumbing.admin_confirm import confirm_then
+from plumbing.admin_report import ActionReport
 
 AUTH0_FIELDS = ("id", "email", "name", "created_at", "last_login", "login_count")
 SYNCED_FIELDS = ("status", "hopsworks_username", "stripe_customer_id")
@@ -145,21 +146,19 @@ class UserAdminBase(DjangoUserAdmin):
         )
 
     def _set_status(self, request, queryset, service, verb, reason):
-        changed = unchanged = 0
+        report = ActionReport("user")
         for user in queryset:
             try:
                 done = service(user=user, actor=request.user, reason=reason)
             except services.StatusChangeRefused as error:
-                self.message_user(request, f"{user.email}: {error}", messages.ERROR)
+                report.not_done(user.email, error)
                 continue
             if done:
-                changed += 1
+                report.done(user.email, verb)
                 self.log_change(request, user, f"{verb.capitalize()}. {reason}".strip())
             else:
-                unchanged += 1
-        self.message_user(request, f"{changed} user(s) {verb}.", messages.SUCCESS)
-        if unchanged:
-            self.message_user(request, f"{unchanged} already were.", messages.INFO)
+                report.unchanged(user.email, f"already {verb}")
+        report.send(self, request)
 
 
 admin.site.unregister(Group)

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from django import forms
 from django.conf import settings
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import F
 from django.utils.html import format_html
 
@@ -21,6 +21,7 @@ from billing.purchases import credit_purchase_refund_request
 from billing.stripe_gateway import StripeGatewayError
 from plumbing import outbound
 from plumbing.admin_confirm import confirm_then
+from plumbing.admin_report import ActionReport
 
 
 @admin.register(CreditLedgerEntry)
@@ -57,7 +58,7 @@ class GrantForm(forms.Form):
 
 def _grant(modeladmin, request, users):
     def apply(data):
-        granted = 0
+        report = ActionReport("user")
         for user in users:
             try:
                 entry = credits_grant(
@@ -68,12 +69,13 @@ def _grant(modeladmin, request, users):
                     reference=f"{data['token']}:{user.pk}",
                 )
             except CreditError as error:
-                modeladmin.message_user(request, f"{user.email}: {error}", messages.ERROR)
+                report.not_done(user.email, error)
                 continue
-            granted += entry is not None
-        modeladmin.message_user(
-            request, f"${data['amount']} granted to {granted} user(s).", messages.SUCCESS
-        )
+            if entry is None:  # this very form was submitted before
+                report.unchanged(user.email, f"${data['amount']} already granted by this form")
+            else:
+                report.done(user.email, f"${data['amount']} granted")
+        report.send(modeladmin, request)
 
     return apply
 
@@ -185,26 +187,25 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
         )
 
     def _refund(self, request, queryset):
+        report = ActionReport("purchase")
         # One deadline for all the purchases selected, well inside the web worker's timeout.
         with outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS) as budget:
             for purchase in queryset.order_by("pk"):
                 if budget.expired:
-                    self.message_user(
-                        request,
-                        f"{purchase}: not tried, Stripe took too long for the ones before it; "
-                        "select it again.",
-                        messages.WARNING,
+                    report.not_done(
+                        purchase,
+                        "not tried, Stripe took too long for the ones before it; select it again",
                     )
                     continue
                 try:
                     refund = credit_purchase_refund_request(purchase=purchase, actor=request.user)
                 except (BillingError, StripeGatewayError) as error:
-                    self.message_user(request, f"{purchase}: {error}", messages.ERROR)
+                    report.not_done(purchase, error)
                     continue
                 amount = gateway.from_minor_units(refund["amount"], refund["currency"])
-                self.message_user(
-                    request,
-                    f"{purchase}: refund of {amount} requested at Stripe; the credits are taken "
-                    "back when Stripe confirms it.",
-                    messages.SUCCESS,
+                report.done(
+                    purchase,
+                    f"refund of {amount} requested at Stripe; the credits are taken back when "
+                    "Stripe confirms it.",
                 )
+        report.send(self, request)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
@@ -16,7 +16,7 @@ from billing.pricing import to_cents
 from billing.profiles import billing_mode_set
 from billing.tasks import invoices_sync_queue
 from plumbing.admin_confirm import confirm_then
-from plumbing.jobs import queued_message
+from plumbing.admin_report import ActionReport
 
 
 class BillingModeFilter(admin.SimpleListFilter):
@@ -84,22 +84,15 @@ class UserBillingAdminMixin(GrantCreditsMixin):
         permissions=["sync_invoices"],
     )
     def sync_invoices(self, request, queryset):
-        customers = queryset.exclude(stripe_customer_id__isnull=True)
-        count = 0
-        for user in customers:
+        report = ActionReport("user")
+        report.watch_jobs("billing.sync_invoices")
+        for user in queryset:
+            if not user.stripe_customer_id:
+                report.not_done(user.email, "no Stripe customer: nothing to sync")
+                continue
             invoices_sync_queue(user=user)
-            count += 1
-        self.message_user(
-            request,
-            queued_message(count, "invoice sync job(s)", task_name="billing.sync_invoices"),
-            messages.INFO,
-        )
-        if skipped := queryset.count() - count:
-            self.message_user(
-                request,
-                f"{skipped} user(s) have no Stripe customer: nothing to sync.",
-                messages.WARNING,
-            )
+            report.queued(user.email, "invoice sync queued")
+        report.send(self, request)
 
     @admin.display(description="billing")
     def billing(self, obj):
@@ -167,8 +160,13 @@ class UserBillingAdminMixin(GrantCreditsMixin):
         label = BillingProfile.Mode(mode).label
 
         def apply(_data):
-            changed = sum(billing_mode_set(user=u, mode=mode, actor=request.user) for u in queryset)
-            self.message_user(request, f"{changed} user(s) switched to {label}.", messages.SUCCESS)
+            report = ActionReport("user")
+            for user in queryset:
+                if billing_mode_set(user=user, mode=mode, actor=request.user):
+                    report.done(user.email, f"switched to {label}")
+                else:
+                    report.unchanged(user.email, f"already {label}")
+            report.send(self, request)
 
         return confirm_then(
             self,
