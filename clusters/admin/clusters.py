@@ -149,9 +149,18 @@ class ClusterAdminBase(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         try:
-            services.cluster_save(cluster=obj, changes=form.changes(), actor=request.user)
+            saved = services.cluster_save(cluster=obj, changes=form.changes(), actor=request.user)
         except services.ClusterValidationError as error:
             self.message_user(request, f"Not saved: {error}", messages.ERROR)
+            return
+        if not change and saved.status == HopsworksCluster.Status.MAINTENANCE:
+            self.message_user(
+                request,
+                f"{saved.name} starts in maintenance and takes no users yet. Test the "
+                'connection (action "Test the connection to Hopsworks"): when it passes, '
+                "the cluster becomes active.",
+                messages.WARNING,
+            )
 
     # Calls the cluster with its stored key: for those who manage the cluster's settings.
     @admin.action(description="Test the connection to Hopsworks", permissions=["change"])
@@ -170,9 +179,11 @@ class ClusterAdminBase(admin.ModelAdmin):
         except (HopsworksError, SecretDecryptionError, ValueError) as error:
             report.not_done(cluster.name, error)
             return
+        activated = services.cluster_connection_passed(cluster=cluster, actor=request.user)
         report.done(
             cluster.name,
-            f"connected; Hopsworks has {found.users} users and {found.projects} projects.",
+            f"connected; Hopsworks has {found.users} users and {found.projects} projects."
+            + (" The cluster is now active: it takes new users." if activated else ""),
         )
 
     def _set_status(self, request, queryset, status, title, message):
