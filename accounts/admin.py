@@ -14,7 +14,7 @@ from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from accounts import services
 from accounts.api import SCOPE_PERMISSIONS, session_may
-from accounts.models import ApiKey, User, new_local_id
+from accounts.models import LOCAL_ID_PREFIX, ApiKey, User, new_local_id
 from plumbing.admin_confirm import confirm_then
 from plumbing.admin_report import ActionReport
 
@@ -54,6 +54,30 @@ class ReasonForm(forms.Form):
     )
 
 
+class UserKindFilter(admin.SimpleListFilter):
+    """Customers (who log in through Auth0 and are not operators), operators, and local
+    break-glass logins: the dashboard's "Active users" counts customers."""
+
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        return (
+            ("customers", "Customers"),
+            ("operators", "Operators (console access)"),
+            ("local", "Local break-glass logins"),
+        )
+
+    def queryset(self, request, queryset):
+        if self.value() == "customers":
+            return queryset.filter(User.customers_q())
+        if self.value() == "operators":
+            return queryset.filter(is_admin=True)
+        if self.value() == "local":
+            return queryset.filter(id__startswith=LOCAL_ID_PREFIX)
+        return queryset
+
+
 class UserAdminBase(DjangoUserAdmin):
     """Users and login: identity, status, console access, suspend and reactivate. Not
     registered here: console/admin.py composes the one users admin from each app's part."""
@@ -69,7 +93,7 @@ class UserAdminBase(DjangoUserAdmin):
         "last_login",
         "created_at",
     )
-    list_filter = ("status", "is_admin", "is_superuser", "groups")
+    list_filter = ("status", UserKindFilter, "is_admin", "is_superuser", "groups")
     # "=email" is the seed's exact "Find user by email"; the others find partial matches.
     search_fields = ("=email", "email", "name", "=id", "=hopsworks_username")
     ordering = ("email",)
