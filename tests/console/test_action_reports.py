@@ -173,3 +173,14 @@ def test_process_again_on_a_processed_event_says_already_processed(
     )
 
     assert f"{event.pk}: already {event.status}; nothing to do" in [t for _, t in shown(response)]
+
+
+def test_an_invoice_naming_no_user_of_ours_is_never_recorded_without_a_user():
+    from django.utils import timezone
+
+    from billing.invoices import invoice_apply
+
+    invoice = {"id": "in_orphan", "customer": "cus_nobody", "amount_due": 0, "currency": "usd"}
+    with pytest.raises(LookupError, match="no user of ours"):
+        invoice_apply(invoice, status="paid", event_created=timezone.now())
+    assert not BillingHistory.objects.exists()
