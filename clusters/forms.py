@@ -122,6 +122,14 @@ class HopsworksClusterForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        instance = self.instance
+        if (
+            not instance._state.adding
+            and data.get("status") == HopsworksCluster.Status.ACTIVE
+            and instance.status != HopsworksCluster.Status.ACTIVE
+            and instance.connection_ok_at is None
+        ):
+            self.add_error("status", services.NOT_TESTED)  # the service checks it again
         # The service checks this again under the row lock; here it is a field error.
         address = {f: data[f] for f in ("api_url", "ca_bundle") if f in data}
         if (

@@ -175,3 +175,18 @@ def test_a_url_on_another_port_or_path_is_another_cluster():
     new_cluster(name="second", api_url="https://east.example.com:8443")
     new_cluster(name="third", api_url="https://east.example.com/other")
     assert HopsworksCluster.objects.count() == 3
+
+
+def test_the_change_form_refuses_active_for_a_cluster_never_tested(operator_client):
+    cluster = new_cluster()
+
+    response = operator_client.post(
+        f"{LIST}{cluster.pk}/change/", form_data(status="active", api_key_input="")
+    )
+
+    assert response.status_code == 200
+    assert "Test the connection first" in " ".join(
+        response.context["adminform"].form.errors["status"]
+    )
+    cluster.refresh_from_db()
+    assert cluster.status == HopsworksCluster.Status.MAINTENANCE
