@@ -184,3 +184,22 @@ def test_an_invoice_naming_no_user_of_ours_is_never_recorded_without_a_user():
     with pytest.raises(LookupError, match="no user of ours"):
         invoice_apply(invoice, status="paid", event_created=timezone.now())
     assert not BillingHistory.objects.exists()
+
+
+def test_a_grant_submitted_twice_reports_the_second_time_as_already_granted(operator_client):
+    user = UserFactory()
+    data = {
+        "action": "grant_credits",
+        "_selected_action": [user.pk],
+        "confirmed": "yes",
+        "amount": "12.50",
+        "reason": "outage apology",
+        "token": "tok-1",
+    }
+    first = operator_client.post(USERS, data, follow=True)
+    again = operator_client.post(USERS, data, follow=True)
+
+    assert f"{user.email}: $12.50 granted" in [t for _, t in shown(first)]
+    assert summary(first) == (levels.SUCCESS, "1 user done.")
+    assert f"{user.email}: $12.50 already granted by this form" in [t for _, t in shown(again)]
+    assert summary(again) == (levels.SUCCESS, "1 user unchanged.")
