@@ -3,7 +3,7 @@ from __future__ import annotations
 from axes.admin import AccessAttemptAdmin as AxesAccessAttemptAdmin
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm
@@ -14,8 +14,9 @@ from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from accounts import services
 from accounts.api import SCOPE_PERMISSIONS, session_may
-from accounts.models import ApiKey, User, new_local_id
+from accounts.models import LOCAL_ID_PREFIX, ApiKey, User, new_local_id
 from plumbing.admin_confirm import confirm_then
+from plumbing.admin_report import ActionReport
 
 AUTH0_FIELDS = ("id", "email", "name", "created_at", "last_login", "login_count")
 SYNCED_FIELDS = ("status", "hopsworks_username", "stripe_customer_id")
@@ -53,6 +54,30 @@ class ReasonForm(forms.Form):
     )
 
 
+class UserKindFilter(admin.SimpleListFilter):
+    """Customers (who log in through Auth0 and are not operators), operators, and local
+    break-glass logins: the dashboard's "Active users" counts customers."""
+
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        return (
+            ("customers", "Customers"),
+            ("operators", "Operators (console access)"),
+            ("local", "Local break-glass logins"),
+        )
+
+    def queryset(self, request, queryset):
+        if self.value() == "customers":
+            return queryset.filter(User.customers_q())
+        if self.value() == "operators":
+            return queryset.filter(is_admin=True)
+        if self.value() == "local":
+            return queryset.filter(id__startswith=LOCAL_ID_PREFIX)
+        return queryset
+
+
 class UserAdminBase(DjangoUserAdmin):
     """Users and login: identity, status, console access, suspend and reactivate. Not
     registered here: console/admin.py composes the one users admin from each app's part."""
@@ -68,7 +93,7 @@ class UserAdminBase(DjangoUserAdmin):
         "last_login",
         "created_at",
     )
-    list_filter = ("status", "is_admin", "is_superuser", "groups")
+    list_filter = ("status", UserKindFilter, "is_admin", "is_superuser", "groups")
     # "=email" is the seed's exact "Find user by email"; the others find partial matches.
     search_fields = ("=email", "email", "name", "=id", "=hopsworks_username")
     ordering = ("email",)
@@ -145,21 +170,19 @@ class UserAdminBase(DjangoUserAdmin):
         )
 
     def _set_status(self, request, queryset, service, verb, reason):
-        changed = unchanged = 0
+        report = ActionReport("user")
         for user in queryset:
             try:
                 done = service(user=user, actor=request.user, reason=reason)
             except services.StatusChangeRefused as error:
-                self.message_user(request, f"{user.email}: {error}", messages.ERROR)
+                report.not_done(user.email, error)
                 continue
             if done:
-                changed += 1
+                report.done(user.email, verb)
                 self.log_change(request, user, f"{verb.capitalize()}. {reason}".strip())
             else:
-                unchanged += 1
-        self.message_user(request, f"{changed} user(s) {verb}.", messages.SUCCESS)
-        if unchanged:
-            self.message_user(request, f"{unchanged} already were.", messages.INFO)
+                report.unchanged(user.email, f"already {verb}")
+        report.send(self, request)
 
 
 admin.site.unregister(Group)

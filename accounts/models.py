@@ -123,6 +123,11 @@ class User(AbstractBaseUser, PermissionsMixin):
     def is_active(self) -> bool:  # what Django's auth checks before letting anyone in
         return self.status == self.Status.ACTIVE
 
+    @staticmethod
+    def customers_q() -> models.Q:
+        """Users who are customers: not operators, not local break-glass logins."""
+        return models.Q(is_admin=False) & ~models.Q(id__startswith=LOCAL_ID_PREFIX)
+
     @property
     def is_staff(self) -> bool:  # what Django's admin checks at its door
         return self.is_admin

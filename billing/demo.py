@@ -1,5 +1,6 @@
-"""Demo usage (60 days) and credit movements, through the real services. Idempotent: usage
-is an upsert and every credit movement has a fixed reference."""
+"""Demo usage (60 days) and credit movements, through the real services. Idempotent: a day
+a demo user has usage for is not written again (wherever they are placed now), every credit
+movement has a fixed reference, and an invoice already recorded is left as it is."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from accounts.demo import DEMO_USERS
 from accounts.models import User
 from billing.credits import Kind, Movement, credits_apply
 from billing.invoices import invoice_apply
-from billing.models import BillingProfile, UsageDaily
+from billing.models import BillingHistory, BillingProfile, UsageDaily
 from billing.pricing import storage_gb_months, to_cents
 from billing.selectors import credit_balance
 from billing.usage import UsageRecord, usage_upsert
@@ -29,6 +30,14 @@ LOW_BALANCE_DEMO = Decimal("3")  # a prepaid demo user is topped up to this, not
 @transaction.atomic
 def seed() -> list[str]:
     today = timezone.now().date()
+    first_day = today - dt.timedelta(days=DAYS)
+    # A day a demo user already has usage for stays as it is, on whichever cluster it was
+    # recorded: after an operator moved them, a rerun adds no second history on the new one.
+    have = set(
+        UsageDaily.objects.filter(
+            user_id__in=[u[0] for u in DEMO_USERS], date__gte=first_day
+        ).values_list("user_id", "date")
+    )
     records = []
     for assignment in UserHopsworksAssignment.objects.filter(
         user_id__in=[u[0] for u in DEMO_USERS]
@@ -37,17 +46,18 @@ def seed() -> list[str]:
         gb_held = Decimal(rng.randrange(5, 400))
         for offset in range(DAYS, 0, -1):
             day = today - dt.timedelta(days=offset)
-            records.append(
-                UsageRecord(
-                    user_id=assignment.user_id,
-                    cluster_id=assignment.hopsworks_cluster_id,
-                    date=day,
-                    cpu_hours=Decimal(rng.randrange(0, 800000)) / 100000,
-                    gpu_hours=Decimal(rng.choice([0, 0, 0, rng.randrange(0, 400)])) / 100,
-                    storage_gb_months=storage_gb_months(gb_held=gb_held, day=day),
-                    api_calls=rng.randrange(0, 50000),
-                )
+            # Drawn for every day, kept or not, so each day's figures are the same each run.
+            record = UsageRecord(
+                user_id=assignment.user_id,
+                cluster_id=assignment.hopsworks_cluster_id,
+                date=day,
+                cpu_hours=Decimal(rng.randrange(0, 800000)) / 100000,
+                gpu_hours=Decimal(rng.choice([0, 0, 0, rng.randrange(0, 400)])) / 100,
+                storage_gb_months=storage_gb_months(gb_held=gb_held, day=day),
+                api_calls=rng.randrange(0, 50000),
             )
+            if (assignment.user_id, day) not in have:
+                records.append(record)
 
     movements = []
     for index, amount in PREPAID.items():
@@ -83,7 +93,7 @@ def seed() -> list[str]:
     invoices = _demo_invoices(today)
     return [
         f"Demo usage: {result.rows} daily rows over {DAYS} days; "
-        f"{result.credit_entries} new credit debits; {invoices} demo invoices."
+        f"{result.credit_entries} new credit debits; {invoices} new demo invoices."
     ]
 
 
@@ -119,6 +129,10 @@ def _keep_demo_users_eligible(today: dt.date) -> None:
             )
 
 
+def invoice_id(index: int, month: dt.date) -> str:
+    return f"in_demo_{index}_{month:%Y%m}"
+
+
 def _demo_invoices(today: dt.date) -> int:
     """Invoices as Stripe's webhooks would have recorded them, for the postpaid users."""
     last_month = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
@@ -127,6 +141,8 @@ def _demo_invoices(today: dt.date) -> int:
     for index in (0, 3):  # Ada and Edsger are postpaid
         user_id = DEMO_USERS[index][0]
         for month, status in ((before, "paid"), (last_month, "pending")):
+            if BillingHistory.objects.filter(stripe_invoice_id=invoice_id(index, month)).exists():
+                continue  # recorded by an earlier run: an invoice, once issued, stays as is
             start = dt.datetime.combine(month, dt.time(), tzinfo=dt.UTC)
             end = dt.datetime.combine(
                 (month + dt.timedelta(days=32)).replace(day=1), dt.time(), tzinfo=dt.UTC
@@ -135,7 +151,7 @@ def _demo_invoices(today: dt.date) -> int:
                 user_id=user_id, date__gte=month, date__lt=end.date()
             ).aggregate(total=Sum("total_cost"))["total"] or Decimal(0)
             invoice = {
-                "id": f"in_demo_{index}_{month:%Y%m}",
+                "id": invoice_id(index, month),
                 "number": f"DEMO-{index}-{month:%Y%m}",
                 "amount_due": int(to_cents(total) * 100),
                 "currency": "usd",

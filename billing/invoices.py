@@ -40,13 +40,18 @@ def invoice_status(invoice: dict) -> str:
 def invoice_apply(invoice: dict, *, status: str, event_created) -> BillingHistory | None:
     """Record an invoice's state, unless what we have is newer or final. An event of the
     same second as the one applied that says otherwise is settled by Stripe's invoice now."""
+    user = user_for_stripe_object(invoice)
+    if user is None and not BillingHistory.objects.filter(stripe_invoice_id=invoice["id"]).exists():
+        # Never a row without a user (and a placeholder amount): the event stays unmatched.
+        customer = invoice.get("customer")
+        customer = customer.get("id") if isinstance(customer, dict) else customer
+        raise LookupError(
+            f"invoice {invoice['id']} names no user of ours (customer {customer or 'none'}); "
+            "nothing recorded"
+        )
     row, _ = BillingHistory.objects.get_or_create(
         stripe_invoice_id=invoice["id"],
-        defaults={
-            "amount": Decimal("0"),
-            "status": status,
-            "user": user_for_stripe_object(invoice),
-        },
+        defaults={"amount": Decimal("0"), "status": status, "user": user},
     )
     row = BillingHistory.objects.select_for_update().get(pk=row.pk)
     _note_finalized(row, invoice, event_created)
@@ -68,7 +73,7 @@ def invoice_apply(invoice: dict, *, status: str, event_created) -> BillingHistor
     row.currency = currency.upper()
     row.status = status
     row.stripe_status = stripe_status
-    row.user = row.user or user_for_stripe_object(invoice)
+    row.user = row.user or user
     row.description = invoice.get("description") or _describe(invoice)
     row.hosted_invoice_url = invoice.get("hosted_invoice_url") or ""
     if invoice.get("period_start"):

@@ -191,6 +191,35 @@ def stripe_events_worn_out(*, max_attempts: int = RETRY_MAX_ATTEMPTS):
     )
 
 
+# Events whose handler needs a user of ours (found by `user_for_stripe_object`).
+_NEED_A_USER = (
+    "checkout.",
+    "customer.subscription.",
+    "invoice.",
+    "credit_note.",
+    "charge.refunded",
+)
+
+
+def stripe_event_not_processable(event: StripeEvent) -> str | None:
+    """Why processing this event again now would change nothing, or None when it is worth
+    queueing: an event done is done; an unmatched one whose customer is still no user of
+    ours would only be unmatched again."""
+    if event.status in DONE:
+        return f"already {event.status}; nothing to do"
+    if event.status != StripeEvent.Status.UNMATCHED or not event.type.startswith(_NEED_A_USER):
+        return None
+    obj = (event.payload.get("data") or {}).get("object") or {}
+    if user_for_stripe_object(obj) is not None:
+        return None
+    customer = obj.get("customer")
+    customer = customer.get("id") if isinstance(customer, dict) else customer
+    return (
+        f"it still names no user of ours (customer {customer or 'none'}); link the customer "
+        "to a user first"
+    )
+
+
 def _user_or_unmatched(obj: dict, what: str) -> User:
     user = user_for_stripe_object(obj)
     if user is None:

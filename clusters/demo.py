@@ -35,6 +35,8 @@ def seed() -> list[str]:
                 },
                 actor="seed_demo",
             )
+            # Demo clusters are not real: recorded as tested, so they take the demo users.
+            services.cluster_connection_passed(cluster=cluster, actor="seed_demo")
             created += 1
         clusters[name] = cluster
 

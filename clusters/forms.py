@@ -3,7 +3,12 @@ from __future__ import annotations
 from django import forms
 
 from clusters import services
-from clusters.hopsworks import validate_api_url, validate_ca_bundle
+from clusters.hopsworks import (
+    normalize_api_url,
+    validate_api_key,
+    validate_api_url,
+    validate_ca_bundle,
+)
 from clusters.kubeconfig import KubeconfigError, validate_kubeconfig
 from clusters.models import HopsworksCluster, max_users_problem
 
@@ -56,14 +61,30 @@ class HopsworksClusterForm(forms.ModelForm):
             if creating
             else f"Currently {_secret_state(self.instance.api_key)}. Leave empty to keep it."
         )
+        if creating and "status" in self.fields:
+            self.fields["status"].help_text = (
+                "A new cluster starts in maintenance (it takes no users) until "
+                '"Test the connection to Hopsworks" passes; it then becomes active.'
+            )
         self.fields["kubeconfig_input"].help_text = (
             f"Currently {_secret_state(self.instance.kubeconfig)}. "
             "Paste a kubeconfig (YAML with a cluster, a user and a context) to set or replace "
             "it; it is used to read usage from OpenCost. Leave empty to keep it."
         )
 
+    def clean_api_key_input(self):
+        key = self.cleaned_data["api_key_input"]
+        if key:
+            problem = validate_api_key(key)
+            if problem:
+                raise forms.ValidationError(problem)
+        return key
+
     def clean_api_url(self):
-        url = self.cleaned_data["api_url"].strip().rstrip("/")
+        url = normalize_api_url(self.cleaned_data["api_url"])
+        taken = services.cluster_using_url(url, other_than=self.instance.pk)
+        if taken is not None:
+            raise forms.ValidationError(services.url_taken_message(taken))
         # A new address is resolved and checked; the service checks again, connections too.
         changed = services.cluster_address_changes(self.instance, {"api_url": url})
         problem = validate_api_url(url, resolve=self.instance._state.adding or changed)
@@ -101,6 +122,14 @@ class HopsworksClusterForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        instance = self.instance
+        if (
+            not instance._state.adding
+            and data.get("status") == HopsworksCluster.Status.ACTIVE
+            and instance.status != HopsworksCluster.Status.ACTIVE
+            and instance.connection_ok_at is None
+        ):
+            self.add_error("status", services.NOT_TESTED)  # the service checks it again
         # The service checks this again under the row lock; here it is a field error.
         address = {f: data[f] for f in ("api_url", "ca_bundle") if f in data}
         if (

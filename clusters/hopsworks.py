@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from urllib3.exceptions import ReadTimeoutError
@@ -115,6 +116,41 @@ def validate_api_url(url: str, *, resolve: bool = False) -> str | None:
     check = outbound.destination_problem if resolve else outbound.url_problem
     problem = check(url)
     return f"The cluster URL {problem}." if problem else None
+
+
+def normalize_api_url(url: str) -> str:
+    """The one spelling of a cluster's address, so that two spellings of one cluster are
+    seen as one: scheme and host in lower case, no default port, no trailing slash, and
+    without the API base (`/hopsworks-api/api`) operators sometimes paste."""
+    url = (url or "").strip().rstrip("/")
+    if url.lower().endswith(API_PATH):
+        url = url[: -len(API_PATH)].rstrip("/")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url  # validate_api_url says what is wrong with it
+    if not parts.scheme or not parts.hostname:
+        return url
+    scheme = parts.scheme.lower()
+    host = parts.hostname.lower()
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    if port is not None and (scheme, port) not in (("https", 443), ("http", 80)):
+        host = f"{host}:{port}"
+    return urlunsplit((scheme, host, parts.path.rstrip("/"), parts.query, ""))
+
+
+def validate_api_key(key: str | None) -> str | None:
+    """An error message for an API key that cannot be a Hopsworks key, or None."""
+    if not isinstance(key, str) or not key.strip():
+        return "Enter the API key of a Hopsworks admin (scope: admin)."
+    if len(key.strip()) < MIN_API_KEY_LENGTH:
+        return (
+            f"An API key must be at least {MIN_API_KEY_LENGTH} characters: paste the whole "
+            "key Hopsworks showed when it was created (Account settings > API keys)."
+        )
+    return None
 
 
 def validate_ca_bundle(pem: str) -> str | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from accounts.models import User
@@ -62,11 +63,31 @@ class HopsworksCluster(models.Model):
         help_text="PEM certificate(s) of the CA that signed the cluster's TLS certificate, "
         "when it is not a public CA. TLS is always verified.",
     )
+    # Added to the seed: when "Test the connection" last passed. A new cluster stays in
+    # maintenance (takes no users) until it has.
+    connection_ok_at = models.DateTimeField(
+        null=True, blank=True, editable=False, verbose_name="connection test passed"
+    )
 
     class Meta:
         db_table = "hopsworks_clusters"
         ordering = ["name"]
         constraints = [
+            # One cluster per address: services store the normalized URL
+            # (hopsworks.normalize_api_url); the index also catches case and a trailing
+            # slash in rows written before, or by hand.
+            models.UniqueConstraint(
+                Lower(
+                    models.Func(
+                        models.F("api_url"),
+                        models.Value("/"),
+                        function="RTRIM",
+                        output_field=models.TextField(),
+                    )
+                ),
+                name="hopsworks_clusters_api_url_unique",
+                violation_error_message="Another cluster already uses this API URL.",
+            ),
             models.CheckConstraint(
                 condition=models.Q(status__in=["active", "maintenance", "inactive"]),
                 name="hopsworks_clusters_status_valid",

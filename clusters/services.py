@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
-from django.db.models import Count, F
+from django.db.models import Count, F, Func, Value
+from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from accounts.models import User
-from clusters.hopsworks import validate_api_url
+from clusters.hopsworks import normalize_api_url, validate_api_key, validate_api_url
 from clusters.kubeconfig import KubeconfigError, validate_kubeconfig
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster, max_users_problem
 from clusters.models import UserHopsworksAssignment as Assignment
@@ -376,6 +377,29 @@ def _same_address(stored: str | None, new: str | None) -> bool:
     return (stored or "").strip().rstrip("/") == (new or "").strip().rstrip("/")
 
 
+NOT_TESTED = (
+    'Test the connection first (the action "Test the connection to Hopsworks"): a cluster '
+    "takes users only once it has answered with its API key."
+)
+URL_KEY = Lower(Func(F("api_url"), Value("/"), function="RTRIM", output_field=models.TextField()))
+
+
+def cluster_using_url(url: str, *, other_than=None) -> HopsworksCluster | None:
+    """The cluster that already has this address (normalized), other than `other_than`."""
+    key = normalize_api_url(url).lower()
+    clusters = HopsworksCluster.objects.alias(url_key=URL_KEY).filter(url_key=key)
+    if other_than is not None:
+        clusters = clusters.exclude(pk=other_than)
+    return clusters.first()
+
+
+def url_taken_message(cluster: HopsworksCluster) -> str:
+    return (
+        f"This URL is already used by cluster {cluster.name}: each cluster has its own "
+        "address. Edit that cluster instead, or check the URL."
+    )
+
+
 def cluster_address_changes(cluster: HopsworksCluster, changes: dict) -> bool:
     """Whether `changes` give an existing cluster a new address (URL or CA bundle), which
     needs the API key entered again."""
@@ -416,23 +440,38 @@ def cluster_save(*, cluster: HopsworksCluster, changes: dict, actor) -> Hopswork
         raise ValueError(f"Not editable here: {', '.join(sorted(unknown))}")
     changes = dict(changes)
     if "api_url" in changes:
-        changes["api_url"] = (changes["api_url"] or "").strip().rstrip("/")
+        changes["api_url"] = normalize_api_url(changes["api_url"] or "")
+    if "api_key" in changes:
+        problem = validate_api_key(changes["api_key"])
+        if problem:
+            raise ClusterValidationError("api_key", problem)
     _check_destinations(cluster, changes)  # before the row lock: it may wait for DNS
     creating = cluster._state.adding
     with transaction.atomic():
         if creating:
             locked = cluster
+            # A new cluster takes users only once its connection test has passed.
+            if changes.get("status", locked.status) == HopsworksCluster.Status.ACTIVE:
+                changes["status"] = HopsworksCluster.Status.MAINTENANCE
         else:
             locked = HopsworksCluster.objects.select_for_update().get(pk=cluster.pk)
-            if cluster_address_changes(locked, changes) and not changes.get("api_key"):
-                raise ClusterValidationError("api_key", KEY_AGAIN)
+            if cluster_address_changes(locked, changes):
+                if not changes.get("api_key"):
+                    raise ClusterValidationError("api_key", KEY_AGAIN)
+                locked.connection_ok_at = None  # a new address is tested again
+            if (
+                changes.get("status") == HopsworksCluster.Status.ACTIVE
+                and locked.status != HopsworksCluster.Status.ACTIVE
+                and locked.connection_ok_at is None
+            ):
+                raise ClusterValidationError("status", NOT_TESTED)
         for field, value in changes.items():
             setattr(locked, field, value)
         assigned = 0 if creating else locked.assignments.count()
         problem = max_users_problem(locked.max_users, assigned=assigned)
         if problem:
             raise ClusterValidationError("max_users", problem)
-        locked.save()
+        _save_with_unique_url(locked)
         if locked.status == HopsworksCluster.Status.ACTIVE and locked.free_slots:
             place_waiting_queue()
     logger.info(
@@ -443,6 +482,51 @@ def cluster_save(*, cluster: HopsworksCluster, changes: dict, actor) -> Hopswork
         ", ".join(sorted(changes)),
     )
     return locked
+
+
+def _save_with_unique_url(cluster: HopsworksCluster) -> None:
+    """Save, refusing an address another cluster has. The unique index decides between
+    two saves at the same moment: the second waits for the first and is refused."""
+    taken = cluster_using_url(cluster.api_url, other_than=cluster.pk)
+    if taken is not None:
+        raise ClusterValidationError("api_url", url_taken_message(taken))
+    try:
+        with transaction.atomic():
+            cluster.save()
+    except IntegrityError as error:
+        if "hopsworks_clusters_api_url_unique" not in str(error):
+            raise
+        taken = cluster_using_url(cluster.api_url, other_than=cluster.pk)
+        raise ClusterValidationError(
+            "api_url",
+            url_taken_message(taken) if taken else "Another cluster already uses this API URL.",
+        ) from None
+
+
+def cluster_connection_passed(*, cluster: HopsworksCluster, actor) -> bool:
+    """Record that the cluster answered its connection test. A cluster never tested before
+    that waits in maintenance (every new one) becomes active and takes users: returns
+    True then. One an operator put in maintenance after it was tested stays there."""
+    with transaction.atomic():
+        locked = HopsworksCluster.objects.select_for_update().get(pk=cluster.pk)
+        first = locked.connection_ok_at is None
+        activate = first and locked.status == HopsworksCluster.Status.MAINTENANCE
+        locked.connection_ok_at = timezone.now()
+        fields = ["connection_ok_at"]
+        if activate:
+            locked.status = HopsworksCluster.Status.ACTIVE
+            fields.append("status")
+        locked.save(update_fields=fields)
+        if activate and locked.free_slots:
+            place_waiting_queue()
+    cluster.connection_ok_at, cluster.status = locked.connection_ok_at, locked.status
+    if activate:
+        logger.info(
+            "cluster %s active after its first connection test by %s",
+            locked.name,
+            actor_label(actor),
+        )
+    return activate
 
 
 def cluster_set_status(*, cluster: HopsworksCluster, status: str, actor) -> bool:

@@ -6,7 +6,7 @@ moving a section is moving a line, never counting positions in another app's tup
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from procrastinate.contrib.django.admin import ProcrastinateJobAdmin
 from procrastinate.contrib.django.models import ProcrastinateJob
 
@@ -23,6 +23,7 @@ from billing.admin.usage import ClusterUsageAdminMixin
 from billing.admin.users import BILLING_SECTION, UserBillingAdminMixin
 from clusters.admin import PLACEMENT_SECTION, ClusterAdminBase, UserPlacementAdminMixin
 from clusters.models import HopsworksCluster
+from plumbing.admin_report import ActionReport
 from plumbing.jobs import jobs_cancel, jobs_retry
 
 admin.site.site_header = "Hopsworks Platform Console"
@@ -99,24 +100,26 @@ class JobAdmin(ProcrastinateJobAdmin):
 
     @admin.action(description="Retry the selected failed or stuck jobs", permissions=["operate"])
     def retry_jobs(self, request, queryset):
-        retried = jobs_retry(job_ids=list(queryset.values_list("pk", flat=True)))
-        skipped = queryset.count() - retried
-        self.message_user(request, f"{retried} job(s) queued again.", messages.SUCCESS)
-        if skipped:
-            self.message_user(
-                request,
-                f"{skipped} job(s) not retried: only failed or running ones can be.",
-                messages.WARNING,
-            )
+        report = ActionReport("job")
+        for job in queryset.order_by("pk"):
+            if jobs_retry(job_ids=[job.pk]):
+                report.queued(f"job {job.pk} ({job.task_name})", "queued again")
+            else:
+                report.not_done(
+                    f"job {job.pk} ({job.task_name})",
+                    f"it is {job.status}; only failed or running jobs are retried",
+                )
+        report.send(self, request)
 
     @admin.action(description="Cancel the selected waiting jobs", permissions=["operate"])
     def cancel_jobs(self, request, queryset):
-        cancelled = jobs_cancel(job_ids=list(queryset.values_list("pk", flat=True)))
-        skipped = queryset.count() - cancelled
-        self.message_user(request, f"{cancelled} job(s) cancelled.", messages.SUCCESS)
-        if skipped:
-            self.message_user(
-                request,
-                f"{skipped} job(s) not cancelled: only waiting ones can be.",
-                messages.WARNING,
-            )
+        report = ActionReport("job")
+        for job in queryset.order_by("pk"):
+            if jobs_cancel(job_ids=[job.pk]):
+                report.done(f"job {job.pk} ({job.task_name})", "cancelled")
+            else:
+                report.not_done(
+                    f"job {job.pk} ({job.task_name})",
+                    f"it is {job.status}; only waiting jobs are cancelled",
+                )
+        report.send(self, request)

@@ -36,8 +36,15 @@ def _list(model_path: str, **params) -> str:
 
 
 def _active_users(month) -> list[Tile]:
-    active = User.objects.filter(status=User.Status.ACTIVE).count()
-    return [Tile("Active users", f"{active}", _list("accounts_user", status__exact="active"))]
+    # Customers only: operators and local break-glass logins are not users of the platform.
+    active = User.objects.filter(User.customers_q(), status=User.Status.ACTIVE).count()
+    return [
+        Tile(
+            "Active users",
+            f"{active}",
+            _list("accounts_user", status__exact="active", kind="customers"),
+        )
+    ]
 
 
 def _usage(month) -> list[Tile]:
@@ -76,20 +83,35 @@ def _usage(month) -> list[Tile]:
     ]
 
 
+NEARLY_FULL = 0.9  # of max users: the tile names such clusters before they are full
+
+
 def _cluster_fill(month) -> list[Tile]:
     clusters = list(
         HopsworksCluster.objects.order_by("name").values(
             "pk", "name", "status", "current_users", "max_users"
         )
     )
-    full = [c for c in clusters if c["current_users"] >= c["max_users"]]
+    full = [c["name"] for c in clusters if c["current_users"] >= c["max_users"]]
+    nearly = [
+        c["name"]
+        for c in clusters
+        if c["name"] not in full and c["current_users"] >= NEARLY_FULL * c["max_users"]
+    ]
+    value = (
+        f"{sum(c['current_users'] for c in clusters)} / "
+        f"{sum(c['max_users'] for c in clusters)} places"
+    )
+    if full:
+        value += f"; full: {', '.join(full)}"
+    if nearly:
+        value += f"; nearly full: {', '.join(nearly)}"
     return [
         Tile(
             "Cluster fill",
-            f"{sum(c['current_users'] for c in clusters)} / "
-            f"{sum(c['max_users'] for c in clusters)} places",
+            value,
             _list("clusters_hopsworkscluster"),
-            alert=bool(full),
+            alert=bool(full or nearly),
             rows=[
                 (
                     f"{c['name']} ({c['status']})",
@@ -107,7 +129,8 @@ def _placement(month) -> list[Tile]:
         capacity=Count("pk", filter=Q(reason=CapacityWait.Reason.NO_CAPACITY)),
         billing=Count("pk", filter=Q(reason=CapacityWait.Reason.BILLING)),
     )
-    pending = HopsworksAccount.objects.pending().count()
+    # Users, as the list it links to shows them (a move leaves two accounts pending).
+    pending = HopsworksAccount.objects.pending().values("user_id").distinct().count()
     return [
         Tile(
             "Waiting for capacity",
@@ -122,7 +145,7 @@ def _placement(month) -> list[Tile]:
         ),
         Tile(
             "Hopsworks accounts pending",
-            f"{pending}",
+            f"{pending} user{'' if pending == 1 else 's'}",
             _list("accounts_user", placement="pending"),
             alert=pending > 0,
         ),

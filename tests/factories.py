@@ -1,5 +1,6 @@
 import factory
 from django.contrib.auth.models import Permission
+from django.utils import timezone
 
 from accounts.models import User
 
@@ -55,6 +56,8 @@ class ClusterFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"cluster-{n}")
     # Port 9 on loopback refuses at once: a cluster nothing should reach unless a test
     # points it at a fake.
-    api_url = "https://127.0.0.1:9"
+    # (a path of its own: each cluster has its own address)
+    api_url = factory.Sequence(lambda n: f"https://127.0.0.1:9/c{n}")
     api_key = factory.Sequence(lambda n: f"api-key-{n}")
     max_users = 10
+    connection_ok_at = factory.LazyFunction(timezone.now)  # as if tested: takes users

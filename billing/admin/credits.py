@@ -7,7 +7,7 @@ import uuid
 
 from django import forms
 from django.conf import settings
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import F
 from django.utils.html import format_html
 
@@ -27,6 +27,7 @@ from billing.purchases import credit_purchase_refund_request
 from billing.stripe_gateway import StripeGatewayError
 from plumbing import outbound
 from plumbing.admin_confirm import confirm_then
+from plumbing.admin_report import ActionReport
 
 Channel = BillingAdjustment.Channel
 Direction = BillingAdjustment.Direction
@@ -106,45 +107,42 @@ WHAT = {
 }
 
 
-def outcome_message(user, applied: Applied, direction: str) -> tuple[int, str]:
-    """What happened to one user's adjustment, for the operator: (message level, text)."""
+def outcome_message(applied: Applied, direction: str) -> tuple[str, str]:
+    """What happened to one user's adjustment, for the operator's report: (done, queued,
+    unchanged or not_done; the words)."""
     adjustment = applied.adjustment
     if not applied.created:
         if adjustment is not None and adjustment.status == Status.PENDING:
-            return messages.WARNING, (
-                f"{user.email}: already submitted (this form was sent before) and still "
+            return "unchanged", (
+                "already submitted (this form was sent before) and still "
                 "queued for Stripe: nothing more done."
             )
         if adjustment is not None and adjustment.status == Status.FAILED:
-            return messages.ERROR, (
-                f"{user.email}: not done: this form was sent before and Stripe refused it "
+            return "not_done", (
+                f"this form was sent before and Stripe refused it "
                 f"({adjustment.error}); fix the cause and open the action again."
             )
-        return messages.INFO, (
-            f"{user.email}: already applied (this form was submitted before): nothing more done."
-        )
+        return "unchanged", ("already applied (this form was submitted before): nothing more done.")
     amount = f"${adjustment.amount}"
     if adjustment.channel == Channel.LEDGER:
         done = "granted to" if direction == Direction.CREDIT else "debited from"
-        return messages.SUCCESS, f"{user.email}: {amount} {done} the prepaid balance."
+        return "done", f"{amount} {done} the prepaid balance."
     kind = "credit" if direction == Direction.CREDIT else "charge"
     how = WHAT[adjustment.channel].format(invoice=adjustment.stripe_invoice_id)
     if adjustment.status == Status.SENT:
-        return messages.SUCCESS, (
-            f"{user.email}: {amount} {kind} sent to Stripe {how} ({adjustment.stripe_object_id})."
-        )
+        return "done", (f"{amount} {kind} sent to Stripe {how} ({adjustment.stripe_object_id}).")
     if adjustment.status == Status.FAILED:
         return (
-            messages.ERROR,
-            f"{user.email}: not done: Stripe refused the {kind}. {adjustment.error}",
+            "not_done",
+            f"Stripe refused the {kind}. {adjustment.error}",
         )
     why = (
         f"Stripe is unavailable ({adjustment.error})"
         if adjustment.error
         else "Stripe took too long for the users before"
     )
-    return messages.WARNING, (
-        f"{user.email}: {amount} {kind} queued, not yet at Stripe: {why}. A job sends it "
+    return "queued", (
+        f"{amount} {kind} queued, not yet at Stripe: {why}. A job sends it "
         "(Jobs: billing.send_billing_adjustment)."
     )
 
@@ -153,7 +151,8 @@ def _adjust(modeladmin, request, users, direction):
     kind = "grant" if direction == Direction.CREDIT else "debit"
 
     def apply(data):
-        not_done = 0
+        report = ActionReport("user")
+        report.watch_jobs("billing.send_billing_adjustment")
         # One deadline for every user selected, well inside the web worker's timeout: those
         # Stripe has no time left for are queued for the job.
         with outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS) as budget:
@@ -170,17 +169,11 @@ def _adjust(modeladmin, request, users, direction):
                         send=not budget.expired,
                     )
                 except AdjustmentError as error:
-                    level, text = messages.ERROR, f"{user.email}: not done: {error}"
+                    report.not_done(user.email, error)
                 else:
-                    level, text = outcome_message(user, applied, direction)
-                not_done += level in (messages.WARNING, messages.ERROR)
-                modeladmin.message_user(request, text, level)
-        if not_done:
-            modeladmin.message_user(
-                request,
-                f"{not_done} of {len(users)} user(s) not done or only queued: see above.",
-                messages.WARNING,
-            )
+                    outcome, text = outcome_message(applied, direction)
+                    getattr(report, outcome)(user.email, text)
+        report.send(modeladmin, request)
 
     return apply
 
@@ -315,29 +308,28 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
         )
 
     def _refund(self, request, queryset):
+        report = ActionReport("purchase")
         # One deadline for all the purchases selected, well inside the web worker's timeout.
         with outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS) as budget:
             for purchase in queryset.order_by("pk"):
                 if budget.expired:
-                    self.message_user(
-                        request,
-                        f"{purchase}: not tried, Stripe took too long for the ones before it; "
-                        "select it again.",
-                        messages.WARNING,
+                    report.not_done(
+                        purchase,
+                        "not tried, Stripe took too long for the ones before it; select it again",
                     )
                     continue
                 try:
                     refund = credit_purchase_refund_request(purchase=purchase, actor=request.user)
                 except (BillingError, StripeGatewayError) as error:
-                    self.message_user(request, f"{purchase}: {error}", messages.ERROR)
+                    report.not_done(purchase, error)
                     continue
                 amount = gateway.from_minor_units(refund["amount"], refund["currency"])
-                self.message_user(
-                    request,
-                    f"{purchase}: refund of {amount} requested at Stripe; the credits are taken "
-                    "back when Stripe confirms it.",
-                    messages.SUCCESS,
+                report.done(
+                    purchase,
+                    f"refund of {amount} requested at Stripe; the credits are taken back when "
+                    "Stripe confirms it.",
                 )
+        report.send(self, request)
 
 
 @admin.register(BillingAdjustment)

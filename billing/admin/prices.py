@@ -6,14 +6,21 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
 from billing.models import Price
-from billing.prices import price_delete, price_save
+from billing.prices import (
+    price_delete,
+    price_locked_reason,
+    price_save,
+    prices_with_current,
+)
 from billing.pricing import resource_unit
 
 
 @admin.register(Price)
 class PriceAdmin(admin.ModelAdmin):
-    """The rate card and negotiated prices. A price already in effect cannot be edited or
-    deleted (past days were charged with it); a change is a new row from a later date."""
+    """The rate card and negotiated prices. A price that started before today, or today with
+    usage of today already priced with it, cannot be edited or deleted (days were charged
+    with it); a change is a new row from a later date. Today's price stays correctable
+    until then."""
 
     fields = ("resource", "unit_price", "effective_from", "user", "note")
     list_display = (
@@ -35,17 +42,21 @@ class PriceAdmin(admin.ModelAdmin):
     def unit(self, obj):
         return resource_unit(obj.resource)
 
-    @admin.display(boolean=True, description="in effect")
+    def get_queryset(self, request):
+        return prices_with_current(super().get_queryset(request))
+
+    @admin.display(boolean=True, description="in effect", ordering="current")
     def in_effect(self, obj):
-        return obj.is_in_effect
+        """In effect now: started and not replaced by a later price (future: not yet)."""
+        return obj.current
 
     def has_change_permission(self, request, obj=None):
-        if obj is not None and obj.is_in_effect:
+        if obj is not None and price_locked_reason(obj):
             return False
         return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None):
-        if obj is not None and obj.is_in_effect:
+        if obj is not None and price_locked_reason(obj):
             return False
         return super().has_delete_permission(request, obj)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.utils.html import format_html
 
 from billing import stripe_gateway as gateway
@@ -14,8 +14,9 @@ from billing.models import (
     StripeUsageAdjustment,
     StripeUsageReport,
 )
+from billing.stripe_events import DONE, stripe_event_not_processable
 from billing.tasks import stripe_event_defer
-from plumbing.jobs import queued_message
+from plumbing.admin_report import ActionReport
 
 
 @admin.register(BillingHistory)
@@ -77,15 +78,18 @@ class StripeEventAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Process again", permissions=["process"])
     def process_again(self, request, queryset):
-        count = 0
-        for event_id in queryset.values_list("pk", flat=True):
-            stripe_event_defer(event_id=event_id)
-            count += 1
-        self.message_user(
-            request,
-            queued_message(count, "event job(s)", task_name="billing.process_stripe_event"),
-            messages.INFO,
-        )
+        report = ActionReport("event")
+        report.watch_jobs("billing.process_stripe_event")
+        for event in queryset:
+            why_not = stripe_event_not_processable(event)
+            if why_not is None:
+                stripe_event_defer(event_id=event.pk)
+                report.queued(event.pk, f"{event.type} queued for processing")
+            elif event.status in DONE:
+                report.unchanged(event.pk, why_not)
+            else:
+                report.not_done(event.pk, why_not)
+        report.send(self, request)
 
 
 @admin.register(StripeCatalogEntry)

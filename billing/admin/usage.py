@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
@@ -14,7 +14,7 @@ from billing.admin.base import ReadOnlyAdmin
 from billing.models import UsageCollectionRun, UsageDaily
 from billing.pricing import to_cents
 from billing.tasks import collection_defer
-from plumbing.jobs import queued_message
+from plumbing.admin_report import ActionReport
 
 
 @admin.register(UsageDaily)
@@ -51,21 +51,14 @@ class UsageDailyAdmin(ReadOnlyAdmin):
 
 def _collect_again(modeladmin, request, cluster_days):
     """Queue one collection job per cluster-day (one already waiting is not queued twice)."""
-    queued = waiting = 0
+    report = ActionReport("cluster-day")
+    report.watch_jobs("billing.collect_cluster_day")
     for cluster, day in cluster_days:
         if collection_defer(cluster=cluster, day=day) is None:
-            waiting += 1
+            report.unchanged(f"{cluster.name} {day}", "already queued")
         else:
-            queued += 1
-    modeladmin.message_user(
-        request,
-        queued_message(queued, "collection job(s)", task_name="billing.collect_cluster_day"),
-        messages.INFO,
-    )
-    if waiting:
-        modeladmin.message_user(
-            request, f"{waiting} cluster-day(s) were already queued.", messages.INFO
-        )
+            report.queued(f"{cluster.name} {day}", "collection queued")
+    report.send(modeladmin, request)
 
 
 @admin.register(UsageCollectionRun)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
@@ -17,7 +17,8 @@ from billing.pricing import to_cents
 from billing.profiles import billing_mode_set
 from billing.tasks import invoices_sync_queue
 from plumbing.admin_confirm import confirm_then
-from plumbing.jobs import queued_message
+from plumbing.admin_report import ActionReport
+from plumbing.formatting import money
 
 
 def _adjustment_status(adjustment: BillingAdjustment):
@@ -103,22 +104,15 @@ class UserBillingAdminMixin(AdjustmentActionsMixin):
         permissions=["sync_invoices"],
     )
     def sync_invoices(self, request, queryset):
-        customers = queryset.exclude(stripe_customer_id__isnull=True)
-        count = 0
-        for user in customers:
+        report = ActionReport("user")
+        report.watch_jobs("billing.sync_invoices")
+        for user in queryset:
+            if not user.stripe_customer_id:
+                report.not_done(user.email, "no Stripe customer: nothing to sync")
+                continue
             invoices_sync_queue(user=user)
-            count += 1
-        self.message_user(
-            request,
-            queued_message(count, "invoice sync job(s)", task_name="billing.sync_invoices"),
-            messages.INFO,
-        )
-        if skipped := queryset.count() - count:
-            self.message_user(
-                request,
-                f"{skipped} user(s) have no Stripe customer: nothing to sync.",
-                messages.WARNING,
-            )
+            report.queued(user.email, "invoice sync queued")
+        report.send(self, request)
 
     @admin.display(description="billing")
     def billing(self, obj):
@@ -216,31 +210,28 @@ class UserBillingAdminMixin(AdjustmentActionsMixin):
         label = BillingProfile.Mode(mode).label
 
         def apply(_data):
-            changed = 0
+            report = ActionReport("user")
+            report.watch_jobs("billing.report_user_usage")
             for user in queryset:
                 if not billing_mode_set(user=user, mode=mode, actor=request.user):
+                    report.unchanged(user.email, f"already {label}")
                     continue
-                changed += 1
                 if mode == BillingProfile.Mode.POSTPAID and (debt := debt_carried(user=user)):
-                    self.message_user(
-                        request,
-                        f"{user.email}: negative prepaid balance carried: ${debt.amount} goes "
-                        "on their first postpaid invoice as an invoice item (queued for Stripe); "
-                        "their prepaid balance is back to $0.00.",
-                        messages.INFO,
+                    report.done(
+                        user.email,
+                        f"switched to {label}; the negative prepaid balance "
+                        f"({money(-debt.amount)}) goes on their first postpaid invoice as an "
+                        "invoice item (queued for Stripe) and their prepaid balance is $0.00",
                     )
                 elif mode == BillingProfile.Mode.PREPAID:
-                    self.message_user(
-                        request,
-                        queued_message(
-                            1,
-                            f"usage report to Stripe for {user.email} (what was collected up "
-                            "to the switch)",
-                            task_name="billing.report_user_usage",
-                        ),
-                        messages.INFO,
+                    report.done(user.email, f"switched to {label}")
+                    report.queued(
+                        user.email,
+                        "usage collected up to the switch to be reported to Stripe",
                     )
-            self.message_user(request, f"{changed} user(s) switched to {label}.", messages.SUCCESS)
+                else:
+                    report.done(user.email, f"switched to {label}")
+            report.send(self, request)
 
         return confirm_then(
             self,

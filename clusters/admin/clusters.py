@@ -14,6 +14,7 @@ from clusters.hopsworks import HopsworksError
 from clusters.models import HopsworksCluster, account_pending
 from plumbing import outbound
 from plumbing.admin_confirm import confirm_then
+from plumbing.admin_report import ActionReport
 from plumbing.encryption import SecretDecryptionError
 
 
@@ -148,39 +149,59 @@ class ClusterAdminBase(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         try:
-            services.cluster_save(cluster=obj, changes=form.changes(), actor=request.user)
+            saved = services.cluster_save(cluster=obj, changes=form.changes(), actor=request.user)
         except services.ClusterValidationError as error:
             self.message_user(request, f"Not saved: {error}", messages.ERROR)
+            return
+        if not change and saved.status == HopsworksCluster.Status.MAINTENANCE:
+            self.message_user(
+                request,
+                f"{saved.name} starts in maintenance and takes no users yet. Test the "
+                'connection (action "Test the connection to Hopsworks"): when it passes, '
+                "the cluster becomes active.",
+                messages.WARNING,
+            )
 
     # Calls the cluster with its stored key: for those who manage the cluster's settings.
     @admin.action(description="Test the connection to Hopsworks", permissions=["change"])
     def test_connection(self, request, queryset):
         # Every cluster tested shares one deadline: the page answers in time however many.
+        report = ActionReport("cluster")
         with outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS):
             for cluster in queryset:
-                self._test_one(request, cluster)
+                self._test_one(request, cluster, report)
+        report.send(self, request)
 
-    def _test_one(self, request, cluster):
+    def _test_one(self, request, cluster, report):
         try:
             with cluster.hopsworks_client(quick=True) as client:
-                report = client.check_connection()
+                found = client.check_connection()
         except (HopsworksError, SecretDecryptionError, ValueError) as error:
-            self.message_user(request, f"{cluster.name}: {error}", messages.ERROR)
-        else:
-            self.message_user(
-                request,
-                f"{cluster.name}: connected; Hopsworks has {report.users} users and "
-                f"{report.projects} projects.",
-                messages.SUCCESS,
-            )
+            report.not_done(cluster.name, error)
+            return
+        activated = services.cluster_connection_passed(cluster=cluster, actor=request.user)
+        report.done(
+            cluster.name,
+            f"connected; Hopsworks has {found.users} users and {found.projects} projects."
+            + (" The cluster is now active: it takes new users." if activated else ""),
+        )
 
     def _set_status(self, request, queryset, status, title, message):
         def apply(_data):
-            changed = sum(
-                services.cluster_set_status(cluster=c, status=status, actor=request.user)
-                for c in queryset
-            )
-            self.message_user(request, f"{changed} cluster(s) now {status}.", messages.SUCCESS)
+            report = ActionReport("cluster")
+            for cluster in queryset:
+                try:
+                    changed = services.cluster_set_status(
+                        cluster=cluster, status=status, actor=request.user
+                    )
+                except services.ClusterValidationError as error:
+                    report.not_done(cluster.name, error)
+                    continue
+                if changed:
+                    report.done(cluster.name, f"now {status}")
+                else:
+                    report.unchanged(cluster.name, f"already {status}")
+            report.send(self, request)
 
         return confirm_then(
             self,

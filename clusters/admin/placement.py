@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from accounts.models import User
 from clusters import services
 from clusters.models import CapacityWait, HopsworksAccount
+from plumbing.admin_report import ActionReport
 from plumbing.jobs import queued_message
 
 
@@ -69,13 +70,9 @@ class HopsworksAccountAdmin(admin.ModelAdmin):
 
     @admin.action(description="Sync with Hopsworks now", permissions=["change"])
     def sync_now(self, request, queryset):
-        users = User.objects.filter(pk__in=queryset.values("user_id"))
-        count = 0
-        for user in users:
+        report = ActionReport("user")
+        report.watch_jobs("clusters.sync_user_accounts")
+        for user in User.objects.filter(pk__in=queryset.values("user_id")):
             services.accounts_sync_queue(user)
-            count += 1
-        self.message_user(
-            request,
-            queued_message(count, "account sync job(s)", task_name="clusters.sync_user_accounts"),
-            messages.INFO,
-        )
+            report.queued(user.email, "sync of their Hopsworks accounts queued")
+        report.send(self, request)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.utils.html import format_html_join
 
 from clusters import selectors, services
 from clusters.forms import ClusterChoiceForm
 from clusters.models import CapacityWait, HopsworksAccount
 from plumbing.admin_confirm import confirm_then
+from plumbing.admin_report import ActionReport
+
+ACCOUNT_PENDING = "Hopsworks account pending (sync queued)"
+
+
+def _on_cluster(user, cluster) -> bool:
+    assignment = selectors.assignment_of(user)
+    return assignment is not None and assignment.hopsworks_cluster_id == cluster.pk
 
 
 class PlacementFilter(admin.SimpleListFilter):
@@ -75,18 +83,21 @@ class UserPlacementAdminMixin:
         return format_html_join("", "<div>{}</div>", ((line,) for line in lines))
 
     def _placement_action(self, request, queryset, *, title, message, label, run, form=None):
+        """`run(user, data, report)` changes one user and says what became of them in
+        `report`; a PlacementError is reported as not done, with its reason."""
+
         def apply(data):
-            done = 0
+            report = ActionReport("user")
+            report.watch_jobs("clusters.sync_user_accounts")
             for user in queryset:
                 try:
-                    outcome = run(user, data)
+                    outcome = run(user, data, report)
                 except services.PlacementError as error:
-                    self.message_user(request, f"{user.email}: {error}", messages.ERROR)
+                    report.not_done(user.email, error)
                     continue
-                done += 1
-                self.log_change(request, user, outcome)
-                self.message_user(request, f"{user.email}: {outcome}", messages.INFO)
-            self.message_user(request, f"{done} user(s) done.", messages.SUCCESS)
+                if outcome:
+                    self.log_change(request, user, outcome)
+            report.send(self, request)
 
         return confirm_then(
             self,
@@ -112,12 +123,21 @@ class UserPlacementAdminMixin:
 
     @admin.action(description="Assign to a cluster with room (auto)", permissions=["assign"])
     def auto_assign(self, request, queryset):
-        def run(user, data):
+        def run(user, data, report):
             placement = services.assignment_place(user=user, actor=request.user, gated=False)
-            if placement.outcome == services.Placement.Outcome.NOT_ACTIVE:
+            outcomes = services.Placement.Outcome
+            if placement.outcome == outcomes.NOT_ACTIVE:
                 raise services.UserNotActive(placement.detail)  # reported as not done
             where = f" on {placement.cluster.name}" if placement.cluster else ""
-            return f"{placement.outcome}{where}"
+            if placement.outcome == outcomes.ALREADY_ASSIGNED:
+                report.unchanged(user.email, f"already on {placement.cluster.name}")
+                return None
+            if placement.outcome == outcomes.WAITING:
+                report.not_done(user.email, "no active cluster has room; they wait for capacity")
+                return "waiting for capacity"
+            outcome = f"{placement.outcome}{where}"
+            report.queued(user.email, f"{outcome}; {ACCOUNT_PENDING}")
+            return outcome
 
         return self._placement_action(
             request,
@@ -131,9 +151,14 @@ class UserPlacementAdminMixin:
 
     @admin.action(description="Assign to a chosen cluster", permissions=["assign"])
     def assign_to_cluster(self, request, queryset):
-        def run(user, data):
-            services.assignment_create(user=user, cluster=data["cluster"], actor=request.user)
-            return f"assigned to {data['cluster'].name}"
+        def run(user, data, report):
+            cluster = data["cluster"]
+            if _on_cluster(user, cluster):
+                report.unchanged(user.email, f"already on {cluster.name}")
+                return None
+            services.assignment_create(user=user, cluster=cluster, actor=request.user)
+            report.queued(user.email, f"assigned to {cluster.name}; {ACCOUNT_PENDING}")
+            return f"assigned to {cluster.name}"
 
         return self._placement_action(
             request,
@@ -147,9 +172,15 @@ class UserPlacementAdminMixin:
 
     @admin.action(description="Move to another cluster", permissions=["move"])
     def move_to_cluster(self, request, queryset):
-        def run(user, data):
-            services.assignment_move(user=user, to_cluster=data["cluster"], actor=request.user)
-            return f"moved to {data['cluster'].name}"
+        def run(user, data, report):
+            cluster = data["cluster"]
+            if _on_cluster(user, cluster):
+                report.unchanged(user.email, f"already on {cluster.name}")
+                return None
+            services.assignment_move(user=user, to_cluster=cluster, actor=request.user)
+            # Done in our database; Hopsworks follows when the queued sync succeeds.
+            report.queued(user.email, f"moved to {cluster.name}; {ACCOUNT_PENDING}")
+            return f"moved to {cluster.name}"
 
         return self._placement_action(
             request,
@@ -164,8 +195,9 @@ class UserPlacementAdminMixin:
 
     @admin.action(description="Unassign from their cluster", permissions=["unassign"])
     def unassign(self, request, queryset):
-        def run(user, data):
+        def run(user, data, report):
             services.assignment_unassign(user=user, actor=request.user)
+            report.queued(user.email, "unassigned; Hopsworks account deactivation queued")
             return "unassigned"
 
         return self._placement_action(

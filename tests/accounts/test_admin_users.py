@@ -144,8 +144,9 @@ def test_confirmed_suspend_and_reactivate_change_status_and_are_logged(operator_
     target.refresh_from_db()
     assert target.status == User.Status.SUSPENDED
     messages = [str(m) for m in response.context["messages"]]
-    assert "1 user(s) suspended." in messages
-    assert "1 already were." in messages
+    assert f"{target.email}: suspended" in messages
+    assert f"{other.email}: already suspended" in messages
+    assert "1 user done, 1 user unchanged." in messages
     assert LogEntry.objects.filter(object_id=target.pk, change_message__contains="chargeback")
 
     operator_client.post(
@@ -289,9 +290,12 @@ def test_suspending_reports_per_user_who_could_not_be_suspended(client, persona)
     )
 
     messages = [str(m) for m in response.context["messages"]]
-    assert f"{operator.email}: you cannot suspend your own account." in " ".join(messages)
-    assert any(m.startswith("root@example.com: root@example.com is the last") for m in messages)
-    assert "1 user(s) suspended." in messages
+    assert f"{operator.email}: not done: you cannot suspend your own account." in " ".join(messages)
+    assert any(
+        m.startswith("root@example.com: not done: root@example.com is the last") for m in messages
+    )
+    assert f"{customer.email}: suspended" in messages
+    assert messages[-1] == "1 user done, 2 users not done."
     statuses = dict(User.objects.values_list("email", "status"))
     assert statuses[operator.email] == statuses["root@example.com"] == "active"
     assert statuses[customer.email] == "suspended"

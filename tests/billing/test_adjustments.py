@@ -96,7 +96,10 @@ def test_a_grant_to_a_prepaid_user_goes_to_the_ledger_and_is_recorded(
     assert adjustment.reference == entry.reference
     assert adjustment.actor == operator.email
     assert fake_stripe.posts() == []  # nothing at Stripe for a prepaid user
-    assert said == [("success", f"{user.email}: $12.50 granted to the prepaid balance.")]
+    assert said == [
+        ("info", f"{user.email}: $12.50 granted to the prepaid balance."),
+        ("success", "1 user done."),
+    ]
 
 
 def test_a_grant_to_a_postpaid_user_credits_their_stripe_customer_balance(
@@ -122,7 +125,7 @@ def test_a_grant_to_a_postpaid_user_credits_their_stripe_customer_balance(
     assert adjustment.stripe_object_id.startswith("cbtxn_")
     assert adjustment.amount == D("12.50")
     assert not CreditLedgerEntry.objects.filter(user=user).exists()
-    assert said[0][0] == "success"
+    assert said[-1] == ("success", "1 user done.")
     assert "sent to Stripe" in said[0][1] and "customer balance" in said[0][1]
 
 
@@ -137,7 +140,8 @@ def test_a_resubmitted_grant_form_applies_once(operator_client, fake_stripe):
     assert len(fake_stripe.posts(BALANCE.format(customer))) == 1
     assert UserCredits.objects.get(user=prepaid).balance == D("12.5")
     assert BillingAdjustment.objects.count() == 2
-    assert all("already applied" in text for _, text in said)
+    assert all("already applied" in text for _, text in said[:-1])
+    assert said[-1] == ("success", "2 users unchanged.")
 
 
 def test_when_stripe_is_down_the_credit_is_queued_and_a_job_sends_it_once(
@@ -151,7 +155,7 @@ def test_when_stripe_is_down_the_credit_is_queued_and_a_job_sends_it_once(
     adjustment = BillingAdjustment.objects.get()
     assert (adjustment.status, adjustment.attempts) == ("pending", 1)
     assert "Stripe" in adjustment.error
-    assert said[0][0] == "warning"
+    assert said[-1][0] == "info" and said[-1][1].startswith("1 user queued.")
     assert "queued" in said[0][1] and "Stripe is unavailable" in said[0][1]
     assert fake_stripe.customers[customer]["balance"] == 0
 
@@ -191,7 +195,8 @@ def test_a_credit_stripe_refuses_is_failed_with_the_reason_and_not_retried(
     adjustment = BillingAdjustment.objects.get()
     assert adjustment.status == "failed"
     assert "Injected failure" in adjustment.error
-    assert said[0][0] == "error" and "not done" in said[0][1]
+    assert said[0][0] == "warning" and "not done" in said[0][1]
+    assert said[-1] == ("warning", "1 user not done.")
     assert run_queued_jobs() == []
 
 
@@ -205,7 +210,7 @@ def test_a_postpaid_user_without_a_stripe_customer_is_told_and_nothing_is_writte
     assert not BillingAdjustment.objects.exists()
     assert not CreditLedgerEntry.objects.exists()
     assert fake_stripe.posts() == []
-    assert said[0][0] == "error"
+    assert said[0][0] == "warning" and said[-1] == ("warning", "1 user not done.")
     assert "not done" in said[0][1] and "no Stripe customer" in said[0][1]
 
 
@@ -307,7 +312,10 @@ def test_a_debit_of_a_prepaid_user_is_a_negative_ledger_adjustment_and_may_go_be
         "ledger",
         D("30"),
     )
-    assert said == [("success", f"{user.email}: $30.00 debited from the prepaid balance.")]
+    assert said == [
+        ("info", f"{user.email}: $30.00 debited from the prepaid balance."),
+        ("success", "1 user done."),
+    ]
     assert fake_stripe.posts() == []
 
 
@@ -338,7 +346,8 @@ def test_a_debit_of_a_postpaid_user_without_a_customer_is_not_done(operator_clie
     _, said = debit(operator_client, [user])
 
     assert not BillingAdjustment.objects.exists()
-    assert said[0][0] == "error" and "no Stripe customer" in said[0][1]
+    assert said[0][0] == "warning" and "no Stripe customer" in said[0][1]
+    assert said[-1] == ("warning", "1 user not done.")
 
 
 def test_one_message_per_user_and_a_warning_when_anything_was_not_done(
@@ -353,7 +362,7 @@ def test_one_message_per_user_and_a_warning_when_anything_was_not_done(
     texts = " | ".join(text for _, text in said)
     assert prepaid.email in texts and no_customer.email in texts and user.email in texts
     assert said[-1][0] == "warning"
-    assert "1 of 3" in said[-1][1]
+    assert said[-1][1] == "2 users done, 1 user not done."
 
 
 # The user's page ----------------------------------------------------------------------

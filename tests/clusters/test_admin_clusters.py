@@ -268,9 +268,14 @@ def test_auto_assign_reports_a_suspended_user_as_not_placed(operator_client):
     )
 
     messages = [str(m) for m in response.context["messages"]]
-    assert any(m.startswith(f"{suspended.email}: {suspended.email} is suspended") for m in messages)
-    assert f"{active.email}: assigned on east" in messages
-    assert "1 user(s) done." in messages
+    assert any(
+        m.startswith(f"{suspended.email}: not done: {suspended.email} is suspended")
+        for m in messages
+    )
+    assert any(
+        m.startswith(f"{active.email}: assigned on east; Hopsworks account") for m in messages
+    )
+    assert any(m.startswith("1 user queued, 1 user not done.") for m in messages)
     assert list(Assignment.objects.values_list("user_id", flat=True)) == [active.pk]
 
 

@@ -179,6 +179,8 @@ def test_a_slow_cluster_cannot_hold_a_first_login_and_the_retry_creates_the_acco
             },
             actor="test",
         )
+        # As if its connection test had passed when the server was quick: it takes users.
+        services.cluster_connection_passed(cluster=cluster, actor="test")
         response = log_in(client, fake_auth0, fake_auth0.id_token(sub=SUB, email="ada@x.org"))
         assert response.status_code == 302
         assert slow.connections == 0  # the login queued the account: no cluster call in it

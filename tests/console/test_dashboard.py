@@ -181,3 +181,58 @@ def test_the_dashboard_shows_failed_jobs_and_how_long_the_oldest_has_waited(oper
     assert found["Failed jobs"].value == "1" and found["Failed jobs"].alert
     assert found["Jobs queued"].value == "1 (oldest waiting 20 min)"
     assert found["Jobs queued"].alert
+
+
+# Each tile counts what its list shows
+
+
+def listed(client, url) -> int:
+    response = client.get(url)
+    assert response.status_code == 200, url
+    return response.context["cl"].result_count
+
+
+def test_the_pending_accounts_tile_counts_the_users_its_list_shows(operator_client):
+    east, west = ClusterFactory(name="east"), ClusterFactory(name="west")
+    moved, placed = UserFactory(), UserFactory()
+    services.assignment_create(user=moved, cluster=east, actor=None)
+    services.assignment_move(user=moved, to_cluster=west, actor=None)  # two accounts pending
+    services.assignment_create(user=placed, cluster=east, actor=None)
+
+    found, _ = tiles(operator_client)
+
+    tile = found["Hopsworks accounts pending"]
+    assert tile.value == "2 users"
+    assert listed(operator_client, tile.url) == 2
+
+
+def test_active_users_are_customers_not_operators_or_break_glass_logins(operator_client):
+    from accounts.models import User
+
+    UserFactory.create_batch(2)
+    UserFactory(status="suspended")
+    UserFactory(is_admin=True)  # another operator
+    User.objects.create_user(email="breakglass@example.com", password="x" * 20, is_admin=False)
+
+    found, _ = tiles(operator_client)
+
+    tile = found["Active users"]
+    assert tile.value == "2"
+    assert listed(operator_client, tile.url) == 2
+
+
+def test_the_cluster_fill_tile_names_the_clusters_that_are_full_or_nearly(operator_client):
+    ClusterFactory(name="roomy", max_users=100)
+    tight = ClusterFactory(name="tight", max_users=10)
+    for user in UserFactory.create_batch(9):
+        services.assignment_create(user=user, cluster=tight, actor=None)
+    ClusterFactory(name="packed", max_users=0)
+
+    found, body = tiles(operator_client)
+
+    tile = found["Cluster fill"]
+    assert tile.alert
+    assert "full: packed" in tile.value
+    assert "nearly full: tight" in tile.value
+    assert "roomy" not in tile.value
+    assert "full: packed" in body

@@ -98,3 +98,41 @@ def test_no_demo_user_is_stopped_by_the_periodic_check(demo_database, settings):
     later = standing_evaluate(now=timezone.now() + dt.timedelta(days=2))
 
     assert later.opened == [] and later.enforced == []
+
+
+def demo_figures() -> dict:
+    from django.db.models import Count, Sum
+
+    from billing.models import BillingHistory, CreditLedgerEntry, UsageDaily, UserCredits
+    from clusters.models import HopsworksAccount, HopsworksCluster, UserHopsworksAssignment
+
+    return {
+        "usage": UsageDaily.objects.aggregate(n=Count("pk"), cost=Sum("total_cost")),
+        "invoices": BillingHistory.objects.aggregate(n=Count("pk"), amount=Sum("amount")),
+        "ledger": CreditLedgerEntry.objects.aggregate(n=Count("pk"), amount=Sum("amount")),
+        "balances": UserCredits.objects.aggregate(
+            bought=Sum("total_purchased"), used=Sum("total_used")
+        ),
+        "users": User.objects.count(),
+        "clusters": HopsworksCluster.objects.count(),
+        "assignments": UserHopsworksAssignment.objects.count(),
+        "accounts": HopsworksAccount.objects.count(),
+    }
+
+
+def test_rerunning_seed_demo_after_an_operator_moved_a_user_changes_nothing(demo_database):
+    from accounts.demo import DEMO_USERS
+    from clusters import services
+    from clusters.models import HopsworksCluster
+
+    call_command("seed_demo")
+    ada = User.objects.get(pk=DEMO_USERS[0][0])
+    services.assignment_move(
+        user=ada, to_cluster=HopsworksCluster.objects.get(name="demo-west"), actor="operator"
+    )
+    after_the_move = demo_figures()
+
+    call_command("seed_demo")
+    assert demo_figures() == after_the_move
+    call_command("seed_demo")
+    assert demo_figures() == after_the_move
