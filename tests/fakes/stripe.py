@@ -157,7 +157,12 @@ METER = (
 REFUND = "payment_intent amount reason metadata[*] expand[]"
 METER_EVENT = "event_name identifier timestamp payload[*] expand[]"
 PRODUCT = "id name metadata[*] expand[]"
-INVOICE_ITEM = "customer amount currency description subscription metadata[*] expand[]"
+INVOICE_ITEM = "customer amount currency description subscription invoice metadata[*] expand[]"
+CANCEL = "invoice_now prorate expand[]"
+INVOICE = (
+    "customer description auto_advance collection_method pending_invoice_items_behavior"
+    " metadata[*] expand[]"
+)
 PRICE = (
     "currency unit_amount product lookup_key transfer_lookup_key billing_scheme metadata[*]"
     " recurring[interval] recurring[usage_type] recurring[meter] expand[]"
@@ -281,7 +286,7 @@ class Resource:
     defaults: str = ""
     create: str = ""
     filters: str | None = None
-    cancel: Callable[[FakeStripe, dict], None] | None = None
+    cancel: Callable[[FakeStripe, dict, dict], None] | None = None
     dated: bool = False  # its time is `date`, not `created` (an invoice item)
 
     @property
@@ -664,6 +669,8 @@ class FakeStripe:
 
     def _route(self, method: str, path: str, items: list, params: dict) -> dict:
         answer = self._reconciliation_route(method, path, items, params)
+        if answer is None:
+            answer = self._invoice_route(method, path, items, params)
         if answer is not None:
             return answer
         for resource in self.RESOURCES:
@@ -681,12 +688,12 @@ class FakeStripe:
             one = object_id != path and "/" not in object_id and resource.id_prefix
             deleting = method == "DELETE" and resource.cancel
             if one and (method == "GET" or deleting):
-                _check_names(items, "" if deleting else "expand[]")
+                _check_names(items, CANCEL if deleting else "expand[]")
                 obj = getattr(self, resource.store).get(object_id)
                 if obj is None:
                     raise _missing(resource.kind, object_id)
                 if deleting:
-                    resource.cancel(self, obj)
+                    resource.cancel(self, obj, params)
                 return obj
         raise _Refusal(
             404,
@@ -953,12 +960,87 @@ class FakeStripe:
             "status": params["status"],
         }
 
-    def _cancel(self, subscription: dict) -> None:
+    def _cancel(self, subscription: dict, params: dict | None = None) -> None:
         # A canceled subscription can still be read, but a second cancel is "No such ...".
         if subscription["status"] == "canceled":
             raise _missing("subscription", subscription["id"])
+        params = params or {}
+        invoice_now = _boolean(params.get("invoice_now", "false"), "invoice_now")
+        _boolean(params.get("prorate", "false"), "prorate")
         now = int(time.time())
         subscription.update(status="canceled", canceled_at=now, ended_at=now)
+        if invoice_now:  # the usage of the current period invoiced now, finalized
+            items = subscription["items"]["data"]
+            start = min((i["current_period_start"] for i in items), default=now)
+            invoice = self.add_usage_invoice(
+                subscription_id=subscription["id"], period_start=start, period_end=now + 1
+            )
+            subscription["latest_invoice"] = invoice["id"]
+
+    def end_subscription(self, subscription_id: str) -> dict:
+        """Canceled outside our code (the customer portal, the dashboard), without a final
+        invoice; returns the subscription as `customer.subscription.deleted` carries it."""
+        with self._lock:
+            subscription = self.subscriptions[subscription_id]
+            self._cancel(subscription, {})
+            return subscription
+
+    def _invoice_route(self, method, path, items, params) -> dict | None:
+        """Invoices made by our code: create a draft, finalize it."""
+        if method != "POST":
+            return None
+        if path == "/v1/invoices":
+            _check_names(items, INVOICE)
+            _need(params, "customer")
+            if params["customer"] not in self.customers:
+                raise _missing("customer", params["customer"], "customer")
+            behavior = params.get("pending_invoice_items_behavior", "include")
+            _ensure(behavior in ("include", "exclude"), "Invalid pending_invoice_items_behavior")
+            _ensure(
+                behavior == "exclude", "Not served by the fake.", "pending_invoice_items_behavior"
+            )
+            invoice = self._make(
+                "invoice",
+                {
+                    "customer": params["customer"],
+                    "status": "draft",
+                    "amount_due": 0,
+                    "subscription": None,
+                    "created": None,
+                    "number": None,
+                    "lines": [],
+                },
+            )
+            invoice["lines"]["data"] = []
+            invoice.update(
+                billing_reason="manual",
+                description=params.get("description"),
+                metadata=dict(params.get("metadata") or {}),
+                auto_advance=_boolean(params.get("auto_advance", "false"), "auto_advance"),
+            )
+            return invoice
+        finalize = re.fullmatch(r"/v1/invoices/([^/]+)/finalize", path)
+        if finalize:
+            _check_names(items, "auto_advance expand[]")
+            invoice = self.invoices.get(finalize.group(1))
+            if invoice is None:
+                raise _missing("invoice", finalize.group(1))
+            _ensure(
+                invoice["status"] == "draft",
+                "This invoice is already finalized, you can't re-finalize a non-draft invoice.",
+                code="invoice_not_editable",
+            )
+            now = int(time.time())
+            url = f"https://invoice.stripe.com/i/{ACCOUNT}/test_{invoice['id']}"
+            invoice.update(
+                status="open",
+                number=f"FAKE-{len(self.invoices):04d}",
+                hosted_invoice_url=url,
+                invoice_pdf=f"{url}/pdf",
+            )
+            invoice["status_transitions"]["finalized_at"] = now
+            return invoice
+        return None
 
     def _invoice(self, params: dict, new: dict) -> dict:
         invoice_id, status, due = new["id"], params["status"], params["amount_due"]
@@ -1128,11 +1210,37 @@ class FakeStripe:
             parent["subscription_details"] = {"metadata": None, "subscription": subscription}
         amount = _integer(params["amount"], "amount")  # negative: a credit
         now = new["created"]
+        on_invoice = params.get("invoice")
+        if on_invoice is not None:
+            invoice = self.invoices.get(on_invoice)
+            if invoice is None:
+                raise _missing("invoice", on_invoice, "invoice")
+            _ensure(invoice["customer"] == customer, "Invoice of another customer.", "invoice")
+            _ensure(invoice["status"] == "draft", "The invoice is not a draft.", "invoice")
+            line = _fields(LINE_ITEM_BODY) | {
+                "id": _new_id("il_"),
+                "amount": amount,
+                "description": params.get("description"),
+                "invoice": on_invoice,
+                "metadata": dict(params.get("metadata") or {}),
+                "period": {"end": now, "start": now},
+                "subscription": None,
+                "subtotal": amount,
+            }
+            invoice["lines"]["data"].append(line)
+            total = invoice["amount_due"] + amount
+            invoice.update(amount_due=total, amount_remaining=total)
+            invoice.update(
+                dict.fromkeys(
+                    ("subtotal", "subtotal_excluding_tax", "total", "total_excluding_tax"), total
+                )
+            )
         return {
             "amount": amount,
             "currency": params["currency"].lower(),
             "customer": customer,
             "description": params.get("description"),
+            "invoice": on_invoice,
             "metadata": dict(params.get("metadata") or {}),
             "net_amount": amount,
             "parent": parent,
@@ -1148,7 +1256,7 @@ class FakeStripe:
         Resource("product", "prod_", _product, PRODUCT_BODY, PRODUCT),
         Resource("price", "price_", _price, PRICE_BODY, PRICE, "active lookup_keys[]"),
         Resource("subscription", "sub_", _subscription, SUBSCRIPTION_BODY, cancel=_cancel),
-        Resource("invoice", "in_", _invoice, INVOICE_BODY, filters="customer"),
+        Resource("invoice", "in_", _invoice, INVOICE_BODY, filters="customer subscription status"),
         Resource("credit_note", "cn_", _credit_note, CREDIT_NOTE_BODY, filters="invoice"),
         Resource("charge", "ch_", _charge, CHARGE_BODY),
         Resource("refund", "re_", _refund, REFUND_BODY, REFUND, "charge payment_intent"),
