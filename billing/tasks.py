@@ -209,3 +209,49 @@ def reconcile_billing(timestamp: int) -> str:
     if not result.ok:
         raise ReconciliationDifferences(summary)
     return summary
+
+
+# Leaving ------------------------------------------------------------------------------
+
+
+@app.task(queue="stripe", retry=OUTSIDE_SYSTEM_RETRY, name="billing.close_account")
+@background
+def close_account(user_id: str) -> str:
+    """The remaining steps of an account close (billing.closing), each done once."""
+    from billing.closing import CloseStepWaiting, account_closure_advance
+
+    user = User.objects.filter(pk=user_id).first()
+    if user is None:
+        raise TargetGone(f"User {user_id} no longer exists.")
+    try:
+        closure = account_closure_advance(user=user)
+    except CloseStepWaiting as waiting:
+        raise StillFailing(f"{user_id}: {waiting}") from waiting
+    return f"{user_id}: closed ({closure.get_mode_display()})"
+
+
+@app.periodic(cron="20 * * * *")
+@app.task(queue="maintenance", name="billing.advance_account_closures")
+@background
+def advance_account_closures(timestamp: int) -> str:
+    """Hourly: closes not finished (their job gave up while an outside system was down)
+    are queued again."""
+    from billing.closing import account_closure_queue
+    from billing.models import AccountClosure
+
+    pending = AccountClosure.objects.filter(finished_at__isnull=True).select_related("user")
+    queued = sum(account_closure_queue(user=c.user) is not None for c in pending)
+    return f"{queued} account close(s) queued"
+
+
+@app.task(queue="stripe", retry=OUTSIDE_SYSTEM_RETRY, name="billing.settle_ended_subscription")
+@background
+def settle_ended_subscription(subscription_id: str) -> str:
+    """A subscription ended outside our flow: its reported usage invoiced (once)."""
+    from billing.subscription_end import subscription_end_settle
+
+    try:
+        end = subscription_end_settle(subscription_id=subscription_id)
+    except gateway.StripeGatewayError as error:
+        raise StillFailing(f"{subscription_id}: {error}") from error
+    return f"{subscription_id}: {end.status}"

@@ -11,6 +11,7 @@ from django.utils.safestring import mark_safe
 from billing import selectors
 from billing import stripe_gateway as gateway
 from billing.admin.credits import GrantCreditsMixin, balance_html
+from billing.closing import money_open_reasons
 from billing.models import BillingModeChange, BillingProfile
 from billing.pricing import to_cents
 from billing.profiles import billing_mode_set
@@ -72,6 +73,18 @@ class UserBillingAdminMixin(GrantCreditsMixin):
             obj.stripe_customer_id,
             status,
         )
+
+    def get_deleted_objects(self, objs, request):
+        """Deleting a user with money open is refused, and the page says why (billing.closing);
+        closing the account is the way out, and keeps the row."""
+        to_delete, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        reasons = [
+            f"{user.email}: {reason}" for user in objs for reason in money_open_reasons(user)
+        ]
+        if reasons:
+            # Shown instead of missing permissions: no permission would make it deletable.
+            protected, perms_needed = [*reasons, *protected], set()
+        return to_delete, model_count, perms_needed, protected
 
     def has_sync_invoices_permission(self, request):
         return request.user.has_perm("billing.sync_invoices")

