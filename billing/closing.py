@@ -20,6 +20,7 @@ refuses it for every path (the admin, the shell, a cascade), with the reasons.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 
@@ -153,7 +154,7 @@ def _collect_up_to_close(closure: AccountClosure) -> None:
     )
     if assignment is not None:
         cluster, close_day = assignment.hopsworks_cluster, _close_day(closure)
-        owed = days_to_collect(cluster, today=close_day) + [close_day]
+        owed = [*days_to_collect(cluster, today=close_day), close_day]
         for day in owed:
             run = usage_collect_day(cluster=cluster, day=day, actor=f"close:{closure.user_id}")
             if run.status != UsageCollectionRun.Status.SUCCEEDED:
@@ -235,10 +236,8 @@ def _release_slot(closure: AccountClosure) -> None:
     if closure.slot_released_at is not None:
         return
     user = User.objects.get(pk=closure.user_id)
-    try:
+    with contextlib.suppress(NotAssigned):  # not on a cluster: no slot to release
         assignment_unassign(user=user, actor=f"close:{closure.actor}")
-    except NotAssigned:
-        pass
     _record(closure, slot_released_at=timezone.now())
 
 
