@@ -36,6 +36,8 @@ PERSONAS = {
         "billing.collect_usage",
         "billing.sync_invoices",
         "billing.view_reconciliationrun",
+        "billing.close_account",
+        "billing.view_accountclosure",
     ),
     "superuser": None,
 }

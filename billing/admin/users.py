@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -11,7 +12,7 @@ from django.utils.safestring import mark_safe
 from billing import selectors
 from billing import stripe_gateway as gateway
 from billing.admin.credits import GrantCreditsMixin, balance_html
-from billing.closing import money_open_reasons
+from billing.closing import AccountCloseRefused, account_close, money_open_reasons
 from billing.models import BillingModeChange, BillingProfile
 from billing.pricing import to_cents
 from billing.profiles import billing_mode_set
@@ -50,6 +51,36 @@ class UnbilledUsageFilter(admin.SimpleListFilter):
         return queryset
 
 
+class CloseReasonForm(forms.Form):
+    reason = forms.CharField(
+        max_length=500, help_text="Why the account is closed (kept on the close record)."
+    )
+
+
+def close_summary(user) -> str:
+    """What an operator must see before closing: mode, balance, what is still open."""
+    from billing.models import AccountClosure, BillingHistory, CreditPurchase
+
+    if AccountClosure.objects.filter(user=user).exists():
+        return "already closed"
+    mode = selectors.billing_mode(user)
+    parts = [BillingProfile.Mode(mode).label]
+    if mode == BillingProfile.Mode.PREPAID:
+        refundable = sum(
+            (p.refundable for p in CreditPurchase.objects.filter(user=user)), Decimal(0)
+        )
+        parts.append(f"balance ${selectors.credit_balance(user):.2f}")
+        parts.append(f"refundable purchases ${refundable:.2f}")
+    else:
+        profile = BillingProfile.objects.filter(user=user).first()
+        parts.append(f"subscription {(profile and profile.subscription_status) or 'none'}")
+    open_invoices = BillingHistory.objects.filter(
+        user=user, status__in=[BillingHistory.Status.PENDING, BillingHistory.Status.FAILED]
+    ).count()
+    parts.append(f"{open_invoices} open invoice(s)")
+    return ", ".join(parts)
+
+
 BILLING_SECTION = ("Billing", {"fields": ("billing", "stripe", "mode_switches")})
 
 
@@ -59,7 +90,13 @@ class UserBillingAdminMixin(GrantCreditsMixin):
 
     billing_filters = (BillingModeFilter, UnbilledUsageFilter)
     billing_fields = ("billing", "stripe", "mode_switches")
-    billing_actions = ("make_prepaid", "make_postpaid", "grant_credits", "sync_invoices")
+    billing_actions = (
+        "make_prepaid",
+        "make_postpaid",
+        "grant_credits",
+        "sync_invoices",
+        "close_accounts",
+    )
 
     @admin.display(description="Stripe")
     def stripe(self, obj):
@@ -85,6 +122,44 @@ class UserBillingAdminMixin(GrantCreditsMixin):
             # Shown instead of missing permissions: no permission would make it deletable.
             protected, perms_needed = [*reasons, *protected], set()
         return to_delete, model_count, perms_needed, protected
+
+    def has_close_account_permission(self, request):
+        return request.user.has_perm("billing.close_account")
+
+    @admin.action(description="Close account (leaving)", permissions=["close_account"])
+    def close_accounts(self, request, queryset):
+        return confirm_then(
+            self,
+            request,
+            queryset,
+            title="Close accounts",
+            message="Each account is closed now: the user is logged out for good, their "
+            "usage is collected and billed up to now (storage until now), a postpaid "
+            "subscription is canceled with a final invoice, a prepaid balance is left for "
+            "you to refund from Credit purchases, the Hopsworks account is deactivated and "
+            "the cluster slot released. Their data and the user row are kept.",
+            confirm_label="Yes, close these accounts",
+            form_class=CloseReasonForm,
+            describe=close_summary,
+            apply=lambda data: self._close(request, queryset, data["reason"]),
+        )
+
+    def _close(self, request, queryset, reason):
+        for user in queryset.order_by("pk"):
+            try:
+                account_close(user=user, actor=request.user, reason=reason)
+            except AccountCloseRefused as error:
+                self.message_user(request, f"{user.email}: not closed: {error}", messages.WARNING)
+                continue
+            self.message_user(
+                request,
+                format_html(
+                    "{}: closed; {}",
+                    user.email,
+                    queued_message(1, "close job", task_name="billing.close_account"),
+                ),
+                messages.SUCCESS,
+            )
 
     def has_sync_invoices_permission(self, request):
         return request.user.has_perm("billing.sync_invoices")

@@ -222,3 +222,22 @@ def test_closing_twice_is_refused_with_the_reason_and_changes_nothing(world, ope
             closed_at=timezone.now() + dt.timedelta(hours=1),
         )
     assert AccountClosure.objects.count() == 1
+
+
+def test_the_close_action_shows_what_is_open_requires_a_reason_and_closes(world, client, persona):
+    user = placed_user(world, "ada@example.com", prepaid=True)
+    credits_grant(user=user, amount=D("7.5"), reason="start", actor=None, reference="g1")
+    BillingHistory.objects.create(user=user, amount=D("3"), status="pending")
+    finance = persona("finance_staff")
+    client.force_login(finance, backend="django.contrib.auth.backends.ModelBackend")
+    url = "/admin/accounts/user/"
+    form = {"action": "close_accounts", "_selected_action": [user.pk]}
+
+    page = client.post(url, form).content.decode()
+    assert "Prepaid (credits), balance $7.50" in page and "1 open invoice(s)" in page
+    refused = client.post(url, {**form, "confirmed": "yes", "reason": ""})
+    assert refused.status_code == 200 and not AccountClosure.objects.exists()
+
+    client.post(url, {**form, "confirmed": "yes", "reason": "asked by email"})
+    closure = AccountClosure.objects.get(user=user)
+    assert closure.reason == "asked by email" and closure.actor == finance.email
