@@ -36,6 +36,7 @@ from billing.models import (
     AccountClosure,
     BillingHistory,
     BillingProfile,
+    StripeCatalogEntry,
     StripeUsageAdjustment,
     StripeUsageReport,
     SubscriptionEnd,
@@ -43,7 +44,7 @@ from billing.models import (
     UsageDaily,
 )
 from billing.profiles import billing_profile_ensure
-from billing.stripe_reporting import month_cents_by_resource
+from billing.stripe_reporting import month_bounds, month_cents_by_resource
 from clusters.models import HopsworksAccount, UserHopsworksAssignment
 from plumbing.actors import actor_label
 from plumbing.jobs import defer
@@ -198,6 +199,14 @@ def _cancel_with_final_invoice(closure: AccountClosure) -> None:
     if closure.subscription_canceled_at is not None or not closure.subscription_id:
         return
     subscription_id = closure.subscription_id
+    # Stripe aggregates meter events asynchronously: the final invoice bills what its meters
+    # have counted when it is made, so it is asked for once they count all we reported.
+    try:
+        behind = _stripe_behind(closure.user_id)
+    except gateway.StripeGatewayError as error:
+        raise CloseStepWaiting(str(error)) from error
+    if behind:
+        raise CloseStepWaiting(f"waiting for Stripe's meters to count the usage: {behind}")
     # Recorded before Stripe is asked: the subscription.deleted webhook that follows knows
     # the final invoice is ours and makes no other.
     SubscriptionEnd.objects.get_or_create(
@@ -222,6 +231,29 @@ def _cancel_with_final_invoice(closure: AccountClosure) -> None:
         final_invoice_id=invoice, status=SubscriptionEnd.Status.INVOICED, settled_at=timezone.now()
     )
     _record(closure, subscription_canceled_at=timezone.now(), final_invoice_id=invoice)
+
+
+def _stripe_behind(user_id: str) -> str:
+    """What Stripe's meters have not counted yet of the running month's meter events, or ""."""
+    now = timezone.now()
+    month = now.date().replace(day=1)
+    start, _ = month_bounds(month)
+    end = int(now.timestamp()) // 60 * 60 + 60
+    customer_id = User.objects.values_list("stripe_customer_id", flat=True).get(pk=user_id)
+    catalog = {entry.resource: entry for entry in StripeCatalogEntry.objects.all()}
+    for report in StripeUsageReport.objects.filter(user_id=user_id, month=month):
+        expected = report.reported_cents - report.adjusted_cents
+        if not expected or report.resource not in catalog:
+            continue
+        counted = gateway.meter_event_summary_total(
+            meter_id=catalog[report.resource].meter_id,
+            customer_id=customer_id,
+            start_time=start,
+            end_time=end,
+        )
+        if counted != expected:
+            return f"{report.resource}: {counted} of {expected} cents counted"
+    return ""
 
 
 def _record_balance(closure: AccountClosure) -> None:

@@ -241,3 +241,26 @@ def test_the_close_action_shows_what_is_open_requires_a_reason_and_closes(world,
     client.post(url, {**form, "confirmed": "yes", "reason": "asked by email"})
     closure = AccountClosure.objects.get(user=user)
     assert closure.reason == "asked by email" and closure.actor == finance.email
+
+
+def test_the_subscription_is_canceled_only_once_stripe_counted_what_was_reported(
+    world, fake_stripe, operator
+):
+    user = placed_user(world, "grace@example.com", prepaid=False)
+    _, sub = subscribe(fake_stripe, user)
+    fake_stripe.hold_meter_summaries()  # Stripe aggregates meter events later
+
+    account_close(user=user, actor=operator, reason="leaving", closed_at=CLOSED_AT)
+    run_queued_jobs()
+
+    closure = AccountClosure.objects.get(user=user)
+    assert closure.usage_reported_at is not None and closure.subscription_canceled_at is None
+    assert "waiting for Stripe's meters" in closure.last_error
+    assert not fake_stripe.requests_to("DELETE", f"/v1/subscriptions/{sub['id']}")
+
+    fake_stripe.release_meter_summaries()
+    advance_account_closures.func(timestamp=0)
+    run_queued_jobs()
+    closure.refresh_from_db()
+    cents = int(close_day_row(user).total_cost.quantize(D("0.01")) * 100)
+    assert fake_stripe.invoices[closure.final_invoice_id]["amount_due"] == cents

@@ -325,6 +325,8 @@ class FakeStripe:
         self._failures: list[tuple[int, dict, str | None, str | None, bool]] = []
         # Meter events before this index no longer count for identifier uniqueness.
         self._forgotten_identifiers = 0
+        # Meter events from this index on are not aggregated yet (hold_meter_summaries).
+        self._summaries_upto: int | None = None
         # Idempotency-Key -> (method, path, sorted form items, answer, request id)
         self._idempotency: dict[str, tuple] = {}
         # Checkout session id -> (price ids, subscription_data): what completing it needs.
@@ -374,6 +376,16 @@ class FakeStripe:
         """What Stripe does after 24 hours: a reused key is processed as a new request."""
         with self._lock:
             self._idempotency.clear()
+
+    def hold_meter_summaries(self) -> None:
+        """Stripe aggregates meter events asynchronously: until `release_meter_summaries`,
+        events accepted from now on are not in the meter event summaries yet."""
+        with self._lock:
+            self._summaries_upto = len(self.meter_events)
+
+    def release_meter_summaries(self) -> None:
+        with self._lock:
+            self._summaries_upto = None
 
     def forget_meter_event_identifiers(self) -> None:
         """Stripe keeps a meter event identifier unique for about 24 hours only: after that
@@ -734,7 +746,7 @@ class FakeStripe:
             "Not served by the fake.",
             "value_grouping_window",
         )
-        value = self._summed(meter, params["customer"], start, end)
+        value = self._summed(meter, params["customer"], start, end, upto=self._summaries_upto)
         summary = {
             "id": _new_id("mtrusg_"),
             "object": "billing.meter_event_summary",
@@ -751,12 +763,15 @@ class FakeStripe:
             kind="billing.meter_event_summary",
         )
 
-    def _summed(self, meter: dict, customer: str, start: int, end: int) -> Decimal:
-        """The accepted events of the meter's event name for the customer, start <= t < end."""
+    def _summed(
+        self, meter: dict, customer: str, start: int, end: int, *, upto: int | None = None
+    ) -> Decimal:
+        """The accepted events of the meter's event name for the customer, start <= t < end
+        (only the first `upto` events, if given)."""
         return sum(
             (
                 Decimal(event["payload"]["value"])
-                for event in self.meter_events
+                for event in self.meter_events[:upto]
                 if event["event_name"] == meter["event_name"]
                 and event["payload"].get("stripe_customer_id") == customer
                 and start <= event["timestamp"] < end
