@@ -264,3 +264,17 @@ def test_the_subscription_is_canceled_only_once_stripe_counted_what_was_reported
     closure.refresh_from_db()
     cents = int(close_day_row(user).total_cost.quantize(D("0.01")) * 100)
     assert fake_stripe.invoices[closure.final_invoice_id]["amount_due"] == cents
+
+
+def test_a_closed_account_stays_deactivated_on_hopsworks_even_if_reactivated(world, operator):
+    from accounts.services import user_reactivate
+
+    user = placed_user(world, "ada@example.com", prepaid=True)
+    account_close(user=user, actor=operator, reason="leaving", closed_at=CLOSED_AT)
+    run_queued_jobs()
+
+    user_reactivate(user=user, actor=operator, reason="by mistake")
+    services.assignment_create(user=user, cluster=world["cluster"], actor=operator)
+    run_queued_jobs()
+
+    assert hopsworks_status(world, user) == DEACTIVATED
