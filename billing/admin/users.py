@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
@@ -79,6 +80,29 @@ def close_summary(user) -> str:
     ).count()
     parts.append(f"{open_invoices} open invoice(s)")
     return ", ".join(parts)
+
+
+def closure_html(user):
+    """The close, if the account is closed: when, by whom, and what is still to do."""
+    from billing.models import AccountClosure
+
+    closure = AccountClosure.objects.filter(user=user).first()
+    if closure is None:
+        return ""
+    url = reverse("admin:billing_accountclosure_change", args=[closure.pk])
+    state = (
+        "all steps done"
+        if closure.finished_at
+        else f"in progress: {closure.last_error or 'queued'}"
+    )
+    return format_html(
+        '<div class="errornote">Account closed {} UTC by {} ({}); <a href="{}">{}</a>.</div>',
+        f"{closure.closed_at:%Y-%m-%d %H:%M}",
+        closure.actor,
+        closure.reason,
+        url,
+        state,
+    )
 
 
 BILLING_SECTION = ("Billing", {"fields": ("billing", "stripe", "mode_switches")})
@@ -209,9 +233,10 @@ class UserBillingAdminMixin(GrantCreditsMixin):
         )
         unbilled = selectors.unbilled_usage(user_ids=[obj.pk]).get(obj.pk)
         return format_html(
-            "<div>Mode: {}</div><div>Month to date: ${}</div><div>Credit balance: {}</div>{}"
+            "{}<div>Mode: {}</div><div>Month to date: ${}</div><div>Credit balance: {}</div>{}"
             "<table><tr><th>Date</th><th>CPU h</th><th>GPU h</th><th>Storage GB-mo</th>"
             "<th>Cost</th></tr>{}</table>",
+            closure_html(obj),
             BillingProfile.Mode(mode).label,
             to_cents(selectors.month_to_date_cost(obj)),
             balance_html(selectors.credit_balance(obj)),

@@ -278,3 +278,14 @@ def test_a_closed_account_stays_deactivated_on_hopsworks_even_if_reactivated(wor
     run_queued_jobs()
 
     assert hopsworks_status(world, user) == DEACTIVATED
+
+
+def test_the_users_page_says_the_account_is_closed(world, operator_client, operator):
+    user = placed_user(world, "ada@example.com", prepaid=True)
+    account_close(user=user, actor=operator, reason="asked to leave", closed_at=CLOSED_AT)
+
+    page = operator_client.get(f"/admin/accounts/user/{user.pk}/change/").content.decode()
+    assert "Account closed" in page and "asked to leave" in page
+    run_queued_jobs()
+    closure_page = operator_client.get(f"/admin/billing/accountclosure/{user.pk}/change/")
+    assert closure_page.status_code == 200
