@@ -79,14 +79,23 @@ def days_to_collect(cluster: HopsworksCluster, *, today: dt.date, now=None) -> l
         cluster.created_at.date(),
     )
     lease = dt.timedelta(minutes=settings.USAGE_COLLECTION_LEASE_MINUTES)
-    done = set(
+    runs = (
         UsageCollectionRun.objects.filter(cluster=cluster, date__gte=first, date__lt=today)
         .filter(
             Q(status=UsageCollectionRun.Status.SUCCEEDED)
             | Q(status=UsageCollectionRun.Status.RUNNING, started_at__gt=now - lease)
         )
-        .values_list("date", flat=True)
+        .values_list("date", "status", "fetched_at")
     )
+    # A day read from OpenCost before it was over (an account close collects its close day
+    # at once) is owed again once it is.
+    done = {
+        day
+        for day, status, fetched_at in runs
+        if status != UsageCollectionRun.Status.SUCCEEDED
+        or fetched_at is None
+        or fetched_at >= dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    }
     days = [first + dt.timedelta(days=n) for n in range((today - first).days)]
     return [day for day in days if day not in done]
 

@@ -289,3 +289,17 @@ def test_the_users_page_says_the_account_is_closed(world, operator_client, opera
     run_queued_jobs()
     closure_page = operator_client.get(f"/admin/billing/accountclosure/{user.pk}/change/")
     assert closure_page.status_code == 200
+
+
+def test_a_close_day_collected_before_it_ended_is_collected_again_for_everyone_else(
+    world, operator
+):
+    from billing.tasks import days_to_collect
+
+    leaving = placed_user(world, "ada@example.com", prepaid=True)
+    account_close(user=leaving, actor=operator, reason="leaving")  # now: today is not over
+    run_queued_jobs()
+    assert UsageDaily.objects.filter(user=leaving, date=TODAY).exists()
+
+    tomorrow = TODAY + dt.timedelta(days=1)
+    assert TODAY in days_to_collect(world["cluster"], today=tomorrow)
