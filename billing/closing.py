@@ -153,13 +153,25 @@ def _collect_up_to_close(closure: AccountClosure) -> None:
         .select_related("hopsworks_cluster")
         .first()
     )
+    close_day = _close_day(closure)
+    owed = []
     if assignment is not None:
-        cluster, close_day = assignment.hopsworks_cluster, _close_day(closure)
-        owed = [*days_to_collect(cluster, today=close_day), close_day]
-        for day in owed:
-            run = usage_collect_day(cluster=cluster, day=day, actor=f"close:{closure.user_id}")
-            if run.status != UsageCollectionRun.Status.SUCCEEDED:
-                raise CloseStepWaiting(f"collecting {cluster.name} {day}: {run.error}")
+        cluster = assignment.hopsworks_cluster
+        owed += [(cluster, d) for d in [*days_to_collect(cluster, today=close_day), close_day]]
+    # Days after the close collected before it was recorded (a deletion Auth0 reported
+    # late): collected again, which takes their usage back.
+    later = (
+        UsageDaily.objects.filter(
+            user_id=closure.user_id, date__gt=close_day, hopsworks_cluster__isnull=False
+        )
+        .select_related("hopsworks_cluster")
+        .order_by("date")
+    )
+    owed += [(row.hopsworks_cluster, row.date) for row in later]
+    for cluster, day in owed:
+        run = usage_collect_day(cluster=cluster, day=day, actor=f"close:{closure.user_id}")
+        if run.status != UsageCollectionRun.Status.SUCCEEDED:
+            raise CloseStepWaiting(f"collecting {cluster.name} {day}: {run.error}")
     _record(closure, usage_collected_at=timezone.now())
 
 

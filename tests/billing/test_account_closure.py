@@ -303,3 +303,25 @@ def test_a_close_day_collected_before_it_ended_is_collected_again_for_everyone_e
 
     tomorrow = TODAY + dt.timedelta(days=1)
     assert TODAY in days_to_collect(world["cluster"], today=tomorrow)
+
+
+def test_usage_collected_for_days_after_a_backdated_close_is_taken_back(world, operator):
+    from billing.collection import usage_collect_day
+
+    user = placed_user(world, "ada@example.com", prepaid=True)
+    credits_grant(user=user, amount=D("100"), reason="start", actor=operator, reference="g1")
+    for day in (CLOSE_DAY, TODAY):
+        usage_collect_day(cluster=world["cluster"], day=day)
+    assert UsageDaily.objects.get(user=user, date=TODAY).total_cost > 0
+
+    # Auth0 reports the deletion late: the close is from yesterday noon.
+    closure = account_close(user=user, actor="auth0", reason="deleted", closed_at=CLOSED_AT)
+    run_queued_jobs()
+
+    closure.refresh_from_db()
+    assert UsageDaily.objects.get(user=user, date=TODAY).total_cost == 0
+    close_day_cost = close_day_row(user).total_cost
+    assert close_day_row(user).storage_gb_months == quantize(
+        storage_gb_months(gb_held=D(30), day=CLOSE_DAY) / 2
+    )
+    assert closure.prepaid_balance == D("100") - close_day_cost
