@@ -25,7 +25,7 @@ import datetime as dt
 import logging
 
 from django.db import transaction
-from django.db.models import ProtectedError
+from django.db.models import F, ProtectedError
 from django.utils import timezone
 
 from accounts.models import User
@@ -104,7 +104,10 @@ def account_close(
 def account_closure_queue(*, user: User):
     from billing.tasks import close_account  # tasks import this module
 
-    return defer(close_account, queueing_lock=f"close:{user.pk}", user_id=user.pk)
+    # Queued once, and never two at once for a user (the sweep may queue one while one runs).
+    return defer(
+        close_account, queueing_lock=f"close:{user.pk}", lock=f"close:{user.pk}", user_id=user.pk
+    )
 
 
 def account_closure_advance(*, user: User) -> AccountClosure:
@@ -114,7 +117,7 @@ def account_closure_advance(*, user: User) -> AccountClosure:
     closure = AccountClosure.objects.get(user=user)
     if closure.finished_at is not None:
         return closure
-    AccountClosure.objects.filter(pk=closure.pk).update(attempts=closure.attempts + 1)
+    AccountClosure.objects.filter(pk=closure.pk).update(attempts=F("attempts") + 1)
     try:
         _collect_up_to_close(closure)
         if closure.mode == BillingProfile.Mode.POSTPAID:
