@@ -35,7 +35,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User, normalize_email
-from billing.models import UsageCollectionRun, UsageDaily
+from billing.models import AccountClosure, UsageCollectionRun, UsageDaily
 from billing.pricing import quantize, storage_gb_months
 from billing.usage import MAX_QUANTITY, UsageRecord, UsageValidationError, usage_upsert
 from clusters.hopsworks import HopsworksError, HopsworksProject
@@ -362,6 +362,7 @@ def _collect(
             .values_list("user_id", flat=True)
         )
         kept = result.held & collected_before
+        kept |= _apply_closures(result, day=day, covered=covered, collected_before=collected_before)
         if kept:
             result.notes.append(
                 "Figures already stored were kept for users owning a namespace left out: "
@@ -409,6 +410,42 @@ def _collect(
         )
     run.refresh_from_db()
     return run
+
+
+def _apply_closures(
+    result: Attribution, *, day: dt.date, covered: int, collected_before: set[str]
+) -> set[str]:
+    """Closed accounts are billed up to their close only (AccountClosure): nothing for days
+    after it (a row written before the close was recorded goes to zero), and on the close
+    day storage only up to the close time: GB held over the minutes OpenCost covered,
+    times the minutes until the close. Once the close job has collected the close day, its
+    figures stay as they are (the user is no longer on the cluster to be found). Returns
+    the users whose stored figures are kept."""
+    users = set(result.per_user) | collected_before
+    closures = AccountClosure.objects.filter(user_id__in=users, closed_at__date__lte=day)
+    kept = set()
+    for closure in closures:
+        close_day = closure.closed_at.astimezone(dt.UTC).date()
+        if close_day < day:
+            result.per_user.pop(closure.user_id, None)
+            continue
+        if closure.usage_collected_at is not None:
+            result.per_user.pop(closure.user_id, None)
+            if closure.user_id in collected_before:
+                kept.add(closure.user_id)
+            continue
+        figures = result.per_user.get(closure.user_id)
+        if figures is None or not covered:
+            continue
+        start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+        minutes = int((closure.closed_at - start).total_seconds() // 60)
+        share = Decimal(min(minutes, covered)) / Decimal(covered)
+        figures["storage_gb_months"] = quantize(figures["storage_gb_months"] * share)
+        result.notes.append(
+            f"{closure.user_id}: account closed at {closure.closed_at:%H:%M} UTC; storage "
+            f"billed for {min(minutes, covered)} of the {covered} minutes covered."
+        )
+    return kept
 
 
 def clusters_to_collect(name: str | None = None, *, days: list[dt.date] | None = None):

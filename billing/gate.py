@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from accounts.models import User
-from billing.models import BillingProfile, UserCredits
+from billing.models import AccountClosure, BillingProfile, UserCredits
 
 
 def placement_blocker(user: User) -> str | None:
@@ -28,6 +28,8 @@ def access_blocker(user: User) -> str | None:
     """Why the user's Hopsworks account must be deactivated for billing reasons (a service
     stop in force), or None. Asked by clusters whenever it decides what an account should be.
     """
+    if AccountClosure.objects.filter(user=user).exists():
+        return "The account is closed."  # for good, even if the user is reactivated
     from billing.standing import HOW_TO_RESUME, stops_in_force
 
     stop = stops_in_force(user).first()

@@ -879,3 +879,122 @@ class BillingAdjustment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.direction} ${self.amount} for {self.user_id} ({self.status})"
+
+
+class AccountClosure(models.Model):
+    """A user's account closed (by an operator, or by the user's deletion in Auth0): one
+    row per user, never deleted, and the user's row is kept with it.
+
+    Invariant: from `closed_at` on nothing more is billed: usage of later days is never
+    collected for the user, and the close day's storage is billed up to `closed_at` only
+    (prorated); its compute is what OpenCost counted when the day was collected for the
+    close. Each step's field is set once, when that step is done, by the job
+    `billing.close_account` (idempotent, retried while Stripe or Hopsworks is down;
+    `last_error` says what it waits for): the close day collected, then (postpaid) all usage
+    reported and the subscription canceled with a final invoice, or (prepaid) the balance
+    left for refund; the cluster slot released; the Hopsworks account deactivated.
+    """
+
+    user = models.OneToOneField(
+        User, on_delete=models.PROTECT, primary_key=True, related_name="closure"
+    )
+    closed_at = models.DateTimeField(help_text="Nothing is billed after this moment.")
+    actor = models.TextField(help_text="Who closed it (an operator, auth0).")
+    reason = models.TextField()
+    mode = models.TextField(choices=BillingProfile.Mode.choices)
+    usage_collected_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the usage up to the close was collected."
+    )
+    usage_reported_at = models.DateTimeField(
+        null=True, blank=True, help_text="Postpaid: when all of it was reported to Stripe."
+    )
+    subscription_id = models.TextField(blank=True, default="")
+    subscription_canceled_at = models.DateTimeField(null=True, blank=True)
+    final_invoice_id = models.TextField(blank=True, default="")
+    prepaid_balance = SeedDecimalField(
+        null=True, blank=True, help_text="Prepaid: the balance left once the close day was debited."
+    )
+    slot_released_at = models.DateTimeField(null=True, blank=True)
+    account_deactivated_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "billing_account_closure"
+        ordering = ["-closed_at"]
+        permissions = [("close_account", "Can close users' accounts")]
+
+    def __str__(self) -> str:
+        state = "closed" if self.finished_at else "closing"
+        return f"{self.user_id}: {state} at {self.closed_at:%Y-%m-%d %H:%M} UTC"
+
+
+class SubscriptionEnd(models.Model):
+    """A postpaid subscription that ended, and how what was reported to it is invoiced: one
+    row per Stripe subscription (its id is the key), so a duplicate or late
+    `customer.subscription.deleted` has one effect.
+
+    `ended_by` "us" (an account close canceled it with a final invoice: nothing more to do);
+    "stripe" (canceled in the portal or dashboard): unless Stripe already invoiced the last
+    period, a final invoice is made of the meter events Stripe counted in it
+    (`final_invoice_id`, with the idempotency key `final-<subscription id>`)."""
+
+    class EndedBy(models.TextChoices):
+        US = "us", "Us (account close)"
+        STRIPE = "stripe", "Outside our flow (portal, dashboard)"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        INVOICED = "invoiced", "Final invoice made"
+        COVERED = "covered", "Already invoiced by Stripe"
+        NOTHING_OWED = "nothing_owed", "Nothing reported to invoice"
+
+    subscription_id = models.TextField(primary_key=True)
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="subscription_ends")
+    ended_by = models.TextField(choices=EndedBy.choices)
+    status = models.TextField(choices=Status.choices, default=Status.PENDING)
+    period_start = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    final_invoice_id = models.TextField(blank=True, default="")
+    invoiced_cents = models.BigIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "billing_subscription_end"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.subscription_id} ({self.ended_by}): {self.status}"
+
+
+class Auth0LogEvent(models.Model):
+    """One Auth0 log event received on the log stream webhook, stored by its unique log id
+    so a redelivery has one effect. Only user deletions (`sdu`) act: they close the
+    account; one about a user we do not know is kept as `unknown_user`."""
+
+    class Outcome(models.TextChoices):
+        CLOSED = "closed", "Account closed"
+        ALREADY_CLOSED = "already_closed", "Account already closed"
+        UNKNOWN_USER = "unknown_user", "No user of ours"
+        IGNORED = "ignored", "Type not handled"
+        REFUSED = "refused", "Close refused"
+
+    log_id = models.TextField(primary_key=True)
+    type = models.TextField()
+    user_id = models.TextField(blank=True, default="")
+    outcome = models.TextField(choices=Outcome.choices)
+    detail = models.TextField(blank=True, default="")
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "billing_auth0_log_event"
+        ordering = ["-received_at"]
+        verbose_name = "Auth0 log event"
+
+    def __str__(self) -> str:
+        return f"{self.log_id} {self.type}: {self.outcome}"

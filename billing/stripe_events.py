@@ -53,7 +53,7 @@ def _handlers() -> dict:
         "checkout.session.async_payment_succeeded": on_checkout_session_paid,
         "customer.subscription.created": on_customer_subscription_changed,
         "customer.subscription.updated": on_customer_subscription_changed,
-        "customer.subscription.deleted": on_customer_subscription_changed,
+        "customer.subscription.deleted": on_customer_subscription_deleted,
         "invoice.created": on_invoice_created,
         "invoice.finalized": on_invoice_finalized,
         "invoice.paid": on_invoice_paid,
@@ -272,6 +272,21 @@ def on_customer_subscription_changed(subscription: dict, *, event_created) -> No
         event_created=event_created,
     )
     _standing(user)
+
+
+def on_customer_subscription_deleted(subscription: dict, *, event_created) -> None:
+    """The subscription ended. Usage is no longer reported to it (held as unbilled until a
+    new one is live); when it was the user's subscription and we did not end it ourselves,
+    what was reported to it is invoiced (billing.subscription_end), once."""
+    from billing.subscription_end import subscription_end_record
+
+    user = _user_or_unmatched(subscription, "Subscription")
+    was_current = BillingProfile.objects.filter(
+        user=user, stripe_subscription_id=subscription["id"]
+    ).exists()
+    on_customer_subscription_changed(subscription, event_created=event_created)
+    if was_current:
+        subscription_end_record(user=user, subscription=subscription)
 
 
 def _subscription_state(*, user: User, subscription_id: str, status: str, event_created) -> None:

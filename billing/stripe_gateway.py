@@ -692,10 +692,12 @@ def create_invoice_item(
     subscription_id: str | None,
     idempotency_key: str,
     metadata: dict[str, str] | None = None,
+    invoice_id: str | None = None,
 ) -> dict:
-    """An item on the customer's next invoice (of `subscription_id`, if given): `amount`
-    in major units, negative for a credit. A retry with the same key within 24 hours
-    returns the same item; after that, look it up with `list_invoice_items`."""
+    """An item on the customer's next invoice (of `subscription_id`, if given; on the draft
+    `invoice_id`, if given): `amount` in major units, negative for a credit. A retry with the
+    same key within 24 hours returns the same item; after that, look it up with
+    `list_invoice_items`."""
     client = _client()
     currency = _currency(currency)
     minor = to_minor_units(amount, currency)
@@ -710,6 +712,8 @@ def create_invoice_item(
     }
     if subscription_id:
         params["subscription"] = subscription_id
+    if invoice_id:
+        params["invoice"] = invoice_id
     operation = f"add an invoice item of {amount} {currency.upper()} for {customer_id}"
     with _stripe_errors(operation, idempotency_key=idempotency_key):
         item = client.v1.invoice_items.create(params=params, options=_options(idempotency_key))
@@ -808,6 +812,60 @@ def cancel_subscription(*, subscription_id: str) -> None:
         if error.status != 404:
             raise
         logger.info("Stripe: subscription %s was already canceled or is gone", subscription_id)
+
+
+def cancel_subscription_with_final_invoice(*, subscription_id: str) -> dict:
+    """Cancel now and have Stripe invoice the current period's usage at once (a final,
+    finalized invoice; no proration). Returns the subscription; its `latest_invoice` is the
+    final invoice. One already canceled raises (404, not retriable): the caller reads it
+    with `retrieve_subscription`."""
+    client = _client()
+    key = f"cancel-final-{subscription_id}"
+    params: dict[str, Any] = {"invoice_now": True, "prorate": False}
+    with _stripe_errors(f"cancel subscription {subscription_id}", idempotency_key=key):
+        return _plain(
+            client.v1.subscriptions.cancel(subscription_id, params=params, options=_options(key))
+        )
+
+
+def list_subscription_invoices(*, subscription_id: str) -> list[dict]:
+    """All invoices of a subscription, newest first, every page."""
+    return _every_page(
+        f"list the invoices of subscription {subscription_id}",
+        lambda client: client.v1.invoices.list(
+            params={"subscription": subscription_id, "limit": PAGE_SIZE}
+        ),
+    )
+
+
+def create_draft_invoice(
+    *, customer_id: str, description: str, idempotency_key: str, metadata: dict[str, str]
+) -> dict:
+    """A draft invoice of only the items later added to it (`invoice_id` on
+    `create_invoice_item`), never the customer's other pending items."""
+    client = _client()
+    params: dict[str, Any] = {
+        "customer": customer_id,
+        "description": description,
+        "auto_advance": True,
+        "collection_method": "charge_automatically",
+        "pending_invoice_items_behavior": "exclude",
+        "metadata": dict(metadata),
+    }
+    with _stripe_errors(f"create an invoice for {customer_id}", idempotency_key=idempotency_key):
+        invoice = client.v1.invoices.create(params=params, options=_options(idempotency_key))
+    return _plain(invoice)
+
+
+def finalize_invoice(*, invoice_id: str) -> dict:
+    """Finalize a draft (Stripe then collects it); one already finalized is returned as is."""
+    client = _client()
+    invoice = retrieve_invoice(invoice_id=invoice_id)
+    if invoice.get("status") != "draft":
+        return invoice
+    key = f"finalize-{invoice_id}"
+    with _stripe_errors(f"finalize invoice {invoice_id}", idempotency_key=key):
+        return _plain(client.v1.invoices.finalize_invoice(invoice_id, options=_options(key)))
 
 
 def retrieve_subscription(*, subscription_id: str) -> dict:

@@ -87,14 +87,23 @@ def days_to_collect(cluster: HopsworksCluster, *, today: dt.date, now=None) -> l
         cluster.created_at.date(),
     )
     lease = dt.timedelta(minutes=settings.USAGE_COLLECTION_LEASE_MINUTES)
-    done = set(
+    runs = (
         UsageCollectionRun.objects.filter(cluster=cluster, date__gte=first, date__lt=today)
         .filter(
             Q(status=UsageCollectionRun.Status.SUCCEEDED)
             | Q(status=UsageCollectionRun.Status.RUNNING, started_at__gt=now - lease)
         )
-        .values_list("date", flat=True)
+        .values_list("date", "status", "fetched_at")
     )
+    # A day read from OpenCost before it was over (an account close collects its close day
+    # at once) is owed again once it is.
+    done = {
+        day
+        for day, status, fetched_at in runs
+        if status != UsageCollectionRun.Status.SUCCEEDED
+        or fetched_at is None
+        or fetched_at >= dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    }
     days = [first + dt.timedelta(days=n) for n in range((today - first).days)]
     return [day for day in days if day not in done]
 
@@ -328,3 +337,49 @@ def carry_prepaid_debts(timestamp: int) -> str:
     switch, left their prepaid balance below zero: the debt goes on their next invoice."""
     carried = [prepaid_debt_carry(user=user, actor="job") for user in users_with_prepaid_debt()]
     return f"{sum(a is not None for a in carried)} prepaid debt(s) carried to Stripe"
+
+
+# Leaving ------------------------------------------------------------------------------
+
+
+@app.task(queue="stripe", retry=OUTSIDE_SYSTEM_RETRY, name="billing.close_account")
+@background
+def close_account(user_id: str) -> str:
+    """The remaining steps of an account close (billing.closing), each done once."""
+    from billing.closing import CloseStepWaiting, account_closure_advance
+
+    user = User.objects.filter(pk=user_id).first()
+    if user is None:
+        raise TargetGone(f"User {user_id} no longer exists.")
+    try:
+        closure = account_closure_advance(user=user)
+    except CloseStepWaiting as waiting:
+        raise StillFailing(f"{user_id}: {waiting}") from waiting
+    return f"{user_id}: closed ({closure.get_mode_display()})"
+
+
+@app.periodic(cron="20 * * * *")
+@app.task(queue="maintenance", name="billing.advance_account_closures")
+@background
+def advance_account_closures(timestamp: int) -> str:
+    """Hourly: closes not finished (their job gave up while an outside system was down)
+    are queued again."""
+    from billing.closing import account_closure_queue
+    from billing.models import AccountClosure
+
+    pending = AccountClosure.objects.filter(finished_at__isnull=True).select_related("user")
+    queued = sum(account_closure_queue(user=c.user) is not None for c in pending)
+    return f"{queued} account close(s) queued"
+
+
+@app.task(queue="stripe", retry=OUTSIDE_SYSTEM_RETRY, name="billing.settle_ended_subscription")
+@background
+def settle_ended_subscription(subscription_id: str) -> str:
+    """A subscription ended outside our flow: its reported usage invoiced (once)."""
+    from billing.subscription_end import subscription_end_settle
+
+    try:
+        end = subscription_end_settle(subscription_id=subscription_id)
+    except gateway.StripeGatewayError as error:
+        raise StillFailing(f"{subscription_id}: {error}") from error
+    return f"{subscription_id}: {end.status}"

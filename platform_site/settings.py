@@ -80,6 +80,11 @@ HOPSWORKS_MAX_NUM_PROJECTS = env.int("HOPSWORKS_MAX_NUM_PROJECTS", default=5)
 # STRIPE_API_BASE points the SDK elsewhere (tests); leave it empty in production.
 STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
+# Auth0 log stream (Custom Webhook to /webhooks/auth0/, JSON Array): its Authorization
+# Token is "Bearer <AUTH0_LOG_STREAM_TOKEN>". Empty: the endpoint is off. User deletions
+# in Auth0 close the account (docs/operations.md "Closing an account").
+AUTH0_LOG_STREAM_TOKEN = env("AUTH0_LOG_STREAM_TOKEN", default="")
+AUTH0_LOG_STREAM_MAX_BYTES = env.int("AUTH0_LOG_STREAM_MAX_BYTES", default=1_000_000)
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
 STRIPE_CURRENCY = "usd"
 # Outbound calls to Hopsworks, Kubernetes (OpenCost) and Stripe (plumbing/outbound.py). With

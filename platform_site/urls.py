@@ -4,7 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.urls import social_urlpatterns
 from billing import api as billing_api
-from billing.webhooks import stripe_webhook
+from billing.webhooks import auth0_log_stream, stripe_webhook
 from clusters import api as clusters_api
 from console import api as console_api
 from platform_site import views
@@ -29,6 +29,7 @@ urlpatterns = [
     path("readyz", views.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("webhooks/stripe/", stripe_webhook, name="stripe-webhook"),
+    path("webhooks/auth0/", auth0_log_stream, name="auth0-log-stream"),
     path("api/v1/", include((api_v1, "api"))),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

@@ -23,7 +23,10 @@ def confirm_then(
     confirm_label: str,
     apply: Callable[[dict], None],
     form_class: type[forms.Form] | None = None,
+    describe: Callable[[object], str] | None = None,
 ):
+    """`describe(obj)`, if given, is shown beside each object (what the operator must see
+    before confirming)."""
     form = None
     if request.POST.get("confirmed") == "yes":
         form = form_class(request.POST) if form_class else None
@@ -32,12 +35,14 @@ def confirm_then(
             return None  # back to the list, where apply's messages are shown
     elif form_class:
         form = form_class()
+    objects = list(queryset)
     context = {
         **modeladmin.admin_site.each_context(request),
         "title": title,
         "message": message,
         "confirm_label": confirm_label,
-        "objects": list(queryset),
+        "objects": objects,
+        "rows": [(obj, describe(obj) if describe else "") for obj in objects],
         "opts": modeladmin.model._meta,
         "action": request.POST.get("action"),
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,

@@ -41,6 +41,8 @@ PERSONAS = {
         "billing.view_reconciliationrun",
         "billing.view_servicestop",
         "billing.lift_service_stop",
+        "billing.close_account",
+        "billing.view_accountclosure",
     ),
     "superuser": None,
 }

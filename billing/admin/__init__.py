@@ -3,6 +3,7 @@ clusters admins' billing parts (`users.UserBillingAdminMixin`,
 `usage.ClusterUsageAdminMixin`) are composed in console/admin.py."""
 
 from billing.admin import (  # noqa: F401
+    closing,
     credits,
     prices,
     reconciliation,

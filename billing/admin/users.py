@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django import forms
 from django.contrib import admin
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
@@ -12,6 +14,7 @@ from billing import selectors
 from billing import stripe_gateway as gateway
 from billing.adjustments import debt_carried
 from billing.admin.credits import AdjustmentActionsMixin, balance_html
+from billing.closing import AccountCloseRefused, account_close, money_open_reasons
 from billing.models import BillingAdjustment, BillingModeChange, BillingProfile
 from billing.pricing import to_cents
 from billing.profiles import billing_mode_set
@@ -60,6 +63,59 @@ class UnbilledUsageFilter(admin.SimpleListFilter):
         return queryset
 
 
+class CloseReasonForm(forms.Form):
+    reason = forms.CharField(
+        max_length=500, help_text="Why the account is closed (kept on the close record)."
+    )
+
+
+def close_summary(user) -> str:
+    """What an operator must see before closing: mode, balance, what is still open."""
+    from billing.models import AccountClosure, BillingHistory, CreditPurchase
+
+    if AccountClosure.objects.filter(user=user).exists():
+        return "already closed"
+    mode = selectors.billing_mode(user)
+    parts = [BillingProfile.Mode(mode).label]
+    if mode == BillingProfile.Mode.PREPAID:
+        refundable = sum(
+            (p.refundable for p in CreditPurchase.objects.filter(user=user)), Decimal(0)
+        )
+        parts.append(f"balance ${selectors.credit_balance(user):.2f}")
+        parts.append(f"refundable purchases ${refundable:.2f}")
+    else:
+        profile = BillingProfile.objects.filter(user=user).first()
+        parts.append(f"subscription {(profile and profile.subscription_status) or 'none'}")
+    open_invoices = BillingHistory.objects.filter(
+        user=user, status__in=[BillingHistory.Status.PENDING, BillingHistory.Status.FAILED]
+    ).count()
+    parts.append(f"{open_invoices} open invoice(s)")
+    return ", ".join(parts)
+
+
+def closure_html(user):
+    """The close, if the account is closed: when, by whom, and what is still to do."""
+    from billing.models import AccountClosure
+
+    closure = AccountClosure.objects.filter(user=user).first()
+    if closure is None:
+        return ""
+    url = reverse("admin:billing_accountclosure_change", args=[closure.pk])
+    state = (
+        "all steps done"
+        if closure.finished_at
+        else f"in progress: {closure.last_error or 'queued'}"
+    )
+    return format_html(
+        '<div class="errornote">Account closed {} UTC by {} ({}); <a href="{}">{}</a>.</div>',
+        f"{closure.closed_at:%Y-%m-%d %H:%M}",
+        closure.actor,
+        closure.reason,
+        url,
+        state,
+    )
+
+
 BILLING_SECTION = (
     "Billing",
     {"fields": ("billing", "stripe", "mode_switches", "adjustments")},
@@ -78,6 +134,7 @@ class UserBillingAdminMixin(AdjustmentActionsMixin):
         "grant_credits",
         "debit_accounts",
         "sync_invoices",
+        "close_accounts",
     )
 
     @admin.display(description="Stripe")
@@ -92,6 +149,55 @@ class UserBillingAdminMixin(AdjustmentActionsMixin):
             obj.stripe_customer_id,
             status,
         )
+
+    def get_deleted_objects(self, objs, request):
+        """Deleting a user with money open is refused, and the page says why (billing.closing);
+        closing the account is the way out, and keeps the row."""
+        to_delete, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        reasons = [
+            f"{user.email}: {reason}" for user in objs for reason in money_open_reasons(user)
+        ]
+        if reasons:
+            # Shown instead of missing permissions: no permission would make it deletable.
+            protected, perms_needed = [*reasons, *protected], set()
+        return to_delete, model_count, perms_needed, protected
+
+    def has_close_account_permission(self, request):
+        return request.user.has_perm("billing.close_account")
+
+    @admin.action(description="Close account (leaving)", permissions=["close_account"])
+    def close_accounts(self, request, queryset):
+        return confirm_then(
+            self,
+            request,
+            queryset,
+            title="Close accounts",
+            message="Each account is closed now: the user is logged out for good, their "
+            "usage is collected and billed up to now (storage until now), a postpaid "
+            "subscription is canceled with a final invoice, a prepaid balance is left for "
+            "you to refund from Credit purchases, the Hopsworks account is deactivated and "
+            "the cluster slot released. Their data and the user row are kept.",
+            confirm_label="Yes, close these accounts",
+            form_class=CloseReasonForm,
+            describe=close_summary,
+            apply=lambda data: self._close(request, queryset, data["reason"]),
+        )
+
+    def _close(self, request, queryset, reason):
+        report = ActionReport("user")
+        report.watch_jobs("billing.close_account")
+        for user in queryset.order_by("pk"):
+            try:
+                account_close(user=user, actor=request.user, reason=reason)
+            except AccountCloseRefused as error:
+                report.not_done(user.email, error)
+                continue
+            report.queued(
+                user.email,
+                "closed (logged out, nothing billed after now); collecting, billing, "
+                "cancelling and deactivating queued",
+            )
+        report.send(self, request)
 
     def has_sync_invoices_permission(self, request):
         return request.user.has_perm("billing.sync_invoices")
@@ -134,9 +240,10 @@ class UserBillingAdminMixin(AdjustmentActionsMixin):
         )
         unbilled = selectors.unbilled_usage(user_ids=[obj.pk]).get(obj.pk)
         return format_html(
-            "<div>Mode: {}</div><div>Month to date: ${}</div><div>Credit balance: {}</div>{}"
+            "{}<div>Mode: {}</div><div>Month to date: ${}</div><div>Credit balance: {}</div>{}"
             "<table><tr><th>Date</th><th>CPU h</th><th>GPU h</th><th>Storage GB-mo</th>"
             "<th>Cost</th></tr>{}</table>",
+            closure_html(obj),
             BillingProfile.Mode(mode).label,
             to_cents(selectors.month_to_date_cost(obj)),
             balance_html(selectors.credit_balance(obj)),

@@ -18,6 +18,8 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing.models import (
+    AccountClosure,
+    Auth0LogEvent,
     BillingAdjustment,
     BillingHistory,
     BillingProfile,
@@ -29,6 +31,7 @@ from billing.models import (
     StripeEvent,
     StripeUsageAdjustment,
     StripeUsageReport,
+    SubscriptionEnd,
     UsageCollectionRun,
     UsageDaily,
     UserCredits,
@@ -56,6 +59,7 @@ MATRIX = {
     ("accounts.user", "grant_credits"):                  (_, _, _, _, Y, Y),
     ("accounts.user", "debit_accounts"):                 (_, _, _, _, Y, Y),
     ("accounts.user", "sync_invoices"):                  (_, _, _, _, Y, Y),
+    ("accounts.user", "close_accounts"):                 (_, _, _, _, Y, Y),
     ("accounts.user", "delete_selected"):                (_, _, _, _, _, Y),
     ("accounts.apikey", "delete_selected"):              (_, _, _, _, _, Y),
     ("clusters.hopsworkscluster", "test_connection"):    (_, _, _, _, _, Y),
@@ -87,6 +91,9 @@ MATRIX = {
     ("billing.servicestop", "lift_stops"):               (_, _, _, _, Y, Y),
     ("billing.servicestop", "delete_selected"):          (_, _, _, _, _, _),
     ("billing.billingadjustment", "delete_selected"):    (_, _, _, _, _, _),
+    ("billing.accountclosure", "delete_selected"):       (_, _, _, _, _, _),
+    ("billing.subscriptionend", "delete_selected"):      (_, _, _, _, _, _),
+    ("billing.auth0logevent", "delete_selected"):        (_, _, _, _, _, _),
     ("auth.group", "delete_selected"):                   (_, _, _, _, _, Y),
     ("social_django.usersocialauth", "delete_selected"): (_, _, _, _, _, Y),
     ("social_django.nonce", "delete_selected"):          (_, _, _, _, _, Y),
@@ -262,6 +269,11 @@ def _queued(task_name):
     return lambda: ProcrastinateJob.objects.filter(task_name=task_name, status="todo").count()
 
 
+def close_accounts(request):
+    target = UserFactory()
+    return Case([target.pk], _status(User, target.pk), {"reason": "leaving"})
+
+
 def sync_invoices(request):
     from billing.checkout import customer_ensure
 
@@ -435,6 +447,7 @@ SCENARIOS = {
     ("accounts.user", "grant_credits"): grant_credits_to_users,
     ("accounts.user", "debit_accounts"): debit_accounts,
     ("accounts.user", "sync_invoices"): sync_invoices,
+    ("accounts.user", "close_accounts"): close_accounts,
     ("accounts.user", "delete_selected"): _deleting(UserFactory),
     ("accounts.apikey", "delete_selected"): _deleting(_api_key),
     ("clusters.hopsworkscluster", "test_connection"): connect,
@@ -516,6 +529,19 @@ SCENARIOS = {
             actor="test",
             reference="grant:t:1",
         )
+    ),
+    ("billing.accountclosure", "delete_selected"): _deleting(
+        lambda: AccountClosure.objects.create(
+            user=UserFactory(), closed_at=timezone.now(), actor="t", reason="r", mode="prepaid"
+        )
+    ),
+    ("billing.subscriptionend", "delete_selected"): _deleting(
+        lambda: SubscriptionEnd.objects.create(
+            subscription_id="sub_1", user=UserFactory(), ended_by="stripe"
+        )
+    ),
+    ("billing.auth0logevent", "delete_selected"): _deleting(
+        lambda: Auth0LogEvent.objects.create(log_id="1", type="sdu", outcome="unknown_user")
     ),
     ("auth.group", "delete_selected"): _deleting(_group),
     ("social_django.usersocialauth", "delete_selected"): _deleting(_social_auth),

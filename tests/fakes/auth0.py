@@ -90,3 +90,32 @@ class FakeAuth0:
             algorithm="RS256",
             headers={"kid": kid or self.kid},
         )
+
+
+# Log streams: what a Custom Webhook stream (content format "JSON Array") POSTs to us.
+
+
+LOG_STREAM_TOKEN = "test-log-stream-token-0123456789abcdef"
+
+
+def log_event(
+    event_type: str, user_id: str | None, *, log_id: str | None = None, date: str | None = None
+) -> dict:
+    """One tenant log entry as a stream delivers it: the log id beside the log itself. A user
+    deletion ("sdu") names the deleted user in `data.user_id` (and in `data.details`)."""
+    log_id = log_id or f"9002026{uuid.uuid4().int % 10**50:050d}"
+    data = {
+        "date": date or time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        "type": event_type,
+        "description": "User deleted" if event_type == "sdu" else "",
+        "client_id": CLIENT_ID,
+        "client_name": "Platform Console",
+        "ip": "203.0.113.7",
+        "user_agent": "Auth0 Dashboard",
+        "details": {"request": {"method": "delete", "path": f"/api/v2/users/{user_id}"}},
+        "log_id": log_id,
+    }
+    if user_id is not None:
+        data["user_id"] = user_id
+        data["details"]["user_id"] = user_id
+    return {"log_id": log_id, "data": data}

@@ -157,9 +157,14 @@ METER = (
 REFUND = "payment_intent amount reason metadata[*] expand[]"
 METER_EVENT = "event_name identifier timestamp payload[*] expand[]"
 PRODUCT = "id name metadata[*] expand[]"
-INVOICE_ITEM = "customer amount currency description subscription metadata[*] expand[]"
+INVOICE_ITEM = "customer amount currency description subscription invoice metadata[*] expand[]"
 BALANCE_TRANSACTION = "amount currency description metadata[*] expand[]"
 CREDIT_NOTE = "invoice amount memo reason metadata[*] expand[]"
+CANCEL = "invoice_now prorate expand[]"
+INVOICE = (
+    "customer description auto_advance collection_method pending_invoice_items_behavior"
+    " metadata[*] expand[]"
+)
 PRICE = (
     "currency unit_amount product lookup_key transfer_lookup_key billing_scheme metadata[*]"
     " recurring[interval] recurring[usage_type] recurring[meter] expand[]"
@@ -285,7 +290,7 @@ class Resource:
     defaults: str = ""
     create: str = ""
     filters: str | None = None
-    cancel: Callable[[FakeStripe, dict], None] | None = None
+    cancel: Callable[[FakeStripe, dict, dict], None] | None = None
     dated: bool = False  # its time is `date`, not `created` (an invoice item)
 
     @property
@@ -325,6 +330,8 @@ class FakeStripe:
         self._failures: list[tuple[int, dict, str | None, str | None, bool]] = []
         # Meter events before this index no longer count for identifier uniqueness.
         self._forgotten_identifiers = 0
+        # Meter events from this index on are not aggregated yet (hold_meter_summaries).
+        self._summaries_upto: int | None = None
         # Idempotency-Key -> (method, path, sorted form items, answer, request id)
         self._idempotency: dict[str, tuple] = {}
         # Checkout session id -> (price ids, subscription_data): what completing it needs.
@@ -374,6 +381,16 @@ class FakeStripe:
         """What Stripe does after 24 hours: a reused key is processed as a new request."""
         with self._lock:
             self._idempotency.clear()
+
+    def hold_meter_summaries(self) -> None:
+        """Stripe aggregates meter events asynchronously: until `release_meter_summaries`,
+        events accepted from now on are not in the meter event summaries yet."""
+        with self._lock:
+            self._summaries_upto = len(self.meter_events)
+
+    def release_meter_summaries(self) -> None:
+        with self._lock:
+            self._summaries_upto = None
 
     def forget_meter_event_identifiers(self) -> None:
         """Stripe keeps a meter event identifier unique for about 24 hours only: after that
@@ -679,6 +696,8 @@ class FakeStripe:
         answer = self._reconciliation_route(method, path, items, params)
         if answer is None:
             answer = self._customer_balance_route(method, path, items, params)
+        if answer is None:
+            answer = self._invoice_route(method, path, items, params)
         if answer is not None:
             return answer
         for resource in self.RESOURCES:
@@ -696,12 +715,12 @@ class FakeStripe:
             one = object_id != path and "/" not in object_id and resource.id_prefix
             deleting = method == "DELETE" and resource.cancel
             if one and (method == "GET" or deleting):
-                _check_names(items, "" if deleting else "expand[]")
+                _check_names(items, CANCEL if deleting else "expand[]")
                 obj = getattr(self, resource.store).get(object_id)
                 if obj is None:
                     raise _missing(resource.kind, object_id)
                 if deleting:
-                    resource.cancel(self, obj)
+                    resource.cancel(self, obj, params)
                 return obj
         raise _Refusal(
             404,
@@ -757,7 +776,7 @@ class FakeStripe:
             "Not served by the fake.",
             "value_grouping_window",
         )
-        value = self._summed(meter, params["customer"], start, end)
+        value = self._summed(meter, params["customer"], start, end, upto=self._summaries_upto)
         summary = {
             "id": _new_id("mtrusg_"),
             "object": "billing.meter_event_summary",
@@ -774,12 +793,15 @@ class FakeStripe:
             kind="billing.meter_event_summary",
         )
 
-    def _summed(self, meter: dict, customer: str, start: int, end: int) -> Decimal:
-        """The accepted events of the meter's event name for the customer, start <= t < end."""
+    def _summed(
+        self, meter: dict, customer: str, start: int, end: int, *, upto: int | None = None
+    ) -> Decimal:
+        """The accepted events of the meter's event name for the customer, start <= t < end
+        (only the first `upto` events, if given)."""
         return sum(
             (
                 Decimal(event["payload"]["value"])
-                for event in self.meter_events
+                for event in self.meter_events[:upto]
                 if event["event_name"] == meter["event_name"]
                 and event["payload"].get("stripe_customer_id") == customer
                 and start <= event["timestamp"] < end
@@ -983,12 +1005,87 @@ class FakeStripe:
             "status": params["status"],
         }
 
-    def _cancel(self, subscription: dict) -> None:
+    def _cancel(self, subscription: dict, params: dict | None = None) -> None:
         # A canceled subscription can still be read, but a second cancel is "No such ...".
         if subscription["status"] == "canceled":
             raise _missing("subscription", subscription["id"])
+        params = params or {}
+        invoice_now = _boolean(params.get("invoice_now", "false"), "invoice_now")
+        _boolean(params.get("prorate", "false"), "prorate")
         now = int(time.time())
         subscription.update(status="canceled", canceled_at=now, ended_at=now)
+        if invoice_now:  # the usage of the current period invoiced now, finalized
+            items = subscription["items"]["data"]
+            start = min((i["current_period_start"] for i in items), default=now)
+            invoice = self.add_usage_invoice(
+                subscription_id=subscription["id"], period_start=start, period_end=now + 1
+            )
+            subscription["latest_invoice"] = invoice["id"]
+
+    def end_subscription(self, subscription_id: str) -> dict:
+        """Canceled outside our code (the customer portal, the dashboard), without a final
+        invoice; returns the subscription as `customer.subscription.deleted` carries it."""
+        with self._lock:
+            subscription = self.subscriptions[subscription_id]
+            self._cancel(subscription, {})
+            return subscription
+
+    def _invoice_route(self, method, path, items, params) -> dict | None:
+        """Invoices made by our code: create a draft, finalize it."""
+        if method != "POST":
+            return None
+        if path == "/v1/invoices":
+            _check_names(items, INVOICE)
+            _need(params, "customer")
+            if params["customer"] not in self.customers:
+                raise _missing("customer", params["customer"], "customer")
+            behavior = params.get("pending_invoice_items_behavior", "include")
+            _ensure(behavior in ("include", "exclude"), "Invalid pending_invoice_items_behavior")
+            _ensure(
+                behavior == "exclude", "Not served by the fake.", "pending_invoice_items_behavior"
+            )
+            invoice = self._make(
+                "invoice",
+                {
+                    "customer": params["customer"],
+                    "status": "draft",
+                    "amount_due": 0,
+                    "subscription": None,
+                    "created": None,
+                    "number": None,
+                    "lines": [],
+                },
+            )
+            invoice["lines"]["data"] = []
+            invoice.update(
+                billing_reason="manual",
+                description=params.get("description"),
+                metadata=dict(params.get("metadata") or {}),
+                auto_advance=_boolean(params.get("auto_advance", "false"), "auto_advance"),
+            )
+            return invoice
+        finalize = re.fullmatch(r"/v1/invoices/([^/]+)/finalize", path)
+        if finalize:
+            _check_names(items, "auto_advance expand[]")
+            invoice = self.invoices.get(finalize.group(1))
+            if invoice is None:
+                raise _missing("invoice", finalize.group(1))
+            _ensure(
+                invoice["status"] == "draft",
+                "This invoice is already finalized, you can't re-finalize a non-draft invoice.",
+                code="invoice_not_editable",
+            )
+            now = int(time.time())
+            url = f"https://invoice.stripe.com/i/{ACCOUNT}/test_{invoice['id']}"
+            invoice.update(
+                status="open",
+                number=f"FAKE-{len(self.invoices):04d}",
+                hosted_invoice_url=url,
+                invoice_pdf=f"{url}/pdf",
+            )
+            invoice["status_transitions"]["finalized_at"] = now
+            return invoice
+        return None
 
     def _invoice(self, params: dict, new: dict) -> dict:
         invoice_id, status, due = new["id"], params["status"], params["amount_due"]
@@ -1196,11 +1293,37 @@ class FakeStripe:
             parent["subscription_details"] = {"metadata": None, "subscription": subscription}
         amount = _integer(params["amount"], "amount")  # negative: a credit
         now = new["created"]
+        on_invoice = params.get("invoice")
+        if on_invoice is not None:
+            invoice = self.invoices.get(on_invoice)
+            if invoice is None:
+                raise _missing("invoice", on_invoice, "invoice")
+            _ensure(invoice["customer"] == customer, "Invoice of another customer.", "invoice")
+            _ensure(invoice["status"] == "draft", "The invoice is not a draft.", "invoice")
+            line = _fields(LINE_ITEM_BODY) | {
+                "id": _new_id("il_"),
+                "amount": amount,
+                "description": params.get("description"),
+                "invoice": on_invoice,
+                "metadata": dict(params.get("metadata") or {}),
+                "period": {"end": now, "start": now},
+                "subscription": None,
+                "subtotal": amount,
+            }
+            invoice["lines"]["data"].append(line)
+            total = invoice["amount_due"] + amount
+            invoice.update(amount_due=total, amount_remaining=total)
+            invoice.update(
+                dict.fromkeys(
+                    ("subtotal", "subtotal_excluding_tax", "total", "total_excluding_tax"), total
+                )
+            )
         return {
             "amount": amount,
             "currency": params["currency"].lower(),
             "customer": customer,
             "description": params.get("description"),
+            "invoice": on_invoice,
             "metadata": dict(params.get("metadata") or {}),
             "net_amount": amount,
             "parent": parent,
@@ -1216,7 +1339,7 @@ class FakeStripe:
         Resource("product", "prod_", _product, PRODUCT_BODY, PRODUCT),
         Resource("price", "price_", _price, PRICE_BODY, PRICE, "active lookup_keys[]"),
         Resource("subscription", "sub_", _subscription, SUBSCRIPTION_BODY, cancel=_cancel),
-        Resource("invoice", "in_", _invoice, INVOICE_BODY, filters="customer"),
+        Resource("invoice", "in_", _invoice, INVOICE_BODY, filters="customer subscription status"),
         Resource("credit_note", "cn_", _credit_note, CREDIT_NOTE_BODY, CREDIT_NOTE, "invoice"),
         Resource("charge", "ch_", _charge, CHARGE_BODY),
         # Served at /v1/customers/<id>/balance_transactions (_customer_balance_route).

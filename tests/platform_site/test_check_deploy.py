@@ -43,7 +43,12 @@ def test_the_example_settings_need_no_value_beyond_the_ones_an_operator_fills_in
     assert values["DEBUG"] == "0"
     empty = sorted(name for name, value in values.items() if value == "")
     # Optional ones: empty means "not used" (see their comments in .env.example).
-    assert empty == ["HOPSWORKS_OAUTH_CLIENT_ID", "OUTBOUND_ALLOWED_HOSTS", "STRIPE_API_BASE"]
+    assert empty == [
+        "AUTH0_LOG_STREAM_TOKEN",
+        "HOPSWORKS_OAUTH_CLIENT_ID",
+        "OUTBOUND_ALLOWED_HOSTS",
+        "STRIPE_API_BASE",
+    ]
 
 
 def test_check_deploy_is_clean_with_the_production_example_settings():

@@ -1,0 +1,75 @@
+"""Leaving: account closes, subscriptions that ended, Auth0's user deletions. Read-only:
+written by billing.closing, billing.subscription_end and billing.auth0_log_stream."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+from billing.admin.base import ReadOnlyAdmin
+from billing.models import AccountClosure, Auth0LogEvent, CreditPurchase, SubscriptionEnd
+
+
+@admin.register(AccountClosure)
+class AccountClosureAdmin(ReadOnlyAdmin):
+    """Each close and its steps; a step not done says what it waits for (`last_error`) and
+    the hourly `billing.advance_account_closures` queues it again."""
+
+    list_display = (
+        "user",
+        "closed_at",
+        "mode",
+        "actor",
+        "prepaid_balance",
+        "final_invoice_id",
+        "finished_at",
+        "last_error",
+    )
+    list_select_related = ("user",)
+    list_filter = ("mode", "actor")
+    search_fields = ("user__email", "=user__id", "=subscription_id", "=final_invoice_id")
+    readonly_fields = ("refundable_purchases",)
+
+    @admin.display(description="Refundable credit purchases")
+    def refundable_purchases(self, obj):
+        purchases = CreditPurchase.objects.filter(user_id=obj.user_id).order_by("-created_at")
+        rows = [(p, p.refundable) for p in purchases if p.refundable > 0]
+        if not rows:
+            return "None."
+        url = reverse("admin:billing_creditpurchase_changelist") + f"?q={obj.user.email}"
+        return format_html(
+            "<ul>{}</ul><a href='{}'>Refund them from Credit purchases</a>",
+            format_html_join(
+                "",
+                "<li>{} of {} {} ({})</li>",
+                ((left, p.amount, p.currency, f"{p.created_at:%Y-%m-%d}") for p, left in rows),
+            ),
+            url,
+        )
+
+
+@admin.register(SubscriptionEnd)
+class SubscriptionEndAdmin(ReadOnlyAdmin):
+    list_display = (
+        "subscription_id",
+        "user",
+        "ended_by",
+        "status",
+        "final_invoice_id",
+        "invoiced_cents",
+        "last_error",
+        "created_at",
+    )
+    list_select_related = ("user",)
+    list_filter = ("ended_by", "status")
+    search_fields = ("user__email", "=subscription_id", "=final_invoice_id")
+
+
+@admin.register(Auth0LogEvent)
+class Auth0LogEventAdmin(ReadOnlyAdmin):
+    """User deletions Auth0's log stream delivered, and what each did."""
+
+    list_display = ("log_id", "type", "user_id", "outcome", "detail", "received_at")
+    list_filter = ("outcome",)
+    search_fields = ("=log_id", "=user_id")
