@@ -17,6 +17,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import User
+from billing.alerts import low_balance_alerts_evaluate
 from billing.models import CreditLedgerEntry, UserCredits
 from plumbing.actors import actor_label
 
@@ -132,6 +133,8 @@ def credits_apply(movements: list[Movement]) -> list[CreditLedgerEntry]:
             return []
         CreditLedgerEntry.objects.bulk_create(entries)
         _write_summaries([rows[user_id] for user_id in sorted({e.user_id for e in entries})])
+        # Under the same locks: a balance that just fell below its threshold alerts once.
+        low_balance_alerts_evaluate(user_ids={e.user_id for e in entries})
     for entry in entries:
         if entry.balance_after < 0 <= entry.balance_after - entry.amount:
             logger.warning("credit balance of %s is now negative", entry.user_id)
