@@ -36,6 +36,9 @@ PERSONAS = {
         "billing.collect_usage",
         "billing.sync_invoices",
         "billing.view_reconciliationrun",
+        "billing.change_spending_limits",
+        "billing.view_spendingalert",
+        "billing.view_spendinglimitchange",
     ),
     "superuser": None,
 }

@@ -2,4 +2,12 @@
 clusters admins' billing parts (`users.UserBillingAdminMixin`,
 `usage.ClusterUsageAdminMixin`) are composed in console/admin.py."""
 
-from billing.admin import credits, prices, reconciliation, stripe, usage, users  # noqa: F401
+from billing.admin import (  # noqa: F401
+    credits,
+    prices,
+    reconciliation,
+    spending,
+    stripe,
+    usage,
+    users,
+)

@@ -11,6 +11,7 @@ from django.utils.safestring import mark_safe
 from billing import selectors
 from billing import stripe_gateway as gateway
 from billing.admin.credits import GrantCreditsMixin, balance_html
+from billing.admin.spending import SpendingLimitsAdminMixin
 from billing.models import BillingModeChange, BillingProfile
 from billing.pricing import to_cents
 from billing.profiles import billing_mode_set
@@ -49,16 +50,22 @@ class UnbilledUsageFilter(admin.SimpleListFilter):
         return queryset
 
 
-BILLING_SECTION = ("Billing", {"fields": ("billing", "stripe", "mode_switches")})
+BILLING_SECTION = ("Billing", {"fields": ("billing", "spending", "stripe", "mode_switches")})
 
 
-class UserBillingAdminMixin(GrantCreditsMixin):
+class UserBillingAdminMixin(SpendingLimitsAdminMixin, GrantCreditsMixin):
     """The users admin's billing part: what each user costs and how they pay. Its filter,
     fields, section and actions are named; console/admin.py puts them in place."""
 
     billing_filters = (BillingModeFilter, UnbilledUsageFilter)
-    billing_fields = ("billing", "stripe", "mode_switches")
-    billing_actions = ("make_prepaid", "make_postpaid", "grant_credits", "sync_invoices")
+    billing_fields = ("billing", "spending", "stripe", "mode_switches")
+    billing_actions = (
+        "make_prepaid",
+        "make_postpaid",
+        "grant_credits",
+        "set_spending_limits",
+        "sync_invoices",
+    )
 
     @admin.display(description="Stripe")
     def stripe(self, obj):

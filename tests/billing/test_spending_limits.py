@@ -107,7 +107,7 @@ def test_operators_may_go_up_to_their_own_maximum_only(settings):
         by_user=False,
     )
     assert spending_cap_of(profile(user)) == D("50000")
-    with pytest.raises(ValidationError, match="1,000,000.00"):
+    with pytest.raises(ValidationError, match=r"1,000,000\.00"):
         spending_limits_set(
             user=user,
             monthly_spending_cap=D("1000000.01"),

@@ -23,6 +23,8 @@ from billing.models import (
     CreditLedgerEntry,
     Price,
     ReconciliationRun,
+    SpendingAlert,
+    SpendingLimitChange,
     StripeCatalogEntry,
     StripeEvent,
     StripeUsageAdjustment,
@@ -53,6 +55,7 @@ MATRIX = {
     ("accounts.user", "make_postpaid"):                  (_, _, _, _, Y, Y),
     ("accounts.user", "grant_credits"):                  (_, _, _, _, Y, Y),
     ("accounts.user", "sync_invoices"):                  (_, _, _, _, Y, Y),
+    ("accounts.user", "set_spending_limits"):            (_, _, _, _, Y, Y),
     ("accounts.user", "delete_selected"):                (_, _, _, _, _, Y),
     ("accounts.apikey", "delete_selected"):              (_, _, _, _, _, Y),
     ("clusters.hopsworkscluster", "test_connection"):    (_, _, _, _, _, Y),
@@ -81,6 +84,8 @@ MATRIX = {
     ("billing.stripeusagereport", "delete_selected"):    (_, _, _, _, _, _),
     ("billing.reconciliationrun", "delete_selected"):    (_, _, _, _, _, _),
     ("billing.stripeusageadjustment", "delete_selected"): (_, _, _, _, _, _),
+    ("billing.spendingalert", "delete_selected"):        (_, _, _, _, _, _),
+    ("billing.spendinglimitchange", "delete_selected"):  (_, _, _, _, _, _),
     ("auth.group", "delete_selected"):                   (_, _, _, _, _, Y),
     ("social_django.usersocialauth", "delete_selected"): (_, _, _, _, _, Y),
     ("social_django.nonce", "delete_selected"):          (_, _, _, _, _, Y),
@@ -236,6 +241,20 @@ def refund_purchases(request):
     fake_stripe = request.getfixturevalue("fake_stripe")
     purchase = _purchase(fake_stripe)
     return Case([purchase.pk], lambda: len(fake_stripe.posts("/v1/refunds")))
+
+
+def set_spending_limits(request):
+    target = UserFactory()
+    data = {"monthly_spending_cap": "123", "keep_threshold": "on"}
+    return Case(
+        [target.pk],
+        lambda: (
+            BillingProfile.objects.filter(user=target)
+            .values_list("monthly_spending_cap", flat=True)
+            .first()
+        ),
+        data,
+    )
 
 
 def _queued(task_name):
@@ -401,6 +420,7 @@ SCENARIOS = {
     ("accounts.user", "make_postpaid"): make_postpaid,
     ("accounts.user", "grant_credits"): grant_credits_to_users,
     ("accounts.user", "sync_invoices"): sync_invoices,
+    ("accounts.user", "set_spending_limits"): set_spending_limits,
     ("accounts.user", "delete_selected"): _deleting(UserFactory),
     ("accounts.apikey", "delete_selected"): _deleting(_api_key),
     ("clusters.hopsworkscluster", "test_connection"): connect,
@@ -468,6 +488,16 @@ SCENARIOS = {
             resources={"cpu_hour": 1},
             description="Usage correction",
             identifier="adjust-1",
+        )
+    ),
+    ("billing.spendingalert", "delete_selected"): _deleting(
+        lambda: SpendingAlert.objects.create(
+            user=UserFactory(), kind="cap_80", period="2026-11", amount=1, limit_amount=1
+        )
+    ),
+    ("billing.spendinglimitchange", "delete_selected"): _deleting(
+        lambda: SpendingLimitChange.objects.create(
+            user=UserFactory(), field="monthly_spending_cap", actor="t", by_user=False
         )
     ),
     ("auth.group", "delete_selected"): _deleting(_group),
