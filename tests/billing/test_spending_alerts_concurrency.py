@@ -30,10 +30,9 @@ D = Decimal
 def two_days_of_one_month():
     """Two collectable days (before today, UTC) in the same calendar month."""
     today = timezone.now().date()
-    if today.day >= 3:
-        first = today.replace(day=1)
-    else:
-        first = today.replace(day=1) - dt.timedelta(days=2)
+    first = today.replace(day=1)
+    if today.day < 3:  # too early in the month: the last two days of the month before
+        first -= dt.timedelta(days=2)
     return [first, first + dt.timedelta(days=1)]
 
 
