@@ -170,7 +170,7 @@ class SpendingLimitsAdminMixin:
             preview_html = format_html("{}", preview.note)
         alerts = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            '<tr class="spending-alert"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
             (
                 (
                     f"{a.created_at:%Y-%m-%d %H:%M}",
@@ -184,7 +184,7 @@ class SpendingLimitsAdminMixin:
         )
         changes = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{} → {}</td><td>{}</td></tr>",
+            '<tr class="limit-change"><td>{}</td><td>{}</td><td>{} → {}</td><td>{}</td></tr>',
             (
                 (
                     f"{c.created_at:%Y-%m-%d %H:%M}",
