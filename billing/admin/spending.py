@@ -170,7 +170,8 @@ class SpendingLimitsAdminMixin:
             preview_html = format_html("{}", preview.note)
         alerts = format_html_join(
             "",
-            '<tr class="spending-alert"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            '<tr class="spending-alert"><td>{}</td><td>{}</td><td>{}</td><td>{}</td>'
+            "<td>{}</td></tr>",
             (
                 (
                     f"{a.created_at:%Y-%m-%d %H:%M}",
