@@ -216,3 +216,61 @@ def test_the_projected_cost_is_on_the_users_page(client, make_key):
     page = client.get("/").content.decode()
     expected = projected_month_cost(D("10"), today=today())
     assert "Projected for the whole month" in page and f"${expected:,}" in page
+
+
+def _queries(work) -> int:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        work()
+    return len(captured)
+
+
+@pytest.mark.django_db
+def test_evaluating_alerts_takes_the_same_queries_for_one_user_or_many():
+    from billing.alerts import cap_alerts_evaluate, low_balance_alerts_evaluate
+    from billing.usage import UsageRecord, usage_upsert
+
+    def crowd(count, prepaid):
+        users = [prepaid_user() if prepaid else UserFactory() for _ in range(count)]
+        for user in users:
+            if prepaid:
+                credits_add(
+                    user=user, kind=Kind.PURCHASE, amount=D("50"), reference=user.pk, actor="t"
+                )
+        usage_upsert(
+            records=[UsageRecord(user_id=u.pk, date=today(), cpu_hours=D("12000")) for u in users],
+            actor="t",
+        )
+        return [u.pk for u in users]
+
+    one, many = crowd(1, False), crowd(12, False)
+    SpendingAlert.objects.all().delete()
+    assert _queries(lambda: cap_alerts_evaluate(user_ids=one)) == _queries(
+        lambda: cap_alerts_evaluate(user_ids=many)
+    )
+    assert SpendingAlert.objects.filter(user_id__in=many).count() == 36
+    one, many = crowd(1, True), crowd(12, True)
+    SpendingAlert.objects.all().delete()
+    assert _queries(lambda: low_balance_alerts_evaluate(user_ids=one)) == _queries(
+        lambda: low_balance_alerts_evaluate(user_ids=many)
+    )
+    assert SpendingAlert.objects.filter(user_id__in=many, kind="low_balance").count() == 12
+
+
+@pytest.mark.django_db
+def test_the_alerts_list_takes_the_same_queries_for_few_or_many_rows(operator_client):
+    def add(count):
+        for _ in range(count):
+            SpendingAlert.objects.create(
+                user=UserFactory(),
+                kind="cap_80",
+                period="2026-11",
+                amount=D("800"),
+                limit_amount=D("1000"),
+            )
+        return _queries(lambda: operator_client.get("/admin/billing/spendingalert/"))
+
+    operator_client.get("/admin/billing/spendingalert/")
+    assert add(1) == add(20)
