@@ -124,8 +124,11 @@ def low_balance_alerts_evaluate(*, user_ids) -> list[int]:
 
 
 def spending_alerts_evaluate(*, user_ids) -> list[int]:
-    """Both kinds, for the current month (after a change of the limits themselves)."""
-    return cap_alerts_evaluate(user_ids=user_ids) + low_balance_alerts_evaluate(user_ids=user_ids)
+    """Both kinds, for the current month (after a change of the limits themselves).
+    The low balance first: it takes no lock, so it never waits for a collection while
+    holding the user's turn that collection is waiting for."""
+    low = low_balance_alerts_evaluate(user_ids=user_ids)
+    return low + cap_alerts_evaluate(user_ids=user_ids)
 
 
 def _insert(rows) -> list[int]:

@@ -77,11 +77,11 @@ def limit_problem(value, *, name: str, by_user: bool) -> str | None:
         return f"The {name} must be a number ({allowed})."
     if value < 0:
         return f"The {name} cannot be negative ({allowed})."
-    if value != value.quantize(CENT, context=_CONTEXT):
-        return f"The {name} is in dollars and cents: at most two decimal places ({allowed})."
     if value > high:
         who = "you may set" if by_user else "may be set"
-        return f"{money(value)} is more than {who}: {allowed}."
+        return f"That is more than {who}: {allowed}."
+    if value != value.quantize(CENT, context=_CONTEXT):
+        return f"The {name} is in dollars and cents: at most two decimal places ({allowed})."
     return None
 
 

@@ -75,6 +75,8 @@ def test_setting_the_same_value_again_records_nothing():
         (D("Infinity"), "number"),
         (1.5, "decimal"),
         (D("10000.01"), "$0.00 to $10,000.00"),
+        (D("1E+400"), "$0.00 to $10,000.00"),
+        (D("10000.001"), "$0.00 to $10,000.00"),
     ],
 )
 def test_bad_or_absurd_caps_from_the_user_are_refused_saying_the_allowed_range(
