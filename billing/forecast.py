@@ -111,9 +111,12 @@ def invoice_preview(user: User, *, today: dt.date | None = None) -> InvoicePrevi
         or not profile.stripe_subscription_id
         or not profile.has_active_subscription
         or not user.stripe_customer_id
-        or not gateway.is_configured()
     ):
         return InvoicePreview(kind="none", note="No subscription: there is no invoice to preview.")
+    if not gateway.is_configured():
+        return InvoicePreview(
+            kind="unavailable", note="No invoice preview here: Stripe is not configured."
+        )
     try:
         upcoming = gateway.preview_upcoming_invoice(
             customer_id=user.stripe_customer_id, subscription_id=profile.stripe_subscription_id
