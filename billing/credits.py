@@ -17,6 +17,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import User
+from billing.alerts import low_balance_alerts_evaluate
 from billing.models import CreditLedgerEntry, UserCredits
 from billing.standing import standing_check_later
 from plumbing.actors import actor_label
@@ -133,6 +134,8 @@ def credits_apply(movements: list[Movement]) -> list[CreditLedgerEntry]:
             return []
         CreditLedgerEntry.objects.bulk_create(entries)
         _write_summaries([rows[user_id] for user_id in sorted({e.user_id for e in entries})])
+        # Under the same locks: a balance that just fell below its threshold alerts once.
+        low_balance_alerts_evaluate(user_ids={e.user_id for e in entries})
         # A purchase, grant or refund moves the balance across the floor (usage is judged
         # by usage_upsert, once for the whole batch): a top-up resumes the user at once.
         standing_check_later(user_ids={e.user_id for e in entries if e.kind != Kind.USAGE})

@@ -85,7 +85,10 @@ class BillingProfile(models.Model):
 
     class Meta:
         db_table = "billing_account"
-        permissions = [("change_billing_mode", "Can switch users between prepaid and postpaid")]
+        permissions = [
+            ("change_billing_mode", "Can switch users between prepaid and postpaid"),
+            ("change_spending_limits", "Can set users' spending caps and low-balance thresholds"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(monthly_spending_cap__gte=0),
@@ -998,3 +1001,82 @@ class Auth0LogEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.log_id} {self.type}: {self.outcome}"
+
+
+class SpendingLimitChange(models.Model):
+    """One change of a user's spending cap or low-balance threshold, by them or an operator.
+    Append-only: the history of a user's limits; a change back is a new row. `old` and `new`
+    empty mean "the default from settings" (`billing.limits`)."""
+
+    class Field(models.TextChoices):
+        MONTHLY_SPENDING_CAP = "monthly_spending_cap", "Monthly spending cap"
+        LOW_BALANCE_THRESHOLD = "low_balance_threshold", "Low-balance threshold"
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="spending_limit_changes")
+    field = models.TextField(choices=Field.choices)
+    old = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    new = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    actor = models.TextField(help_text="Who changed it (the user, an operator).")
+    by_user = models.BooleanField(help_text="Set by the user on their page (within their limit).")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "billing_spending_limit_change"
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "-id"], name="spending_limit_change_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.field}: {self.old} -> {self.new}"
+
+
+class SpendingAlert(models.Model):
+    """One spending alert to a user, sent once by email. Append-only (only its delivery
+    fields, sent_at / attempts / error, move).
+
+    Unique per (user, kind, period), so a retried or concurrent evaluation inserts it once
+    (INSERT ... ON CONFLICT DO NOTHING) and only the transaction that inserted it queues the
+    email:
+    - postpaid, `cap_80` / `cap_90` / `cap_100`: the month-to-date cost of the calendar month
+      (UTC) reached that share of the cap; `period` is the month, "YYYY-MM";
+    - prepaid, `low_balance`: the balance is below the low-balance threshold; `period` is
+      "since-<ledger entry id>", the newest credit ledger entry that left the balance at or
+      above the threshold ("since-0": never was). A crossing alerts once; a top-up back to
+      the threshold or above writes a newer such entry, which re-arms the alert for the next
+      crossing.
+    `amount` is the figure that crossed (month-to-date cost, or balance) and `limit_amount` the
+    cap or threshold in force, both in USD."""
+
+    class Kind(models.TextChoices):
+        CAP_80 = "cap_80", "80% of the monthly spending cap"
+        CAP_90 = "cap_90", "90% of the monthly spending cap"
+        CAP_100 = "cap_100", "Monthly spending cap reached"
+        LOW_BALANCE = "low_balance", "Credit balance below the low-balance threshold"
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="spending_alerts")
+    kind = models.TextField(choices=Kind.choices)
+    period = models.TextField()
+    amount = SeedDecimalField(help_text="The month-to-date cost, or the balance, in USD.")
+    limit_amount = SeedDecimalField(help_text="The cap or threshold in force, in USD.")
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = "billing_spending_alert"
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "kind", "period"], name="spending_alert_once_per_period"
+            )
+        ]
+        indexes = [models.Index(fields=["user", "-id"], name="spending_alert_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.kind} {self.period}"
+
+    @property
+    def status(self) -> str:
+        if self.sent_at:
+            return "sent"
+        return "failed, retried" if self.error else "queued"

@@ -945,6 +945,50 @@ def list_invoices(*, customer_id: str) -> list[dict]:
     )
 
 
+# The upcoming invoice (the user's page and the users admin).
+
+
+@dataclass(frozen=True)
+class UpcomingInvoice:
+    """Stripe's preview of a subscription's next invoice, in major units."""
+
+    currency: str
+    total: Decimal
+    amount_due: Decimal
+    period_start: dt.datetime | None
+    period_end: dt.datetime | None
+    lines: tuple[tuple[str, Decimal], ...]
+
+
+def preview_upcoming_invoice(*, customer_id: str, subscription_id: str) -> UpcomingInvoice:
+    """What Stripe would invoice for the subscription's current period if it ended now
+    (the metered usage reported so far, pending invoice items). Creates nothing at Stripe."""
+    client = _client()
+    params: dict[str, Any] = {"customer": customer_id, "subscription": subscription_id}
+    with _stripe_errors(f"preview the upcoming invoice of subscription {subscription_id}"):
+        invoice = _plain(client.v1.invoices.create_preview(params=params))
+    currency = invoice.get("currency") or "usd"
+
+    def major(amount) -> Decimal:
+        return from_minor_units(int(amount or 0), currency)
+
+    lines = tuple(
+        (line.get("description") or "Usage", major(line.get("amount")))
+        for line in (invoice.get("lines") or {}).get("data") or ()
+    )
+    period = {
+        name: datetime_from_timestamp(invoice[name]) if invoice.get(name) else None
+        for name in ("period_start", "period_end")
+    }
+    return UpcomingInvoice(
+        currency=currency.upper(),
+        total=major(invoice.get("total")),
+        amount_due=major(invoice.get("amount_due")),
+        lines=lines,
+        **period,
+    )
+
+
 # Reconciliation (billing/reconciliation.py): what Stripe has counted and invoiced.
 
 

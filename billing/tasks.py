@@ -383,3 +383,23 @@ def settle_ended_subscription(subscription_id: str) -> str:
     except gateway.StripeGatewayError as error:
         raise StillFailing(f"{subscription_id}: {error}") from error
     return f"{subscription_id}: {end.status}"
+
+
+# Mail to users -----------------------------------------------------------------------------
+
+
+@app.task(queue="mail", retry=OUTSIDE_SYSTEM_RETRY, name="billing.send_spending_alerts")
+@background
+def send_spending_alerts(alert_ids: list[int]) -> str:
+    """Email spending alerts (billing.alerts); those that failed are retried with backoff."""
+    from billing.alerts import spending_alerts_send
+
+    sent, errors = spending_alerts_send(alert_ids=alert_ids)
+    if errors:
+        raise StillFailing(f"{len(errors)} email(s) not sent: " + "; ".join(errors[:5]))
+    return f"{sent} email(s) sent"
+
+
+def spending_alerts_send_defer(*, alert_ids: list[int]):
+    """Queue the emails of new alerts, in the transaction that inserted them."""
+    return defer(send_spending_alerts, alert_ids=alert_ids)

@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing import credits
+from billing.alerts import cap_alerts_evaluate
 from billing.models import NO_CLUSTER, BillingProfile, UsageDaily
 from billing.pricing import FIGURES, MissingPrice, Quantities, RateBook, day_cost, quantize
 from billing.selectors import billing_modes_on
@@ -207,7 +208,7 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
     with transaction.atomic():
         _insert_missing(records, channel)
         current = _lock_rows(records)
-        updates, movements = [], []
+        updates, movements, changed = [], [], set()
         for record in records:
             row = current[record.key]
             figures = {
@@ -246,9 +247,12 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
             ) == (cost, debited, revision)
             if not unchanged:  # a rerun rewrites nothing
                 updates.append((row["id"], figures, cost, debited, revision))
+                changed.add(record.user_id)
         if updates:
             _write_rows(updates)
         entries = credits.credits_apply(movements)
+        # Caps are checked where usage is settled, for the users whose cost moved.
+        cap_alerts_evaluate(user_ids=changed, days={r.date for r in records})
         # Usage may take a user past their cap or below the floor (or back): judged by a
         # job, so collection and the usage API do not wait for it.
         standing_check_later(user_ids=user_ids)

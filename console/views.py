@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
@@ -20,7 +22,15 @@ from billing.checkout import (
     subscription_checkout_start,
     topup_limits,
 )
-from billing.models import BillingHistory, BillingProfile
+from billing.forecast import invoice_preview, month_forecast
+from billing.limits import (
+    UNCHANGED,
+    limit_maximum,
+    low_balance_threshold_of,
+    spending_cap_of,
+    spending_limits_set,
+)
+from billing.models import BillingHistory, BillingProfile, SpendingAlert
 from billing.pricing import to_cents
 from billing.standing import open_stops_of
 from clusters.selectors import placement_of
@@ -28,7 +38,7 @@ from plumbing import outbound
 
 
 @login_required
-def home(request):
+def home(request, *, limit_errors=None, limit_values=None, status=200):
     user = request.user
     profile = BillingProfile.objects.filter(user=user).first()
     mode = profile.mode if profile else BillingProfile.Mode.POSTPAID
@@ -57,8 +67,18 @@ def home(request):
         "topup_min": low,
         "topup_max": high,
         "request_key": uuid.uuid4().hex,  # one Checkout session per form shown
+        "forecast": month_forecast(user),
+        "preview": invoice_preview(user),
+        "cap": spending_cap_of(profile),
+        "threshold": low_balance_threshold_of(profile),
+        "own_cap": profile.monthly_spending_cap if profile else None,
+        "own_threshold": profile.low_balance_threshold if profile else None,
+        "limit_max": limit_maximum(by_user=True),
+        "limit_errors": limit_errors or {},
+        "limit_values": limit_values or {},
+        "alerts": SpendingAlert.objects.filter(user=user).order_by("-created_at", "-id")[:10],
     }
-    return render(request, "console/home.html", context)
+    return render(request, "console/home.html", context, status=status)
 
 
 CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 600, 160, 24
@@ -154,3 +174,39 @@ def add_payment_method(request):
         )
 
     return _checkout(request, start)
+
+
+def _limit_from_form(raw: str):
+    """A submitted limit: blank is the default (None); anything else must read as an amount
+    (the service judges the amount)."""
+    text = raw.strip().replace(",", "").removeprefix("$").strip()
+    if not text:
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return raw
+
+
+@login_required
+@require_POST
+def set_spending_limits(request):
+    """The user's own cap and low-balance threshold; only the fields sent are changed."""
+    wanted = {
+        field: _limit_from_form(request.POST[field])
+        for field in ("monthly_spending_cap", "low_balance_threshold")
+        if field in request.POST
+    }
+    try:
+        spending_limits_set(
+            user=request.user,
+            monthly_spending_cap=wanted.get("monthly_spending_cap", UNCHANGED),
+            low_balance_threshold=wanted.get("low_balance_threshold", UNCHANGED),
+            actor=request.user,
+            by_user=True,
+        )
+    except ValidationError as error:
+        values = {field: request.POST[field] for field in wanted}
+        return home(request, limit_errors=error.message_dict, limit_values=values, status=400)
+    messages.success(request, "Your spending limits are saved.")
+    return redirect("home")

@@ -145,6 +145,8 @@ vars().update(
 )
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="billing@localhost")
+# Where users reach the console: links in mail to them (spending alerts) start with it.
+CONSOLE_URL = env("CONSOLE_URL", default="http://localhost:8000")
 
 # The unit storage is billed in: GiB (2^30 bytes; Kubernetes sizes volumes in Gi, and the
 # clouds bill GB-months of 2^30 bytes) or GB (10^9 bytes). Stated on the rate card.

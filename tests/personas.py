@@ -43,6 +43,9 @@ PERSONAS = {
         "billing.lift_service_stop",
         "billing.close_account",
         "billing.view_accountclosure",
+        "billing.change_spending_limits",
+        "billing.view_spendingalert",
+        "billing.view_spendinglimitchange",
     ),
     "superuser": None,
 }

@@ -7,6 +7,7 @@ from billing.admin import (  # noqa: F401
     credits,
     prices,
     reconciliation,
+    spending,
     stops,
     stripe,
     usage,

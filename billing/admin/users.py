@@ -14,6 +14,7 @@ from billing import selectors
 from billing import stripe_gateway as gateway
 from billing.adjustments import debt_carried
 from billing.admin.credits import AdjustmentActionsMixin, balance_html
+from billing.admin.spending import SpendingLimitsAdminMixin
 from billing.closing import AccountCloseRefused, account_close, money_open_reasons
 from billing.models import BillingAdjustment, BillingModeChange, BillingProfile
 from billing.pricing import to_cents
@@ -118,21 +119,22 @@ def closure_html(user):
 
 BILLING_SECTION = (
     "Billing",
-    {"fields": ("billing", "stripe", "mode_switches", "adjustments")},
+    {"fields": ("billing", "spending", "stripe", "mode_switches", "adjustments")},
 )
 
 
-class UserBillingAdminMixin(AdjustmentActionsMixin):
+class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
     """The users admin's billing part: what each user costs and how they pay. Its filter,
     fields, section and actions are named; console/admin.py puts them in place."""
 
     billing_filters = (BillingModeFilter, UnbilledUsageFilter)
-    billing_fields = ("billing", "stripe", "mode_switches", "adjustments")
+    billing_fields = ("billing", "spending", "stripe", "mode_switches", "adjustments")
     billing_actions = (
         "make_prepaid",
         "make_postpaid",
         "grant_credits",
         "debit_accounts",
+        "set_spending_limits",
         "sync_invoices",
         "close_accounts",
     )

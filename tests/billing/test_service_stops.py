@@ -161,6 +161,27 @@ def test_a_postpaid_user_over_their_cap_is_stopped_and_resumed_when_the_cap_is_r
     assert east.user_by_id(remote.id).status == ACTIVE
 
 
+def test_a_user_stopped_over_their_cap_who_raises_it_on_their_page_is_resumed_at_once(
+    client, make_key, fake_hopsworks, cluster_on, settings
+):
+    settings.SERVICE_STOP_GRACE_HOURS = 0
+    east, _ = fake_hopsworks
+    user = UserFactory()
+    BillingProfile.objects.create(user=user, monthly_spending_cap=D("5"))
+    remote = on_cluster(east, cluster_on, user)
+    with run_jobs():
+        post_usage(client, make_key, user, cpu_hours=60)  # $6 over a $5 cap, no grace
+    assert east.user_by_id(remote.id).status == DEACTIVATED
+
+    login(client, user)
+    with run_jobs():  # what the worker runs right after the change commits
+        client.post("/billing/limits/", {"monthly_spending_cap": "50"})
+
+    stop = ServiceStop.objects.get(user=user)
+    assert stop.resolution == "eligible"
+    assert east.user_by_id(remote.id).status == ACTIVE
+
+
 def dunning_user(fake_stripe, fake_hopsworks, cluster_on, deliver):
     east, _ = fake_hopsworks
     user = UserFactory()

@@ -27,6 +27,8 @@ from billing.models import (
     Price,
     ReconciliationRun,
     ServiceStop,
+    SpendingAlert,
+    SpendingLimitChange,
     StripeCatalogEntry,
     StripeEvent,
     StripeUsageAdjustment,
@@ -60,6 +62,7 @@ MATRIX = {
     ("accounts.user", "debit_accounts"):                 (_, _, _, _, Y, Y),
     ("accounts.user", "sync_invoices"):                  (_, _, _, _, Y, Y),
     ("accounts.user", "close_accounts"):                 (_, _, _, _, Y, Y),
+    ("accounts.user", "set_spending_limits"):            (_, _, _, _, Y, Y),
     ("accounts.user", "delete_selected"):                (_, _, _, _, _, Y),
     ("accounts.apikey", "delete_selected"):              (_, _, _, _, _, Y),
     ("clusters.hopsworkscluster", "test_connection"):    (_, _, _, _, _, Y),
@@ -94,6 +97,8 @@ MATRIX = {
     ("billing.accountclosure", "delete_selected"):       (_, _, _, _, _, _),
     ("billing.subscriptionend", "delete_selected"):      (_, _, _, _, _, _),
     ("billing.auth0logevent", "delete_selected"):        (_, _, _, _, _, _),
+    ("billing.spendingalert", "delete_selected"):        (_, _, _, _, _, _),
+    ("billing.spendinglimitchange", "delete_selected"):  (_, _, _, _, _, _),
     ("auth.group", "delete_selected"):                   (_, _, _, _, _, Y),
     ("social_django.usersocialauth", "delete_selected"): (_, _, _, _, _, Y),
     ("social_django.nonce", "delete_selected"):          (_, _, _, _, _, Y),
@@ -260,6 +265,20 @@ def refund_purchases(request):
     fake_stripe = request.getfixturevalue("fake_stripe")
     purchase = _purchase(fake_stripe)
     return Case([purchase.pk], lambda: len(fake_stripe.posts("/v1/refunds")))
+
+
+def set_spending_limits(request):
+    target = UserFactory()
+    data = {"monthly_spending_cap": "123", "keep_threshold": "on"}
+    return Case(
+        [target.pk],
+        lambda: (
+            BillingProfile.objects.filter(user=target)
+            .values_list("monthly_spending_cap", flat=True)
+            .first()
+        ),
+        data,
+    )
 
 
 def _queued(task_name):
@@ -448,6 +467,7 @@ SCENARIOS = {
     ("accounts.user", "debit_accounts"): debit_accounts,
     ("accounts.user", "sync_invoices"): sync_invoices,
     ("accounts.user", "close_accounts"): close_accounts,
+    ("accounts.user", "set_spending_limits"): set_spending_limits,
     ("accounts.user", "delete_selected"): _deleting(UserFactory),
     ("accounts.apikey", "delete_selected"): _deleting(_api_key),
     ("clusters.hopsworkscluster", "test_connection"): connect,
@@ -542,6 +562,16 @@ SCENARIOS = {
     ),
     ("billing.auth0logevent", "delete_selected"): _deleting(
         lambda: Auth0LogEvent.objects.create(log_id="1", type="sdu", outcome="unknown_user")
+    ),
+    ("billing.spendingalert", "delete_selected"): _deleting(
+        lambda: SpendingAlert.objects.create(
+            user=UserFactory(), kind="cap_80", period="2026-11", amount=1, limit_amount=1
+        )
+    ),
+    ("billing.spendinglimitchange", "delete_selected"): _deleting(
+        lambda: SpendingLimitChange.objects.create(
+            user=UserFactory(), field="monthly_spending_cap", actor="t", by_user=False
+        )
     ),
     ("auth.group", "delete_selected"): _deleting(_group),
     ("social_django.usersocialauth", "delete_selected"): _deleting(_social_auth),

@@ -157,6 +157,7 @@ METER = (
 REFUND = "payment_intent amount reason metadata[*] expand[]"
 METER_EVENT = "event_name identifier timestamp payload[*] expand[]"
 PRODUCT = "id name metadata[*] expand[]"
+INVOICE_PREVIEW = "customer subscription expand[]"
 INVOICE_ITEM = "customer amount currency description subscription invoice metadata[*] expand[]"
 BALANCE_TRANSACTION = "amount currency description metadata[*] expand[]"
 CREDIT_NOTE = "invoice amount memo reason metadata[*] expand[]"
@@ -700,6 +701,9 @@ class FakeStripe:
             answer = self._invoice_route(method, path, items, params)
         if answer is not None:
             return answer
+        if method == "POST" and path == "/v1/invoices/create_preview":
+            _check_names(items, INVOICE_PREVIEW)
+            return self._invoice_preview(params)
         for resource in self.RESOURCES:
             object_id = path.removeprefix(resource.path + "/")
             if path == resource.path and method == "POST" and resource.create:
@@ -761,6 +765,71 @@ class FakeStripe:
         _check_names(items, LIST)
         mine = [t for t in self.customer_balance_transactions.values() if t["customer"] == customer]
         return _page(path, mine, params, kind="customer_balance_transaction")
+
+    def _invoice_preview(self, params: dict) -> dict:
+        """Stripe's preview of a subscription's next invoice: its current period's metered
+        usage (the meter events accepted so far, as `add_usage_invoice` sums them) and the
+        customer's pending invoice items. Nothing is stored: a preview is no invoice."""
+        _need(params, "customer subscription")
+        subscription = self.subscriptions.get(params["subscription"])
+        if subscription is None:
+            raise _missing("subscription", params["subscription"], "subscription")
+        _ensure(
+            subscription["customer"] == params["customer"],
+            "The subscription does not belong to this customer.",
+            "subscription",
+        )
+        _ensure(
+            subscription["status"] not in ("canceled", "incomplete_expired"),
+            f"No upcoming invoices for subscription {subscription['id']}.",
+            code="invoice_upcoming_none",
+        )
+        items = subscription["items"]["data"]
+        start = min((i["current_period_start"] for i in items), default=subscription["created"])
+        end = max((i["current_period_end"] for i in items), default=subscription["created"])
+        with self._lock:
+            invoices_before = dict(self.invoices)
+            invoice = self.add_usage_invoice(
+                subscription_id=subscription["id"],
+                period_start=start,
+                period_end=end,
+                status="draft",
+            )
+            self.invoices = invoices_before  # a preview is not kept
+        pending = [
+            item for item in self.invoice_items_of(params["customer"]) if not item["invoice"]
+        ]
+        extra = [
+            _fields(LINE_ITEM_BODY)
+            | {
+                "id": _new_id("il_"),
+                "amount": item["amount"],
+                "description": item["description"],
+                "invoice": None,
+                "period": item["period"],
+                "subscription": None,
+                "subtotal": item["amount"],
+            }
+            for item in pending
+        ]
+        lines = [{**line, "invoice": None} for line in invoice["lines"]["data"]] + extra
+        total = sum(line["amount"] for line in lines)
+        invoice.update(
+            id=f"upcoming_{subscription['id']}",
+            hosted_invoice_url=None,
+            invoice_pdf=None,
+            number=None,
+            lines=_list_object(
+                f"/v1/invoices/upcoming/lines?subscription={subscription['id']}", lines
+            ),
+            amount_due=total,
+            amount_remaining=total,
+            billing_reason="upcoming",
+            **dict.fromkeys(
+                ("subtotal", "subtotal_excluding_tax", "total", "total_excluding_tax"), total
+            ),
+        )
+        return invoice
 
     def _event_summaries(self, meter_id: str, params: dict) -> dict:
         meter = self.meters.get(meter_id)

@@ -239,6 +239,23 @@ def test_invoices_their_lines_and_a_page_of_invoices_have_the_published_fields(
     assert len(page.data) == 2
 
 
+def test_an_invoice_preview_has_the_published_fields_and_is_not_kept(sdk, fake_stripe):
+    customer = fake_stripe.add_customer(email="ada@example.com")
+    subscription = fake_stripe.add_subscription(customer=customer["id"])
+    sdk.v1.invoice_items.create(
+        params={"customer": customer["id"], "amount": 250, "currency": "usd"}
+    )
+
+    preview = sdk.v1.invoices.create_preview(
+        params={"customer": customer["id"], "subscription": subscription["id"]}
+    )
+
+    everything = {"invoice", "list", "line_item", "line_item.period"}
+    assert published_shapes(raw(preview)) == everything
+    assert (preview.total, preview.amount_due, preview.status) == (250, 250, "draft")
+    assert fake_stripe.invoices == {}
+
+
 def test_invoice_items_and_a_page_of_them_have_the_published_fields(sdk, fake_stripe):
     customer = fake_stripe.add_customer(email="ada@example.com")
     subscription = fake_stripe.add_subscription(customer=customer["id"])
