@@ -1,3 +1,5 @@
+# ruff: noqa: S608 - table and column names come from the models and the seed; values are
+# always parameters.
 """Adopting a database made by the seed's own CREATE TABLE statements, in place.
 
 `inspect()` reads the database and says, in plain words, what adoption will do and what
@@ -121,8 +123,7 @@ def _case_duplicate_emails() -> list[Finding]:
     if groups:
         findings.append(
             Finding(
-                f"{len(groups)} email address(es) used by more than one user when case is "
-                "ignored",
+                f"{len(groups)} email address(es) used by more than one user when case is ignored",
                 [users for _, users in groups],
                 "The console keeps one user per address, stored lower-case. Decide which "
                 "account stays: give the other a different address, or move its rows to the "
@@ -279,11 +280,9 @@ def _nulls(tables: set[str]) -> list[Finding]:
             else:
                 findings.append(
                     Finding(
-                        f"{table}.{f.column}: {count} row(s) with NULL, and no default to fill "
-                        "in",
+                        f"{table}.{f.column}: {count} row(s) with NULL, and no default to fill in",
                         [],
-                        "Give each row a value (the user it belongs to, for usage) or delete "
-                        "it.",
+                        "Give each row a value (the user it belongs to, for usage) or delete it.",
                         blocking=True,
                     )
                 )
@@ -410,8 +409,9 @@ def _migration_plan() -> tuple[list[str], list[str], list[str]]:
     for migration, _ in plan:
         names.append(f"{migration.app_label}.{migration.name}")
         for operation in migration.operations:
-            swappable = operation.options.get("swappable") if hasattr(operation, "options") else None
-            if swappable and getattr(settings, swappable) != f"{migration.app_label}.{operation.name}":
+            swappable = getattr(operation, "options", {}).get("swappable")
+            label = f"{migration.app_label}.{getattr(operation, 'name', '')}"
+            if swappable and getattr(settings, swappable) != label:
                 continue  # auth.User, replaced by accounts.User: never created
             if isinstance(operation, ops.CreateModel):
                 table = operation.options.get("db_table") or (
@@ -480,8 +480,7 @@ def _as_found(f, column, constraints: dict):
     found.null = column.null_ok
     only = [f.column]
     found._unique = any(
-        c["unique"] and not c["primary_key"] and c["columns"] == only
-        for c in constraints.values()
+        c["unique"] and not c["primary_key"] and c["columns"] == only for c in constraints.values()
     )
     found.__dict__.pop("unique", None)  # a cached_property, copied with the field
     found.db_index = f.db_index and any(
@@ -584,8 +583,9 @@ class _OnExistingTables(Operation):
             f = model._meta.get_field(operation.name)
             table = model._meta.db_table
             with conn.cursor() as cursor:
-                columns = {c.name: c for c in conn.introspection.get_table_description(cursor, table)}
+                description = conn.introspection.get_table_description(cursor, table)
                 constraints = conn.introspection.get_constraints(cursor, table)
+            columns = {c.name: c for c in description}
             if f.column in columns:  # added by hand, following the old instructions
                 schema_editor.alter_field(model, _as_found(f, columns[f.column], constraints), f)
                 return

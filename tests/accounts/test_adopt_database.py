@@ -106,9 +106,11 @@ def seed_database(django_db_blocker):
         auth += ":" + quote(params["password"], safe="")
     url = f"postgres://{auth}@{host}:{params['port']}/{name}"
     yield url
-    with django_db_blocker.unblock():
-        with psycopg.connect(**params, dbname="postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with (
+        django_db_blocker.unblock(),
+        psycopg.connect(**params, dbname="postgres", autocommit=True) as admin,
+    ):
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def manage(url: str, *args: str) -> subprocess.CompletedProcess:
@@ -124,7 +126,7 @@ def manage(url: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def django_code(url: str, code: str) -> subprocess.CompletedProcess:
-    return manage(url, "shell", "-c", code)
+    return manage(url, "shell", "-v", "0", "-c", code)
 
 
 def dump(url: str) -> str:
@@ -137,6 +139,33 @@ def dump(url: str) -> str:
         check=True,
     )
     return result.stdout
+
+
+def schema_lines(url: str) -> set[str]:
+    """The schema as pg_dump writes it, line by line (so column order does not count)."""
+    result = subprocess.run(
+        ["pg_dump", "--schema-only", "--no-owner", "--no-privileges", "--restrict-key=x", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return {
+        line.strip().rstrip(",")
+        for line in result.stdout.splitlines()
+        if line.strip() and not line.startswith("--") and not line.startswith("\\")
+    }
+
+
+def migrated_database_url() -> str:
+    from django.db import connection
+
+    settings = connection.settings_dict
+    auth = quote(settings["USER"], safe="")
+    if settings["PASSWORD"]:
+        auth += ":" + quote(settings["PASSWORD"], safe="")
+    host = quote(str(settings["HOST"] or "127.0.0.1"), safe="")
+    return f"postgres://{auth}@{host}:{settings['PORT'] or 5432}/{settings['NAME']}"
 
 
 def sql(url: str, statement: str) -> list[tuple]:
@@ -199,7 +228,7 @@ def test_the_real_run_refuses_while_something_needs_a_decision_and_changes_nothi
     assert dump(seed_database) == before
 
 
-def test_once_resolved_it_adopts_the_database_and_a_second_run_does_nothing(seed_database):
+def test_once_resolved_it_adopts_the_database_and_a_second_run_does_nothing(seed_database, db):
     run_sql(seed_database, RESOLUTIONS)
 
     result = manage(seed_database, "adopt_database")
@@ -209,6 +238,17 @@ def test_once_resolved_it_adopts_the_database_and_a_second_run_does_nothing(seed
     # The schema is our latest migration's.
     check = manage(seed_database, "migrate", "--check")
     assert check.returncode == 0, check.stdout + check.stderr
+    # ... the very schema `migrate` gives an empty database (this run's test database),
+    # down to the names of constraints and indexes; only the seed's column order and its
+    # schema_migrations table differ.
+    assert schema_lines(seed_database) - schema_lines(migrated_database_url()) == {
+        "CREATE TABLE public.schema_migrations (",
+        "version text NOT NULL",
+        "applied_at timestamp with time zone DEFAULT now()",
+        "ALTER TABLE ONLY public.schema_migrations",
+        "ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);",
+    }
+    assert schema_lines(migrated_database_url()) - schema_lines(seed_database) == set()
     # The safe fixes were made.
     assert sql(seed_database, "SELECT email FROM users WHERE id = 'auth0|bob'") == [
         ("bob@example.com",)
@@ -267,4 +307,38 @@ def test_once_resolved_it_adopts_the_database_and_a_second_run_does_nothing(seed
 
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Nothing to do" in again.stdout
+    assert dump(seed_database) == before
+
+
+def test_a_failure_half_way_leaves_the_database_as_it_was(seed_database):
+    run_sql(seed_database, RESOLUTIONS)
+    # Something in the way of a late step: a table named like the index billing.0005
+    # creates, so every row fix and the migrations before it have run when it fails.
+    run_sql(seed_database, "CREATE TABLE usage_daily_date (id int)")
+    before = dump(seed_database)
+
+    result = manage(seed_database, "adopt_database")
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Adoption failed, nothing was changed" in result.stderr
+    assert "usage_daily_date" in result.stderr
+    assert dump(seed_database) == before
+
+
+def test_without_a_usable_encryption_key_it_stops_before_writing(seed_database):
+    run_sql(seed_database, RESOLUTIONS)
+    before = dump(seed_database)
+
+    env_key = {"FIELD_ENCRYPTION_KEYS": "not-a-fernet-key"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "adopt_database"],
+        cwd=ROOT,
+        env={**os.environ, "DEBUG": "1", "DATABASE_URL": seed_database, **env_key},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "FIELD_ENCRYPTION_KEYS" in result.stderr
     assert dump(seed_database) == before

@@ -89,5 +89,6 @@ class Command(BaseCommand):
         if finding.examples:
             shown = finding.examples[:5]
             more = len(finding.examples) - len(shown)
-            self.stdout.write("    e.g. " + "; ".join(shown) + (f"; and {more} more" if more else ""))
+            tail = f"; and {more} more" if more else ""
+            self.stdout.write("    e.g. " + "; ".join(shown) + tail)
         self.stdout.write(f"    fix: {finding.fix}")
