@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from django.apps import apps as global_apps
 from django.conf import settings
-from django.core.management.sql import emit_post_migrate_signal
+from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
 from django.db import connection, transaction
 from django.db.migrations import operations as ops
 from django.db.migrations.executor import MigrationExecutor
@@ -636,6 +636,7 @@ def _migrate() -> None:
     """Every migration up to the latest, in the caller's transaction (PostgreSQL's DDL is
     transactional; each migration runs in a savepoint)."""
     executor = MigrationExecutor(connection)
+    executor.loader.check_consistent_history(connection)
     graph = executor.loader.graph
     targets = graph.leaf_nodes()
     plan = executor.migration_plan(targets)
@@ -644,8 +645,10 @@ def _migrate() -> None:
         key = (migration.app_label, migration.name)
         graph.nodes[key] = _on_existing_tables(replaced.get(key, migration))
     plan = executor.migration_plan(targets)
+    # The signals `migrate` sends around the same plan (content types, permissions).
+    before = executor._create_project_state(with_applied_migrations=True)
+    emit_pre_migrate_signal(0, False, connection.alias, apps=before.apps, plan=plan)
     state = executor.migrate(targets, plan=plan)
-    # Content types and permissions, as `migrate` makes them.
     state.clear_delayed_apps_cache()
     emit_post_migrate_signal(0, False, connection.alias, apps=state.apps, plan=plan)
 
