@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 ALPHA = "11111111-1111-1111-1111-111111111111"
 BETA = "22222222-2222-2222-2222-222222222222"
+ALPHA_TOO = "33333333-3333-3333-3333-333333333333"
+GAMMA = "44444444-4444-4444-4444-444444444444"
 
 DIRTY_ROWS = f"""
 INSERT INTO users (id, email, name) VALUES
@@ -40,10 +42,15 @@ INSERT INTO hopsworks_clusters (id, name, api_url, api_key, max_users, current_u
 INSERT INTO hopsworks_clusters (id, name, api_url, api_key, max_users, current_users, status)
   VALUES ('{BETA}', 'beta', 'https://beta.example.com', 'beta-plain-api-key', NULL, NULL, NULL);
 
+INSERT INTO hopsworks_clusters (id, name, api_url, api_key, max_users) VALUES
+  ('{ALPHA_TOO}', 'alpha', 'https://alpha2.example.com', 'alpha-2-plain-api-key', 10),
+  ('{GAMMA}', 'gamma', 'https://gamma.example.com', 'gamma-plain-api-key', 0);
+
 INSERT INTO user_hopsworks_assignments (user_id, hopsworks_cluster_id, assigned_at) VALUES
   ('auth0|erin', '{ALPHA}', NOW()),
   ('auth0|erin', '{BETA}', NOW()),
-  ('auth0|frank', '{ALPHA}', NULL);
+  ('auth0|frank', '{ALPHA}', NULL),
+  ('auth0|bob', '{GAMMA}', NOW());
 
 INSERT INTO usage_daily (user_id, hopsworks_cluster_id, date, cpu_hours, total_cost, created_at)
   VALUES
@@ -55,14 +62,18 @@ INSERT INTO usage_daily (user_id, hopsworks_cluster_id, date, cpu_hours, total_c
   ('auth0|erin', NULL, '2026-11-01', 1, 0.3, '2026-11-02T00:00:00Z'),
   ('auth0|erin', NULL, '2026-11-01', 1, 0.3, '2026-11-02T00:00:00Z');
 INSERT INTO usage_daily (user_id, hopsworks_cluster_id, date, cpu_hours, total_cost)
-  VALUES ('auth0|frank', '{ALPHA}', '2026-11-03', NULL, NULL);
+  VALUES ('auth0|frank', '{ALPHA}', '2026-11-03', NULL, NULL),
+  ('auth0|bob', '{GAMMA}', '2026-11-03', -1, 0),
+  (NULL, '{GAMMA}', '2026-11-04', 1, 0.3);
 
 INSERT INTO user_credits (user_id, total_purchased, total_used) VALUES
   ('auth0|frank', NULL, 3), ('auth0|erin', 50, 10);
 
 INSERT INTO billing_history (user_id, amount, currency, stripe_invoice_id, status) VALUES
   ('auth0|frank', 12.5, NULL, 'in_1', 'paid'),
-  ('auth0|erin', 7, 'USD', 'in_2', 'refunded');
+  ('auth0|erin', 7, 'USD', 'in_2', 'refunded'),
+  ('auth0|erin', 9, 'USD', 'in_3', 'paid'),
+  ('auth0|erin', 9, 'USD', 'in_3', 'pending');
 
 INSERT INTO schema_migrations (version) VALUES ('20240101000000_initial');
 """
@@ -75,6 +86,11 @@ DELETE FROM user_hopsworks_assignments
 DELETE FROM usage_daily WHERE date = '2026-11-02' AND cpu_hours = 5;
 UPDATE users SET status = 'suspended' WHERE status = 'banned';
 UPDATE billing_history SET status = 'paid' WHERE status = 'refunded';
+UPDATE hopsworks_clusters SET name = 'alpha-2' WHERE id = '33333333-3333-3333-3333-333333333333';
+UPDATE hopsworks_clusters SET max_users = 5 WHERE name = 'gamma';
+UPDATE usage_daily SET cpu_hours = 1 WHERE cpu_hours < 0;
+DELETE FROM usage_daily WHERE user_id IS NULL;
+DELETE FROM billing_history WHERE stripe_invoice_id = 'in_3' AND status = 'pending';
 """
 
 
@@ -198,6 +214,13 @@ def test_the_dry_run_lists_every_problem_with_counts_and_changes_nothing(seed_da
     assert "'banned'" in out
     assert "1 row(s) of billing_history with a status other than pending, paid" in out
     assert "'refunded'" in out
+    assert "usage_daily.user_id: 1 row(s) with NULL, and no default to fill in" in out
+    assert "1 cluster name(s) used by more than one cluster" in out
+    assert "1 cluster(s) with more users assigned than max_users allows" in out
+    assert "gamma: 1 assigned, max_users 0" in out
+    assert "1 usage row(s) with a negative figure" in out
+    assert "1 Stripe invoice(s) with more than one billing_history row" in out
+    assert "in_3: 2 rows" in out
     # What it will do by itself.
     assert "users.login_count: 1 row(s) with NULL" in out
     assert "hopsworks_clusters.max_users: 1 row(s) with NULL" in out
@@ -205,10 +228,10 @@ def test_the_dry_run_lists_every_problem_with_counts_and_changes_nothing(seed_da
     assert "billing_history.currency: 1 row(s) with NULL" in out
     assert "user_credits.total_purchased: 1 row(s) with NULL" in out
     assert "1 email address(es) not stored lower-case" in out
-    assert "2 cluster(s) whose current_users disagrees with its assignments" in out
+    assert "3 cluster(s) whose current_users disagrees with its assignments" in out
     assert "alpha: current_users 7, assigned 2" in out
     assert "2 group(s) of usage rows that are exact copies: 3 copies to delete" in out
-    assert "hopsworks_clusters.api_key: 2 value(s) stored in plaintext" in out
+    assert "hopsworks_clusters.api_key: 4 value(s) stored in plaintext" in out
     assert "hopsworks_clusters.kubeconfig: 1 value(s) stored in plaintext" in out
     assert "alpha-plain-api-key" not in out  # secrets are never printed
     assert "take over the seed's tables in place" in out
@@ -258,7 +281,7 @@ def test_once_resolved_it_adopts_the_database_and_a_second_run_does_nothing(seed
     ) == [(0, "active", False)]
     assert sql(
         seed_database, "SELECT name, current_users, max_users FROM hopsworks_clusters ORDER BY 1"
-    ) == [("alpha", 2, 10), ("beta", 0, 100)]
+    ) == [("alpha", 2, 10), ("alpha-2", 0, 10), ("beta", 0, 100), ("gamma", 1, 5)]
     assert sql(
         seed_database,
         "SELECT user_id, date::text, count(*) FROM usage_daily "
