@@ -47,7 +47,7 @@ SCHEMA_MIGRATIONS_DDL = """CREATE TABLE IF NOT EXISTS schema_migrations (
   version TEXT PRIMARY KEY,
   applied_at TIMESTAMPTZ DEFAULT NOW()
 );"""
-EXAMPLES = 5
+LOCK_WAIT_SECONDS = 60
 USAGE_FIGURES = ("cpu_hours", "gpu_hours", "storage_gb_months", "api_calls", "total_cost")
 
 
@@ -696,6 +696,12 @@ def adopt(
     decision; returns the inspection it acted on (`nothing_to_do` when it did nothing)."""
     fernet()  # no usable key: stop before anything is written
     with transaction.atomic():
+        with connection.cursor() as cursor:
+            # Years of rows: checking NOT NULL and building the unique indexes may take a
+            # while (a pooler's or role's statement timeout would cut it off). Waiting
+            # behind another session's lock does not go on for ever.
+            cursor.execute("SET LOCAL statement_timeout = 0")
+            cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'")
         present = [t for t in SEED_TABLES if t in _existing_tables()]
         if present:
             # Other writers wait (readers do not) until the whole adoption commits.
