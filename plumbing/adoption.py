@@ -28,7 +28,7 @@ from django.db import connection, transaction
 from django.db.migrations import operations as ops
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.operations.base import Operation
-from django.db.models import NOT_PROVIDED
+from django.db.models import NOT_PROVIDED, Value
 
 from plumbing.encryption import encrypt, encrypted_fields, fernet, looks_encrypted
 
@@ -207,6 +207,8 @@ def _usage_duplicates() -> list[Finding]:
                 [f"{u} on {c}, {d}: {n} identical rows" for u, c, d, n, _ in copies],
                 "Keep the oldest row of each group and delete its copies.",
                 blocking=False,
+                # Every group left is one of copies: the run stops before this while any
+                # group's figures differ.
                 statements=[
                     "DELETE FROM usage_daily WHERE id IN (SELECT id FROM (SELECT id, "
                     "row_number() OVER (PARTITION BY user_id, hopsworks_cluster_id, date "
@@ -424,24 +426,24 @@ def _migration_plan() -> tuple[list[str], list[str], list[str]]:
 def inspect() -> Inspection:
     tables = _existing_tables()
     seed_tables = [t for t in SEED_TABLES if t in tables]
-    findings: list[Finding] = []
     present = set(seed_tables)
+    clusters = {"user_hopsworks_assignments", "hopsworks_clusters"} <= present
+    # In the order the run applies the safe fixes: NULLs filled first.
+    findings = _nulls(tables)
     if "users" in present:
         findings += _case_duplicate_emails()
-    if {"user_hopsworks_assignments", "hopsworks_clusters"} <= present:
+    if clusters:
         findings += _users_on_two_clusters()
     if {"usage_daily", "hopsworks_clusters"} <= present:
         findings += _usage_duplicates()
         findings += _negative_usage()
     findings += _unknown_choices(tables)
-    # NULLs are filled before anything else in the run, so they come first in the list.
-    findings = _nulls(tables) + findings
-    if {"user_hopsworks_assignments", "hopsworks_clusters"} <= present:
+    if clusters:
         findings += _clusters()
     if "billing_history" in present:
         findings += _duplicate_invoices()
     findings += _plaintext_secrets(tables)
-    findings.sort(key=lambda f: not f.blocking)
+    findings.sort(key=lambda f: not f.blocking)  # stable: the fixes keep their order
 
     migrations, taken_over, created = _migration_plan()
     notes = []
@@ -488,6 +490,8 @@ def _as_found(f, column, constraints: dict):
     )
     if column.default is None:
         found.db_default = NOT_PROVIDED
+    elif not f.has_db_default():  # a default added by hand: dropped, as `migrate` has none
+        found.db_default = Value(None)
     return found
 
 
@@ -556,39 +560,37 @@ class _OnExistingTables(Operation):
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
         operation = self.operation
         conn = schema_editor.connection
-        name = getattr(operation, "name", None) if isinstance(operation, ops.CreateModel) else None
-        model = to_state.apps.get_model(app_label, name or operation.model_name)
-        if not self.allow_migrate_model(conn.alias, model):  # unmanaged: the op does nothing
-            operation.database_forwards(app_label, schema_editor, from_state, to_state)
-            return
-        with conn.cursor() as cursor:
-            tables = set(conn.introspection.table_names(cursor))
-        if isinstance(operation, ops.CreateModel):
-            model = to_state.apps.get_model(app_label, operation.name)
-            if model._meta.db_table in tables:
+        model_name = (
+            operation.name if isinstance(operation, ops.CreateModel) else operation.model_name
+        )
+        model = to_state.apps.get_model(app_label, model_name)
+        table = model._meta.db_table
+        if self.allow_migrate_model(conn.alias, model):  # else (unmanaged) the op does nothing
+            with conn.cursor() as cursor:
+                tables = set(conn.introspection.table_names(cursor))
+                existing = table in tables
+                constraints = conn.introspection.get_constraints(cursor, table) if existing else {}
+                columns = (
+                    {c.name: c for c in conn.introspection.get_table_description(cursor, table)}
+                    if existing
+                    else {}
+                )
+            if isinstance(operation, ops.CreateModel) and existing:
                 _bring_table_to_model(schema_editor, model)
                 return
-        elif isinstance(operation, ops.AddIndex | ops.AddConstraint):
-            model = to_state.apps.get_model(app_label, operation.model_name)
-            name = (
-                operation.index.name
-                if isinstance(operation, ops.AddIndex)
-                else operation.constraint.name
-            )
-            with conn.cursor() as cursor:
-                if name in conn.introspection.get_constraints(cursor, model._meta.db_table):
-                    return
-        elif isinstance(operation, ops.AddField):
-            model = to_state.apps.get_model(app_label, operation.model_name)
-            f = model._meta.get_field(operation.name)
-            table = model._meta.db_table
-            with conn.cursor() as cursor:
-                description = conn.introspection.get_table_description(cursor, table)
-                constraints = conn.introspection.get_constraints(cursor, table)
-            columns = {c.name: c for c in description}
-            if f.column in columns:  # added by hand, following the old instructions
-                schema_editor.alter_field(model, _as_found(f, columns[f.column], constraints), f)
+            if isinstance(operation, ops.AddIndex) and operation.index.name in constraints:
                 return
+            if (
+                isinstance(operation, ops.AddConstraint)
+                and operation.constraint.name in constraints
+            ):
+                return
+            if isinstance(operation, ops.AddField):
+                f = model._meta.get_field(operation.name)
+                if f.column in columns:  # added by hand, following the old instructions
+                    found = _as_found(f, columns[f.column], constraints)
+                    schema_editor.alter_field(model, found, f)
+                    return
         operation.database_forwards(app_label, schema_editor, from_state, to_state)
 
 

@@ -365,3 +365,52 @@ def test_without_a_usable_encryption_key_it_stops_before_writing(seed_database):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "FIELD_ENCRYPTION_KEYS" in result.stderr
     assert dump(seed_database) == before
+
+
+# The statements the previous instructions (docs/schema.md before adopt_database) had an
+# operator run by hand: our columns and constraints on the seed's tables.
+BY_HAND = """
+ALTER TABLE users ALTER created_at SET NOT NULL, ALTER login_count SET NOT NULL,
+  ALTER status SET NOT NULL, ALTER is_admin SET NOT NULL,
+  ADD COLUMN password varchar(128) NOT NULL DEFAULT '!',
+  ADD COLUMN is_superuser boolean NOT NULL DEFAULT false;
+ALTER TABLE hopsworks_clusters ALTER max_users SET NOT NULL,
+  ALTER current_users SET NOT NULL, ALTER status SET NOT NULL,
+  ALTER created_at SET NOT NULL,
+  ADD CONSTRAINT hopsworks_clusters_name_key UNIQUE (name),
+  ADD COLUMN ca_bundle text NULL;
+ALTER TABLE billing_history ALTER currency SET NOT NULL, ALTER status SET NOT NULL,
+  ALTER created_at SET NOT NULL,
+  ADD CONSTRAINT billing_history_stripe_invoice_id_key UNIQUE (stripe_invoice_id),
+  ADD COLUMN hosted_invoice_url text NOT NULL DEFAULT '',
+  ADD COLUMN period_start timestamptz NULL, ADD COLUMN period_end timestamptz NULL,
+  ADD COLUMN stripe_event_created timestamptz NULL,
+  ADD COLUMN updated_at timestamptz NOT NULL DEFAULT NOW();
+"""
+
+
+def test_a_database_adopted_half_way_by_hand_is_finished_the_same_way(seed_database, db):
+    run_sql(seed_database, RESOLUTIONS)
+    run_sql(
+        seed_database,
+        "UPDATE users SET created_at = DEFAULT WHERE created_at IS NULL;"
+        "UPDATE users SET login_count = DEFAULT WHERE login_count IS NULL;"
+        "UPDATE users SET status = DEFAULT WHERE status IS NULL;"
+        "UPDATE users SET is_admin = DEFAULT WHERE is_admin IS NULL;"
+        "UPDATE hopsworks_clusters SET max_users = DEFAULT WHERE max_users IS NULL;"
+        "UPDATE hopsworks_clusters SET current_users = 0 WHERE current_users IS NULL;"
+        "UPDATE hopsworks_clusters SET status = DEFAULT WHERE status IS NULL;"
+        "UPDATE billing_history SET currency = DEFAULT WHERE currency IS NULL;" + BY_HAND,
+    )
+
+    result = manage(seed_database, "adopt_database")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert schema_lines(migrated_database_url()) - schema_lines(seed_database) == set()
+    assert schema_lines(seed_database) - schema_lines(migrated_database_url()) == {
+        "CREATE TABLE public.schema_migrations (",
+        "version text NOT NULL",
+        "applied_at timestamp with time zone DEFAULT now()",
+        "ALTER TABLE ONLY public.schema_migrations",
+        "ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);",
+    }
