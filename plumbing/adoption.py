@@ -233,7 +233,7 @@ def _unknown_choices(tables: set[str]) -> list[Finding]:
             allowed = [str(value) for value, _ in f.flatchoices]
             rows = _rows(
                 f'SELECT "{f.column}", count(*) FROM "{table}" WHERE "{f.column}" IS NOT NULL '
-                f'AND NOT ("{f.column}" = ANY(%s)) GROUP BY 1 ORDER BY 2 DESC, 1',
+                f'AND NOT ("{f.column}"::text = ANY(%s)) GROUP BY 1 ORDER BY 2 DESC, 1',
                 [allowed],
             )
             if rows:
