@@ -30,7 +30,10 @@ class Command(BaseCommand):
                         "problems above are resolved.",
                         returncode=BLOCKED,
                     )
-                self.stdout.write("Dry run: nothing was changed.")
+                self.stdout.write(
+                    "Dry run: nothing was changed."
+                    + ("" if inspection.nothing_to_do else " Run without --dry-run to adopt.")
+                )
                 return
             inspection = adopt(report=self._report, progress=self.stdout.write)
         except AdoptionBlocked as blocked:
@@ -65,8 +68,8 @@ class Command(BaseCommand):
             out("Fixes adoption makes by itself:")
             for finding in inspection.fixes:
                 self._finding(finding)
+        out("Schema:")
         if inspection.migrations:
-            out("Schema:")
             if inspection.taken_over:
                 out(
                     "- take over the seed's tables in place, keeping every row: "
@@ -79,6 +82,8 @@ class Command(BaseCommand):
                 f"- apply {len(inspection.migrations)} migration(s) (recorded in "
                 "django_migrations, as `migrate` does)"
             )
+        else:
+            out("- every migration is applied already")
         if not inspection.recorded:
             out(f"- record the adoption in schema_migrations as {ADOPTION_VERSION!r}")
         for note in inspection.notes:
