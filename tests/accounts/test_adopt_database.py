@@ -110,24 +110,27 @@ def seed_database(django_db_blocker):
         "user": settings["USER"],
         "password": settings["PASSWORD"] or None,
     }
-    with django_db_blocker.unblock():
-        with psycopg.connect(**params, dbname="postgres", autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        with psycopg.connect(**params, dbname=name) as seed:
-            for statement in seed_ddl():
-                seed.execute(statement)
-            seed.execute(DIRTY_ROWS)
-    host = quote(str(params["host"]), safe="")
-    auth = quote(params["user"], safe="")
-    if params["password"]:
-        auth += ":" + quote(params["password"], safe="")
-    url = f"postgres://{auth}@{host}:{params['port']}/{name}"
-    yield url
     with (
         django_db_blocker.unblock(),
         psycopg.connect(**params, dbname="postgres", autocommit=True) as admin,
     ):
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with django_db_blocker.unblock(), psycopg.connect(**params, dbname=name) as seed:
+            for statement in seed_ddl():
+                seed.execute(statement)
+            seed.execute(DIRTY_ROWS)
+        host = quote(str(params["host"]), safe="")
+        auth = quote(params["user"], safe="")
+        if params["password"]:
+            auth += ":" + quote(params["password"], safe="")
+        yield f"postgres://{auth}@{host}:{params['port']}/{name}"
+    finally:
+        with (
+            django_db_blocker.unblock(),
+            psycopg.connect(**params, dbname="postgres", autocommit=True) as admin,
+        ):
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def manage(url: str, *args: str) -> subprocess.CompletedProcess:
