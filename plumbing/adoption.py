@@ -259,11 +259,20 @@ def _nulls(tables: set[str]) -> list[Finding]:
         if table not in tables:
             continue
         columns = _columns(table)
-        for f in model._meta.concrete_fields:
-            column = columns.get(f.column) if f.column else None
-            if column is None or f.null or not column.null_ok:
-                continue
-            (count,) = _rows(f'SELECT count(*) FROM "{table}" WHERE "{f.column}" IS NULL')[0]
+        nullable = [
+            (f, columns[f.column])
+            for f in model._meta.concrete_fields
+            if f.column in columns and not f.null and columns[f.column].null_ok
+        ]
+        if not nullable:
+            continue
+        # One pass over the table for all its columns: the seed's tables may be large.
+        counts = _rows(
+            "SELECT "
+            + ", ".join(f'count(*) FILTER (WHERE "{f.column}" IS NULL)' for f, _ in nullable)
+            + f' FROM "{table}"'
+        )[0]
+        for (f, column), count in zip(nullable, counts, strict=True):
             if not count:
                 continue
             if column.default is not None:
