@@ -2,6 +2,10 @@
 columns with the type and default the seed gives. PostgreSQL reports `DEFAULT NOW()` as
 now(), 'active' as 'active'::text, and so on."""
 
+import os
+import re
+from pathlib import Path
+
 from django.db import connection
 
 SEED_COLUMNS = {
@@ -73,3 +77,40 @@ def run(sql: str, params=None) -> list[dict]:
         cursor.execute(sql, params)
         names = [c.name for c in cursor.description] if cursor.description else []
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()] if names else []
+
+
+def seed_guide_path() -> Path:
+    """The seed's database guide: ../shared/seed/database-guide.md from the checkout (a
+    worktree may sit deeper, so look up the tree), or SEED_DATABASE_GUIDE."""
+    if os.environ.get("SEED_DATABASE_GUIDE"):
+        return Path(os.environ["SEED_DATABASE_GUIDE"])
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "shared" / "seed" / "database-guide.md"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("shared/seed/database-guide.md not found above the checkout")
+
+
+def _sql_blocks() -> list[str]:
+    """Every ```sql block of the guide, verbatim."""
+    return re.findall(r"```sql\n(.*?)```", seed_guide_path().read_text(), flags=re.S)
+
+
+def seed_ddl() -> list[str]:
+    """The seed's CREATE TABLE (and CREATE INDEX) blocks, verbatim, in the guide's order:
+    the six tables and schema_migrations."""
+    return [sql for sql in _sql_blocks() if "CREATE TABLE" in sql]
+
+
+def seed_queries() -> list[str]:
+    """The guide's "Common Queries", verbatim, one statement each (comments dropped): every
+    block that creates or alters nothing."""
+    queries = []
+    for sql in _sql_blocks():
+        if re.search(r"\b(CREATE|ALTER)\b", sql):
+            continue
+        for statement in sql.split(";"):
+            lines = [line for line in statement.splitlines() if not line.strip().startswith("--")]
+            if "".join(lines).strip():
+                queries.append("\n".join(lines).strip() + ";")
+    return queries
