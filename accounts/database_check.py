@@ -130,6 +130,7 @@ def diagnose(url: str) -> Diagnosis:
         ) as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]
             users_table = conn.execute("SELECT to_regclass('public.users')").fetchone()[0]
+            migrated = conn.execute("SELECT to_regclass('public.django_migrations')").fetchone()[0]
             rls = rls_report(conn.cursor())
     except psycopg.Error as error:
         problem, advice = _explain(str(error), config)
@@ -146,6 +147,19 @@ def diagnose(url: str) -> Diagnosis:
     )
     diagnosis.facts.extend(rls.lines)
     diagnosis.advice.extend(rls.notes)
+    if users_table and not migrated:
+        # The operators' Supabase database as the seed made it: migrate would fail on the
+        # tables it finds; adopt_database takes them over (docs/schema.md).
+        diagnosis.ok = False
+        diagnosis.problem = (
+            "This database was made by the seed's own statements and has not been adopted "
+            "yet: the console cannot run on it as it is."
+        )
+        diagnosis.advice.append(
+            "Run `python manage.py adopt_database --dry-run` to see what adopting it does "
+            "and what needs your decision first, then `python manage.py adopt_database`."
+        )
+        return diagnosis
     if rls.problems:
         diagnosis.ok = False
         diagnosis.problem = "\n".join(

@@ -428,3 +428,13 @@ def test_a_database_adopted_half_way_by_hand_is_finished_the_same_way(seed_datab
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert_schema_is_a_migrated_one(seed_database)
+
+
+def test_check_database_on_a_seed_built_database_points_to_adopt_database(seed_database):
+    result = manage(seed_database, "check_database", "--url", seed_database)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert "made by the seed's own statements" in said
+    assert "python manage.py adopt_database --dry-run" in said
+    assert "run `python manage.py migrate`" not in said  # migrate would fail on it
