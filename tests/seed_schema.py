@@ -79,16 +79,25 @@ def run(sql: str, params=None) -> list[dict]:
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()] if names else []
 
 
-def seed_guide_path() -> Path:
-    """The seed's database guide: ../shared/seed/database-guide.md from the checkout (a
-    worktree may sit deeper, so look up the tree), or SEED_DATABASE_GUIDE."""
-    if os.environ.get("SEED_DATABASE_GUIDE"):
-        return Path(os.environ["SEED_DATABASE_GUIDE"])
+VENDORED_GUIDE = Path(__file__).resolve().parent / "seed" / "database-guide.md"
+
+
+def shared_guide_path() -> Path | None:
+    """../shared/seed/database-guide.md above the checkout (a worktree may sit deeper)."""
     for parent in Path(__file__).resolve().parents:
         candidate = parent / "shared" / "seed" / "database-guide.md"
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError("shared/seed/database-guide.md not found above the checkout")
+    return None
+
+
+def seed_guide_path() -> Path:
+    """The seed's database guide: SEED_DATABASE_GUIDE if set, else the shared copy above the
+    checkout, else the verbatim copy kept in tests/seed/ (so a clone anywhere, CI's
+    included, tests against the contract; test_seed_guide_copy keeps the two equal)."""
+    if os.environ.get("SEED_DATABASE_GUIDE"):
+        return Path(os.environ["SEED_DATABASE_GUIDE"])
+    return shared_guide_path() or VENDORED_GUIDE
 
 
 def _sql_blocks() -> list[str]:
