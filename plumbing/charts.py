@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 
 from plumbing.formatting import MISSING, money, quantity
 
@@ -48,7 +48,8 @@ def chart_html(
 ) -> SafeString:
     """A figure: the SVG chart of `series` over `days` (oldest first) with its legend, and
     (with `table`) the figures per day, newest first, with a total column for several
-    series and (with `total_row`) a total row. With nothing to draw, the `empty` sentence instead."""
+    series and (with `total_row`) a total row. With nothing to draw, the `empty` sentence
+    instead."""
     figures = [v for s in series for v in s.values if v is not None]
     if not days or not series or not figures:
         return format_html('<figure class="chart" id="{}"><p>{}</p></figure>', dom_id, empty)
@@ -69,8 +70,10 @@ def chart_html(
         '<line x1="{left}" y1="{base}" x2="{right}" y2="{base}" stroke="#94a3b8"/>'
         '<line x1="{left}" y1="{top}" x2="{right}" y2="{top}" stroke="#e2e8f0"/>'
         "{marks}"
-        '<text x="{label}" y="{top_text}" font-size="11" fill="#475569" text-anchor="end">{peak}</text>'
-        '<text x="{label}" y="{base}" font-size="11" fill="#475569" text-anchor="end">{zero}</text>'
+        '<text x="{label}" y="{top_text}" font-size="11" fill="#475569" text-anchor="end">'
+        "{peak}</text>"
+        '<text x="{label}" y="{base}" font-size="11" fill="#475569" text-anchor="end">'
+        "{zero}</text>"
         '<text x="{left}" y="{bottom}" font-size="11" fill="#475569">{first}</text>'
         '<text x="{right}" y="{bottom}" font-size="11" fill="#475569" text-anchor="end">'
         "{last}</text></svg>",
@@ -137,18 +140,19 @@ def _lines(days, series, peak, fmt) -> SafeString:
             x, y = _x(day_index, len(days)), _y(value, peak)
             steps.append(f"{'L' if pen_down else 'M'}{x:.1f} {y:.1f}")
             pen_down = True
-        dash = ' stroke-dasharray="4 3"' if index >= len(PALETTE) else ""
+        dash = "4 3" if index >= len(PALETTE) else "none"
         paths.append(
             format_html(
-                '<path class="series" d="{}" fill="none" stroke="{}" stroke-width="2"{}>'
+                '<path class="series" d="{}" fill="none" stroke="{}" stroke-width="2" '
+                'stroke-dasharray="{}">'
                 "<title>{}</title></path>",
                 " ".join(steps),
                 _colour(index),
-                mark_safe(dash),
+                dash,
                 one.name,
             )
         )
-    return mark_safe("".join(paths))
+    return _joined(paths)
 
 
 def _bars(days, series, peak, fmt) -> SafeString:
@@ -170,7 +174,11 @@ def _bars(days, series, peak, fmt) -> SafeString:
                 fmt(value),
             )
         )
-    return mark_safe("".join(bars))
+    return _joined(bars)
+
+
+def _joined(parts) -> SafeString:
+    return format_html_join("", "{}", ((part,) for part in parts))
 
 
 def _sum(values):
@@ -205,7 +213,7 @@ def _table(days, series, fmt, total_row) -> SafeString:
         "<details><summary>The figures</summary><table><thead><tr><th>Date</th>{}{}</tr>"
         "</thead><tbody>{}</tbody>{}</table></details>",
         head,
-        mark_safe("<th>Total</th>") if both else "",
-        mark_safe("".join(rows)),
+        format_html("<th>{}</th>", "Total") if both else "",
+        _joined(rows),
         foot,
     )

@@ -89,7 +89,8 @@ def test_the_cost_chart_says_so_when_there_is_no_usage_yet(operator_client):
 
 
 def test_cluster_fill_over_time_is_drawn_from_the_daily_readings(operator_client):
-    east, west = ClusterFactory(name="east", max_users=10), ClusterFactory(name="west")
+    east = ClusterFactory(name="east", max_users=10)
+    ClusterFactory(name="west")
     today = timezone.now().date()
     for user in UserFactory.create_batch(2):
         services.assignment_create(user=user, cluster=east, actor=None)
