@@ -132,18 +132,21 @@ def _y(value, peak) -> float:
 def _lines(days, series, peak, fmt) -> SafeString:
     paths = []
     for index, one in enumerate(series):
-        steps, pen_down = [], False
+        segments, current = [], []
         for day_index, value in enumerate(one.values):
             if value is None:  # no figure: the line breaks
-                pen_down = False
+                current = []
                 continue
-            x, y = _x(day_index, len(days)), _y(value, peak)
-            steps.append(f"{'L' if pen_down else 'M'}{x:.1f} {y:.1f}")
-            pen_down = True
+            if not current:
+                segments.append(current)
+            current.append(f"{_x(day_index, len(days)):.1f} {_y(value, peak):.1f}")
+        # A lone day is a zero-length stroke, drawn as a dot by the round cap.
+        steps = ["M" + " L".join(seg) + (" l0 0" if len(seg) == 1 else "") for seg in segments]
         dash = "4 3" if index >= len(PALETTE) else "none"
         paths.append(
             format_html(
                 '<path class="series" d="{}" fill="none" stroke="{}" stroke-width="2" '
+                'stroke-linecap="round" stroke-linejoin="round" '
                 'stroke-dasharray="{}">'
                 "<title>{}</title></path>",
                 " ".join(steps),
