@@ -75,6 +75,17 @@ def daily_breakdown(
     )
 
 
+def daily_cost_by_cluster(*, since: dt.date, until: dt.date):
+    """Cost per cluster and day over [since, until], one GROUP BY for the dashboard's chart:
+    rows of date, hopsworks_cluster_id, hopsworks_cluster__name and total_cost."""
+    return (
+        UsageDaily.objects.filter(date__gte=since, date__lte=until)
+        .values("date", "hopsworks_cluster_id", "hopsworks_cluster__name")
+        .annotate(total_cost=_sum("total_cost"))
+        .order_by("date")
+    )
+
+
 def usage_totals(queryset) -> dict:
     """Totals of a filtered usage list, in one query."""
     return queryset.aggregate(

@@ -251,3 +251,32 @@ class HopsworksAccount(models.Model):
     @property
     def pending(self) -> bool:
         return self.desired != self.synced
+
+
+class ClusterFillDaily(models.Model):
+    """How many users were assigned to a cluster on a day, as last read that day.
+
+    Written only by `clusters.services.cluster_fill_record` (hourly, by the
+    `clusters.record_cluster_fill` job), one row per cluster and day: a later reading the
+    same day replaces the earlier one, so a past day keeps its last reading. There is no
+    history of assignments before recording began and none is invented: a day without a
+    reading has no row, and the dashboard shows it as unknown.
+    """
+
+    cluster = models.ForeignKey(
+        HopsworksCluster, on_delete=models.CASCADE, related_name="fill_days"
+    )
+    date = models.DateField()
+    users = models.IntegerField()
+    max_users = models.IntegerField()
+    recorded_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "clusters_fill_daily"
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "date"], name="clusters_fill_daily_unique")
+        ]
+        indexes = [models.Index(fields=["date"], name="clusters_fill_daily_date")]
+
+    def __str__(self) -> str:
+        return f"{self.cluster_id} on {self.date}: {self.users} of {self.max_users}"

@@ -10,6 +10,7 @@ from django.db.models import Count
 from accounts.models import User
 from clusters.models import (
     CapacityWait,
+    ClusterFillDaily,
     HopsworksAccount,
     HopsworksCluster,
     UserHopsworksAssignment,
@@ -115,3 +116,11 @@ def user_ids_by_hopsworks_identity(
         )
     )
     return by_username, by_email
+
+
+def cluster_fill_readings(*, since, until):
+    """The daily fill readings over [since, until] (clusters.models.ClusterFillDaily): rows
+    of cluster_id, date and users, in one query."""
+    return ClusterFillDaily.objects.filter(date__gte=since, date__lte=until).values(
+        "cluster_id", "date", "users"
+    )

@@ -10,6 +10,7 @@ Changes that touch two clusters lock both rows in primary-key order.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -23,7 +24,13 @@ from django.utils.module_loading import import_string
 from accounts.models import User
 from clusters.hopsworks import normalize_api_url, validate_api_key, validate_api_url
 from clusters.kubeconfig import KubeconfigError, validate_kubeconfig
-from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster, max_users_problem
+from clusters.models import (
+    CapacityWait,
+    ClusterFillDaily,
+    HopsworksAccount,
+    HopsworksCluster,
+    max_users_problem,
+)
 from clusters.models import UserHopsworksAssignment as Assignment
 from clusters.selectors import assignment_of
 from plumbing.actors import actor_label
@@ -572,3 +579,28 @@ def cluster_counts_check(*, fix: bool = False, actor=None) -> list[CountDrift]:
         if drifts:
             capacity_place_waiting()
     return drifts
+
+
+def cluster_fill_record(*, now=None) -> int:
+    """Record each cluster's users (its assignments, counted) and max users as the reading
+    of the day of `now` (UTC), replacing an earlier reading of that day. Idempotent; two
+    queries whatever the number of clusters. Returns the users counted."""
+    now = now or timezone.now()
+    day = now.astimezone(dt.UTC).date()
+    readings = [
+        ClusterFillDaily(
+            cluster_id=cluster.pk,
+            date=day,
+            users=cluster.assigned,
+            max_users=cluster.max_users,
+            recorded_at=now,
+        )
+        for cluster in HopsworksCluster.objects.annotate(assigned=Count("assignments"))
+    ]
+    ClusterFillDaily.objects.bulk_create(
+        readings,
+        update_conflicts=True,
+        unique_fields=["cluster", "date"],
+        update_fields=["users", "max_users", "recorded_at"],
+    )
+    return sum(reading.users for reading in readings)

@@ -9,7 +9,7 @@ from procrastinate.contrib.django import app
 
 from accounts.models import User
 from clusters.account_sync import hopsworks_accounts_sync
-from clusters.services import capacity_place_waiting, cluster_counts_check
+from clusters.services import capacity_place_waiting, cluster_counts_check, cluster_fill_record
 from plumbing.jobs import OUTSIDE_SYSTEM_RETRY, StillFailing, TargetGone, background
 
 logger = logging.getLogger(__name__)
@@ -61,3 +61,12 @@ def check_cluster_counts(timestamp: int) -> str:
             "; ".join(f"{d.cluster}: recorded {d.recorded}, assigned {d.assigned}" for d in drift)
         )
     return "no drift"
+
+
+@app.periodic(cron="55 * * * *")
+@app.task(queue="maintenance", name="clusters.record_cluster_fill")
+@background
+def record_cluster_fill(timestamp: int) -> str:
+    """Hourly: each cluster's users as today's reading (the dashboard's fill over time); a
+    past day keeps the last reading taken that day."""
+    return f"{cluster_fill_record()} assigned user(s) recorded"

@@ -20,7 +20,7 @@ from accounts.admin import (
 )
 from accounts.models import User
 from billing.admin.usage import ClusterUsageAdminMixin
-from billing.admin.users import BILLING_SECTION, UserBillingAdminMixin
+from billing.admin.users import BILLING_SECTION, COST_CHART_SECTION, UserBillingAdminMixin
 from clusters.admin import PLACEMENT_SECTION, ClusterAdminBase, UserPlacementAdminMixin
 from clusters.models import HopsworksCluster
 from plumbing.admin_report import ActionReport
@@ -57,12 +57,14 @@ class UserAdmin(UserBillingAdminMixin, UserPlacementAdminMixin, UserAdminBase):
         *SYNCED_FIELDS,
         "placement",
         *UserBillingAdminMixin.billing_fields,
+        "cost_chart",
     )
     fieldsets = (
         IDENTITY_SECTION,
         ACCOUNT_SECTION,
         PLACEMENT_SECTION,
         BILLING_SECTION,
+        COST_CHART_SECTION,
         CONSOLE_ACCESS_SECTION,
     )
     actions = (

@@ -16,9 +16,11 @@ from procrastinate.contrib.django.models import ProcrastinateEvent, Procrastinat
 
 from accounts.models import User
 from billing.models import StripeEvent, UsageCollectionRun, UsageDaily, UserCredits
-from billing.pricing import to_cents
-from billing.selectors import month_start, unbilled_usage
+from billing.selectors import daily_cost_by_cluster, month_start, unbilled_usage
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
+from clusters.selectors import cluster_fill_readings
+from plumbing.charts import Series, as_count, chart_html
+from plumbing.formatting import money
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Tile:
     url: str
     alert: bool = False
     rows: list[tuple[str, str, str]] = field(default_factory=list)  # (label, value, url)
+    previous: str = ""  # the same figure for last month, beside this month's
 
 
 def _list(model_path: str, **params) -> str:
@@ -47,20 +50,36 @@ def _active_users(month) -> list[Tile]:
     ]
 
 
+def _previous_month(month: dt.date) -> dt.date:
+    return (month - dt.timedelta(days=1)).replace(day=1)
+
+
 def _usage(month) -> list[Tile]:
     month_param = {"date__gte": month.isoformat()}
-    revenue = UsageDaily.objects.filter(date__gte=month).aggregate(total=Sum("total_cost"))
+    # Last month beside this month (on the 1st, this month has barely begun): the same
+    # queries, each sum split by month.
+    previous = _previous_month(month)
+    this, last = Q(date__gte=month), Q(date__lt=month)
+    revenue = UsageDaily.objects.filter(date__gte=previous).aggregate(
+        total=Sum("total_cost", filter=this), last=Sum("total_cost", filter=last)
+    )
     per_cluster = (
-        UsageDaily.objects.filter(date__gte=month)
+        UsageDaily.objects.filter(date__gte=previous)
         .values("hopsworks_cluster_id", "hopsworks_cluster__name")
-        .annotate(total=Sum("total_cost"), cpu=Sum("cpu_hours"), gpu=Sum("gpu_hours"))
+        .annotate(
+            total=Sum("total_cost", filter=this, default=Decimal(0)),
+            last=Sum("total_cost", filter=last, default=Decimal(0)),
+            cpu=Sum("cpu_hours", filter=this, default=Decimal(0)),
+            gpu=Sum("gpu_hours", filter=this, default=Decimal(0)),
+        )
         .order_by("hopsworks_cluster__name")
     )
     return [
         Tile(
             "Usage this month",
-            f"${to_cents(revenue['total'] or Decimal(0)):,}",
+            money(revenue["total"] or Decimal(0)),
             _list("billing_usagedaily", **month_param),
+            previous=f"{previous:%B}: {money(revenue['last'] or Decimal(0))}",
         ),
         Tile(
             "Usage per cluster this month",
@@ -69,8 +88,8 @@ def _usage(month) -> list[Tile]:
             rows=[
                 (
                     row["hopsworks_cluster__name"] or "no cluster",
-                    f"${to_cents(row['total'])} · {row['cpu'].normalize():f} CPU h · "
-                    f"{row['gpu'].normalize():f} GPU h",
+                    f"{money(row['total'])} · {previous:%B} {money(row['last'])} · "
+                    f"{row['cpu'].normalize():f} CPU h · {row['gpu'].normalize():f} GPU h",
                     _list(
                         "billing_usagedaily",
                         hopsworks_cluster__id__exact=row["hopsworks_cluster_id"] or "",
@@ -263,12 +282,96 @@ def _may_open(request, model) -> bool:
     return model_admin.has_view_or_change_permission(request)
 
 
-def dashboard_tiles(request) -> list[Tile]:
+def dashboard_tiles(request, *, today: dt.date | None = None) -> list[Tile]:
     """The tiles for this operator: a tile only for those who may open the list it links
-    to (its figures are not even computed for others)."""
-    month = month_start()
+    to (its figures are not even computed for others). `today` (UTC) sets the month."""
+    month = month_start(today)
     tiles = []
     for model, build in TILES:
         if _may_open(request, model):
             tiles += build(month)
     return tiles
+
+
+# Charts, after the tiles: one aggregate query each, for those who may open the list
+# behind them, over the last CHART_DAYS days (UTC) up to today.
+
+CHART_DAYS = 90
+
+
+@dataclass
+class Chart:
+    dom_id: str
+    title: str
+    url: str
+    html: str
+    note: str = ""
+
+
+def _chart_days(today: dt.date) -> list[dt.date]:
+    return [today - dt.timedelta(days=n) for n in reversed(range(CHART_DAYS))]
+
+
+def _cost_chart(days: list[dt.date]) -> Chart:
+    index = {day: n for n, day in enumerate(days)}
+    series: dict[object, Series] = {}
+    for row in daily_cost_by_cluster(since=days[0], until=days[-1]):
+        key = row["hopsworks_cluster_id"]
+        if key not in series:
+            name = row["hopsworks_cluster__name"] or "no cluster"
+            series[key] = Series(name, [Decimal(0)] * len(days))
+        series[key].values[index[row["date"]]] = row["total_cost"]
+    ordered = sorted(series.values(), key=lambda s: s.name)
+    return Chart(
+        "chart-cost-per-cluster",
+        f"Daily cost per cluster, last {CHART_DAYS} days",
+        _list("billing_usagedaily", date__gte=days[0].isoformat()),
+        chart_html(
+            dom_id="chart-cost-per-cluster",
+            title=f"Daily cost per cluster, last {CHART_DAYS} days",
+            days=days,
+            series=ordered,
+        ),
+        note="Days not collected yet (usually today) show as $0.00.",
+    )
+
+
+def _fill_chart(days: list[dt.date]) -> Chart:
+    clusters = list(HopsworksCluster.objects.order_by("name").values("pk", "name", "current_users"))
+    index = {day: n for n, day in enumerate(days)}
+    readings = {c["pk"]: [None] * len(days) for c in clusters}
+    for row in cluster_fill_readings(since=days[0], until=days[-1]):
+        if row["cluster_id"] in readings:
+            readings[row["cluster_id"]][index[row["date"]]] = row["users"]
+    series = []
+    for cluster in clusters:
+        values = readings[cluster["pk"]]
+        if days[-1] == timezone.now().date():
+            values[-1] = cluster["current_users"]  # today: as it is now
+        series.append(Series(cluster["name"], values))
+    return Chart(
+        "chart-cluster-fill",
+        f"Users per cluster, last {CHART_DAYS} days",
+        _list("clusters_hopsworkscluster"),
+        chart_html(
+            dom_id="chart-cluster-fill",
+            title=f"Users assigned per cluster, last {CHART_DAYS} days",
+            days=days,
+            series=series,
+            what="Users assigned",
+            fmt=as_count,
+            total_row=False,
+            empty="No clusters yet.",
+        ),
+        note="Each day's last hourly reading (today: now). Readings began when this chart "
+        "was installed; a day without one shows a dash.",
+    )
+
+
+CHARTS = ((UsageDaily, _cost_chart), (HopsworksCluster, _fill_chart))
+
+
+def dashboard_charts(request, *, today: dt.date | None = None) -> list[Chart]:
+    """The charts this operator may see (as tiles: only over lists they may open)."""
+    days = _chart_days(today or timezone.now().date())
+    return [build(days) for model, build in CHARTS if _may_open(request, model)]

@@ -35,6 +35,7 @@ from billing.pricing import to_cents
 from billing.standing import open_stops_of
 from clusters.selectors import placement_of
 from plumbing import outbound
+from plumbing.charts import Series, chart_html
 
 
 @login_required
@@ -81,39 +82,18 @@ def home(request, *, limit_errors=None, limit_values=None, status=200):
     return render(request, "console/home.html", context, status=status)
 
 
-CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 600, 160, 24
-
-
-def cost_chart(days: list[dict]) -> dict | None:
-    """Bars of daily cost, oldest first, laid out for a small SVG template."""
-    if not days:
-        return None
+def cost_chart(days: list[dict]):
+    """Bars of the days with usage, oldest first (the table below the chart has the figures)."""
     ordered = list(reversed(days))
-    peak = max(day["total_cost"] for day in ordered) or 1
-    slot = (CHART_WIDTH - 2 * CHART_PAD) / len(ordered)
-    usable = CHART_HEIGHT - 2 * CHART_PAD
-    bars = []
-    for index, day in enumerate(ordered):
-        height = float(day["total_cost"] / peak) * usable  # drawing only, not money
-        bars.append(
-            {
-                "x": round(CHART_PAD + index * slot + slot * 0.1, 1),
-                "y": round(CHART_HEIGHT - CHART_PAD - height, 1),
-                "width": round(slot * 0.8, 1),
-                "height": round(height, 1),
-                "date": day["date"],
-                "cost": to_cents(day["total_cost"]),
-            }
-        )
-    return {
-        "width": CHART_WIDTH,
-        "height": CHART_HEIGHT,
-        "bars": bars,
-        "peak": to_cents(peak),
-        "baseline": CHART_HEIGHT - CHART_PAD,
-        "first": ordered[0]["date"],
-        "last": ordered[-1]["date"],
-    }
+    return chart_html(
+        dom_id="chart-daily-cost",
+        title="Daily cost",
+        days=[day["date"] for day in ordered],
+        series=[Series("Cost", [day["total_cost"] for day in ordered])] if ordered else [],
+        kind="bar",
+        table=False,
+        empty="",
+    )
 
 
 def _back(request):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
 from django import forms
 from django.contrib import admin
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
@@ -22,6 +24,7 @@ from billing.profiles import billing_mode_set
 from billing.tasks import invoices_sync_queue
 from plumbing.admin_confirm import confirm_then
 from plumbing.admin_report import ActionReport
+from plumbing.charts import Series, chart_html
 from plumbing.formatting import money
 
 
@@ -121,6 +124,10 @@ BILLING_SECTION = (
     "Billing",
     {"fields": ("billing", "spending", "stripe", "mode_switches", "adjustments")},
 )
+
+
+COST_CHART_DAYS = 90
+COST_CHART_SECTION = (f"Daily cost, last {COST_CHART_DAYS} days", {"fields": ("cost_chart",)})
 
 
 class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
@@ -257,6 +264,30 @@ class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
             if unbilled
             else "",
             rows or mark_safe("<tr><td colspan=5>No usage in the last 30 days.</td></tr>"),
+        )
+
+    def get_fieldsets(self, request, obj=None):
+        """The cost chart only for those who may view the usage it draws."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if request.user.has_perm("billing.view_usagedaily"):
+            return fieldsets
+        return [(name, opts) for name, opts in fieldsets if "cost_chart" not in opts["fields"]]
+
+    @admin.display(description="Daily cost")
+    def cost_chart(self, obj):
+        # One query: the user's cost per day (summed over clusters) over the last 90 days.
+        today = timezone.now().date()
+        days = [today - dt.timedelta(days=n) for n in reversed(range(COST_CHART_DAYS))]
+        cost = {
+            row["date"]: row["total_cost"]
+            for row in selectors.daily_breakdown(obj, days=COST_CHART_DAYS, since=days[0])
+        }
+        return chart_html(
+            dom_id="chart-user-cost",
+            title=f"Daily cost of {obj.email}, last {COST_CHART_DAYS} days",
+            days=days,
+            series=[Series("Cost", [cost.get(day, Decimal(0)) for day in days])] if cost else [],
+            kind="bar",
         )
 
     @admin.display(description="Billing mode switches")
