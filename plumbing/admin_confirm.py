@@ -16,6 +16,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.encoding import escape_uri_path
 
 # Posted by an object page's action button (and carried through the confirmation page):
 # the action runs on that one object and the operator comes back to its page.
@@ -59,7 +60,7 @@ def confirm_then(
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         "form": form,
         "object_action": on_object_page,
-        "cancel_url": request.path
+        "cancel_url": escape_uri_path(request.path)
         if on_object_page
         else reverse(admin_urlname(modeladmin.model._meta, "changelist")),
     }
@@ -101,4 +102,4 @@ class ObjectActionsMixin:
         if not self.has_view_or_change_permission(request, obj):
             raise PermissionDenied
         response = actions[name][0](self, request, queryset)
-        return response or HttpResponseRedirect(request.path)
+        return response or HttpResponseRedirect(escape_uri_path(request.path))
