@@ -232,6 +232,17 @@ def glance_html(user: User):
             for account in placement.accounts
         ),
     )
+    failing = format_html_join(
+        "",
+        '<p class="errornote">Hopsworks account on {} not in place yet ({} attempts; last '
+        "error: {}). Our records place the user there; Hopsworks follows only when the "
+        "sync succeeds.</p>",
+        (
+            (account.cluster.name, account.attempts, account.last_error)
+            for account in placement.accounts
+            if account.last_error and account.desired != account.synced
+        ),
+    )
     profile = BillingProfile.objects.filter(user=user).first()
     mode = profile.mode if profile else BillingProfile.Mode.POSTPAID
     forecast = month_forecast(user)
@@ -283,7 +294,7 @@ def glance_html(user: User):
     return format_html(
         '<div class="user-story">'
         "<div>Status: <strong>{}</strong>{}</div>"
-        "<div>Placement: {}</div><ul>{}</ul>"
+        "<div>Placement: {}</div><ul>{}</ul>{}"
         "<div>{}</div>"
         "<div>Last invoices:</div><ul>{}</ul>"
         "<div>Service stops:</div><ul>{}</ul>"
@@ -293,6 +304,7 @@ def glance_html(user: User):
         since,
         placement.summary,
         accounts,
+        failing,
         paying,
         invoices or format_html("<li>{}</li>", "None."),
         stops or format_html("<li>{}</li>", "None open."),
