@@ -185,7 +185,8 @@ class UserStatusChange(models.Model):
     Append-only: written by accounts.services.user_set_status in the same transaction as
     the change, never edited or deleted (the admin offers neither)."""
 
-    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="status_changes")
+    # Goes with the user if the row is ever hard-deleted (their money records protect it).
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="status_changes")
     from_status = models.TextField(choices=User.Status.choices)
     to_status = models.TextField(choices=User.Status.choices)
     actor = models.TextField(help_text="Who changed it (an operator, a command, the system).")

@@ -22,7 +22,7 @@ class Migration(migrations.Migration):
                 ('actor', models.TextField(help_text='Who changed it (an operator, a command, the system).')),
                 ('reason', models.TextField(blank=True, default='')),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='status_changes', to=settings.AUTH_USER_MODEL)),
+                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='status_changes', to=settings.AUTH_USER_MODEL)),
             ],
             options={
                 'db_table': 'accounts_user_status_change',
