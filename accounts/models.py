@@ -178,3 +178,25 @@ class ApiKey(AbstractAPIKey):
 
     def has_scope(self, scope: str) -> bool:
         return scope in (self.scopes or [])
+
+
+class UserStatusChange(models.Model):
+    """One change of a user's status (suspended, reactivated, deleted): who, when, why.
+    Append-only: written by accounts.services.user_set_status in the same transaction as
+    the change, never edited or deleted (the admin offers neither)."""
+
+    # Goes with the user if the row is ever hard-deleted (their money records protect it).
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="status_changes")
+    from_status = models.TextField(choices=User.Status.choices)
+    to_status = models.TextField(choices=User.Status.choices)
+    actor = models.TextField(help_text="Who changed it (an operator, a command, the system).")
+    reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "accounts_user_status_change"
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "-created_at"], name="status_change_user_newest")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.from_status} -> {self.to_status}"

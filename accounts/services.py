@@ -11,7 +11,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts import auth0
-from accounts.models import User, normalize_email
+from accounts.models import User, UserStatusChange, normalize_email
 from accounts.signals import user_status_changed
 from plumbing.actors import actor_label
 
@@ -179,6 +179,13 @@ def user_set_status(*, user: User, status: str, actor, reason: str = "") -> bool
         previous = locked.status
         locked.status = status
         locked.save(update_fields=["status"])
+        UserStatusChange.objects.create(
+            user=locked,
+            from_status=previous,
+            to_status=status,
+            actor=actor_label(actor),
+            reason=reason,
+        )
         user.status = status
         user_status_changed.send(
             sender=User, user=user, previous=previous, status=status, actor=actor

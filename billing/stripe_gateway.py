@@ -1043,10 +1043,13 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def dashboard_url(kind: str, object_id: str) -> str:
-    """A link for operators, e.g. dashboard_url("customers", "cus_123")."""
-    key = _setting("STRIPE_SECRET_KEY")
-    mode = "test/" if key.startswith(("sk_test_", "rk_test_")) else ""
+def dashboard_url(kind: str, object_id: str, *, livemode: bool | None = None) -> str:
+    """A link for operators, e.g. dashboard_url("customers", "cus_123"). An object that
+    says whether it is live (an event's `livemode`) is linked by that; otherwise by our key."""
+    if livemode is None:
+        key = _setting("STRIPE_SECRET_KEY")
+        livemode = not key.startswith(("sk_test_", "rk_test_"))
+    mode = "" if livemode else "test/"
     return (
         f"https://dashboard.stripe.com/{mode}{quote(kind.strip('/'), safe='/')}/"
         f"{quote(object_id, safe='')}"

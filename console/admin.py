@@ -23,6 +23,8 @@ from billing.admin.usage import ClusterUsageAdminMixin
 from billing.admin.users import BILLING_SECTION, COST_CHART_SECTION, UserBillingAdminMixin
 from clusters.admin import PLACEMENT_SECTION, ClusterAdminBase, UserPlacementAdminMixin
 from clusters.models import HopsworksCluster
+from console.user_story import HISTORY_SECTION, STORY_SECTION, UserStoryAdminMixin
+from plumbing.admin_confirm import ObjectActionsMixin
 from plumbing.admin_report import ActionReport
 from plumbing.jobs import jobs_cancel, jobs_retry
 
@@ -32,8 +34,15 @@ admin.site.index_title = "Operations"
 
 
 @admin.register(User)
-class UserAdmin(UserBillingAdminMixin, UserPlacementAdminMixin, UserAdminBase):
-    """Who a user is (accounts), where they are placed (clusters), how they pay (billing)."""
+class UserAdmin(
+    UserStoryAdminMixin,
+    ObjectActionsMixin,
+    UserBillingAdminMixin,
+    UserPlacementAdminMixin,
+    UserAdminBase,
+):
+    """Who a user is (accounts), where they are placed (clusters), how they pay (billing),
+    and their whole story with the actions as buttons on their page (console)."""
 
     list_display = (
         "email",
@@ -58,13 +67,16 @@ class UserAdmin(UserBillingAdminMixin, UserPlacementAdminMixin, UserAdminBase):
         "placement",
         *UserBillingAdminMixin.billing_fields,
         "cost_chart",
+        *UserStoryAdminMixin.story_fields,
     )
     fieldsets = (
         IDENTITY_SECTION,
+        STORY_SECTION,
         ACCOUNT_SECTION,
         PLACEMENT_SECTION,
         BILLING_SECTION,
         COST_CHART_SECTION,
+        HISTORY_SECTION,
         CONSOLE_ACCESS_SECTION,
     )
     actions = (
@@ -72,6 +84,7 @@ class UserAdmin(UserBillingAdminMixin, UserPlacementAdminMixin, UserAdminBase):
         *UserPlacementAdminMixin.placement_actions,
         *UserBillingAdminMixin.billing_actions,
     )
+    object_actions = UserStoryAdminMixin.story_buttons
 
 
 @admin.register(HopsworksCluster)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from django.contrib import admin
 from django.utils.html import format_html
 
@@ -16,6 +18,7 @@ from billing.models import (
 )
 from billing.stripe_events import DONE, stripe_event_not_processable
 from billing.tasks import stripe_event_defer
+from plumbing.admin_confirm import ObjectActionsMixin
 from plumbing.admin_report import ActionReport
 
 
@@ -50,14 +53,16 @@ class BillingHistoryAdmin(ReadOnlyAdmin):
 
 
 @admin.register(StripeEvent)
-class StripeEventAdmin(ReadOnlyAdmin):
+class StripeEventAdmin(ObjectActionsMixin, ReadOnlyAdmin):
     list_display = ("created", "type", "status", "attempts", "short_error", "id")
     list_filter = ("status", "type")
     search_fields = ("=id", "type")
     date_hierarchy = "created"
     actions = ("process_again",)
+    object_actions = ("process_again",)
     fields = (
         "id",
+        "in_stripe",
         "type",
         "created",
         "status",
@@ -66,8 +71,22 @@ class StripeEventAdmin(ReadOnlyAdmin):
         "received_at",
         "processed_at",
         "livemode",
-        "payload",
+        "payload_pretty",
     )
+    readonly_fields = ("in_stripe", "payload_pretty")
+
+    @admin.display(description="in Stripe")
+    def in_stripe(self, obj):
+        return format_html(
+            '<a href="{}">Open this event in Stripe\'s dashboard</a>',
+            gateway.dashboard_url("events", obj.pk, livemode=obj.livemode),
+        )
+
+    @admin.display(description="payload")
+    def payload_pretty(self, obj):
+        return format_html(
+            '<pre class="stripe-payload">{}</pre>', json.dumps(obj.payload, indent=2)
+        )
 
     @admin.display(description="error")
     def short_error(self, obj):

@@ -71,3 +71,30 @@ def test_suspending_the_last_two_superusers_at_once_leaves_one():
 
     assert len(refusals) == 1
     assert User.objects.filter(is_superuser=True, status=User.Status.ACTIVE).count() == 1
+
+
+def test_every_status_change_is_recorded_with_who_and_why_and_a_no_op_is_not():
+    from accounts.models import UserStatusChange
+
+    operator, user = AdminFactory(), UserFactory()
+
+    services.user_suspend(user=user, actor=operator, reason="chargeback")
+    services.user_suspend(user=user, actor=operator, reason="again")  # already suspended
+    services.user_reactivate(user=user, actor=None)
+
+    changes = list(UserStatusChange.objects.filter(user=user).order_by("id"))
+    assert [(c.from_status, c.to_status, c.actor, c.reason) for c in changes] == [
+        ("active", "suspended", operator.email, "chargeback"),
+        ("suspended", "active", "system", ""),
+    ]
+
+
+def test_a_refused_status_change_records_nothing():
+    from accounts.models import UserStatusChange
+
+    operator = AdminFactory()
+    AdminFactory()
+    with pytest.raises(services.StatusChangeRefused):
+        services.user_suspend(user=operator, actor=operator)
+
+    assert not UserStatusChange.objects.exists()
