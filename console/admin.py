@@ -23,6 +23,9 @@ from billing.admin.usage import ClusterUsageAdminMixin
 from billing.admin.users import BILLING_SECTION, UserBillingAdminMixin
 from clusters.admin import PLACEMENT_SECTION, ClusterAdminBase, UserPlacementAdminMixin
 from clusters.models import HopsworksCluster
+from console.exports import UserResource
+from plumbing.admin_export import ExportAdminMixin
+from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 from plumbing.jobs import jobs_cancel, jobs_retry
 
@@ -32,8 +35,10 @@ admin.site.index_title = "Operations"
 
 
 @admin.register(User)
-class UserAdmin(UserBillingAdminMixin, UserPlacementAdminMixin, UserAdminBase):
+class UserAdmin(ExportAdminMixin, UserBillingAdminMixin, UserPlacementAdminMixin, UserAdminBase):
     """Who a user is (accounts), where they are placed (clusters), how they pay (billing)."""
+
+    export_resource_class = UserResource
 
     list_display = (
         "email",
@@ -51,6 +56,7 @@ class UserAdmin(UserBillingAdminMixin, UserPlacementAdminMixin, UserAdminBase):
         *UserAdminBase.list_filter,
         *UserPlacementAdminMixin.placement_filters,
         *UserBillingAdminMixin.billing_filters,
+        date_range("created_at"),
     )
     readonly_fields = (
         *AUTH0_FIELDS,
