@@ -110,14 +110,20 @@ def csv_stream(resource, queryset, size):
 def xlsx_file(resource, queryset, size, title):
     from openpyxl import Workbook
 
+    # Write-only: openpyxl keeps rows on disk as they are appended, not in memory.
     workbook = Workbook(write_only=True)
     sheet = workbook.create_sheet(title[:31])
     sheet.append(resource.get_export_headers())
     for chunk in _chunks(resource, queryset, size):
         for row in chunk:
             sheet.append([xlsx_cell(v) for v in row])
-    file = tempfile.TemporaryFile(suffix=".xlsx")  # gone when the response closes it
-    workbook.save(file)
+    # Not a `with`: the response streams the file and closes it (it is then deleted).
+    file = tempfile.TemporaryFile(suffix=".xlsx")  # noqa: SIM115
+    try:
+        workbook.save(file)
+    except BaseException:
+        file.close()
+        raise
     file.seek(0)
     return file
 
