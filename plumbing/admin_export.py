@@ -3,9 +3,10 @@ ordering, every row (not one page), streamed.
 
 Columns are django-import-export Resources (`export_resource_class`); the writing is ours,
 because import-export's admin export builds the whole file in memory (a tablib Dataset)
-before sending it. Here rows come through `queryset.iterator()` (a server-side cursor on
-PostgreSQL) in chunks of EXPORT_CHUNK_SIZE: CSV is sent as it is read; XLSX is written by
-openpyxl's write-only workbook to a temporary file, then streamed from it.
+before sending it. Here rows come from a server-side cursor (in a transaction, so also
+behind the transaction pooler) in chunks of EXPORT_CHUNK_SIZE: CSV is sent as it is
+read; XLSX is written by openpyxl's write-only workbook to a temporary file, then
+streamed from it.
 
 Values: money and quantities as exact decimals (every stored place, no `$` or separators),
 dates ISO 8601, times ISO 8601 in UTC. Text that a spreadsheet would run as a formula
@@ -23,6 +24,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import FileResponse, Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -88,9 +90,22 @@ class _Echo:
         return value
 
 
+def _rows(queryset, size):
+    """The queryset's objects read from a server-side cursor, `size` rows per fetch.
+
+    Django turns its server-side cursors off behind the transaction pooler
+    (DISABLE_SERVER_SIDE_CURSORS, plumbing/database.py), where `.iterator()` would read
+    the whole result at once. Inside a transaction a cursor is safe there too (the
+    transaction keeps one server connection), so the rows are read in one, with chunked
+    fetching asked for whatever the setting (`_iterator` is what `.iterator()` calls).
+    """
+    with transaction.atomic(using=queryset.db):
+        yield from queryset._iterator(use_chunked_fetch=True, chunk_size=size)
+
+
 def _chunks(resource, queryset, size):
     chunk = []
-    for instance in queryset.iterator(chunk_size=size):
+    for instance in _rows(queryset, size):
         chunk.append(resource.export_resource(instance))
         if len(chunk) >= size:
             yield chunk
