@@ -256,3 +256,39 @@ def test_an_export_of_an_invalid_date_range_is_refused_with_the_reason(persona_c
 def test_an_unknown_export_format_is_not_found(persona_client):
     client = persona_client("finance_staff")
     assert _export(client, "billing.usagedaily", "pdf").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("model", "make"),
+    [
+        ("accounts.user", lambda: UserFactory()),
+        (
+            "billing.creditledgerentry",
+            lambda: credits_add(
+                user=UserFactory(), kind=Kind.PURCHASE, amount=Decimal("1"),
+                reference=f"p-{UserFactory().pk}", actor="t",
+            ),
+        ),
+        ("billing.usagedaily", lambda: _usage(UserFactory(), ClusterFactory(), dt.date.today())),
+        (
+            "billing.billinghistory",
+            lambda: BillingHistory.objects.create(user=UserFactory(), amount=Decimal("1")),
+        ),
+    ],
+)  # fmt: skip
+def test_the_queries_of_an_export_do_not_grow_with_its_rows(persona_client, model, make):
+    from django.test.utils import CaptureQueriesContext
+
+    client = persona_client("superuser")
+
+    def queries(fmt):
+        with CaptureQueriesContext(connection) as captured:
+            response = _export(client, model, fmt)
+            b"".join(response.streaming_content)
+        return len(captured)
+
+    make()
+    few = queries("csv"), queries("xlsx")
+    for _ in range(5):
+        make()
+    assert (queries("csv"), queries("xlsx")) == few
