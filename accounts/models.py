@@ -107,7 +107,10 @@ class User(AbstractBaseUser, PermissionsMixin):
         db_table = "users"
         ordering = ["email"]
         # What the admin's actions need beyond Django's add/change/delete/view.
-        permissions = [("suspend_user", "Can suspend and reactivate users")]
+        permissions = [
+            ("suspend_user", "Can suspend and reactivate users"),
+            ("export_user", "Can export the users list (CSV, XLSX)"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(status__in=["active", "suspended", "deleted"]),

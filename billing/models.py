@@ -278,6 +278,7 @@ class UsageDaily(models.Model):
         verbose_name = "daily usage"
         verbose_name_plural = "daily usage"
         ordering = ["-date", "user_id"]
+        permissions = [("export_usagedaily", "Can export daily usage (CSV, XLSX)")]
         indexes = [
             models.Index(fields=["user", "date"], name="idx_usage_daily_user_date"),
             # Month-to-date figures over all users (the dashboard) read by date.
@@ -382,7 +383,10 @@ class CreditLedgerEntry(models.Model):
         verbose_name_plural = "credit ledger"
         ordering = ["-created_at", "-id"]
         # Entries are written by services only; granting is the one kind an operator adds.
-        permissions = [("grant_credits", "Can grant credits to users")]
+        permissions = [
+            ("grant_credits", "Can grant credits to users"),
+            ("export_creditledgerentry", "Can export the credit ledger (CSV, XLSX)"),
+        ]
         indexes = [models.Index(fields=["user", "-id"], name="credit_ledger_user_newest")]
 
     def __str__(self) -> str:
@@ -515,7 +519,10 @@ class BillingHistory(models.Model):
         verbose_name = "invoice"
         verbose_name_plural = "billing history"
         ordering = ["-created_at"]
-        permissions = [("sync_invoices", "Can sync users' invoices from Stripe")]
+        permissions = [
+            ("sync_invoices", "Can sync users' invoices from Stripe"),
+            ("export_billinghistory", "Can export billing history (CSV, XLSX)"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(status__in=["pending", "paid", "failed", "void"]),

@@ -23,8 +23,11 @@ from billing.admin.usage import ClusterUsageAdminMixin
 from billing.admin.users import BILLING_SECTION, COST_CHART_SECTION, UserBillingAdminMixin
 from clusters.admin import PLACEMENT_SECTION, ClusterAdminBase, UserPlacementAdminMixin
 from clusters.models import HopsworksCluster
+from console.exports import UserResource
 from console.user_story import HISTORY_SECTION, STORY_SECTION, UserStoryAdminMixin
 from plumbing.admin_confirm import ObjectActionsMixin
+from plumbing.admin_export import ExportAdminMixin
+from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 from plumbing.jobs import jobs_cancel, jobs_retry
 
@@ -35,6 +38,7 @@ admin.site.index_title = "Operations"
 
 @admin.register(User)
 class UserAdmin(
+    ExportAdminMixin,
     UserStoryAdminMixin,
     ObjectActionsMixin,
     UserBillingAdminMixin,
@@ -43,6 +47,8 @@ class UserAdmin(
 ):
     """Who a user is (accounts), where they are placed (clusters), how they pay (billing),
     and their whole story with the actions as buttons on their page (console)."""
+
+    export_resource_class = UserResource
 
     list_display = (
         "email",
@@ -60,6 +66,7 @@ class UserAdmin(
         *UserAdminBase.list_filter,
         *UserPlacementAdminMixin.placement_filters,
         *UserBillingAdminMixin.billing_filters,
+        date_range("created_at"),
     )
     readonly_fields = (
         *AUTH0_FIELDS,

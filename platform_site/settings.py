@@ -110,6 +110,10 @@ CREDIT_TOPUP_MAX = env("CREDIT_TOPUP_MAX", default="1000")
 # The most one operator credit or debit (admin "Grant credits" / "Debit") may be, US dollars.
 BILLING_ADJUSTMENT_MAX = env("BILLING_ADJUSTMENT_MAX", default="10000")
 
+# Admin exports (CSV, XLSX) read the database and write the file this many rows at a time,
+# so a large export never holds more than one chunk in memory (plumbing/admin_export.py).
+EXPORT_CHUNK_SIZE = env.int("EXPORT_CHUNK_SIZE", default=2000)
+
 # Set only by `make run`, on the local database it made for the demo: the one database
 # seed_demo (a known admin password) may write to. Never set it anywhere else.
 DEMO_DATABASE = env.bool("DEMO_DATABASE", default=False)
@@ -189,6 +193,7 @@ INSTALLED_APPS = [
     "procrastinate.contrib.django",
     "axes",
     "csp",
+    "rangefilter",  # the from-to date filter of the admin lists (plumbing/admin_ranges.py)
     # Our apps, bottom up; imports go console -> billing -> clusters -> accounts (all may
     # import plumbing, which is not an app: it has no models).
     "accounts",

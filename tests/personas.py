@@ -46,6 +46,10 @@ PERSONAS = {
         "billing.change_spending_limits",
         "billing.view_spendingalert",
         "billing.view_spendinglimitchange",
+        "billing.export_usagedaily",
+        "billing.export_billinghistory",
+        "billing.export_creditledgerentry",
+        "accounts.export_user",
     ),
     "superuser": None,
 }

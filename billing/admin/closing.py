@@ -9,6 +9,7 @@ from django.utils.html import format_html, format_html_join
 
 from billing.admin.base import ReadOnlyAdmin
 from billing.models import AccountClosure, Auth0LogEvent, CreditPurchase, SubscriptionEnd
+from plumbing.admin_ranges import date_range
 
 
 @admin.register(AccountClosure)
@@ -27,7 +28,7 @@ class AccountClosureAdmin(ReadOnlyAdmin):
         "last_error",
     )
     list_select_related = ("user",)
-    list_filter = ("mode", "actor")
+    list_filter = ("mode", "actor", date_range("closed_at"))
     search_fields = ("user__email", "=user__id", "=subscription_id", "=final_invoice_id")
     readonly_fields = ("refundable_purchases",)
 
@@ -62,7 +63,7 @@ class SubscriptionEndAdmin(ReadOnlyAdmin):
         "created_at",
     )
     list_select_related = ("user",)
-    list_filter = ("ended_by", "status")
+    list_filter = ("ended_by", "status", date_range("ended_at"))
     search_fields = ("user__email", "=subscription_id", "=final_invoice_id")
 
 
@@ -71,5 +72,5 @@ class Auth0LogEventAdmin(ReadOnlyAdmin):
     """User deletions Auth0's log stream delivered, and what each did."""
 
     list_display = ("log_id", "type", "user_id", "outcome", "detail", "received_at")
-    list_filter = ("outcome",)
+    list_filter = ("outcome", date_range("received_at"))
     search_fields = ("=log_id", "=user_id")

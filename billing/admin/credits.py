@@ -21,12 +21,15 @@ from billing.adjustments import (
 )
 from billing.admin.base import ReadOnlyAdmin
 from billing.checkout import BillingError
+from billing.exports import CreditLedgerResource
 from billing.models import BillingAdjustment, CreditLedgerEntry, CreditPurchase, UserCredits
 from billing.pricing import to_cents
 from billing.purchases import credit_purchase_refund_request
 from billing.stripe_gateway import StripeGatewayError
 from plumbing import outbound
 from plumbing.admin_confirm import confirm_then
+from plumbing.admin_export import ExportAdminMixin
+from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 
 Channel = BillingAdjustment.Channel
@@ -35,8 +38,10 @@ Status = BillingAdjustment.Status
 
 
 @admin.register(CreditLedgerEntry)
-class CreditLedgerAdmin(ReadOnlyAdmin):
+class CreditLedgerAdmin(ExportAdminMixin, ReadOnlyAdmin):
     """Append-only: corrections are new entries (a grant or an adjustment)."""
+
+    export_resource_class = CreditLedgerResource
 
     list_display = (
         "created_at",
@@ -49,7 +54,7 @@ class CreditLedgerAdmin(ReadOnlyAdmin):
         "reason",
     )
     list_select_related = ("user",)
-    list_filter = ("kind", "created_at")
+    list_filter = ("kind", date_range("created_at"))
     search_fields = ("user__email", "=reference")
     date_hierarchy = "created_at"
 
@@ -279,7 +284,7 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
         "stripe_payment_intent_id",
     )
     list_select_related = ("user",)
-    list_filter = ("status", "currency")
+    list_filter = ("status", "currency", date_range("created_at"))
     search_fields = (
         "user__email",
         "=stripe_checkout_session_id",
@@ -351,6 +356,6 @@ class BillingAdjustmentAdmin(ReadOnlyAdmin):
         "stripe_object_id",
     )
     list_select_related = ("user",)
-    list_filter = ("status", "channel", "direction", "created_at")
+    list_filter = ("status", "channel", "direction", date_range("created_at"))
     search_fields = ("user__email", "=reference", "=stripe_object_id")
     date_hierarchy = "created_at"

@@ -8,6 +8,7 @@ from django.utils.html import format_html, format_html_join
 
 from billing.admin.base import ReadOnlyAdmin
 from billing.models import ReconciliationRun
+from plumbing.admin_ranges import date_range
 
 FIGURES = ("ours", "reported", "pending", "stripe", "invoiced")
 
@@ -19,7 +20,7 @@ def _cents(value) -> str:
 @admin.register(ReconciliationRun)
 class ReconciliationRunAdmin(ReadOnlyAdmin):
     list_display = ("started_at", "months", "users", "actor", "differences", "unexplained_mark")
-    list_filter = ("actor",)
+    list_filter = ("actor", date_range("started_at"))
     date_hierarchy = "started_at"
     fields = ("started_at", "finished_at", "months", "users", "actor", "errors", "report")
     readonly_fields = fields

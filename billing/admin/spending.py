@@ -19,6 +19,7 @@ from billing.limits import (
 )
 from billing.models import BillingProfile, SpendingAlert, SpendingLimitChange
 from plumbing.admin_confirm import confirm_then
+from plumbing.admin_ranges import date_range
 
 
 @admin.register(SpendingAlert)
@@ -37,7 +38,7 @@ class SpendingAlertAdmin(ReadOnlyAdmin):
         "error",
     )
     list_select_related = ("user",)
-    list_filter = ("kind", ("sent_at", admin.EmptyFieldListFilter), "created_at")
+    list_filter = ("kind", ("sent_at", admin.EmptyFieldListFilter), date_range("created_at"))
     search_fields = ("user__email", "=user__id")
     date_hierarchy = "created_at"
 
@@ -56,7 +57,7 @@ class SpendingLimitChangeAdmin(ReadOnlyAdmin):
 
     list_display = ("created_at", "user", "field", "old", "new", "actor", "by_user")
     list_select_related = ("user",)
-    list_filter = ("field", "by_user")
+    list_filter = ("field", "by_user", date_range("created_at"))
     search_fields = ("user__email", "actor")
 
 

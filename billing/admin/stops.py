@@ -10,6 +10,7 @@ from billing.admin.base import ReadOnlyAdmin
 from billing.models import ServiceStop
 from billing.standing import LIFT_HOURS_MAX, StandingError, service_stop_lift
 from plumbing.admin_confirm import confirm_then
+from plumbing.admin_ranges import date_range
 
 
 class StopStateFilter(admin.SimpleListFilter):
@@ -65,7 +66,7 @@ class ServiceStopAdmin(ReadOnlyAdmin):
         "resolved_by",
     )
     list_select_related = ("user",)
-    list_filter = (StopStateFilter, "reason", "resolution")
+    list_filter = (StopStateFilter, "reason", "resolution", date_range("detected_at"))
     search_fields = ("user__email", "=user__id")
     date_hierarchy = "detected_at"
     actions = ("lift_stops",)

@@ -9,6 +9,7 @@ from django.utils.html import format_html
 
 from billing import stripe_gateway as gateway
 from billing.admin.base import ReadOnlyAdmin
+from billing.exports import BillingHistoryResource
 from billing.models import (
     BillingHistory,
     StripeCatalogEntry,
@@ -19,11 +20,14 @@ from billing.models import (
 from billing.stripe_events import DONE, stripe_event_not_processable
 from billing.tasks import stripe_event_defer
 from plumbing.admin_confirm import ObjectActionsMixin
+from plumbing.admin_export import ExportAdminMixin
+from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 
 
 @admin.register(BillingHistory)
-class BillingHistoryAdmin(ReadOnlyAdmin):
+class BillingHistoryAdmin(ExportAdminMixin, ReadOnlyAdmin):
+    export_resource_class = BillingHistoryResource
     list_display = (
         "created_at",
         "user",
@@ -37,7 +41,7 @@ class BillingHistoryAdmin(ReadOnlyAdmin):
         "stripe_link",
     )
     list_select_related = ("user",)
-    list_filter = ("status", "stripe_status", "currency", "created_at")
+    list_filter = ("status", "stripe_status", "currency", date_range("created_at"))
     search_fields = ("user__email", "=stripe_invoice_id", "description")
     date_hierarchy = "created_at"
 
@@ -55,7 +59,7 @@ class BillingHistoryAdmin(ReadOnlyAdmin):
 @admin.register(StripeEvent)
 class StripeEventAdmin(ObjectActionsMixin, ReadOnlyAdmin):
     list_display = ("created", "type", "status", "attempts", "short_error", "id")
-    list_filter = ("status", "type")
+    list_filter = ("status", "type", date_range("created"))
     search_fields = ("=id", "type")
     date_hierarchy = "created"
     actions = ("process_again",)
@@ -151,5 +155,5 @@ class StripeUsageAdjustmentAdmin(ReadOnlyAdmin):
         "sent_at",
     )
     list_select_related = ("user",)
-    list_filter = ("status", "month")
+    list_filter = ("status", "month", date_range("created_at"))
     search_fields = ("user__email", "=identifier", "=stripe_invoice_item_id")

@@ -11,14 +11,18 @@ from django.utils.html import format_html, format_html_join
 from accounts.models import User
 from billing import selectors
 from billing.admin.base import ReadOnlyAdmin
+from billing.exports import UsageDailyResource
 from billing.models import UsageCollectionRun, UsageDaily
 from billing.pricing import to_cents
 from billing.tasks import collection_defer
+from plumbing.admin_export import ExportAdminMixin
+from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 
 
 @admin.register(UsageDaily)
-class UsageDailyAdmin(ReadOnlyAdmin):
+class UsageDailyAdmin(ExportAdminMixin, ReadOnlyAdmin):
+    export_resource_class = UsageDailyResource
     list_display = (
         "date",
         "user",
@@ -30,7 +34,7 @@ class UsageDailyAdmin(ReadOnlyAdmin):
         "cost",
     )
     list_select_related = ("user", "hopsworks_cluster")
-    list_filter = ("date", "hopsworks_cluster")
+    list_filter = (date_range("date"), "hopsworks_cluster")
     search_fields = ("user__email", "=user__id")
     date_hierarchy = "date"
     show_full_result_count = False
@@ -75,7 +79,7 @@ class UsageCollectionRunAdmin(ReadOnlyAdmin):
         "finished_at",
     )
     list_select_related = ("cluster",)
-    list_filter = ("status", "cluster", "date")
+    list_filter = ("status", "cluster", date_range("date"))
     date_hierarchy = "date"
     readonly_fields = ("coverage", "unknown_list", "notes_list", "attribution_list")
     fields = (

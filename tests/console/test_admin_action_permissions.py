@@ -632,3 +632,51 @@ def test_an_admin_action_is_offered_and_runs_only_for_those_allowed(
         assert case.observe() != before, "offered, but running it changed nothing"
     else:
         assert case.observe() == before, "refused, yet a crafted POST changed something"
+
+
+# Exports (CSV and XLSX of what a list shows) are not actions on selected rows but links
+# on the list: the model's view permission plus its own `export_<model>` permission.
+#                                   nobody view change_user support finance super
+EXPORTS = {
+    "billing.usagedaily":         (_, _, _, _, Y, Y),
+    "billing.billinghistory":     (_, _, _, _, Y, Y),
+    "billing.creditledgerentry":  (_, _, _, _, Y, Y),
+    "accounts.user":              (_, _, _, _, Y, Y),
+}  # fmt: skip
+
+EXPORT_CELLS = [
+    pytest.param(who, label, allowed, id=f"{who}-{label}.export")
+    for label, row in EXPORTS.items()
+    for who, allowed in zip(PERSONA_COLUMNS, row, strict=True)
+]
+
+
+def test_the_export_matrix_has_a_row_for_every_admin_that_exports():
+    from plumbing.admin_export import ExportAdminMixin
+
+    exporting = {
+        model._meta.label_lower
+        for model, model_admin in admin.site._registry.items()
+        if isinstance(model_admin, ExportAdminMixin)
+    }
+    assert exporting == set(EXPORTS)
+
+
+@pytest.mark.parametrize(("who", "label", "allowed"), EXPORT_CELLS)
+def test_an_export_is_offered_and_served_only_to_those_allowed(persona_client, who, label, allowed):
+    UserFactory(email="someone@example.com")
+    client = persona_client(who)
+    prefix = label.replace(".", "_")
+    export_url = reverse(f"admin:{prefix}_export", kwargs={"fmt": "csv"})
+
+    page = client.get(reverse(f"admin:{prefix}_changelist"))
+    offered = page.status_code == 200 and export_url in page.content.decode()
+    response = client.get(export_url)
+
+    assert offered == allowed
+    if allowed:
+        assert response.status_code == 200
+        assert b"".join(response.streaming_content)
+    else:
+        assert response.status_code in (302, 403), response.status_code
+        assert not getattr(response, "streaming", False)
