@@ -187,13 +187,13 @@ def test_posting_usage_makes_the_same_number_of_queries_for_10_and_for_200_recor
     users = UserFactory.create_batch(20)
     post(client, key, [{"user": users[0].pk, "date": DAY, "api_calls": 1}])  # key first used
 
-    def queries(days):
+    def queries(days, first):
         records = [
             {
                 "user": user.pk,
                 # By name and by id, as scripts send them.
                 "cluster": "east" if n % 2 else str(west.pk),
-                "date": (dt.date(2026, 10, 1) + dt.timedelta(days=d)).isoformat(),
+                "date": (first + dt.timedelta(days=d)).isoformat(),
                 "cpu_hours": "1.5",
             }
             for n, user in enumerate(users)
@@ -205,6 +205,6 @@ def test_posting_usage_makes_the_same_number_of_queries_for_10_and_for_200_recor
         assert response.json()["rows"] == len(records)
         return len(captured)
 
-    assert queries(1)  # 20 records, warms nothing up that the next call would skip
-    assert queries(1) == queries(10)  # 20 (unchanged) vs 200 (180 new) records
-    assert UsageDaily.objects.filter(hopsworks_cluster=east).count() == 100
+    # New rows: 20 records, then 200.
+    assert queries(1, dt.date(2026, 9, 1)) == queries(10, dt.date(2026, 10, 1))
+    assert UsageDaily.objects.filter(hopsworks_cluster=east).count() == 110
