@@ -227,6 +227,9 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
         updates = [o for o in outcomes if o.changed and not o.new]
         if updates:
             _write_rows([o.update for o in updates])
+        _mark_stripe_months_due(
+            o for o in outcomes if o.changed and o.row["billed_via"] == UsageDaily.BilledVia.STRIPE
+        )
         changed = {o.user_id for o in outcomes if o.changed}
         entries = credits.credits_apply([o.movement for o in outcomes if o.movement])
         # Caps are checked where usage is settled, for the users whose cost moved.
@@ -386,6 +389,24 @@ def _insert_new(outcomes: list[_Outcome]) -> set:
             [now, now, *[list(column) for column in columns]],
         )
         return {row_id for (row_id,) in cursor}
+
+
+def _mark_stripe_months_due(outcomes) -> None:
+    """The user-months whose Stripe-billed usage changed are due for Stripe reporting
+    (`StripeReportDue`), in the transaction that changes them."""
+    due = sorted({(o.user_id, o.row["date"].replace(day=1)) for o in outcomes})
+    if not due:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO billing_stripe_report_due (user_id, month, version)
+            SELECT k.user_id, k.month, 1 FROM unnest(%s::text[], %s::date[]) AS k(user_id, month)
+            ON CONFLICT (user_id, month)
+            DO UPDATE SET version = billing_stripe_report_due.version + 1
+            """,
+            [[user_id for user_id, _ in due], [month for _, month in due]],
+        )
 
 
 def _key_arrays(records):
