@@ -54,7 +54,7 @@ STEPS = (
     "validate_records",
     "RateBook.load",
     "billing_modes_on",
-    "_insert_missing",
+    "_insert_new",
     "_lock_rows",
     "pricing loop + rest",
     "_write_rows",
@@ -285,8 +285,11 @@ class StepTimer:
 
         from billing import credits, pricing, usage
 
-        for name in ("validate_records", "billing_modes_on", "_insert_missing", "_lock_rows"):
+        for name in ("validate_records", "billing_modes_on", "_lock_rows"):
             self._wrap(usage, name, name)
+        # Before issue 16 the new rows were inserted with zeros (then updated).
+        insert = "_insert_new" if hasattr(usage, "_insert_new") else "_insert_missing"
+        self._wrap(usage, insert, "_insert_new")
         self._wrap(usage, "_write_rows", "_write_rows")
         self._wrap(credits, "credits_apply", "credits_apply")
         self._wrap(pricing.RateBook, "load", "RateBook.load", classmethod_=True)
@@ -532,10 +535,11 @@ def report(figures: dict) -> str:
     verdict = "MEETS" if figures["meets_target"] else "MISSES"
     lines += [
         "",
-        f"first load / COPY = {first['vs_copy']:.3f}  (target >= {float(TARGET_RATIO):.3f}):"
-        f" {verdict} the target",
-        "* same indexes, checks and (deferred) foreign keys as usage_daily; not the target's "
-        "baseline",
+        f"first load / COPY (no indexes) = {first['vs_copy']:.3f}",
+        f"first load / COPY into a copy of usage_daily = {first['vs_copy_indexed']:.3f}  "
+        f"(target >= {float(TARGET_RATIO):.3f}): {verdict} the target",
+        "* same indexes, checks and (deferred) foreign keys as usage_daily: the target's "
+        "baseline (issue 16)",
         "",
         "usage_upsert per run: credit entries written, batch time (ms), users now negative",
     ]
@@ -624,6 +628,7 @@ def benchmark(args) -> dict:
         timer.uninstall()
     for run in runs:
         run["vs_copy"] = run["rows_per_s"] / copy["rows_per_s"]
+        run["vs_copy_indexed"] = run["rows_per_s"] / copy_indexed["rows_per_s"]
 
     tables = table_figures()
     with connection.cursor() as cursor:
@@ -649,7 +654,8 @@ def benchmark(args) -> dict:
         "copy_indexed_reference": copy_indexed,
         "upsert": runs,
         "target_ratio": float(TARGET_RATIO),
-        "meets_target": runs[0]["vs_copy"] >= TARGET_RATIO,
+        # Issue 16's target: against the COPY into a same-indexed copy of usage_daily.
+        "meets_target": runs[0]["vs_copy_indexed"] >= TARGET_RATIO,
         "month_to_date": mtd,
         "tables": tables,
         "load_average_1m_end": round(os.getloadavg()[0], 2),

@@ -14,7 +14,7 @@ from accounts.api import HasScope
 from accounts.models import normalize_email
 from billing.models import UsageDaily
 from billing.usage import MAX_BATCH, UsageRecord, UsageValidationError, usage_upsert
-from clusters.selectors import cluster_by_name_or_id
+from clusters.selectors import cluster_by_name_or_id, cluster_ids_by_name_or_id
 from plumbing.api_docs import COMMON_ERRORS, error_responses
 
 MONEY = {"max_digits": 30, "decimal_places": 10}
@@ -141,13 +141,17 @@ class UsageRecordsView(generics.ListAPIView):
         body = UpsertRequest(data=request.data)
         if not body.is_valid():
             raise exceptions.ValidationError(_by_index(body.errors))
+        items = body.validated_data["records"]
+        # Every cluster named in the batch, in one query; an unknown one is passed on as
+        # given, for the service to name its record.
+        cluster_ids = cluster_ids_by_name_or_id(item.get("cluster") for item in items)
         records = []
-        for item in body.validated_data["records"]:
+        for item in items:
             cluster = item.get("cluster")
             records.append(
                 UsageRecord(
                     user_id=item["user"],
-                    cluster_id=_cluster_id(cluster) if cluster else None,
+                    cluster_id=cluster_ids.get(cluster, cluster) if cluster else None,
                     date=item["date"],
                     cpu_hours=item.get("cpu_hours"),
                     gpu_hours=item.get("gpu_hours"),
@@ -168,11 +172,6 @@ class UsageRecordsView(generics.ListAPIView):
                 "negative_balances": result.negative_balances,
             }
         )
-
-
-def _cluster_id(name_or_id: str):
-    found = cluster_by_name_or_id(name_or_id)
-    return found.pk if found else name_or_id  # unknown: the service names the record
 
 
 def _by_index(errors) -> dict:

@@ -37,7 +37,13 @@ from django.utils import timezone
 from accounts.models import User, normalize_email
 from billing.models import AccountClosure, UsageCollectionRun, UsageDaily
 from billing.pricing import quantize, storage_gb_months
-from billing.usage import MAX_QUANTITY, UsageRecord, UsageValidationError, usage_upsert
+from billing.usage import (
+    MAX_BATCH,
+    MAX_QUANTITY,
+    UsageRecord,
+    UsageValidationError,
+    usage_upsert,
+)
 from clusters.hopsworks import HopsworksError, HopsworksProject
 from clusters.models import HopsworksCluster, UserHopsworksAssignment
 from clusters.opencost import (
@@ -386,20 +392,27 @@ def _collect(
             )
             for user_id in sorted(collected_before - set(result.per_user) - kept)
         ]
-        try:
-            written = usage_upsert(records=records, actor=actor)
-        except UsageValidationError as error:
-            problems = "; ".join(
-                f"user {records[index].user_id}: {', '.join(messages)}"
-                for index, messages in error.errors.items()
-            )
-            raise CollectionRefused(
-                f"The usage of {cluster.name} on {day} was refused, nothing was written: "
-                f"{problems}."
-            ) from error
+        # A cluster may have any number of users: its records go in batches of what one
+        # upsert takes, in key order (the upsert's lock order) and in this one transaction,
+        # so the cluster-day is still written all or nothing.
+        records.sort(key=lambda r: r.user_id)
+        rows_written = 0
+        for start in range(0, len(records), MAX_BATCH):
+            batch = records[start : start + MAX_BATCH]
+            try:
+                rows_written += usage_upsert(records=batch, actor=actor).rows
+            except UsageValidationError as error:
+                problems = "; ".join(
+                    f"user {batch[index].user_id}: {', '.join(messages)}"
+                    for index, messages in error.errors.items()
+                )
+                raise CollectionRefused(
+                    f"The usage of {cluster.name} on {day} was refused, nothing was written: "
+                    f"{problems}."
+                ) from error
         UsageCollectionRun.objects.filter(pk=run.pk).update(
             status=UsageCollectionRun.Status.SUCCEEDED,
-            rows_written=written.rows,
+            rows_written=rows_written,
             unknown_namespaces=result.unknown,
             notes=notes + result.notes,
             error="",

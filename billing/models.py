@@ -632,6 +632,31 @@ class StripeUsageReport(models.Model):
         return f"{self.user_id} {self.month:%Y-%m} {self.resource}: {self.reported_cents}c"
 
 
+class StripeReportDue(models.Model):
+    """A user-month whose Stripe-billed usage changed since it was last reported: written by
+    `usage_upsert` in the transaction that changes the usage, removed by the Stripe
+    reporting once it has decided the month's events. So a reporting run reads only these
+    (and the events still pending), never the whole history.
+
+    Invariant: a change of a Stripe-billed usage row leaves a row here until a reporting
+    run has decided that month afresh; `version` grows with each change, and the reporter
+    removes the row only at the version it read, so a change made meanwhile stays due.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    month = models.DateField(help_text="First day of the month.")
+    version = models.BigIntegerField(default=1)
+
+    class Meta:
+        db_table = "billing_stripe_report_due"
+        constraints = [
+            models.UniqueConstraint(fields=["user", "month"], name="stripe_report_due_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.month:%Y-%m} (v{self.version})"
+
+
 class ReconciliationRun(models.Model):
     """One run of `reconcile_billing` (the command or the daily job): for each user and
     month, our usage, what we reported, what Stripe counted and what it invoiced, side by

@@ -28,8 +28,7 @@ from decimal import ROUND_FLOOR, Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Sum
-from django.db.models.functions import TruncMonth
+from django.db.models import BigIntegerField, Value
 from django.utils import timezone
 
 from billing import stripe_gateway as gateway
@@ -38,6 +37,7 @@ from billing.models import (
     BillingProfile,
     Price,
     StripeCatalogEntry,
+    StripeReportDue,
     StripeUsageAdjustment,
     StripeUsageReport,
     UsageDaily,
@@ -117,24 +117,52 @@ def event_timestamp(month: dt.date, now: dt.datetime) -> int | None:
     return int(moment.timestamp())
 
 
-def months_to_report(*, user_ids=None):
-    """(user, month) pairs with Stripe-billed usage, for users with an active subscription."""
+def months_to_report(*, user_ids=None) -> list[dict]:
+    """The (user, month) pairs a run has to look at, for users with an active subscription:
+    those whose Stripe-billed usage changed since they were last decided (`StripeReportDue`,
+    with the version read, see `_settled`), and those with an event or an invoice item still
+    pending. One query, whatever the history: a month nothing happened to is not read."""
     subscribed = (
         BillingProfile.objects.with_active_subscription()
         .filter(user__stripe_customer_id__isnull=False)
         .values("user_id")
     )
-    usage = UsageDaily.objects.filter(
-        billed_via=UsageDaily.BilledVia.STRIPE, user_id__in=subscribed
+    no_version = Value(None, output_field=BigIntegerField())
+    due = StripeReportDue.objects.filter(user_id__in=subscribed).values_list(
+        "user_id", "month", "version"
+    )
+    pending_events = (
+        StripeUsageReport.objects.filter(user_id__in=subscribed)
+        .exclude(pending_identifier="")
+        .annotate(no_version=no_version)
+        .values_list("user_id", "month", "no_version")
+    )
+    pending_items = (
+        StripeUsageAdjustment.objects.filter(
+            user_id__in=subscribed, status=StripeUsageAdjustment.Status.PENDING
+        )
+        .annotate(no_version=no_version)
+        .values_list("user_id", "month", "no_version")
     )
     if user_ids is not None:
-        usage = usage.filter(user_id__in=list(user_ids))
-    return (
-        usage.annotate(month=TruncMonth("date"))
-        .values("user_id", "month")
-        .annotate(total=Sum("total_cost"))
-        .order_by("user_id", "month")
-    )
+        user_ids = list(user_ids)
+        due, pending_events, pending_items = (
+            q.filter(user_id__in=user_ids) for q in (due, pending_events, pending_items)
+        )
+    pairs: dict[tuple[str, dt.date], int | None] = {}
+    for user_id, month, version in due.union(pending_events, pending_items, all=True):
+        pairs[(user_id, month)] = version if version is not None else pairs.get((user_id, month))
+    return [
+        {"user_id": user_id, "month": month, "version": pairs[(user_id, month)]}
+        for user_id, month in sorted(pairs)
+    ]
+
+
+def _settled(user_id: str, month: dt.date, version: int | None) -> None:
+    """The month's changes up to `version` are decided: no longer due, unless it changed
+    again meanwhile (a higher version stays)."""
+    if version is not None:
+        StripeReportDue.objects.filter(user_id=user_id, month=month, version=version).delete()
 
 
 def _claim(user_id: str, month: dt.date) -> dict[str, StripeUsageReport] | None:
@@ -160,15 +188,17 @@ def usage_report_to_stripe(*, user_ids=None, now: dt.datetime | None = None) -> 
     if len(catalog) != len(RESOURCES):
         run.errors.append("The Stripe catalog is not set up: run setup_stripe_billing first.")
         return run
-    pairs = [(p["user_id"], p["month"]) for p in months_to_report(user_ids=user_ids)]
-    users = {user_id for user_id, _ in pairs}
+    pairs = [(p["user_id"], p["month"], p["version"]) for p in months_to_report(user_ids=user_ids)]
+    if not pairs:
+        return run
+    users = {user_id for user_id, _, _ in pairs}
     profiles = {
         p.user_id: p
         for p in BillingProfile.objects.filter(user_id__in=users).select_related("user")
     }
     finalized = finalized_periods(user_ids=users)
     starts: dict[str, dt.datetime | None] = {}
-    for user_id, month in pairs:
+    for user_id, month, version in pairs:
         month = month.date() if isinstance(month, dt.datetime) else month
         profile = profiles[user_id]
         if user_id not in starts:
@@ -182,7 +212,7 @@ def usage_report_to_stripe(*, user_ids=None, now: dt.datetime | None = None) -> 
         closed = month_closed(
             month, now=now, started=starts[user_id], finalized=finalized.get(user_id, [])
         )
-        _report_month(run, user_id, month, profile, catalog, now, closed=closed)
+        _report_month(run, user_id, month, profile, catalog, now, closed=closed, version=version)
     return run
 
 
@@ -288,7 +318,7 @@ def _clear_pending(report: StripeUsageReport) -> None:
     report.last_error = ""
 
 
-def _report_month(run, user_id, month, profile, catalog, now, *, closed: str) -> None:
+def _report_month(run, user_id, month, profile, catalog, now, *, closed: str, version) -> None:
     customer_id = profile.user.stripe_customer_id
     # 1. Decide, and commit, the events to send: each (identifier, cents, timestamp) is
     #    fixed before it leaves, so a retry after a lost answer resends exactly the same
@@ -300,13 +330,19 @@ def _report_month(run, user_id, month, profile, catalog, now, *, closed: str) ->
                 run.skipped_locked += 1  # another run is reporting this user-month
                 return
             targets = month_cents_by_resource(user_id, month)
+            waiting = False  # a difference decided only once the pending event settles
             for resource in RESOURCES:
                 report = claimed[resource]
                 delta = targets[resource] - report.reported_cents
-                if report.pending_identifier or delta == 0:
+                if report.pending_identifier:
+                    waiting = waiting or delta != report.pending_cents
+                    continue
+                if delta == 0:
                     continue
                 _decide(report, user_id=user_id, month=month, cents=delta, now=now)
                 report.save()
+            if not waiting:
+                _settled(user_id, month, version)
 
     # 2. Send what is pending, holding the rows so no other run sends it too. In a closed
     #    month nothing is sent: Stripe says whether a pending event arrived.
@@ -371,13 +407,13 @@ def _report_month(run, user_id, month, profile, catalog, now, *, closed: str) ->
             return  # a closed month is corrected once its pending events are settled
 
     if closed:
-        _adjust_month(run, user_id, month, profile, now, reason=closed)
+        _adjust_month(run, user_id, month, profile, now, reason=closed, version=version)
 
 
 # Closed months: corrections as invoice items on the next invoice.
 
 
-def _adjust_month(run, user_id, month, profile, now, *, reason: str) -> None:
+def _adjust_month(run, user_id, month, profile, now, *, reason: str, version) -> None:
     # 3. Decide, and commit, the correction before it is sent.
     with transaction.atomic():
         claimed = _claim(user_id, month)
@@ -389,6 +425,7 @@ def _adjust_month(run, user_id, month, profile, now, *, reason: str) -> None:
         ).exists()
         if not pending:
             _decide_adjustment(user_id, month, claimed, reason=reason, now=now)
+            _settled(user_id, month, version)
 
     # 4. Send it: an invoice item on the subscription's next invoice.
     with transaction.atomic():

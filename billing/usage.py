@@ -3,15 +3,19 @@
 `usage_upsert` is the one way usage rows are written (daily collection and the API both
 use it). Per batch it runs a constant number of statements, whatever the batch size:
 
-1. insert the rows that do not exist yet, with zero figures (`ON CONFLICT DO NOTHING`);
-2. lock every row of the batch, in key order, and read its current figures;
-3. price each row, and for prepaid users debit (or credit back) only the difference
-   between the new cost and what the row has already taken from their balance;
-4. write the new figures back, and the credit movements, in the same transaction.
+1. lock the rows of the batch that exist, in key order, and read their current figures;
+2. price each record, and for prepaid users debit (or credit back) only the difference
+   between the new cost and what the row has already taken from their balance (all of it
+   for a new row);
+3. insert the new rows with their final figures (`ON CONFLICT DO NOTHING`): each row is
+   written once. A key a concurrent writer inserted first is skipped there, then locked
+   and settled like an existing row;
+4. write back the existing rows whose figures changed (a rerun rewrites nothing), and the
+   credit movements, in the same transaction.
 
-Step 1 makes concurrent writers of the same new row queue behind one another on the
-unique index, and step 2 locks in one global order (user, cluster, date), so a rerun, a
-retry or two collectors at once never count a day twice and never deadlock each other.
+Step 1 locks in one global order (user, cluster, date) and step 3 makes concurrent writers
+of the same new row queue behind one another on the unique index, so a rerun, a retry or
+two collectors at once never count a day twice.
 """
 
 from __future__ import annotations
@@ -195,62 +199,39 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
     records = sorted(records, key=lambda r: (r.user_id, str(r.cluster_id or NO_CLUSTER), r.date))
     user_ids = {r.user_id for r in records}
     rates = RateBook.load(user_ids=user_ids)
-    actor_name = actor_label(actor)
-    # A new row is settled on the mode in force when its day began (existing rows keep
-    # the channel they were first written with).
-    channel = {
-        key: UsageDaily.BilledVia.CREDITS
-        if mode == BillingProfile.Mode.PREPAID
-        else UsageDaily.BilledVia.STRIPE
-        for key, mode in billing_modes_on((r.user_id, r.date) for r in records).items()
-    }
+    settle = _Settler(rates=rates, actor_name=actor_label(actor), caller_index=caller_index)
 
     with transaction.atomic():
-        _insert_missing(records, channel)
         current = _lock_rows(records)
-        updates, movements, changed = [], [], set()
-        for record in records:
-            row = current[record.key]
-            figures = {
-                name: getattr(record, name) if getattr(record, name) is not None else row[name]
-                for name in FIGURES
+        new = [r for r in records if r.key not in current]
+        if new:
+            # A new row is settled on the mode in force when its day began (existing rows
+            # keep the channel they were first written with).
+            channel = {
+                key: UsageDaily.BilledVia.CREDITS
+                if mode == BillingProfile.Mode.PREPAID
+                else UsageDaily.BilledVia.STRIPE
+                for key, mode in billing_modes_on((r.user_id, r.date) for r in new).items()
             }
-            try:
-                cost = day_cost(
-                    Quantities(**figures),
-                    rates.rates(user_id=record.user_id, day=record.date),
-                )
-            except MissingPrice as error:
-                raise UsageValidationError({caller_index[record.key]: [str(error)]}) from None
-            debited, revision = row["credits_debited"], row["credit_revision"]
-            # A row is settled the way it was first written: a day billed through Stripe
-            # is never also taken from credits after a switch to prepaid, and back.
-            if row["billed_via"] == UsageDaily.BilledVia.CREDITS and cost != debited:
-                revision += 1
-                movements.append(
-                    credits.Movement(
-                        user_id=record.user_id,
-                        kind=credits.Kind.USAGE,
-                        amount=debited - cost,
-                        reference=f"usage:{row['id']}:r{revision}",
-                        actor=actor_name,
-                        reason=f"usage on {record.date}",
-                        usage_id=row["id"],
-                        **_quantity_change(row, figures),
-                    )
-                )
-                debited = cost
-            unchanged = all(row[name] == figures[name] for name in FIGURES) and (
-                row["total_cost"],
-                row["credits_debited"],
-                row["credit_revision"],
-            ) == (cost, debited, revision)
-            if not unchanged:  # a rerun rewrites nothing
-                updates.append((row["id"], figures, cost, debited, revision))
-                changed.add(record.user_id)
+            fresh = {r.key: settle(r, _fresh_row(r, channel[(r.user_id, r.date)])) for r in new}
+            inserted = _insert_new([fresh[r.key] for r in new])
+            # Inserted meanwhile by a concurrent writer (who held it until they committed):
+            # locked and settled like any existing row.
+            late = [r for r in new if fresh[r.key].row["id"] not in inserted]
+            if late:
+                current.update(_lock_rows(late))
+        outcomes = [
+            settle(record, current[record.key]) if record.key in current else fresh[record.key]
+            for record in records
+        ]
+        updates = [o for o in outcomes if o.changed and not o.new]
         if updates:
-            _write_rows(updates)
-        entries = credits.credits_apply(movements)
+            _write_rows([o.update for o in updates])
+        _mark_stripe_months_due(
+            o for o in outcomes if o.changed and o.row["billed_via"] == UsageDaily.BilledVia.STRIPE
+        )
+        changed = {o.user_id for o in outcomes if o.changed}
+        entries = credits.credits_apply([o.movement for o in outcomes if o.movement])
         # Caps are checked where usage is settled, for the users whose cost moved.
         cap_alerts_evaluate(user_ids=changed, days={r.date for r in records})
         # Usage may take a user past their cap or below the floor (or back): judged by a
@@ -264,6 +245,93 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
     )
 
 
+def _fresh_row(record: UsageRecord, billed_via: str) -> dict:
+    """A row not written yet: zero figures, nothing debited, its id chosen here (a credit
+    movement's reference names it)."""
+    return {
+        "id": uuid.uuid4(),
+        "user_id": record.user_id,
+        "hopsworks_cluster_id": record.cluster_id,
+        "date": record.date,
+        **dict.fromkeys(FIGURES, ZERO),
+        "api_calls": 0,
+        "total_cost": ZERO,
+        "credits_debited": ZERO,
+        "credit_revision": 0,
+        "billed_via": billed_via,
+        "new": True,
+    }
+
+
+@dataclass
+class _Outcome:
+    row: dict  # as stored (or, new, as fresh)
+    figures: dict
+    cost: Decimal
+    debited: Decimal
+    revision: int
+    movement: credits.Movement | None
+    changed: bool
+
+    @property
+    def new(self) -> bool:
+        return self.row.get("new", False)
+
+    @property
+    def user_id(self) -> str:
+        return self.row["user_id"]
+
+    @property
+    def update(self):
+        return (self.row["id"], self.figures, self.cost, self.debited, self.revision)
+
+
+@dataclass
+class _Settler:
+    """Prices a record against its row and decides the credit movement: what the row
+    becomes, whether it is new or existed."""
+
+    rates: RateBook
+    actor_name: str
+    caller_index: dict
+
+    def __call__(self, record: UsageRecord, row: dict) -> _Outcome:
+        figures = {
+            name: getattr(record, name) if getattr(record, name) is not None else row[name]
+            for name in FIGURES
+        }
+        try:
+            cost = day_cost(
+                Quantities(**figures),
+                self.rates.rates(user_id=record.user_id, day=record.date),
+            )
+        except MissingPrice as error:
+            raise UsageValidationError({self.caller_index[record.key]: [str(error)]}) from None
+        debited, revision, movement = row["credits_debited"], row["credit_revision"], None
+        # A row is settled the way it was first written: a day billed through Stripe
+        # is never also taken from credits after a switch to prepaid, and back.
+        if row["billed_via"] == UsageDaily.BilledVia.CREDITS and cost != debited:
+            revision += 1
+            movement = credits.Movement(
+                user_id=record.user_id,
+                kind=credits.Kind.USAGE,
+                amount=debited - cost,
+                reference=f"usage:{row['id']}:r{revision}",
+                actor=self.actor_name,
+                reason=f"usage on {record.date}",
+                usage_id=row["id"],
+                **_quantity_change(row, figures),
+            )
+            debited = cost
+        unchanged = all(row[name] == figures[name] for name in FIGURES) and (
+            row["total_cost"],
+            row["credits_debited"],
+            row["credit_revision"],
+        ) == (cost, debited, revision)
+        # A rerun rewrites nothing; a new row counts as changed (it is written).
+        return _Outcome(row, figures, cost, debited, revision, movement, not unchanged)
+
+
 def _quantity_change(row, figures) -> dict:
     # The quantities a usage movement pays for: what changed since the last debit.
     paid = row["credits_debited"] != 0 or row["credit_revision"] > 0
@@ -273,25 +341,71 @@ def _quantity_change(row, figures) -> dict:
     }
 
 
-# Step 1-2 and 4 in PostgreSQL with array parameters: one statement per step whatever the
+# Steps 1, 3 and 4 in PostgreSQL with array parameters: one statement per step whatever the
 # batch size, with few parameters.
 
 
-def _insert_missing(records, channel) -> None:
+def _insert_new(outcomes: list[_Outcome]) -> set:
+    """Insert new rows with their final figures, in key order; a key a concurrent writer
+    inserted first is skipped (ON CONFLICT) and left out of the ids returned."""
     now = timezone.now()
+    columns = list(
+        zip(
+            *[
+                (
+                    o.row["id"],
+                    o.row["user_id"],
+                    o.row["hopsworks_cluster_id"],
+                    o.row["date"],
+                    o.figures["cpu_hours"],
+                    o.figures["gpu_hours"],
+                    o.figures["storage_gb_months"],
+                    o.figures["api_calls"],
+                    o.cost,
+                    o.debited,
+                    o.revision,
+                    o.row["billed_via"],
+                )
+                for o in outcomes
+            ],
+            strict=True,
+        )
+    )
     with connection.cursor() as cursor:
         cursor.execute(
             """
             INSERT INTO usage_daily (id, user_id, hopsworks_cluster_id, date, cpu_hours,
                 gpu_hours, storage_gb_months, api_calls, total_cost, credits_debited,
                 credit_revision, billed_via, created_at, updated_at)
-            SELECT gen_random_uuid(), k.user_id, k.cluster_id, k.date, 0, 0, 0, 0, 0, 0, 0,
-                k.billed_via, %s, %s
-            FROM unnest(%s::text[], %s::uuid[], %s::date[], %s::text[])
-              AS k(user_id, cluster_id, date, billed_via)
+            SELECT k.*, %s, %s
+            FROM unnest(%s::uuid[], %s::text[], %s::uuid[], %s::date[], %s::numeric[],
+                        %s::numeric[], %s::numeric[], %s::integer[], %s::numeric[],
+                        %s::numeric[], %s::integer[], %s::text[])
+              AS k(id, user_id, cluster_id, date, cpu_hours, gpu_hours, storage_gb_months,
+                   api_calls, total_cost, credits_debited, credit_revision, billed_via)
             ON CONFLICT DO NOTHING
+            RETURNING id
             """,
-            [now, now, *_key_arrays(records), [channel[(r.user_id, r.date)] for r in records]],
+            [now, now, *[list(column) for column in columns]],
+        )
+        return {row_id for (row_id,) in cursor}
+
+
+def _mark_stripe_months_due(outcomes) -> None:
+    """The user-months whose Stripe-billed usage changed are due for Stripe reporting
+    (`StripeReportDue`), in the transaction that changes them."""
+    due = sorted({(o.user_id, o.row["date"].replace(day=1)) for o in outcomes})
+    if not due:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO billing_stripe_report_due (user_id, month, version)
+            SELECT k.user_id, k.month, 1 FROM unnest(%s::text[], %s::date[]) AS k(user_id, month)
+            ON CONFLICT (user_id, month)
+            DO UPDATE SET version = billing_stripe_report_due.version + 1
+            """,
+            [[user_id for user_id, _ in due], [month for _, month in due]],
         )
 
 

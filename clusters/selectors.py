@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from django.db.models import Count
+from django.db.models import Count, Q
 
 from accounts.models import User
 from clusters.models import (
@@ -35,6 +35,32 @@ def cluster_by_name_or_id(value: str) -> HopsworksCluster | None:
     except ValueError:
         return None
     return HopsworksCluster.objects.filter(pk=cluster_id).first()
+
+
+def cluster_ids_by_name_or_id(values) -> dict[str, uuid.UUID]:
+    """`cluster_by_name_or_id` for many values in one query: value -> cluster id, for the
+    values that name a cluster (a name wins over an id, as there)."""
+    values = {str(v) for v in values if v}
+    as_ids = {value: _as_uuid(value) for value in values}
+    found = HopsworksCluster.objects.filter(
+        Q(name__in=values) | Q(pk__in={i for i in as_ids.values() if i})
+    ).values_list("pk", "name")
+    by_name = {name: pk for pk, name in found}
+    ids = {pk for pk, _ in found}
+    resolved = {}
+    for value in values:
+        if value in by_name:
+            resolved[value] = by_name[value]
+        elif as_ids[value] in ids:
+            resolved[value] = as_ids[value]
+    return resolved
+
+
+def _as_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
 
 
 def pending_accounts_on(cluster: HopsworksCluster):

@@ -177,3 +177,34 @@ def test_a_record_without_a_price_is_named_by_its_place_in_the_callers_batch(cli
     assert list(errors) == ["1"]
     assert "The rate card has no cpu_hour price on 2019-06-01" in errors["1"][0]
     assert not UsageDaily.objects.exists()
+
+
+def test_posting_usage_makes_the_same_number_of_queries_for_10_and_for_200_records(
+    client, make_key
+):
+    key = make_key("usage:write")
+    east, west = ClusterFactory(name="east"), ClusterFactory(name="west")
+    users = UserFactory.create_batch(20)
+    post(client, key, [{"user": users[0].pk, "date": DAY, "api_calls": 1}])  # key first used
+
+    def queries(days, first):
+        records = [
+            {
+                "user": user.pk,
+                # By name and by id, as scripts send them.
+                "cluster": "east" if n % 2 else str(west.pk),
+                "date": (first + dt.timedelta(days=d)).isoformat(),
+                "cpu_hours": "1.5",
+            }
+            for n, user in enumerate(users)
+            for d in range(days)
+        ]
+        with CaptureQueriesContext(connection) as captured:
+            response = post(client, key, records)
+        assert response.status_code == 200, response.content
+        assert response.json()["rows"] == len(records)
+        return len(captured)
+
+    # New rows: 20 records, then 200.
+    assert queries(1, dt.date(2026, 9, 1)) == queries(10, dt.date(2026, 10, 1))
+    assert UsageDaily.objects.filter(hopsworks_cluster=east).count() == 110

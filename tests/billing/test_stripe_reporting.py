@@ -478,3 +478,36 @@ def test_usage_without_a_live_subscription_is_held_as_unbilled_then_reported_whe
 
     assert stripe_cents(catalog, customer) == held * 100
     assert unbilled_usage() == {}
+
+
+@pytest.mark.django_db
+def test_a_run_looks_only_at_the_months_whose_usage_changed_since_they_were_reported(catalog):
+    """Incremental: a month is reported again only when its usage changed; a run with
+    nothing changed makes the same few queries however much history is stored."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from billing.stripe_reporting import months_to_report
+
+    cluster = ClusterFactory()
+    users = [subscribed_user(catalog)[0] for _ in range(3)]
+    today = timezone.now().date()
+    last_month = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    for user in users:
+        record_days(user, cluster, this_month_days(2), cpu_hours=D("5"))
+    record_days(users[0], cluster, [last_month], cpu_hours=D("5"))
+    usage_report_to_stripe()
+    assert list(months_to_report()) == []
+
+    with CaptureQueriesContext(connection) as nothing_changed:
+        run = usage_report_to_stripe()
+    assert run.sent_events == 0
+    assert len(nothing_changed) <= 3  # the catalog, the months due, and nothing per month
+
+    record_days(users[1], cluster, this_month_days(1), cpu_hours=D("7"))  # one day corrected
+    assert [(p["user_id"], p["month"]) for p in months_to_report()] == [
+        (users[1].pk, today.replace(day=1))
+    ]
+    run = usage_report_to_stripe()
+    assert run.sent_cents == 20  # 2 CPU hours more at $0.10
+    assert list(months_to_report()) == []

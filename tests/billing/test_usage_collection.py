@@ -460,3 +460,45 @@ def test_a_rerun_needs_hopsworks_only_for_namespaces_the_day_has_no_owner_for(wo
     with pytest.raises(CommandError):  # a namespace nobody owned yet: Hopsworks is needed
         call_command("collect_usage", "--date", DAY.isoformat())
     assert "401" in UsageCollectionRun.objects.get().error
+
+
+def test_a_cluster_with_more_users_than_one_upsert_batch_is_collected_in_one_run(
+    world, fake_hopsworks, cluster_on, test_ca
+):
+    """More namespaces than MAX_BATCH: written in batches inside the run's one transaction;
+    the next cluster is collected too."""
+    from accounts.models import User
+    from billing.usage import MAX_BATCH
+    from clusters.models import UserHopsworksAssignment
+
+    _, other_hopsworks = fake_hopsworks
+    big = cluster_on(other_hopsworks, name="big", kubeconfig=kubeconfig_for(world["k8s"], test_ca))
+    count = MAX_BATCH + 1
+    # Bulk data: assignments inserted directly (assignment_create would sync each account).
+    users = User.objects.bulk_create(
+        [User(id=f"auth0|many{i:05d}", email=f"many{i:05d}@example.com") for i in range(count)]
+    )
+    UserHopsworksAssignment.objects.bulk_create(
+        [UserHopsworksAssignment(user=u, hopsworks_cluster=big) for u in users]
+    )
+    for user in users:
+        other_hopsworks.add_project(f"p{user.pk[-5:]}", user.email, namespace=f"ns-{user.pk[-5:]}")
+    # The same fake Kubernetes serves both clusters: east's namespaces are unknown on big.
+    world["k8s"].set_allocations(
+        DAY,
+        {
+            "ada-project": {"cpuCoreHours": D("10")},
+            **{f"ns-{user.pk[-5:]}": {"cpuCoreHours": D("1")} for user in users},
+        },
+    )
+
+    call_command("collect_usage", "--date", DAY.isoformat())  # big first (by name)
+
+    runs = {r.cluster.name: r for r in UsageCollectionRun.objects.select_related("cluster")}
+    assert {name: r.status for name, r in runs.items()} == {
+        "big": "succeeded",
+        "east": "succeeded",
+    }, [r.error for r in runs.values()]
+    assert runs["big"].rows_written == count
+    assert UsageDaily.objects.filter(hopsworks_cluster=big, cpu_hours=D("1")).count() == count
+    assert usage_of(world["ada"])[0] == D("10")

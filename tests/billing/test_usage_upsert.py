@@ -244,3 +244,45 @@ def test_a_switch_cannot_take_effect_in_a_day_already_begun_or_before_the_last_s
     change = BillingModeChange.objects.get()
     assert (change.from_mode, change.to_mode, change.actor) == ("postpaid", "prepaid", "ops")
     assert BillingProfile.objects.get(user=user).mode == "prepaid"
+
+
+def _rows_written():
+    """Inserts and updates of usage_daily not yet flushed to the statistics, as PostgreSQL
+    counts them (each is a new row version: WAL and index work). Compared before and after,
+    as they may include transactions that ended a moment ago."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT n_tup_ins, n_tup_upd FROM pg_stat_xact_user_tables "
+            "WHERE relname = 'usage_daily'"
+        )
+        row = cursor.fetchone()
+    return row or (0, 0)
+
+
+def test_a_new_row_is_written_once_and_an_unchanged_row_not_at_all():
+    users, cluster = UserFactory.create_batch(3), ClusterFactory()
+    BillingProfile.objects.create(user=users[0], mode=BillingProfile.Mode.PREPAID)
+    batch = [record(u, cluster, cpu_hours=D("10"), api_calls=1000) for u in users]
+    inserted, updated = _rows_written()
+
+    def written():
+        now = _rows_written()
+        return now[0] - inserted, now[1] - updated
+
+    usage_upsert(records=batch, actor="t")
+    assert written() == (3, 0)  # inserted with their figures, never updated
+    rows = {r.user_id: r for r in UsageDaily.objects.all()}
+    assert {r.total_cost for r in rows.values()} == {D("1.01")}
+    assert rows[users[0].pk].credits_debited == D("1.01")
+    assert rows[users[0].pk].credit_revision == 1
+    assert list(CreditLedgerEntry.objects.values_list("reference", flat=True)) == [
+        f"usage:{rows[users[0].pk].id}:r1"
+    ]
+
+    usage_upsert(records=batch, actor="t")  # a rerun
+    assert written() == (3, 0)
+
+    batch[1] = record(users[1], cluster, cpu_hours=D("20"))  # one row re-collected
+    usage_upsert(records=batch, actor="t")
+    assert written() == (3, 1)
+    assert UsageDaily.objects.get(user=users[1]).total_cost == D("2.01")
