@@ -21,6 +21,6 @@ def unmark(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("billing", "0023_stripe_report_due")]
+    dependencies = [("billing", "0024_stripe_report_due")]
 
     operations = [migrations.RunPython(mark_due, unmark)]

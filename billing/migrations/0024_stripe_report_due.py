@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0022_spending_alerts'),
+        ('billing', '0023_export_permissions'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
