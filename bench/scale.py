@@ -34,17 +34,100 @@ GOAL_MS = 150.0
 CLUSTERS = 5
 PREPAID_EVERY = 5  # one user in 5 is prepaid (their usage also writes credit-ledger rows)
 ADMIN_ID = "auth0|bench-admin"
-FIRST_NAMES = (
-    "Amara Bjorn Chen Dana Elif Farid Greta Hiro Ines Jonas Kofi Lena Mateo Nadia Oskar Priya "
-    "Quentin Rosa Sven Tariq Ulla Vera Wen Ximena Yusuf Zofia Arjun Beatriz Cyrus Dagny "
-    "Emeka Freya Goran Hana Ivo Jana Kenji Lucia Mikko Noor"
-).split()
-LAST_NAMES = (
-    "Okafor Lindqvist Tanaka Moreau Kowalski Haddad Novak Silva Fischer Ivanova Mensah Rossi "
-    "Nakamura Jensen Duarte Petrov Nilsson Costa Bauer Yilmaz Andersson Kim Laine Horvat "
-    "Schmidt Garcia Dubois Berg Lopez Sato Eriksson Murphy Weber Santos Vogel Park Hansen "
-    "Romero Keller Ahmed Larsen Varga Ito Moller Reyes Wolf Olsen Marin Kaya Sousa"
-).split()
+FIRST_NAMES = [
+    "Amara",
+    "Bjorn",
+    "Chen",
+    "Dana",
+    "Elif",
+    "Farid",
+    "Greta",
+    "Hiro",
+    "Ines",
+    "Jonas",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nadia",
+    "Oskar",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Sven",
+    "Tariq",
+    "Ulla",
+    "Vera",
+    "Wen",
+    "Ximena",
+    "Yusuf",
+    "Zofia",
+    "Arjun",
+    "Beatriz",
+    "Cyrus",
+    "Dagny",
+    "Emeka",
+    "Freya",
+    "Goran",
+    "Hana",
+    "Ivo",
+    "Jana",
+    "Kenji",
+    "Lucia",
+    "Mikko",
+    "Noor",
+]
+LAST_NAMES = [
+    "Okafor",
+    "Lindqvist",
+    "Tanaka",
+    "Moreau",
+    "Kowalski",
+    "Haddad",
+    "Novak",
+    "Silva",
+    "Fischer",
+    "Ivanova",
+    "Mensah",
+    "Rossi",
+    "Nakamura",
+    "Jensen",
+    "Duarte",
+    "Petrov",
+    "Nilsson",
+    "Costa",
+    "Bauer",
+    "Yilmaz",
+    "Andersson",
+    "Kim",
+    "Laine",
+    "Horvat",
+    "Schmidt",
+    "Garcia",
+    "Dubois",
+    "Berg",
+    "Lopez",
+    "Sato",
+    "Eriksson",
+    "Murphy",
+    "Weber",
+    "Santos",
+    "Vogel",
+    "Park",
+    "Hansen",
+    "Romero",
+    "Keller",
+    "Ahmed",
+    "Larsen",
+    "Varga",
+    "Ito",
+    "Moller",
+    "Reyes",
+    "Wolf",
+    "Olsen",
+    "Marin",
+    "Kaya",
+    "Sousa",
+]
 
 
 def parse_args(argv=None):
@@ -452,9 +535,7 @@ def table_counts() -> dict:
     counts = {}
     with connection.cursor() as cursor:
         for table in tables:
-            cursor.execute(
-                f"SELECT count(*), pg_total_relation_size('{table}') FROM {table}"  # noqa: S608
-            )
+            cursor.execute(f"SELECT count(*), pg_total_relation_size('{table}') FROM {table}")
             rows, size = cursor.fetchone()
             counts[table] = {"rows": rows, "mb": round(size / 2**20, 1)}
     return counts
@@ -549,7 +630,7 @@ def explain(sql, params, many):
         with connection.cursor() as cursor:
             cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
             return "\n".join(row[0] for row in cursor.fetchall())
-    except Exception as exc:  # noqa: BLE001 - a plan we cannot get is reported, not fatal
+    except Exception as exc:
         connection.close()
         return f"(no plan: {exc})"
 
@@ -620,7 +701,7 @@ def admin_pages(client, sample, args):
         try:
             changelist = model_admin.get_changelist_instance(request)
             specs = changelist.filter_specs
-        except Exception as exc:  # noqa: BLE001 - reported as a row, not fatal
+        except Exception as exc:
             pages.append(("admin list", f"{label} (filters: {type(exc).__name__})", None))
             specs = []
         for spec in specs:
