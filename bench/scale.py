@@ -817,7 +817,13 @@ def benchmark(args) -> dict:
         "days": args.days,
     }
     started = time.perf_counter()
-    if not args.reuse:
+    if args.reuse:  # the size is the database's, not the options'
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM users WHERE id LIKE 'auth0|scale%%'")
+            args.users = figures["users"] = cursor.fetchone()[0]
+            cursor.execute("SELECT max(date) - min(date) + 1 FROM usage_daily")
+            args.days = figures["days"] = cursor.fetchone()[0]
+    else:
         print(f"building {args.users:,} users x {args.days} days", flush=True)
         cluster_ids = create_clusters_and_admin()
         connection.close()
