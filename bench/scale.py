@@ -79,6 +79,13 @@ def parse_args(argv=None):
         "'timeout' (default 30).",
     )
     parser.add_argument(
+        "--filter-choices",
+        type=int,
+        default=3,
+        help="Choices measured per Django field filter (the project's own filters: all; "
+        "default 3).",
+    )
+    parser.add_argument(
         "--only", metavar="TEXT", help="Measure only pages whose name contains TEXT."
     )
     parser.add_argument("--build-only", action="store_true", help="Build, measure nothing.")
@@ -632,7 +639,7 @@ def admin_pages(client, sample, args):
         for spec in specs:
             # A project's own filter: every choice (each is a query someone wrote); Django's
             # field filters: the first three (for dates: today, past 7 days, this month).
-            limit = 99 if isinstance(spec, admin.SimpleListFilter) else 3
+            limit = 99 if isinstance(spec, admin.SimpleListFilter) else args.filter_choices
             taken = 0
             for choice in spec.choices(changelist):
                 query = choice.get("query_string", "?")
