@@ -514,6 +514,8 @@ def measure(name, call, *, args, group):
                 elapsed = time.perf_counter() - started
         except (OperationalError, DatabaseError) as exc:
             error = "timeout" if "statement timeout" in str(exc) else type(exc).__name__
+            # The statement that failed is the recorder's last (and slowest) one.
+            slowest = max(recorder.statements, key=lambda s: s[0], default=slowest)
             connection.close()
             break
         status = getattr(response, "status_code", None)
