@@ -383,7 +383,11 @@ class CreditLedgerEntry(models.Model):
         ordering = ["-created_at", "-id"]
         # Entries are written by services only; granting is the one kind an operator adds.
         permissions = [("grant_credits", "Can grant credits to users")]
-        indexes = [models.Index(fields=["user", "-id"], name="credit_ledger_user_newest")]
+        indexes = [
+            models.Index(fields=["user", "-id"], name="credit_ledger_user_newest"),
+            # The ledger list, newest first (its ordering).
+            models.Index(fields=["-created_at", "-id"], name="credit_ledger_newest"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount:+} for {self.user_id}"
@@ -516,6 +520,10 @@ class BillingHistory(models.Model):
         verbose_name_plural = "billing history"
         ordering = ["-created_at"]
         permissions = [("sync_invoices", "Can sync users' invoices from Stripe")]
+        indexes = [
+            # The billing history list, newest first (the admin adds the id).
+            models.Index(fields=["-created_at", "-id"], name="billing_history_newest"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(status__in=["pending", "paid", "failed", "void"]),
@@ -558,7 +566,11 @@ class StripeEvent(models.Model):
     class Meta:
         db_table = "billing_stripe_event"
         ordering = ["-created"]
-        indexes = [models.Index(fields=["status", "created"], name="stripe_event_status")]
+        indexes = [
+            models.Index(fields=["status", "created"], name="stripe_event_status"),
+            # The events list, newest first (the admin adds the id to make it total).
+            models.Index(fields=["-created", "-id"], name="stripe_event_newest"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} {self.type} ({self.status})"

@@ -11,6 +11,7 @@ from django.contrib import admin
 from django.db.models import F
 from django.utils.html import format_html
 
+from accounts.admin_search import UserFirstSearchMixin
 from billing import stripe_gateway as gateway
 from billing.adjustments import (
     AdjustmentError,
@@ -27,6 +28,7 @@ from billing.purchases import credit_purchase_refund_request
 from billing.stripe_gateway import StripeGatewayError
 from plumbing import outbound
 from plumbing.admin_confirm import confirm_then
+from plumbing.admin_lists import EstimatedCountAdminMixin
 from plumbing.admin_report import ActionReport
 
 Channel = BillingAdjustment.Channel
@@ -35,7 +37,7 @@ Status = BillingAdjustment.Status
 
 
 @admin.register(CreditLedgerEntry)
-class CreditLedgerAdmin(ReadOnlyAdmin):
+class CreditLedgerAdmin(UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin):
     """Append-only: corrections are new entries (a grant or an adjustment)."""
 
     list_display = (
@@ -50,8 +52,7 @@ class CreditLedgerAdmin(ReadOnlyAdmin):
     )
     list_select_related = ("user",)
     list_filter = ("kind", "created_at")
-    search_fields = ("user__email", "=reference")
-    date_hierarchy = "created_at"
+    search_fields = ("reference",)  # exact, and the user-first search
 
 
 class AmountField(forms.CharField):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.utils.html import format_html
 
+from accounts.admin_search import UserFirstSearchMixin
 from billing import stripe_gateway as gateway
 from billing.admin.base import ReadOnlyAdmin
 from billing.models import (
@@ -16,11 +17,12 @@ from billing.models import (
 )
 from billing.stripe_events import DONE, stripe_event_not_processable
 from billing.tasks import stripe_event_defer
+from plumbing.admin_lists import EstimatedCountAdminMixin, ExactSearchAdminMixin
 from plumbing.admin_report import ActionReport
 
 
 @admin.register(BillingHistory)
-class BillingHistoryAdmin(ReadOnlyAdmin):
+class BillingHistoryAdmin(UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin):
     list_display = (
         "created_at",
         "user",
@@ -35,8 +37,7 @@ class BillingHistoryAdmin(ReadOnlyAdmin):
     )
     list_select_related = ("user",)
     list_filter = ("status", "stripe_status", "currency", "created_at")
-    search_fields = ("user__email", "=stripe_invoice_id", "description")
-    date_hierarchy = "created_at"
+    search_fields = ("stripe_invoice_id",)  # exact, and the user-first search
 
     @admin.display(description="Stripe invoice")
     def stripe_link(self, obj):
@@ -50,11 +51,11 @@ class BillingHistoryAdmin(ReadOnlyAdmin):
 
 
 @admin.register(StripeEvent)
-class StripeEventAdmin(ReadOnlyAdmin):
+class StripeEventAdmin(ExactSearchAdminMixin, EstimatedCountAdminMixin, ReadOnlyAdmin):
     list_display = ("created", "type", "status", "attempts", "short_error", "id")
     list_filter = ("status", "type")
-    search_fields = ("=id", "type")
-    date_hierarchy = "created"
+    search_fields = ("id",)  # exact: one index probe; the type is a filter
+    search_help_text = "An exact Stripe event id (evt_...)."
     actions = ("process_again",)
     fields = (
         "id",

@@ -8,17 +8,24 @@ from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from accounts.admin_search import UserFirstSearchMixin
 from accounts.models import User
 from billing import selectors
 from billing.admin.base import ReadOnlyAdmin
 from billing.models import UsageCollectionRun, UsageDaily
 from billing.pricing import to_cents
 from billing.tasks import collection_defer
+from plumbing.admin_lists import EstimatedCountAdminMixin
 from plumbing.admin_report import ActionReport
 
 
 @admin.register(UsageDaily)
-class UsageDailyAdmin(ReadOnlyAdmin):
+class UsageDailyAdmin(UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin):
+    """Millions of rows: the count of a big list is the planner's estimate, search
+    resolves the user first (accounts/admin_search.py), there is no date hierarchy (it
+    reads every row for its months) and totals are given once the list is narrowed to at
+    most plumbing.admin_lists.ESTIMATE_OVER rows."""
+
     list_display = (
         "date",
         "user",
@@ -31,9 +38,7 @@ class UsageDailyAdmin(ReadOnlyAdmin):
     )
     list_select_related = ("user", "hopsworks_cluster")
     list_filter = ("date", "hopsworks_cluster")
-    search_fields = ("user__email", "=user__id")
-    date_hierarchy = "date"
-    show_full_result_count = False
+    search_fields = ()  # the user-first search alone (accounts/admin_search.py)
 
     @admin.display(description="total cost", ordering="total_cost")
     def cost(self, obj):
@@ -42,7 +47,11 @@ class UsageDailyAdmin(ReadOnlyAdmin):
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context)
         changelist = getattr(response, "context_data", {}).get("cl")
-        if changelist is not None:
+        if changelist is not None and changelist.paginator.estimated:
+            # Summing millions of rows takes seconds: totals are for a narrowed list.
+            response.context_data["usage_totals_too_many"] = True
+            response.context_data["usage_totals_limit"] = changelist.paginator.estimate_over
+        elif changelist is not None:
             totals = selectors.usage_totals(changelist.queryset)
             totals["total_cost_cents"] = to_cents(totals["total_cost"])
             response.context_data["usage_totals"] = totals
