@@ -280,8 +280,10 @@ class UsageDaily(models.Model):
         ordering = ["-date", "user_id"]
         indexes = [
             models.Index(fields=["user", "date"], name="idx_usage_daily_user_date"),
-            # Month-to-date figures over all users (the dashboard) read by date.
-            models.Index(fields=["date"], name="usage_daily_date"),
+            # Month-to-date figures over all users (the dashboard) read by date; the usage
+            # lists (admin and API), newest day first, read their first page in this order
+            # instead of sorting a whole day's rows (100,000 at 100,000 users).
+            models.Index(fields=["-date", "user", "id"], name="usage_daily_date"),
         ]
         constraints = [
             # COALESCE makes rows without a cluster collide too (NULL = NULL here), on

@@ -39,6 +39,7 @@ class UsageDailyAdmin(UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAd
     list_select_related = ("user", "hopsworks_cluster")
     list_filter = ("date", "hopsworks_cluster")
     search_fields = ()  # the user-first search alone (accounts/admin_search.py)
+    ordering = ("-date", "user_id", "id")  # the order of the usage_daily_date index
 
     @admin.display(description="total cost", ordering="total_cost")
     def cost(self, obj):

@@ -213,6 +213,18 @@ def test_usage_by_user_resolves_the_user_first_and_reads_their_rows_by_index(cli
     assert unknown.status_code == 200 and unknown.json()["results"] == []
 
 
+def test_the_usage_api_reads_its_first_page_in_index_order(client, make_key):
+    from tests.plans import get_capturing, list_statement, plan
+
+    add_days(UserFactory.create_batch(3), 3)
+    _, statements = get_capturing(
+        client, "/api/v1/usage", HTTP_AUTHORIZATION=make_key("usage:read")
+    )
+
+    explained = plan(list_statement(statements, "usage_daily"))
+    assert "usage_daily_date" in explained and "Sort" not in explained
+
+
 def test_usage_pages_go_a_bounded_depth_and_say_how_to_go_further(client, make_key):
     from billing.api import BoundedPagination
 

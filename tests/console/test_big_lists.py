@@ -216,6 +216,16 @@ def test_the_ledger_invoices_and_events_lists_read_newest_first_by_their_index(
         assert index in plan(statement), url
 
 
+def test_the_usage_list_reads_its_first_page_in_index_order(operator_client, people):
+    _, statements = get_capturing(operator_client, USAGE)
+
+    statement = list_statement(statements, "usage_daily")
+    if "LIMIT" not in statement:
+        statement += " LIMIT 100"
+    explained = plan(statement)
+    assert "usage_daily_date" in explained and "Sort" not in explained
+
+
 def test_stripe_events_are_searched_by_their_exact_id(operator_client):
     StripeEvent.objects.create(id="evt_1", type="invoice.paid", created=timezone.now(), payload={})
     StripeEvent.objects.create(id="evt_2", type="invoice.paid", created=timezone.now(), payload={})
