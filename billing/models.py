@@ -525,6 +525,9 @@ class BillingHistory(models.Model):
         indexes = [
             # The billing history list, newest first (the admin adds the id).
             models.Index(fields=["-created_at", "-id"], name="billing_history_newest"),
+            # The list's filters read the distinct values through them.
+            models.Index(fields=["stripe_status"], name="invoice_stripe_status_filter"),
+            models.Index(fields=["currency"], name="invoice_currency_filter"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -572,6 +575,8 @@ class StripeEvent(models.Model):
             models.Index(fields=["status", "created"], name="stripe_event_status"),
             # The events list, newest first (the admin adds the id to make it total).
             models.Index(fields=["-created", "-id"], name="stripe_event_newest"),
+            # The list's type filter reads the distinct types through it.
+            models.Index(fields=["type"], name="stripe_event_type_filter"),
         ]
 
     def __str__(self) -> str:

@@ -16,9 +16,10 @@ import json
 from functools import reduce
 from operator import or_
 
+from django.contrib import admin
 from django.core.exceptions import EmptyResultSet
 from django.core.paginator import Paginator
-from django.db import connections
+from django.db import connection, connections
 from django.db.models import Q
 from django.utils.functional import cached_property
 
@@ -103,3 +104,26 @@ class EstimatedCountAdminMixin:
 
     paginator = EstimatedCountPaginator
     show_full_result_count = False
+
+
+class IndexedValuesFilter(admin.AllValuesFieldListFilter):
+    """A filter offering a column's distinct values, read by skipping through the column's
+    index (one probe per value) instead of `SELECT DISTINCT` over every row. The column
+    needs a btree index of its own (named `..._<column>_filter`)."""
+
+    def __init__(self, field, request, params, model, model_admin, field_path):
+        super().__init__(field, request, params, model, model_admin, field_path)
+        table = connection.ops.quote_name(model._meta.db_table)
+        column = connection.ops.quote_name(field.column)
+        # Names from the model's metadata, quoted: no user input reaches the statement.
+        with connection.cursor() as cursor:
+            skip_scan = (
+                f"WITH RECURSIVE v(x) AS ("  # noqa: S608
+                f" (SELECT {column} FROM {table} WHERE {column} IS NOT NULL"
+                f"  ORDER BY {column} LIMIT 1)"
+                f" UNION ALL SELECT (SELECT {column} FROM {table} WHERE {column} > v.x"
+                f"  ORDER BY {column} LIMIT 1) FROM v WHERE v.x IS NOT NULL"
+                f") SELECT x FROM v WHERE x IS NOT NULL"
+            )
+            cursor.execute(skip_scan)
+            self.lookup_choices = [row[0] for row in cursor.fetchall()]

@@ -17,7 +17,11 @@ from billing.models import (
 )
 from billing.stripe_events import DONE, stripe_event_not_processable
 from billing.tasks import stripe_event_defer
-from plumbing.admin_lists import EstimatedCountAdminMixin, ExactSearchAdminMixin
+from plumbing.admin_lists import (
+    EstimatedCountAdminMixin,
+    ExactSearchAdminMixin,
+    IndexedValuesFilter,
+)
 from plumbing.admin_report import ActionReport
 
 
@@ -36,7 +40,12 @@ class BillingHistoryAdmin(UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOn
         "stripe_link",
     )
     list_select_related = ("user",)
-    list_filter = ("status", "stripe_status", "currency", "created_at")
+    list_filter = (
+        "status",
+        ("stripe_status", IndexedValuesFilter),
+        ("currency", IndexedValuesFilter),
+        "created_at",
+    )
     search_fields = ("stripe_invoice_id",)  # exact, and the user-first search
 
     @admin.display(description="Stripe invoice")
@@ -53,7 +62,7 @@ class BillingHistoryAdmin(UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOn
 @admin.register(StripeEvent)
 class StripeEventAdmin(ExactSearchAdminMixin, EstimatedCountAdminMixin, ReadOnlyAdmin):
     list_display = ("created", "type", "status", "attempts", "short_error", "id")
-    list_filter = ("status", "type")
+    list_filter = ("status", ("type", IndexedValuesFilter))
     search_fields = ("id",)  # exact: one index probe; the type is a filter
     search_help_text = "An exact Stripe event id (evt_...)."
     actions = ("process_again",)

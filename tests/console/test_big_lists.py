@@ -226,6 +226,27 @@ def test_the_usage_list_reads_its_first_page_in_index_order(operator_client, peo
     assert "usage_daily_date" in explained and "Sort" not in explained
 
 
+def test_the_invoice_and_event_filters_read_their_values_through_an_index(operator_client):
+    user = UserFactory()
+    for n, (currency, status) in enumerate([("USD", "paid"), ("EUR", "open"), ("USD", "")]):
+        BillingHistory.objects.create(
+            user=user, amount=D("1"), currency=currency, stripe_status=status
+        )
+        StripeEvent.objects.create(
+            id=f"evt_{n}", type=["a.b", "c.d", "a.b"][n], created=timezone.now(), payload={}
+        )
+
+    invoices, statements = get_capturing(operator_client, INVOICES)
+    events, more = get_capturing(operator_client, EVENTS)
+
+    assert not [s for s in statements + more if "DISTINCT" in s]
+    specs = {spec.field_path: spec for spec in invoices.context["cl"].filter_specs}
+    assert specs["currency"].lookup_choices == ["EUR", "USD"]
+    assert specs["stripe_status"].lookup_choices == ["", "open", "paid"]
+    specs = {spec.field_path: spec for spec in events.context["cl"].filter_specs}
+    assert specs["type"].lookup_choices == ["a.b", "c.d"]
+
+
 def test_stripe_events_are_searched_by_their_exact_id(operator_client):
     StripeEvent.objects.create(id="evt_1", type="invoice.paid", created=timezone.now(), payload={})
     StripeEvent.objects.create(id="evt_2", type="invoice.paid", created=timezone.now(), payload={})
