@@ -15,6 +15,7 @@ from rest_framework_api_key.models import APIKey as LibraryAPIKey
 from accounts import services
 from accounts.api import SCOPE_PERMISSIONS, session_may
 from accounts.models import LOCAL_ID_PREFIX, ApiKey, User, new_local_id
+from accounts.selectors import users_exact
 from plumbing.admin_confirm import confirm_then
 from plumbing.admin_report import ActionReport
 
@@ -94,8 +95,14 @@ class UserAdminBase(DjangoUserAdmin):
         "created_at",
     )
     list_filter = ("status", UserKindFilter, "is_admin", "is_superuser", "groups")
-    # "=email" is the seed's exact "Find user by email"; the others find partial matches.
-    search_fields = ("=email", "email", "name", "=id", "=hopsworks_username")
+    # Partial (any case) on email and name, served by the trigram indexes. An exact email
+    # (the seed's "Find user by email"), id, Stripe customer id or Hopsworks username is
+    # resolved first (get_search_results): that user alone, one index probe.
+    search_fields = ("email", "name")
+    search_help_text = (
+        "An exact email, user id, Stripe customer id or Hopsworks username; "
+        "or part of an email or name."
+    )
     ordering = ("email",)
     date_hierarchy = "created_at"
     readonly_fields = (*AUTH0_FIELDS, *SYNCED_FIELDS)
@@ -114,6 +121,12 @@ class UserAdminBase(DjangoUserAdmin):
             },
         ),
     )
+
+    def get_search_results(self, request, queryset, search_term):
+        exact = users_exact(search_term)
+        if exact:
+            return queryset.filter(pk__in=exact), False
+        return super().get_search_results(request, queryset, search_term)
 
     def get_readonly_fields(self, request, obj=None):
         fields = [] if obj is None else list(super().get_readonly_fields(request, obj))

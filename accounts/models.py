@@ -111,6 +111,16 @@ class User(AbstractBaseUser, PermissionsMixin):
             ("suspend_user", "Can suspend and reactivate users"),
             ("export_user", "Can export the users list (CSV, XLSX)"),
         ]
+        indexes = [
+            # Partial search (any case) on email and name is served by trigram indexes on
+            # UPPER(email) and UPPER(name) (Django's icontains is UPPER(col) LIKE
+            # UPPER('%x%')): users_email_trgm_search and users_name_trgm_search, created by
+            # SQL in migration 0006 (Django puts an expression with an opclass in
+            # parentheses, which PostgreSQL refuses).
+            # Exact search by the ids other systems give a user.
+            models.Index(fields=["stripe_customer_id"], name="users_stripe_customer_search"),
+            models.Index(fields=["hopsworks_username"], name="users_hopsworks_name_search"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(status__in=["active", "suspended", "deleted"]),

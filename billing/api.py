@@ -11,10 +11,12 @@ from rest_framework import exceptions, generics, serializers
 from rest_framework.response import Response
 
 from accounts.api import HasScope
-from accounts.models import normalize_email
+from accounts.models import User, normalize_email
 from billing.models import UsageDaily
 from billing.usage import MAX_BATCH, UsageRecord, UsageValidationError, usage_upsert
 from clusters.selectors import cluster_by_name_or_id, cluster_ids_by_name_or_id
+from plumbing.admin_lists import EstimatedCountPaginator
+from plumbing.api import Pagination
 from plumbing.api_docs import COMMON_ERRORS, error_responses
 
 MONEY = {"max_digits": 30, "decimal_places": 10}
@@ -96,6 +98,28 @@ UpsertResult = inline_serializer(
 )
 
 
+class BoundedPagination(Pagination):
+    """Pages at most `max_depth` rows deep (an offset reads and drops every row before the
+    page); past that, narrow with `to` (the date of the last row read) and start again at
+    page 1. The count of a big list is the planner's estimate (plumbing/admin_lists.py)."""
+
+    django_paginator_class = EstimatedCountPaginator
+    max_depth = 10_000
+
+    def paginate_queryset(self, queryset, request, view=None):
+        raw = request.query_params.get(self.page_query_param, "1")
+        if raw.isdigit() and (int(raw) - 1) * self.get_page_size(request) >= self.max_depth:
+            raise exceptions.ValidationError(
+                {
+                    self.page_query_param: [
+                        f"Pages go {self.max_depth} rows deep. Narrow the list with `to` "
+                        "(the date of the last row you have) and start again at page 1."
+                    ]
+                }
+            )
+        return super().paginate_queryset(queryset, request, view)
+
+
 class UsageRecordsView(generics.ListAPIView):
     """GET: usage rows, filtered. POST: write usage records in bulk: every record is
     validated first and one bad record writes nothing (the error names it by index); the
@@ -106,11 +130,16 @@ class UsageRecordsView(generics.ListAPIView):
     permission_classes = [HasScope]
     scopes = {"GET": "usage:read", "POST": "usage:write"}
 
+    pagination_class = BoundedPagination
+
     def get_queryset(self):
         rows = UsageDaily.objects.order_by("-date", "user_id", "id")
         user = self.request.query_params.get("user")
         if user:
-            rows = rows.filter(Q(user_id=user) | Q(user__email=normalize_email(user)))
+            # The user first (an id or an email, one index probe each), then their rows by
+            # the (user_id, date) index: an OR across a join to users would scan them all.
+            found = User.objects.filter(Q(pk=user) | Q(email=normalize_email(user)))
+            rows = rows.filter(user_id__in=list(found.values_list("pk", flat=True)))
         cluster = self.request.query_params.get("cluster")
         if cluster:
             found = cluster_by_name_or_id(cluster)

@@ -281,8 +281,10 @@ class UsageDaily(models.Model):
         permissions = [("export_usagedaily", "Can export daily usage (CSV, XLSX)")]
         indexes = [
             models.Index(fields=["user", "date"], name="idx_usage_daily_user_date"),
-            # Month-to-date figures over all users (the dashboard) read by date.
-            models.Index(fields=["date"], name="usage_daily_date"),
+            # Month-to-date figures over all users (the dashboard) read by date; the usage
+            # lists (admin and API), newest day first, read their first page in this order
+            # instead of sorting a whole day's rows (100,000 at 100,000 users).
+            models.Index(fields=["-date", "user", "id"], name="usage_daily_date"),
         ]
         constraints = [
             # COALESCE makes rows without a cluster collide too (NULL = NULL here), on
@@ -387,7 +389,11 @@ class CreditLedgerEntry(models.Model):
             ("grant_credits", "Can grant credits to users"),
             ("export_creditledgerentry", "Can export the credit ledger (CSV, XLSX)"),
         ]
-        indexes = [models.Index(fields=["user", "-id"], name="credit_ledger_user_newest")]
+        indexes = [
+            models.Index(fields=["user", "-id"], name="credit_ledger_user_newest"),
+            # The ledger list, newest first (its ordering).
+            models.Index(fields=["-created_at", "-id"], name="credit_ledger_newest"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount:+} for {self.user_id}"
@@ -523,6 +529,13 @@ class BillingHistory(models.Model):
             ("sync_invoices", "Can sync users' invoices from Stripe"),
             ("export_billinghistory", "Can export billing history (CSV, XLSX)"),
         ]
+        indexes = [
+            # The billing history list, newest first (the admin adds the id).
+            models.Index(fields=["-created_at", "-id"], name="billing_history_newest"),
+            # The list's filters read the distinct values through them.
+            models.Index(fields=["stripe_status"], name="invoice_stripe_status_filter"),
+            models.Index(fields=["currency"], name="invoice_currency_filter"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(status__in=["pending", "paid", "failed", "void"]),
@@ -565,7 +578,13 @@ class StripeEvent(models.Model):
     class Meta:
         db_table = "billing_stripe_event"
         ordering = ["-created"]
-        indexes = [models.Index(fields=["status", "created"], name="stripe_event_status")]
+        indexes = [
+            models.Index(fields=["status", "created"], name="stripe_event_status"),
+            # The events list, newest first (the admin adds the id to make it total).
+            models.Index(fields=["-created", "-id"], name="stripe_event_newest"),
+            # The list's type filter reads the distinct types through it.
+            models.Index(fields=["type"], name="stripe_event_type_filter"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} {self.type} ({self.status})"

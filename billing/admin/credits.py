@@ -11,6 +11,7 @@ from django.contrib import admin
 from django.db.models import F
 from django.utils.html import format_html
 
+from accounts.admin_search import UserFirstSearchMixin
 from billing import stripe_gateway as gateway
 from billing.adjustments import (
     AdjustmentError,
@@ -29,6 +30,7 @@ from billing.stripe_gateway import StripeGatewayError
 from plumbing import outbound
 from plumbing.admin_confirm import confirm_then
 from plumbing.admin_export import ExportAdminMixin
+from plumbing.admin_lists import EstimatedCountAdminMixin
 from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 
@@ -38,7 +40,9 @@ Status = BillingAdjustment.Status
 
 
 @admin.register(CreditLedgerEntry)
-class CreditLedgerAdmin(ExportAdminMixin, ReadOnlyAdmin):
+class CreditLedgerAdmin(
+    ExportAdminMixin, UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
+):
     """Append-only: corrections are new entries (a grant or an adjustment)."""
 
     export_resource_class = CreditLedgerResource
@@ -55,8 +59,7 @@ class CreditLedgerAdmin(ExportAdminMixin, ReadOnlyAdmin):
     )
     list_select_related = ("user",)
     list_filter = ("kind", date_range("created_at"))
-    search_fields = ("user__email", "=reference")
-    date_hierarchy = "created_at"
+    search_fields = ("reference",)  # exact, and the user-first search
 
 
 class AmountField(forms.CharField):

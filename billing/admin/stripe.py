@@ -7,6 +7,7 @@ import json
 from django.contrib import admin
 from django.utils.html import format_html
 
+from accounts.admin_search import UserFirstSearchMixin
 from billing import stripe_gateway as gateway
 from billing.admin.base import ReadOnlyAdmin
 from billing.exports import BillingHistoryResource
@@ -21,12 +22,19 @@ from billing.stripe_events import DONE, stripe_event_not_processable
 from billing.tasks import stripe_event_defer
 from plumbing.admin_confirm import ObjectActionsMixin
 from plumbing.admin_export import ExportAdminMixin
+from plumbing.admin_lists import (
+    EstimatedCountAdminMixin,
+    ExactSearchAdminMixin,
+    IndexedValuesFilter,
+)
 from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 
 
 @admin.register(BillingHistory)
-class BillingHistoryAdmin(ExportAdminMixin, ReadOnlyAdmin):
+class BillingHistoryAdmin(
+    ExportAdminMixin, UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
+):
     export_resource_class = BillingHistoryResource
     list_display = (
         "created_at",
@@ -41,9 +49,13 @@ class BillingHistoryAdmin(ExportAdminMixin, ReadOnlyAdmin):
         "stripe_link",
     )
     list_select_related = ("user",)
-    list_filter = ("status", "stripe_status", "currency", date_range("created_at"))
-    search_fields = ("user__email", "=stripe_invoice_id", "description")
-    date_hierarchy = "created_at"
+    list_filter = (
+        "status",
+        ("stripe_status", IndexedValuesFilter),
+        ("currency", IndexedValuesFilter),
+        date_range("created_at"),
+    )
+    search_fields = ("stripe_invoice_id",)  # exact, and the user-first search
 
     @admin.display(description="Stripe invoice")
     def stripe_link(self, obj):
@@ -57,11 +69,13 @@ class BillingHistoryAdmin(ExportAdminMixin, ReadOnlyAdmin):
 
 
 @admin.register(StripeEvent)
-class StripeEventAdmin(ObjectActionsMixin, ReadOnlyAdmin):
+class StripeEventAdmin(
+    ObjectActionsMixin, ExactSearchAdminMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
+):
     list_display = ("created", "type", "status", "attempts", "short_error", "id")
-    list_filter = ("status", "type", date_range("created"))
-    search_fields = ("=id", "type")
-    date_hierarchy = "created"
+    list_filter = ("status", ("type", IndexedValuesFilter), date_range("created"))
+    search_fields = ("id",)  # exact: one index probe; the type is a filter
+    search_help_text = "An exact Stripe event id (evt_...)."
     actions = ("process_again",)
     object_actions = ("process_again",)
     fields = (

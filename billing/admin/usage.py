@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from accounts.admin_search import UserFirstSearchMixin
 from accounts.models import User
 from billing import selectors
 from billing.admin.base import ReadOnlyAdmin
@@ -16,13 +17,22 @@ from billing.models import UsageCollectionRun, UsageDaily
 from billing.pricing import to_cents
 from billing.tasks import collection_defer
 from plumbing.admin_export import ExportAdminMixin
+from plumbing.admin_lists import EstimatedCountAdminMixin
 from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 
 
 @admin.register(UsageDaily)
-class UsageDailyAdmin(ExportAdminMixin, ReadOnlyAdmin):
+class UsageDailyAdmin(
+    ExportAdminMixin, UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
+):
+    """Millions of rows: the count of a big list is the planner's estimate, search
+    resolves the user first (accounts/admin_search.py), there is no date hierarchy (it
+    reads every row for its months) and totals are given once the list is narrowed to at
+    most plumbing.admin_lists.ESTIMATE_OVER rows."""
+
     export_resource_class = UsageDailyResource
+
     list_display = (
         "date",
         "user",
@@ -35,9 +45,8 @@ class UsageDailyAdmin(ExportAdminMixin, ReadOnlyAdmin):
     )
     list_select_related = ("user", "hopsworks_cluster")
     list_filter = (date_range("date"), "hopsworks_cluster")
-    search_fields = ("user__email", "=user__id")
-    date_hierarchy = "date"
-    show_full_result_count = False
+    search_fields = ()  # the user-first search alone (accounts/admin_search.py)
+    ordering = ("-date", "user_id", "id")  # the order of the usage_daily_date index
 
     @admin.display(description="total cost", ordering="total_cost")
     def cost(self, obj):
@@ -46,7 +55,11 @@ class UsageDailyAdmin(ExportAdminMixin, ReadOnlyAdmin):
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context)
         changelist = getattr(response, "context_data", {}).get("cl")
-        if changelist is not None:
+        if changelist is not None and changelist.paginator.estimated:
+            # Summing millions of rows takes seconds: totals are for a narrowed list.
+            response.context_data["usage_totals_too_many"] = True
+            response.context_data["usage_totals_limit"] = changelist.paginator.estimate_over
+        elif changelist is not None:
             totals = selectors.usage_totals(changelist.queryset)
             totals["total_cost_cents"] = to_cents(totals["total_cost"])
             response.context_data["usage_totals"] = totals

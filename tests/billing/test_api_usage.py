@@ -208,3 +208,80 @@ def test_posting_usage_makes_the_same_number_of_queries_for_10_and_for_200_recor
     # New rows: 20 records, then 200.
     assert queries(1, dt.date(2026, 9, 1)) == queries(10, dt.date(2026, 10, 1))
     assert UsageDaily.objects.filter(hopsworks_cluster=east).count() == 110
+
+
+def add_days(users, days):
+    from billing.usage import UsageRecord, usage_upsert
+
+    usage_upsert(
+        records=[
+            UsageRecord(user_id=u.pk, date=dt.date(2026, 11, d), api_calls=d)
+            for u in users
+            for d in range(1, days + 1)
+        ],
+        actor="t",
+    )
+
+
+@pytest.mark.parametrize("by", ["id", "email"])
+def test_usage_by_user_resolves_the_user_first_and_reads_their_rows_by_index(client, make_key, by):
+    from tests.plans import get_capturing, list_statement, plan
+
+    ada, other = UserFactory(email="ada@example.com"), UserFactory()
+    add_days([ada, other], 3)
+    key = make_key("usage:read")
+    term = ada.pk if by == "id" else "ADA@example.com"
+
+    response, statements = get_capturing(
+        client, "/api/v1/usage", {"user": term}, HTTP_AUTHORIZATION=key
+    )
+
+    assert {row["user"] for row in response.json()["results"]} == {ada.pk}
+    statement = list_statement(statements, "usage_daily")
+    assert " OR " not in statement and 'JOIN "users"' not in statement
+    assert "idx_usage_daily_user_date" in plan(statement)
+    unknown = client.get("/api/v1/usage", {"user": "nobody@example.com"}, HTTP_AUTHORIZATION=key)
+    assert unknown.status_code == 200 and unknown.json()["results"] == []
+
+
+def test_the_usage_api_reads_its_first_page_in_index_order(client, make_key):
+    from tests.plans import get_capturing, list_statement, plan
+
+    add_days(UserFactory.create_batch(3), 3)
+    _, statements = get_capturing(
+        client, "/api/v1/usage", HTTP_AUTHORIZATION=make_key("usage:read")
+    )
+
+    explained = plan(list_statement(statements, "usage_daily"))
+    assert "usage_daily_date" in explained and "Sort" not in explained
+
+
+def test_usage_pages_go_a_bounded_depth_and_say_how_to_go_further(client, make_key):
+    from billing.api import BoundedPagination
+
+    add_days(UserFactory.create_batch(2), 3)
+    key = make_key("usage:read")
+    deepest = BoundedPagination.max_depth // 2  # pages of 2 rows
+
+    within = client.get("/api/v1/usage", {"page_size": 2, "page": 2}, HTTP_AUTHORIZATION=key).json()
+    assert len(within["results"]) == 2
+    too_deep = client.get(
+        "/api/v1/usage", {"page_size": 2, "page": deepest + 1}, HTTP_AUTHORIZATION=key
+    )
+    assert too_deep.status_code == 400
+    assert "`to`" in json.dumps(too_deep.json())
+
+
+def test_an_unfiltered_usage_list_counts_from_the_planners_estimate(client, make_key, monkeypatch):
+    from plumbing.admin_lists import EstimatedCountPaginator
+    from tests.plans import analyze, get_capturing
+
+    monkeypatch.setattr(EstimatedCountPaginator, "estimate_over", 5)
+    add_days(UserFactory.create_batch(3), 3)
+    analyze("usage_daily")
+    key = make_key("usage:read")
+
+    response, statements = get_capturing(client, "/api/v1/usage", HTTP_AUTHORIZATION=key)
+
+    assert response.json()["count"] == 9
+    assert not [s for s in statements if "COUNT(" in s and "usage_daily" in s]

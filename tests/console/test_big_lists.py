@@ -1,0 +1,303 @@
+"""The lists over big tables (usage, ledger, invoices, Stripe events, users, clusters):
+counted from the planner's estimate when big, searched by resolving the user first, ordered
+by an index named after the list. (Timings at scale: bench/scale.py.)"""
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from django.contrib.messages import get_messages
+from django.db import connection
+from django.utils import timezone
+
+from accounts import selectors
+from billing.credits import Kind, credits_add
+from billing.models import BillingHistory, StripeEvent
+from billing.usage import UsageRecord, usage_upsert
+from clusters import services
+from clusters.models import HopsworksAccount
+from plumbing.admin_lists import EstimatedCountPaginator
+from tests.factories import ClusterFactory, UserFactory
+from tests.plans import analyze, get_capturing, list_statement, plan
+
+pytestmark = pytest.mark.django_db
+D = Decimal
+USAGE = "/admin/billing/usagedaily/"
+LEDGER = "/admin/billing/creditledgerentry/"
+INVOICES = "/admin/billing/billinghistory/"
+EVENTS = "/admin/billing/stripeevent/"
+USERS = "/admin/accounts/user/"
+CLUSTERS = "/admin/clusters/hopsworkscluster/"
+
+
+def add_usage(users, cluster, days):
+    today = timezone.now().date()
+    usage_upsert(
+        records=[
+            UsageRecord(
+                user_id=u.pk,
+                cluster_id=cluster.pk,
+                date=today - dt.timedelta(days=d),
+                cpu_hours=D("1"),
+                api_calls=10,
+            )
+            for u in users
+            for d in range(1, days + 1)
+        ],
+        actor="test",
+    )
+
+
+@pytest.fixture
+def people():
+    ada = UserFactory(email="ada@example.com", name="Ada Lovelace", stripe_customer_id="cus_ada")
+    alan = UserFactory(email="alan@example.com", name="Alan Turing")
+    grace = UserFactory(email="grace@example.com", name="Grace Hopper")
+    cluster = ClusterFactory()
+    add_usage([ada], cluster, 3)
+    add_usage([alan, grace], cluster, 2)
+    return ada, alan, grace
+
+
+@pytest.fixture
+def small_threshold(monkeypatch):
+    """Lists count as big from 5 rows, so a test's few rows show what millions do."""
+    monkeypatch.setattr(EstimatedCountPaginator, "estimate_over", 5)
+
+
+def counted(statements, table):
+    return [s for s in statements if "COUNT(" in s and f'FROM "{table}"' in s]
+
+
+# Counts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "table"),
+    [
+        (USAGE, "usage_daily"),
+        (LEDGER, "billing_credit_ledger"),
+        (INVOICES, "billing_history"),
+        (EVENTS, "billing_stripe_event"),
+    ],
+)
+def test_an_unfiltered_big_list_is_counted_from_the_planners_estimate(
+    operator_client, small_threshold, people, url, table
+):
+    ada = people[0]
+    for n, user in enumerate(people):
+        credits_add(user=user, kind=Kind.PURCHASE, amount=D("5"), reference=f"p{n}", actor="t")
+        BillingHistory.objects.create(user=user, amount=D("1"), stripe_invoice_id=f"in_{n}")
+    for n in range(8):
+        StripeEvent.objects.create(
+            id=f"evt_{n}", type="invoice.paid", created=timezone.now(), payload={}
+        )
+    # Enough rows to be "big" for this test.
+    for n in range(3, 8):
+        credits_add(user=ada, kind=Kind.PURCHASE, amount=D("1"), reference=f"p{n}", actor="t")
+        BillingHistory.objects.create(user=ada, amount=D("1"), stripe_invoice_id=f"in_{n}")
+    analyze(table)
+
+    with connection.cursor() as cursor:
+        cursor.execute(f'SELECT COUNT(*) FROM "{table}"')
+        rows = cursor.fetchone()[0]
+
+    page, statements = get_capturing(operator_client, url)
+
+    assert not counted(statements, table)
+    assert page.context["cl"].result_count == rows and page.context["cl"].paginator.estimated
+
+
+def test_a_narrowed_usage_list_is_counted_and_totalled_exactly(
+    operator_client, small_threshold, people
+):
+    analyze("usage_daily")
+    page, statements = get_capturing(operator_client, USAGE, {"q": "ada@example.com"})
+
+    assert counted(statements, "usage_daily")
+    assert page.context["cl"].result_count == 3
+    assert page.context["usage_totals"]["api_calls"] == 30
+
+
+def test_a_big_filtered_usage_list_is_not_totalled_and_says_why(
+    operator_client, small_threshold, people
+):
+    analyze("usage_daily")
+    page, statements = get_capturing(operator_client, USAGE)
+
+    assert "usage_totals" not in page.context
+    assert "totals are given once the list is narrowed" in page.content.decode()
+    assert not [s for s in statements if "SUM(" in s]
+
+
+# Search -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("term", ["ADA@example.com ", "auth0|ada", "cus_ada"])
+def test_usage_searched_by_an_exact_email_id_or_stripe_id_is_that_users_rows_by_index(
+    operator_client, people, term
+):
+    ada = people[0]
+    if term == "auth0|ada":
+        term = ada.pk
+
+    page, statements = get_capturing(operator_client, USAGE, {"q": term})
+
+    assert {row.user_id for row in page.context["cl"].result_list} == {ada.pk}
+    assert page.context["cl"].result_count == 3
+    assert not [s for s in statements if "LIKE" in s and "usage_daily" in s]
+    assert "idx_usage_daily_user_date" in plan(list_statement(statements, "usage_daily"))
+
+
+def test_usage_searched_by_part_of_an_email_or_name_is_those_users_rows(operator_client, people):
+    ada, alan, grace = people
+    page = operator_client.get(USAGE, {"q": "LA"})  # alan, and "Ada Lovelace"
+    assert {row.user_id for row in page.context["cl"].result_list} == {ada.pk, alan.pk}
+    page = operator_client.get(USAGE, {"q": "hopper"})
+    assert {row.user_id for row in page.context["cl"].result_list} == {grace.pk}
+    assert operator_client.get(USAGE, {"q": "nobody"}).context["cl"].result_count == 0
+
+
+def test_a_partial_search_matching_too_many_users_says_it_shows_the_first_ones(
+    operator_client, people, monkeypatch
+):
+    monkeypatch.setattr(selectors, "PARTIAL_USERS_MAX", 2)
+    page = operator_client.get(USAGE, {"q": "example.com"})
+
+    assert len({row.user_id for row in page.context["cl"].result_list}) == 2
+    warning = [str(m) for m in get_messages(page.wsgi_request)]
+    assert any("More than 2 users match" in m for m in warning)
+
+
+def test_the_ledger_and_invoices_are_searched_by_user_and_by_their_own_references(
+    operator_client, people
+):
+    ada, alan, _ = people
+    credits_add(user=ada, kind=Kind.PURCHASE, amount=D("5"), reference="pay-1", actor="t")
+    credits_add(user=alan, kind=Kind.PURCHASE, amount=D("5"), reference="pay-2", actor="t")
+    BillingHistory.objects.create(user=ada, amount=D("1"), stripe_invoice_id="in_ada")
+    BillingHistory.objects.create(user=alan, amount=D("1"), stripe_invoice_id="in_alan")
+
+    def users(url, term):
+        page, statements = get_capturing(operator_client, url, {"q": term})
+        return {row.user_id for row in page.context["cl"].result_list}, statements
+
+    assert users(LEDGER, "pay-2")[0] == {alan.pk}
+    assert users(INVOICES, "in_ada")[0] == {ada.pk}
+    found, statements = users(INVOICES, "cus_ada")
+    assert found == {ada.pk}
+    assert "Seq Scan" not in plan(list_statement(statements, "billing_history"))
+    found, statements = users(LEDGER, "Alan@Example.com")
+    assert found == {alan.pk}
+    assert "Seq Scan" not in plan(list_statement(statements, "billing_credit_ledger"))
+
+
+# Indexes named after the list they serve ---------------------------------------------------
+
+
+def test_the_ledger_invoices_and_events_lists_read_newest_first_by_their_index(
+    operator_client, people
+):
+    ada = people[0]
+    credits_add(user=ada, kind=Kind.PURCHASE, amount=D("5"), reference="p", actor="t")
+    BillingHistory.objects.create(user=ada, amount=D("1"))
+    StripeEvent.objects.create(id="evt_1", type="invoice.paid", created=timezone.now(), payload={})
+
+    for url, table, index in [
+        (LEDGER, "billing_credit_ledger", "credit_ledger_newest"),
+        (INVOICES, "billing_history", "billing_history_newest"),
+        (EVENTS, "billing_stripe_event", "stripe_event_newest"),
+    ]:
+        _, statements = get_capturing(operator_client, url)
+        # A list of one page is read whole; the first page of a big one has a LIMIT.
+        statement = list_statement(statements, table)
+        if "LIMIT" not in statement:
+            statement += " LIMIT 100"
+        assert index in plan(statement), url
+
+
+def test_the_usage_list_reads_its_first_page_in_index_order(operator_client, people):
+    _, statements = get_capturing(operator_client, USAGE)
+
+    statement = list_statement(statements, "usage_daily")
+    if "LIMIT" not in statement:
+        statement += " LIMIT 100"
+    explained = plan(statement)
+    assert "usage_daily_date" in explained and "Sort" not in explained
+
+
+def test_the_invoice_and_event_filters_read_their_values_through_an_index(operator_client):
+    user = UserFactory()
+    for n, (currency, status) in enumerate([("USD", "paid"), ("EUR", "open"), ("USD", "")]):
+        BillingHistory.objects.create(
+            user=user, amount=D("1"), currency=currency, stripe_status=status
+        )
+        StripeEvent.objects.create(
+            id=f"evt_{n}", type=["a.b", "c.d", "a.b"][n], created=timezone.now(), payload={}
+        )
+
+    invoices, statements = get_capturing(operator_client, INVOICES)
+    events, more = get_capturing(operator_client, EVENTS)
+
+    assert not [s for s in statements + more if "DISTINCT" in s]
+    specs = {spec.field_path: spec for spec in invoices.context["cl"].filter_specs}
+    assert specs["currency"].lookup_choices == ["EUR", "USD"]
+    assert specs["stripe_status"].lookup_choices == ["", "open", "paid"]
+    specs = {spec.field_path: spec for spec in events.context["cl"].filter_specs}
+    assert specs["type"].lookup_choices == ["a.b", "c.d"]
+
+
+def test_stripe_events_are_searched_by_their_exact_id(operator_client):
+    StripeEvent.objects.create(id="evt_1", type="invoice.paid", created=timezone.now(), payload={})
+    StripeEvent.objects.create(id="evt_2", type="invoice.paid", created=timezone.now(), payload={})
+
+    page, statements = get_capturing(operator_client, EVENTS, {"q": "evt_2"})
+
+    assert [e.pk for e in page.context["cl"].result_list] == ["evt_2"]
+    assert "Seq Scan" not in plan(list_statement(statements, "billing_stripe_event"))
+    assert operator_client.get(EVENTS, {"q": "invoice"}).context["cl"].result_count == 0
+
+
+@pytest.mark.parametrize(
+    ("term", "index"),
+    [("lovelace", "users_name_trgm_search"), ("da@exam", "users_email_trgm_search")],
+)
+def test_users_searched_by_part_of_an_email_or_name_use_the_trigram_indexes(
+    operator_client, people, term, index
+):
+    page, statements = get_capturing(operator_client, USERS, {"q": term})
+
+    assert [u.email for u in page.context["cl"].result_list] == [people[0].email]
+    assert index in plan(list_statement(statements, "users"), off=("seqscan", "indexscan"))
+
+
+def test_users_searched_by_an_exact_id_are_that_user_alone(operator_client, people):
+    ada = people[0]
+    UserFactory(email="lada@example.com")  # contains "ada@example.com"
+    for term in ("ada@example.com", ada.pk, "cus_ada"):
+        page = operator_client.get(USERS, {"q": term})
+        assert [u.pk for u in page.context["cl"].result_list] == [ada.pk], term
+
+
+# Clusters -----------------------------------------------------------------------------------
+
+
+def test_the_clusters_list_counts_each_relation_in_its_own_subquery(operator_client):
+    east = ClusterFactory(name="east", max_users=10)
+    ClusterFactory(name="west")
+    users = UserFactory.create_batch(3)
+    for user in users:
+        services.assignment_create(user=user, cluster=east, actor=None)
+    pending = HopsworksAccount.objects.pending()
+
+    page, statements = get_capturing(operator_client, CLUSTERS)
+
+    counts = {c.name: (c.assigned, c.pending) for c in page.context["cl"].result_list}
+    assert counts == {
+        "east": (3, pending.filter(cluster=east).count()),
+        "west": (0, 0),
+    }
+    statement = list_statement(statements, "hopsworks_clusters")
+    assert "COUNT(DISTINCT" not in statement
+    assert 'JOIN "user_hopsworks_assignments"' not in statement
+    assert 'JOIN "clusters_hopsworksaccount"' not in statement
