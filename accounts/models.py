@@ -25,6 +25,10 @@ def normalize_email(email: str) -> str:
     return (email or "").strip().lower()
 
 
+# A display name (from Auth0, or typed for a break-glass login) is at most this long.
+USER_NAME_MAX_LENGTH = 200
+
+
 class UserManager(BaseUserManager):
     use_in_migrations = True
 

@@ -26,6 +26,10 @@ def max_users_problem(max_users: int | None, *, assigned: int) -> str | None:
     return None
 
 
+# A cluster's name is a short label shown in every list.
+CLUSTER_NAME_MAX_LENGTH = 64
+
+
 class HopsworksCluster(models.Model):
     """A Hopsworks cluster users are placed on: the seed's `hopsworks_clusters`.
 
