@@ -35,17 +35,16 @@ admin.site.index_title = "Operations"
 class UserAdmin(UserBillingAdminMixin, UserPlacementAdminMixin, UserAdminBase):
     """Who a user is (accounts), where they are placed (clusters), how they pay (billing)."""
 
+    # What fits 1280 px: the Auth0 id and the creation date are on the user's page.
     list_display = (
-        "email",
-        "name",
-        "id",
+        "user_column",
         "status",
         "cluster",
+        *UserBillingAdminMixin.billing_columns,
         "is_admin",
-        "login_count",
-        "last_login",
-        "created_at",
+        "last_login_column",
     )
+    list_display_links = ("user_column",)
     list_select_related = UserPlacementAdminMixin.placement_select_related
     list_filter = (
         *UserAdminBase.list_filter,
@@ -70,6 +69,9 @@ class UserAdmin(UserBillingAdminMixin, UserPlacementAdminMixin, UserAdminBase):
         *UserPlacementAdminMixin.placement_actions,
         *UserBillingAdminMixin.billing_actions,
     )
+
+    def get_queryset(self, request):
+        return self.with_billing_figures(super().get_queryset(request))
 
 
 @admin.register(HopsworksCluster)

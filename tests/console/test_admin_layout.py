@@ -201,5 +201,7 @@ def test_a_favicon_is_served_and_linked_from_the_admin_and_the_users_page(
     assert b"".join(response.streaming_content)[:4] == b"\x00\x00\x01\x00"  # an ICO file
     admin_page = operator_client.get("/admin/").content.decode()
     assert 'rel="icon"' in admin_page
-    login_page = client.get("/login/").content.decode()
+    from django.test import Client
+
+    login_page = Client().get("/login/").content.decode()
     assert 'rel="icon"' in login_page

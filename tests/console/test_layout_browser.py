@@ -139,5 +139,5 @@ def test_every_admin_list_fits_1280_pixels_and_the_users_page_fits_375(
         finally:
             browser.close()
 
-    assert too_wide == []
+    assert too_wide == [], "\n".join(too_wide)
     assert home_width <= 375
