@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import uuid
 
-from django.db import models
 from django.core.validators import MaxLengthValidator
+from django.db import models
 from django.db.models.functions import Length, Lower
 from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone

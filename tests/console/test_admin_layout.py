@@ -192,9 +192,7 @@ def test_the_social_auth_lists_are_not_in_the_admin(operator_client):
     assert "Python Social Auth" not in body
 
 
-def test_a_favicon_is_served_and_linked_from_the_admin_and_the_users_page(
-    client, operator_client
-):
+def test_a_favicon_is_served_and_linked_from_the_admin_and_the_users_page(client, operator_client):
     response = client.get("/favicon.ico")
     assert response.status_code == 200
     assert response["Content-Type"] in ("image/x-icon", "image/vnd.microsoft.icon")
