@@ -14,30 +14,36 @@ from billing.admin.base import ReadOnlyAdmin
 from billing.models import UsageCollectionRun, UsageDaily
 from billing.pricing import to_cents
 from billing.tasks import collection_defer
+from plumbing.admin_cells import figure, figures, quantity, user_cell
 from plumbing.admin_report import ActionReport
 
 
 @admin.register(UsageDaily)
 class UsageDailyAdmin(ReadOnlyAdmin):
-    list_display = (
-        "date",
-        "user",
-        "hopsworks_cluster",
-        "cpu_hours",
-        "gpu_hours",
-        "storage_gb_months",
-        "api_calls",
-        "cost",
-    )
+    # The four measures in one compact cell: separate columns did not fit 1280 px.
+    list_display = ("date", "user_column", "hopsworks_cluster", "usage", "cost")
     list_select_related = ("user", "hopsworks_cluster")
     list_filter = ("date", "hopsworks_cluster")
     search_fields = ("user__email", "=user__id")
     date_hierarchy = "date"
     show_full_result_count = False
 
+    @admin.display(description="user", ordering="user__email")
+    def user_column(self, obj):
+        return user_cell(obj.user)
+
+    @admin.display(description="CPU h · GPU h · storage GB-months · API calls")
+    def usage(self, obj):
+        return figures(
+            ("CPU", f"{quantity(obj.cpu_hours)} h"),
+            ("GPU", f"{quantity(obj.gpu_hours)} h"),
+            ("Storage", f"{quantity(obj.storage_gb_months)} GB-months"),
+            ("API", f"{quantity(obj.api_calls, 0)} calls"),
+        )
+
     @admin.display(description="total cost", ordering="total_cost")
     def cost(self, obj):
-        return f"${obj.total_cost.normalize():f}"
+        return figure(obj.total_cost)
 
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context)
