@@ -12,7 +12,7 @@ from accounts.models import User
 from billing import selectors
 from billing.admin.base import ReadOnlyAdmin
 from billing.models import UsageCollectionRun, UsageDaily
-from billing.pricing import to_cents
+from billing.pricing import storage_unit, to_cents
 from billing.tasks import collection_defer
 from plumbing.admin_cells import figure, figures, quantity, user_cell
 from plumbing.admin_report import ActionReport
@@ -32,12 +32,12 @@ class UsageDailyAdmin(ReadOnlyAdmin):
     def user_column(self, obj):
         return user_cell(obj.user)
 
-    @admin.display(description="CPU h · GPU h · storage GB-months · API calls")
+    @admin.display(description="usage")
     def usage(self, obj):
         return figures(
             ("CPU", f"{quantity(obj.cpu_hours)} h"),
             ("GPU", f"{quantity(obj.gpu_hours)} h"),
-            ("Storage", f"{quantity(obj.storage_gb_months)} GB-months"),
+            ("Storage", f"{quantity(obj.storage_gb_months)} {storage_unit()}-months"),
             ("API", f"{quantity(obj.api_calls, 0)} calls"),
         )
 
