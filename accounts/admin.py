@@ -9,8 +9,13 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.utils import timezone
+from django.utils.formats import date_format
+from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
+from social_django.models import Association, Nonce, UserSocialAuth
 
 from accounts import services
 from accounts.api import SCOPE_PERMISSIONS, session_may
@@ -84,6 +89,8 @@ class UserAdminBase(DjangoUserAdmin):
     registered here: console/admin.py composes the one users admin from each app's part."""
 
     add_form = LocalUserCreationForm
+    # The user's TEXT columns (name, Hopsworks username, ...) are all one line.
+    formfield_overrides = {models.TextField: {"widget": forms.TextInput}}
     list_display = (
         "email",
         "name",
@@ -127,6 +134,28 @@ class UserAdminBase(DjangoUserAdmin):
         if exact:
             return queryset.filter(pk__in=exact), False
         return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="user", ordering="email")
+    def user_column(self, obj):
+        """Email and name in one cell, each cut to the column with the whole in a tooltip."""
+        return format_html(
+            '<span class="cut" title="{}">{}</span><span class="cut quiet" title="{}">{}</span>',
+            obj.email,
+            obj.email,
+            obj.name or "",
+            obj.name or "",
+        )
+
+    @admin.display(description="last login", ordering="last_login")
+    def last_login_column(self, obj):
+        if obj.last_login is None:
+            return format_html('<span class="quiet">never</span>')
+        logins = f"{obj.login_count:,} login{'s' if obj.login_count != 1 else ''}"
+        return format_html(
+            '{}<span class="quiet">{}</span>',
+            date_format(timezone.localtime(obj.last_login), "SHORT_DATETIME_FORMAT"),
+            logins,
+        )
 
     def get_readonly_fields(self, request, obj=None):
         fields = [] if obj is None else list(super().get_readonly_fields(request, obj))
@@ -285,6 +314,11 @@ class ApiKeyAdmin(APIKeyModelAdmin):
 
 
 admin.site.unregister(LibraryAPIKey)
+# social-auth's lists: a user's Auth0 link is managed by the login, and the OpenID
+# associations and nonces are unused with Auth0's OAuth2: nothing there for an operator.
+admin.site.unregister(UserSocialAuth)
+admin.site.unregister(Nonce)
+admin.site.unregister(Association)
 # django-axes' lists: only its access attempts are kept (and deleting them lifts a
 # lockout); successful logins and a failure log are not recorded (see AXES_* settings).
 admin.site.unregister(AccessLog)

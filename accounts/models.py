@@ -5,8 +5,10 @@ import uuid
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.core.exceptions import ValidationError
-from django.core.validators import EmailValidator
+from django.core.validators import EmailValidator, MaxLengthValidator
 from django.db import models
+from django.db.models.functions import Length
+from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey, BaseAPIKeyManager
 
@@ -23,6 +25,10 @@ def new_local_id() -> str:
 def normalize_email(email: str) -> str:
     """Emails are stored lower-case, so one address can never belong to two users."""
     return (email or "").strip().lower()
+
+
+# A display name (from Auth0, or typed for a break-glass login) is at most this long.
+USER_NAME_MAX_LENGTH = 200
 
 
 class UserManager(BaseUserManager):
@@ -65,7 +71,13 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     id = models.TextField(primary_key=True, verbose_name="Auth0 id")
     email = models.TextField(unique=True, validators=[EmailValidator()])
-    name = models.TextField(null=True, blank=True)
+    # TEXT in the seed; the length is limited by validation and a CHECK, not the type.
+    name = models.TextField(
+        null=True,
+        blank=True,
+        max_length=USER_NAME_MAX_LENGTH,
+        validators=[MaxLengthValidator(USER_NAME_MAX_LENGTH)],
+    )
     created_at = models.DateTimeField(
         default=timezone.now, db_default=DatabaseNow(), editable=False
     )
@@ -126,6 +138,11 @@ class User(AbstractBaseUser, PermissionsMixin):
                 condition=models.Q(status__in=["active", "suspended", "deleted"]),
                 name="users_status_valid",
                 violation_error_message="Status must be active, suspended or deleted.",
+            ),
+            models.CheckConstraint(
+                condition=LessThanOrEqual(Length("name"), USER_NAME_MAX_LENGTH),
+                name="users_name_length",
+                violation_error_message=f"A name has at most {USER_NAME_MAX_LENGTH} characters.",
             ),
         ]
 

@@ -11,7 +11,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts import auth0
-from accounts.models import User, UserStatusChange, normalize_email
+from accounts.models import USER_NAME_MAX_LENGTH, User, UserStatusChange, normalize_email
 from accounts.signals import user_status_changed
 from plumbing.actors import actor_label
 
@@ -59,7 +59,7 @@ def user_sync_from_auth0(
     that another Auth0 id already owns: two identities are never merged silently.
     """
     email = normalize_email(email or "")
-    name = (name or "").strip() or None
+    name = _display_name(name)
     _check_identity(subject=subject, email=email, name=name)
     if email_verified is not True:  # a boolean claim; "true" or a missing claim is not yes
         raise EmailNotVerified(
@@ -99,6 +99,16 @@ def user_sync_from_auth0(
         if not user.is_active:
             raise AccountNotActive(_not_active_message(user)) from None
     return user
+
+
+def _display_name(name: str | None) -> str | None:
+    """The token's name as we keep it: a display name too long to store is cut (with an
+    ellipsis), not refused. A user may not control the name their identity provider sends,
+    and it is only shown, never used to find or match anyone."""
+    name = (name or "").strip() or None
+    if name is not None and len(name) > USER_NAME_MAX_LENGTH:
+        name = name[: USER_NAME_MAX_LENGTH - 1].rstrip() + "…"
+    return name
 
 
 def _check_identity(*, subject: str, email: str, name: str | None) -> None:

@@ -11,7 +11,16 @@ import datetime as dt
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import DecimalField, F, Sum, Value
+from django.db.models import (
+    DecimalField,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Subquery,
+    Sum,
+    TextField,
+    Value,
+)
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -42,6 +51,30 @@ def month_to_date_cost(user: User, *, today: dt.date | None = None) -> Decimal:
     return UsageDaily.objects.filter(user=user, date__gte=month_start(today)).aggregate(
         total=_sum("total_cost")
     )["total"]
+
+
+def users_with_billing_figures(users, *, today: dt.date | None = None):
+    """`users` annotated with `billing_mode_now` (postpaid without a profile),
+    `month_to_date_total` (this month's cost) and `credit_balance_now` (None without a
+    credits row): in the same query as the users, for lists."""
+    month = (
+        UsageDaily.objects.filter(user=OuterRef("pk"), date__gte=month_start(today))
+        .order_by()
+        .values("user")
+        .annotate(total=Sum("total_cost"))
+        .values("total")
+    )
+    return users.annotate(
+        billing_mode_now=Coalesce(
+            F("billing_profile__mode"),
+            Value(BillingProfile.Mode.POSTPAID),
+            output_field=TextField(),
+        ),
+        month_to_date_total=Coalesce(Subquery(month), Value(ZERO), output_field=_DECIMAL),
+        credit_balance_now=ExpressionWrapper(
+            F("credits__total_purchased") - F("credits__total_used"), output_field=_DECIMAL
+        ),
+    )
 
 
 def month_to_date_by_user(*, today: dt.date | None = None):

@@ -51,6 +51,11 @@ class HopsworksClusterForm(forms.ModelForm):
     class Meta:
         model = HopsworksCluster
         fields = MODEL_FIELDS
+        # TEXT columns, but one line each: a name and an address.
+        widgets = {
+            "name": forms.TextInput(attrs={"class": "vTextField"}),
+            "api_url": forms.TextInput(attrs={"class": "vURLField", "spellcheck": "false"}),
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import uuid
 
+from django.core.validators import MaxLengthValidator
 from django.db import models
-from django.db.models.functions import Lower
+from django.db.models.functions import Length, Lower
+from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone
 
 from accounts.models import User
@@ -26,6 +28,10 @@ def max_users_problem(max_users: int | None, *, assigned: int) -> str | None:
     return None
 
 
+# A cluster's name is a short label shown in every list.
+CLUSTER_NAME_MAX_LENGTH = 64
+
+
 class HopsworksCluster(models.Model):
     """A Hopsworks cluster users are placed on: the seed's `hopsworks_clusters`.
 
@@ -41,7 +47,12 @@ class HopsworksCluster(models.Model):
         INACTIVE = "inactive", "Inactive"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=GenRandomUUID())
-    name = models.TextField(unique=True)
+    # TEXT in the seed; the length is limited by validation and a CHECK, not the type.
+    name = models.TextField(
+        unique=True,
+        max_length=CLUSTER_NAME_MAX_LENGTH,
+        validators=[MaxLengthValidator(CLUSTER_NAME_MAX_LENGTH)],
+    )
     api_url = models.TextField(
         verbose_name="API URL",
         help_text="The cluster's base URL, e.g. https://hopsworks.example.com (https; plain "
@@ -87,6 +98,12 @@ class HopsworksCluster(models.Model):
                 ),
                 name="hopsworks_clusters_api_url_unique",
                 violation_error_message="Another cluster already uses this API URL.",
+            ),
+            models.CheckConstraint(
+                condition=LessThanOrEqual(Length("name"), CLUSTER_NAME_MAX_LENGTH),
+                name="hopsworks_clusters_name_length",
+                violation_error_message=f"A cluster name has at most {CLUSTER_NAME_MAX_LENGTH} "
+                "characters.",
             ),
             models.CheckConstraint(
                 condition=models.Q(status__in=["active", "maintenance", "inactive"]),

@@ -24,6 +24,9 @@ api_v1 = [
     path("usage", billing_api.UsageRecordsView.as_view(), name="usage"),
 ]
 
+handler404 = views.page_not_found
+handler403 = views.permission_denied
+
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),

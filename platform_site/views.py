@@ -29,3 +29,37 @@ def readyz(request):
             {"status": "unavailable", "database": "database unavailable"}, status=503
         )
     return JsonResponse({"status": "ok", "database": "ok"})
+
+
+# Error pages. Inside the admin, an operator keeps the console's navigation (the admin's
+# own templates with its context); anywhere else, and for anyone who is not an operator,
+# the plain pages of the user's site.
+
+
+def _in_admin(request) -> bool:
+    from django.contrib import admin
+
+    return (
+        request.path.startswith("/admin/")
+        and hasattr(request, "user")
+        and admin.site.has_permission(request)
+    )
+
+
+def _error_page(request, status: int):
+    from django.contrib import admin
+    from django.shortcuts import render
+
+    if _in_admin(request):
+        return render(
+            request, f"admin/{status}.html", admin.site.each_context(request), status=status
+        )
+    return render(request, f"{status}.html", status=status)
+
+
+def page_not_found(request, exception):
+    return _error_page(request, 404)
+
+
+def permission_denied(request, exception):
+    return _error_page(request, 403)

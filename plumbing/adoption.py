@@ -152,6 +152,52 @@ def _case_duplicate_emails() -> list[Finding]:
     return findings
 
 
+def _long_names(present: set[str]) -> list[Finding]:
+    """Names longer than the console keeps (a CHECK once adopted): a user's display name
+    is cut (Auth0 sends it again at each login, cut the same way); a cluster's name is the
+    operator's to choose, and cutting could make two the same."""
+    user_max = global_apps.get_model("accounts", "User")._meta.get_field("name").max_length
+    cluster_max = (
+        global_apps.get_model("clusters", "HopsworksCluster")._meta.get_field("name").max_length
+    )
+    findings = []
+    if "users" in present:
+        users = _rows(
+            "SELECT id, char_length(name) FROM users WHERE char_length(name) > %s ORDER BY id",
+            [user_max],
+        )
+        if users:
+            findings.append(
+                Finding(
+                    f"{len(users)} user name(s) longer than {user_max} characters",
+                    [f"{user}: {length} characters" for user, length in users],
+                    f"Cut them to {user_max} characters, the last an ellipsis.",
+                    blocking=False,
+                    statements=[
+                        f"UPDATE users SET name = left(name, {user_max - 1}) "
+                        f"|| '…' WHERE char_length(name) > {user_max}"
+                    ],
+                )
+            )
+    if "hopsworks_clusters" in present:
+        clusters = _rows(
+            "SELECT id::text, char_length(name) FROM hopsworks_clusters "
+            "WHERE char_length(name) > %s ORDER BY id",
+            [cluster_max],
+        )
+        if clusters:
+            findings.append(
+                Finding(
+                    f"{len(clusters)} cluster name(s) longer than {cluster_max} characters",
+                    [f"cluster {id}: {length} characters" for id, length in clusters],
+                    f"Rename each to at most {cluster_max} characters "
+                    "(UPDATE hopsworks_clusters SET name = ... WHERE id = ...).",
+                    blocking=True,
+                )
+            )
+    return findings
+
+
 def _users_on_two_clusters() -> list[Finding]:
     rows = _rows(
         "SELECT a.user_id, string_agg(coalesce(c.name, a.hopsworks_cluster_id::text), ', ' "
@@ -447,6 +493,7 @@ def inspect() -> Inspection:
         findings += _usage_duplicates()
         findings += _negative_usage()
     findings += _unknown_choices(tables)
+    findings += _long_names(present)
     if clusters:
         findings += _clusters()
     if "billing_history" in present:

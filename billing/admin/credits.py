@@ -28,6 +28,7 @@ from billing.pricing import to_cents
 from billing.purchases import credit_purchase_refund_request
 from billing.stripe_gateway import StripeGatewayError
 from plumbing import outbound
+from plumbing.admin_cells import cut, figure, user_cell
 from plumbing.admin_confirm import confirm_then
 from plumbing.admin_export import ExportAdminMixin
 from plumbing.admin_lists import EstimatedCountAdminMixin
@@ -49,17 +50,40 @@ class CreditLedgerAdmin(
 
     list_display = (
         "created_at",
-        "user",
+        "user_column",
         "kind",
-        "amount",
-        "balance_after",
-        "reference",
-        "actor",
-        "reason",
+        "amount_column",
+        "balance_after_column",
+        "reference_column",
+        "reason_column",
     )
     list_select_related = ("user",)
     list_filter = ("kind", date_range("created_at"))
     search_fields = ("reference",)  # exact, and the user-first search
+
+    @admin.display(description="user", ordering="user__email")
+    def user_column(self, obj):
+        return user_cell(obj.user)
+
+    @admin.display(description="amount", ordering="amount")
+    def amount_column(self, obj):
+        return figure(obj.amount)
+
+    @admin.display(description="balance after", ordering="balance_after")
+    def balance_after_column(self, obj):
+        return figure(obj.balance_after)
+
+    @admin.display(description="reference · by", ordering="reference")
+    def reference_column(self, obj):
+        return format_html(
+            '{}<span class="quiet">{}</span>',
+            cut(obj.reference, width="narrow"),
+            cut(obj.actor, width="narrow"),
+        )
+
+    @admin.display(description="reason")
+    def reason_column(self, obj):
+        return cut(obj.reason)
 
 
 class AmountField(forms.CharField):
@@ -249,9 +273,28 @@ class NegativeBalanceFilter(admin.SimpleListFilter):
 
 @admin.register(UserCredits)
 class UserCreditsAdmin(GrantCreditsMixin, ReadOnlyAdmin):
-    list_display = ("user", "balance_display", "total_purchased", "total_used", "updated_at")
+    list_display = (
+        "user_column",
+        "balance_display",
+        "purchased_column",
+        "used_column",
+        "updated_at",
+    )
     list_select_related = ("user",)
     list_filter = (NegativeBalanceFilter,)
+
+    @admin.display(description="user", ordering="user__email")
+    def user_column(self, obj):
+        return user_cell(obj.user)
+
+    @admin.display(description="total purchased", ordering="total_purchased")
+    def purchased_column(self, obj):
+        return figure(obj.total_purchased)
+
+    @admin.display(description="total used", ordering="total_used")
+    def used_column(self, obj):
+        return figure(obj.total_used)
+
     search_fields = ("user__email",)
     actions = ("grant_credits",)
 

@@ -20,6 +20,7 @@ from billing.models import (
 )
 from billing.stripe_events import DONE, stripe_event_not_processable
 from billing.tasks import stripe_event_defer
+from plumbing.admin_cells import cut, figures, user_cell
 from plumbing.admin_confirm import ObjectActionsMixin
 from plumbing.admin_export import ExportAdminMixin
 from plumbing.admin_lists import (
@@ -29,6 +30,7 @@ from plumbing.admin_lists import (
 )
 from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
+from plumbing.formatting import money
 
 
 @admin.register(BillingHistory)
@@ -36,16 +38,14 @@ class BillingHistoryAdmin(
     ExportAdminMixin, UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
 ):
     export_resource_class = BillingHistoryResource
+    # Credited and refunded under the amount, Stripe's status under ours, the currency in
+    # the amount: what fits 1280 px.
     list_display = (
         "created_at",
-        "user",
-        "amount",
-        "amount_credited",
-        "amount_refunded",
-        "currency",
-        "status",
-        "stripe_status",
-        "description",
+        "user_column",
+        "amounts",
+        "statuses",
+        "description_column",
         "stripe_link",
     )
     list_select_related = ("user",)
@@ -57,13 +57,37 @@ class BillingHistoryAdmin(
     )
     search_fields = ("stripe_invoice_id",)  # exact, and the user-first search
 
+    @admin.display(description="user", ordering="user__email")
+    def user_column(self, obj):
+        return user_cell(obj.user)
+
+    @admin.display(description="amount", ordering="amount")
+    def amounts(self, obj):
+        lines = [("", money(obj.amount, obj.currency))]
+        if obj.amount_credited:
+            lines.append(("credited", money(obj.amount_credited, obj.currency)))
+        if obj.amount_refunded:
+            lines.append(("refunded", money(obj.amount_refunded, obj.currency)))
+        return figures(*lines)
+
+    @admin.display(description="status (Stripe's)", ordering="status")
+    def statuses(self, obj):
+        if not obj.stripe_status or obj.stripe_status == obj.status:
+            return obj.status
+        return format_html('{}<span class="quiet">Stripe: {}</span>', obj.status, obj.stripe_status)
+
+    @admin.display(description="description")
+    def description_column(self, obj):
+        return cut(obj.description)
+
     @admin.display(description="Stripe invoice")
     def stripe_link(self, obj):
         if not obj.stripe_invoice_id:
             return "-"
         return format_html(
-            '<a href="{}">{}</a>',
+            '<a class="cut narrow" href="{}" title="{}">{}</a>',
             gateway.dashboard_url("invoices", obj.stripe_invoice_id),
+            obj.stripe_invoice_id,
             obj.stripe_invoice_id,
         )
 

@@ -14,8 +14,9 @@ from billing import selectors
 from billing.admin.base import ReadOnlyAdmin
 from billing.exports import UsageDailyResource
 from billing.models import UsageCollectionRun, UsageDaily
-from billing.pricing import to_cents
+from billing.pricing import storage_unit, to_cents
 from billing.tasks import collection_defer
+from plumbing.admin_cells import figure, figures, quantity, user_cell
 from plumbing.admin_export import ExportAdminMixin
 from plumbing.admin_lists import EstimatedCountAdminMixin
 from plumbing.admin_ranges import date_range
@@ -33,24 +34,29 @@ class UsageDailyAdmin(
 
     export_resource_class = UsageDailyResource
 
-    list_display = (
-        "date",
-        "user",
-        "hopsworks_cluster",
-        "cpu_hours",
-        "gpu_hours",
-        "storage_gb_months",
-        "api_calls",
-        "cost",
-    )
+    # The four measures in one compact cell: separate columns did not fit 1280 px.
+    list_display = ("date", "user_column", "hopsworks_cluster", "usage", "cost")
     list_select_related = ("user", "hopsworks_cluster")
     list_filter = (date_range("date"), "hopsworks_cluster")
     search_fields = ()  # the user-first search alone (accounts/admin_search.py)
     ordering = ("-date", "user_id", "id")  # the order of the usage_daily_date index
 
+    @admin.display(description="user", ordering="user__email")
+    def user_column(self, obj):
+        return user_cell(obj.user)
+
+    @admin.display(description="usage")
+    def usage(self, obj):
+        return figures(
+            ("CPU", f"{quantity(obj.cpu_hours)} h"),
+            ("GPU", f"{quantity(obj.gpu_hours)} h"),
+            ("Storage", f"{quantity(obj.storage_gb_months)} {storage_unit()}-months"),
+            ("API", f"{quantity(obj.api_calls, 0)} calls"),
+        )
+
     @admin.display(description="total cost", ordering="total_cost")
     def cost(self, obj):
-        return f"${obj.total_cost.normalize():f}"
+        return figure(obj.total_cost)
 
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context)

@@ -135,6 +135,8 @@ class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
     fields, section and actions are named; console/admin.py puts them in place."""
 
     billing_filters = (BillingModeFilter, UnbilledUsageFilter)
+    # The list's billing columns: figures annotated by `with_billing_figures`, one query.
+    billing_columns = ("billing_mode_column", "month_to_date_column", "balance_column")
     billing_fields = ("billing", "spending", "stripe", "mode_switches", "adjustments")
     billing_actions = (
         "make_prepaid",
@@ -145,6 +147,26 @@ class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
         "sync_invoices",
         "close_accounts",
     )
+
+    def with_billing_figures(self, queryset):
+        return selectors.users_with_billing_figures(queryset)
+
+    @admin.display(description="billing", ordering="billing_mode_now")
+    def billing_mode_column(self, obj):
+        mode = getattr(obj, "billing_mode_now", None) or BillingProfile.Mode.POSTPAID
+        return BillingProfile.Mode(mode).label.split(" ")[0]
+
+    @admin.display(description="month to date", ordering="month_to_date_total")
+    def month_to_date_column(self, obj):
+        return format_html('<span class="figure">{}</span>', money(obj.month_to_date_total))
+
+    @admin.display(description="balance", ordering="credit_balance_now")
+    def balance_column(self, obj):
+        balance = obj.credit_balance_now
+        if balance is None:
+            return "-"
+        css = "figure negative" if balance < 0 else "figure"
+        return format_html('<span class="{}">{}</span>', css, money(balance))
 
     @admin.display(description="Stripe")
     def stripe(self, obj):

@@ -80,11 +80,13 @@ def test_find_user_by_exact_email_and_filter_admins(operator_client, operator):
 
 
 def test_the_list_shows_login_count_and_last_login(operator_client):
-    UserFactory(email="counted@example.com", login_count=42)
+    from django.utils import timezone
+
+    UserFactory(email="counted@example.com", login_count=42, last_login=timezone.now())
     response = operator_client.get(CHANGELIST)
     body = response.content.decode()
-    assert "Login count" in body and "Last login" in body
-    assert ">42<" in body
+    assert "Last login" in body
+    assert "42 logins" in body
 
 
 def _queries_for_list(client) -> int:

@@ -76,6 +76,10 @@ INSERT INTO billing_history (user_id, amount, currency, stripe_invoice_id, statu
   ('auth0|erin', 9, 'USD', 'in_3', 'paid'),
   ('auth0|erin', 9, 'USD', 'in_3', 'pending');
 
+-- Names longer than the console keeps (users.name at most 200, cluster names 64).
+UPDATE users SET name = repeat('N', 5000) WHERE id = 'auth0|frank';
+UPDATE hopsworks_clusters SET name = repeat('b', 100) WHERE id = '{BETA}';
+
 INSERT INTO schema_migrations (version) VALUES ('20240101000000_initial');
 """
 
@@ -92,6 +96,7 @@ UPDATE hopsworks_clusters SET max_users = 5 WHERE name = 'gamma';
 UPDATE usage_daily SET cpu_hours = 1 WHERE cpu_hours < 0;
 DELETE FROM usage_daily WHERE user_id IS NULL;
 DELETE FROM billing_history WHERE stripe_invoice_id = 'in_3' AND status = 'pending';
+UPDATE hopsworks_clusters SET name = 'beta' WHERE id = '22222222-2222-2222-2222-222222222222';
 """
 
 
@@ -252,8 +257,10 @@ def test_the_dry_run_lists_every_problem_with_counts_and_changes_nothing(seed_da
     assert "1 usage row(s) with a negative figure" in out
     assert "1 Stripe invoice(s) with more than one billing_history row" in out
     assert "in_3: 2 rows" in out
+    assert "1 cluster name(s) longer than 64 characters" in out
     # What it will do by itself.
     assert "users.login_count: 1 row(s) with NULL" in out
+    assert "1 user name(s) longer than 200 characters" in out
     assert "hopsworks_clusters.max_users: 1 row(s) with NULL" in out
     assert "usage_daily.cpu_hours: 1 row(s) with NULL" in out
     assert "billing_history.currency: 1 row(s) with NULL" in out
@@ -300,6 +307,10 @@ def test_once_resolved_it_adopts_the_database_and_a_second_run_does_nothing(seed
     assert sql(
         seed_database, "SELECT login_count, status, is_admin FROM users WHERE id = 'auth0|carol'"
     ) == [(0, "active", False)]
+    # A display name too long to keep is cut, with an ellipsis.
+    assert sql(seed_database, "SELECT name FROM users WHERE id = 'auth0|frank'") == [
+        ("N" * 199 + "…",)
+    ]
     assert sql(
         seed_database, "SELECT name, current_users, max_users FROM hopsworks_clusters ORDER BY 1"
     ) == [("alpha", 2, 10), ("alpha-2", 0, 10), ("beta", 0, 100), ("gamma", 1, 5)]

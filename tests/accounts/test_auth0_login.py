@@ -358,3 +358,18 @@ def test_a_failure_late_in_the_first_login_leaves_no_half_written_user(client, f
 
     assert not User.objects.exists()
     assert not UserSocialAuth.objects.exists()
+
+
+def test_a_name_claim_longer_than_we_keep_is_truncated_not_refused(client, fake_auth0, db):
+    # The name is a display name from Auth0: refusing the login for it would lock a user
+    # out for something they may not control, so the stored name is cut to the limit.
+    from accounts.models import USER_NAME_MAX_LENGTH
+
+    token = fake_auth0.id_token(sub=SUB, email="long@example.com", name="L" * 5000)
+
+    response = log_in(client, fake_auth0, token)
+
+    assert response.status_code == 302
+    assert session_user_id(client) == SUB
+    user = User.objects.get(pk=SUB)
+    assert user.name == "L" * (USER_NAME_MAX_LENGTH - 1) + "…"

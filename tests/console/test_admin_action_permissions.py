@@ -100,9 +100,6 @@ MATRIX = {
     ("billing.spendingalert", "delete_selected"):        (_, _, _, _, _, _),
     ("billing.spendinglimitchange", "delete_selected"):  (_, _, _, _, _, _),
     ("auth.group", "delete_selected"):                   (_, _, _, _, _, Y),
-    ("social_django.usersocialauth", "delete_selected"): (_, _, _, _, _, Y),
-    ("social_django.nonce", "delete_selected"):          (_, _, _, _, _, Y),
-    ("social_django.association", "delete_selected"):    (_, _, _, _, _, Y),
     ("procrastinate.procrastinatejob", "retry_jobs"):    (_, _, _, _, _, Y),
     ("procrastinate.procrastinatejob", "cancel_jobs"):   (_, _, _, _, _, Y),
     ("procrastinate.procrastinatejob", "delete_selected"): (_, _, _, _, _, _),
@@ -400,31 +397,6 @@ def _group():
     return Group.objects.create(name="support")
 
 
-def _social_auth():
-    from social_django.models import UserSocialAuth
-
-    return UserSocialAuth.objects.create(user=UserFactory(), provider="auth0", uid="auth0|x")
-
-
-def _nonce():
-    from social_django.models import Nonce
-
-    return Nonce.objects.create(server_url="https://example.com", timestamp=1, salt="s")
-
-
-def _association():
-    from social_django.models import Association
-
-    return Association.objects.create(
-        server_url="https://example.com",
-        handle="h",
-        secret="s",
-        issued=1,
-        lifetime=1,
-        assoc_type="HMAC-SHA1",
-    )
-
-
 def _job_status(job_id):
     from procrastinate.contrib.django.models import ProcrastinateJob
 
@@ -574,9 +546,6 @@ SCENARIOS = {
         )
     ),
     ("auth.group", "delete_selected"): _deleting(_group),
-    ("social_django.usersocialauth", "delete_selected"): _deleting(_social_auth),
-    ("social_django.nonce", "delete_selected"): _deleting(_nonce),
-    ("social_django.association", "delete_selected"): _deleting(_association),
     ("procrastinate.procrastinatejob", "retry_jobs"): retry_jobs,
     ("procrastinate.procrastinatejob", "cancel_jobs"): cancel_jobs,
     ("axes.accessattempt", "delete_selected"): _deleting(_access_attempt),

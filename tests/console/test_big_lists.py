@@ -222,7 +222,7 @@ def test_the_usage_list_reads_its_first_page_in_index_order(operator_client, peo
     statement = list_statement(statements, "usage_daily")
     if "LIMIT" not in statement:
         statement += " LIMIT 100"
-    explained = plan(statement)
+    explained = plan(statement, off=("seqscan", "sort"))  # few rows: sorting looks cheap
     assert "usage_daily_date" in explained and "Sort" not in explained
 
 
