@@ -337,6 +337,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Datetimes say their zone everywhere ("2026-12-05 19:44 UTC"): platform_site/formats.
+FORMAT_MODULE_PATH = ["platform_site.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"

@@ -22,12 +22,12 @@ from billing.adjustments import (
 from billing.admin.base import ReadOnlyAdmin
 from billing.checkout import BillingError
 from billing.models import BillingAdjustment, CreditLedgerEntry, CreditPurchase, UserCredits
-from billing.pricing import to_cents
 from billing.purchases import credit_purchase_refund_request
 from billing.stripe_gateway import StripeGatewayError
 from plumbing import outbound
 from plumbing.admin_confirm import confirm_then
 from plumbing.admin_report import ActionReport
+from plumbing.formatting import money
 
 Channel = BillingAdjustment.Channel
 Direction = BillingAdjustment.Direction
@@ -48,6 +48,7 @@ class CreditLedgerAdmin(ReadOnlyAdmin):
         "actor",
         "reason",
     )
+    money_fields = {"amount": None, "balance_after": None}
     list_select_related = ("user",)
     list_filter = ("kind", "created_at")
     search_fields = ("user__email", "=reference")
@@ -123,7 +124,7 @@ def outcome_message(applied: Applied, direction: str) -> tuple[str, str]:
                 f"({adjustment.error}); fix the cause and open the action again."
             )
         return "unchanged", ("already applied (this form was submitted before): nothing more done.")
-    amount = f"${adjustment.amount}"
+    amount = money(adjustment.amount)
     if adjustment.channel == Channel.LEDGER:
         done = "granted to" if direction == Direction.CREDIT else "debited from"
         return "done", f"{amount} {done} the prepaid balance."
@@ -242,6 +243,7 @@ class NegativeBalanceFilter(admin.SimpleListFilter):
 @admin.register(UserCredits)
 class UserCreditsAdmin(GrantCreditsMixin, ReadOnlyAdmin):
     list_display = ("user", "balance_display", "total_purchased", "total_used", "updated_at")
+    money_fields = {"total_purchased": None, "total_used": None}
     list_select_related = ("user",)
     list_filter = (NegativeBalanceFilter,)
     search_fields = ("user__email",)
@@ -257,10 +259,8 @@ class UserCreditsAdmin(GrantCreditsMixin, ReadOnlyAdmin):
 
 def balance_html(balance):
     if balance < 0:
-        return format_html(
-            '<strong style="color:#dc2626">${} (below zero)</strong>', to_cents(balance)
-        )
-    return f"${to_cents(balance)}"
+        return format_html('<strong style="color:#dc2626">{} (below zero)</strong>', money(balance))
+    return money(balance)
 
 
 @admin.register(CreditPurchase)
@@ -278,6 +278,11 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
         "status",
         "stripe_payment_intent_id",
     )
+    money_fields = {
+        "amount": "currency",
+        "amount_refunded": "currency",
+        "amount_disputed": "currency",
+    }
     list_select_related = ("user",)
     list_filter = ("status", "currency")
     search_fields = (
@@ -350,6 +355,7 @@ class BillingAdjustmentAdmin(ReadOnlyAdmin):
         "actor",
         "stripe_object_id",
     )
+    money_fields = {"amount": None}
     list_select_related = ("user",)
     list_filter = ("status", "channel", "direction", "created_at")
     search_fields = ("user__email", "=reference", "=stripe_object_id")

@@ -55,6 +55,7 @@ class SpendingLimitChangeAdmin(ReadOnlyAdmin):
     """Append-only history of users' caps and thresholds."""
 
     list_display = ("created_at", "user", "field", "old", "new", "actor", "by_user")
+    money_fields = {"old": None, "new": None}
     list_select_related = ("user",)
     list_filter = ("field", "by_user")
     search_fields = ("user__email", "actor")

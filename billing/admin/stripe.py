@@ -33,6 +33,11 @@ class BillingHistoryAdmin(ReadOnlyAdmin):
         "description",
         "stripe_link",
     )
+    money_fields = {
+        "amount": "currency",
+        "amount_credited": "currency",
+        "amount_refunded": "currency",
+    }
     list_select_related = ("user",)
     list_filter = ("status", "stripe_status", "currency", "created_at")
     search_fields = ("user__email", "=stripe_invoice_id", "description")
@@ -111,6 +116,7 @@ class StripeUsageReportAdmin(ReadOnlyAdmin):
         "last_error",
         "last_reported_at",
     )
+    cents_fields = ("reported_cents", "adjusted_cents", "pending_cents")
     list_select_related = ("user",)
     list_filter = ("month", "resource")
     search_fields = ("user__email",)
@@ -131,6 +137,7 @@ class StripeUsageAdjustmentAdmin(ReadOnlyAdmin):
         "created_at",
         "sent_at",
     )
+    cents_fields = ("cents",)
     list_select_related = ("user",)
     list_filter = ("status", "month")
     search_fields = ("user__email", "=identifier", "=stripe_invoice_item_id")

@@ -27,17 +27,15 @@ class UsageDailyAdmin(ReadOnlyAdmin):
         "gpu_hours",
         "storage_gb_months",
         "api_calls",
-        "cost",
+        "total_cost",
     )
+    money_fields = {"total_cost": None}
+    quantity_fields = {"cpu_hours": 2, "gpu_hours": 2, "storage_gb_months": 4, "api_calls": 0}
     list_select_related = ("user", "hopsworks_cluster")
     list_filter = ("date", "hopsworks_cluster")
     search_fields = ("user__email", "=user__id")
     date_hierarchy = "date"
     show_full_result_count = False
-
-    @admin.display(description="total cost", ordering="total_cost")
-    def cost(self, obj):
-        return f"${obj.total_cost.normalize():f}"
 
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context)
