@@ -133,7 +133,7 @@ def test_an_operator_cannot_type_an_adjustment_in_exponent_form():
 
     assert parse_adjustment_amount("1,000.50") == D("1000.50")
     for typed in ("1e3", "NaN", "25.001", "-5"):
-        with pytest.raises(AdjustmentError, match="dollars and cents|more than zero"):
+        with pytest.raises(AdjustmentError, match=r"dollars and cents|more than zero"):
             parse_adjustment_amount(typed)
 
 
