@@ -16,9 +16,9 @@ from procrastinate.contrib.django.models import ProcrastinateEvent, Procrastinat
 
 from accounts.models import User
 from billing.models import StripeEvent, UsageCollectionRun, UsageDaily, UserCredits
-from billing.pricing import to_cents
 from billing.selectors import month_start, unbilled_usage
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
+from plumbing.formatting import money, quantity
 
 
 @dataclass
@@ -59,7 +59,7 @@ def _usage(month) -> list[Tile]:
     return [
         Tile(
             "Usage this month",
-            f"${to_cents(revenue['total'] or Decimal(0)):,}",
+            money(revenue["total"] or Decimal(0)),
             _list("billing_usagedaily", **month_param),
         ),
         Tile(
@@ -69,8 +69,8 @@ def _usage(month) -> list[Tile]:
             rows=[
                 (
                     row["hopsworks_cluster__name"] or "no cluster",
-                    f"${to_cents(row['total'])} · {row['cpu'].normalize():f} CPU h · "
-                    f"{row['gpu'].normalize():f} GPU h",
+                    f"{money(row['total'])} · {quantity(row['cpu'], 2)} CPU h · "
+                    f"{quantity(row['gpu'], 2)} GPU h",
                     _list(
                         "billing_usagedaily",
                         hopsworks_cluster__id__exact=row["hopsworks_cluster_id"] or "",
@@ -194,7 +194,7 @@ def _unbilled(month) -> list[Tile]:
     return [
         Tile(
             "Unbilled usage",
-            f"${total:,} ({len(held)} users)",
+            f"{money(total)} ({len(held)} users)",
             _list("accounts_user", unbilled="yes"),
             alert=bool(held),
         )

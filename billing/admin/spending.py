@@ -19,6 +19,7 @@ from billing.limits import (
 )
 from billing.models import BillingProfile, SpendingAlert, SpendingLimitChange
 from plumbing.admin_confirm import confirm_then
+from plumbing.formatting import parse_money
 
 
 @admin.register(SpendingAlert)
@@ -70,15 +71,12 @@ class LimitField(forms.CharField):
         super().__init__(required=False, **kwargs)
 
     def clean(self, value):
-        from decimal import Decimal, InvalidOperation
-
-        text = (value or "").strip().replace(",", "").removeprefix("$")
-        if not text:
+        if not (value or "").strip():
             return None
         try:
-            amount = Decimal(text)
-        except InvalidOperation:
-            raise ValidationError(f"{value!r} is not an amount in dollars.") from None
+            amount = parse_money(value)
+        except ValueError as error:
+            raise ValidationError(str(error)) from None
         problem = limit_problem(amount, name=self.limit_name, by_user=False)
         if problem:
             raise ValidationError(problem)

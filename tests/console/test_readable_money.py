@@ -83,7 +83,7 @@ def test_the_users_billing_part_shows_money_and_rounded_hours(operator_client):
     user = UserFactory()
     services.assignment_create(user=user, cluster=cluster, actor=None)
     BillingProfile.objects.create(user=user, mode="prepaid")
-    credits_add(user=user, kind=Kind.GRANT, amount=D("-106.22"), reference="g", actor="t")
+    credits_add(user=user, kind=Kind.ADJUSTMENT, amount=D("-106.22"), reference="g", actor="t")
     _usage(user, cluster)
     page = operator_client.get(f"/admin/accounts/user/{user.pk}/change/").content.decode()
     assert "4.85" in page and "4.8515" not in page
