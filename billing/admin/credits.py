@@ -328,7 +328,10 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
                 except (BillingError, StripeGatewayError) as error:
                     report.not_done(purchase, error)
                     continue
-                amount = gateway.from_minor_units(refund["amount"], refund["currency"])
+                amount = money(
+                    gateway.from_minor_units(refund["amount"], refund["currency"]),
+                    refund["currency"],
+                )
                 report.done(
                     purchase,
                     f"refund of {amount} requested at Stripe; the credits are taken back when "

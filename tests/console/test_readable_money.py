@@ -155,3 +155,15 @@ def test_a_user_cannot_type_their_spending_cap_in_exponent_form(client):
     assert response.status_code == 400
     assert "dollars and cents" in response.content.decode()
     assert not BillingProfile.objects.filter(user=user, monthly_spending_cap__isnull=False).exists()
+
+
+def test_a_stop_for_a_negative_balance_states_it_as_money():
+    from billing.standing import ineligibility
+
+    cluster = ClusterFactory()
+    user = UserFactory()
+    services.assignment_create(user=user, cluster=cluster, actor=None)
+    BillingProfile.objects.create(user=user, mode="prepaid")
+    credits_add(user=user, kind=Kind.ADJUSTMENT, amount=D("-1106.225"), reference="a", actor="t")
+    details = " ".join(ineligibility(user_ids=[user.pk]).values())
+    assert "Balance -$1,106.23 is below the floor" in details
