@@ -173,7 +173,7 @@ class SpendingLimitsAdminMixin:
             "<td>{}</td></tr>",
             (
                 (
-                    f"{a.created_at:%Y-%m-%d %H:%M}",
+                    f"{a.created_at:%Y-%m-%d %H:%M} UTC",
                     a.get_kind_display(),
                     money(a.amount),
                     money(a.limit_amount),
@@ -187,7 +187,7 @@ class SpendingLimitsAdminMixin:
             '<tr class="limit-change"><td>{}</td><td>{}</td><td>{} → {}</td><td>{}</td></tr>',
             (
                 (
-                    f"{c.created_at:%Y-%m-%d %H:%M}",
+                    f"{c.created_at:%Y-%m-%d %H:%M} UTC",
                     c.get_field_display(),
                     money(c.old) if c.old is not None else "default",
                     money(c.new) if c.new is not None else "default",

@@ -167,3 +167,13 @@ def test_a_stop_for_a_negative_balance_states_it_as_money():
     credits_add(user=user, kind=Kind.ADJUSTMENT, amount=D("-1106.225"), reference="a", actor="t")
     details = " ".join(ineligibility(user_ids=[user.pk]).values())
     assert "Balance -$1,106.23 is below the floor" in details
+
+
+def test_the_rate_card_lists_prices_with_every_place(operator_client):
+    from billing.models import Price
+
+    Price.objects.create(
+        resource="api_calls_1k", unit_price=D("0.0000150000"), effective_from=dt.date(2026, 1, 2)
+    )
+    page = operator_client.get("/admin/billing/price/").content.decode()
+    assert "$0.000015" in page and "0.0000150000" not in page
