@@ -177,3 +177,8 @@ def test_the_rate_card_lists_prices_with_every_place(operator_client):
     )
     page = operator_client.get("/admin/billing/price/").content.decode()
     assert "$0.000015" in page and "0.0000150000" not in page
+
+
+def test_the_api_docs_say_how_amounts_and_times_are_written(operator_client):
+    schema = operator_client.get("/api/schema/", {"format": "json"}).content.decode()
+    assert "exact decimal strings" in schema and "in UTC" in schema
