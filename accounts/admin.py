@@ -13,6 +13,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 from social_django.models import Association, Nonce, UserSocialAuth
@@ -149,7 +150,7 @@ class UserAdminBase(DjangoUserAdmin):
     @admin.display(description="last login", ordering="last_login")
     def last_login_column(self, obj):
         if obj.last_login is None:
-            return format_html('<span class="quiet">never</span>')
+            return mark_safe('<span class="quiet">never</span>')
         logins = f"{obj.login_count:,} login{'s' if obj.login_count != 1 else ''}"
         return format_html(
             '{}<span class="quiet">{}</span>',

@@ -43,13 +43,13 @@ from billing.models import (
 from billing.pricing import to_cents
 from billing.profiles import billing_profile_ensure
 from plumbing.actors import actor_label
+from plumbing.formatting import money, parse_money
 
 logger = logging.getLogger(__name__)
 
 Direction = BillingAdjustment.Direction
 Channel = BillingAdjustment.Channel
 Status = BillingAdjustment.Status
-AMOUNT = re.compile(r"\d{1,9}(\.\d{1,2})?")
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 METADATA_KEY = "billing_adjustment"
 # Stripe limits descriptions and memos; the reason is kept whole in our record.
@@ -67,15 +67,15 @@ def adjustment_max() -> Decimal:
 def parse_adjustment_amount(raw) -> Decimal:
     """Dollars as an operator types them: `25` or `25.00`; not `1e3`, not negative, not
     zero, at most BILLING_ADJUSTMENT_MAX."""
-    text = str(raw).strip()
-    if not AMOUNT.fullmatch(text):
-        raise AdjustmentError("Enter dollars and cents as digits, for example 25 or 25.00.")
-    amount = Decimal(text)
+    try:
+        amount = parse_money(str(raw))
+    except ValueError as error:
+        raise AdjustmentError(str(error)) from None
     if amount <= 0:
         raise AdjustmentError("The amount must be more than zero.")
     if amount > adjustment_max():
         raise AdjustmentError(
-            f"An adjustment is at most ${adjustment_max():,} (BILLING_ADJUSTMENT_MAX); "
+            f"An adjustment is at most {money(adjustment_max())} (BILLING_ADJUSTMENT_MAX); "
             "split a larger one and say why in each reason."
         )
     return amount.quantize(Decimal("0.01"))

@@ -6,7 +6,7 @@ subscriptions take effect only when Stripe's signed webhook says so (stripe_even
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -16,6 +16,7 @@ from accounts.models import User
 from billing import stripe_gateway as gateway
 from billing.models import BillingProfile, Price, StripeCatalogEntry
 from billing.profiles import billing_profile_ensure
+from plumbing.formatting import money, parse_money
 
 
 class BillingError(Exception):
@@ -48,13 +49,11 @@ def topup_limits() -> tuple[Decimal, Decimal]:
 def parse_topup_amount(raw: str) -> Decimal:
     low, high = topup_limits()
     try:
-        amount = Decimal(str(raw).strip().lstrip("$"))
-    except (InvalidOperation, ValueError):
-        raise BillingError("Enter an amount in dollars, for example 25 or 25.50.") from None
-    if not amount.is_finite() or amount != amount.quantize(Decimal("0.01")):
-        raise BillingError("Enter an amount in dollars and cents, for example 25.50.")
+        amount = parse_money(str(raw))
+    except ValueError as error:
+        raise BillingError(str(error)) from None
     if not low <= amount <= high:
-        raise BillingError(f"Buy between ${low} and ${high} of credit at a time.")
+        raise BillingError(f"Buy between {money(low)} and {money(high)} of credit at a time.")
     return amount
 
 

@@ -15,8 +15,8 @@ from django.db import transaction
 
 from accounts.models import User
 from billing.models import BillingProfile, SpendingLimitChange
-from billing.pricing import to_cents
 from plumbing.actors import actor_label
+from plumbing.formatting import money
 
 ZERO = Decimal("0")
 _CONTEXT = Context(prec=60)
@@ -53,12 +53,6 @@ FIELDS = {
     "monthly_spending_cap": "monthly spending cap",
     "low_balance_threshold": "low-balance threshold",
 }
-
-
-def money(amount: Decimal) -> str:
-    """$1,234.56 (amounts already in cents or rounded here, half up, for showing)."""
-    cents = to_cents(amount)
-    return f"-${-cents:,}" if cents < 0 else f"${cents:,}"
 
 
 def limit_maximum(*, by_user: bool) -> Decimal:

@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts.models import User
 from clusters.models import HopsworksCluster
 from plumbing.db import DatabaseNow, GenRandomUUID
+from plumbing.formatting import money, precise_money
 
 ZERO = Decimal("0")
 NO_CLUSTER = uuid.UUID(int=0)  # stands for "no cluster" in the uniqueness of usage rows
@@ -140,7 +141,10 @@ class BillingModeChange(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.user_id}: {self.from_mode} -> {self.to_mode} at {self.effective_at}"
+        return (
+            f"{self.user_id}: {self.from_mode} -> {self.to_mode} "
+            f"at {self.effective_at:%Y-%m-%d %H:%M} UTC"
+        )
 
 
 def is_active_subscription(status: str | None) -> bool:
@@ -198,7 +202,8 @@ class Price(models.Model):
 
     def __str__(self) -> str:
         who = f" for {self.user_id}" if self.user_id else ""
-        return f"{self.get_resource_display()} ${self.unit_price} from {self.effective_from}{who}"
+        price = precise_money(self.unit_price)
+        return f"{self.get_resource_display()} {price} from {self.effective_from}{who}"
 
     @property
     def is_in_effect(self) -> bool:
@@ -306,7 +311,7 @@ class UsageDaily(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.user_id} {self.date} ${self.total_cost}"
+        return f"{self.user_id} {self.date} {money(self.total_cost)}"
 
 
 class UserCredits(models.Model):
@@ -337,7 +342,7 @@ class UserCredits(models.Model):
         verbose_name_plural = "user credits"
 
     def __str__(self) -> str:
-        return f"{self.user_id}: ${self.balance}"
+        return f"{self.user_id}: {money(self.balance)}"
 
     @property
     def balance(self) -> Decimal:
@@ -396,7 +401,7 @@ class CreditLedgerEntry(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.amount:+} for {self.user_id}"
+        return f"{self.kind} {money(self.amount)} for {self.user_id}"
 
 
 class UsageCollectionRun(models.Model):
@@ -544,7 +549,8 @@ class BillingHistory(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.stripe_invoice_id or self.pk}: {self.amount} {self.currency} {self.status}"
+        amount = money(self.amount, self.currency)
+        return f"{self.stripe_invoice_id or self.pk}: {amount} {self.status}"
 
 
 class StripeEvent(models.Model):
@@ -779,7 +785,7 @@ class CreditPurchase(models.Model):
         permissions = [("refund_credit_purchase", "Can refund credit purchases through Stripe")]
 
     def __str__(self) -> str:
-        return f"{self.user_id}: {self.amount} {self.currency} ({self.status})"
+        return f"{self.user_id}: {money(self.amount, self.currency)} ({self.status})"
 
     @property
     def refundable(self) -> Decimal:
@@ -932,7 +938,7 @@ class BillingAdjustment(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.direction} ${self.amount} for {self.user_id} ({self.status})"
+        return f"{self.direction} {money(self.amount)} for {self.user_id} ({self.status})"
 
 
 class AccountClosure(models.Model):
@@ -1077,7 +1083,8 @@ class SpendingLimitChange(models.Model):
         indexes = [models.Index(fields=["user", "-id"], name="spending_limit_change_user")]
 
     def __str__(self) -> str:
-        return f"{self.user_id} {self.field}: {self.old} -> {self.new}"
+        old, new = (money(v) if v is not None else "default" for v in (self.old, self.new))
+        return f"{self.user_id} {self.field}: {old} -> {new}"
 
 
 class SpendingAlert(models.Model):

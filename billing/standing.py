@@ -43,9 +43,9 @@ from billing.models import (
     UsageDaily,
     UserCredits,
 )
-from billing.pricing import to_cents
 from clusters.models import UserHopsworksAssignment
 from plumbing.actors import actor_label
+from plumbing.formatting import money
 from plumbing.jobs import defer
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def ineligibility(*, user_ids=None, now: dt.datetime | None = None) -> dict[tupl
         balance = balances.get(uid, ZERO)
         if balance < floor:
             found[(uid, Reason.BALANCE_BELOW_FLOOR)] = (
-                f"Balance ${to_cents(balance)} is below the floor ${to_cents(floor)}."
+                f"Balance {money(balance)} is below the floor {money(floor)}."
             )
 
     postpaid = [uid for uid in scope if uid not in profiles or not profiles[uid].is_prepaid]
@@ -148,8 +148,7 @@ def ineligibility(*, user_ids=None, now: dt.datetime | None = None) -> dict[tupl
         cap = spending_cap_of(profiles.get(uid))
         if total > cap:
             found[(uid, Reason.OVER_CAP)] = (
-                f"Cost since {start:%Y-%m-%d} ${to_cents(total)} is over the monthly cap "
-                f"${to_cents(cap)}."
+                f"Cost since {start:%Y-%m-%d} {money(total)} is over the monthly cap {money(cap)}."
             )
     if settings.PLACEMENT_REQUIRES_BILLING:
         for uid in postpaid:
@@ -171,7 +170,7 @@ def ineligibility(*, user_ids=None, now: dt.datetime | None = None) -> dict[tupl
     for row in failed:
         found[(row["user_id"], Reason.PAYMENT_FAILED)] = (
             f"{row['count']} invoice(s) unpaid after a failed payment, "
-            f"${to_cents(row['total'])} in all."
+            f"{money(row['total'])} in all."
         )
     return found
 

@@ -20,7 +20,7 @@ from billing.selectors import daily_cost_by_cluster, month_start, unbilled_usage
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
 from clusters.selectors import cluster_fill_readings
 from plumbing.charts import Series, as_count, chart_html
-from plumbing.formatting import money
+from plumbing.formatting import money, quantity
 
 
 @dataclass
@@ -89,7 +89,7 @@ def _usage(month) -> list[Tile]:
                 (
                     row["hopsworks_cluster__name"] or "no cluster",
                     f"{money(row['total'])} · {previous:%B} {money(row['last'])} · "
-                    f"{row['cpu'].normalize():f} CPU h · {row['gpu'].normalize():f} GPU h",
+                    f"{quantity(row['cpu'], 2)} CPU h · {quantity(row['gpu'], 2)} GPU h",
                     _list(
                         "billing_usagedaily",
                         hopsworks_cluster__id__exact=row["hopsworks_cluster_id"] or "",
@@ -213,7 +213,7 @@ def _unbilled(month) -> list[Tile]:
     return [
         Tile(
             "Unbilled usage",
-            f"${total:,} ({len(held)} users)",
+            f"{money(total)} ({len(held)} users)",
             _list("accounts_user", unbilled="yes"),
             alert=bool(held),
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
 from django.contrib import messages
@@ -36,6 +35,7 @@ from billing.standing import open_stops_of
 from clusters.selectors import placement_of
 from plumbing import outbound
 from plumbing.charts import Series, chart_html
+from plumbing.formatting import parse_money
 
 
 @login_required
@@ -157,26 +157,27 @@ def add_payment_method(request):
 
 
 def _limit_from_form(raw: str):
-    """A submitted limit: blank is the default (None); anything else must read as an amount
-    (the service judges the amount)."""
-    text = raw.strip().replace(",", "").removeprefix("$").strip()
-    if not text:
+    """A submitted limit: blank is the default (None); anything else must be typed as
+    dollars and cents (the service judges the amount). Raises ValueError."""
+    if not raw.strip():
         return None
-    try:
-        return Decimal(text)
-    except InvalidOperation:
-        return raw
+    return parse_money(raw)
 
 
 @login_required
 @require_POST
 def set_spending_limits(request):
     """The user's own cap and low-balance threshold; only the fields sent are changed."""
-    wanted = {
-        field: _limit_from_form(request.POST[field])
-        for field in ("monthly_spending_cap", "low_balance_threshold")
-        if field in request.POST
-    }
+    wanted, typos = {}, {}
+    for field in ("monthly_spending_cap", "low_balance_threshold"):
+        if field in request.POST:
+            try:
+                wanted[field] = _limit_from_form(request.POST[field])
+            except ValueError as error:
+                typos[field] = [str(error)]
+    if typos:
+        values = {field: request.POST[field] for field in (*wanted, *typos)}
+        return home(request, limit_errors=typos, limit_values=values, status=400)
     try:
         spending_limits_set(
             user=request.user,

@@ -325,7 +325,9 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Hopsworks Platform Console API",
     "DESCRIPTION": "For scripts: users, clusters, assignments and usage. Authenticate with "
     "`Authorization: Api-Key <key>` (keys are made in the admin or with "
-    "`manage.py create_api_key`), or the browser session for your own data (/me).",
+    "`manage.py create_api_key`), or the browser session for your own data (/me). "
+    'Amounts are US dollars as exact decimal strings ("2.834002"; the console shows it '
+    'as $2.83), quantities likewise; times are ISO 8601 in UTC ("2026-12-05T19:44:00Z").',
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -342,6 +344,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Datetimes say their zone everywhere ("2026-12-05 19:44 UTC"): platform_site/formats.
+FORMAT_MODULE_PATH = ["platform_site.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from plumbing.admin_figures import ReadableFiguresMixin
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows written only by services: viewable, never added, edited or deleted here."""
+
+class ReadOnlyAdmin(ReadableFiguresMixin, admin.ModelAdmin):
+    """Rows written only by services: viewable, never added, edited or deleted here. Money
+    and quantities are named in `money_fields` / `quantity_fields` (plumbing.admin_figures)."""
 
     def has_add_permission(self, request):
         return False

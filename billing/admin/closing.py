@@ -10,6 +10,7 @@ from django.utils.html import format_html, format_html_join
 from billing.admin.base import ReadOnlyAdmin
 from billing.models import AccountClosure, Auth0LogEvent, CreditPurchase, SubscriptionEnd
 from plumbing.admin_ranges import date_range
+from plumbing.formatting import money
 
 
 @admin.register(AccountClosure)
@@ -27,6 +28,7 @@ class AccountClosureAdmin(ReadOnlyAdmin):
         "finished_at",
         "last_error",
     )
+    money_fields = {"prepaid_balance": None}
     list_select_related = ("user",)
     list_filter = ("mode", "actor", date_range("closed_at"))
     search_fields = ("user__email", "=user__id", "=subscription_id", "=final_invoice_id")
@@ -43,8 +45,15 @@ class AccountClosureAdmin(ReadOnlyAdmin):
             "<ul>{}</ul><a href='{}'>Refund them from Credit purchases</a>",
             format_html_join(
                 "",
-                "<li>{} of {} {} ({})</li>",
-                ((left, p.amount, p.currency, f"{p.created_at:%Y-%m-%d}") for p, left in rows),
+                "<li>{} of {} ({})</li>",
+                (
+                    (
+                        money(left, p.currency),
+                        money(p.amount, p.currency),
+                        f"{p.created_at:%Y-%m-%d}",
+                    )
+                    for p, left in rows
+                ),
             ),
             url,
         )
@@ -62,6 +71,7 @@ class SubscriptionEndAdmin(ReadOnlyAdmin):
         "last_error",
         "created_at",
     )
+    cents_fields = ("invoiced_cents",)
     list_select_related = ("user",)
     list_filter = ("ended_by", "status", date_range("ended_at"))
     search_fields = ("user__email", "=subscription_id", "=final_invoice_id")

@@ -24,7 +24,6 @@ from billing.admin.base import ReadOnlyAdmin
 from billing.checkout import BillingError
 from billing.exports import CreditLedgerResource
 from billing.models import BillingAdjustment, CreditLedgerEntry, CreditPurchase, UserCredits
-from billing.pricing import to_cents
 from billing.purchases import credit_purchase_refund_request
 from billing.stripe_gateway import StripeGatewayError
 from plumbing import outbound
@@ -34,6 +33,7 @@ from plumbing.admin_export import ExportAdminMixin
 from plumbing.admin_lists import EstimatedCountAdminMixin
 from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
+from plumbing.formatting import money
 
 Channel = BillingAdjustment.Channel
 Direction = BillingAdjustment.Direction
@@ -57,6 +57,7 @@ class CreditLedgerAdmin(
         "reference_column",
         "reason_column",
     )
+    money_fields = {"amount": None, "balance_after": None}
     list_select_related = ("user",)
     list_filter = ("kind", date_range("created_at"))
     search_fields = ("reference",)  # exact, and the user-first search
@@ -155,7 +156,7 @@ def outcome_message(applied: Applied, direction: str) -> tuple[str, str]:
                 f"({adjustment.error}); fix the cause and open the action again."
             )
         return "unchanged", ("already applied (this form was submitted before): nothing more done.")
-    amount = f"${adjustment.amount}"
+    amount = money(adjustment.amount)
     if adjustment.channel == Channel.LEDGER:
         done = "granted to" if direction == Direction.CREDIT else "debited from"
         return "done", f"{amount} {done} the prepaid balance."
@@ -280,6 +281,7 @@ class UserCreditsAdmin(GrantCreditsMixin, ReadOnlyAdmin):
         "used_column",
         "updated_at",
     )
+    money_fields = {"total_purchased": None, "total_used": None}
     list_select_related = ("user",)
     list_filter = (NegativeBalanceFilter,)
 
@@ -308,10 +310,8 @@ class UserCreditsAdmin(GrantCreditsMixin, ReadOnlyAdmin):
 
 def balance_html(balance):
     if balance < 0:
-        return format_html(
-            '<strong style="color:#dc2626">${} (below zero)</strong>', to_cents(balance)
-        )
-    return f"${to_cents(balance)}"
+        return format_html('<strong style="color:#dc2626">{} (below zero)</strong>', money(balance))
+    return money(balance)
 
 
 @admin.register(CreditPurchase)
@@ -329,6 +329,11 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
         "status",
         "stripe_payment_intent_id",
     )
+    money_fields = {
+        "amount": "currency",
+        "amount_refunded": "currency",
+        "amount_disputed": "currency",
+    }
     list_select_related = ("user",)
     list_filter = ("status", "currency", date_range("created_at"))
     search_fields = (
@@ -374,7 +379,10 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
                 except (BillingError, StripeGatewayError) as error:
                     report.not_done(purchase, error)
                     continue
-                amount = gateway.from_minor_units(refund["amount"], refund["currency"])
+                amount = money(
+                    gateway.from_minor_units(refund["amount"], refund["currency"]),
+                    refund["currency"],
+                )
                 report.done(
                     purchase,
                     f"refund of {amount} requested at Stripe; the credits are taken back when "
@@ -401,6 +409,7 @@ class BillingAdjustmentAdmin(ReadOnlyAdmin):
         "actor",
         "stripe_object_id",
     )
+    money_fields = {"amount": None}
     list_select_related = ("user",)
     list_filter = ("status", "channel", "direction", date_range("created_at"))
     search_fields = ("user__email", "=reference", "=stripe_object_id")

@@ -13,6 +13,7 @@ from billing.prices import (
     prices_with_current,
 )
 from billing.pricing import resource_unit
+from plumbing.formatting import precise_money
 
 
 @admin.register(Price)
@@ -25,7 +26,7 @@ class PriceAdmin(admin.ModelAdmin):
     fields = ("resource", "unit_price", "effective_from", "user", "note")
     list_display = (
         "resource",
-        "unit_price",
+        "price",
         "unit",
         "effective_from",
         "user",
@@ -37,6 +38,11 @@ class PriceAdmin(admin.ModelAdmin):
     search_fields = ("user__email", "note")
     autocomplete_fields = ("user",)
     ordering = ("resource", "-effective_from")
+
+    @admin.display(description="unit price", ordering="unit_price")
+    def price(self, obj):
+        # Prices are often fractions of a cent: every significant place, even in the list.
+        return precise_money(obj.unit_price)
 
     @admin.display(description="per")
     def unit(self, obj):

@@ -3,18 +3,21 @@ read-only. A run asks Stripe per user-month, so no web request makes one."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
 from billing.admin.base import ReadOnlyAdmin
 from billing.models import ReconciliationRun
 from plumbing.admin_ranges import date_range
+from plumbing.formatting import money
 
 FIGURES = ("ours", "reported", "pending", "stripe", "invoiced")
 
 
 def _cents(value) -> str:
-    return "-" if value is None else f"{value / 100:.2f}"
+    return "-" if value is None else money(Decimal(value).scaleb(-2))
 
 
 @admin.register(ReconciliationRun)
@@ -31,7 +34,7 @@ class ReconciliationRunAdmin(ReadOnlyAdmin):
             return "0"
         return format_html('<strong style="color:#dc2626">{}</strong>', obj.unexplained)
 
-    @admin.display(description="side by side (USD; cents / 100)")
+    @admin.display(description="side by side")
     def report(self, obj):
         rows = []
         for line in obj.lines:
@@ -57,7 +60,7 @@ class ReconciliationRunAdmin(ReadOnlyAdmin):
                 line["month"],
                 d["resource"],
                 d["what"],
-                f"{d['cents']:+}",
+                money(Decimal(d["cents"]).scaleb(-2)),
                 d["cause"],
                 d["repair"] or "-",
             )
@@ -66,7 +69,7 @@ class ReconciliationRunAdmin(ReadOnlyAdmin):
         ]
         listed = format_html(
             "<h3>Differences</h3><table><thead><tr><th></th><th>user</th><th>month</th>"
-            "<th>resource</th><th>link</th><th>cents</th><th>cause</th><th>repair</th>"
+            "<th>resource</th><th>link</th><th>difference</th><th>cause</th><th>repair</th>"
             "</tr></thead><tbody>{}</tbody></table>",
             format_html_join("", "<tr>" + "<td>{}</td>" * 8 + "</tr>", differences),
         )

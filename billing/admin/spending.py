@@ -20,6 +20,7 @@ from billing.limits import (
 from billing.models import BillingProfile, SpendingAlert, SpendingLimitChange
 from plumbing.admin_confirm import confirm_then
 from plumbing.admin_ranges import date_range
+from plumbing.formatting import parse_money
 
 
 @admin.register(SpendingAlert)
@@ -56,6 +57,7 @@ class SpendingLimitChangeAdmin(ReadOnlyAdmin):
     """Append-only history of users' caps and thresholds."""
 
     list_display = ("created_at", "user", "field", "old", "new", "actor", "by_user")
+    money_fields = {"old": None, "new": None}
     list_select_related = ("user",)
     list_filter = ("field", "by_user", date_range("created_at"))
     search_fields = ("user__email", "actor")
@@ -70,15 +72,12 @@ class LimitField(forms.CharField):
         super().__init__(required=False, **kwargs)
 
     def clean(self, value):
-        from decimal import Decimal, InvalidOperation
-
-        text = (value or "").strip().replace(",", "").removeprefix("$")
-        if not text:
+        if not (value or "").strip():
             return None
         try:
-            amount = Decimal(text)
-        except InvalidOperation:
-            raise ValidationError(f"{value!r} is not an amount in dollars.") from None
+            amount = parse_money(value)
+        except ValueError as error:
+            raise ValidationError(str(error)) from None
         problem = limit_problem(amount, name=self.limit_name, by_user=False)
         if problem:
             raise ValidationError(problem)
@@ -175,7 +174,7 @@ class SpendingLimitsAdminMixin:
             "<td>{}</td></tr>",
             (
                 (
-                    f"{a.created_at:%Y-%m-%d %H:%M}",
+                    f"{a.created_at:%Y-%m-%d %H:%M} UTC",
                     a.get_kind_display(),
                     money(a.amount),
                     money(a.limit_amount),
@@ -189,7 +188,7 @@ class SpendingLimitsAdminMixin:
             '<tr class="limit-change"><td>{}</td><td>{}</td><td>{} → {}</td><td>{}</td></tr>',
             (
                 (
-                    f"{c.created_at:%Y-%m-%d %H:%M}",
+                    f"{c.created_at:%Y-%m-%d %H:%M} UTC",
                     c.get_field_display(),
                     money(c.old) if c.old is not None else "default",
                     money(c.new) if c.new is not None else "default",

@@ -48,6 +48,11 @@ class BillingHistoryAdmin(
         "description_column",
         "stripe_link",
     )
+    money_fields = {
+        "amount": "currency",
+        "amount_credited": "currency",
+        "amount_refunded": "currency",
+    }
     list_select_related = ("user",)
     list_filter = (
         "status",
@@ -172,6 +177,7 @@ class StripeUsageReportAdmin(ReadOnlyAdmin):
         "last_error",
         "last_reported_at",
     )
+    cents_fields = ("reported_cents", "adjusted_cents", "pending_cents")
     list_select_related = ("user",)
     list_filter = ("month", "resource")
     search_fields = ("user__email",)
@@ -192,6 +198,7 @@ class StripeUsageAdjustmentAdmin(ReadOnlyAdmin):
         "created_at",
         "sent_at",
     )
+    cents_fields = ("cents",)
     list_select_related = ("user",)
     list_filter = ("status", "month", date_range("created_at"))
     search_fields = ("user__email", "=identifier", "=stripe_invoice_item_id")

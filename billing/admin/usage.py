@@ -36,6 +36,8 @@ class UsageDailyAdmin(
 
     # The four measures in one compact cell: separate columns did not fit 1280 px.
     list_display = ("date", "user_column", "hopsworks_cluster", "usage", "cost")
+    money_fields = {"total_cost": None}
+    quantity_fields = {"cpu_hours": 2, "gpu_hours": 2, "storage_gb_months": 4, "api_calls": 0}
     list_select_related = ("user", "hopsworks_cluster")
     list_filter = (date_range("date"), "hopsworks_cluster")
     search_fields = ()  # the user-first search alone (accounts/admin_search.py)

@@ -19,13 +19,12 @@ from billing.admin.credits import AdjustmentActionsMixin, balance_html
 from billing.admin.spending import SpendingLimitsAdminMixin
 from billing.closing import AccountCloseRefused, account_close, money_open_reasons
 from billing.models import BillingAdjustment, BillingModeChange, BillingProfile
-from billing.pricing import to_cents
 from billing.profiles import billing_mode_set
 from billing.tasks import invoices_sync_queue
 from plumbing.admin_confirm import confirm_then
 from plumbing.admin_report import ActionReport
 from plumbing.charts import Series, chart_html
-from plumbing.formatting import money
+from plumbing.formatting import money, quantity
 
 
 def _adjustment_status(adjustment: BillingAdjustment):
@@ -85,8 +84,8 @@ def close_summary(user) -> str:
         refundable = sum(
             (p.refundable for p in CreditPurchase.objects.filter(user=user)), Decimal(0)
         )
-        parts.append(f"balance ${selectors.credit_balance(user):.2f}")
-        parts.append(f"refundable purchases ${refundable:.2f}")
+        parts.append(f"balance {money(selectors.credit_balance(user))}")
+        parts.append(f"refundable purchases {money(refundable)}")
     else:
         profile = BillingProfile.objects.filter(user=user).first()
         parts.append(f"subscription {(profile and profile.subscription_status) or 'none'}")
@@ -257,31 +256,31 @@ class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
         days = list(selectors.daily_breakdown(obj, days=30))
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>${}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
                     d["date"],
-                    d["cpu_hours"].normalize(),
-                    d["gpu_hours"].normalize(),
-                    d["storage_gb_months"].quantize(Decimal("0.0001")),
-                    to_cents(d["total_cost"]),
+                    quantity(d["cpu_hours"], 2),
+                    quantity(d["gpu_hours"], 2),
+                    quantity(d["storage_gb_months"], 4),
+                    money(d["total_cost"]),
                 )
                 for d in days
             ),
         )
         unbilled = selectors.unbilled_usage(user_ids=[obj.pk]).get(obj.pk)
         return format_html(
-            "{}<div>Mode: {}</div><div>Month to date: ${}</div><div>Credit balance: {}</div>{}"
+            "{}<div>Mode: {}</div><div>Month to date: {}</div><div>Credit balance: {}</div>{}"
             "<table><tr><th>Date</th><th>CPU h</th><th>GPU h</th><th>Storage GB-mo</th>"
             "<th>Cost</th></tr>{}</table>",
             closure_html(obj),
             BillingProfile.Mode(mode).label,
-            to_cents(selectors.month_to_date_cost(obj)),
+            money(selectors.month_to_date_cost(obj)),
             balance_html(selectors.credit_balance(obj)),
             format_html(
-                '<div class="errornote">Unbilled usage: ${} (no live subscription): '
+                '<div class="errornote">Unbilled usage: {} (no live subscription): '
                 "reported to Stripe as soon as a subscription is live.</div>",
-                unbilled,
+                money(unbilled),
             )
             if unbilled
             else "",
@@ -343,13 +342,13 @@ class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
         # Append-only: operators' credits and debits, and debts carried at a switch.
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>${}</td><td>{}</td><td>{}</td><td>{}</td>"
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
             "<td>{}</td></tr>",
             (
                 (
                     f"{a.created_at:%Y-%m-%d %H:%M} UTC",
                     a.get_direction_display(),
-                    a.amount,
+                    money(a.amount),
                     a.get_channel_display(),
                     a.reason,
                     a.actor,

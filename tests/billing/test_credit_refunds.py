@@ -247,7 +247,7 @@ def test_the_admin_refund_action_asks_stripe_and_says_the_webhook_takes_the_cred
     [sent] = fake_stripe.posts("/v1/refunds")
     assert sent.form["amount"] == "2500"
     text = response.content.decode()
-    assert "refund of 25.00 requested at Stripe" in text
+    assert "refund of $25.00 requested at Stripe" in text
     assert "the credits are taken back when Stripe confirms it" in text
     assert balance(user) == D("25")
     deliver(make_event("charge.refunded", fake_stripe.charges[charge["id"]]))

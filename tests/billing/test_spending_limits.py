@@ -210,5 +210,5 @@ def test_an_absurd_cap_in_the_admin_is_refused_on_the_form(persona_client):
         },
     )
     assert response.status_code == 200
-    assert "negative" in response.content.decode()
+    assert "not an amount in dollars and cents" in response.content.decode()
     assert not SpendingLimitChange.objects.exists()

@@ -70,7 +70,7 @@ def test_a_prepaid_user_below_zero_is_warned(client):
     )
     login(client, user)
     page = client.get("/").content.decode()
-    assert "Credit balance: <strong>$-0.30</strong>" in page
+    assert "Credit balance: <strong>-$0.30</strong>" in page
     assert "below zero" in page
 
 
