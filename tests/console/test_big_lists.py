@@ -213,7 +213,9 @@ def test_the_ledger_invoices_and_events_lists_read_newest_first_by_their_index(
         statement = list_statement(statements, table)
         if "LIMIT" not in statement:
             statement += " LIMIT 100"
-        assert index in plan(statement), url
+        assert index in plan(statement, off=("seqscan", "sort")), (
+            url
+        )  # few rows: a sort looks cheap
 
 
 def test_the_usage_list_reads_its_first_page_in_index_order(operator_client, people):
