@@ -25,9 +25,9 @@ def placement_blocker(user: User) -> str | None:
 
 
 def access_blocker(user: User) -> str | None:
-    """Why the user's Hopsworks account must be deactivated for billing reasons (a service
-    stop in force), or None. Asked by clusters whenever it decides what an account should be.
-    """
+    """Why the user's Hopsworks account must be deactivated for billing reasons (the account
+    is closed, or a service stop is in force), or None. Asked by clusters whenever it decides
+    what an account should be (ACCOUNT_ACCESS_GATE)."""
     if AccountClosure.objects.filter(user=user).exists():
         return "The account is closed."  # for good, even if the user is reactivated
     from billing.standing import HOW_TO_RESUME, stops_in_force
