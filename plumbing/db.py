@@ -22,4 +22,30 @@ class GenRandomUUID(Func):
     output_field = UUIDField()
 
 
-__all__ = ["DatabaseNow", "GenRandomUUID"]
+def sql_array(values, *, text: bool = False) -> str:
+    """`values` as one PostgreSQL array literal (`{a,b,NULL}`), to bind as a single
+    parameter cast to its array type (`unnest(%s::numeric[])`, `= ANY(%s::text[])`).
+
+    Why: Django's psycopg cursor binds parameters client-side and renders a Python list as
+    `ARRAY[...]`, quoting element by element in Python; for the thousands of elements of a
+    set-based write that was most of the statement's cost, and PostgreSQL then parses an
+    expression per element. One literal is built with a join and parsed by the array type's
+    input function. `text=True` quotes every element (user ids, references, free text);
+    otherwise elements are written with `str()`: UUIDs, dates, integers and Decimals
+    (whose `str()` is exact and readable by `numeric`). None is NULL.
+    """
+    if text:
+        return (
+            "{"
+            + ",".join(
+                "NULL"
+                if value is None
+                else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                for value in values
+            )
+            + "}"
+        )
+    return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
+
+
+__all__ = ["DatabaseNow", "GenRandomUUID", "sql_array"]
