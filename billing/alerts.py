@@ -29,6 +29,7 @@ from django.utils import timezone
 from billing.forecast import month_of
 from billing.limits import money
 from billing.models import BillingProfile, SpendingAlert, UsageDaily
+from plumbing.db import sql_array
 
 logger = logging.getLogger(__name__)
 Kind = SpendingAlert.Kind
@@ -42,7 +43,7 @@ def _take_users_in_turn(user_ids: list[str]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_advisory_xact_lock(%s, hashtext(u)) FROM unnest(%s::text[]) AS u",
-            [LOCK_CLASS, user_ids],
+            [LOCK_CLASS, sql_array(user_ids, text=True)],
         )
 
 
@@ -60,20 +61,24 @@ def cap_alerts_evaluate(*, user_ids, days=()) -> list[int]:
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT k.user_id, m.month, SUM(u.total_cost),
+            SELECT k.user_id, m.month, s.total,
                    COALESCE(p.monthly_spending_cap, %s::numeric)
             FROM unnest(%s::text[]) AS k(user_id)
             CROSS JOIN unnest(%s::date[]) AS m(month)
             LEFT JOIN billing_account p ON p.user_id = k.user_id
-            JOIN usage_daily u ON u.user_id = k.user_id AND u.billed_via = %s
-             AND u.date >= m.month AND u.date < (m.month + interval '1 month')
-            WHERE COALESCE(p.mode, %s) = %s
-            GROUP BY k.user_id, m.month, p.monthly_spending_cap
+            -- Each user-month summed on its own (an index scan each), not all rows sorted
+            -- for one GROUP BY: half the time for a batch of thousands of users.
+            CROSS JOIN LATERAL (
+                SELECT SUM(u.total_cost) AS total FROM usage_daily u
+                WHERE u.user_id = k.user_id AND u.billed_via = %s
+                  AND u.date >= m.month AND u.date < (m.month + interval '1 month')
+            ) s
+            WHERE COALESCE(p.mode, %s) = %s AND s.total IS NOT NULL
             """,
             [
                 Decimal(str(settings.SPENDING_CAP_DEFAULT)),
-                user_ids,
-                months,
+                sql_array(user_ids, text=True),
+                sql_array(months),
                 UsageDaily.BilledVia.STRIPE,
                 BillingProfile.Mode.POSTPAID,
                 BillingProfile.Mode.POSTPAID,
@@ -103,7 +108,7 @@ def low_balance_alerts_evaluate(*, user_ids) -> list[int]:
                        COALESCE(p.low_balance_threshold, %s::numeric) AS threshold
                 FROM user_credits c
                 JOIN billing_account p ON p.user_id = c.user_id AND p.mode = %s
-                WHERE c.user_id = ANY(%s)
+                WHERE c.user_id = ANY(%s::text[])
             )
             SELECT s.user_id, s.balance, s.threshold,
                    COALESCE((SELECT max(e.id) FROM billing_credit_ledger e
@@ -113,7 +118,7 @@ def low_balance_alerts_evaluate(*, user_ids) -> list[int]:
             [
                 Decimal(str(settings.LOW_BALANCE_THRESHOLD_DEFAULT)),
                 BillingProfile.Mode.PREPAID,
-                user_ids,
+                sql_array(user_ids, text=True),
             ],
         )
         rows = [
@@ -147,7 +152,10 @@ def _insert(rows) -> list[int]:
             ON CONFLICT (user_id, kind, period) DO NOTHING
             RETURNING id
             """,
-            [timezone.now(), *[list(column) for column in columns]],
+            [
+                timezone.now(),
+                *[sql_array(column, text=i < 3) for i, column in enumerate(columns)],
+            ],
         )
         new = sorted(row[0] for row in cursor)
     if new:

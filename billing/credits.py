@@ -28,6 +28,7 @@ from plumbing.db import sql_array
 logger = logging.getLogger(__name__)
 
 Kind = CreditLedgerEntry.Kind
+KINDS = frozenset(Kind.values)
 ZERO = Decimal("0")
 MAX_SINGLE_MOVEMENT = Decimal("1000000")
 
@@ -64,7 +65,7 @@ def _validate(movement: Movement) -> None:
         raise CreditError(f"A {movement.kind} adds credit: the amount must be positive.")
     if movement.kind == Kind.REFUND and amount > 0:
         raise CreditError("A refund takes credit back: the amount must be negative.")
-    if movement.kind not in Kind.values:
+    if movement.kind not in KINDS:
         raise CreditError(f"Unknown kind of movement {movement.kind!r}.")
     if not movement.reference:
         raise CreditError("A movement needs a reference (what makes it unique).")

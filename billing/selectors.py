@@ -33,6 +33,7 @@ from billing.models import (
     UsageDaily,
     UserCredits,
 )
+from plumbing.db import sql_array
 
 ZERO = Decimal("0")
 CENT = Decimal("0.01")
@@ -161,8 +162,8 @@ def billing_modes_on(pairs) -> dict[tuple[str, dt.date], str]:
             """,
             [
                 BillingProfile.Mode.POSTPAID,
-                [user_id for user_id, _ in pairs],
-                [day for _, day in pairs],
+                sql_array([user_id for user_id, _ in pairs], text=True),
+                sql_array([day for _, day in pairs]),
             ],
         )
         return {(user_id, day): mode for user_id, day, mode in cursor}

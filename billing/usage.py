@@ -21,6 +21,7 @@ two collectors at once never count a day twice.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -173,9 +174,20 @@ def _clean(records) -> list[tuple]:
                 problems.append(f"no cluster with id {record.cluster_id!r}")
         else:
             cluster_id = None
-        cpu = _as_decimal(record.cpu_hours, "cpu_hours", problems)
-        gpu = _as_decimal(record.gpu_hours, "gpu_hours", problems)
-        storage = _as_decimal(record.storage_gb_months, "storage_gb_months", problems)
+        cpu, gpu, storage = record.cpu_hours, record.gpu_hours, record.storage_gb_months
+        # The common case (a Decimal in range) checked inline: thousands a batch.
+        if type(cpu) is Decimal and cpu.is_finite() and ZERO <= cpu <= MAX_QUANTITY:
+            cpu = quantize(cpu)
+        else:
+            cpu = _as_decimal(cpu, "cpu_hours", problems)
+        if type(gpu) is Decimal and gpu.is_finite() and ZERO <= gpu <= MAX_QUANTITY:
+            gpu = quantize(gpu)
+        else:
+            gpu = _as_decimal(gpu, "gpu_hours", problems)
+        if type(storage) is Decimal and storage.is_finite() and ZERO <= storage <= MAX_QUANTITY:
+            storage = quantize(storage)
+        else:
+            storage = _as_decimal(storage, "storage_gb_months", problems)
         calls = record.api_calls
         if calls is not None and (type(calls) is not int or not 0 <= calls <= MAX_CALLS):
             calls = _as_count(calls, problems)
@@ -383,6 +395,7 @@ class _Settler:
         columns, changed, movements = fresh.columns, fresh.changed, fresh.movements
         add = [column.append for column in columns]
         credits_via, stripe_via = UsageDaily.BilledVia.CREDITS, UsageDaily.BilledVia.STRIPE
+        ids = _new_ids(len(rows))
         for row in rows:
             user_id, cluster_id, day, cpu, gpu, storage, calls = row
             figures = (
@@ -392,7 +405,7 @@ class _Settler:
                 0 if calls is None else calls,
             )
             cost = self._cost(row, figures)
-            row_id = uuid.uuid4()
+            row_id = next(ids)
             debited, revision = ZERO, 0
             via = credits_via if modes[(user_id, day)] == PREPAID else stripe_via
             if via == credits_via and cost != debited:
@@ -452,6 +465,19 @@ class _Settler:
         return _Outcome(row, figures, cost, debited, revision, movement, not unchanged)
 
 
+def _new_ids(count: int):
+    """Random (version 4) UUIDs as text, as `uuid.uuid4()` would make them, for many rows
+    at once: one call to the OS for the random bytes, no UUID object per row."""
+    random = os.urandom(16 * count).hex()
+    for start in range(0, 32 * count, 32):
+        h = random[start : start + 32]
+        yield (f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+
+
+# The variant bits (10xx) in the first hex digit of the fourth group, as RFC 4122 says.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def _quantity_change(row, figures) -> dict:
     # The quantities a usage movement pays for: what changed since the last debit.
     paid = row["credits_debited"] != 0 or row["credit_revision"] > 0
@@ -469,7 +495,7 @@ _TEXT_COLUMNS = {"user_id", "billed_via"}
 
 def _insert_new(fresh: _Fresh) -> set:
     """Insert new rows with their final figures, in key order; a key a concurrent writer
-    inserted first is skipped (ON CONFLICT) and left out of the ids returned."""
+    inserted first is skipped (ON CONFLICT). Returns the ids inserted."""
     now = timezone.now()
     arrays = [
         sql_array(column, text=name in _TEXT_COLUMNS)
@@ -488,10 +514,14 @@ def _insert_new(fresh: _Fresh) -> set:
               AS k(id, user_id, cluster_id, date, cpu_hours, gpu_hours, storage_gb_months,
                    api_calls, total_cost, credits_debited, credit_revision, billed_via)
             ON CONFLICT DO NOTHING
-            RETURNING id
             """,
             [now, now, *arrays],
         )
+        if cursor.rowcount == len(fresh.ids):
+            return set(fresh.ids)
+        # Some keys were taken: the ids chosen here that made it in are ours (ids are
+        # random, no one else has them).
+        cursor.execute("SELECT id::text FROM usage_daily WHERE id = ANY(%s::uuid[])", [arrays[0]])
         return {row_id for (row_id,) in cursor}
 
 
