@@ -4,18 +4,26 @@
 use it). Per batch it runs a constant number of statements, whatever the batch size:
 
 1. lock the rows of the batch that exist, in key order, and read their current figures;
-2. price each record, and for prepaid users debit (or credit back) only the difference
-   between the new cost and what the row has already taken from their balance (all of it
-   for a new row);
+2. price each record (`pricing.cost_of`, the rates of a day looked up once); a new row is
+   priced and settled column-wise from the record alone (its figures, its billing mode on
+   the day, the whole cost debited for a prepaid day), an existing one against what it
+   holds: for prepaid users only the difference between the new cost and what the row has
+   already taken from their balance is debited (or credited back);
 3. insert the new rows with their final figures (`ON CONFLICT DO NOTHING`): each row is
    written once. A key a concurrent writer inserted first is skipped there, then locked
    and settled like an existing row;
-4. write back the existing rows whose figures changed (a rerun rewrites nothing), and the
-   credit movements, in the same transaction.
+4. write back the existing rows whose figures changed (a rerun rewrites nothing), mark
+   the Stripe months whose usage changed as due, apply the credit movements
+   (`credits.credits_apply_batch`: ledger entries and balances set-based) and check the
+   caps of the users whose cost moved, in the same transaction.
 
 Step 1 locks in one global order (user, cluster, date) and step 3 makes concurrent writers
 of the same new row queue behind one another on the unique index, so a rerun, a retry or
 two collectors at once never count a day twice.
+
+Records travel as tuples and arrays go to PostgreSQL as one literal each
+(`plumbing.db.sql_array`): a batch is thousands of records, and per-record objects and
+per-element parameter quoting were most of its cost (bench/README.md, issue 16).
 """
 
 from __future__ import annotations
@@ -83,6 +91,9 @@ class UpsertResult:
     credit_entries: int = 0
     debited: Decimal = ZERO
     negative_balances: list[str] = field(default_factory=list)
+    # With check_caps=False: the caps the caller checks (`cap_alerts_evaluate`).
+    cost_moved: set[str] = field(default_factory=set)
+    days: set[dt.date] = field(default_factory=set)
 
 
 def _as_decimal(value, name: str, problems: list[str]) -> Decimal | None:
@@ -223,10 +234,16 @@ def _uuid_or_none(value):
         return "invalid"
 
 
-def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
+def usage_upsert(
+    *, records, actor, validated: bool = False, check_caps: bool = True
+) -> UpsertResult:
     """Write usage records (see the module docstring). Bad input raises
     `UsageValidationError` and writes nothing; sending the same batch twice changes
-    nothing the second time."""
+    nothing the second time.
+
+    `check_caps=False` is for a caller writing several batches in one transaction (the
+    collector): it checks the caps of the result's `cost_moved` users once, after the last
+    batch, so the transaction takes its users' turns once (`billing.alerts`)."""
     rows = (
         [
             (
@@ -283,8 +300,10 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
         entries = credits.credits_apply_batch(
             [o.movement for o in outcomes if o.movement] + fresh.movements
         )
-        # Caps are checked where usage is settled, for the users whose cost moved.
-        cap_alerts_evaluate(user_ids=changed, days={r[_DATE] for r in rows})
+        days = {r[_DATE] for r in rows}
+        if check_caps:
+            # Caps are checked where usage is settled, for the users whose cost moved.
+            cap_alerts_evaluate(user_ids=changed, days=days)
         # Usage may take a user past their cap or below the floor (or back): judged by a
         # job, so collection and the usage API do not wait for it.
         standing_check_later(user_ids=user_ids)
@@ -293,6 +312,8 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
         credit_entries=len(entries),
         debited=sum((-e.amount for e in entries), ZERO),
         negative_balances=sorted({e.user_id for e in entries if e.balance_after < 0}),
+        cost_moved=set() if check_caps else changed,
+        days=set() if check_caps else days,
     )
 
 
