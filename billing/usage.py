@@ -264,14 +264,15 @@ def usage_upsert(
         return UpsertResult()
     # Errors name a record by its place in the caller's list, not in the sorted copy.
     caller_index = {_key(row): index for index, row in enumerate(rows)}
-    rows.sort(key=lambda r: (r[_USER], str(r[_CLUSTER] or NO_CLUSTER), r[_DATE]))
+    clusters = {c: str(c or NO_CLUSTER) for c in {r[_CLUSTER] for r in rows}}
+    rows.sort(key=lambda r: (r[_USER], clusters[r[_CLUSTER]], r[_DATE]))
     user_ids = sorted({r[_USER] for r in rows})
     rates = RateBook.load(user_ids=user_ids)
     settle = _Settler(rates=rates, actor_name=actor_label(actor), caller_index=caller_index)
 
     with transaction.atomic():
         current = _lock_rows(rows)
-        new = [r for r in rows if _key(r) not in current]
+        new = [r for r in rows if _key(r) not in current] if current else rows
         fresh = _Fresh()
         if new:
             fresh = settle.new_rows(new, billing_modes_on((r[_USER], r[_DATE]) for r in new))
@@ -284,7 +285,9 @@ def usage_upsert(
                 ]
                 current.update(_lock_rows(late))
                 fresh = fresh.only(inserted)
-        outcomes = [settle(r, current[_key(r)]) for r in rows if _key(r) in current]
+        outcomes = [
+            settle(r, row) for r in rows if current and (row := current.get(_key(r))) is not None
+        ]
         updates = [o for o in outcomes if o.changed]
         if updates:
             _write_rows([o.update for o in updates])

@@ -34,7 +34,14 @@ def sql_array(values, *, text: bool = False) -> str:
     otherwise elements are written with `str()`: UUIDs, dates, integers and Decimals
     (whose `str()` is exact and readable by `numeric`). None is NULL.
     """
+    values = values if isinstance(values, list) else list(values)
+    if not values:
+        return "{}"
     if text:
+        body = '","'.join(values) if None not in values else None
+        # The common case (no quote, backslash or NULL) joined at once.
+        if body is not None and "\\" not in body and body.count('"') == 2 * (len(values) - 1):
+            return '{"' + body + '"}'
         return (
             "{"
             + ",".join(
@@ -45,7 +52,11 @@ def sql_array(values, *, text: bool = False) -> str:
             )
             + "}"
         )
-    return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
+    body = ",".join(map(str, values))
+    # str() of a UUID, date, number never says "None": only a NULL does.
+    if "None" in body:
+        body = ",".join("NULL" if value is None else str(value) for value in values)
+    return "{" + body + "}"
 
 
 __all__ = ["DatabaseNow", "GenRandomUUID", "sql_array"]
