@@ -109,25 +109,30 @@ class AppliedEntry(NamedTuple):
 def credits_apply(movements: list[Movement]) -> list[CreditLedgerEntry]:
     """Apply movements in one transaction; those whose reference was applied before are
     skipped (a retry, a rerun, a duplicate webhook). Returns the entries written."""
-    return [
-        CreditLedgerEntry(
-            id=entry.id,
-            user_id=m.user_id,
-            kind=m.kind,
-            amount=m.amount,
-            balance_after=entry.balance_after,
-            reference=m.reference,
-            actor=m.actor,
-            reason=m.reason,
-            usage_id=m.usage_id,
-            cpu_hours=m.cpu_hours,
-            gpu_hours=m.gpu_hours,
-            storage_gb_months=m.storage_gb_months,
-            created_at=entry.created_at,
-        )
-        for entry in credits_apply_batch(movements)
-        for m in (entry.movement,)
-    ]
+    return [_as_model(entry) for entry in credits_apply_batch(movements)]
+
+
+def _as_model(entry: AppliedEntry) -> CreditLedgerEntry:
+    m = entry.movement
+    model = CreditLedgerEntry(
+        id=entry.id,
+        user_id=m.user_id,
+        kind=m.kind,
+        amount=m.amount,
+        balance_after=entry.balance_after,
+        reference=m.reference,
+        actor=m.actor,
+        reason=m.reason,
+        usage_id=m.usage_id,
+        cpu_hours=m.cpu_hours,
+        gpu_hours=m.gpu_hours,
+        storage_gb_months=m.storage_gb_months,
+        created_at=entry.created_at,
+    )
+    # Written already, as bulk_create would leave it (saving it again would be an update).
+    model._state.adding = False
+    model._state.db = "default"
+    return model
 
 
 def credits_apply_batch(movements: list[Movement]) -> list[AppliedEntry]:
