@@ -97,6 +97,14 @@ def parse_args(argv=None):
         help="Make the users' Hopsworks accounts with hopsworks_accounts_sync() (its cost grows "
         "with the square of the users per cluster: minutes for 1,000) instead of directly.",
     )
+    parser.add_argument(
+        "--collection-scale",
+        action="store_true",
+        help="Measure only one day of usage collection at scale (--scale-users on "
+        "--scale-clusters clusters), in this process, first run and rerun.",
+    )
+    parser.add_argument("--scale-users", type=int, default=100_000, help="Users (100000).")
+    parser.add_argument("--scale-clusters", type=int, default=5, help="Clusters (5).")
     parser.add_argument("--seed", type=int, default=20240601, help="Random seed of the data.")
     parser.add_argument("--keep", action="store_true", help="Do not drop the database.")
     parser.add_argument("--json", metavar="PATH", help="Write the figures here, not stdout.")
@@ -119,6 +127,8 @@ def setup_django(url: str) -> None:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     logging.getLogger("clusters").setLevel(logging.WARNING)
     logging.getLogger("procrastinate").setLevel(logging.WARNING)
+    # Prepaid users without credit go negative at the first collection: a line each.
+    logging.getLogger("billing.credits").setLevel(logging.ERROR)
 
 
 def sql_all(query: str, params=()) -> list[tuple]:
@@ -743,6 +753,229 @@ def profile_collection(world: dict, *, fakes: FakeTimer) -> list[dict]:
     return profiles
 
 
+# 4. Collection at scale (--collection-scale) ---------------------------------------------
+
+
+def scale_world(stack: contextlib.ExitStack, args, rng: random.Random) -> dict:
+    """`--scale-clusters` clusters with their own fakes; `--scale-users` users spread evenly
+    over them, built set-based (generate_series), each assigned to their cluster and owning
+    one project whose namespace OpenCost reports for the day; one user in five prepaid."""
+    from django.conf import settings
+
+    from clusters.models import HopsworksCluster
+    from tests.fakes.hopsworks import OAUTH_CLIENT_ID, reset
+    from tests.fakes.kubernetes import FakeKubernetes, kubeconfig_for
+    from tests.fakes.server import local_server
+    from tests.fakes.tls import make_test_ca
+
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-")))
+    ca = make_test_ca(tmp / "tls")
+    settings.HOPSWORKS_OAUTH_CLIENT_ID = OAUTH_CLIENT_ID
+    day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    per_cluster = args.scale_users // args.scale_clusters
+    started = time.perf_counter()
+    clusters = []
+    for c in range(1, args.scale_clusters + 1):
+        hopsworks = reset(stack.enter_context(local_server(ca)))
+        k8s = FakeKubernetes.on(stack.enter_context(local_server(ca)))
+        stack.callback(hopsworks.release)
+        stack.callback(k8s.release)
+        cluster = HopsworksCluster.objects.create(
+            name=f"scale-{c}",
+            api_url=hopsworks.api_url,
+            api_key=hopsworks.api_key,
+            ca_bundle=ca.ca_path.read_text(),
+            kubeconfig=kubeconfig_for(k8s, ca),
+            max_users=per_cluster,
+        )
+        clusters.append({"cluster": cluster, "hopsworks": hopsworks, "k8s": k8s})
+    ids = [str(entry["cluster"].pk) for entry in clusters]
+    # User i is on cluster (i - 1) % clusters + 1, the n-th of its cluster.
+    params = {"n": per_cluster * len(clusters), "clusters": ids, "c": len(clusters)}
+    user_id = "'auth0|scale' || lpad(i::text, 7, '0')"
+    for statement in (
+        f"""INSERT INTO users (id, email, name, password)
+            SELECT {user_id}, 'scale' || lpad(i::text, 7, '0') || '@example.com',
+                   'Scale User ' || i, '!'
+            FROM generate_series(1, %(n)s) i""",
+        f"""INSERT INTO user_hopsworks_assignments (user_id, hopsworks_cluster_id,
+                hopsworks_username, assigned_at)
+            SELECT {user_id}, (%(clusters)s::uuid[])[(i - 1) %% %(c)s + 1], 'scale' || i, now()
+            FROM generate_series(1, %(n)s) i""",
+        f"""INSERT INTO billing_account (user_id, mode, updated_at, stripe_subscription_id,
+                subscription_status, started_subscription_id)
+            SELECT {user_id}, CASE WHEN i %% 5 = 0 THEN 'prepaid' ELSE 'postpaid' END, now(),
+                   '', '', ''
+            FROM generate_series(1, %(n)s) i""",
+        "ANALYZE users, user_hopsworks_assignments, billing_account",
+    ):
+        sql_run(statement, params)
+    users_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    for c, entry in enumerate(clusters, start=1):
+        namespaces = []
+        for n in range(per_cluster):
+            i = n * len(clusters) + c
+            namespace = f"scale-ns-{i:07d}"
+            # No Hopsworks user behind the creator: the fake would look each one up in a
+            # list; the collector finds the owner by the creator's email instead.
+            entry["hopsworks"].add_project(
+                f"scale_project_{i:07d}", f"scale{i:07d}@example.com", namespace=namespace
+            )
+            namespaces.append(namespace)
+        entry["k8s"].set_allocations(day, allocations(namespaces, rng))
+    return {
+        "clusters": clusters,
+        "day": day,
+        "per_cluster": per_cluster,
+        "timings": {
+            "users_s": users_s,
+            "projects_and_allocations_s": time.perf_counter() - started,
+        },
+    }
+
+
+def _wal_lsn() -> str:
+    return sql_all("SELECT pg_current_wal_lsn()")[0][0]
+
+
+def _wal_bytes_since(lsn: str) -> int:
+    return int(sql_all("SELECT pg_current_wal_lsn() - %s::pg_lsn", [lsn])[0][0])
+
+
+def scale_pass(world: dict, *, fakes: FakeTimer, label: str) -> dict:
+    """Every cluster's day collected in this process, cluster by cluster, through the real
+    collector (`usage_collect_day`, what `collect_usage` and the job run) in background
+    mode (the job's and the command's deadlines)."""
+    from billing import collection
+    from clusters.hopsworks import HopsworksClient
+    from plumbing import outbound
+
+    timer = StepTimer()
+    timer.wrap(collection, "fetch_day_allocations", "OpenCost: fetch_day_allocations")
+    timer.wrap(HopsworksClient, "list_projects", "Hopsworks: list_projects")
+    timer.wrap(collection, "attribute", "attribute (namespaces -> users)")
+    timer.wrap(collection, "usage_upsert", "usage_upsert")
+    fakes.take()
+    clusters = []
+    try:
+        started, cpu = time.perf_counter(), time.process_time()
+        with outbound.background_work():
+            for entry in world["clusters"]:
+                lsn, t0 = _wal_lsn(), time.perf_counter()
+                run = collection.usage_collect_day(
+                    cluster=entry["cluster"], day=world["day"], actor="bench"
+                )
+                clusters.append(
+                    {
+                        "cluster": entry["cluster"].name,
+                        "status": run.status,
+                        "error": run.error,
+                        "rows": run.rows_written,
+                        "seconds": time.perf_counter() - t0,
+                        "wal_bytes": _wal_bytes_since(lsn),
+                    }
+                )
+        total, cpu = time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        timer.uninstall()
+    answering = fakes.take()
+    fake_s = sum(f["wall_s"] for f in answering.values())
+    fake_cpu = sum(f["cpu_s"] for f in answering.values())
+    return {
+        "label": label,
+        "total_s": total,
+        "fakes_s": fake_s,
+        "ours_s": total - fake_s,
+        # This process's CPU less the fakes' (their handler threads run here too).
+        "our_cpu_s": cpu - fake_cpu,
+        "steps_s": dict(timer.seconds),
+        "fakes": answering,
+        "clusters": clusters,
+    }
+
+
+def collection_scale(args) -> dict:
+    from django.core.management import call_command
+
+    from billing.models import CreditLedgerEntry, UsageDaily
+
+    rng = random.Random(args.seed)
+    started = time.perf_counter()
+    env = environment()
+    call_command("migrate", verbosity=0)
+    fakes = FakeTimer()
+    fakes.install()
+    try:
+        with contextlib.ExitStack() as stack:
+            print("collection at scale: setting up ...", file=sys.stderr, flush=True)
+            world = scale_world(stack, args, rng)
+            sql_run("CHECKPOINT")
+            print("collection at scale: collecting ...", file=sys.stderr, flush=True)
+            passes = [
+                scale_pass(world, fakes=fakes, label="first collection"),
+                scale_pass(world, fakes=fakes, label="rerun (nothing changes)"),
+            ]
+    finally:
+        fakes.uninstall()
+    return {
+        "mode": "collection-scale",
+        "parameters": {
+            "users": world["per_cluster"] * args.scale_clusters,
+            "clusters": args.scale_clusters,
+            "namespaces_per_cluster": world["per_cluster"],
+            "day": world["day"].isoformat(),
+            "seed": args.seed,
+        },
+        "environment": env,
+        "setup": world["timings"],
+        "passes": passes,
+        "usage_rows": UsageDaily.objects.count(),
+        "ledger_entries": CreditLedgerEntry.objects.count(),
+        "total_s": time.perf_counter() - started,
+        "load_average_1m_end": round(os.getloadavg()[0], 2),
+    }
+
+
+def scale_report(figures: dict) -> str:
+    p, env = figures["parameters"], figures["environment"]
+    lines = [
+        "usage collection at scale (one day, in this process)",
+        "=" * 78,
+        f"when            {env['date_utc']}  (load {env['load_average_1m']} at start, "
+        f"{figures['load_average_1m_end']} at end)",
+        f"project         commit {env['commit']}",
+        f"sizes           {p['users']:,} users on {p['clusters']} clusters, "
+        f"{p['namespaces_per_cluster']:,} namespaces each, day {p['day']}",
+        f"setup           users {figures['setup']['users_s']:.1f} s (set-based), fake projects "
+        f"and allocations {figures['setup']['projects_and_allocations_s']:.1f} s",
+        f"written         {figures['usage_rows']:,} usage rows, "
+        f"{figures['ledger_entries']:,} ledger entries",
+        "",
+    ]
+    for run in figures["passes"]:
+        lines += [
+            f"{run['label']}: {run['total_s']:.1f} s in all; the fakes answering "
+            f"{run['fakes_s']:.1f} s, ours (client, attribution, database) {run['ours_s']:.1f} s"
+            f" ({run['ours_s'] / run['total_s']:.0%}); our CPU {run['our_cpu_s']:.1f} s",
+            "  fakes: "
+            + ", ".join(
+                f"{name} {f['requests']} requests {f['wall_s']:.1f} s"
+                for name, f in run["fakes"].items()
+            ),
+            "  steps (wall, all clusters): "
+            + ", ".join(f"{name} {s:.1f} s" for name, s in run["steps_s"].items()),
+        ]
+        for c in run["clusters"]:
+            lines.append(
+                f"  {c['cluster']:<10} {c['status']:<10} {c['rows']:>7,} rows "
+                f"{c['seconds']:>6.1f} s   WAL {c['wal_bytes'] / 2**20:>7.1f} MB"
+                + (f"   {c['error'][:80]}" if c["error"] else "")
+            )
+    return "\n".join(lines)
+
+
 # 3. Delay from defer to start ------------------------------------------------------------
 
 
@@ -1032,6 +1265,10 @@ def report(figures: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.collection_scale:
+        return scratch.run_in_scratch(
+            args, setup=setup_django, benchmark=collection_scale, report=scale_report
+        )
     return scratch.run_in_scratch(
         args, setup=setup_django, benchmark=benchmark, report=report, cleanup=Workers.kill_all
     )

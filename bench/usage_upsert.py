@@ -285,13 +285,20 @@ class StepTimer:
 
         from billing import credits, pricing, usage
 
-        for name in ("validate_records", "billing_modes_on", "_lock_rows"):
+        for name in ("billing_modes_on", "_lock_rows"):
             self._wrap(usage, name, name)
+        # Since issue 16 validation is `_clean` (validate_records wraps it for callers) and
+        # the upsert applies credits with `credits_apply_batch`.
+        clean = "_clean" if hasattr(usage, "_clean") else "validate_records"
+        self._wrap(usage, clean, "validate_records")
         # Before issue 16 the new rows were inserted with zeros (then updated).
         insert = "_insert_new" if hasattr(usage, "_insert_new") else "_insert_missing"
         self._wrap(usage, insert, "_insert_new")
         self._wrap(usage, "_write_rows", "_write_rows")
-        self._wrap(credits, "credits_apply", "credits_apply")
+        apply = (
+            "credits_apply_batch" if hasattr(credits, "credits_apply_batch") else "credits_apply"
+        )
+        self._wrap(credits, apply, "credits_apply")
         self._wrap(pricing.RateBook, "load", "RateBook.load", classmethod_=True)
         # The outer atomic block ends with the wrapper's commit(): WAL flush included.
         wrapper = connections["default"]

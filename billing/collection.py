@@ -32,9 +32,11 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from accounts.models import User, normalize_email
+from billing.alerts import cap_alerts_evaluate
 from billing.models import AccountClosure, UsageCollectionRun, UsageDaily
 from billing.pricing import quantize, storage_gb_months
 from billing.usage import (
@@ -56,6 +58,7 @@ from clusters.opencost import (
 )
 from clusters.selectors import user_ids_by_hopsworks_identity
 from plumbing import outbound
+from plumbing.db import sql_array
 from plumbing.encryption import SecretDecryptionError
 
 logger = logging.getLogger(__name__)
@@ -89,6 +92,12 @@ class Attribution:
     mapping: dict[str, dict] = field(default_factory=dict)
     # Users owning a namespace left out for a bad figure.
     held: set[str] = field(default_factory=set)
+
+
+def _any_of(user_ids) -> RawSQL:
+    """For `user_id__in=`: the ids as one array parameter, not one parameter each (a
+    cluster has tens of thousands of users)."""
+    return RawSQL("SELECT unnest(%s::text[])", [sql_array(sorted(user_ids), text=True)])
 
 
 def _implausible(usage: NamespaceUsage, day: dt.date) -> str | None:
@@ -134,9 +143,9 @@ def attribute(
         if isinstance(entry, dict) and entry.get("user_id")
     }
     existing = set(
-        User.objects.filter(pk__in={entry["user_id"] for entry in known.values()}).values_list(
-            "pk", flat=True
-        )
+        User.objects.filter(pk__in=_any_of({entry["user_id"] for entry in known.values()}))
+        .values_list("pk", flat=True)
+        .order_by()
     )
 
     result = Attribution(mapping=dict(known))
@@ -396,11 +405,13 @@ def _collect(
         # upsert takes, in key order (the upsert's lock order) and in this one transaction,
         # so the cluster-day is still written all or nothing.
         records.sort(key=lambda r: r.user_id)
-        rows_written = 0
+        rows_written, cost_moved = 0, set()
         for start in range(0, len(records), MAX_BATCH):
             batch = records[start : start + MAX_BATCH]
             try:
-                rows_written += usage_upsert(records=batch, actor=actor).rows
+                written = usage_upsert(records=batch, actor=actor, check_caps=False)
+                rows_written += written.rows
+                cost_moved |= written.cost_moved
             except UsageValidationError as error:
                 problems = "; ".join(
                     f"user {batch[index].user_id}: {', '.join(messages)}"
@@ -410,6 +421,8 @@ def _collect(
                     f"The usage of {cluster.name} on {day} was refused, nothing was written: "
                     f"{problems}."
                 ) from error
+        # Caps once for the whole cluster-day, in the same transaction (see usage_upsert).
+        cap_alerts_evaluate(user_ids=cost_moved, days={day})
         UsageCollectionRun.objects.filter(pk=run.pk).update(
             status=UsageCollectionRun.Status.SUCCEEDED,
             rows_written=rows_written,
@@ -435,7 +448,7 @@ def _apply_closures(
     figures stay as they are (the user is no longer on the cluster to be found). Returns
     the users whose stored figures are kept."""
     users = set(result.per_user) | collected_before
-    closures = AccountClosure.objects.filter(user_id__in=users, closed_at__date__lte=day)
+    closures = AccountClosure.objects.filter(user_id__in=_any_of(users), closed_at__date__lte=day)
     kept = set()
     for closure in closures:
         close_day = closure.closed_at.astimezone(dt.UTC).date()

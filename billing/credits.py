@@ -7,9 +7,11 @@ primary-key order. A `reference` that was applied before is not applied again.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, DecimalField, F, Q, Sum, Value, When
@@ -21,10 +23,12 @@ from billing.alerts import low_balance_alerts_evaluate
 from billing.models import CreditLedgerEntry, UserCredits
 from billing.standing import standing_check_later
 from plumbing.actors import actor_label
+from plumbing.db import sql_array
 
 logger = logging.getLogger(__name__)
 
 Kind = CreditLedgerEntry.Kind
+KINDS = frozenset(Kind.values)
 ZERO = Decimal("0")
 MAX_SINGLE_MOVEMENT = Decimal("1000000")
 
@@ -61,7 +65,7 @@ def _validate(movement: Movement) -> None:
         raise CreditError(f"A {movement.kind} adds credit: the amount must be positive.")
     if movement.kind == Kind.REFUND and amount > 0:
         raise CreditError("A refund takes credit back: the amount must be negative.")
-    if movement.kind not in Kind.values:
+    if movement.kind not in KINDS:
         raise CreditError(f"Unknown kind of movement {movement.kind!r}.")
     if not movement.reference:
         raise CreditError("A movement needs a reference (what makes it unique).")
@@ -81,9 +85,60 @@ def _lock_credits(user_ids) -> dict[str, UserCredits]:
     }
 
 
+class AppliedEntry(NamedTuple):
+    """A ledger entry `credits_apply_batch` wrote: its id, the movement, the balance after."""
+
+    id: int
+    movement: Movement
+    balance_after: Decimal
+    created_at: dt.datetime
+
+    @property
+    def user_id(self) -> str:
+        return self.movement.user_id
+
+    @property
+    def amount(self) -> Decimal:
+        return self.movement.amount
+
+    @property
+    def kind(self) -> str:
+        return self.movement.kind
+
+
 def credits_apply(movements: list[Movement]) -> list[CreditLedgerEntry]:
     """Apply movements in one transaction; those whose reference was applied before are
     skipped (a retry, a rerun, a duplicate webhook). Returns the entries written."""
+    return [_as_model(entry) for entry in credits_apply_batch(movements)]
+
+
+def _as_model(entry: AppliedEntry) -> CreditLedgerEntry:
+    m = entry.movement
+    model = CreditLedgerEntry(
+        id=entry.id,
+        user_id=m.user_id,
+        kind=m.kind,
+        amount=m.amount,
+        balance_after=entry.balance_after,
+        reference=m.reference,
+        actor=m.actor,
+        reason=m.reason,
+        usage_id=m.usage_id,
+        cpu_hours=m.cpu_hours,
+        gpu_hours=m.gpu_hours,
+        storage_gb_months=m.storage_gb_months,
+        created_at=entry.created_at,
+    )
+    # Written already, as bulk_create would leave it (saving it again would be an update).
+    model._state.adding = False
+    model._state.db = "default"
+    return model
+
+
+def credits_apply_batch(movements: list[Movement]) -> list[AppliedEntry]:
+    """`credits_apply` for thousands of movements (the usage upsert's): the same checks,
+    locks and entries, in a constant number of statements, returned as `AppliedEntry`
+    rather than model instances."""
     if not movements:
         return []
     for movement in movements:
@@ -93,62 +148,109 @@ def credits_apply(movements: list[Movement]) -> list[CreditLedgerEntry]:
         raise CreditError("Two movements in one batch share a reference.")
 
     with transaction.atomic():
-        rows = _lock_credits(m.user_id for m in movements)
+        summaries = _lock_summaries({m.user_id for m in movements})
         # Under the users' locks, a reference seen here cannot be applied concurrently.
-        done = set(
-            CreditLedgerEntry.objects.filter(reference__in=references)
-            .order_by()
-            .values_list("reference", flat=True)
-        )
-        entries = []
-        now = timezone.now()
-        for movement in movements:
-            if movement.reference in done:
-                continue
-            row = rows[movement.user_id]
-            if movement.kind == Kind.USAGE:
-                row.total_used -= movement.amount  # a debit is negative: used grows
-                row.cpu_hours_used += movement.cpu_hours
-                row.gpu_hours_used += movement.gpu_hours
-                row.storage_gb_months += movement.storage_gb_months
-            else:
-                row.total_purchased += movement.amount
-            row.updated_at = now
-            entries.append(
-                CreditLedgerEntry(
-                    user_id=movement.user_id,
-                    kind=movement.kind,
-                    amount=movement.amount,
-                    balance_after=row.balance,
-                    reference=movement.reference,
-                    actor=movement.actor,
-                    reason=movement.reason,
-                    usage_id=movement.usage_id,
-                    cpu_hours=movement.cpu_hours,
-                    gpu_hours=movement.gpu_hours,
-                    storage_gb_months=movement.storage_gb_months,
-                    created_at=now,
-                )
-            )
-        if not entries:
+        done = _applied_before(references)
+        todo = [m for m in movements if m.reference not in done]
+        if not todo:
             return []
-        CreditLedgerEntry.objects.bulk_create(entries)
-        _write_summaries([rows[user_id] for user_id in sorted({e.user_id for e in entries})])
+        balances = []
+        for movement in todo:
+            row = summaries[movement.user_id]  # _SUMMARY_FIELDS, in order
+            if movement.kind == Kind.USAGE:
+                row[1] -= movement.amount  # a debit is negative: used grows
+                row[2] += movement.cpu_hours
+                row[3] += movement.gpu_hours
+                row[4] += movement.storage_gb_months
+            else:
+                row[0] += movement.amount
+            balances.append(row[0] - row[1])
+        now = timezone.now()
+        ids = _insert_entries(todo, balances, now)
+        touched = sorted({m.user_id for m in todo})
+        _write_summaries(touched, [summaries[user_id] for user_id in touched])
         # Under the same locks: a balance that just fell below its threshold alerts once.
-        low_balance_alerts_evaluate(user_ids={e.user_id for e in entries})
+        low_balance_alerts_evaluate(user_ids=touched)
         # A purchase, grant or refund moves the balance across the floor (usage is judged
         # by usage_upsert, once for the whole batch): a top-up resumes the user at once.
-        standing_check_later(user_ids={e.user_id for e in entries if e.kind != Kind.USAGE})
+        standing_check_later(user_ids={m.user_id for m in todo if m.kind != Kind.USAGE})
+    entries = [
+        AppliedEntry(ids[m.reference], m, balance, now)
+        for m, balance in zip(todo, balances, strict=True)
+    ]
     for entry in entries:
         if entry.balance_after < 0 <= entry.balance_after - entry.amount:
             logger.warning("credit balance of %s is now negative", entry.user_id)
     return entries
 
 
-def _write_summaries(rows: list[UserCredits]) -> None:
+def _lock_summaries(user_ids) -> dict[str, list[Decimal]]:
+    """`_lock_credits` for many users: create the missing summary rows, lock all of them in
+    primary-key order, and return their figures (`_SUMMARY_FIELDS`, in that order)."""
+    ids = sql_array(sorted(user_ids), text=True)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO user_credits (user_id, total_purchased, total_used, cpu_hours_used,
+                gpu_hours_used, storage_gb_months, updated_at)
+            SELECT u, 0, 0, 0, 0, 0, %s FROM unnest(%s::text[]) AS u ORDER BY u
+            ON CONFLICT DO NOTHING
+            """,
+            [timezone.now(), ids],
+        )
+        cursor.execute(
+            f"""
+            SELECT user_id, {", ".join(_SUMMARY_FIELDS)} FROM user_credits
+            WHERE user_id = ANY(%s::text[]) ORDER BY user_id FOR UPDATE
+            """,  # noqa: S608 - column names are ours
+            [ids],
+        )
+        return {user_id: list(figures) for user_id, *figures in cursor}
+
+
+def _applied_before(references: list[str]) -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reference FROM billing_credit_ledger WHERE reference = ANY(%s::text[])",
+            [sql_array(references, text=True)],
+        )
+        return {reference for (reference,) in cursor}
+
+
+def _insert_entries(movements: list[Movement], balances: list[Decimal], now) -> dict[str, int]:
+    """Append the entries in the movements' order (ids ascending); their ids by reference."""
+    text = [
+        sql_array([getattr(m, name) for m in movements], text=True)
+        for name in ("user_id", "kind", "reference", "actor", "reason")
+    ]
+    other = [
+        sql_array([getattr(m, name) for m in movements])
+        for name in ("amount", "usage_id", "cpu_hours", "gpu_hours", "storage_gb_months")
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO billing_credit_ledger (user_id, kind, reference, actor, reason, amount,
+                usage_id, cpu_hours, gpu_hours, storage_gb_months, balance_after, created_at)
+            SELECT e.user_id, e.kind, e.reference, e.actor, e.reason, e.amount, e.usage_id,
+                   e.cpu_hours, e.gpu_hours, e.storage_gb_months, e.balance_after, %s
+            FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                        %s::numeric[], %s::uuid[], %s::numeric[], %s::numeric[],
+                        %s::numeric[], %s::numeric[])
+              WITH ORDINALITY AS e(user_id, kind, reference, actor, reason, amount, usage_id,
+                                   cpu_hours, gpu_hours, storage_gb_months, balance_after, n)
+            ORDER BY e.n
+            RETURNING id, reference
+            """,
+            [now, *text, *other, sql_array(balances)],
+        )
+        return {reference: entry_id for entry_id, reference in cursor}
+
+
+def _write_summaries(user_ids: list[str], figures: list[list[Decimal]]) -> None:
     """Write the changed summaries back in one statement (array parameters)."""
-    columns = [[row.user_id for row in rows]] + [
-        [getattr(row, field) for row in rows] for field in _SUMMARY_FIELDS
+    columns = [sql_array(user_ids, text=True)] + [
+        sql_array([row[i] for row in figures]) for i in range(len(_SUMMARY_FIELDS))
     ]
     with connection.cursor() as cursor:
         cursor.execute(

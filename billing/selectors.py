@@ -8,6 +8,7 @@ every day from the first of the current UTC month on; the breakdown is the newes
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
 from decimal import Decimal
 
 from django.db import connection
@@ -33,6 +34,7 @@ from billing.models import (
     UsageDaily,
     UserCredits,
 )
+from plumbing.db import sql_array
 
 ZERO = Decimal("0")
 CENT = Decimal("0.01")
@@ -140,32 +142,42 @@ def billing_modes_on(pairs) -> dict[tuple[str, dt.date], str]:
     (00:00 UTC), i.e. the `to_mode` of the latest `BillingModeChange` effective by then;
     before a user's first change, its `from_mode`; for a user with no change recorded, the
     profile's mode (postpaid without a profile). One query for any number of pairs."""
-    pairs = sorted(set(pairs))
+    pairs = set(pairs)
     if not pairs:
         return {}
+    # One row per user (and per change of theirs, usually none), the rule applied here:
+    # per (user, day) subqueries cost the usage upsert a tenth of its time (issue 16).
+    profile_mode, changes = {}, defaultdict(list)
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT k.user_id, k.day, COALESCE(
-                (SELECT c.to_mode FROM billing_mode_change c
-                  WHERE c.user_id = k.user_id
-                    AND c.effective_at <= (k.day::timestamp AT TIME ZONE 'UTC')
-                  ORDER BY c.effective_at DESC, c.id DESC LIMIT 1),
-                (SELECT c.from_mode FROM billing_mode_change c
-                  WHERE c.user_id = k.user_id
-                  ORDER BY c.effective_at, c.id LIMIT 1),
-                p.mode,
-                %s)
-            FROM unnest(%s::text[], %s::date[]) AS k(user_id, day)
+            SELECT k.user_id, p.mode, c.effective_at, c.id, c.from_mode, c.to_mode
+            FROM unnest(%s::text[]) AS k(user_id)
             LEFT JOIN billing_account p ON p.user_id = k.user_id
+            LEFT JOIN billing_mode_change c ON c.user_id = k.user_id
             """,
-            [
-                BillingProfile.Mode.POSTPAID,
-                [user_id for user_id, _ in pairs],
-                [day for _, day in pairs],
-            ],
+            [sql_array(sorted({user_id for user_id, _ in pairs}), text=True)],
         )
-        return {(user_id, day): mode for user_id, day, mode in cursor}
+        for user_id, mode, effective_at, change_id, from_mode, to_mode in cursor:
+            profile_mode[user_id] = mode or BillingProfile.Mode.POSTPAID
+            if change_id is not None:
+                changes[user_id].append((effective_at, change_id, from_mode, to_mode))
+    for series in changes.values():
+        series.sort()
+    modes = {}
+    for user_id, day in pairs:
+        series = changes.get(user_id)
+        if not series:
+            modes[(user_id, day)] = profile_mode[user_id]
+            continue
+        began = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+        in_force = series[0][2]  # before the first change: what it changed from
+        for effective_at, _, _, to_mode in series:
+            if effective_at > began:
+                break
+            in_force = to_mode
+        modes[(user_id, day)] = in_force
+    return modes
 
 
 def unbilled_usage(*, user_ids=None) -> dict[str, Decimal]:

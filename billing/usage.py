@@ -4,44 +4,55 @@
 use it). Per batch it runs a constant number of statements, whatever the batch size:
 
 1. lock the rows of the batch that exist, in key order, and read their current figures;
-2. price each record, and for prepaid users debit (or credit back) only the difference
-   between the new cost and what the row has already taken from their balance (all of it
-   for a new row);
+2. price each record (`pricing.cost_of`, the rates of a day looked up once); a new row is
+   priced and settled column-wise from the record alone (its figures, its billing mode on
+   the day, the whole cost debited for a prepaid day), an existing one against what it
+   holds: for prepaid users only the difference between the new cost and what the row has
+   already taken from their balance is debited (or credited back);
 3. insert the new rows with their final figures (`ON CONFLICT DO NOTHING`): each row is
    written once. A key a concurrent writer inserted first is skipped there, then locked
    and settled like an existing row;
-4. write back the existing rows whose figures changed (a rerun rewrites nothing), and the
-   credit movements, in the same transaction.
+4. write back the existing rows whose figures changed (a rerun rewrites nothing), mark
+   the Stripe months whose usage changed as due, apply the credit movements
+   (`credits.credits_apply_batch`: ledger entries and balances set-based) and check the
+   caps of the users whose cost moved, in the same transaction.
 
 Step 1 locks in one global order (user, cluster, date) and step 3 makes concurrent writers
 of the same new row queue behind one another on the unique index, so a rerun, a retry or
 two collectors at once never count a day twice.
+
+Records travel as tuples and arrays go to PostgreSQL as one literal each
+(`plumbing.db.sql_array`): a batch is thousands of records, and per-record objects and
+per-element parameter quoting were most of its cost (bench/README.md, issue 16).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from itertools import compress
 
 from django.db import connection, transaction
 from django.utils import timezone
 
-from accounts.models import User
 from billing import credits
 from billing.alerts import cap_alerts_evaluate
 from billing.models import NO_CLUSTER, BillingProfile, UsageDaily
-from billing.pricing import FIGURES, MissingPrice, Quantities, RateBook, day_cost, quantize
+from billing.pricing import FIGURES, MissingPrice, RateBook, cost_of, quantize
 from billing.selectors import billing_modes_on
 from billing.standing import standing_check_later
-from clusters.models import HopsworksCluster
 from plumbing.actors import actor_label
+from plumbing.db import sql_array
 
 ZERO = Decimal("0")
 MAX_BATCH = 5000
 # No user runs a billion CPU hours in a day: a bigger figure is a mistake, said so.
 MAX_QUANTITY = Decimal("1000000000")
+MAX_CALLS = 2**31 - 1
+PREPAID = BillingProfile.Mode.PREPAID
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,9 @@ class UpsertResult:
     credit_entries: int = 0
     debited: Decimal = ZERO
     negative_balances: list[str] = field(default_factory=list)
+    # With check_caps=False: the caps the caller checks (`cap_alerts_evaluate`).
+    cost_moved: set[str] = field(default_factory=set)
+    days: set[dt.date] = field(default_factory=set)
 
 
 def _as_decimal(value, name: str, problems: list[str]) -> Decimal | None:
@@ -125,55 +139,88 @@ def _as_count(value, problems: list[str]) -> int | None:
     return int(number)
 
 
+# A record inside the service: (user_id, cluster_id, date, cpu_hours, gpu_hours,
+# storage_gb_months, api_calls), figures cleaned (None: keep the stored one). Tuples, not
+# UsageRecords: a batch is thousands of them, and each object costs (issue 16).
+_USER, _CLUSTER, _DATE, _CPU, _GPU, _STORAGE, _CALLS = range(7)
+
+
+def _key(row: tuple) -> tuple:
+    return (row[_USER], row[_CLUSTER] or NO_CLUSTER, row[_DATE])
+
+
 def validate_records(records) -> list[UsageRecord]:
     """Clean every record or raise `UsageValidationError` naming each bad one."""
+    return [UsageRecord(*row) for row in _clean(records)]
+
+
+def _clean(records) -> list[tuple]:
     if len(records) > MAX_BATCH:
         raise UsageValidationError({0: [f"at most {MAX_BATCH} records per batch"]})
     today = timezone.now().date()
-    user_ids = {r.user_id for r in records if isinstance(r.user_id, str)}
+    user_ids = sorted({r.user_id for r in records if isinstance(r.user_id, str)})
     cluster_ids = {r.cluster_id for r in records if r.cluster_id}
-    known_users = set(User.objects.filter(pk__in=user_ids).values_list("pk", flat=True))
-    try:
-        known_clusters = set(
-            HopsworksCluster.objects.filter(pk__in=cluster_ids).values_list("pk", flat=True)
-        )
-    except Exception:  # a malformed UUID: reported per record below
-        known_clusters = set()
+    known_users = _existing(
+        "SELECT id FROM users WHERE id = ANY(%s::text[])", sql_array(user_ids, text=True)
+    )
+    clusters = {value: _uuid_or_none(value) for value in cluster_ids}
+    known_clusters = _existing(
+        "SELECT id FROM hopsworks_clusters WHERE id = ANY(%s::uuid[])",
+        sql_array(sorted({c for c in clusters.values() if c != "invalid"}, key=str)),
+    )
     errors: dict[int, list[str]] = {}
     cleaned, seen = [], {}
     for index, record in enumerate(records):
         problems: list[str] = []
-        if record.user_id not in known_users:
-            problems.append(f"no user with id {record.user_id!r}")
-        if not isinstance(record.date, dt.date):
+        user_id, day, cluster_id = record.user_id, record.date, record.cluster_id
+        if user_id not in known_users:
+            problems.append(f"no user with id {user_id!r}")
+        if not isinstance(day, dt.date):
             problems.append("date must be a date (YYYY-MM-DD)")
-        elif record.date > today:
-            problems.append(f"date {record.date} is in the future")
-        if record.cluster_id and _uuid_or_none(record.cluster_id) not in known_clusters:
-            problems.append(f"no cluster with id {record.cluster_id!r}")
-        figures = {
-            name: _as_decimal(getattr(record, name), name, problems)
-            for name in ("cpu_hours", "gpu_hours", "storage_gb_months")
-        }
-        api_calls = _as_count(record.api_calls, problems)
+        elif day > today:
+            problems.append(f"date {day} is in the future")
+        if cluster_id:
+            cluster_id = clusters[cluster_id]
+            if cluster_id not in known_clusters:
+                problems.append(f"no cluster with id {record.cluster_id!r}")
+        else:
+            cluster_id = None
+        cpu, gpu, storage = record.cpu_hours, record.gpu_hours, record.storage_gb_months
+        # The common case (a Decimal in range) checked inline: thousands a batch.
+        if type(cpu) is Decimal and cpu.is_finite() and ZERO <= cpu <= MAX_QUANTITY:
+            cpu = quantize(cpu)
+        else:
+            cpu = _as_decimal(cpu, "cpu_hours", problems)
+        if type(gpu) is Decimal and gpu.is_finite() and ZERO <= gpu <= MAX_QUANTITY:
+            gpu = quantize(gpu)
+        else:
+            gpu = _as_decimal(gpu, "gpu_hours", problems)
+        if type(storage) is Decimal and storage.is_finite() and ZERO <= storage <= MAX_QUANTITY:
+            storage = quantize(storage)
+        else:
+            storage = _as_decimal(storage, "storage_gb_months", problems)
+        calls = record.api_calls
+        if calls is not None and (type(calls) is not int or not 0 <= calls <= MAX_CALLS):
+            calls = _as_count(calls, problems)
         if not problems:
-            clean = UsageRecord(
-                user_id=record.user_id,
-                date=record.date,
-                cluster_id=_uuid_or_none(record.cluster_id),
-                api_calls=api_calls,
-                **figures,
-            )
-            if clean.key in seen:
-                problems.append(f"same user, cluster and date as record {seen[clean.key]}")
+            row = (user_id, cluster_id, day, cpu, gpu, storage, calls)
+            key = _key(row)
+            if key in seen:
+                problems.append(f"same user, cluster and date as record {seen[key]}")
             else:
-                seen[clean.key] = index
-                cleaned.append(clean)
+                seen[key] = index
+                cleaned.append(row)
         if problems:
             errors[index] = problems
     if errors:
         raise UsageValidationError(errors)
     return cleaned
+
+
+def _existing(query: str, ids: str) -> set:
+    with connection.cursor() as cursor:
+        cursor.execute(query, [ids])
+        return {value for (value,) in cursor}
 
 
 def _uuid_or_none(value):
@@ -187,95 +234,157 @@ def _uuid_or_none(value):
         return "invalid"
 
 
-def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
+def usage_upsert(
+    *, records, actor, validated: bool = False, check_caps: bool = True
+) -> UpsertResult:
     """Write usage records (see the module docstring). Bad input raises
     `UsageValidationError` and writes nothing; sending the same batch twice changes
-    nothing the second time."""
-    records = records if validated else validate_records(records)
-    if not records:
+    nothing the second time.
+
+    `check_caps=False` is for a caller writing several batches in one transaction (the
+    collector): it checks the caps of the result's `cost_moved` users once, after the last
+    batch, so the transaction takes its users' turns once (`billing.alerts`)."""
+    rows = (
+        [
+            (
+                r.user_id,
+                r.cluster_id,
+                r.date,
+                r.cpu_hours,
+                r.gpu_hours,
+                r.storage_gb_months,
+                r.api_calls,
+            )
+            for r in records
+        ]
+        if validated
+        else _clean(records)
+    )
+    if not rows:
         return UpsertResult()
     # Errors name a record by its place in the caller's list, not in the sorted copy.
-    caller_index = {record.key: index for index, record in enumerate(records)}
-    records = sorted(records, key=lambda r: (r.user_id, str(r.cluster_id or NO_CLUSTER), r.date))
-    user_ids = {r.user_id for r in records}
+    caller_index = {_key(row): index for index, row in enumerate(rows)}
+    clusters = {c: str(c or NO_CLUSTER) for c in {r[_CLUSTER] for r in rows}}
+    rows.sort(key=lambda r: (r[_USER], clusters[r[_CLUSTER]], r[_DATE]))
+    user_ids = sorted({r[_USER] for r in rows})
     rates = RateBook.load(user_ids=user_ids)
     settle = _Settler(rates=rates, actor_name=actor_label(actor), caller_index=caller_index)
 
     with transaction.atomic():
-        current = _lock_rows(records)
-        new = [r for r in records if r.key not in current]
+        current = _lock_rows(rows)
+        new = [r for r in rows if _key(r) not in current] if current else rows
+        fresh = _Fresh()
         if new:
-            # A new row is settled on the mode in force when its day began (existing rows
-            # keep the channel they were first written with).
-            channel = {
-                key: UsageDaily.BilledVia.CREDITS
-                if mode == BillingProfile.Mode.PREPAID
-                else UsageDaily.BilledVia.STRIPE
-                for key, mode in billing_modes_on((r.user_id, r.date) for r in new).items()
-            }
-            fresh = {r.key: settle(r, _fresh_row(r, channel[(r.user_id, r.date)])) for r in new}
-            inserted = _insert_new([fresh[r.key] for r in new])
-            # Inserted meanwhile by a concurrent writer (who held it until they committed):
-            # locked and settled like any existing row.
-            late = [r for r in new if fresh[r.key].row["id"] not in inserted]
-            if late:
+            fresh = settle.new_rows(new, billing_modes_on((r[_USER], r[_DATE]) for r in new))
+            inserted = _insert_new(fresh)
+            if len(inserted) < len(new):
+                # Inserted meanwhile by a concurrent writer (who held it until they
+                # committed): locked and settled like any existing row.
+                late = [
+                    r for r, row_id in zip(new, fresh.ids, strict=True) if row_id not in inserted
+                ]
                 current.update(_lock_rows(late))
+                fresh = fresh.only(inserted)
         outcomes = [
-            settle(record, current[record.key]) if record.key in current else fresh[record.key]
-            for record in records
+            settle(r, row) for r in rows if current and (row := current.get(_key(r))) is not None
         ]
-        updates = [o for o in outcomes if o.changed and not o.new]
+        updates = [o for o in outcomes if o.changed]
         if updates:
             _write_rows([o.update for o in updates])
         _mark_stripe_months_due(
-            o for o in outcomes if o.changed and o.row["billed_via"] == UsageDaily.BilledVia.STRIPE
+            [
+                (o.user_id, o.row["date"])
+                for o in updates
+                if o.row["billed_via"] == UsageDaily.BilledVia.STRIPE
+            ]
+            + fresh.stripe_changed
         )
-        changed = {o.user_id for o in outcomes if o.changed}
-        entries = credits.credits_apply([o.movement for o in outcomes if o.movement])
-        # Caps are checked where usage is settled, for the users whose cost moved.
-        cap_alerts_evaluate(user_ids=changed, days={r.date for r in records})
+        changed = {o.user_id for o in updates} | fresh.changed_users
+        entries = credits.credits_apply_batch(
+            [o.movement for o in outcomes if o.movement] + fresh.movements
+        )
+        days = {r[_DATE] for r in rows}
+        if check_caps:
+            # Caps are checked where usage is settled, for the users whose cost moved.
+            cap_alerts_evaluate(user_ids=changed, days=days)
         # Usage may take a user past their cap or below the floor (or back): judged by a
         # job, so collection and the usage API do not wait for it.
         standing_check_later(user_ids=user_ids)
     return UpsertResult(
-        rows=len(records),
+        rows=len(rows),
         credit_entries=len(entries),
         debited=sum((-e.amount for e in entries), ZERO),
         negative_balances=sorted({e.user_id for e in entries if e.balance_after < 0}),
+        cost_moved=set() if check_caps else changed,
+        days=set() if check_caps else days,
     )
 
 
-def _fresh_row(record: UsageRecord, billed_via: str) -> dict:
-    """A row not written yet: zero figures, nothing debited, its id chosen here (a credit
-    movement's reference names it)."""
-    return {
-        "id": uuid.uuid4(),
-        "user_id": record.user_id,
-        "hopsworks_cluster_id": record.cluster_id,
-        "date": record.date,
-        **dict.fromkeys(FIGURES, ZERO),
-        "api_calls": 0,
-        "total_cost": ZERO,
-        "credits_debited": ZERO,
-        "credit_revision": 0,
-        "billed_via": billed_via,
-        "new": True,
-    }
+class _Fresh:
+    """New rows, priced and settled, column by column as `_insert_new` writes them; their
+    credit movements; and which of them change anything (a row of zeros is written, but
+    moves no money and is due nowhere)."""
+
+    COLUMNS = (
+        "id",
+        "user_id",
+        "cluster_id",
+        "date",
+        "cpu_hours",
+        "gpu_hours",
+        "storage_gb_months",
+        "api_calls",
+        "total_cost",
+        "credits_debited",
+        "credit_revision",
+        "billed_via",
+    )
+
+    def __init__(self):
+        self.columns: list[list] = [[] for _ in self.COLUMNS]
+        self.changed: list[bool] = []
+        self.movements: list[credits.Movement] = []
+
+    @property
+    def ids(self) -> list:
+        return self.columns[0]
+
+    def only(self, inserted: set) -> _Fresh:
+        """The rows that were inserted (a concurrent writer inserted the others first)."""
+        keep = [row_id in inserted for row_id in self.ids]
+        kept = _Fresh()
+        kept.columns = [list(compress(column, keep)) for column in self.columns]
+        kept.changed = list(compress(self.changed, keep))
+        kept.movements = [m for m in self.movements if m.usage_id in inserted]
+        return kept
+
+    def _changed(self, column: int):
+        return compress(self.columns[column], self.changed)
+
+    @property
+    def changed_users(self) -> set:
+        return set(self._changed(1))
+
+    @property
+    def stripe_changed(self) -> list[tuple]:
+        return [
+            (user_id, day)
+            for user_id, day, via in zip(
+                self._changed(1), self._changed(3), self._changed(11), strict=True
+            )
+            if via == UsageDaily.BilledVia.STRIPE
+        ]
 
 
 @dataclass
 class _Outcome:
-    row: dict  # as stored (or, new, as fresh)
+    row: dict  # as stored
     figures: dict
     cost: Decimal
     debited: Decimal
     revision: int
     movement: credits.Movement | None
     changed: bool
-
-    @property
-    def new(self) -> bool:
-        return self.row.get("new", False)
 
     @property
     def user_id(self) -> str:
@@ -288,37 +397,85 @@ class _Outcome:
 
 @dataclass
 class _Settler:
-    """Prices a record against its row and decides the credit movement: what the row
-    becomes, whether it is new or existed."""
+    """Prices records and decides their credit movements: new rows all at once
+    (`new_rows`), a row that exists against what it holds (a call)."""
 
     rates: RateBook
     actor_name: str
     caller_index: dict
 
-    def __call__(self, record: UsageRecord, row: dict) -> _Outcome:
-        figures = {
-            name: getattr(record, name) if getattr(record, name) is not None else row[name]
-            for name in FIGURES
-        }
+    def _cost(self, row: tuple, figures) -> Decimal:
         try:
-            cost = day_cost(
-                Quantities(**figures),
-                self.rates.rates(user_id=record.user_id, day=record.date),
-            )
+            return cost_of(*figures, self.rates.rates(user_id=row[_USER], day=row[_DATE]))
         except MissingPrice as error:
-            raise UsageValidationError({self.caller_index[record.key]: [str(error)]}) from None
+            raise UsageValidationError({self.caller_index[_key(row)]: [str(error)]}) from None
+
+    def new_rows(self, rows: list[tuple], modes: dict) -> _Fresh:
+        """Rows not written yet: their ids chosen here (a movement's reference names the
+        row), figures not given are zero, and the whole cost is debited for a prepaid day.
+        A new row is settled on the mode in force when its day began (existing rows keep
+        the channel they were first written with)."""
+        fresh = _Fresh()
+        columns, changed, movements = fresh.columns, fresh.changed, fresh.movements
+        add = [column.append for column in columns]
+        credits_via, stripe_via = UsageDaily.BilledVia.CREDITS, UsageDaily.BilledVia.STRIPE
+        ids = _new_ids(len(rows))
+        for row in rows:
+            user_id, cluster_id, day, cpu, gpu, storage, calls = row
+            figures = (
+                ZERO if cpu is None else cpu,
+                ZERO if gpu is None else gpu,
+                ZERO if storage is None else storage,
+                0 if calls is None else calls,
+            )
+            cost = self._cost(row, figures)
+            row_id = next(ids)
+            debited, revision = ZERO, 0
+            via = credits_via if modes[(user_id, day)] == PREPAID else stripe_via
+            if via == credits_via and cost != debited:
+                revision = 1
+                movements.append(
+                    credits.Movement(
+                        user_id=user_id,
+                        kind=credits.Kind.USAGE,
+                        amount=debited - cost,
+                        reference=f"usage:{row_id}:r{revision}",
+                        actor=self.actor_name,
+                        reason=f"usage on {day}",
+                        usage_id=row_id,
+                        # Nothing was paid for this row yet: all of its quantities.
+                        cpu_hours=figures[0] - ZERO,
+                        gpu_hours=figures[1] - ZERO,
+                        storage_gb_months=figures[2] - ZERO,
+                    )
+                )
+                debited = cost
+            for append, value in zip(
+                add,
+                (row_id, user_id, cluster_id, day, *figures, cost, debited, revision, via),
+                strict=True,
+            ):
+                append(value)
+            # A row of zeros (nothing used) is written but changes nothing.
+            changed.append(any(figures))
+        return fresh
+
+    def __call__(self, record: tuple, row: dict) -> _Outcome:
+        given = dict(zip(FIGURES, record[_CPU:], strict=True))
+        figures = {name: given[name] if given[name] is not None else row[name] for name in FIGURES}
+        cost = self._cost(record, figures.values())
         debited, revision, movement = row["credits_debited"], row["credit_revision"], None
         # A row is settled the way it was first written: a day billed through Stripe
         # is never also taken from credits after a switch to prepaid, and back.
         if row["billed_via"] == UsageDaily.BilledVia.CREDITS and cost != debited:
             revision += 1
             movement = credits.Movement(
-                user_id=record.user_id,
+                user_id=record[_USER],
                 kind=credits.Kind.USAGE,
                 amount=debited - cost,
                 reference=f"usage:{row['id']}:r{revision}",
                 actor=self.actor_name,
-                reason=f"usage on {record.date}",
+                reason=f"usage on {record[_DATE]}",
                 usage_id=row["id"],
                 **_quantity_change(row, figures),
             )
@@ -328,8 +485,21 @@ class _Settler:
             row["credits_debited"],
             row["credit_revision"],
         ) == (cost, debited, revision)
-        # A rerun rewrites nothing; a new row counts as changed (it is written).
+        # A rerun rewrites nothing.
         return _Outcome(row, figures, cost, debited, revision, movement, not unchanged)
+
+
+def _new_ids(count: int):
+    """Random (version 4) UUIDs as text, as `uuid.uuid4()` would make them, for many rows
+    at once: one call to the OS for the random bytes, no UUID object per row."""
+    random = os.urandom(16 * count).hex()
+    for start in range(0, 32 * count, 32):
+        h = random[start : start + 32]
+        yield (f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+
+
+# The variant bits (10xx) in the first hex digit of the fourth group, as RFC 4122 says.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def _quantity_change(row, figures) -> dict:
@@ -342,35 +512,19 @@ def _quantity_change(row, figures) -> dict:
 
 
 # Steps 1, 3 and 4 in PostgreSQL with array parameters: one statement per step whatever the
-# batch size, with few parameters.
+# batch size, each array one literal (`sql_array`).
+
+_TEXT_COLUMNS = {"user_id", "billed_via"}
 
 
-def _insert_new(outcomes: list[_Outcome]) -> set:
+def _insert_new(fresh: _Fresh) -> set:
     """Insert new rows with their final figures, in key order; a key a concurrent writer
-    inserted first is skipped (ON CONFLICT) and left out of the ids returned."""
+    inserted first is skipped (ON CONFLICT). Returns the ids inserted."""
     now = timezone.now()
-    columns = list(
-        zip(
-            *[
-                (
-                    o.row["id"],
-                    o.row["user_id"],
-                    o.row["hopsworks_cluster_id"],
-                    o.row["date"],
-                    o.figures["cpu_hours"],
-                    o.figures["gpu_hours"],
-                    o.figures["storage_gb_months"],
-                    o.figures["api_calls"],
-                    o.cost,
-                    o.debited,
-                    o.revision,
-                    o.row["billed_via"],
-                )
-                for o in outcomes
-            ],
-            strict=True,
-        )
-    )
+    arrays = [
+        sql_array(column, text=name in _TEXT_COLUMNS)
+        for name, column in zip(_Fresh.COLUMNS, fresh.columns, strict=True)
+    ]
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -384,17 +538,21 @@ def _insert_new(outcomes: list[_Outcome]) -> set:
               AS k(id, user_id, cluster_id, date, cpu_hours, gpu_hours, storage_gb_months,
                    api_calls, total_cost, credits_debited, credit_revision, billed_via)
             ON CONFLICT DO NOTHING
-            RETURNING id
             """,
-            [now, now, *[list(column) for column in columns]],
+            [now, now, *arrays],
         )
+        if cursor.rowcount == len(fresh.ids):
+            return set(fresh.ids)
+        # Some keys were taken: the ids chosen here that made it in are ours (ids are
+        # random, no one else has them).
+        cursor.execute("SELECT id::text FROM usage_daily WHERE id = ANY(%s::uuid[])", [arrays[0]])
         return {row_id for (row_id,) in cursor}
 
 
-def _mark_stripe_months_due(outcomes) -> None:
+def _mark_stripe_months_due(user_days) -> None:
     """The user-months whose Stripe-billed usage changed are due for Stripe reporting
     (`StripeReportDue`), in the transaction that changes them."""
-    due = sorted({(o.user_id, o.row["date"].replace(day=1)) for o in outcomes})
+    due = sorted({(user_id, day.replace(day=1)) for user_id, day in user_days})
     if not due:
         return
     with connection.cursor() as cursor:
@@ -405,16 +563,11 @@ def _mark_stripe_months_due(outcomes) -> None:
             ON CONFLICT (user_id, month)
             DO UPDATE SET version = billing_stripe_report_due.version + 1
             """,
-            [[user_id for user_id, _ in due], [month for _, month in due]],
+            [
+                sql_array([user_id for user_id, _ in due], text=True),
+                sql_array([month for _, month in due]),
+            ],
         )
-
-
-def _key_arrays(records):
-    return (
-        [r.user_id for r in records],
-        [r.cluster_id for r in records],
-        [r.date for r in records],
-    )
 
 
 _LOCKED_COLUMNS = (
@@ -430,7 +583,8 @@ _LOCKED_COLUMNS = (
 )
 
 
-def _lock_rows(records) -> dict:
+def _lock_rows(rows: list[tuple]) -> dict:
+    """Lock the rows of these keys that exist, in key order, and read them."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
@@ -443,10 +597,17 @@ def _lock_rows(records) -> dict:
             ORDER BY u.user_id, COALESCE(u.hopsworks_cluster_id, %s::uuid), u.date
             FOR UPDATE OF u
             """,  # noqa: S608 - column names are ours, values are parameters
-            [*_key_arrays(records), NO_CLUSTER, NO_CLUSTER, NO_CLUSTER],
+            [
+                sql_array([r[_USER] for r in rows], text=True),
+                sql_array([r[_CLUSTER] for r in rows]),
+                sql_array([r[_DATE] for r in rows]),
+                NO_CLUSTER,
+                NO_CLUSTER,
+                NO_CLUSTER,
+            ],
         )
-        rows = [dict(zip(_LOCKED_COLUMNS, values, strict=True)) for values in cursor]
-    return {(r["user_id"], r["hopsworks_cluster_id"] or NO_CLUSTER, r["date"]): r for r in rows}
+        found = [dict(zip(_LOCKED_COLUMNS, values, strict=True)) for values in cursor]
+    return {(r["user_id"], r["hopsworks_cluster_id"] or NO_CLUSTER, r["date"]): r for r in found}
 
 
 def _write_rows(updates) -> None:
@@ -488,5 +649,5 @@ def _write_rows(updates) -> None:
                   (v.cpu_hours, v.gpu_hours, v.storage_gb_months, v.api_calls,
                    v.total_cost, v.credits_debited, v.credit_revision)
             """,
-            [now, *[list(column) for column in columns]],
+            [now, *[sql_array(column) for column in columns]],
         )

@@ -152,7 +152,13 @@ def fetch_day_allocations(
     seconds = limits.deadline if timeout is None else timeout
     with outbound.deadline(seconds) as budget:
         body = _get_allocations(
-            config=config, server=server, day=day, budget=budget, limit=limits.max_response_bytes
+            config=config,
+            server=server,
+            day=day,
+            budget=budget,
+            # A day's answer grows with the namespaces: a limit of its own, not the one of
+            # other outside answers (limits.max_response_bytes).
+            limit=int(settings.OPENCOST_MAX_RESPONSE_BYTES),
         )
     return _parse_allocations(body=body, server=server, day=day)
 

@@ -103,6 +103,9 @@ OUTBOUND_BACKGROUND_DEADLINE_SECONDS = env.float(
 )
 # The longest answer read from an outside system, in bytes.
 OUTBOUND_MAX_RESPONSE_BYTES = env.int("OUTBOUND_MAX_RESPONSE_BYTES", default=5 * 1024 * 1024)
+# OpenCost's answer for a day grows with the cluster's namespaces (about 1 KB each: 20,000
+# namespaces are ~20 MB), so it has a limit of its own: 512 MiB, ~500,000 namespaces.
+OPENCOST_MAX_RESPONSE_BYTES = env.int("OPENCOST_MAX_RESPONSE_BYTES", default=512 * 1024 * 1024)
 # Credit top-ups: preset amounts and the limits of a custom amount, in US dollars.
 CREDIT_TOPUP_PRESETS = env.list("CREDIT_TOPUP_PRESETS", default=["10", "25", "50", "100"])
 CREDIT_TOPUP_MIN = env("CREDIT_TOPUP_MIN", default="5")

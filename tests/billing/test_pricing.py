@@ -10,6 +10,7 @@ from billing.pricing import (
     Quantities,
     RateBook,
     Rates,
+    cost_of,
     day_cost,
     storage_gb_months,
     to_cents,
@@ -80,3 +81,46 @@ def test_a_negotiated_price_overrides_the_card_for_that_user_only():
     assert book.rates(user_id=other.pk, day=day).gpu_hour == D("0.50")
     # Before the negotiated price starts, the card applies to the user too.
     assert book.rates(user_id=vip.pk, day=dt.date(2025, 12, 31)).gpu_hour == D("0.50")
+
+
+def test_cost_of_prices_exactly_as_day_cost_does():
+    # The usage upsert's per-record path (cost_of) and the one formula (day_cost) agree to
+    # the last digit, including figures long enough for the context's precision to matter.
+    import random
+
+    rng = random.Random(16)
+    rates = Rates(
+        cpu_hour=D("0.0123456789012"),
+        gpu_hour=D("2.5"),
+        storage_gb_month=D("0.15"),
+        api_calls_1k=D("0.0100000001"),
+    )
+    for _ in range(2000):
+        figures = [
+            D(rng.randrange(0, 10**19)).scaleb(-10)
+            if rng.random() < 0.5
+            else D(rng.randrange(0, 10**6)).scaleb(-rng.randrange(0, 11))
+            for _ in range(3)
+        ]
+        calls = rng.randrange(0, 2**31)
+        expected = day_cost(Quantities(*figures, calls), rates)
+        assert cost_of(*figures, calls, rates) == expected
+        assert str(cost_of(*figures, calls, rates)) == str(expected)
+
+
+@pytest.mark.django_db
+def test_a_book_loaded_for_some_users_prices_each_of_them_by_their_own_prices():
+    vip, other, outsider = UserFactory(), UserFactory(), UserFactory()
+    for user, price in ((vip, "0.30"), (outsider, "0.01")):
+        Price.objects.create(
+            resource="gpu_hour", unit_price=D(price), effective_from=dt.date(2026, 1, 1), user=user
+        )
+    book = RateBook.load(user_ids=[vip.pk, other.pk])
+    day = dt.date(2026, 11, 1)
+    # Looked up in any order, many times (rates are remembered per day and price list).
+    for _ in range(2):
+        assert book.rates(user_id=other.pk, day=day).gpu_hour == D("0.50")
+        assert book.rates(user_id=vip.pk, day=day).gpu_hour == D("0.30")
+        assert book.rates(user_id=vip.pk, day=dt.date(2025, 12, 31)).gpu_hour == D("0.50")
+    # Not asked for: its negotiated price was not loaded.
+    assert book.rates(user_id=outsider.pk, day=day).gpu_hour == D("0.50")

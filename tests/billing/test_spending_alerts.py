@@ -274,3 +274,22 @@ def test_the_alerts_list_takes_the_same_queries_for_few_or_many_rows(operator_cl
 
     operator_client.get("/admin/billing/spendingalert/")
     assert add(1) == add(20)
+
+
+@pytest.mark.django_db
+def test_checking_the_caps_of_many_users_holds_a_bounded_number_of_locks():
+    # A cluster-day of 20,000 users is one transaction: a lock per user ran PostgreSQL out
+    # of shared memory (its lock table holds 64 per connection by default).
+    from django.db import connection, transaction
+
+    from billing.alerts import cap_alerts_evaluate
+
+    with transaction.atomic():
+        cap_alerts_evaluate(user_ids=[f"auth0|many{n:05d}" for n in range(3000)])
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+            held = cursor.fetchone()[0]
+    assert 0 < held <= 512

@@ -286,3 +286,38 @@ def test_a_new_row_is_written_once_and_an_unchanged_row_not_at_all():
     usage_upsert(records=batch, actor="t")
     assert written() == (3, 1)
     assert UsageDaily.objects.get(user=users[1]).total_cost == D("2.01")
+
+
+def test_new_rows_get_random_version_4_ids():
+    import uuid
+
+    from billing.usage import _new_ids
+
+    ids = list(_new_ids(2000))
+    parsed = [uuid.UUID(i) for i in ids]
+    assert [str(u) for u in parsed] == ids
+    assert {u.version for u in parsed} == {4}
+    assert {u.variant for u in parsed} == {uuid.RFC_4122}
+    assert len(set(ids)) == 2000
+
+
+def test_one_batch_prices_each_user_by_their_own_negotiated_prices():
+    from billing.models import Price
+
+    vip, other, cluster = UserFactory(), UserFactory(), ClusterFactory()
+    Price.objects.create(resource="cpu_hour", unit_price=D("0.05"), effective_from=DAY, user=vip)
+    usage_upsert(
+        records=[
+            record(u, cluster, day=d, cpu_hours=D("10"))
+            for u in (vip, other)
+            for d in (DAY - dt.timedelta(days=1), DAY)
+        ],
+        actor="t",
+    )
+    costs = {(r.user_id, r.date): r.total_cost for r in UsageDaily.objects.all()}
+    assert costs == {
+        (vip.pk, DAY - dt.timedelta(days=1)): D("1"),  # before the negotiated price began
+        (vip.pk, DAY): D("0.5"),
+        (other.pk, DAY - dt.timedelta(days=1)): D("1"),
+        (other.pk, DAY): D("1"),
+    }

@@ -406,11 +406,26 @@ def test_a_slow_drip_api_server_is_cut_off_at_the_deadline(test_ca, fake, settin
 
 
 def test_an_answer_larger_than_the_limit_is_refused(test_ca, fake, settings):
-    settings.OUTBOUND_MAX_RESPONSE_BYTES = 64 * 1024
+    settings.OPENCOST_MAX_RESPONSE_BYTES = 64 * 1024
     with DripServer(allocation_answer(1024 * 1024), interval=0, chunk=65536, tls=test_ca) as big:
         message = fetch_error(kubeconfig=kubeconfig_for(fake, test_ca, server=big.url))
 
     assert "larger than 65536 bytes" in message
+
+
+def test_a_day_of_a_big_cluster_is_read_whatever_the_limit_of_other_answers(
+    fake, kubeconfig, settings
+):
+    # About 1 KB per namespace: 20,000 namespaces are ~20 MB, more than the limit of the
+    # other outside answers (OUTBOUND_MAX_RESPONSE_BYTES); OpenCost has a limit of its own.
+    settings.OUTBOUND_MAX_RESPONSE_BYTES = 64 * 1024
+    namespaces = {f"project-{n:04d}": {"cpuCoreHours": Decimal(n)} for n in range(200)}
+    fake.set_allocations(DAY, namespaces)
+
+    answer = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+
+    assert len(answer.namespaces) == 200
+    assert answer.namespaces[199].cpu_core_hours == Decimal(199)
 
 
 def test_in_production_the_server_address_is_checked_when_connecting(fake, kubeconfig, settings):
