@@ -13,6 +13,11 @@ use it). Per batch it runs a constant number of statements, whatever the batch s
 4. write back the existing rows whose figures changed (a rerun rewrites nothing), and the
    credit movements, in the same transaction.
 
+Before step 1, concurrent writers of the same user queue behind one another (a
+transaction-scoped advisory lock per user, the one the spending alerts take): the triggers
+that keep `usage_monthly` exact lock its rows statement by statement, so without it two
+writers of the same user-months could deadlock between steps 3 and 4.
+
 Step 1 locks in one global order (user, cluster, date) and step 3 makes concurrent writers
 of the same new row queue behind one another on the unique index, so a rerun, a retry or
 two collectors at once never count a day twice.
@@ -30,7 +35,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing import credits
-from billing.alerts import cap_alerts_evaluate
+from billing.alerts import LOCK_CLASS, cap_alerts_evaluate
 from billing.models import NO_CLUSTER, BillingProfile, UsageDaily
 from billing.pricing import FIGURES, MissingPrice, Quantities, RateBook, day_cost, quantize
 from billing.selectors import billing_modes_on
@@ -202,6 +207,7 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
     settle = _Settler(rates=rates, actor_name=actor_label(actor), caller_index=caller_index)
 
     with transaction.atomic():
+        _take_users_in_turn(user_ids)
         current = _lock_rows(records)
         new = [r for r in records if r.key not in current]
         if new:
@@ -406,6 +412,25 @@ def _mark_stripe_months_due(outcomes) -> None:
             DO UPDATE SET version = billing_stripe_report_due.version + 1
             """,
             [[user_id for user_id, _ in due], [month for _, month in due]],
+        )
+
+
+def _take_users_in_turn(user_ids) -> None:
+    """Concurrent writers of one user's usage wait for one another here, before touching a
+    row. The triggers on usage_daily update `usage_monthly` (one row per user, month,
+    cluster, channel) once per statement, and this upsert writes in up to two statements
+    (new rows, then changed ones): without a lock taken first, two writers of the same
+    user-months could each hold a rollup row the other's second statement needs (a
+    deadlock). The spending alerts' per-user lock serves (the alerts take it again later,
+    which costs nothing), taken in the order of its keys."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT count(pg_advisory_xact_lock(%s, k.h))
+            FROM (SELECT DISTINCT hashtext(u) AS h FROM unnest(%s::text[]) AS u
+                  ORDER BY h OFFSET 0) AS k
+            """,
+            [LOCK_CLASS, sorted(user_ids)],
         )
 
 
