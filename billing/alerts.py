@@ -65,8 +65,8 @@ def cap_alerts_evaluate(*, user_ids, days=()) -> list[int]:
             FROM unnest(%s::text[]) AS k(user_id)
             CROSS JOIN unnest(%s::date[]) AS m(month)
             LEFT JOIN billing_account p ON p.user_id = k.user_id
-            JOIN usage_daily u ON u.user_id = k.user_id AND u.billed_via = %s
-             AND u.date >= m.month AND u.date < (m.month + interval '1 month')
+            JOIN usage_monthly u ON u.user_id = k.user_id AND u.billed_via = %s
+             AND u.month = m.month
             WHERE COALESCE(p.mode, %s) = %s
             GROUP BY k.user_id, m.month, p.monthly_spending_cap
             """,
