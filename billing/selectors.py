@@ -134,6 +134,22 @@ def usage_totals(queryset) -> dict:
     )
 
 
+def usage_totals_of_months(
+    *, first: dt.date, following: dt.date | None, cluster_id=None, no_cluster: bool = False
+) -> dict:
+    """The totals `usage_totals` gives for every user's days from `first` (a month's first
+    day) up to `following` (a later month's first day, or no end), on one cluster, without
+    one, or all: from the monthly rollup, in one query."""
+    months = UsageMonthly.objects.filter(month__gte=first)
+    if following is not None:
+        months = months.filter(month__lt=following)
+    if no_cluster:
+        months = months.filter(hopsworks_cluster__isnull=True)
+    elif cluster_id is not None:
+        months = months.filter(hopsworks_cluster_id=cluster_id)
+    return usage_totals(months)
+
+
 def billing_mode(user: User) -> str:
     account = BillingProfile.objects.filter(user=user).first()
     return account.mode if account else BillingProfile.Mode.POSTPAID
