@@ -13,14 +13,15 @@ use it). Per batch it runs a constant number of statements, whatever the batch s
 4. write back the existing rows whose figures changed (a rerun rewrites nothing), and the
    credit movements, in the same transaction.
 
-Before step 1, concurrent writers of the same user queue behind one another (a
-transaction-scoped advisory lock per user, the one the spending alerts take): the triggers
-that keep `usage_monthly` exact lock its rows statement by statement, so without it two
-writers of the same user-months could deadlock between steps 3 and 4.
-
 Step 1 locks in one global order (user, cluster, date) and step 3 makes concurrent writers
 of the same new row queue behind one another on the unique index, so a rerun, a retry or
 two collectors at once never count a day twice.
+
+Between steps 2 and 3 the batch's rows of the monthly rollup (`usage_monthly`, one per user,
+month, cluster and channel) are locked in one statement, in key order. The triggers that
+keep the rollup exact lock its rows statement by statement, and steps 3 and 4 are two
+statements: without this, two writers of the same user-months could each hold a rollup
+row the other's next statement needs (a deadlock).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing import credits
-from billing.alerts import LOCK_CLASS, cap_alerts_evaluate
+from billing.alerts import cap_alerts_evaluate
 from billing.models import NO_CLUSTER, BillingProfile, UsageDaily
 from billing.pricing import FIGURES, MissingPrice, Quantities, RateBook, day_cost, quantize
 from billing.selectors import billing_modes_on
@@ -207,18 +208,26 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
     settle = _Settler(rates=rates, actor_name=actor_label(actor), caller_index=caller_index)
 
     with transaction.atomic():
-        _take_users_in_turn(user_ids)
+        # The rollup rows first, then the usage rows: every writer takes them in that order.
+        # Which rollup rows: a stored row's channel (read, not locked yet), a new row's
+        # from the billing mode in force when its day began (existing rows keep the
+        # channel they were first written with).
+        stored = _lock_rows(records, lock=False)
+        unstored = [r for r in records if r.key not in stored]
+        channel = _channels(unstored)
+        _lock_months(
+            [
+                (r.user_id, r.date, r.cluster_id, stored[r.key]["billed_via"])
+                for r in records
+                if r.key in stored
+            ]
+            + [(r.user_id, r.date, r.cluster_id, channel[(r.user_id, r.date)]) for r in unstored]
+        )
         current = _lock_rows(records)
         new = [r for r in records if r.key not in current]
+        if any((r.user_id, r.date) not in channel for r in new):  # deleted meanwhile
+            channel.update(_channels(r for r in new if (r.user_id, r.date) not in channel))
         if new:
-            # A new row is settled on the mode in force when its day began (existing rows
-            # keep the channel they were first written with).
-            channel = {
-                key: UsageDaily.BilledVia.CREDITS
-                if mode == BillingProfile.Mode.PREPAID
-                else UsageDaily.BilledVia.STRIPE
-                for key, mode in billing_modes_on((r.user_id, r.date) for r in new).items()
-            }
             fresh = {r.key: settle(r, _fresh_row(r, channel[(r.user_id, r.date)])) for r in new}
             inserted = _insert_new([fresh[r.key] for r in new])
             # Inserted meanwhile by a concurrent writer (who held it until they committed):
@@ -226,6 +235,7 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
             late = [r for r in new if fresh[r.key].row["id"] not in inserted]
             if late:
                 current.update(_lock_rows(late))
+                _drop_empty_months({r.user_id for r in late})
         outcomes = [
             settle(record, current[record.key]) if record.key in current else fresh[record.key]
             for record in records
@@ -249,6 +259,16 @@ def usage_upsert(*, records, actor, validated: bool = False) -> UpsertResult:
         debited=sum((-e.amount for e in entries), ZERO),
         negative_balances=sorted({e.user_id for e in entries if e.balance_after < 0}),
     )
+
+
+def _channels(records) -> dict:
+    """(user id, day) -> the channel a new row of that day is settled on."""
+    return {
+        key: UsageDaily.BilledVia.CREDITS
+        if mode == BillingProfile.Mode.PREPAID
+        else UsageDaily.BilledVia.STRIPE
+        for key, mode in billing_modes_on((r.user_id, r.date) for r in records).items()
+    }
 
 
 def _fresh_row(record: UsageRecord, billed_via: str) -> dict:
@@ -415,22 +435,43 @@ def _mark_stripe_months_due(outcomes) -> None:
         )
 
 
-def _take_users_in_turn(user_ids) -> None:
-    """Concurrent writers of one user's usage wait for one another here, before touching a
-    row. The triggers on usage_daily update `usage_monthly` (one row per user, month,
-    cluster, channel) once per statement, and this upsert writes in up to two statements
-    (new rows, then changed ones): without a lock taken first, two writers of the same
-    user-months could each hold a rollup row the other's second statement needs (a
-    deadlock). The spending alerts' per-user lock serves (the alerts take it again later,
-    which costs nothing), taken in the order of its keys."""
+def _lock_months(keys) -> None:
+    """Lock the rollup rows (`usage_monthly`) the batch's writes will change, in the key
+    order the triggers use, in one statement: a missing one is inserted empty (the
+    triggers fill it in this transaction). `ON CONFLICT ... DO UPDATE ... WHERE false`
+    locks an existing row without writing it; row locks take no room in PostgreSQL's
+    lock table, whatever the batch size."""
+    keys = {
+        (user_id, day.replace(day=1), cluster_id or NO_CLUSTER, via)
+        for user_id, day, cluster_id, via in keys
+    }
+    if not keys:
+        return
+    columns = list(zip(*sorted(keys, key=str), strict=True))
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT count(pg_advisory_xact_lock(%s, k.h))
-            FROM (SELECT DISTINCT hashtext(u) AS h FROM unnest(%s::text[]) AS u
-                  ORDER BY h OFFSET 0) AS k
+            INSERT INTO usage_monthly AS m (user_id, hopsworks_cluster_id, month, billed_via,
+                cpu_hours, gpu_hours, storage_gb_months, api_calls, total_cost,
+                credits_debited, days)
+            SELECT k.user_id, NULLIF(k.cluster_key, %s::uuid), k.month, k.billed_via,
+                   0, 0, 0, 0, 0, 0, 0
+            FROM unnest(%s::text[], %s::date[], %s::uuid[], %s::text[])
+              AS k(user_id, month, cluster_key, billed_via)
+            ORDER BY k.user_id, k.month, k.cluster_key, k.billed_via
+            ON CONFLICT (user_id, month, (COALESCE(hopsworks_cluster_id, %s::uuid)), billed_via)
+            DO UPDATE SET days = m.days WHERE false
             """,
-            [LOCK_CLASS, sorted(user_ids)],
+            [NO_CLUSTER, *[list(c) for c in columns], NO_CLUSTER],
+        )
+
+
+def _drop_empty_months(user_ids) -> None:
+    """A row a concurrent writer inserted first may be on another channel than the one
+    locked for it: the rollup row locked for nothing is removed."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM usage_monthly WHERE days = 0 AND user_id = ANY(%s)", [sorted(user_ids)]
         )
 
 
@@ -455,7 +496,8 @@ _LOCKED_COLUMNS = (
 )
 
 
-def _lock_rows(records) -> dict:
+def _lock_rows(records, *, lock: bool = True) -> dict:
+    """The batch's rows that exist, locked in key order (or only read, `lock=False`)."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
@@ -466,7 +508,7 @@ def _lock_rows(records) -> dict:
              AND COALESCE(u.hopsworks_cluster_id, %s::uuid)
                = COALESCE(k.cluster_id, %s::uuid)
             ORDER BY u.user_id, COALESCE(u.hopsworks_cluster_id, %s::uuid), u.date
-            FOR UPDATE OF u
+            {"FOR UPDATE OF u" if lock else ""}
             """,  # noqa: S608 - column names are ours, values are parameters
             [*_key_arrays(records), NO_CLUSTER, NO_CLUSTER, NO_CLUSTER],
         )
