@@ -456,6 +456,7 @@ def table_counts() -> dict:
         "clusters_hopsworks_account",
         "billing_account",
         "usage_daily",
+        "usage_monthly",
         "billing_credit_ledger",
         "billing_credit_purchase",
         "billing_history",
@@ -464,6 +465,9 @@ def table_counts() -> dict:
     counts = {}
     with connection.cursor() as cursor:
         for table in tables:
+            cursor.execute("SELECT to_regclass(%s)", [table])
+            if cursor.fetchone()[0] is None:  # a database built before the table existed
+                continue
             cursor.execute(f"SELECT count(*), pg_total_relation_size('{table}') FROM {table}")
             rows, size = cursor.fetchone()
             counts[table] = {"rows": rows, "mb": round(size / 2**20, 1)}
