@@ -48,15 +48,16 @@ def projected_month_cost(month_to_date: Decimal, *, today: dt.date) -> Decimal:
 
 def month_costs(user_ids, *, month: dt.date, billed_via: str | None = None) -> dict[str, Decimal]:
     """Each user's usage cost in `month`'s calendar month (UTC), exact (not rounded), only
-    the days settled through `billed_via` if given. One query for any number of users."""
-    first, following = month_of(month)
+    the days settled through `billed_via` if given. One query for any number of users, over
+    the monthly rollup."""
+    first, _following = month_of(month)
     channel = "AND u.billed_via = %s" if billed_via else ""
-    params = [list(user_ids), first, following] + ([billed_via] if billed_via else [])
+    params = [list(user_ids), first] + ([billed_via] if billed_via else [])
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            SELECT u.user_id, SUM(u.total_cost) FROM usage_daily u
-            WHERE u.user_id = ANY(%s) AND u.date >= %s AND u.date < %s {channel}
+            SELECT u.user_id, SUM(u.total_cost) FROM usage_monthly u
+            WHERE u.user_id = ANY(%s) AND u.month = %s {channel}
             GROUP BY u.user_id
             """,  # noqa: S608 - the optional condition is ours, values are parameters
             params,

@@ -314,6 +314,76 @@ class UsageDaily(models.Model):
         return f"{self.user_id} {self.date} {money(self.total_cost)}"
 
 
+class UsageMonthly(models.Model):
+    """A month of `usage_daily`, summed per user, cluster (or none) and billing channel:
+    the rollup that month-to-date figures, the dashboard, forecasts and reconciliation
+    read instead of a month of daily rows.
+
+    Invariant: each row equals `SUM(...)` and `COUNT(*)` of the `usage_daily` rows with its
+    key (`month` is their `date_trunc('month', date)`), and a key without rows has no row.
+    It is kept so by PostgreSQL statement-level triggers on `usage_daily` (migration
+    0030), in the transaction of whatever writes usage: the upsert, an operator's SQL, a
+    delete or a TRUNCATE. Nothing else writes it; `usage_monthly_rebuild()` (SQL)
+    recomputes it from `usage_daily`.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    user = models.ForeignKey(
+        User,
+        # Derived data: no constraint, so deleting usage and then its user needs no order
+        # beyond the one usage_daily already imposes.
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_column="user_id",
+        related_name="+",
+        db_index=False,  # usage_monthly_key starts with user_id
+    )
+    hopsworks_cluster = models.ForeignKey(
+        HopsworksCluster,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_column="hopsworks_cluster_id",
+        related_name="+",
+        db_index=False,
+    )
+    month = models.DateField(help_text="The first day of the month.")
+    billed_via = models.TextField(choices=UsageDaily.BilledVia.choices)
+    cpu_hours = SeedDecimalField(default=ZERO)
+    gpu_hours = SeedDecimalField(default=ZERO)
+    storage_gb_months = SeedDecimalField(default=ZERO)
+    api_calls = models.BigIntegerField(default=0)  # a month of int4 days can pass 2^31
+    total_cost = SeedDecimalField(default=ZERO)
+    credits_debited = SeedDecimalField(default=ZERO)
+    # Never below zero: the trigger raises an error if it would be (no CHECK constraint: an
+    # INSERT ... ON CONFLICT checks the proposed row, a negative change, before the
+    # conflict). Zero only inside the trigger, until it deletes the rows it emptied.
+    days = models.IntegerField(help_text="How many usage_daily rows the sums cover.")
+
+    class Meta:
+        db_table = "usage_monthly"
+        verbose_name = "monthly usage"
+        verbose_name_plural = "monthly usage"
+        constraints = [
+            # The triggers' ON CONFLICT target; per-user month reads use its prefix.
+            models.UniqueConstraint(
+                models.F("user"),
+                models.F("month"),
+                Coalesce("hopsworks_cluster", models.Value(NO_CLUSTER)),
+                models.F("billed_via"),
+                name="usage_monthly_key",
+            ),
+        ]
+        indexes = [
+            # Month figures over all users (the dashboard, month to date for everyone).
+            models.Index(fields=["month"], name="usage_monthly_month"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.month:%Y-%m} {money(self.total_cost)}"
+
+
 class UserCredits(models.Model):
     """A prepaid user's credit summary: the seed's `user_credits`.
 

@@ -160,6 +160,11 @@ class RateBook:
         self._rates: dict[tuple[str | None, dt.date], Rates] = {}
         for series in [*self._card.values(), *self._users.values()]:
             series.sort(reverse=True)
+        # When prices take effect: `changes_within` asks it per user.
+        self._card_dates = {since for series in self._card.values() for since, _ in series}
+        self._user_dates: dict[str, set[dt.date]] = defaultdict(set)
+        for (user_id, _), series in self._users.items():
+            self._user_dates[user_id].update(since for since, _ in series)
 
     @classmethod
     def load(cls, *, user_ids=None) -> RateBook:
@@ -189,6 +194,13 @@ class RateBook:
         if price is None:
             raise MissingPrice(f"The rate card has no {resource} price on {day}.")
         return price
+
+    def changes_within(self, *, user_id: str | None, since: dt.date, until: dt.date) -> bool:
+        """Whether any price that may apply to the user takes effect after `since` and
+        before `until` (so a day in [since, until) may be priced differently from
+        `since`). Cautious: a card change the user's negotiated price hides counts too."""
+        dates = self._card_dates | self._user_dates.get(user_id, set())
+        return any(since < effective < until for effective in dates)
 
     def rates(self, *, user_id: str | None, day: dt.date) -> Rates:
         key = (user_id if user_id in self._negotiated else None, day)

@@ -56,6 +56,7 @@ from billing.models import (
     StripeUsageAdjustment,
     StripeUsageReport,
     UsageDaily,
+    UsageMonthly,
     is_active_subscription,
 )
 from billing.pricing import FIGURES, Quantities, RateBook, resource_costs, to_cents
@@ -200,23 +201,48 @@ def _bounds(month: dt.date) -> tuple[int, int]:
 
 def ours_by_user(month: dt.date, *, user_ids=None) -> dict[str, dict[str, int]]:
     """user -> resource -> cents billed through Stripe for the month: the same figures as
-    `stripe_reporting.month_cents_by_resource`, for every user from one query."""
-    rows = UsageDaily.objects.filter(
-        date__gte=month, date__lt=next_month(month), billed_via=UsageDaily.BilledVia.STRIPE
-    )
+    `stripe_reporting.month_cents_by_resource`, for every user.
+
+    From the monthly rollup (one query): a resource's cost is linear in its quantity, so
+    with the same prices all month it is the month's quantity times the price. Users whose
+    prices change within the month (a card or negotiated price taking effect after its
+    first day) are priced day by day from their daily rows (one more query)."""
+    following = next_month(month)
+    months = UsageMonthly.objects.filter(month=month, billed_via=UsageDaily.BilledVia.STRIPE)
     if user_ids is not None:
-        rows = rows.filter(user_id__in=list(user_ids))
-    rows = list(rows.values("user_id", "date", "total_cost", *FIGURES))
-    rates = RateBook.load(user_ids={r["user_id"] for r in rows})
+        months = months.filter(user_id__in=list(user_ids))
+    months = list(
+        months.values("user_id")
+        .order_by("user_id")
+        .annotate(**{name: Sum(name) for name in ("total_cost", *FIGURES)})
+    )
+    rates = RateBook.load(user_ids={r["user_id"] for r in months})
     totals: dict[str, Decimal] = defaultdict(Decimal)
     exact: dict[str, dict[str, Decimal]] = defaultdict(lambda: dict.fromkeys(RESOURCES, ZERO))
-    for row in rows:
-        user_id = row["user_id"]
+
+    def add(user_id, row, day):
         totals[user_id] += row["total_cost"]
         quantities = Quantities(**{name: row[name] for name in FIGURES})
-        day = resource_costs(quantities, rates.rates(user_id=user_id, day=row["date"]))
-        for resource, cost in day.items():
+        for resource, cost in resource_costs(
+            quantities, rates.rates(user_id=user_id, day=day)
+        ).items():
             exact[user_id][resource] += cost
+
+    by_day = []
+    for row in months:
+        if rates.changes_within(user_id=row["user_id"], since=month, until=following):
+            by_day.append(row["user_id"])
+        else:
+            add(row["user_id"], row, month)
+    if by_day:
+        days = UsageDaily.objects.filter(
+            user_id__in=by_day,
+            date__gte=month,
+            date__lt=following,
+            billed_via=UsageDaily.BilledVia.STRIPE,
+        )
+        for row in days.values("user_id", "date", "total_cost", *FIGURES):
+            add(row["user_id"], row, row["date"])
     return {user_id: _split(to_cents(totals[user_id]), exact[user_id]) for user_id in exact}
 
 
@@ -260,9 +286,7 @@ def reported_by_user(month: dt.date, *, user_ids=None) -> dict[str, dict[str, Re
 
 def credits_by_user(month: dt.date, *, user_ids=None) -> dict[str, Credits]:
     """user -> the month's credit-billed usage, its rows' debits and its ledger entries."""
-    rows = UsageDaily.objects.filter(
-        date__gte=month, date__lt=next_month(month), billed_via=UsageDaily.BilledVia.CREDITS
-    )
+    rows = UsageMonthly.objects.filter(month=month, billed_via=UsageDaily.BilledVia.CREDITS)
     ledger = CreditLedgerEntry.objects.filter(
         kind=CreditLedgerEntry.Kind.USAGE, usage__date__gte=month, usage__date__lt=next_month(month)
     )

@@ -3,6 +3,9 @@
 They are the seed's "Current month usage" and "Daily breakdown" queries: month to date is
 every day from the first of the current UTC month on; the breakdown is the newest 30 days
 (summed over clusters, so a user moved mid-day still has one line per day).
+
+Figures over whole months read `usage_monthly` (`UsageMonthly`, kept exact by triggers on
+`usage_daily`): a few rows per user instead of a month of days.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from billing.models import (
     BillingProfile,
     CreditLedgerEntry,
     UsageDaily,
+    UsageMonthly,
     UserCredits,
 )
 from plumbing.db import sql_array
@@ -50,7 +54,7 @@ def month_start(today: dt.date | None = None) -> dt.date:
 
 
 def month_to_date_cost(user: User, *, today: dt.date | None = None) -> Decimal:
-    return UsageDaily.objects.filter(user=user, date__gte=month_start(today)).aggregate(
+    return UsageMonthly.objects.filter(user=user, month__gte=month_start(today)).aggregate(
         total=_sum("total_cost")
     )["total"]
 
@@ -60,7 +64,7 @@ def users_with_billing_figures(users, *, today: dt.date | None = None):
     `month_to_date_total` (this month's cost) and `credit_balance_now` (None without a
     credits row): in the same query as the users, for lists."""
     month = (
-        UsageDaily.objects.filter(user=OuterRef("pk"), date__gte=month_start(today))
+        UsageMonthly.objects.filter(user=OuterRef("pk"), month__gte=month_start(today))
         .order_by()
         .values("user")
         .annotate(total=Sum("total_cost"))
@@ -82,7 +86,7 @@ def users_with_billing_figures(users, *, today: dt.date | None = None):
 def month_to_date_by_user(*, today: dt.date | None = None):
     """Every user's month-to-date cost, in one aggregate query."""
     return (
-        UsageDaily.objects.filter(date__gte=month_start(today))
+        UsageMonthly.objects.filter(month__gte=month_start(today))
         .values("user_id")
         .order_by("user_id")
         .annotate(monthly_total=_sum("total_cost"))
@@ -130,6 +134,22 @@ def usage_totals(queryset) -> dict:
         api_calls=Coalesce(Sum("api_calls"), Value(0)),
         total_cost=_sum("total_cost"),
     )
+
+
+def usage_totals_of_months(
+    *, first: dt.date, following: dt.date | None, cluster_id=None, no_cluster: bool = False
+) -> dict:
+    """The totals `usage_totals` gives for every user's days from `first` (a month's first
+    day) up to `following` (a later month's first day, or no end), on one cluster, without
+    one, or all: from the monthly rollup, in one query."""
+    months = UsageMonthly.objects.filter(month__gte=first)
+    if following is not None:
+        months = months.filter(month__lt=following)
+    if no_cluster:
+        months = months.filter(hopsworks_cluster__isnull=True)
+    elif cluster_id is not None:
+        months = months.filter(hopsworks_cluster_id=cluster_id)
+    return usage_totals(months)
 
 
 def billing_mode(user: User) -> str:
@@ -194,9 +214,8 @@ def unbilled_usage(*, user_ids=None) -> dict[str, Decimal]:
         cursor.execute(
             f"""
             WITH months AS (
-                SELECT u.user_id, date_trunc('month', u.date)::date AS month,
-                       ROUND(SUM(u.total_cost), 2) AS total
-                FROM usage_daily u
+                SELECT u.user_id, u.month, ROUND(SUM(u.total_cost), 2) AS total
+                FROM usage_monthly u
                 WHERE u.billed_via = %s
                   AND NOT EXISTS (
                       SELECT 1 FROM billing_account p

@@ -24,6 +24,12 @@ two collectors at once never count a day twice.
 Records travel as tuples and arrays go to PostgreSQL as one literal each
 (`plumbing.db.sql_array`): a batch is thousands of records, and per-record objects and
 per-element parameter quoting were most of its cost (bench/README.md, issue 16).
+
+Between steps 2 and 3 the batch's rows of the monthly rollup (`usage_monthly`, one per user,
+month, cluster and channel) are locked in one statement, in key order. The triggers that
+keep the rollup exact lock its rows statement by statement, and steps 3 and 4 are two
+statements: without this, two writers of the same user-months could each hold a rollup
+row the other's next statement needs (a deadlock).
 """
 
 from __future__ import annotations
@@ -271,11 +277,34 @@ def usage_upsert(
     settle = _Settler(rates=rates, actor_name=actor_label(actor), caller_index=caller_index)
 
     with transaction.atomic():
-        current = _lock_rows(rows)
+        # The rollup rows first, then the usage rows: every writer takes them in that order.
+        # Which rollup rows: a stored row's channel (read, not locked yet), a new row's
+        # from the billing mode in force when its day began (existing rows keep the
+        # channel they were first written with).
+        stored = _lock_rows(rows, lock=False)
+        unstored = [r for r in rows if _key(r) not in stored] if stored else rows
+        modes = billing_modes_on((r[_USER], r[_DATE]) for r in unstored)
+        _lock_months(
+            [
+                (r[_USER], r[_DATE], r[_CLUSTER], row["billed_via"])
+                for r in rows
+                if stored and (row := stored.get(_key(r))) is not None
+            ]
+            + [
+                (r[_USER], r[_DATE], r[_CLUSTER], _channel(modes[(r[_USER], r[_DATE])]))
+                for r in unstored
+            ]
+        )
+        # Nothing stored: a row a concurrent writer commits meanwhile is met by the
+        # insert's ON CONFLICT below and locked there.
+        current = _lock_rows(rows) if stored else {}
         new = [r for r in rows if _key(r) not in current] if current else rows
         fresh = _Fresh()
         if new:
-            fresh = settle.new_rows(new, billing_modes_on((r[_USER], r[_DATE]) for r in new))
+            missing = {(r[_USER], r[_DATE]) for r in new} - modes.keys()
+            if missing:  # deleted meanwhile
+                modes.update(billing_modes_on(missing))
+            fresh = settle.new_rows(new, modes)
             inserted = _insert_new(fresh)
             if len(inserted) < len(new):
                 # Inserted meanwhile by a concurrent writer (who held it until they
@@ -285,6 +314,7 @@ def usage_upsert(
                 ]
                 current.update(_lock_rows(late))
                 fresh = fresh.only(inserted)
+                _drop_empty_months({r[_USER] for r in late})
         outcomes = [
             settle(r, row) for r in rows if current and (row := current.get(_key(r))) is not None
         ]
@@ -374,6 +404,11 @@ class _Fresh:
             )
             if via == UsageDaily.BilledVia.STRIPE
         ]
+
+
+def _channel(mode) -> str:
+    """The channel a new row is settled on, from the billing mode in force on its day."""
+    return UsageDaily.BilledVia.CREDITS if mode == PREPAID else UsageDaily.BilledVia.STRIPE
 
 
 @dataclass
@@ -570,6 +605,54 @@ def _mark_stripe_months_due(user_days) -> None:
         )
 
 
+def _lock_months(keys) -> None:
+    """Lock the rollup rows (`usage_monthly`) the batch's writes will change, in the key
+    order the triggers use, in one statement: a missing one is inserted empty (the
+    triggers fill it in this transaction). `ON CONFLICT ... DO UPDATE ... WHERE false`
+    locks an existing row without writing it; row locks take no room in PostgreSQL's
+    lock table, whatever the batch size."""
+    keys = {
+        (user_id, day.replace(day=1), cluster_id or NO_CLUSTER, via)
+        for user_id, day, cluster_id, via in keys
+    }
+    if not keys:
+        return
+    users, months, clusters, channels = zip(*keys, strict=True)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO usage_monthly AS m (user_id, hopsworks_cluster_id, month, billed_via,
+                cpu_hours, gpu_hours, storage_gb_months, api_calls, total_cost,
+                credits_debited, days)
+            SELECT k.user_id, NULLIF(k.cluster_key, %s::uuid), k.month, k.billed_via,
+                   0, 0, 0, 0, 0, 0, 0
+            FROM unnest(%s::text[], %s::date[], %s::uuid[], %s::text[])
+              AS k(user_id, month, cluster_key, billed_via)
+            ORDER BY k.user_id, k.month, k.cluster_key, k.billed_via
+            ON CONFLICT (user_id, month, (COALESCE(hopsworks_cluster_id, %s::uuid)), billed_via)
+            DO UPDATE SET days = m.days WHERE false
+            """,
+            [
+                NO_CLUSTER,
+                sql_array(users, text=True),
+                sql_array(months),
+                sql_array(clusters),
+                sql_array(channels, text=True),
+                NO_CLUSTER,
+            ],
+        )
+
+
+def _drop_empty_months(user_ids) -> None:
+    """A row a concurrent writer inserted first may be on another channel than the one
+    locked for it: the rollup row locked for nothing is removed."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM usage_monthly WHERE days = 0 AND user_id = ANY(%s::text[])",
+            [sql_array(sorted(user_ids), text=True)],
+        )
+
+
 _LOCKED_COLUMNS = (
     "id",
     "user_id",
@@ -583,8 +666,8 @@ _LOCKED_COLUMNS = (
 )
 
 
-def _lock_rows(rows: list[tuple]) -> dict:
-    """Lock the rows of these keys that exist, in key order, and read them."""
+def _lock_rows(rows: list[tuple], *, lock: bool = True) -> dict:
+    """The batch's rows that exist, locked in key order (or only read, `lock=False`)."""
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
@@ -595,7 +678,7 @@ def _lock_rows(rows: list[tuple]) -> dict:
              AND COALESCE(u.hopsworks_cluster_id, %s::uuid)
                = COALESCE(k.cluster_id, %s::uuid)
             ORDER BY u.user_id, COALESCE(u.hopsworks_cluster_id, %s::uuid), u.date
-            FOR UPDATE OF u
+            {"FOR UPDATE OF u" if lock else ""}
             """,  # noqa: S608 - column names are ours, values are parameters
             [
                 sql_array([r[_USER] for r in rows], text=True),

@@ -15,7 +15,13 @@ from django.utils import timezone
 from procrastinate.contrib.django.models import ProcrastinateEvent, ProcrastinateJob
 
 from accounts.models import User
-from billing.models import StripeEvent, UsageCollectionRun, UsageDaily, UserCredits
+from billing.models import (
+    StripeEvent,
+    UsageCollectionRun,
+    UsageDaily,
+    UsageMonthly,
+    UserCredits,
+)
 from billing.selectors import daily_cost_by_cluster, month_start, unbilled_usage
 from clusters.models import CapacityWait, HopsworksAccount, HopsworksCluster
 from clusters.selectors import cluster_fill_readings
@@ -57,14 +63,15 @@ def _previous_month(month: dt.date) -> dt.date:
 def _usage(month) -> list[Tile]:
     month_param = {"date__gte": month.isoformat()}
     # Last month beside this month (on the 1st, this month has barely begun): the same
-    # queries, each sum split by month.
+    # queries, each sum split by month. Read from the monthly rollup: a few rows per user
+    # and month instead of a row per user and day.
     previous = _previous_month(month)
-    this, last = Q(date__gte=month), Q(date__lt=month)
-    revenue = UsageDaily.objects.filter(date__gte=previous).aggregate(
+    this, last = Q(month__gte=month), Q(month__lt=month)
+    revenue = UsageMonthly.objects.filter(month__gte=previous).aggregate(
         total=Sum("total_cost", filter=this), last=Sum("total_cost", filter=last)
     )
     per_cluster = (
-        UsageDaily.objects.filter(date__gte=previous)
+        UsageMonthly.objects.filter(month__gte=previous)
         .values("hopsworks_cluster_id", "hopsworks_cluster__name")
         .annotate(
             total=Sum("total_cost", filter=this, default=Decimal(0)),

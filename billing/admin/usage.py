@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 from django.contrib import admin
 from django.utils import timezone
@@ -63,7 +64,14 @@ class UsageDailyAdmin(
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context)
         changelist = getattr(response, "context_data", {}).get("cl")
-        if changelist is not None and changelist.paginator.estimated:
+        months = _whole_months(request.GET)
+        if changelist is not None and changelist.paginator.estimated and months is not None:
+            # Whole months of everyone (on a cluster, or all): the monthly rollup has
+            # the same totals in a few rows per user.
+            totals = selectors.usage_totals_of_months(**months)
+            totals["total_cost_cents"] = to_cents(totals["total_cost"])
+            response.context_data["usage_totals"] = totals
+        elif changelist is not None and changelist.paginator.estimated:
             # Summing millions of rows takes seconds: totals are for a narrowed list.
             response.context_data["usage_totals_too_many"] = True
             response.context_data["usage_totals_limit"] = changelist.paginator.estimate_over
@@ -72,6 +80,62 @@ class UsageDailyAdmin(
             totals["total_cost_cents"] = to_cents(totals["total_cost"])
             response.context_data["usage_totals"] = totals
         return response
+
+
+# The only parameters a list of whole months may have (the dashboard's links, the date
+# range filter, the cluster filter; ordering and page change no total).
+_MONTH_LIST_PARAMS = {
+    "date__gte",
+    "date__lt",
+    "date__range__gte",
+    "date__range__lte",
+    "hopsworks_cluster__id__exact",
+    "hopsworks_cluster__isnull",
+    "o",
+    "p",
+}
+
+
+def _whole_months(query) -> dict | None:
+    """`usage_totals_of_months`' arguments when the list's filters select exactly whole
+    months of every user's rows (from a month's first day, to the day before a month's
+    first day or no end; a cluster, no cluster or all); else None. Anything else (a
+    search, another filter, a day inside a month, a bad date) is None."""
+    if not set(query) <= _MONTH_LIST_PARAMS or any(len(query.getlist(k)) > 1 for k in query):
+        return None
+    try:
+        start = query.get("date__gte") or query.get("date__range__gte")
+        end_before = query.get("date__lt")
+        end_on = query.get("date__range__lte")
+        if (
+            not start
+            or (end_before and end_on)
+            or ("date__gte" in query) == ("date__range__gte" in query)
+        ):
+            return None
+        first = dt.date.fromisoformat(start)
+        following = (
+            dt.date.fromisoformat(end_before)
+            if end_before
+            else dt.date.fromisoformat(end_on) + dt.timedelta(days=1)
+            if end_on
+            else None
+        )
+        cluster = query.get("hopsworks_cluster__id__exact")
+        cluster_id = uuid.UUID(cluster) if cluster else None
+    except ValueError:
+        return None
+    no_cluster = query.get("hopsworks_cluster__isnull")
+    if no_cluster not in (None, "True", "1") or (no_cluster and cluster_id):
+        return None
+    if first.day != 1 or (following is not None and (following.day != 1 or following <= first)):
+        return None
+    return {
+        "first": first,
+        "following": following,
+        "cluster_id": cluster_id,
+        "no_cluster": bool(no_cluster),
+    }
 
 
 def _collect_again(modeladmin, request, cluster_days):

@@ -11,8 +11,9 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts import selectors
+from billing import selectors as billing_selectors
 from billing.credits import Kind, credits_add
-from billing.models import BillingHistory, StripeEvent
+from billing.models import BillingHistory, StripeEvent, UsageDaily
 from billing.usage import UsageRecord, usage_upsert
 from clusters import services
 from clusters.models import HopsworksAccount
@@ -28,6 +29,7 @@ INVOICES = "/admin/billing/billinghistory/"
 EVENTS = "/admin/billing/stripeevent/"
 USERS = "/admin/accounts/user/"
 CLUSTERS = "/admin/clusters/hopsworkscluster/"
+DAY = dt.timedelta(days=1)
 
 
 def add_usage(users, cluster, days):
@@ -128,6 +130,59 @@ def test_a_big_filtered_usage_list_is_not_totalled_and_says_why(
     assert "usage_totals" not in page.context
     assert "totals are given once the list is narrowed" in page.content.decode()
     assert not [s for s in statements if "SUM(" in s]
+
+
+@pytest.mark.parametrize(
+    "months",
+    [
+        lambda first, following: {"date__gte": first},
+        lambda first, following: {"date__range__gte": first, "date__range__lte": following - DAY},
+        lambda first, following: {"date__gte": first, "date__lt": following},
+    ],
+)
+def test_a_big_list_of_whole_months_is_totalled_from_the_monthly_rollup(
+    operator_client, small_threshold, people, months
+):
+    cluster = UsageDaily.objects.first().hopsworks_cluster
+    first = timezone.now().date().replace(day=1) - dt.timedelta(days=1)
+    first = first.replace(day=1)  # last month: whole, and the fixture's days may reach it
+    following = (first + dt.timedelta(days=32)).replace(day=1)
+    add_usage(people, cluster, 40)
+    analyze("usage_daily")
+    query = {k: v.isoformat() for k, v in months(first, following).items()}
+    query["hopsworks_cluster__id__exact"] = str(cluster.pk)
+
+    page, statements = get_capturing(operator_client, USAGE, query)
+
+    assert page.context["cl"].paginator.estimated
+    days = UsageDaily.objects.filter(date__gte=first, hopsworks_cluster=cluster)
+    if "date__lt" in query or "date__range__lte" in query:
+        days = days.filter(date__lt=following)
+    expected = billing_selectors.usage_totals(days)
+    totals = page.context["usage_totals"]
+    assert {k: totals[k] for k in expected} == expected
+    assert not [s for s in statements if "SUM(" in s and 'FROM "usage_daily"' in s]
+    assert [s for s in statements if "SUM(" in s and 'FROM "usage_monthly"' in s]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"date__gte": "2026-11-02"},  # not a month's first day
+        {"date__range__gte": "2026-11-01", "date__range__lte": "2026-11-29"},
+        {"date__gte": "2026-11-01", "q": "ada"},  # a search: not whole months of everyone
+    ],
+)
+def test_a_big_list_not_of_whole_months_is_still_not_totalled(
+    operator_client, small_threshold, people, query
+):
+    add_usage(people, UsageDaily.objects.first().hopsworks_cluster, 40)
+    analyze("usage_daily")
+    page, statements = get_capturing(operator_client, USAGE, query)
+    assert not [s for s in statements if "usage_monthly" in s]
+    if page.context["cl"].paginator.estimated:  # (a search narrows it: totalled by its days)
+        assert "usage_totals" not in page.context
+        assert not [s for s in statements if "SUM(" in s]
 
 
 # Search -----------------------------------------------------------------------------------

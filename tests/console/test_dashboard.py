@@ -109,6 +109,19 @@ def test_the_dashboard_makes_as_many_queries_for_a_big_world_as_a_small_one(oper
     assert queries() == small
 
 
+def test_the_dashboard_reads_month_figures_from_the_rollup_and_days_only_for_its_chart(
+    operator_client,
+):
+    add_world(3, 40)  # this month and the one before
+    with CaptureQueriesContext(connection) as captured:
+        found, _body = tiles(operator_client)
+    daily = [q["sql"] for q in captured.captured_queries if "usage_daily" in q["sql"]]
+    # The chart of daily cost per cluster is made of days; every tile reads months.
+    assert len(daily) == 1
+    assert "GROUP BY" in daily[0] and '"usage_daily"."date"' in daily[0]
+    assert found["Usage this month"].value.startswith("$")
+
+
 USER_TILES = {
     "Active users",
     "Unbilled usage",

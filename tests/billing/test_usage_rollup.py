@@ -1,0 +1,259 @@
+"""The monthly usage rollup (`usage_monthly`) equals a GROUP BY over `usage_daily` after
+anything that writes usage: the upsert, reruns, corrections, an operator's raw SQL,
+deletes, a user's deletion, TRUNCATE, concurrent writers, and the migration's fill."""
+
+import datetime as dt
+import random
+from decimal import Decimal
+
+import pytest
+from django.db import connection, transaction
+from django.db.migrations.executor import MigrationExecutor
+from django.utils import timezone
+
+from billing.models import BillingProfile, UsageDaily, UsageMonthly
+from billing.usage import UsageRecord, usage_upsert
+from tests.concurrency import run_at_once
+from tests.factories import ClusterFactory, UserFactory
+
+D = Decimal
+TODAY = timezone.now().date()
+# Three months ending with this one, so every day is in the past or today.
+MONTHS = [(TODAY.replace(day=1) - dt.timedelta(days=31 * n)).replace(day=1) for n in (2, 1, 0)]
+SUMS = "cpu_hours, gpu_hours, storage_gb_months, api_calls, total_cost, credits_debited"
+
+
+def grouped() -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT user_id, hopsworks_cluster_id, date_trunc('month', date)::date, billed_via,
+                   {", ".join(f"sum({c})" for c in SUMS.split(", "))}, count(*)
+            FROM usage_daily GROUP BY 1, 2, 3, 4
+            """
+        )
+        return sorted(cursor.fetchall(), key=str)
+
+
+def rollup() -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT user_id, hopsworks_cluster_id, month, billed_via, {SUMS}, days "
+            "FROM usage_monthly"
+        )
+        return sorted(cursor.fetchall(), key=str)
+
+
+def assert_exact(*context):
+    assert rollup() == grouped(), context
+
+
+def days_in(month: dt.date) -> list[dt.date]:
+    following = (month + dt.timedelta(days=32)).replace(day=1)
+    return [
+        month + dt.timedelta(days=n)
+        for n in range((following - month).days)
+        if month + dt.timedelta(days=n) <= TODAY
+    ]
+
+
+def random_record(rng, users, clusters):
+    month = rng.choice(MONTHS)
+    return UsageRecord(
+        user_id=rng.choice(users).pk,
+        cluster_id=rng.choice(clusters).pk if rng.random() < 0.8 else None,
+        date=rng.choice(days_in(month)),
+        cpu_hours=D(rng.randint(0, 4800)) / 100,
+        gpu_hours=D(rng.choice([0, 0, 1, 3])),
+        storage_gb_months=D(rng.randint(0, 900)) / 1000,
+        api_calls=rng.randint(0, 50_000),
+    )
+
+
+def dedupe(records):
+    return list({r.key: r for r in records}.values())
+
+
+def raw(sql, params=()):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)  # always with parameters: `%%` is `%`
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("seed", range(4))
+def test_the_rollup_equals_the_group_by_after_any_mix_of_writes(seed):
+    rng = random.Random(seed)
+    users = [UserFactory() for _ in range(4)]
+    BillingProfile.objects.create(user=users[0], mode=BillingProfile.Mode.PREPAID)
+    clusters = [ClusterFactory(), ClusterFactory()]
+    batches = []
+    for step in range(14):
+        kind = rng.choice(["new", "new", "rerun", "correct", "sql", "delete", "insert"])
+        if kind == "new" or not batches:
+            batch = dedupe(random_record(rng, users, clusters) for _ in range(rng.randint(1, 25)))
+            usage_upsert(records=batch, actor="test")
+            batches.append(batch)
+        elif kind == "rerun":
+            usage_upsert(records=rng.choice(batches), actor="test")
+        elif kind == "correct":
+            batch = [
+                UsageRecord(
+                    user_id=r.user_id,
+                    cluster_id=r.cluster_id,
+                    date=r.date,
+                    cpu_hours=D(rng.randint(0, 100)),
+                    api_calls=None,
+                )
+                for r in rng.choice(batches)
+            ]
+            usage_upsert(records=batch, actor="test")
+        elif kind == "sql":  # an operator on Supabase: figures, keys and channel moved
+            raw(
+                "UPDATE usage_daily SET cpu_hours = cpu_hours * 2, total_cost = total_cost + 1 "
+                "WHERE api_calls %% 3 = 0"
+            )
+            raw(
+                "UPDATE usage_daily SET date = date - 1 WHERE api_calls %% 7 = 1 "
+                "AND date - 1 > %s AND NOT EXISTS (SELECT 1 FROM usage_daily o "
+                "WHERE o.user_id = usage_daily.user_id AND o.date = usage_daily.date - 1 "
+                "AND o.hopsworks_cluster_id IS NOT DISTINCT FROM usage_daily.hopsworks_cluster_id)",
+                [MONTHS[0]],
+            )
+            raw("UPDATE usage_daily SET billed_via = 'credits' WHERE api_calls %% 5 = 2")
+            raw("UPDATE usage_daily SET updated_at = now()")  # no figure changes
+        elif kind == "delete":
+            raw(
+                "DELETE FROM billing_credit_ledger WHERE usage_id IN "
+                "(SELECT id FROM usage_daily WHERE api_calls %% 4 = 0)"
+            )
+            raw("DELETE FROM usage_daily WHERE api_calls %% 4 = 0")
+        elif kind == "insert":  # a multi-row INSERT by hand, NULL cluster included
+            raw(
+                "INSERT INTO usage_daily (user_id, hopsworks_cluster_id, date, cpu_hours, "
+                "total_cost) SELECT %s, c, d, 1.5, 0.25 FROM unnest(%s::uuid[]) c, "
+                "generate_series(%s::date, %s::date, '1 day') d ON CONFLICT DO NOTHING",
+                [
+                    rng.choice(users).pk,
+                    [clusters[0].pk, None],
+                    MONTHS[1],
+                    MONTHS[1] + dt.timedelta(3),
+                ],
+            )
+        assert_exact(step, kind)
+    # A user deleted (their usage first, as the PROTECT foreign key asks).
+    gone = users[1]
+    raw("DELETE FROM billing_credit_ledger WHERE user_id = %s", [gone.pk])
+    UsageDaily.objects.filter(user=gone).delete()
+    gone.delete()
+    assert_exact()
+    assert not UsageMonthly.objects.filter(user_id=gone.pk).exists()
+
+
+@pytest.mark.django_db
+def test_keys_left_without_a_day_are_removed_and_a_truncate_empties_the_rollup():
+    user, cluster = UserFactory(), ClusterFactory()
+    usage_upsert(
+        records=[UsageRecord(user_id=user.pk, cluster_id=cluster.pk, date=TODAY, cpu_hours=D(2))],
+        actor="t",
+    )
+    assert UsageMonthly.objects.get().days == 1
+    UsageDaily.objects.all().delete()
+    assert not UsageMonthly.objects.exists()
+
+    usage_upsert(records=[UsageRecord(user_id=user.pk, date=TODAY, api_calls=5)], actor="t")
+    raw("SET CONSTRAINTS ALL IMMEDIATE")  # TRUNCATE refuses pending foreign-key checks
+    raw("TRUNCATE usage_daily CASCADE")
+    assert not UsageMonthly.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_month_of_api_calls_past_the_integer_range_still_adds_up():
+    user = UserFactory()
+    usage_upsert(
+        records=[
+            UsageRecord(user_id=user.pk, date=day, api_calls=2**31 - 1)
+            for day in days_in(MONTHS[1])
+        ],
+        actor="t",
+    )
+    assert UsageMonthly.objects.get().api_calls == (2**31 - 1) * len(days_in(MONTHS[1]))
+    assert_exact()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
+def test_concurrent_writers_of_one_user_month_leave_it_exact():
+    user, cluster = UserFactory(), ClusterFactory()
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
+    month = MONTHS[1]
+    days = days_in(month)
+
+    def write(n):
+        # Each writer: days of its own, days shared with the others (new or corrections),
+        # with and without a cluster.
+        rng = random.Random(n)
+        picked = rng.sample(days, 8) + days[:3]
+        records = dedupe(
+            UsageRecord(
+                user_id=user.pk,
+                cluster_id=rng.choice([cluster.pk, None]),
+                date=day,
+                cpu_hours=D(rng.randint(1, 40)),
+                api_calls=rng.randint(0, 100),
+            )
+            for day in picked
+        )
+        for _ in range(3):
+            usage_upsert(records=records, actor=f"writer {n}")
+            records = [
+                UsageRecord(
+                    user_id=r.user_id,
+                    cluster_id=r.cluster_id,
+                    date=r.date,
+                    cpu_hours=r.cpu_hours + 1,
+                )
+                for r in records
+            ]
+
+    failures = []
+
+    def writer(n):
+        try:
+            write(n)
+        except Exception as error:
+            failures.append(f"writer {n}: {error!r}")
+            raise
+
+    try:
+        run_at_once(writer, list(range(6)))
+    finally:
+        assert failures == []
+    assert_exact()
+    assert sum(m.days for m in UsageMonthly.objects.all()) == UsageDaily.objects.count()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
+def test_the_migration_fills_the_rollup_from_the_usage_already_there():
+    user, cluster = UserFactory(), ClusterFactory()
+    executor = MigrationExecutor(connection)
+    executor.migrate([("billing", "0029_usage_monthly")])  # no triggers, no rollup yet
+    raw(
+        "INSERT INTO usage_daily (user_id, hopsworks_cluster_id, date, cpu_hours, api_calls, "
+        "total_cost, billed_via) SELECT %s, CASE WHEN n %% 3 = 0 THEN NULL ELSE %s::uuid END, "
+        "%s::date + n, n, n * 10, n * 0.1, CASE WHEN n %% 2 = 0 THEN 'stripe' ELSE 'credits' END "
+        "FROM generate_series(0, 70) n",
+        [user.pk, cluster.pk, MONTHS[0]],
+    )
+    assert rollup() == []
+
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    assert len(rollup()) > 3
+    assert_exact()
+    # And the triggers keep it from there.
+    with transaction.atomic():
+        raw("UPDATE usage_daily SET cpu_hours = cpu_hours + 1 WHERE hopsworks_cluster_id IS NULL")
+    assert_exact()
