@@ -647,6 +647,15 @@ class StripeUsageReport(models.Model):
 
     class Meta:
         db_table = "billing_stripe_usage_report"
+        indexes = [
+            # The reporting run reads the user-months with a pending event in (user, month)
+            # order beside those due: only the few pending rows, not every report.
+            models.Index(
+                fields=["user", "month"],
+                name="stripe_usage_report_pending",
+                condition=~models.Q(pending_identifier=""),
+            )
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["user", "month", "resource"], name="stripe_usage_report_once"
@@ -742,7 +751,15 @@ class StripeUsageAdjustment(models.Model):
     class Meta:
         db_table = "billing_stripe_usage_adjustment"
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["user", "month"], name="stripe_adjustment_user_month")]
+        indexes = [
+            models.Index(fields=["user", "month"], name="stripe_adjustment_user_month"),
+            # The reporting run reads the pending ones in (user, month) order.
+            models.Index(
+                fields=["user", "month"],
+                name="stripe_adjustment_pending",
+                condition=models.Q(status="pending"),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.month:%Y-%m}: {self.cents:+}c ({self.status})"

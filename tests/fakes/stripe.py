@@ -362,6 +362,8 @@ class FakeStripe:
         self._sessions: dict[str, float] = {}
         # After this many more accepted stream requests, every session token expires.
         self._sessions_last: int | None = None
+        self._identifiers: dict[str, int] = {}
+        self._identifiers_seen: tuple | None = None
         # Meter events before this index no longer count for identifier uniqueness.
         self._forgotten_identifiers = 0
         # Meter events from this index on are not aggregated yet (hold_meter_summaries).
@@ -845,17 +847,29 @@ class FakeStripe:
             events = self._stream_events(params)
         except _Refusal as refusal:
             return refusal.status, {"error": refusal.error}
-        recent = {e["identifier"] for e in self.meter_events[self._forgotten_identifiers :]}
+        recent = self._recent_identifiers()
         for event in events:
-            if event["identifier"] in recent:
+            if recent.get(event["identifier"], -1) >= self._forgotten_identifiers:
                 continue  # Stripe drops a duplicate identifier (asynchronously)
-            recent.add(event["identifier"])
+            recent[event["identifier"]] = len(self.meter_events)
             self.meter_events.append(event)
+        self._identifiers_seen = self._events_state()
         if self._sessions_last is not None:
             self._sessions_last -= 1
             if self._sessions_last <= 0:
                 self._expire_sessions()
         return 200, {}
+
+    def _events_state(self) -> tuple:
+        events = self.meter_events
+        return (len(events), id(events[0]) if events else None, id(events[-1]) if events else None)
+
+    def _recent_identifiers(self) -> dict[str, int]:
+        """identifier -> index of its latest event; rebuilt only when a test changed
+        `meter_events` itself (so a stream of many requests stays linear)."""
+        if self._identifiers_seen != self._events_state():
+            self._identifiers = {e["identifier"]: n for n, e in enumerate(self.meter_events)}
+        return self._identifiers
 
     def _new_session(self) -> dict:
         now = time.time()
