@@ -28,6 +28,12 @@ import scratch
 
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/bench_stripe"
+# Statements whose plan the report shows (EXPLAIN ANALYZE of a later batch's own).
+SAMPLED = {
+    "months due": "SELECT s.user_id",
+    "figures": "SELECT d.user_id",
+    "claim": "WITH claimed AS",
+}
 
 
 def parse_args(argv=None):
@@ -66,8 +72,14 @@ class Meter:
         self.queries = 0
         self.db_seconds = 0.0
         self.calls: dict[str, list[float]] = {}
+        self.samples: dict[str, tuple] = {}  # the second batch's statements, to explain
 
     def __call__(self, execute, sql, params, many, context):
+        for name, opening in SAMPLED.items():
+            if sql.lstrip().startswith(opening):
+                seen = self.samples.setdefault(name, [])
+                if len(seen) < 2:
+                    seen.append((sql, params))
         start = time.perf_counter()
         try:
             return execute(sql, params, many, context)
@@ -163,6 +175,7 @@ def measured_run(fake, *, label: str) -> dict:
     seconds = time.perf_counter() - start
     gateway.MeterEventStream.send = gateway.MeterEventStream.send.__wrapped__
     type(fake)._process_v2 = type(fake)._process_v2.__wrapped__
+    plans = {name: explain(*seen[-1]) for name, seen in meter.samples.items()}
     stream = sum(meter.calls.get("stream.send", []))
     server = sum(meter.calls.get("fake server", []))
     return {
@@ -180,7 +193,20 @@ def measured_run(fake, *, label: str) -> dict:
         "fake_server_seconds": round(server, 2),
         "python_seconds": round(seconds - meter.db_seconds - stream, 2),
         "errors": run.errors[:3],
+        "plans": plans,
     }
+
+
+def explain(sql: str, params) -> list[str]:
+    """EXPLAIN ANALYZE of a statement, in a transaction rolled back (a claim locks rows)."""
+    from django.db import connection, transaction
+
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) " + sql, params)
+            lines = [row[0] for row in cursor.fetchall()]
+        transaction.set_rollback(True)
+    return lines
 
 
 def benchmark(args) -> dict:
@@ -251,6 +277,10 @@ def report(figures: dict) -> str:
         )
         if run["errors"]:
             lines.append(f"   errors: {run['errors']}")
+    for run in figures["runs"][-2:-1]:
+        for name, plan in run["plans"].items():
+            lines += ["", f"plan of one batch's {name} ({run['label']}):"]
+            lines += [f"   {line}" for line in plan]
     return "\n".join(lines)
 
 
