@@ -125,14 +125,15 @@ def _decide(claimed, free: list[Pair], *, reasons, targets, now) -> None:
 
 def _numbers(pairs: list[Pair]) -> dict[Pair, int]:
     """How many adjustments each user-month has had (one query)."""
-    users = {u for u, _ in pairs}
-    months = {m for _, m in pairs}
+    wanted = set(pairs)
     counts = (
-        StripeUsageAdjustment.objects.filter(user_id__in=users, month__in=months)
+        StripeUsageAdjustment.objects.filter(
+            user_id__in={u for u, _ in wanted}, month__in={m for _, m in wanted}
+        )
         .values_list("user_id", "month")
         .annotate(n=Count("id"))
     )
-    return {(u, m): n for u, m, n in counts if (u, m) in set(pairs)}
+    return {(u, m): n for u, m, n in counts if (u, m) in wanted}
 
 
 def _send(run, claimed, *, profiles, now) -> None:
