@@ -18,6 +18,7 @@ import io
 import logging
 import platform
 import random
+import re
 import sys
 import time
 from decimal import Decimal
@@ -33,6 +34,7 @@ SAMPLED = {
     "months due": "SELECT s.user_id",
     "figures": "SELECT d.user_id",
     "claim": "WITH claimed AS",
+    "report rows written": "UPDATE billing_stripe_usage_report",
 }
 
 
@@ -65,6 +67,20 @@ def parse_args(argv=None):
     return args
 
 
+def statement_kind(sql: str) -> str:
+    """E.g. "UPDATE billing_stripe_usage_report", "SELECT usage_daily"."""
+    words = sql.split()
+    verb = words[0].upper() if words else "?"
+    found = re.search(r'(?:FROM|INTO|UPDATE|JOIN)\s+"?(\w+)"?', sql, re.IGNORECASE)
+    table = found.group(1) if found else "?"
+    if verb == "WITH":
+        verb = "SELECT ... FOR UPDATE"
+    if table in ("unnest", "SELECT"):
+        later = re.findall(r'(?:FROM|JOIN)\s+"?(\w+)"?', sql)
+        table = next((t for t in later if t not in ("unnest", "SELECT")), table)
+    return f"{verb} {table}"
+
+
 class Meter:
     """Counts and times database statements (an execute wrapper) and the calls it wraps."""
 
@@ -73,6 +89,9 @@ class Meter:
         self.db_seconds = 0.0
         self.calls: dict[str, list[float]] = {}
         self.samples: dict[str, tuple] = {}  # the second batch's statements, to explain
+        self.kinds: dict[
+            str, float
+        ] = {}  # statement kind -> seconds  # the second batch's statements, to explain
 
     def __call__(self, execute, sql, params, many, context):
         for name, opening in SAMPLED.items():
@@ -85,7 +104,10 @@ class Meter:
             return execute(sql, params, many, context)
         finally:
             self.queries += 1
-            self.db_seconds += time.perf_counter() - start
+            took = time.perf_counter() - start
+            self.db_seconds += took
+            kind = statement_kind(sql)
+            self.kinds[kind] = self.kinds.get(kind, 0.0) + took
 
     def wrap(self, owner, name: str, label: str):
         original = getattr(owner, name)
@@ -175,7 +197,9 @@ def measured_run(fake, *, label: str) -> dict:
     seconds = time.perf_counter() - start
     gateway.MeterEventStream.send = gateway.MeterEventStream.send.__wrapped__
     type(fake)._process_v2 = type(fake)._process_v2.__wrapped__
-    plans = {name: explain(*seen[-1]) for name, seen in meter.samples.items()}
+    plans = {
+        name: explain(*seen[-1]) for name, seen in meter.samples.items() if name != "months due"
+    }
     stream = sum(meter.calls.get("stream.send", []))
     server = sum(meter.calls.get("fake server", []))
     return {
@@ -193,6 +217,9 @@ def measured_run(fake, *, label: str) -> dict:
         "fake_server_seconds": round(server, 2),
         "python_seconds": round(seconds - meter.db_seconds - stream, 2),
         "errors": run.errors[:3],
+        "db_seconds_by_statement": {
+            k: round(v, 2) for k, v in sorted(meter.kinds.items(), key=lambda kv: -kv[1])
+        },
         "plans": plans,
     }
 
@@ -278,6 +305,8 @@ def report(figures: dict) -> str:
         if run["errors"]:
             lines.append(f"   errors: {run['errors']}")
     for run in figures["runs"][-2:-1]:
+        lines += ["", f"database time by statement ({run['label']}):"]
+        lines += [f"   {s:>6} s  {kind}" for kind, s in run["db_seconds_by_statement"].items()]
         for name, plan in run["plans"].items():
             lines += ["", f"plan of one batch's {name} ({run['label']}):"]
             lines += [f"   {line}" for line in plan]
