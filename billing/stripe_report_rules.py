@@ -57,14 +57,15 @@ def months_cents(pairs: Iterable[Pair], *, rates: RateBook | None = None) -> dic
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            SELECT d.user_id, p.month, min(d.date), sum(d.cpu_hours), sum(d.gpu_hours),
+            SELECT p.user_id, p.month, min(d.date), sum(d.cpu_hours), sum(d.gpu_hours),
                    sum(d.storage_gb_months), sum(d.api_calls), sum(d.total_cost)
             FROM unnest(%s::text[], %s::date[]) AS p(user_id, month)
-            JOIN {UsageDaily._meta.db_table} d
-              ON d.user_id = p.user_id AND d.date >= p.month
-             AND d.date < (p.month + interval '1 month')::date
-            WHERE d.billed_via = %s
-            GROUP BY d.user_id, p.month, width_bucket(d.date, %s::date[])
+            CROSS JOIN LATERAL (
+                SELECT * FROM {UsageDaily._meta.db_table} u
+                WHERE u.user_id = p.user_id AND u.date >= p.month
+                  AND u.date < (p.month + interval '1 month')::date AND u.billed_via = %s
+            ) AS d
+            GROUP BY p.user_id, p.month, width_bucket(d.date, %s::date[])
             """,
             [
                 [user_id for user_id, _ in pairs],
@@ -117,11 +118,12 @@ def changed_days(pairs: dict[Pair, dt.datetime | None]) -> dict[Pair, list[dt.da
             f"""
             SELECT p.user_id, p.month, array_agg(DISTINCT d.date ORDER BY d.date)
             FROM unnest(%s::text[], %s::date[], %s::timestamptz[]) AS p(user_id, month, since)
-            JOIN {UsageDaily._meta.db_table} d
-              ON d.user_id = p.user_id AND d.date >= p.month
-             AND d.date < (p.month + interval '1 month')::date
-            WHERE d.billed_via = %s
-              AND ((p.since IS NULL AND d.total_cost > 0) OR d.updated_at > p.since)
+            CROSS JOIN LATERAL (
+                SELECT u.date FROM {UsageDaily._meta.db_table} u
+                WHERE u.user_id = p.user_id AND u.date >= p.month
+                  AND u.date < (p.month + interval '1 month')::date AND u.billed_via = %s
+                  AND ((p.since IS NULL AND u.total_cost > 0) OR u.updated_at > p.since)
+            ) AS d
             GROUP BY p.user_id, p.month
             """,
             [
@@ -244,37 +246,35 @@ def month_closed(month: dt.date, *, now, started: dt.datetime, finalized) -> str
 
 
 def due_months(*, user_ids=None, after: Pair | None = None, limit: int | None = None) -> list:
-    """The next user-months (after `after`, in order) a run has to look at, for users with
-    a live subscription and a Stripe customer: those whose Stripe-billed usage changed since
-    they were last decided (`StripeReportDue`, with the version read) and those with an
-    event or an invoice item still pending. One query, whatever the history."""
+    """The next user-months (after `after`, in order) a run may have to look at: those whose
+    Stripe-billed usage changed since they were last decided (`StripeReportDue`, with the
+    version read) and those with an event or an invoice item still pending. One query,
+    whatever the history: an ordered merge of three index scans that stops after `limit`
+    (whether the user has a live subscription is the caller's to check, with the profiles
+    it reads anyway: a join here would read every profile for every batch)."""
     report, due = StripeUsageReport._meta.db_table, StripeReportDue._meta.db_table
-    adjustment, profile = StripeUsageAdjustment._meta.db_table, BillingProfile._meta.db_table
-    users = BillingProfile._meta.get_field("user").related_model._meta.db_table
+    adjustment = StripeUsageAdjustment._meta.db_table
     where, params = [], []
     if after is not None:
-        where.append("(s.user_id, s.month) > (%s, %s)")
+        where.append("(user_id, month) > (%s, %s)")
         params += list(after)
     if user_ids is not None:
-        where.append("s.user_id = ANY(%s::text[])")
+        where.append("user_id = ANY(%s::text[])")
         params.append(list(user_ids))
-    params.append(list(BillingProfile.ACTIVE_SUBSCRIPTION))
+    condition = " AND ".join(where) or "TRUE"
     sql = f"""
-        SELECT s.user_id, s.month, max(s.version) FROM (
-            SELECT user_id, month, version FROM {due}
+        SELECT user_id, month, max(version) FROM (
+            SELECT user_id, month, version FROM {due} WHERE {condition}
             UNION ALL
-            SELECT user_id, month, NULL FROM {report} WHERE pending_identifier <> ''
+            SELECT user_id, month, NULL FROM {report}
+            WHERE pending_identifier <> '' AND {condition}
             UNION ALL
-            SELECT user_id, month, NULL FROM {adjustment} WHERE status = 'pending'
+            SELECT user_id, month, NULL FROM {adjustment} WHERE status = 'pending' AND {condition}
         ) AS s
-        WHERE {" AND ".join([*where, "TRUE"])}
-          AND EXISTS (
-            SELECT 1 FROM {profile} a JOIN {users} u ON u.id = a.user_id
-            WHERE a.user_id = s.user_id AND a.subscription_status = ANY(%s::text[])
-              AND u.stripe_customer_id IS NOT NULL)
-        GROUP BY s.user_id, s.month
-        ORDER BY s.user_id, s.month
+        GROUP BY user_id, month
+        ORDER BY user_id, month
     """
+    params = params * 3
     if limit is not None:
         sql += " LIMIT %s"
         params.append(int(limit))
@@ -284,6 +284,15 @@ def due_months(*, user_ids=None, after: Pair | None = None, limit: int | None = 
             {"user_id": user_id, "month": month, "version": version}
             for user_id, month, version in cursor.fetchall()
         ]
+
+
+def reportable(profile: BillingProfile | None) -> bool:
+    """Whether the user's usage goes to Stripe now: a live subscription and a customer."""
+    return (
+        profile is not None
+        and profile.has_active_subscription
+        and profile.user.stripe_customer_id is not None
+    )
 
 
 def reports_ensure(pairs: list[Pair]) -> None:

@@ -54,6 +54,7 @@ from billing.stripe_report_rules import (  # noqa: F401  (the reporter's rules, 
     month_cents_by_resource,
     month_closed,
     months_cents,
+    reportable,
     reports_claim,
     reports_ensure,
     reports_save,
@@ -75,8 +76,13 @@ class ReportRun:
 
 
 def months_to_report(*, user_ids=None) -> list[dict]:
-    """Every (user, month) a run has to look at now, in order (see `due_months`)."""
-    return due_months(user_ids=user_ids)
+    """Every (user, month) a run has to look at now, in order (see `due_months`), for users
+    with a live subscription and a Stripe customer."""
+    due = due_months(user_ids=user_ids)
+    users = {d["user_id"] for d in due}
+    profiles = BillingProfile.objects.filter(user_id__in=users).select_related("user")
+    reported = {p.user_id for p in profiles if reportable(p)}
+    return [d for d in due if d["user_id"] in reported]
 
 
 def usage_report_to_stripe(*, user_ids=None, now: dt.datetime | None = None) -> ReportRun:
@@ -109,12 +115,16 @@ def usage_report_to_stripe(*, user_ids=None, now: dt.datetime | None = None) -> 
 
 def _report_batch(run: ReportRun, due: list[dict], *, catalog, stream, now) -> bool:
     """One batch of user-months; False when Stripe failed in a way worth stopping for."""
-    versions: dict[Pair, int | None] = {(d["user_id"], d["month"]): d["version"] for d in due}
-    users = {user_id for user_id, _ in versions}
+    users = {d["user_id"] for d in due}
     profiles = {
         p.user_id: p
         for p in BillingProfile.objects.filter(user_id__in=users).select_related("user")
+        if reportable(p)  # without a live subscription the usage is held, unbilled
     }
+    versions: dict[Pair, int | None] = {
+        (d["user_id"], d["month"]): d["version"] for d in due if d["user_id"] in profiles
+    }
+    users = set(profiles)
     finalized = finalized_periods(user_ids=users)
     starts = subscription_starts(profiles.values(), errors=run.errors)
     closed: dict[Pair, str] = {}
