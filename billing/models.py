@@ -625,7 +625,15 @@ class StripeUsageReport(models.Model):
     deterministic identifier, and a pending event is committed before it is sent.
     """
 
-    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="stripe_reports")
+    user = models.ForeignKey(
+        User,
+        on_delete=models.PROTECT,
+        related_name="stripe_reports",
+        # stripe_usage_report_once (user, month, resource) serves every lookup by user; an
+        # index on user_id alone would only make each report write (batches of thousands
+        # of rows, twice per event) update one more index.
+        db_index=False,
+    )
     month = models.DateField(help_text="First day of the month.")
     resource = models.TextField(choices=Price.Resource.choices)
     reported_cents = models.BigIntegerField(default=0)

@@ -57,15 +57,19 @@ def months_cents(pairs: Iterable[Pair], *, rates: RateBook | None = None) -> dic
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            SELECT p.user_id, p.month, min(d.date), sum(d.cpu_hours), sum(d.gpu_hours),
-                   sum(d.storage_gb_months), sum(d.api_calls), sum(d.total_cost)
+            SELECT p.user_id, p.month, d.first_day, d.cpu, d.gpu, d.storage, d.calls, d.cost
             FROM unnest(%s::text[], %s::date[]) AS p(user_id, month)
             CROSS JOIN LATERAL (
-                SELECT * FROM {UsageDaily._meta.db_table} u
+                -- Aggregated per user-month (never pulled up into a join): each one is
+                -- read through the (user_id, date) index, whatever usage_daily's size.
+                SELECT min(u.date) AS first_day, sum(u.cpu_hours) AS cpu,
+                       sum(u.gpu_hours) AS gpu, sum(u.storage_gb_months) AS storage,
+                       sum(u.api_calls) AS calls, sum(u.total_cost) AS cost
+                FROM {UsageDaily._meta.db_table} u
                 WHERE u.user_id = p.user_id AND u.date >= p.month
                   AND u.date < (p.month + interval '1 month')::date AND u.billed_via = %s
+                GROUP BY width_bucket(u.date, %s::date[])
             ) AS d
-            GROUP BY p.user_id, p.month, width_bucket(d.date, %s::date[])
             """,
             [
                 [user_id for user_id, _ in pairs],
@@ -116,15 +120,16 @@ def changed_days(pairs: dict[Pair, dt.datetime | None]) -> dict[Pair, list[dt.da
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            SELECT p.user_id, p.month, array_agg(DISTINCT d.date ORDER BY d.date)
+            SELECT p.user_id, p.month, d.days
             FROM unnest(%s::text[], %s::date[], %s::timestamptz[]) AS p(user_id, month, since)
             CROSS JOIN LATERAL (
-                SELECT u.date FROM {UsageDaily._meta.db_table} u
+                SELECT array_agg(DISTINCT u.date ORDER BY u.date) AS days
+                FROM {UsageDaily._meta.db_table} u
                 WHERE u.user_id = p.user_id AND u.date >= p.month
                   AND u.date < (p.month + interval '1 month')::date AND u.billed_via = %s
                   AND ((p.since IS NULL AND u.total_cost > 0) OR u.updated_at > p.since)
             ) AS d
-            GROUP BY p.user_id, p.month
+            WHERE d.days IS NOT NULL
             """,
             [
                 [u for u, _ in keys],
@@ -262,19 +267,26 @@ def due_months(*, user_ids=None, after: Pair | None = None, limit: int | None = 
         where.append("user_id = ANY(%s::text[])")
         params.append(list(user_ids))
     condition = " AND ".join(where) or "TRUE"
+    # Each source is read in (user, month) order through its index and stops at `limit`
+    # keys: the first `limit` keys of the three together are among them. (A plain UNION
+    # of the three, grouped, made PostgreSQL read every row after the cursor each batch.)
+    cap = "LIMIT %s" if limit is not None else ""
+    branch_params = [*params, int(limit)] if limit is not None else list(params)
     sql = f"""
         SELECT user_id, month, max(version) FROM (
-            SELECT user_id, month, version FROM {due} WHERE {condition}
+            (SELECT user_id, month, version FROM {due} WHERE {condition}
+             ORDER BY user_id, month {cap})
             UNION ALL
-            SELECT user_id, month, NULL FROM {report}
-            WHERE pending_identifier <> '' AND {condition}
+            (SELECT DISTINCT user_id, month, NULL::bigint FROM {report}
+             WHERE pending_identifier <> '' AND {condition} ORDER BY user_id, month {cap})
             UNION ALL
-            SELECT user_id, month, NULL FROM {adjustment} WHERE status = 'pending' AND {condition}
+            (SELECT DISTINCT user_id, month, NULL::bigint FROM {adjustment}
+             WHERE status = 'pending' AND {condition} ORDER BY user_id, month {cap})
         ) AS s
         GROUP BY user_id, month
         ORDER BY user_id, month
     """
-    params = params * 3
+    params = branch_params * 3
     if limit is not None:
         sql += " LIMIT %s"
         params.append(int(limit))

@@ -201,3 +201,23 @@ def test_a_session_is_asked_for_once_per_run_not_per_request(catalog, monkeypatc
 
     assert len(catalog.posts(METER_EVENT_SESSION)) == 1
     assert len(catalog.stream_requests()) == 3
+
+
+def test_small_batches_reach_every_month_due_or_pending_once(catalog, settings):
+    """Batches of 3 over months due and months with a pending event, interleaved in
+    (user, month) order: every one is reached, none twice."""
+    settings.STRIPE_REPORT_BATCH_SIZE = 3
+    users = postpaid_users(catalog, 8)
+    cluster = ClusterFactory(max_users=100)
+    use(users[::2], cluster, cpu_hours=D("10"))
+    catalog.fail_next(1, status=503, path=METER_EVENT_STREAM)
+    assert usage_report_to_stripe().errors  # the first batch's events stay pending
+    use(users[1::2], cluster, cpu_hours=D("20"))
+
+    run = usage_report_to_stripe()
+
+    assert run.errors == [] and run.batches == 3
+    assert len(catalog.meter_events) == 8 == len(set(catalog.streamed_identifiers()))
+    for user in users:
+        assert stripe_cents(catalog, user) == to_cents(month_to_date_cost(user)) * 100
+    assert not StripeReportDue.objects.exists()
