@@ -32,7 +32,7 @@ DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/bench_stripe"
 # Statements whose plan the report shows (EXPLAIN ANALYZE of a later batch's own).
 SAMPLED = {
     "months due": "SELECT user_id, month, max(version)",
-    "figures": "SELECT p.user_id, p.month, min(d.date)",
+    "figures": "SELECT p.user_id, p.month, d.first_day",
     "claim": "WITH claimed AS",
     "report rows written": "UPDATE billing_stripe_usage_report",
 }
