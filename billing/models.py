@@ -695,7 +695,15 @@ class StripeUsageReport(models.Model):
     deterministic identifier, and a pending event is committed before it is sent.
     """
 
-    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="stripe_reports")
+    user = models.ForeignKey(
+        User,
+        on_delete=models.PROTECT,
+        related_name="stripe_reports",
+        # stripe_usage_report_once (user, month, resource) serves every lookup by user; an
+        # index on user_id alone would only make each report write (batches of thousands
+        # of rows, twice per event) update one more index.
+        db_index=False,
+    )
     month = models.DateField(help_text="First day of the month.")
     resource = models.TextField(choices=Price.Resource.choices)
     reported_cents = models.BigIntegerField(default=0)
@@ -717,6 +725,15 @@ class StripeUsageReport(models.Model):
 
     class Meta:
         db_table = "billing_stripe_usage_report"
+        indexes = [
+            # The reporting run reads the user-months with a pending event in (user, month)
+            # order beside those due: only the few pending rows, not every report.
+            models.Index(
+                fields=["user", "month"],
+                name="stripe_usage_report_pending",
+                condition=~models.Q(pending_identifier=""),
+            )
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["user", "month", "resource"], name="stripe_usage_report_once"
@@ -812,7 +829,15 @@ class StripeUsageAdjustment(models.Model):
     class Meta:
         db_table = "billing_stripe_usage_adjustment"
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["user", "month"], name="stripe_adjustment_user_month")]
+        indexes = [
+            models.Index(fields=["user", "month"], name="stripe_adjustment_user_month"),
+            # The reporting run reads the pending ones in (user, month) order.
+            models.Index(
+                fields=["user", "month"],
+                name="stripe_adjustment_pending",
+                condition=models.Q(status="pending"),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.month:%Y-%m}: {self.cents:+}c ({self.status})"

@@ -181,6 +181,12 @@ class RateBook:
             prices = prices.filter(Q(user__isnull=True) | Q(user_id__in=ids))
         return cls(prices.only("resource", "unit_price", "effective_from", "user_id"))
 
+    def change_days(self) -> list[dt.date]:
+        """Every day one of its prices takes effect: between two of them each user's rates
+        stay the same."""
+        series = [*self._card.values(), *self._users.values()]
+        return sorted({since for prices in series for since, _ in prices})
+
     @staticmethod
     def _on(series, day):
         return next((price for since, price in series if since <= day), None)

@@ -9,8 +9,11 @@ deterministic idempotency key, so a caller may simply call again after an error.
 become a `StripeGatewayError` whose message an operator can act on and which never contains
 a secret; results are plain dicts and strings, so callers never depend on stripe types.
 
-Settings: STRIPE_SECRET_KEY (empty = not configured), STRIPE_WEBHOOK_SECRET, and
-STRIPE_API_BASE (empty = https://api.stripe.com; http:// only for a local fake).
+Settings: STRIPE_SECRET_KEY (empty = not configured), STRIPE_WEBHOOK_SECRET,
+STRIPE_API_BASE (empty = https://api.stripe.com; http:// only for a local fake),
+STRIPE_METER_EVENTS_API_BASE (the meter event stream's host; empty =
+https://meter-events.stripe.com) and STRIPE_METER_STREAM_REQUESTS_PER_SECOND (the pace of
+the stream; 0 = Stripe's published limit for the key's mode).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import functools
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +46,19 @@ logger = logging.getLogger(__name__)
 STRIPE_API_VERSION = "2026-10-28.endive"
 
 DEFAULT_API_BASE = "https://api.stripe.com"
+DEFAULT_METER_EVENTS_API_BASE = "https://meter-events.stripe.com"
+# The v2 meter event stream: "Supports up to 100 events per request", "up to 10,000 requests
+# per second in livemode"; in a sandbox (test keys) its calls count toward the basic limit,
+# 25 operations a second. A session's token is "only valid for 15 minutes": it is renewed
+# this long before it expires.
+METER_STREAM_MAX_EVENTS = 100
+METER_STREAM_LIVE_REQUESTS_PER_SECOND = 10_000
+METER_STREAM_TEST_REQUESTS_PER_SECOND = 25
+METER_SESSION_MARGIN_SECONDS = 60
+# A 429 is waited out (doubling from the first wait, and the pace halved) this many times
+# before the run gives up until the next one.
+METER_STREAM_RATE_LIMIT_RETRIES = 4
+METER_STREAM_FIRST_WAIT_SECONDS = 0.5
 # Network retries in management commands; none inside a web request.
 MAX_NETWORK_RETRIES = 2
 CONNECT_TIMEOUT_SECONDS = 10
@@ -138,18 +155,26 @@ def is_configured() -> bool:
     return bool(_setting("STRIPE_SECRET_KEY"))
 
 
-def _api_base() -> str:
-    """STRIPE_API_BASE checked: https, or http for this machine only (the key travels along)."""
-    raw = _setting("STRIPE_API_BASE")
+def _checked_base(name: str, default: str) -> str:
+    """A base URL setting checked: https, or http for this machine only (a credential
+    travels along)."""
+    raw = _setting(name)
     if not raw:
-        return DEFAULT_API_BASE
+        return default
     problem = outbound.url_problem(raw)
     if problem:
         raise StripeGatewayError(
-            f"STRIPE_API_BASE {raw!r} is refused: it {problem}. "
-            f"Leave it empty to use {DEFAULT_API_BASE}."
+            f"{name} {raw!r} is refused: it {problem}. Leave it empty to use {default}."
         )
     return raw.rstrip("/")
+
+
+def _api_base() -> str:
+    return _checked_base("STRIPE_API_BASE", DEFAULT_API_BASE)
+
+
+def _meter_events_base() -> str:
+    return _checked_base("STRIPE_METER_EVENTS_API_BASE", DEFAULT_METER_EVENTS_API_BASE)
 
 
 class _GuardedRequestsClient(stripe.RequestsClient):
@@ -187,12 +212,17 @@ class _GuardedRequestsClient(stripe.RequestsClient):
 
 
 @functools.lru_cache(maxsize=8)
-def _build_client(secret_key: str, api_base: str, retries: int) -> stripe.StripeClient:
+def _build_client(
+    secret_key: str, api_base: str, retries: int, meter_events_base: str = ""
+) -> stripe.StripeClient:
     # Cached so the HTTP session (and its connection pool) is reused between calls.
     return stripe.StripeClient(
         secret_key,
         stripe_version=STRIPE_API_VERSION,
-        base_addresses={"api": api_base},
+        base_addresses={
+            "api": api_base,
+            "meter_events": meter_events_base or DEFAULT_METER_EVENTS_API_BASE,
+        },
         max_network_retries=retries,
         http_client=_GuardedRequestsClient(timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)),
     )
@@ -202,11 +232,13 @@ def _retries() -> int:
     return MAX_NETWORK_RETRIES if outbound.limits().attempts > 1 else 0
 
 
-def _client() -> stripe.StripeClient:
+def _client(*, meter_events: bool = False) -> stripe.StripeClient:
+    """The client; with `meter_events`, one whose meter event stream host is checked too."""
     secret_key = _setting("STRIPE_SECRET_KEY")
     if not secret_key:
         raise StripeNotConfigured()
-    return _build_client(secret_key, _api_base(), _retries())
+    stream_base = _meter_events_base() if meter_events else ""
+    return _build_client(secret_key, _api_base(), _retries(), stream_base)
 
 
 # Errors
@@ -258,6 +290,7 @@ def _translate(
     operation: str,
     idempotency_key: str | None,
     budget: outbound.Budget | None = None,
+    base: str | None = None,
 ) -> StripeGatewayError:
     status = exc.http_status
     code = exc.code
@@ -287,9 +320,9 @@ def _translate(
             and not outbound.find_cause(exc, outbound.DestinationRefused)
         )
         message = (
-            f"Stripe could not be reached at {_api_base()}: {reason}. "
-            f"Could not {operation} ({tries}). Check the "
-            "network, DNS and firewall, and STRIPE_API_BASE if it is set."
+            f"Stripe could not be reached at {base or _api_base()}: {reason}. "
+            f"Could not {operation} ({tries}). Check the network, DNS and firewall, and "
+            f"{'STRIPE_METER_EVENTS_API_BASE' if base else 'STRIPE_API_BASE'} if it is set."
         )
     elif isinstance(exc, stripe.AuthenticationError):
         message = (
@@ -337,14 +370,16 @@ def _translate(
 
 
 @contextmanager
-def _stripe_errors(operation: str, *, idempotency_key: str | None = None) -> Iterator[None]:
+def _stripe_errors(
+    operation: str, *, idempotency_key: str | None = None, base: str | None = None
+) -> Iterator[None]:
     """One operation's SDK calls: within one deadline, their errors as StripeGatewayError."""
     with outbound.deadline(outbound.limits().deadline) as budget:
         try:
             yield
         except stripe.StripeError as exc:
             raise _translate(
-                exc, operation=operation, idempotency_key=idempotency_key, budget=budget
+                exc, operation=operation, idempotency_key=idempotency_key, budget=budget, base=base
             ) from exc
 
 
@@ -625,32 +660,142 @@ def ensure_billing_catalog(items: list[CatalogItem]) -> list[CatalogEntry]:
 # Usage and subscriptions
 
 
+@dataclass(frozen=True)
+class MeterEvent:
+    """One meter event: `value` in the meter's unit (cents here), negative to correct
+    over-reported usage; `timestamp` in Unix seconds; `identifier` unique, as Stripe drops
+    an event whose identifier it has seen in the last 24 hours."""
+
+    event_name: str
+    customer_id: str
+    value: int
+    identifier: str
+    timestamp: int
+
+    def wire(self) -> dict:
+        if isinstance(self.value, bool) or not isinstance(self.value, int):
+            raise TypeError(f"A meter event value is a whole number, not {self.value!r}.")
+        moment = dt.datetime.fromtimestamp(int(self.timestamp), dt.UTC)
+        return {
+            "event_name": self.event_name,
+            "identifier": self.identifier,
+            "payload": {"stripe_customer_id": self.customer_id, "value": str(self.value)},
+            "timestamp": moment.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        }
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def meter_stream_requests_per_second() -> float:
+    """STRIPE_METER_STREAM_REQUESTS_PER_SECOND, or Stripe's published limit for the key's
+    mode when it is 0."""
+    configured = float(getattr(settings, "STRIPE_METER_STREAM_REQUESTS_PER_SECOND", 0) or 0)
+    if configured > 0:
+        return configured
+    if _setting("STRIPE_SECRET_KEY").startswith(("sk_test_", "rk_test_")):
+        return METER_STREAM_TEST_REQUESTS_PER_SECOND
+    return METER_STREAM_LIVE_REQUESTS_PER_SECOND
+
+
+class MeterEventStream:
+    """Stripe's v2 meter event stream, for one run: a meter event session asked for with the
+    secret key, whose token (valid 15 minutes) authenticates the stream's requests and is
+    renewed before it expires or when Stripe says it has; requests paced to
+    `meter_stream_requests_per_second()`; a 429 waited out, slowing down.
+
+    The stream answers `{}`: no event is echoed and validation is asynchronous. An accepted
+    request means Stripe has its events; a failed one may or may not have reached it, so the
+    caller sends the same events again (same identifiers, same values): Stripe drops an
+    identifier it has seen in the last 24 hours."""
+
+    def __init__(self) -> None:
+        self._token = ""
+        self._expires = 0.0
+        self._interval = 1 / meter_stream_requests_per_second()
+        self._next_at = 0.0
+        self.requests = 0
+        self.sessions = 0
+
+    def send(self, events: list[MeterEvent]) -> None:
+        """Send up to METER_STREAM_MAX_EVENTS events in one request; raises
+        StripeGatewayError (retriable after a 429 that did not pass, 5xx or no answer)."""
+        if not events:
+            return
+        if len(events) > METER_STREAM_MAX_EVENTS:
+            raise ValueError(f"The stream takes up to {METER_STREAM_MAX_EVENTS} events a request.")
+        params: dict[str, Any] = {"events": [event.wire() for event in events]}
+        first, last = events[0].identifier, events[-1].identifier
+        operation = f"send {len(events)} meter events ({first} .. {last}) on the meter event stream"
+        renewed = rate_limited = 0
+        while True:
+            client = _client(meter_events=True)
+            token = self._session()
+            self._wait_turn()
+            try:
+                with _stripe_errors(operation, base=_meter_events_base()):
+                    self.requests += 1
+                    client.v2.billing.meter_event_stream.create(
+                        params=params, options={"api_key": token}
+                    )
+                return
+            except StripeGatewayError as error:
+                cause = error.__cause__
+                if isinstance(cause, stripe.TemporarySessionExpiredError) and renewed < 2:
+                    renewed += 1
+                    self._token = ""  # Stripe says it expired: a new session, the same events
+                    continue
+                if (
+                    isinstance(cause, stripe.RateLimitError)
+                    and rate_limited < METER_STREAM_RATE_LIMIT_RETRIES
+                ):
+                    _pause(METER_STREAM_FIRST_WAIT_SECONDS * 2**rate_limited)
+                    rate_limited += 1
+                    self._interval *= 2  # over Stripe's limit: slower for the rest of the run
+                    continue
+                raise StripeGatewayError(
+                    str(error).replace(token, "[meter event session token]"),
+                    retriable=error.retriable,
+                    status=error.status,
+                    code=error.code,
+                    request_id=error.request_id,
+                ) from cause
+
+    def _wait_turn(self) -> None:
+        now = time.monotonic()
+        if self._next_at > now:
+            _pause(self._next_at - now)
+        self._next_at = max(now, self._next_at) + self._interval
+
+    def _session(self) -> str:
+        if self._token and time.time() < self._expires - METER_SESSION_MARGIN_SECONDS:
+            return self._token
+        client = _client()
+        with _stripe_errors("start a meter event session"):
+            session = _plain(client.v2.billing.meter_event_session.create())
+        self.sessions += 1
+        self._token = session["authentication_token"]
+        expires = dt.datetime.fromisoformat(str(session["expires_at"]).replace("Z", "+00:00"))
+        self._expires = expires.timestamp()
+        return self._token
+
+
 def send_meter_event(
     *, event_name: str, customer_id: str, value: int, identifier: str, timestamp: int
 ) -> None:
-    """Report usage once. `value` may be negative to correct over-reported usage.
-
-    The identifier is also the idempotency key, so a retry is a no-op; a resend after the
-    24-hour idempotency window is answered "already exists", which means it arrived: success.
-    """
-    client = _client()
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"A meter event value is a whole number, not {value!r}.")
-    params = {
-        "event_name": event_name,
-        "payload": {"stripe_customer_id": customer_id, "value": str(value)},
-        "identifier": identifier,
-        "timestamp": int(timestamp),
-    }
-    operation = f"send meter event {identifier!r} ({event_name}={value} for {customer_id})"
-    try:
-        with _stripe_errors(operation, idempotency_key=identifier):
-            client.v1.billing.meter_events.create(params=params, options=_options(identifier))
-    except StripeGatewayError as error:
-        if error.status == 400 and "already exists with identifier" in str(error):
-            logger.info("Stripe: meter event %s was already delivered", identifier)
-            return
-        raise
+    """Report one usage event on the meter event stream (see MeterEventStream)."""
+    MeterEventStream().send(
+        [
+            MeterEvent(
+                event_name=event_name,
+                customer_id=customer_id,
+                value=value,
+                identifier=identifier,
+                timestamp=timestamp,
+            )
+        ]
+    )
 
 
 def meter_event_summary_total(

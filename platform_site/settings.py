@@ -86,6 +86,15 @@ STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
 AUTH0_LOG_STREAM_TOKEN = env("AUTH0_LOG_STREAM_TOKEN", default="")
 AUTH0_LOG_STREAM_MAX_BYTES = env.int("AUTH0_LOG_STREAM_MAX_BYTES", default=1_000_000)
 STRIPE_API_BASE = env("STRIPE_API_BASE", default="")
+# Usage goes to Stripe on its v2 meter event stream (billing/stripe_reporting.py): its host
+# (empty: https://meter-events.stripe.com; tests point it at the fake), its pace in requests
+# a second per reporting run (0: Stripe's published limit, 10,000 live, 25 with a test key),
+# and how many user-months a reporting batch takes (a constant number of queries each).
+STRIPE_METER_EVENTS_API_BASE = env("STRIPE_METER_EVENTS_API_BASE", default="")
+STRIPE_METER_STREAM_REQUESTS_PER_SECOND = env.float(
+    "STRIPE_METER_STREAM_REQUESTS_PER_SECOND", default=0
+)
+STRIPE_REPORT_BATCH_SIZE = env.int("STRIPE_REPORT_BATCH_SIZE", default=500)
 STRIPE_CURRENCY = "usd"
 # Outbound calls to Hopsworks, Kubernetes (OpenCost) and Stripe (plumbing/outbound.py). With
 # DEBUG off they go to public https addresses only; the hosts named here may also be on a

@@ -192,6 +192,7 @@ def fake_stripe(stripe_server, settings):
     fake = reset(stripe_server)
     settings.STRIPE_SECRET_KEY = fake.api_key
     settings.STRIPE_API_BASE = fake.api_base
+    settings.STRIPE_METER_EVENTS_API_BASE = fake.api_base  # meter-events.stripe.com's part
     settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
     return fake
 

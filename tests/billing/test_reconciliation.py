@@ -217,7 +217,7 @@ def test_a_meter_event_that_reached_stripe_after_the_invoice_was_finalized_is_fl
 def test_a_pending_event_and_usage_without_a_live_subscription_are_explained(catalog, capsys):
     pending_user, _ = subscribed_user(catalog)
     use(pending_user, cpu_hours=D("10"))
-    catalog.fail_next(1, status=500, path="/v1/billing/meter_events")
+    catalog.fail_next(1, status=500, path="/v2/billing/meter_event_stream")
     usage_report_to_stripe()  # decided, sent, not confirmed
     unbilled_user, _ = subscribed_user(catalog)
     BillingProfile.objects.filter(user=unbilled_user).update(subscription_status="canceled")

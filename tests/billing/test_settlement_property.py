@@ -40,7 +40,7 @@ from billing.profiles import billing_mode_set, start_of_day
 from billing.stripe_reporting import month_bounds, usage_report_to_stripe
 from billing.usage import UsageRecord, usage_upsert
 from tests.factories import ClusterFactory, UserFactory
-from tests.fakes.stripe import reset
+from tests.fakes.stripe import METER_EVENT_STREAM, reset
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -64,8 +64,8 @@ FIGURES = st.fixed_dictionaries(
 FAILURES = st.sampled_from(
     [
         None,
-        ("/v1/billing/meter_events", True),  # Stripe counted it, the answer was lost
-        ("/v1/billing/meter_events", False),  # it never got there
+        (METER_EVENT_STREAM, True),  # Stripe counted them, the answer was lost
+        (METER_EVENT_STREAM, False),  # they never got there
         ("/v1/invoiceitems", True),
         ("/v1/invoiceitems", False),
     ]

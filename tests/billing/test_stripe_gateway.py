@@ -4,6 +4,8 @@ references, metadata, idempotency keys, meter identifiers and the pinned Stripe-
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import importlib
 import json
 import socket
@@ -354,7 +356,11 @@ def test_a_rate_change_makes_a_new_price_and_moves_the_lookup_key(fake_stripe):
 # Meter events
 
 
-def test_a_meter_event_sends_its_identifier_value_and_idempotency_key(fake_stripe):
+def stream_events(fake_stripe):
+    return [e for r in fake_stripe.stream_requests() for e in r.json["events"]]
+
+
+def test_a_meter_event_goes_on_the_v2_stream_with_a_session_token(fake_stripe):
     now = int(time.time())
 
     gateway.send_meter_event(
@@ -365,15 +371,24 @@ def test_a_meter_event_sends_its_identifier_value_and_idempotency_key(fake_strip
         timestamp=now,
     )
 
-    [post] = fake_stripe.posts("/v1/billing/meter_events")
-    assert post.form == {
-        "event_name": "cpu_hours",
-        "payload[stripe_customer_id]": "cus_123",
-        "payload[value]": "12",
-        "identifier": "usage-1-2025-06-01-cpu",
-        "timestamp": str(now),
+    [session] = fake_stripe.posts("/v2/billing/meter_event_session")
+    assert session.headers["Authorization"] == f"Bearer {fake_stripe.api_key}"
+    assert session.json == {}
+    [post] = fake_stripe.stream_requests()
+    assert post.headers["Authorization"].startswith("Bearer ek_test_")  # the session's token
+    assert post.headers["Content-Type"] == "application/json"
+    stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    assert post.json == {
+        "events": [
+            {
+                "event_name": "cpu_hours",
+                "identifier": "usage-1-2025-06-01-cpu",
+                "payload": {"stripe_customer_id": "cus_123", "value": "12"},
+                "timestamp": stamp,
+            }
+        ]
     }
-    assert post.idempotency_key == "usage-1-2025-06-01-cpu"
+    assert fake_stripe.meter_event_totals("cpu_hours", "cus_123") == 12
 
 
 def test_a_negative_meter_event_corrects_over_reported_usage(fake_stripe):
@@ -386,7 +401,7 @@ def test_a_negative_meter_event_corrects_over_reported_usage(fake_stripe):
         event_name="cpu_hours", customer_id="cus_123", value=-5, identifier="b", timestamp=now
     )
 
-    assert fake_stripe.posts("/v1/billing/meter_events")[1].form["payload[value]"] == "-5"
+    assert stream_events(fake_stripe)[1]["payload"]["value"] == "-5"
     assert fake_stripe.meter_event_totals("cpu_hours", "cus_123") == 7
 
 
@@ -403,23 +418,55 @@ def test_sending_the_same_meter_event_twice_counts_it_once(fake_stripe):
     gateway.send_meter_event(**event)
 
     assert fake_stripe.meter_event_totals("cpu_hours", "cus_123") == 12
-    assert [p.replayed for p in fake_stripe.posts("/v1/billing/meter_events")] == [False, True]
+    assert [r.status for r in fake_stripe.stream_requests()] == [200, 200]
 
 
-def test_a_meter_event_stripe_already_has_is_delivered(fake_stripe):
-    # After the 24-hour idempotency window Stripe answers a resend by identifier.
+def test_an_expired_session_is_renewed_and_the_same_events_sent(fake_stripe):
+    stream = gateway.MeterEventStream()
+    event = gateway.MeterEvent(
+        event_name="cpu_hours", customer_id="cus_1", value=3, identifier="a", timestamp=0
+    )
     now = int(time.time())
-    gateway.send_meter_event(
-        event_name="cpu_hours", customer_id="cus_123", value=12, identifier="usage-1", timestamp=now
-    )
-    fake_stripe.forget_idempotency_keys()
+    stream.send([dataclasses.replace(event, timestamp=now)])
+    fake_stripe.expire_meter_event_sessions()
 
-    gateway.send_meter_event(
-        event_name="cpu_hours", customer_id="cus_123", value=12, identifier="usage-1", timestamp=now
-    )
+    stream.send([dataclasses.replace(event, identifier="b", timestamp=now)])
 
-    assert [p.status for p in fake_stripe.posts("/v1/billing/meter_events")] == [200, 400]
-    assert fake_stripe.meter_event_totals("cpu_hours", "cus_123") == 12
+    assert [r.status for r in fake_stripe.stream_requests()] == [200, 401, 200]
+    assert fake_stripe.stream_requests()[1].json == fake_stripe.stream_requests()[2].json
+    assert (stream.sessions, len(fake_stripe.posts("/v2/billing/meter_event_session"))) == (2, 2)
+    assert fake_stripe.meter_event_totals("cpu_hours", "cus_1") == 6
+
+
+def test_a_stream_that_keeps_rate_limiting_fails_retriably_without_the_token(
+    fake_stripe, monkeypatch
+):
+    from tests.fakes.stripe import METER_EVENT_STREAM, RATE_LIMITED
+
+    waits = []
+    monkeypatch.setattr(gateway, "_pause", waits.append)
+    fake_stripe.fail_next(10, status=429, error=RATE_LIMITED, path=METER_EVENT_STREAM)
+    stream = gateway.MeterEventStream()
+
+    with pytest.raises(StripeGatewayError) as caught:
+        stream.send([gateway.MeterEvent("cpu_hours", "cus_1", 3, "a", int(time.time()))])
+
+    assert caught.value.retriable and caught.value.status == 429
+    assert len(fake_stripe.stream_requests()) == 1 + gateway.METER_STREAM_RATE_LIMIT_RETRIES
+    assert [w for w in waits if w in {0.5, 1.0, 2.0, 4.0}] == [0.5, 1, 2, 4]  # backing off
+    token = fake_stripe.stream_requests()[0].headers["Authorization"].split()[-1]
+    assert token not in str(caught.value)
+
+
+def test_a_meter_events_base_over_plain_http_elsewhere_is_refused(fake_stripe, settings):
+    settings.STRIPE_METER_EVENTS_API_BASE = "http://meter-events.example.com"
+
+    with pytest.raises(StripeGatewayError, match="STRIPE_METER_EVENTS_API_BASE"):
+        gateway.send_meter_event(
+            event_name="e", customer_id="cus_1", value=1, identifier="i", timestamp=1
+        )
+
+    assert fake_stripe.requests == []
 
 
 # Subscriptions and invoices

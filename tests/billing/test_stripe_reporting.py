@@ -21,7 +21,7 @@ from billing.stripe_reporting import usage_report_to_stripe
 from billing.usage import UsageRecord, usage_upsert
 from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
-from tests.fakes.stripe import make_event
+from tests.fakes.stripe import METER_EVENT_STREAM, make_event
 
 D = Decimal
 
@@ -93,10 +93,11 @@ def test_reporting_sends_the_month_in_cents_with_deterministic_identifiers(catal
     ours = to_cents(month_to_date_cost(user)) * 100
     assert stripe_cents(catalog, customer) == ours
     assert run.sent_cents == ours
-    sent = catalog.requests_to("POST", "/v1/billing/meter_events")
-    assert {r.form["payload[stripe_customer_id]"] for r in sent} == {customer}
-    assert all(r.form["identifier"] == r.idempotency_key for r in sent)
-    assert all(r.form["identifier"].startswith("usage-") for r in sent)
+    [request] = catalog.stream_requests()  # one request on the v2 stream, with a session token
+    assert request.headers["Authorization"] != f"Bearer {catalog.api_key}"
+    sent = request.json["events"]
+    assert {e["payload"]["stripe_customer_id"] for e in sent} == {customer}
+    assert all(e["identifier"].startswith("usage-") for e in sent)
 
 
 @pytest.mark.django_db
@@ -156,7 +157,7 @@ def test_a_failed_send_is_retried_later_with_the_same_identifier_and_value(catal
 
     user, customer = subscribed_user(catalog)
     record_days(user, ClusterFactory(), this_month_days(1), cpu_hours=D("10"))
-    catalog.fail_next(1 + MAX_NETWORK_RETRIES, status=500, path="/v1/billing/meter_events")
+    catalog.fail_next(1 + MAX_NETWORK_RETRIES, status=500, path=METER_EVENT_STREAM)
 
     with pytest.raises(CommandError, match="next run retries"):
         call_command("report_usage_to_stripe")
@@ -167,10 +168,14 @@ def test_a_failed_send_is_retried_later_with_the_same_identifier_and_value(catal
     call_command("report_usage_to_stripe")
 
     pending.refresh_from_db()
-    attempts = catalog.requests_to("POST", "/v1/billing/meter_events")
-    cpu = [r for r in attempts if r.form["identifier"].endswith("-cpu_hour-1")]
-    assert {(r.form["identifier"], r.form["payload[value]"]) for r in cpu} == {(decided, "100")}
-    assert [r.status for r in cpu][-1] == 200
+    cpu = [
+        (r.status, e["identifier"], e["payload"]["value"])
+        for r in catalog.stream_requests()
+        for e in r.json["events"]
+        if e["identifier"].endswith("-cpu_hour-1")
+    ]
+    assert {(i, v) for _, i, v in cpu} == {(decided, "100")}
+    assert [status for status, _, _ in cpu][-1] == 200
     assert (pending.reported_cents, pending.pending_cents) == (100, None)
     assert stripe_cents(catalog, customer) == 100
 
@@ -208,7 +213,7 @@ def test_two_concurrent_runs_report_each_unit_once(catalog):
         assert sum(recorded) == ours
     assert usage_report_to_stripe().sent_events == 0  # and nothing is left to correct
     # Each event crossed the wire once: no run sent what another run was sending.
-    sent = [r.form["identifier"] for r in catalog.requests_to("POST", "/v1/billing/meter_events")]
+    sent = catalog.streamed_identifiers()
     assert len(sent) == len(set(sent)) == len(catalog.meter_events)
 
 
@@ -216,7 +221,7 @@ def test_two_concurrent_runs_report_each_unit_once(catalog):
 
 
 def lose_the_answer_of_the_first_event(fake_stripe, *, arrived: bool):
-    fake_stripe.fail_next(1, status=500, path="/v1/billing/meter_events", processed=arrived)
+    fake_stripe.fail_next(1, status=500, path=METER_EVENT_STREAM, processed=arrived)
 
 
 def a_day_later(fake_stripe):

@@ -13,12 +13,21 @@ and one generic handler creates, retrieves, lists and cancels them all. Bodies h
 top-level fields of Stripe's published examples (test_stripe_fake_shapes.py holds them to
 stripe_fields.json): real values where our code reads them, a new object's values elsewhere.
 
+The v2 meter event stream is served too, in its own wire format: JSON bodies, a session
+(`POST /v2/billing/meter_event_session`, with the secret key) whose `authentication_token`
+is the Bearer of `POST /v2/billing/meter_event_stream` (up to 100 events, answered `{}`;
+events are checked as Stripe checks them synchronously, and an identifier already seen in
+the last 24 hours is dropped, as Stripe drops it), and errors in the v2 shape
+(`{"error": {"type", "code", "message"}}`: an expired token is 401
+`temporary_session_expired` / `billing_meter_event_session_expired`).
+
 Serve it from `tests.fakes.server.local_server()` and `reset(server)` it for each test; point
 STRIPE_API_BASE at `fake.api_base` and STRIPE_SECRET_KEY at `fake.api_key`.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import json
@@ -50,6 +59,18 @@ NO_KEY = (
     "header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY')."
 )
 KEY_PATTERN = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+METER_EVENT_SESSION = "/v2/billing/meter_event_session"
+METER_EVENT_STREAM = "/v2/billing/meter_event_stream"
+SESSION_SECONDS = 15 * 60  # "Authentication tokens are only valid for 15 minutes"
+STREAM_MAX_EVENTS = 100
+STREAM_EVENT_KEYS = {"event_name", "identifier", "payload", "timestamp"}
+# The v2 error bodies a test can make the stream answer with (fail_next(error=...)).
+RATE_LIMITED = {"type": "rate_limit", "code": "rate_limit", "message": "Too many requests."}
+SESSION_EXPIRED = {
+    "type": "temporary_session_expired",
+    "code": "billing_meter_event_session_expired",
+    "message": "The temporary session token has expired.",
+}
 
 
 def sign_payload(payload: bytes, secret: str, timestamp: int | None = None) -> str:
@@ -96,6 +117,14 @@ class RecordedRequest:
     body: bytes
     status: int | None = None
     replayed: bool = False
+
+    @property
+    def json(self) -> Any:
+        """The JSON body of a v2 request (None if it is not JSON)."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
 
     @property
     def idempotency_key(self) -> str | None:
@@ -329,6 +358,12 @@ class FakeStripe:
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
         self._failures: list[tuple[int, dict, str | None, str | None, bool]] = []
+        # Meter event session token -> when it expires (Unix seconds).
+        self._sessions: dict[str, float] = {}
+        # After this many more accepted stream requests, every session token expires.
+        self._sessions_last: int | None = None
+        self._identifiers: dict[str, int] = {}
+        self._identifiers_seen: tuple | None = None
         # Meter events before this index no longer count for identifier uniqueness.
         self._forgotten_identifiers = 0
         # Meter events from this index on are not aggregated yet (hold_meter_summaries).
@@ -398,6 +433,18 @@ class FakeStripe:
         an event resent with the same identifier may be counted again (as here)."""
         with self._lock:
             self._forgotten_identifiers = len(self.meter_events)
+
+    def expire_meter_event_sessions(self, *, after_stream_requests: int = 0) -> None:
+        """Every meter event session token issued so far expires once the stream has
+        accepted `after_stream_requests` more requests (at once by default)."""
+        with self._lock:
+            self._sessions_last = after_stream_requests
+            if after_stream_requests == 0:
+                self._expire_sessions()
+
+    def _expire_sessions(self) -> None:
+        self._sessions = dict.fromkeys(self._sessions, 0.0)
+        self._sessions_last = None
 
     # Arranging state
 
@@ -606,6 +653,17 @@ class FakeStripe:
     def posts(self, path: str | None = None) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == "POST" and path in (None, r.path)]
 
+    def stream_requests(self) -> list[RecordedRequest]:
+        return self.requests_to("POST", METER_EVENT_STREAM)
+
+    def streamed_identifiers(self) -> list[str]:
+        """The identifier of every event of every stream request, answered or not."""
+        return [
+            event.get("identifier")
+            for request in self.stream_requests()
+            for event in (request.json or {}).get("events", [])
+        ]
+
     def invoice_items_of(self, customer_id: str) -> list[dict]:
         with self._lock:
             return [i for i in self.invoiceitems.values() if i["customer"] == customer_id]
@@ -628,6 +686,8 @@ class FakeStripe:
     # The API: one generic handler for every resource
 
     def _handle(self, request: Request) -> Response:
+        if request.path.startswith("/v2/"):
+            return self._handle_v2(request)
         body, query = request.get_data(), request.query_string.decode("utf-8", "replace")
         source = body.decode("utf-8", "replace") if request.method == "POST" else query
         items = parse_qsl(source, keep_blank_values=True)
@@ -731,6 +791,143 @@ class FakeStripe:
             f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
             "or we can help at https://support.stripe.com/.",
         )
+
+    # API v2: the meter event stream (JSON in, JSON out)
+
+    def _handle_v2(self, request: Request) -> Response:
+        body = request.get_data()
+        try:
+            params = json.loads(body) if body else {}
+        except ValueError:
+            params = None
+        headers = Headers(request.headers)
+        record = RecordedRequest(request.method, request.path, {}, [], params or {}, headers, body)
+        with self._lock:
+            self.requests.append(record)
+            status, answer = self._answer_v2(request, record, params)
+            record.status = status
+        response_headers = {"Request-Id": _new_id("req_", 14)}
+        response_headers["Stripe-Version"] = record.stripe_version or FAKE_API_VERSION
+        return Response(json.dumps(answer), status, response_headers, mimetype="application/json")
+
+    def _answer_v2(self, request: Request, record: RecordedRequest, params) -> tuple[int, dict]:
+        for failure in self._failures:
+            status, error, only_method, only_path, processed = failure
+            if only_method in (None, record.method) and only_path in (None, record.path):
+                self._failures.remove(failure)
+                if processed:
+                    self._process_v2(request, record, params)  # done at Stripe, answer lost
+                return status, {"error": dict(error)}
+        return self._process_v2(request, record, params)
+
+    def _process_v2(self, request: Request, record: RecordedRequest, params) -> tuple[int, dict]:
+        def refused(status: int, error_type: str, code: str, message: str) -> tuple[int, dict]:
+            return status, {"error": {"type": error_type, "code": code, "message": message}}
+
+        scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+        if request.method != "POST" or record.path not in (
+            METER_EVENT_SESSION,
+            METER_EVENT_STREAM,
+        ):
+            return refused(404, "invalid_request_error", "not_found", "Unrecognized request URL.")
+        if request.mimetype != "application/json" or not isinstance(params, dict):
+            return refused(400, "invalid_request_error", "invalid_json", "The body is not JSON.")
+        if record.path == METER_EVENT_SESSION:
+            if scheme != "Bearer" or secret != self.api_key:
+                return refused(401, "invalid_request_error", "unauthorized", NO_KEY)
+            if params:
+                return refused(400, "invalid_request_error", "invalid_field", "No parameters.")
+            return 200, self._new_session()
+        if scheme != "Bearer" or secret not in self._sessions:
+            # The stream takes only a session token, never the secret key.
+            return refused(401, "invalid_request_error", "unauthorized", "Invalid token.")
+        if self._sessions[secret] <= time.time():
+            return 401, {"error": dict(SESSION_EXPIRED)}
+        try:
+            events = self._stream_events(params)
+        except _Refusal as refusal:
+            return refusal.status, {"error": refusal.error}
+        recent = self._recent_identifiers()
+        for event in events:
+            if recent.get(event["identifier"], -1) >= self._forgotten_identifiers:
+                continue  # Stripe drops a duplicate identifier (asynchronously)
+            recent[event["identifier"]] = len(self.meter_events)
+            self.meter_events.append(event)
+        self._identifiers_seen = self._events_state()
+        if self._sessions_last is not None:
+            self._sessions_last -= 1
+            if self._sessions_last <= 0:
+                self._expire_sessions()
+        return 200, {}
+
+    def _events_state(self) -> tuple:
+        events = self.meter_events
+        return (len(events), id(events[0]) if events else None, id(events[-1]) if events else None)
+
+    def _recent_identifiers(self) -> dict[str, int]:
+        """identifier -> index of its latest event; rebuilt only when a test changed
+        `meter_events` itself (so a stream of many requests stays linear)."""
+        if self._identifiers_seen != self._events_state():
+            self._identifiers = {e["identifier"]: n for n, e in enumerate(self.meter_events)}
+        return self._identifiers
+
+    def _new_session(self) -> dict:
+        now = time.time()
+        token = "ek_test_" + _new_id("", 40)
+        self._sessions[token] = now + SESSION_SECONDS
+        return {
+            "id": _new_id("mes_"),
+            "object": "v2.billing.meter_event_session",
+            "authentication_token": token,
+            "created": _rfc3339(now),
+            "expires_at": _rfc3339(now + SESSION_SECONDS),
+            "livemode": False,
+        }
+
+    def _stream_events(self, params: dict) -> list[dict]:
+        """The request's events as Stripe checks them on arrival (the rest of its checks,
+        such as whether the customer exists, happen later and do not fail the request)."""
+        _ensure(set(params) == {"events"}, "The body takes `events` only.", "events")
+        events = params["events"]
+        _ensure(
+            isinstance(events, list) and 1 <= len(events) <= STREAM_MAX_EVENTS,
+            f"`events` takes 1 to {STREAM_MAX_EVENTS} events.",
+            "events",
+        )
+        now = int(time.time())
+        past, future = METER_EVENT_WINDOW
+        accepted = []
+        for n, event in enumerate(events):
+            where = f"events[{n}]"
+            _ensure(isinstance(event, dict), "An event is an object.", where)
+            unknown = set(event) - STREAM_EVENT_KEYS
+            _ensure(not unknown, f"Unknown field {sorted(unknown)}.", where)
+            payload = event.get("payload")
+            _ensure(isinstance(event.get("event_name"), str), "Missing event_name.", where)
+            _ensure(isinstance(payload, dict), "Missing payload.", where)
+            _ensure(
+                all(isinstance(v, str) for v in payload.values()),
+                "Payload values are strings.",
+                f"{where}.payload",
+            )
+            _need(payload, "stripe_customer_id value", f"{where}.payload")
+            _ensure(re.fullmatch(r"-?\d+", payload["value"]), "Invalid value.", f"{where}.payload")
+            stamp = event.get("timestamp")
+            timestamp = now if stamp is None else _from_rfc3339(stamp, f"{where}.timestamp")
+            _ensure(
+                now - past <= timestamp <= now + future,
+                "The timestamp must be within the past 35 days or up to 5 minutes in the future.",
+                f"{where}.timestamp",
+            )
+            accepted.append(
+                {
+                    "event_name": event["event_name"],
+                    "identifier": event.get("identifier") or _new_id("mevt_"),
+                    "payload": dict(payload),
+                    "timestamp": timestamp,
+                }
+            )
+        return accepted
 
     # Reconciliation: meter event summaries and invoice lines (billing/reconciliation.py).
 
@@ -1461,6 +1658,20 @@ def _plan(price: dict) -> dict:
         "amount_decimal": price["unit_amount_decimal"],
         "transform_usage": None,
     }
+
+
+def _rfc3339(seconds: float) -> str:
+    """How API v2 writes a time: 2024-06-01T12:00:00.000Z."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _from_rfc3339(value: Any, param: str) -> int:
+    valid = isinstance(value, str) and re.fullmatch(
+        r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", value
+    )
+    _ensure(valid, f"Invalid timestamp: {value!r}", param)
+    return int(datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
 
 
 def _new_id(prefix: str, length: int = 24) -> str:

@@ -451,3 +451,39 @@ def test_a_credit_note_created_on_an_open_invoice_lowers_what_is_due(sdk, fake_s
     assert sdk.v1.invoices.retrieve(invoice["id"]).amount_remaining == 700
     with pytest.raises(stripe.InvalidRequestError, match="amount remaining"):
         sdk.v1.credit_notes.create(params={"invoice": invoice["id"], "amount": 701})
+
+
+# The v2 meter event stream (not in Stripe's published v1 examples: held to the SDK's types)
+
+
+def test_a_meter_event_session_has_the_sdks_fields_and_its_token_opens_the_stream(sdk, fake_stripe):
+    from stripe.v2.billing import MeterEventSession
+
+    session = sdk.v2.billing.meter_event_session.create()
+    body = raw(session)
+
+    assert set(body) == set(MeterEventSession.__annotations__) - {"OBJECT_NAME"}
+    assert body["object"] == "v2.billing.meter_event_session" and body["livemode"] is False
+    assert body["expires_at"].endswith("Z") and body["expires_at"] > body["created"]
+    stream = stripe.StripeClient(
+        fake_stripe.api_key,
+        stripe_version=STRIPE_API_VERSION,
+        base_addresses={"api": fake_stripe.api_base, "meter_events": fake_stripe.api_base},
+    )
+    event = {
+        "event_name": "cpu_hours",
+        "identifier": "e1",
+        "payload": {"stripe_customer_id": "cus_1", "value": "5"},
+        "timestamp": body["created"],
+    }
+    stream.v2.billing.meter_event_stream.create(
+        params={"events": [event]}, options={"api_key": body["authentication_token"]}
+    )
+    with pytest.raises(stripe.AuthenticationError):  # the secret key does not open it
+        stream.v2.billing.meter_event_stream.create(params={"events": [event]})
+    fake_stripe.expire_meter_event_sessions()
+    with pytest.raises(stripe.TemporarySessionExpiredError):
+        stream.v2.billing.meter_event_stream.create(
+            params={"events": [event]}, options={"api_key": body["authentication_token"]}
+        )
+    assert fake_stripe.meter_event_totals("cpu_hours", "cus_1") == 5

@@ -7,7 +7,8 @@ from plumbing import outbound
 
 class Command(BaseCommand):
     help = (
-        "Send postpaid usage to Stripe as Billing Meter Events: for every month, only the "
+        "Send postpaid usage to Stripe as meter events (v2 meter event stream), in batches: "
+        "for every month, only the "
         "difference between our figures and what Stripe has accepted (negative for a "
         "correction); for a month Stripe no longer bills (invoice finalized, before the "
         "subscription, too old) as an invoice item on the next invoice. Safe to rerun and "
@@ -23,7 +24,8 @@ class Command(BaseCommand):
             f"{run.sent_events} meter event(s) sent, {run.sent_cents} cents in all "
             f"({run.confirmed_events} found already at Stripe); {run.adjustments} invoice "
             f"item(s) for closed months, {run.adjusted_cents} cents; "
-            f"{run.skipped_locked} user-month(s) left to a concurrent run."
+            f"{run.skipped_locked} user-month(s) left to a concurrent run; "
+            f"{run.batches} batch(es), {run.stream_requests} meter event stream request(s)."
         )
         for error in run.errors:
             self.stdout.write(self.style.WARNING(error))

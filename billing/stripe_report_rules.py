@@ -1,0 +1,407 @@
+# ruff: noqa: S608 - table and column names come from the models; values are parameters
+"""What the Stripe reporting decides with: our figures per user-month, Stripe's rules for
+meter events (identifiers, timestamps, closed months) and the rows it keeps, read and
+written in bulk. No Stripe call is made here except asking when a subscription began.
+
+Everything takes many user-months at once and makes a fixed number of queries for them
+(`billing/stripe_reporting.py` runs it in batches).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
+from decimal import ROUND_FLOOR, Decimal
+
+from django.db import connection
+
+from billing import stripe_gateway as gateway
+from billing.models import (
+    BillingHistory,
+    BillingProfile,
+    Price,
+    StripeReportDue,
+    StripeUsageAdjustment,
+    StripeUsageReport,
+    UsageDaily,
+)
+from billing.pricing import CENT, Quantities, RateBook, resource_costs, to_cents
+
+RESOURCES = Price.Resource.values
+# Stripe accepts meter events up to 35 days old; keep a margin.
+MAX_EVENT_AGE = dt.timedelta(days=34)
+# Stripe keeps a meter event identifier unique for about 24 hours: a pending event is
+# resent with the same identifier only this long after it was first sent; after that
+# Stripe's meter event summaries decide.
+IDENTIFIER_WINDOW = dt.timedelta(hours=20)
+
+Pair = tuple[str, dt.date]  # (user id, first day of the month)
+
+
+# Our figures
+
+
+def months_cents(pairs: Iterable[Pair], *, rates: RateBook | None = None) -> dict[Pair, dict]:
+    """Per user-month, what the user owes through Stripe in cents per resource, adding up
+    exactly to the month total rounded once. One query for all of them: usage_daily summed
+    per user, month and stretch of days with the same prices (between two days a price
+    takes effect), through its (user_id, date) index; the price is linear in each figure,
+    so a stretch's sum priced once is the sum of its days priced one by one."""
+    pairs = sorted(set(pairs))
+    if not pairs:
+        return {}
+    rates = rates or RateBook.load(user_ids={user_id for user_id, _ in pairs})
+    stretches = rates.change_days() or [dt.date(1970, 1, 1)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT p.user_id, p.month, d.first_day, d.cpu, d.gpu, d.storage, d.calls, d.cost
+            FROM unnest(%s::text[], %s::date[]) AS p(user_id, month)
+            CROSS JOIN LATERAL (
+                -- Aggregated per user-month (never pulled up into a join): each one is
+                -- read through the (user_id, date) index, whatever usage_daily's size.
+                SELECT min(u.date) AS first_day, sum(u.cpu_hours) AS cpu,
+                       sum(u.gpu_hours) AS gpu, sum(u.storage_gb_months) AS storage,
+                       sum(u.api_calls) AS calls, sum(u.total_cost) AS cost
+                FROM {UsageDaily._meta.db_table} u
+                WHERE u.user_id = p.user_id AND u.date >= p.month
+                  AND u.date < (p.month + interval '1 month')::date AND u.billed_via = %s
+                GROUP BY width_bucket(u.date, %s::date[])
+            ) AS d
+            """,
+            [
+                [user_id for user_id, _ in pairs],
+                [month for _, month in pairs],
+                UsageDaily.BilledVia.STRIPE,
+                stretches,
+            ],
+        )
+        rows = cursor.fetchall()
+    totals: dict[Pair, Decimal] = defaultdict(Decimal)
+    exact: dict[Pair, dict[str, Decimal]] = defaultdict(
+        lambda: dict.fromkeys(RESOURCES, Decimal(0))
+    )
+    for user_id, month, first_day, cpu, gpu, storage, calls, cost in rows:
+        pair = (user_id, month)
+        totals[pair] += cost
+        quantities = Quantities(
+            cpu_hours=cpu, gpu_hours=gpu, storage_gb_months=storage, api_calls=int(calls)
+        )
+        for resource, value in resource_costs(
+            quantities, rates.rates(user_id=user_id, day=first_day)
+        ).items():
+            exact[pair][resource] += value
+    return {pair: _split(to_cents(totals[pair]), exact[pair]) for pair in pairs}
+
+
+def month_cents_by_resource(user_id: str, month: dt.date) -> dict[str, int]:
+    """What the user owes for the month through Stripe, in cents per resource."""
+    return months_cents([(user_id, month)])[(user_id, month)]
+
+
+def _split(total: Decimal, exact: dict[str, Decimal]) -> dict[str, int]:
+    """Largest remainder: whole cents per resource that add up to `total`."""
+    cents = {r: int((v / CENT).to_integral_value(ROUND_FLOOR)) for r, v in exact.items()}
+    remaining = int(total / CENT) - sum(cents.values())
+    order = sorted(exact, key=lambda r: (exact[r] / CENT - cents[r], r), reverse=True)
+    for resource in (order * (abs(remaining) // len(order) + 1))[: abs(remaining)]:
+        cents[resource] += 1 if remaining > 0 else -1
+    return cents
+
+
+def changed_days(pairs: dict[Pair, dt.datetime | None]) -> dict[Pair, list[dt.date]]:
+    """Per user-month, its Stripe-billed days changed since the given moment (every day
+    with usage, for None), in one query."""
+    if not pairs:
+        return {}
+    keys = sorted(pairs)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT p.user_id, p.month, d.days
+            FROM unnest(%s::text[], %s::date[], %s::timestamptz[]) AS p(user_id, month, since)
+            CROSS JOIN LATERAL (
+                SELECT array_agg(DISTINCT u.date ORDER BY u.date) AS days
+                FROM {UsageDaily._meta.db_table} u
+                WHERE u.user_id = p.user_id AND u.date >= p.month
+                  AND u.date < (p.month + interval '1 month')::date AND u.billed_via = %s
+                  AND ((p.since IS NULL AND u.total_cost > 0) OR u.updated_at > p.since)
+            ) AS d
+            WHERE d.days IS NOT NULL
+            """,
+            [
+                [u for u, _ in keys],
+                [m for _, m in keys],
+                [pairs[k] for k in keys],
+                UsageDaily.BilledVia.STRIPE,
+            ],
+        )
+        return {(user_id, month): list(days) for user_id, month, days in cursor.fetchall()}
+
+
+MAX_DAYS_NAMED = 10
+
+
+def adjustment_description(month: dt.date, days: list[dt.date], cents: int) -> str:
+    """E.g. "Usage correction for 2026-10 (days 2026-10-03, 2026-10-07): +$12.34"."""
+    amount = f"{'+' if cents > 0 else '-'}${Decimal(abs(cents)).scaleb(-2):,.2f}"
+    named = ", ".join(f"{d}" for d in days[:MAX_DAYS_NAMED])
+    if len(days) > MAX_DAYS_NAMED:
+        named += f" and {len(days) - MAX_DAYS_NAMED} more"
+    which = f" (days {named})" if days else ""
+    return f"Usage correction for {month:%Y-%m}{which}: {amount}"
+
+
+# Stripe's rules for meter events
+
+
+def identifier(user_id: str, month: dt.date, resource: str, number: int) -> str:
+    """Deterministic, at most 100 characters, no personal data."""
+    digest = hashlib.sha256(user_id.encode()).hexdigest()[:16]
+    return f"usage-{digest}-{month:%Y%m}-{resource}-{number}"
+
+
+def event_timestamp(month: dt.date, now: dt.datetime) -> int | None:
+    """A moment inside the month (so the usage lands on that month's invoice), not in
+    the future and not older than Stripe accepts; None when the month is out of reach."""
+    start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
+    end = dt.datetime.combine(
+        (month + dt.timedelta(days=32)).replace(day=1), dt.time(), tzinfo=dt.UTC
+    ) - dt.timedelta(seconds=1)
+    moment = min(now - dt.timedelta(seconds=5), end)
+    if moment < start or moment < now - MAX_EVENT_AGE:
+        return None
+    return int(moment.timestamp())
+
+
+def month_bounds(month: dt.date) -> tuple[int, int]:
+    """[start, end) of a calendar month in Unix seconds (UTC)."""
+    start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
+    end = dt.datetime.combine((month + dt.timedelta(days=32)).replace(day=1), dt.time(), dt.UTC)
+    return int(start.timestamp()), int(end.timestamp())
+
+
+def finalized_periods(*, user_ids) -> dict[str, list[tuple[dt.datetime, dt.datetime]]]:
+    """Per user, the periods of their finalized invoices (one query)."""
+    periods: dict[str, list] = {}
+    rows = BillingHistory.objects.filter(
+        user_id__in=list(user_ids),
+        finalized_at__isnull=False,
+        period_start__isnull=False,
+        period_end__isnull=False,
+    ).values_list("user_id", "period_start", "period_end")
+    for user_id, start, end in rows:
+        periods.setdefault(user_id, []).append((start, end))
+    return periods
+
+
+def subscription_starts(
+    profiles: Iterable[BillingProfile], *, errors: list[str]
+) -> dict[str, dt.datetime | None]:
+    """When each user's subscription began (Stripe's start_date): asked once per
+    subscription and kept on the profile (one query for all those asked); None, with the
+    reason in `errors`, when Stripe could not say."""
+    starts: dict[str, dt.datetime | None] = {}
+    asked = []
+    for profile in profiles:
+        if (
+            profile.subscription_started_at is not None
+            and profile.started_subscription_id == profile.stripe_subscription_id
+        ):
+            starts[profile.user_id] = profile.subscription_started_at
+            continue
+        try:
+            subscription = gateway.retrieve_subscription(
+                subscription_id=profile.stripe_subscription_id
+            )
+        except gateway.StripeGatewayError as error:
+            starts[profile.user_id] = None
+            errors.append(f"{profile.user_id}: when did the subscription begin? {error}")
+            continue
+        profile.subscription_started_at = gateway.datetime_from_timestamp(
+            subscription.get("start_date") or subscription["created"]
+        )
+        profile.started_subscription_id = subscription["id"]
+        starts[profile.user_id] = profile.subscription_started_at
+        asked.append(profile)
+    if asked:  # only these two columns: the webhook owns the rest of the profile
+        BillingProfile.objects.bulk_update(
+            asked, ["subscription_started_at", "started_subscription_id"]
+        )
+    return starts
+
+
+def month_closed(month: dt.date, *, now, started: dt.datetime, finalized) -> str:
+    """Why Stripe will not bill a meter event for this month any more ("" if it will):
+    its invoice is finalized, it ended before the subscription began, or it is older than
+    Stripe takes meter events."""
+    start, end = (gateway.datetime_from_timestamp(t) for t in month_bounds(month))
+    if any(p_start <= start and end <= p_end for p_start, p_end in finalized):
+        return "its invoice is finalized"
+    if end <= started:
+        return "it ended before the subscription began"
+    if end <= now - MAX_EVENT_AGE:
+        return "Stripe takes meter events up to 35 days old"
+    return ""
+
+
+# The rows, in bulk
+
+
+def due_months(*, user_ids=None, after: Pair | None = None, limit: int | None = None) -> list:
+    """The next user-months (after `after`, in order) a run may have to look at: those whose
+    Stripe-billed usage changed since they were last decided (`StripeReportDue`, with the
+    version read) and those with an event or an invoice item still pending. One query,
+    whatever the history: an ordered merge of three index scans that stops after `limit`
+    (whether the user has a live subscription is the caller's to check, with the profiles
+    it reads anyway: a join here would read every profile for every batch)."""
+    report, due = StripeUsageReport._meta.db_table, StripeReportDue._meta.db_table
+    adjustment = StripeUsageAdjustment._meta.db_table
+    where, params = [], []
+    if after is not None:
+        where.append("(user_id, month) > (%s, %s)")
+        params += list(after)
+    if user_ids is not None:
+        where.append("user_id = ANY(%s::text[])")
+        params.append(list(user_ids))
+    condition = " AND ".join(where) or "TRUE"
+    # Each source is read in (user, month) order through its index and stops at `limit`
+    # keys: the first `limit` keys of the three together are among them. (A plain UNION
+    # of the three, grouped, made PostgreSQL read every row after the cursor each batch.)
+    cap = "LIMIT %s" if limit is not None else ""
+    branch_params = [*params, int(limit)] if limit is not None else list(params)
+    sql = f"""
+        SELECT user_id, month, max(version) FROM (
+            (SELECT user_id, month, version FROM {due} WHERE {condition}
+             ORDER BY user_id, month {cap})
+            UNION ALL
+            (SELECT DISTINCT user_id, month, NULL::bigint FROM {report}
+             WHERE pending_identifier <> '' AND {condition} ORDER BY user_id, month {cap})
+            UNION ALL
+            (SELECT DISTINCT user_id, month, NULL::bigint FROM {adjustment}
+             WHERE status = 'pending' AND {condition} ORDER BY user_id, month {cap})
+        ) AS s
+        GROUP BY user_id, month
+        ORDER BY user_id, month
+    """
+    params = branch_params * 3
+    if limit is not None:
+        sql += " LIMIT %s"
+        params.append(int(limit))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [
+            {"user_id": user_id, "month": month, "version": version}
+            for user_id, month, version in cursor.fetchall()
+        ]
+
+
+def reportable(profile: BillingProfile | None) -> bool:
+    """Whether the user's usage goes to Stripe now: a live subscription and a customer."""
+    return (
+        profile is not None
+        and profile.has_active_subscription
+        and profile.user.stripe_customer_id is not None
+    )
+
+
+def reports_ensure(pairs: list[Pair]) -> None:
+    """A report row per resource for each user-month (one statement, in its own
+    transaction: the claim that follows then never waits on a row another run inserted)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {StripeUsageReport._meta.db_table}
+                (user_id, month, resource, reported_cents, events_sent, pending_identifier,
+                 last_error, adjusted_cents)
+            SELECT p.user_id, p.month, r.resource, 0, 0, '', '', 0
+            FROM unnest(%s::text[], %s::date[]) AS p(user_id, month)
+            CROSS JOIN unnest(%s::text[]) AS r(resource)
+            ORDER BY 1, 2, 3
+            ON CONFLICT DO NOTHING
+            """,
+            [[u for u, _ in pairs], [m for _, m in pairs], RESOURCES],
+        )
+
+
+def reports_claim(pairs: Iterable[Pair]) -> dict[Pair, dict[str, StripeUsageReport]]:
+    """The report rows of the user-months no other run holds, locked (one statement, inside
+    the caller's transaction). A user-month is claimed by its first resource's row, taken
+    with SKIP LOCKED; its other rows are then locked in primary-key order."""
+    pairs = sorted(set(pairs))
+    if not pairs:
+        return {}
+    table = StripeUsageReport._meta.db_table
+    rows = StripeUsageReport.objects.raw(
+        f"""
+        WITH claimed AS (
+            SELECT user_id, month FROM {table}
+            WHERE resource = %s
+              AND (user_id, month) IN (SELECT * FROM unnest(%s::text[], %s::date[]))
+            ORDER BY id
+            FOR UPDATE SKIP LOCKED
+        )
+        SELECT r.* FROM {table} r JOIN claimed c USING (user_id, month)
+        ORDER BY r.id
+        FOR UPDATE OF r
+        """,
+        [RESOURCES[0], [u for u, _ in pairs], [m for _, m in pairs]],
+    )
+    claimed: dict[Pair, dict[str, StripeUsageReport]] = defaultdict(dict)
+    for row in rows:
+        claimed[(row.user_id, row.month)][row.resource] = row
+    return {pair: rows for pair, rows in claimed.items() if len(rows) == len(RESOURCES)}
+
+
+REPORT_COLUMNS = (
+    ("reported_cents", "bigint"),
+    ("events_sent", "integer"),
+    ("pending_identifier", "text"),
+    ("pending_cents", "bigint"),
+    ("pending_since", "timestamptz"),
+    ("pending_timestamp", "bigint"),
+    ("last_error", "text"),
+    ("last_reported_at", "timestamptz"),
+    ("adjusted_cents", "bigint"),
+)
+
+
+def reports_save(reports: Iterable[StripeUsageReport]) -> None:
+    """Write the reports' state (one UPDATE from arrays, whatever their number)."""
+    reports = list({report.pk: report for report in reports}.values())
+    if not reports:
+        return
+    names = ", ".join(name for name, _ in REPORT_COLUMNS)
+    casts = ", ".join(f"%s::{kind}[]" for _, kind in REPORT_COLUMNS)
+    sets = ", ".join(f"{name} = v.{name}" for name, _ in REPORT_COLUMNS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {StripeUsageReport._meta.db_table} r SET {sets}
+            FROM unnest(%s::bigint[], {casts}) AS v(id, {names})
+            WHERE r.id = v.id
+            """,
+            [
+                [report.pk for report in reports],
+                *([getattr(report, name) for report in reports] for name, _ in REPORT_COLUMNS),
+            ],
+        )
+
+
+def due_settle(pairs: Iterable[Pair], versions: dict[Pair, int | None]) -> None:
+    """These user-months' changes up to the version read are decided: no longer due,
+    unless they changed again meanwhile (a higher version stays). One statement."""
+    keys = sorted(pair for pair in set(pairs) if versions.get(pair) is not None)
+    if not keys:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            DELETE FROM {StripeReportDue._meta.db_table} d
+            USING unnest(%s::text[], %s::date[], %s::bigint[]) AS v(user_id, month, version)
+            WHERE d.user_id = v.user_id AND d.month = v.month AND d.version = v.version
+            """,
+            [[u for u, _ in keys], [m for _, m in keys], [versions[k] for k in keys]],
+        )
