@@ -16,6 +16,7 @@ import json
 from functools import reduce
 from operator import or_
 
+from django import template
 from django.contrib import admin
 from django.core.exceptions import EmptyResultSet
 from django.core.paginator import Paginator
@@ -25,6 +26,27 @@ from django.utils.functional import cached_property
 
 # Below this many rows an exact count is cheap (milliseconds): count them.
 ESTIMATE_OVER = 100_000
+# An estimate is shown to this many significant figures ("about 9,000,000"): the planner's
+# figure is not exact, and printing every digit would claim it is.
+ESTIMATE_FIGURES = 3
+
+register = template.Library()
+
+
+def count_shown(count: int, *, estimated: bool) -> str:
+    """`1,234` for a count; `about 9,000,000` for an estimate (rounded)."""
+    if not estimated:
+        return f"{count:,}"
+    rounded = round(count, ESTIMATE_FIGURES - len(str(abs(int(count))))) if count else 0
+    return f"about {int(rounded):,}"
+
+
+@register.filter
+def list_count(changelist) -> str:
+    """A changelist's row count as its pages show it (built-in filter: the admin's
+    pagination, search and actions templates say "about" for an estimate)."""
+    paginator = getattr(changelist, "paginator", None)
+    return count_shown(changelist.result_count, estimated=getattr(paginator, "estimated", False))
 
 
 def table_estimate(model, using: str = "default") -> int | None:
@@ -68,6 +90,9 @@ class EstimatedCountPaginator(Paginator):
 
     estimate_over = ESTIMATE_OVER
     estimated = False
+
+    def shown(self, count: int) -> str:
+        return count_shown(count, estimated=self.estimated)
 
     @cached_property
     def count(self) -> int:

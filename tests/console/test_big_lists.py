@@ -130,6 +130,64 @@ def test_a_big_filtered_usage_list_is_not_totalled_and_says_why(
     assert not [s for s in statements if "SUM(" in s]
 
 
+def test_an_estimated_count_says_about_in_the_paginator_and_the_select_all_link(
+    operator_client, small_threshold, monkeypatch
+):
+    from billing.admin.stripe import StripeEventAdmin
+
+    monkeypatch.setattr(StripeEventAdmin, "list_per_page", 2)  # "Select all" needs 2 pages
+    for n in range(8):
+        StripeEvent.objects.create(
+            id=f"evt_{n}", type="invoice.paid", created=timezone.now(), payload={}
+        )
+    analyze("billing_stripe_event")
+    page = operator_client.get(EVENTS)
+    cl = page.context["cl"]
+    assert cl.paginator.estimated
+    shown = cl.paginator.shown(cl.result_count)
+    plural = str(StripeEvent._meta.verbose_name_plural)
+
+    body = " ".join(page.content.decode().split())
+    assert shown.startswith("about ")
+    assert f"{shown} {plural}" in body  # the paginator's line
+    assert f"Select all {shown} {plural}" in body  # the actions bar
+    assert f"All {shown} selected" in body
+    assert f"{cl.result_count} {plural}" not in body.replace(shown, "")
+
+
+def test_an_estimated_filtered_count_says_about_n_results(operator_client, small_threshold, people):
+    add_usage(UserFactory.create_batch(3), ClusterFactory(), 1)
+    analyze("usage_daily")
+    page = operator_client.get(USAGE, {"date__range__gte": "2000-01-01"})
+    cl = page.context["cl"]
+    assert cl.paginator.estimated
+
+    body = " ".join(page.content.decode().split())
+    assert f"{cl.paginator.shown(cl.result_count)} results" in body
+    assert "about " in cl.paginator.shown(cl.result_count)
+
+
+def test_an_exact_count_is_shown_as_it_is_with_separators(operator_client, people):
+    page = operator_client.get(USAGE, {"q": "ada@example.com"})
+    cl = page.context["cl"]
+    assert not cl.paginator.estimated
+    body = " ".join(page.content.decode().split())
+    assert "3 daily usage" in body and "3 results" in body
+    assert "about 3" not in body
+
+
+@pytest.mark.parametrize(
+    ("estimate", "shown"),
+    [(8_999_872, "about 9,000,000"), (1_852_311, "about 1,850,000"), (123_456, "about 123,000")],
+)
+def test_an_estimate_is_shown_rounded_to_three_figures(estimate, shown):
+    paginator = EstimatedCountPaginator(None, 100)
+    paginator.estimated = True
+    assert paginator.shown(estimate) == shown
+    paginator.estimated = False
+    assert paginator.shown(estimate) == f"{estimate:,}"
+
+
 # Search -----------------------------------------------------------------------------------
 
 
