@@ -361,3 +361,74 @@ def test_the_clusters_list_counts_each_relation_in_its_own_subquery(operator_cli
     assert "COUNT(DISTINCT" not in statement
     assert 'JOIN "user_hopsworks_assignments"' not in statement
     assert 'JOIN "clusters_hopsworksaccount"' not in statement
+
+
+# The users list: sorted and filtered by index ------------------------------------------------
+
+
+def _users_list():
+    from django.contrib import admin as django_admin
+
+    from accounts.models import User
+
+    return django_admin.site._registry[User]
+
+
+def test_the_users_list_sorts_only_by_columns_an_index_serves(operator_client, people):
+    users_admin = _users_list()
+    columns = list(users_admin.list_display)
+    sortable = set(users_admin.get_sortable_by(None))
+    # Computed or joined figures cannot be read in order from an index: not sortable.
+    assert not sortable & {
+        "cluster",
+        "billing_mode_column",
+        "month_to_date_column",
+        "balance_column",
+    }
+    assert {"user_column", "status", "last_login_column"} <= sortable
+
+    for column in sortable:
+        for sign in ("", "-"):
+            position = columns.index(column) + 1
+            page, statements = get_capturing(operator_client, USERS, {"o": f"{sign}{position}"})
+            assert page.context["cl"].result_count == len(people) + 1  # and the operator
+            statement = list_statement(statements, "users")
+            if "LIMIT" not in statement:
+                statement += " LIMIT 100"
+            explained = plan(statement, off=("seqscan", "sort"))
+            assert "Sort Key" not in explained, (column, sign, explained)
+
+
+def test_the_placement_filter_for_pending_accounts_reads_the_pending_accounts_first(
+    operator_client, people
+):
+    ada, alan, _ = people
+    cluster = ClusterFactory(max_users=10)
+    services.assignment_create(user=ada, cluster=cluster, actor=None)
+    services.assignment_create(user=alan, cluster=cluster, actor=None)
+    HopsworksAccount.objects.filter(user=alan).update(synced="active")
+
+    page, statements = get_capturing(operator_client, USERS, {"placement": "pending"})
+
+    assert [u.pk for u in page.context["cl"].result_list] == [ada.pk]
+    statement = list_statement(statements, "users")
+    assert "clusters_hopsworks_account" not in statement  # resolved to ids beforehand
+    assert "Seq Scan on users" not in plan(statement)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("prepaid", {0}), ("postpaid", {1, 2, -1})])
+def test_the_billing_mode_filter_tests_each_user_by_an_index_probe(
+    operator_client, operator, people, mode, expected
+):
+    from billing.models import BillingProfile
+
+    BillingProfile.objects.create(user=people[0], mode="prepaid")
+    BillingProfile.objects.create(user=people[1], mode="postpaid")
+
+    page, statements = get_capturing(operator_client, USERS, {"billing_mode": mode})
+
+    everyone = {**{n: u.pk for n, u in enumerate(people)}, -1: operator.pk}
+    assert {u.pk for u in page.context["cl"].result_list} == {everyone[n] for n in expected}
+    statement = list_statement(statements, "users")
+    assert "EXISTS" in statement
+    assert "Seq Scan on billing_account" not in plan(statement)
