@@ -432,3 +432,115 @@ def test_the_billing_mode_filter_tests_each_user_by_an_index_probe(
     statement = list_statement(statements, "users")
     assert "EXISTS" in statement
     assert "Seq Scan on billing_account" not in plan(statement)
+
+
+# Every big list: sorted only where an index gives the order; searched user first ------------
+
+PURCHASES = "/admin/billing/creditpurchase/"
+CREDITS = "/admin/billing/usercredits/"
+ACCOUNTS = "/admin/clusters/hopsworksaccount/"
+
+
+@pytest.fixture
+def a_row_everywhere(people):
+    from billing.models import CreditPurchase
+
+    ada, alan, _ = people
+    cluster = ClusterFactory(max_users=10)
+    for n, user in enumerate((ada, alan)):
+        services.assignment_create(user=user, cluster=cluster, actor=None)
+        credits_add(user=user, kind=Kind.PURCHASE, amount=D("5"), reference=f"p{n}", actor="t")
+        BillingHistory.objects.create(user=user, amount=D("1"), stripe_invoice_id=f"in_{n}")
+        CreditPurchase.objects.create(
+            user=user,
+            stripe_checkout_session_id=f"cs_{n}",
+            stripe_payment_intent_id=f"pi_{n}",
+            amount=D("5"),
+        )
+    StripeEvent.objects.create(id="evt_1", type="invoice.paid", created=timezone.now(), payload={})
+    return people
+
+
+BIG_LISTS = [
+    (USERS, "users"),
+    (USAGE, "usage_daily"),
+    (LEDGER, "billing_credit_ledger"),
+    (INVOICES, "billing_history"),
+    (EVENTS, "billing_stripe_event"),
+    (PURCHASES, "billing_credit_purchase"),
+    (CREDITS, "user_credits"),
+    (ACCOUNTS, "clusters_hopsworks_account"),
+]
+
+
+def _admin_for(url):
+    from django.contrib import admin as django_admin
+    from django.urls import resolve
+
+    return (
+        resolve(url).func.model_admin
+        if hasattr(resolve(url).func, "model_admin")
+        else next(
+            a
+            for m, a in django_admin.site._registry.items()
+            if url.rstrip("/").endswith(f"{m._meta.app_label}/{m._meta.model_name}")
+        )
+    )
+
+
+@pytest.mark.parametrize(("url", "table"), BIG_LISTS)
+def test_a_big_list_sorts_in_every_offered_order_by_an_index(
+    operator_client, a_row_everywhere, url, table
+):
+    model_admin = _admin_for(url)
+    columns = list(model_admin.list_display)
+    sortable = model_admin.get_sortable_by(None)
+    assert sortable is not None and set(sortable) <= set(columns), "sortable_by is explicit"
+
+    orders = [{}] + [{"o": f"{sign}{columns.index(c) + 1}"} for c in sortable for sign in ("", "-")]
+    for order in orders:
+        _, statements = get_capturing(operator_client, url, order)
+        statement = list_statement(statements, table)
+        if "LIMIT" not in statement:
+            statement += " LIMIT 100"
+        explained = plan(statement, off=("seqscan", "sort"))
+        assert "Sort Key" not in explained, (order, explained)
+
+
+@pytest.mark.parametrize(("url", "table"), BIG_LISTS)
+def test_a_big_list_ignores_a_typed_sort_on_a_column_it_does_not_offer(
+    operator_client, a_row_everywhere, url, table
+):
+    model_admin = _admin_for(url)
+    columns = list(model_admin.list_display)
+    others = [c for c in columns if c not in model_admin.get_sortable_by(None)]
+    plain = list_statement(get_capturing(operator_client, url)[1], table)
+    for column in others:
+        _, statements = get_capturing(operator_client, url, {"o": columns.index(column) + 1})
+        assert list_statement(statements, table) == plain, column
+
+
+@pytest.mark.parametrize(
+    ("url", "table"),
+    [
+        (PURCHASES, "billing_credit_purchase"),
+        (CREDITS, "user_credits"),
+        (ACCOUNTS, "clusters_hopsworks_account"),
+    ],
+)
+def test_purchases_credits_and_accounts_are_searched_user_first(
+    operator_client, a_row_everywhere, url, table
+):
+    ada = a_row_everywhere[0]
+    for term in ("ADA@example.com", ada.pk, "cus_ada"):
+        page, statements = get_capturing(operator_client, url, {"q": term})
+        assert {row.user_id for row in page.context["cl"].result_list} == {ada.pk}, term
+        assert not [s for s in statements if "LIKE" in s and table in s]
+        assert "Seq Scan" not in plan(list_statement(statements, table))
+
+
+def test_a_purchase_is_found_by_its_exact_stripe_ids(operator_client, a_row_everywhere):
+    alan = a_row_everywhere[1]
+    for term in ("cs_1", "pi_1"):
+        page = operator_client.get(PURCHASES, {"q": term})
+        assert [p.user_id for p in page.context["cl"].result_list] == [alan.pk], term
