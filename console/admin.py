@@ -27,7 +27,7 @@ from console.exports import UserResource
 from console.user_story import HISTORY_SECTION, STORY_SECTION, UserStoryAdminMixin
 from plumbing.admin_confirm import ObjectActionsMixin
 from plumbing.admin_export import ExportAdminMixin
-from plumbing.admin_lists import IndexOrderAdminMixin
+from plumbing.admin_lists import EstimatedCountAdminMixin, IndexOrderAdminMixin
 from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 from plumbing.jobs import jobs_cancel, jobs_retry
@@ -42,6 +42,7 @@ admin.site.enable_nav_sidebar = False
 
 @admin.register(User)
 class UserAdmin(
+    EstimatedCountAdminMixin,
     IndexOrderAdminMixin,
     ExportAdminMixin,
     UserStoryAdminMixin,

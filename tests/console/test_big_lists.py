@@ -79,6 +79,7 @@ def counted(statements, table):
         (LEDGER, "billing_credit_ledger"),
         (INVOICES, "billing_history"),
         (EVENTS, "billing_stripe_event"),
+        (USERS, "users"),
     ],
 )
 def test_an_unfiltered_big_list_is_counted_from_the_planners_estimate(
@@ -96,6 +97,7 @@ def test_an_unfiltered_big_list_is_counted_from_the_planners_estimate(
     for n in range(3, 8):
         credits_add(user=ada, kind=Kind.PURCHASE, amount=D("1"), reference=f"p{n}", actor="t")
         BillingHistory.objects.create(user=ada, amount=D("1"), stripe_invoice_id=f"in_{n}")
+    UserFactory.create_batch(4)
     analyze(table)
 
     with connection.cursor() as cursor:
