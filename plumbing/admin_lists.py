@@ -189,8 +189,13 @@ class IndexOrderChangeList(ChangeList):
         ]
         if default and first.lstrip("-") == default[0].lstrip("-"):
             same = first.startswith("-") == default[0].startswith("-")
-            return list(default) if same else [_flip(f) for f in default]
-        return [first, "-pk" if first.startswith("-") else "pk"]
+            chosen = list(default) if same else [_flip(f) for f in default]
+        else:
+            chosen = [first]
+        if len(self._get_deterministic_ordering(list(chosen))) > len(chosen):
+            # Not yet a total order: the primary key last, in the first field's direction.
+            chosen.append("-pk" if chosen[0].startswith("-") else "pk")
+        return chosen
 
     def _may_sort(self, param: str) -> bool:
         try:

@@ -500,9 +500,14 @@ def test_a_big_list_sorts_in_every_offered_order_by_an_index(
     assert sortable is not None and set(sortable) <= set(columns), "sortable_by is explicit"
 
     orders = [{}] + [{"o": f"{sign}{columns.index(c) + 1}"} for c in sortable for sign in ("", "-")]
+    pk = model_admin.model._meta.pk.column
     for order in orders:
         _, statements = get_capturing(operator_client, url, order)
         statement = list_statement(statements, table)
+        # A total order (the primary key last, or the unique email), so pages never
+        # overlap or skip a row.
+        order_by = statement.split("ORDER BY")[1].split("LIMIT")[0]
+        assert f'"{table}"."{pk}"' in order_by or '"users"."email"' in order_by, order_by
         if "LIMIT" not in statement:
             statement += " LIMIT 100"
         explained = plan(statement, off=("seqscan", "sort"))
