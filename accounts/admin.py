@@ -23,8 +23,8 @@ from accounts.api import SCOPE_PERMISSIONS, session_may
 from accounts.models import LOCAL_ID_PREFIX, ApiKey, User, new_local_id
 from accounts.selectors import users_exact
 from plumbing.admin_confirm import confirm_then
-from plumbing.admin_widgets import QuickFilteredSelectMultiple
 from plumbing.admin_report import ActionReport
+from plumbing.admin_widgets import QuickFilteredSelectMultiple
 
 AUTH0_FIELDS = ("id", "email", "name", "created_at", "last_login", "login_count")
 SYNCED_FIELDS = ("status", "hopsworks_username", "stripe_customer_id")
