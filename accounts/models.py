@@ -132,6 +132,11 @@ class User(AbstractBaseUser, PermissionsMixin):
             # Exact search by the ids other systems give a user.
             models.Index(fields=["stripe_customer_id"], name="users_stripe_customer_search"),
             models.Index(fields=["hopsworks_username"], name="users_hopsworks_name_search"),
+            # The users list sorted by a column (console/admin.py `sortable_by`): the column,
+            # then the id in the same direction (plumbing.admin_lists.IndexOrderChangeList).
+            models.Index(fields=["status", "id"], name="users_list_status"),
+            models.Index(fields=["is_admin", "id"], name="users_list_admin"),
+            models.Index(fields=["last_login", "id"], name="users_list_last_login"),
         ]
         constraints = [
             models.CheckConstraint(

@@ -877,6 +877,12 @@ class CreditPurchase(models.Model):
     class Meta:
         db_table = "billing_credit_purchase"
         ordering = ["-created_at", "-id"]
+        indexes = [
+            # The purchases list (billing/admin/credits.py): newest first, and its currency
+            # filter's values (plumbing.admin_lists.IndexedValuesFilter).
+            models.Index(fields=["-created_at", "-id"], name="credit_purchase_newest"),
+            models.Index(fields=["currency"], name="purchase_currency_filter"),
+        ]
         permissions = [("refund_credit_purchase", "Can refund credit purchases through Stripe")]
 
     def __str__(self) -> str:

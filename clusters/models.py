@@ -259,7 +259,9 @@ class HopsworksAccount(models.Model):
                 fields=["cluster"],
                 condition=account_pending(),
                 name="hopsworks_account_pending",
-            )
+            ),
+            # The Hopsworks accounts list (clusters/admin/placement.py): latest change first.
+            models.Index(fields=["-updated_at", "-id"], name="hopsworks_account_updated"),
         ]
 
     def __str__(self) -> str:

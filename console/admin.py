@@ -27,6 +27,7 @@ from console.exports import UserResource
 from console.user_story import HISTORY_SECTION, STORY_SECTION, UserStoryAdminMixin
 from plumbing.admin_confirm import ObjectActionsMixin
 from plumbing.admin_export import ExportAdminMixin
+from plumbing.admin_lists import EstimatedCountAdminMixin, IndexOrderAdminMixin
 from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 from plumbing.jobs import jobs_cancel, jobs_retry
@@ -41,6 +42,8 @@ admin.site.enable_nav_sidebar = False
 
 @admin.register(User)
 class UserAdmin(
+    EstimatedCountAdminMixin,
+    IndexOrderAdminMixin,
     ExportAdminMixin,
     UserStoryAdminMixin,
     ObjectActionsMixin,
@@ -63,6 +66,10 @@ class UserAdmin(
         "last_login_column",
     )
     list_display_links = ("user_column",)
+    # Sorted only where an index gives the order (users_list_* and the email's unique
+    # index); the cluster, billing figures and balance are joined or computed per row, so
+    # sorting by them would read and sort every user.
+    sortable_by = ("user_column", "status", "is_admin", "last_login_column")
     list_select_related = UserPlacementAdminMixin.placement_select_related
     list_filter = (
         *UserAdminBase.list_filter,

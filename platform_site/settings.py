@@ -247,8 +247,9 @@ TEMPLATES = [
                 "accounts.context_processors.auth0_login",
                 "billing.context_processors.units",
             ],
-            # money, precise_money and quantity in every template, without {% load %}.
-            "builtins": ["plumbing.formatting"],
+            # money, precise_money and quantity in every template, without {% load %};
+            # list_count (a list's count, "about ..." when estimated) in the admin's.
+            "builtins": ["plumbing.formatting", "plumbing.admin_lists"],
         },
     },
 ]

@@ -16,7 +16,9 @@ import json
 from functools import reduce
 from operator import or_
 
+from django import template
 from django.contrib import admin
+from django.contrib.admin.views.main import ORDER_VAR, ChangeList
 from django.core.exceptions import EmptyResultSet
 from django.core.paginator import Paginator
 from django.db import connection, connections
@@ -25,6 +27,27 @@ from django.utils.functional import cached_property
 
 # Below this many rows an exact count is cheap (milliseconds): count them.
 ESTIMATE_OVER = 100_000
+# An estimate is shown to this many significant figures ("about 9,000,000"): the planner's
+# figure is not exact, and printing every digit would claim it is.
+ESTIMATE_FIGURES = 3
+
+register = template.Library()
+
+
+def count_shown(count: int, *, estimated: bool) -> str:
+    """`1,234` for a count; `about 9,000,000` for an estimate (rounded)."""
+    if not estimated:
+        return f"{count:,}"
+    rounded = round(count, ESTIMATE_FIGURES - len(str(abs(int(count))))) if count else 0
+    return f"about {int(rounded):,}"
+
+
+@register.filter
+def list_count(changelist) -> str:
+    """A changelist's row count as its pages show it (built-in filter: the admin's
+    pagination, search and actions templates say "about" for an estimate)."""
+    paginator = getattr(changelist, "paginator", None)
+    return count_shown(changelist.result_count, estimated=getattr(paginator, "estimated", False))
 
 
 def table_estimate(model, using: str = "default") -> int | None:
@@ -68,6 +91,9 @@ class EstimatedCountPaginator(Paginator):
 
     estimate_over = ESTIMATE_OVER
     estimated = False
+
+    def shown(self, count: int) -> str:
+        return count_shown(count, estimated=self.estimated)
 
     @cached_property
     def count(self) -> int:
@@ -127,3 +153,60 @@ class IndexedValuesFilter(admin.AllValuesFieldListFilter):
             )
             cursor.execute(skip_scan)
             self.lookup_choices = [row[0] for row in cursor.fetchall()]
+
+
+def _flip(field: str) -> str:
+    return field[1:] if field.startswith("-") else f"-{field}"
+
+
+class IndexOrderChangeList(ChangeList):
+    """A list sorted only in an order an index serves.
+
+    - Only the columns in `sortable_by` sort (Django shows no link for the others, but a
+      typed `?o=` would still sort by them): each needs an index leading with its field.
+    - Sorted by the field the list's own ordering begins with: that whole ordering, in the
+      direction asked (its index read forwards or backwards).
+    - Sorted by another column: that field, then the primary key in the same direction
+      (Django adds `-pk` whatever the direction, an order no single index serves);
+      the column's index is `(field, id)`.
+    One column at a time: a second sort column would need an index per combination."""
+
+    def get_ordering(self, request, queryset):
+        asked = self.params.get(ORDER_VAR)
+        if asked and self.sortable_by is not None:
+            kept = [p for p in asked.split(".") if self._may_sort(p)][:1]
+            self.params = {k: v for k, v in self.params.items() if k != ORDER_VAR}
+            if kept:
+                self.params[ORDER_VAR] = kept[0]
+        ordering = super().get_ordering(request, queryset)
+        first = ordering[0] if ordering else None
+        if not isinstance(first, str):
+            return ordering
+        default = [
+            f
+            for f in (self.model_admin.get_ordering(request) or self._get_default_ordering())
+            if isinstance(f, str)
+        ]
+        if default and first.lstrip("-") == default[0].lstrip("-"):
+            same = first.startswith("-") == default[0].startswith("-")
+            chosen = list(default) if same else [_flip(f) for f in default]
+        else:
+            chosen = [first]
+        if len(self._get_deterministic_ordering(list(chosen))) > len(chosen):
+            # Not yet a total order: the primary key last, in the first field's direction.
+            chosen.append("-pk" if chosen[0].startswith("-") else "pk")
+        return chosen
+
+    def _may_sort(self, param: str) -> bool:
+        try:
+            column = self.list_display[int(param.rpartition("-")[2])]
+        except (IndexError, ValueError):
+            return False
+        return column in self.sortable_by
+
+
+class IndexOrderAdminMixin:
+    """Lists sorted only by indexed columns (`sortable_by`): see IndexOrderChangeList."""
+
+    def get_changelist(self, request, **kwargs):
+        return IndexOrderChangeList

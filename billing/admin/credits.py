@@ -30,7 +30,11 @@ from plumbing import outbound
 from plumbing.admin_cells import cut, figure, user_cell
 from plumbing.admin_confirm import confirm_then
 from plumbing.admin_export import ExportAdminMixin
-from plumbing.admin_lists import EstimatedCountAdminMixin
+from plumbing.admin_lists import (
+    EstimatedCountAdminMixin,
+    IndexedValuesFilter,
+    IndexOrderAdminMixin,
+)
 from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 from plumbing.formatting import money
@@ -42,7 +46,11 @@ Status = BillingAdjustment.Status
 
 @admin.register(CreditLedgerEntry)
 class CreditLedgerAdmin(
-    ExportAdminMixin, UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
+    IndexOrderAdminMixin,
+    ExportAdminMixin,
+    UserFirstSearchMixin,
+    EstimatedCountAdminMixin,
+    ReadOnlyAdmin,
 ):
     """Append-only: corrections are new entries (a grant or an adjustment)."""
 
@@ -61,6 +69,7 @@ class CreditLedgerAdmin(
     list_select_related = ("user",)
     list_filter = ("kind", date_range("created_at"))
     search_fields = ("reference",)  # exact, and the user-first search
+    sortable_by = ("created_at",)  # credit_ledger_newest, either way
 
     @admin.display(description="user", ordering="user__email")
     def user_column(self, obj):
@@ -273,7 +282,9 @@ class NegativeBalanceFilter(admin.SimpleListFilter):
 
 
 @admin.register(UserCredits)
-class UserCreditsAdmin(GrantCreditsMixin, ReadOnlyAdmin):
+class UserCreditsAdmin(
+    IndexOrderAdminMixin, UserFirstSearchMixin, GrantCreditsMixin, ReadOnlyAdmin
+):
     list_display = (
         "user_column",
         "balance_display",
@@ -297,7 +308,9 @@ class UserCreditsAdmin(GrantCreditsMixin, ReadOnlyAdmin):
     def used_column(self, obj):
         return figure(obj.total_used)
 
-    search_fields = ("user__email",)
+    search_fields = ()  # the user-first search alone (accounts/admin_search.py)
+    # In the user's order (the table's primary key); by a total it would sort every row.
+    sortable_by = ()
     actions = ("grant_credits",)
 
     @admin.display(description="balance")
@@ -315,7 +328,7 @@ def balance_html(balance):
 
 
 @admin.register(CreditPurchase)
-class CreditPurchaseAdmin(ReadOnlyAdmin):
+class CreditPurchaseAdmin(IndexOrderAdminMixin, UserFirstSearchMixin, ReadOnlyAdmin):
     """Credit purchases paid through Stripe; refunds and disputes show here as Stripe's
     webhooks apply them. "Refund through Stripe" asks Stripe for the refund only."""
 
@@ -335,14 +348,15 @@ class CreditPurchaseAdmin(ReadOnlyAdmin):
         "amount_disputed": "currency",
     }
     list_select_related = ("user",)
-    list_filter = ("status", "currency", date_range("created_at"))
+    list_filter = ("status", ("currency", IndexedValuesFilter), date_range("created_at"))
+    # Exact, and the user-first search (accounts/admin_search.py). No date hierarchy: it
+    # reads every purchase's date per request; the range filter narrows by date.
     search_fields = (
-        "user__email",
-        "=stripe_checkout_session_id",
-        "=stripe_payment_intent_id",
-        "=stripe_charge_id",
+        "stripe_checkout_session_id",
+        "stripe_payment_intent_id",
+        "stripe_charge_id",
     )
-    date_hierarchy = "created_at"
+    sortable_by = ("created_at",)  # credit_purchase_newest, either way
     actions = ("refund_purchases",)
 
     def has_refund_permission(self, request):

@@ -27,6 +27,7 @@ from plumbing.admin_lists import (
     EstimatedCountAdminMixin,
     ExactSearchAdminMixin,
     IndexedValuesFilter,
+    IndexOrderAdminMixin,
 )
 from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
@@ -35,7 +36,11 @@ from plumbing.formatting import money
 
 @admin.register(BillingHistory)
 class BillingHistoryAdmin(
-    ExportAdminMixin, UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
+    IndexOrderAdminMixin,
+    ExportAdminMixin,
+    UserFirstSearchMixin,
+    EstimatedCountAdminMixin,
+    ReadOnlyAdmin,
 ):
     export_resource_class = BillingHistoryResource
     # Credited and refunded under the amount, Stripe's status under ours, the currency in
@@ -61,6 +66,7 @@ class BillingHistoryAdmin(
         date_range("created_at"),
     )
     search_fields = ("stripe_invoice_id",)  # exact, and the user-first search
+    sortable_by = ("created_at",)  # billing_history_newest, either way
 
     @admin.display(description="user", ordering="user__email")
     def user_column(self, obj):
@@ -99,12 +105,17 @@ class BillingHistoryAdmin(
 
 @admin.register(StripeEvent)
 class StripeEventAdmin(
-    ObjectActionsMixin, ExactSearchAdminMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
+    IndexOrderAdminMixin,
+    ObjectActionsMixin,
+    ExactSearchAdminMixin,
+    EstimatedCountAdminMixin,
+    ReadOnlyAdmin,
 ):
     list_display = ("created", "type", "status", "attempts", "short_error", "id")
     list_filter = ("status", ("type", IndexedValuesFilter), date_range("created"))
     search_fields = ("id",)  # exact: one index probe; the type is a filter
     search_help_text = "An exact Stripe event id (evt_...)."
+    sortable_by = ("created",)  # stripe_event_newest, either way
     actions = ("process_again",)
     object_actions = ("process_again",)
     fields = (

@@ -19,14 +19,18 @@ from billing.pricing import storage_unit, to_cents
 from billing.tasks import collection_defer
 from plumbing.admin_cells import figure, figures, quantity, user_cell
 from plumbing.admin_export import ExportAdminMixin
-from plumbing.admin_lists import EstimatedCountAdminMixin
+from plumbing.admin_lists import EstimatedCountAdminMixin, IndexOrderAdminMixin
 from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 
 
 @admin.register(UsageDaily)
 class UsageDailyAdmin(
-    ExportAdminMixin, UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
+    IndexOrderAdminMixin,
+    ExportAdminMixin,
+    UserFirstSearchMixin,
+    EstimatedCountAdminMixin,
+    ReadOnlyAdmin,
 ):
     """Millions of rows: the count of a big list is the planner's estimate, search
     resolves the user first (accounts/admin_search.py), there is no date hierarchy (it
@@ -43,6 +47,7 @@ class UsageDailyAdmin(
     list_filter = (date_range("date"), "hopsworks_cluster")
     search_fields = ()  # the user-first search alone (accounts/admin_search.py)
     ordering = ("-date", "user_id", "id")  # the order of the usage_daily_date index
+    sortable_by = ("date",)  # that index, either way; by user or cost would sort millions
 
     @admin.display(description="user", ordering="user__email")
     def user_column(self, obj):

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from django import forms
 from django.contrib import admin
+from django.db.models import Exists, OuterRef
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -44,10 +45,17 @@ class BillingModeFilter(admin.SimpleListFilter):
         return BillingProfile.Mode.choices
 
     def queryset(self, request, queryset):
+        # EXISTS: one probe of billing_account's user_id index per user, so the list can
+        # stop at its first page (no profile: postpaid).
+        prepaid = Exists(
+            BillingProfile.objects.filter(
+                user=OuterRef("pk"), mode=BillingProfile.Mode.PREPAID
+            ).order_by()
+        )
         if self.value() == BillingProfile.Mode.PREPAID:
-            return queryset.filter(billing_profile__mode=BillingProfile.Mode.PREPAID)
+            return queryset.filter(prepaid)
         if self.value() == BillingProfile.Mode.POSTPAID:
-            return queryset.exclude(billing_profile__mode=BillingProfile.Mode.PREPAID)
+            return queryset.filter(~prepaid)
         return queryset
 
 

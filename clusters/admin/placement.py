@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 
+from accounts.admin_search import UserFirstSearchMixin
 from accounts.models import User
 from clusters import services
 from clusters.models import CapacityWait, HopsworksAccount
+from plumbing.admin_lists import IndexOrderAdminMixin
 from plumbing.admin_report import ActionReport
 from plumbing.jobs import queued_message
 
@@ -45,7 +47,11 @@ class CapacityWaitAdmin(admin.ModelAdmin):
 
 
 @admin.register(HopsworksAccount)
-class HopsworksAccountAdmin(admin.ModelAdmin):
+class HopsworksAccountAdmin(IndexOrderAdminMixin, UserFirstSearchMixin, admin.ModelAdmin):
+    """One account per user and cluster: as many rows as users. Newest change first
+    (hopsworks_account_updated), searched user first (an exact email, id, Stripe customer
+    id or Hopsworks username; or part of an email or name)."""
+
     list_display = (
         "user",
         "cluster",
@@ -58,7 +64,9 @@ class HopsworksAccountAdmin(admin.ModelAdmin):
     )
     list_select_related = ("user", "cluster")
     list_filter = ("cluster", "desired", "synced")
-    search_fields = ("user__email", "hopsworks_username")
+    search_fields = ()  # the user-first search alone (accounts/admin_search.py)
+    ordering = ("-updated_at", "-id")
+    sortable_by = ("updated_at",)  # hopsworks_account_updated, either way
     readonly_fields = [f.name for f in HopsworksAccount._meta.fields]
     actions = ("sync_now",)
 

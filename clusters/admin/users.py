@@ -41,7 +41,11 @@ class PlacementFilter(admin.SimpleListFilter):
         if value == "billing":
             return queryset.filter(capacity_wait__reason=CapacityWait.Reason.BILLING)
         if value == "pending":
-            return queryset.filter(pk__in=HopsworksAccount.objects.pending().values("user_id"))
+            # The pending accounts first (few: what a sync has yet to do), then those users
+            # by primary key. As one semi-join the planner cannot tell how few match
+            # (`desired <> synced` compares two columns) and plans for every user.
+            pending = HopsworksAccount.objects.pending().values_list("user_id", flat=True)
+            return queryset.filter(pk__in=list(pending.order_by().distinct()))
         if value == "none":
             return queryset.filter(hopsworks_assignment__isnull=True, capacity_wait__isnull=True)
         return queryset
@@ -57,7 +61,9 @@ class UserPlacementAdminMixin:
     placement_select_related = ("hopsworks_assignment__hopsworks_cluster", "capacity_wait")
     placement_filters = (
         PlacementFilter,
-        ("hopsworks_assignment__hopsworks_cluster", admin.RelatedOnlyFieldListFilter),
+        # Every cluster (a few rows), not only those with users: "related only" reads
+        # every user's assignment for the distinct clusters on each request.
+        ("hopsworks_assignment__hopsworks_cluster", admin.RelatedFieldListFilter),
     )
     placement_actions = ("auto_assign", "assign_to_cluster", "move_to_cluster", "unassign")
 

@@ -81,6 +81,7 @@ def counted(statements, table):
         (LEDGER, "billing_credit_ledger"),
         (INVOICES, "billing_history"),
         (EVENTS, "billing_stripe_event"),
+        (USERS, "users"),
     ],
 )
 def test_an_unfiltered_big_list_is_counted_from_the_planners_estimate(
@@ -98,6 +99,7 @@ def test_an_unfiltered_big_list_is_counted_from_the_planners_estimate(
     for n in range(3, 8):
         credits_add(user=ada, kind=Kind.PURCHASE, amount=D("1"), reference=f"p{n}", actor="t")
         BillingHistory.objects.create(user=ada, amount=D("1"), stripe_invoice_id=f"in_{n}")
+    UserFactory.create_batch(4)
     analyze(table)
 
     with connection.cursor() as cursor:
@@ -183,6 +185,64 @@ def test_a_big_list_not_of_whole_months_is_still_not_totalled(
     if page.context["cl"].paginator.estimated:  # (a search narrows it: totalled by its days)
         assert "usage_totals" not in page.context
         assert not [s for s in statements if "SUM(" in s]
+
+
+def test_an_estimated_count_says_about_in_the_paginator_and_the_select_all_link(
+    operator_client, small_threshold, monkeypatch
+):
+    from billing.admin.stripe import StripeEventAdmin
+
+    monkeypatch.setattr(StripeEventAdmin, "list_per_page", 2)  # "Select all" needs 2 pages
+    for n in range(8):
+        StripeEvent.objects.create(
+            id=f"evt_{n}", type="invoice.paid", created=timezone.now(), payload={}
+        )
+    analyze("billing_stripe_event")
+    page = operator_client.get(EVENTS)
+    cl = page.context["cl"]
+    assert cl.paginator.estimated
+    shown = cl.paginator.shown(cl.result_count)
+    plural = str(StripeEvent._meta.verbose_name_plural)
+
+    body = " ".join(page.content.decode().split())
+    assert shown.startswith("about ")
+    assert f"{shown} {plural}" in body  # the paginator's line
+    assert f"Select all {shown} {plural}" in body  # the actions bar
+    assert f"All {shown} selected" in body
+    assert f"{cl.result_count} {plural}" not in body.replace(shown, "")
+
+
+def test_an_estimated_filtered_count_says_about_n_results(operator_client, small_threshold, people):
+    add_usage(UserFactory.create_batch(3), ClusterFactory(), 1)
+    analyze("usage_daily")
+    page = operator_client.get(USAGE, {"date__range__gte": "2000-01-01"})
+    cl = page.context["cl"]
+    assert cl.paginator.estimated
+
+    body = " ".join(page.content.decode().split())
+    assert f"{cl.paginator.shown(cl.result_count)} results" in body
+    assert "about " in cl.paginator.shown(cl.result_count)
+
+
+def test_an_exact_count_is_shown_as_it_is_with_separators(operator_client, people):
+    page = operator_client.get(USAGE, {"q": "ada@example.com"})
+    cl = page.context["cl"]
+    assert not cl.paginator.estimated
+    body = " ".join(page.content.decode().split())
+    assert "3 daily usage" in body and "3 results" in body
+    assert "about 3" not in body
+
+
+@pytest.mark.parametrize(
+    ("estimate", "shown"),
+    [(8_999_872, "about 9,000,000"), (1_852_311, "about 1,850,000"), (123_456, "about 123,000")],
+)
+def test_an_estimate_is_shown_rounded_to_three_figures(estimate, shown):
+    paginator = EstimatedCountPaginator(None, 100)
+    paginator.estimated = True
+    assert paginator.shown(estimate) == shown
+    paginator.estimated = False
+    assert paginator.shown(estimate) == f"{estimate:,}"
 
 
 # Search -----------------------------------------------------------------------------------
@@ -358,3 +418,203 @@ def test_the_clusters_list_counts_each_relation_in_its_own_subquery(operator_cli
     assert "COUNT(DISTINCT" not in statement
     assert 'JOIN "user_hopsworks_assignments"' not in statement
     assert 'JOIN "clusters_hopsworksaccount"' not in statement
+
+
+# The users list: sorted and filtered by index ------------------------------------------------
+
+
+def _users_list():
+    from django.contrib import admin as django_admin
+
+    from accounts.models import User
+
+    return django_admin.site._registry[User]
+
+
+def test_the_users_list_sorts_only_by_columns_an_index_serves(operator_client, people):
+    users_admin = _users_list()
+    columns = operator_client.get(USERS).context["cl"].list_display  # with the checkbox
+    sortable = set(users_admin.get_sortable_by(None))
+    # Computed or joined figures cannot be read in order from an index: not sortable.
+    assert not sortable & {
+        "cluster",
+        "billing_mode_column",
+        "month_to_date_column",
+        "balance_column",
+    }
+    assert {"user_column", "status", "last_login_column"} <= sortable
+
+    for column in sortable:
+        for sign in ("", "-"):
+            position = columns.index(column)
+            page, statements = get_capturing(operator_client, USERS, {"o": f"{sign}{position}"})
+            assert page.context["cl"].result_count == len(people) + 1  # and the operator
+            statement = list_statement(statements, "users")
+            if "LIMIT" not in statement:
+                statement += " LIMIT 100"
+            explained = plan(statement, off=("seqscan", "sort"))
+            assert "Sort Key" not in explained, (column, sign, explained)
+
+
+def test_the_placement_filter_for_pending_accounts_reads_the_pending_accounts_first(
+    operator_client, people
+):
+    ada, alan, _ = people
+    cluster = ClusterFactory(max_users=10)
+    services.assignment_create(user=ada, cluster=cluster, actor=None)
+    services.assignment_create(user=alan, cluster=cluster, actor=None)
+    HopsworksAccount.objects.filter(user=alan).update(synced="active")
+
+    page, statements = get_capturing(operator_client, USERS, {"placement": "pending"})
+
+    assert [u.pk for u in page.context["cl"].result_list] == [ada.pk]
+    statement = list_statement(statements, "users")
+    assert "clusters_hopsworks_account" not in statement  # resolved to ids beforehand
+    assert "Seq Scan on users" not in plan(statement)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("prepaid", {0}), ("postpaid", {1, 2, -1})])
+def test_the_billing_mode_filter_tests_each_user_by_an_index_probe(
+    operator_client, operator, people, mode, expected
+):
+    from billing.models import BillingProfile
+
+    BillingProfile.objects.create(user=people[0], mode="prepaid")
+    BillingProfile.objects.create(user=people[1], mode="postpaid")
+
+    page, statements = get_capturing(operator_client, USERS, {"billing_mode": mode})
+
+    everyone = {**{n: u.pk for n, u in enumerate(people)}, -1: operator.pk}
+    assert {u.pk for u in page.context["cl"].result_list} == {everyone[n] for n in expected}
+    statement = list_statement(statements, "users")
+    assert "EXISTS" in statement
+    assert "Seq Scan on billing_account" not in plan(statement)
+
+
+# Every big list: sorted only where an index gives the order; searched user first ------------
+
+PURCHASES = "/admin/billing/creditpurchase/"
+CREDITS = "/admin/billing/usercredits/"
+ACCOUNTS = "/admin/clusters/hopsworksaccount/"
+
+
+@pytest.fixture
+def a_row_everywhere(people):
+    from billing.models import CreditPurchase
+
+    ada, alan, _ = people
+    cluster = ClusterFactory(max_users=10)
+    for n, user in enumerate((ada, alan)):
+        services.assignment_create(user=user, cluster=cluster, actor=None)
+        credits_add(user=user, kind=Kind.PURCHASE, amount=D("5"), reference=f"p{n}", actor="t")
+        BillingHistory.objects.create(user=user, amount=D("1"), stripe_invoice_id=f"in_{n}")
+        CreditPurchase.objects.create(
+            user=user,
+            stripe_checkout_session_id=f"cs_{n}",
+            stripe_payment_intent_id=f"pi_{n}",
+            amount=D("5"),
+        )
+    StripeEvent.objects.create(id="evt_1", type="invoice.paid", created=timezone.now(), payload={})
+    return people
+
+
+BIG_LISTS = [
+    (USERS, "users"),
+    (USAGE, "usage_daily"),
+    (LEDGER, "billing_credit_ledger"),
+    (INVOICES, "billing_history"),
+    (EVENTS, "billing_stripe_event"),
+    (PURCHASES, "billing_credit_purchase"),
+    (CREDITS, "user_credits"),
+    (ACCOUNTS, "clusters_hopsworks_account"),
+]
+
+
+def _admin_for(url):
+    from django.contrib import admin as django_admin
+    from django.urls import resolve
+
+    return (
+        resolve(url).func.model_admin
+        if hasattr(resolve(url).func, "model_admin")
+        else next(
+            a
+            for m, a in django_admin.site._registry.items()
+            if url.rstrip("/").endswith(f"{m._meta.app_label}/{m._meta.model_name}")
+        )
+    )
+
+
+@pytest.mark.parametrize(("url", "table"), BIG_LISTS)
+def test_a_big_list_sorts_in_every_offered_order_by_an_index(
+    operator_client, a_row_everywhere, url, table
+):
+    model_admin = _admin_for(url)
+    columns = operator_client.get(url).context["cl"].list_display  # with any checkbox
+    sortable = model_admin.get_sortable_by(None)
+    assert sortable is not None and set(sortable) <= set(columns), "sortable_by is explicit"
+
+    orders = [{}] + [{"o": f"{sign}{columns.index(c)}"} for c in sortable for sign in ("", "-")]
+    pk = model_admin.model._meta.pk.column
+    for order in orders:
+        _, statements = get_capturing(operator_client, url, order)
+        statement = list_statement(statements, table)
+        # A total order (the primary key last, or the unique email), so pages never
+        # overlap or skip a row.
+        order_by = statement.split("ORDER BY")[1].split("LIMIT")[0]
+        assert f'"{table}"."{pk}"' in order_by or '"users"."email"' in order_by, order_by
+        if "LIMIT" not in statement:
+            statement += " LIMIT 100"
+        explained = plan(statement, off=("seqscan", "sort"))
+        assert "Sort Key" not in explained, (order, explained)
+
+
+@pytest.mark.parametrize(("url", "table"), BIG_LISTS)
+def test_a_big_list_ignores_a_typed_sort_on_a_column_it_does_not_offer(
+    operator_client, a_row_everywhere, url, table
+):
+    model_admin = _admin_for(url)
+    columns = operator_client.get(url).context["cl"].list_display  # with any checkbox
+    others = [
+        c for c in columns if c not in (*model_admin.get_sortable_by(None), "action_checkbox")
+    ]
+    plain = list_statement(get_capturing(operator_client, url)[1], table)
+    for column in others:
+        _, statements = get_capturing(operator_client, url, {"o": columns.index(column)})
+        assert list_statement(statements, table) == plain, column
+
+
+@pytest.mark.parametrize(
+    ("url", "table"),
+    [
+        (PURCHASES, "billing_credit_purchase"),
+        (CREDITS, "user_credits"),
+        (ACCOUNTS, "clusters_hopsworks_account"),
+    ],
+)
+def test_purchases_credits_and_accounts_are_searched_user_first(
+    operator_client, a_row_everywhere, url, table
+):
+    ada = a_row_everywhere[0]
+    for term in ("ADA@example.com", ada.pk, "cus_ada"):
+        page, statements = get_capturing(operator_client, url, {"q": term})
+        assert {row.user_id for row in page.context["cl"].result_list} == {ada.pk}, term
+        assert not [s for s in statements if "LIKE" in s and table in s]
+        assert "Seq Scan" not in plan(list_statement(statements, table))
+
+
+def test_a_purchase_is_found_by_its_exact_stripe_ids(operator_client, a_row_everywhere):
+    alan = a_row_everywhere[1]
+    for term in ("cs_1", "pi_1"):
+        page = operator_client.get(PURCHASES, {"q": term})
+        assert [p.user_id for p in page.context["cl"].result_list] == [alan.pk], term
+
+
+def test_the_purchases_list_reads_its_currencies_through_an_index(
+    operator_client, a_row_everywhere
+):
+    page, statements = get_capturing(operator_client, PURCHASES)
+
+    assert not [s for s in statements if "DISTINCT" in s]  # no date hierarchy, no scan
+    specs = {spec.field_path: spec for spec in page.context["cl"].filter_specs}
+    assert specs["currency"].lookup_choices == ["USD"]
