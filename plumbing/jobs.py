@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import logging
 
 from django.db import transaction
@@ -55,13 +56,26 @@ def defer(task, *, queueing_lock: str | None = None, lock: str | None = None, **
     """Queue `task(**kwargs)` in the current transaction: it exists only if the transaction
     commits. With a `queueing_lock`, a job already waiting under the same lock is enough
     (returns None); a `lock` keeps jobs sharing it from running at the same time."""
-    options = {k: v for k, v in {"queueing_lock": queueing_lock, "lock": lock}.items() if v}
+    options = {
+        k: _lock_name(v) for k, v in {"queueing_lock": queueing_lock, "lock": lock}.items() if v
+    }
     configured = task.configure(**options) if options else task
     try:
         with transaction.atomic():  # a savepoint: a duplicate must not break the caller's
             return configured.defer(**kwargs)
     except AlreadyEnqueued:
         return None
+
+
+def _lock_name(name: str) -> str:
+    """A lock's name as stored: names made of printable characters only are kept as they
+    are; any other is replaced by a digest of it (same name, same digest). Procrastinate
+    reads a duplicate queueing lock back from PostgreSQL's error text with a pattern that
+    stops at a line break: a lock naming, say, an event id sent with one raised an
+    AssertionError instead of AlreadyEnqueued."""
+    if name.isprintable():
+        return name
+    return "sha256:" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # Seconds without a heartbeat after which a worker is taken for dead and its jobs retried

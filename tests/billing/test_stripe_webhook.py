@@ -289,3 +289,19 @@ def test_the_signature_is_still_checked_first(fake_stripe, client):
 
     assert response.status_code == 400
     assert not StripeEvent.objects.exists()
+
+
+@pytest.mark.parametrize("event_id", ["evt_1\n2", "evt_\r\x85", "evt_ü\u2028"])
+def test_an_event_id_with_a_line_break_delivered_twice_is_no_server_error(
+    fake_stripe, client, event_id
+):
+    # The queueing lock of its job names the event: Procrastinate reads a duplicate lock
+    # back from PostgreSQL's error text, which a line break used to break (a 500).
+    event = make_event("customer.updated", {"id": "c"})
+    event["id"] = event_id
+
+    first = post_signed(client, json.dumps(event).encode())
+    again = post_signed(client, json.dumps(event).encode())
+
+    assert first.status_code in (200, 400), first.content[:300]
+    assert again.status_code == first.status_code, again.content[:300]
