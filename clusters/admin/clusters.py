@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import Count, IntegerField, OuterRef, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import OuterRef
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
@@ -18,6 +17,7 @@ from clusters.models import (
     UserHopsworksAssignment,
     account_pending,
 )
+from clusters.selectors import count_of
 from plumbing import outbound
 from plumbing.admin_confirm import confirm_then
 from plumbing.admin_report import ActionReport
@@ -43,12 +43,6 @@ def fill_bar(current: int, maximum: int) -> str:
         color,
         percent,
     )
-
-
-def _count_of(rows, cluster_field):
-    """How many `rows` (correlated on `cluster_field` with OuterRef) as an integer."""
-    counted = rows.order_by().values(cluster_field).annotate(n=Count("*")).values("n")
-    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
 
 
 class ClusterAdminBase(admin.ModelAdmin):
@@ -98,11 +92,11 @@ class ClusterAdminBase(admin.ModelAdmin):
             super()
             .get_queryset(request)
             .annotate(
-                assigned=_count_of(
+                assigned=count_of(
                     UserHopsworksAssignment.objects.filter(hopsworks_cluster=OuterRef("pk")),
                     "hopsworks_cluster",
                 ),
-                pending=_count_of(
+                pending=count_of(
                     HopsworksAccount.objects.filter(account_pending(), cluster=OuterRef("pk")),
                     "cluster",
                 ),

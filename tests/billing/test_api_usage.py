@@ -287,3 +287,22 @@ def test_an_unfiltered_usage_list_counts_from_the_planners_estimate(client, make
 
     assert response.json()["count"] == 9
     assert not [s for s in statements if "COUNT(" in s and "usage_daily" in s]
+
+
+def test_the_clusters_api_counts_each_clusters_users_by_index(client, make_key):
+    # A join of every assignment grouped per cluster read all 100,000 of them (issue 16).
+    from tests.plans import get_capturing, list_statement, plan
+
+    key = make_key()
+    east = ClusterFactory(name="east", max_users=10)
+    ClusterFactory(name="west")
+    for user in UserFactory.create_batch(3):
+        services.assignment_create(user=user, cluster=east, actor=None)
+
+    response, statements = get_capturing(client, "/api/v1/clusters", HTTP_AUTHORIZATION=key)
+
+    counts = {c["name"]: c["assigned_users"] for c in response.json()["results"]}
+    assert counts == {"east": 3, "west": 0}
+    statement = list_statement(statements, "hopsworks_clusters")
+    assert 'JOIN "user_hopsworks_assignments"' not in statement
+    assert "Seq Scan on user_hopsworks_assignments" not in plan(statement)
