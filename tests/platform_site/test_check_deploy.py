@@ -48,6 +48,7 @@ def test_the_example_settings_need_no_value_beyond_the_ones_an_operator_fills_in
         "HOPSWORKS_OAUTH_CLIENT_ID",
         "OUTBOUND_ALLOWED_HOSTS",
         "STRIPE_API_BASE",
+        "STRIPE_METER_EVENTS_API_BASE",
     ]
 
 
