@@ -457,6 +457,7 @@ def table_counts() -> dict:
         "billing_account",
         "usage_daily",
         "usage_monthly",
+        "usage_cluster_daily",
         "billing_credit_ledger",
         "billing_credit_purchase",
         "billing_history",

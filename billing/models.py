@@ -384,6 +384,68 @@ class UsageMonthly(models.Model):
         return f"{self.user_id} {self.month:%Y-%m} {money(self.total_cost)}"
 
 
+class UsageClusterDaily(models.Model):
+    """A day of `usage_daily`, summed per cluster (or none) and billing channel over all
+    users: the rollup the dashboard's daily cost chart reads instead of 90 days of rows.
+
+    Invariant: each row equals `SUM(...)` and `COUNT(*)` of the `usage_daily` rows with its
+    key, and a key without rows has no row. Kept so by the same statement-level triggers
+    as `usage_monthly` (migration 0031 extends their functions), in the writer's
+    transaction; `usage_monthly_rebuild()` (SQL) recomputes both rollups.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    hopsworks_cluster = models.ForeignKey(
+        HopsworksCluster,
+        null=True,
+        blank=True,
+        # Derived data: no constraint (as usage_monthly).
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_column="hopsworks_cluster_id",
+        related_name="+",
+        db_index=False,  # usage_cluster_daily_key starts with it
+    )
+    date = models.DateField()
+    billed_via = models.TextField(choices=UsageDaily.BilledVia.choices)
+    cpu_hours = SeedDecimalField(default=ZERO)
+    gpu_hours = SeedDecimalField(default=ZERO)
+    storage_gb_months = SeedDecimalField(default=ZERO)
+    api_calls = models.BigIntegerField(default=0)  # a day of many users' int4 can pass 2^31
+    total_cost = SeedDecimalField(default=ZERO)
+    credits_debited = SeedDecimalField(default=ZERO)
+    # As usage_monthly.days: never below zero (the trigger raises), zero only inside the
+    # writer's transaction (a row locked ahead of the write, or emptied and deleted).
+    usage_rows = models.IntegerField(help_text="How many usage_daily rows the sums cover.")
+
+    class Meta:
+        db_table = "usage_cluster_daily"
+        verbose_name = "daily usage per cluster"
+        verbose_name_plural = "daily usage per cluster"
+        constraints = [
+            # The triggers' ON CONFLICT target, in the order writers lock its rows.
+            models.UniqueConstraint(
+                Coalesce("hopsworks_cluster", models.Value(NO_CLUSTER)),
+                models.F("date"),
+                models.F("billed_via"),
+                name="usage_cluster_daily_key",
+            ),
+        ]
+        indexes = [
+            # The chart's days over all clusters.
+            models.Index(fields=["date"], name="usage_cluster_daily_date"),
+            # Rows locked for a write that did not come (see usage._drop_empty_months).
+            models.Index(
+                fields=["id"],
+                name="usage_cluster_daily_empty",
+                condition=models.Q(usage_rows=0),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hopsworks_cluster_id or 'no cluster'} {self.date} {money(self.total_cost)}"
+
+
 class UserCredits(models.Model):
     """A prepaid user's credit summary: the seed's `user_credits`.
 

@@ -5,7 +5,8 @@ every day from the first of the current UTC month on; the breakdown is the newes
 (summed over clusters, so a user moved mid-day still has one line per day).
 
 Figures over whole months read `usage_monthly` (`UsageMonthly`, kept exact by triggers on
-`usage_daily`): a few rows per user instead of a month of days.
+`usage_daily`): a few rows per user instead of a month of days. The dashboard's daily cost
+per cluster reads `usage_cluster_daily` (`UsageClusterDaily`, kept by the same triggers).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from billing.models import (
     BillingModeChange,
     BillingProfile,
     CreditLedgerEntry,
+    UsageClusterDaily,
     UsageDaily,
     UsageMonthly,
     UserCredits,
@@ -116,9 +118,10 @@ def daily_breakdown(
 
 def daily_cost_by_cluster(*, since: dt.date, until: dt.date):
     """Cost per cluster and day over [since, until], one GROUP BY for the dashboard's chart:
-    rows of date, hopsworks_cluster_id, hopsworks_cluster__name and total_cost."""
+    rows of date, hopsworks_cluster_id, hopsworks_cluster__name and total_cost. From the
+    daily rollup per cluster (its two channels summed), not the days of every user."""
     return (
-        UsageDaily.objects.filter(date__gte=since, date__lte=until)
+        UsageClusterDaily.objects.filter(date__gte=since, date__lte=until)
         .values("date", "hopsworks_cluster_id", "hopsworks_cluster__name")
         .annotate(total_cost=_sum("total_cost"))
         .order_by("date")

@@ -606,11 +606,18 @@ def _mark_stripe_months_due(user_days) -> None:
 
 
 def _lock_months(keys) -> None:
-    """Lock the rollup rows (`usage_monthly`) the batch's writes will change, in the key
-    order the triggers use, in one statement: a missing one is inserted empty (the
-    triggers fill it in this transaction). `ON CONFLICT ... DO UPDATE ... WHERE false`
-    locks an existing row without writing it; row locks take no room in PostgreSQL's
-    lock table, whatever the batch size."""
+    """Lock the rollup rows (`usage_monthly`, then `usage_cluster_daily`) the batch's
+    writes will change, in the order the triggers use (table by table, in key order), in
+    one statement each: a missing one is inserted empty (the triggers fill it in this
+    transaction). `ON CONFLICT ... DO UPDATE ... WHERE false` locks an existing row
+    without writing it; row locks take no room in PostgreSQL's lock table, whatever the
+    batch size."""
+    keys = list(keys)
+    _lock_user_months(keys)
+    _lock_cluster_days(keys)
+
+
+def _lock_user_months(keys) -> None:
     keys = {
         (user_id, day.replace(day=1), cluster_id or NO_CLUSTER, via)
         for user_id, day, cluster_id, via in keys
@@ -643,14 +650,45 @@ def _lock_months(keys) -> None:
         )
 
 
+def _lock_cluster_days(keys) -> None:
+    """`_lock_months` for `usage_cluster_daily`: every writer of a cluster-day shares its
+    row, whoever the user."""
+    keys = {(cluster_id or NO_CLUSTER, day, via) for _user_id, day, cluster_id, via in keys}
+    if not keys:
+        return
+    clusters, days, channels = zip(*keys, strict=True)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO usage_cluster_daily AS c (hopsworks_cluster_id, date, billed_via,
+                cpu_hours, gpu_hours, storage_gb_months, api_calls, total_cost,
+                credits_debited, usage_rows)
+            SELECT NULLIF(k.cluster_key, %s::uuid), k.date, k.billed_via, 0, 0, 0, 0, 0, 0, 0
+            FROM unnest(%s::uuid[], %s::date[], %s::text[]) AS k(cluster_key, date, billed_via)
+            ORDER BY k.cluster_key, k.date, k.billed_via
+            ON CONFLICT ((COALESCE(hopsworks_cluster_id, %s::uuid)), date, billed_via)
+            DO UPDATE SET usage_rows = c.usage_rows WHERE false
+            """,
+            [
+                NO_CLUSTER,
+                sql_array(clusters),
+                sql_array(days),
+                sql_array(channels, text=True),
+                NO_CLUSTER,
+            ],
+        )
+
+
 def _drop_empty_months(user_ids) -> None:
     """A row a concurrent writer inserted first may be on another channel than the one
-    locked for it: the rollup row locked for nothing is removed."""
+    locked for it: the rollup rows locked for nothing are removed (in
+    `usage_cluster_daily`, any committed empty row: there are none other)."""
     with connection.cursor() as cursor:
         cursor.execute(
             "DELETE FROM usage_monthly WHERE days = 0 AND user_id = ANY(%s::text[])",
             [sql_array(sorted(user_ids), text=True)],
         )
+        cursor.execute("DELETE FROM usage_cluster_daily WHERE usage_rows = 0")
 
 
 _LOCKED_COLUMNS = (

@@ -1,5 +1,6 @@
-"""The monthly usage rollup (`usage_monthly`) equals a GROUP BY over `usage_daily` after
-anything that writes usage: the upsert, reruns, corrections, an operator's raw SQL,
+"""The usage rollups, monthly per user (`usage_monthly`) and daily per cluster
+(`usage_cluster_daily`), each equal a GROUP BY over `usage_daily` after anything that
+writes usage: the upsert, reruns, corrections, an operator's raw SQL,
 deletes, a user's deletion, TRUNCATE, concurrent writers, and the migration's fill."""
 
 import datetime as dt
@@ -11,7 +12,7 @@ from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-from billing.models import BillingProfile, UsageDaily, UsageMonthly
+from billing.models import BillingProfile, UsageClusterDaily, UsageDaily, UsageMonthly
 from billing.usage import UsageRecord, usage_upsert
 from tests.concurrency import run_at_once
 from tests.factories import ClusterFactory, UserFactory
@@ -44,8 +45,30 @@ def rollup() -> list[tuple]:
         return sorted(cursor.fetchall(), key=str)
 
 
+def grouped_daily() -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT hopsworks_cluster_id, date, billed_via,
+                   {", ".join(f"sum({c})" for c in SUMS.split(", "))}, count(*)
+            FROM usage_daily GROUP BY 1, 2, 3
+            """
+        )
+        return sorted(cursor.fetchall(), key=str)
+
+
+def rollup_daily() -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT hopsworks_cluster_id, date, billed_via, {SUMS}, usage_rows "
+            "FROM usage_cluster_daily"
+        )
+        return sorted(cursor.fetchall(), key=str)
+
+
 def assert_exact(*context):
     assert rollup() == grouped(), context
+    assert rollup_daily() == grouped_daily(), context
 
 
 def days_in(month: dt.date) -> list[dt.date]:
@@ -159,11 +182,14 @@ def test_keys_left_without_a_day_are_removed_and_a_truncate_empties_the_rollup()
     assert UsageMonthly.objects.get().days == 1
     UsageDaily.objects.all().delete()
     assert not UsageMonthly.objects.exists()
+    assert not UsageClusterDaily.objects.exists()
 
     usage_upsert(records=[UsageRecord(user_id=user.pk, date=TODAY, api_calls=5)], actor="t")
+    assert UsageClusterDaily.objects.get().hopsworks_cluster_id is None
     raw("SET CONSTRAINTS ALL IMMEDIATE")  # TRUNCATE refuses pending foreign-key checks
     raw("TRUNCATE usage_daily CASCADE")
     assert not UsageMonthly.objects.exists()
+    assert not UsageClusterDaily.objects.exists()
 
 
 @pytest.mark.django_db
@@ -230,6 +256,59 @@ def test_concurrent_writers_of_one_user_month_leave_it_exact():
         assert failures == []
     assert_exact()
     assert sum(m.days for m in UsageMonthly.objects.all()) == UsageDaily.objects.count()
+    assert not UsageClusterDaily.objects.filter(usage_rows=0).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
+def test_concurrent_writers_of_other_users_on_the_same_cluster_days_do_not_deadlock():
+    # Each writer has users of its own; all write the same cluster-days (both clusters,
+    # none, both channels). A call first inserts some cluster-days' rows, then updates
+    # others': a writer inserting on day 1 and updating on day 2 meets one doing the
+    # reverse, unless both lock the rollup's rows in one order before writing.
+    clusters = [ClusterFactory(), ClusterFactory()]
+    days = days_in(MONTHS[1])[:4]
+    writers = []
+    for n in range(6):
+        users = [UserFactory(), UserFactory()]
+        if n % 2:
+            BillingProfile.objects.create(user=users[0], mode=BillingProfile.Mode.PREPAID)
+        writers.append(users)
+
+    def write(n):
+        rng = random.Random(n)
+        keys = [(u, c, d) for u in writers[n] for c in [*clusters, None] for d in days]
+        for round_ in range(1, 5):
+            # A random quarter, half, three quarters, all: some rows new, some corrections.
+            picked = rng.sample(keys, len(keys) * round_ // 4)
+            records = [
+                UsageRecord(
+                    user_id=u.pk,
+                    cluster_id=c.pk if c else None,
+                    date=d,
+                    cpu_hours=D(rng.randint(1, 40) + round_),
+                    api_calls=rng.randint(0, 100),
+                )
+                for u, c, d in picked
+            ]
+            usage_upsert(records=records, actor=f"writer {n}")
+
+    failures = []
+
+    def writer(n):
+        try:
+            write(n)
+        except Exception as error:
+            failures.append(f"writer {n}: {error!r}")
+            raise
+
+    try:
+        run_at_once(writer, list(range(len(writers))))
+    finally:
+        assert failures == []
+    assert_exact()
+    assert sum(r.usage_rows for r in UsageClusterDaily.objects.all()) == UsageDaily.objects.count()
+    assert not UsageClusterDaily.objects.filter(usage_rows=0).exists()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -237,7 +316,7 @@ def test_concurrent_writers_of_one_user_month_leave_it_exact():
 def test_the_migration_fills_the_rollup_from_the_usage_already_there():
     user, cluster = UserFactory(), ClusterFactory()
     executor = MigrationExecutor(connection)
-    executor.migrate([("billing", "0029_usage_monthly")])  # no triggers, no rollup yet
+    executor.migrate([("billing", "0029_usage_monthly")])  # no triggers, no rollups yet
     raw(
         "INSERT INTO usage_daily (user_id, hopsworks_cluster_id, date, cpu_hours, api_calls, "
         "total_cost, billed_via) SELECT %s, CASE WHEN n %% 3 = 0 THEN NULL ELSE %s::uuid END, "
@@ -246,12 +325,14 @@ def test_the_migration_fills_the_rollup_from_the_usage_already_there():
         [user.pk, cluster.pk, MONTHS[0]],
     )
     assert rollup() == []
+    assert "usage_cluster_daily" not in connection.introspection.table_names()
 
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())
 
     assert len(rollup()) > 3
+    assert len(rollup_daily()) > 3
     assert_exact()
     # And the triggers keep it from there.
     with transaction.atomic():

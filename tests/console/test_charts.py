@@ -11,6 +11,7 @@ from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from billing.models import BillingProfile
 from billing.usage import UsageRecord, usage_upsert
 from clusters import services
 from clusters.models import ClusterFillDaily
@@ -282,3 +283,40 @@ def test_the_users_cost_chart_is_only_for_those_who_may_view_usage(client, perso
     body = client.get(f"/admin/accounts/user/{user.pk}/change/").content.decode()
 
     assert 'id="chart-user-cost"' not in body
+
+
+def test_the_cost_chart_sums_the_daily_rollup_in_one_query_and_never_reads_usage_daily(db):
+    east = ClusterFactory(name="east")
+    prepaid, postpaid = UserFactory(), UserFactory()
+    BillingProfile.objects.create(user=prepaid, mode=BillingProfile.Mode.PREPAID)
+    add_usage(prepaid, east, [1, 2], "10")  # $1.00 a day, on credits
+    add_usage(postpaid, east, [1], "5")  # $0.50, on Stripe: the same cluster-day
+    usage_upsert(
+        records=[UsageRecord(user_id=postpaid.pk, date=timezone.now().date(), api_calls=10**5)],
+        actor="t",
+    )  # $1.00 with no cluster, today
+    request = _request(AdminFactory())
+
+    with CaptureQueriesContext(connection) as captured:
+        charts = dashboard_charts(request)
+
+    usage = [q["sql"] for q in captured.captured_queries if "usage" in q["sql"]]
+    assert len(usage) == 1
+    assert '"usage_cluster_daily"' in usage[0] and "usage_daily" not in usage[0]
+    assert not [q for q in captured.captured_queries if "usage_daily" in q["sql"]]
+    rows = table_rows(str(next(c for c in charts if c.dom_id == "chart-cost-per-cluster").html))
+    today = timezone.now().date()
+    assert rows["Date"] == ["east", "no cluster", "Total"]
+    assert rows[(today - dt.timedelta(days=1)).isoformat()] == ["$1.50", "$0.00", "$1.50"]
+    assert rows[today.isoformat()] == ["$0.00", "$1.00", "$1.00"]
+    assert rows["Total"] == ["$2.50", "$1.00", "$3.50"]
+
+
+def test_the_dashboard_charts_take_three_queries(db, django_assert_num_queries):
+    ClusterFactory()
+    add_usage(UserFactory(), ClusterFactory(), [1, 5], "1")
+    request = _request(AdminFactory())
+
+    # The cost per cluster and day; the clusters and their daily fill readings.
+    with django_assert_num_queries(3):
+        dashboard_charts(request)

@@ -109,17 +109,16 @@ def test_the_dashboard_makes_as_many_queries_for_a_big_world_as_a_small_one(oper
     assert queries() == small
 
 
-def test_the_dashboard_reads_month_figures_from_the_rollup_and_days_only_for_its_chart(
-    operator_client,
-):
+def test_the_dashboard_reads_the_rollups_and_never_usage_daily(operator_client):
     add_world(3, 40)  # this month and the one before
     with CaptureQueriesContext(connection) as captured:
-        found, _body = tiles(operator_client)
-    daily = [q["sql"] for q in captured.captured_queries if "usage_daily" in q["sql"]]
-    # The chart of daily cost per cluster is made of days; every tile reads months.
-    assert len(daily) == 1
-    assert "GROUP BY" in daily[0] and '"usage_daily"."date"' in daily[0]
+        found, body = tiles(operator_client)
+    # Month tiles read usage_monthly, the chart of daily cost per cluster usage_cluster_daily.
+    assert not [q for q in captured.captured_queries if "usage_daily" in q["sql"]]
+    daily = [q["sql"] for q in captured.captured_queries if "usage_cluster_daily" in q["sql"]]
+    assert len(daily) == 1 and "GROUP BY" in daily[0]
     assert found["Usage this month"].value.startswith("$")
+    assert 'id="chart-cost-per-cluster"' in body
 
 
 USER_TILES = {
