@@ -530,6 +530,8 @@ class CreditLedgerEntry(models.Model):
             models.Index(fields=["user", "-id"], name="credit_ledger_user_newest"),
             # The ledger list, newest first (its ordering).
             models.Index(fields=["-created_at", "-id"], name="credit_ledger_newest"),
+            # Its kind filter: a page of a rare kind without reading every newer entry.
+            models.Index(fields=["kind", "-created_at", "-id"], name="credit_ledger_kind_newest"),
         ]
 
     def __str__(self) -> str:
@@ -669,9 +671,13 @@ class BillingHistory(models.Model):
         indexes = [
             # The billing history list, newest first (the admin adds the id).
             models.Index(fields=["-created_at", "-id"], name="billing_history_newest"),
-            # The list's filters read the distinct values through them.
-            models.Index(fields=["stripe_status"], name="invoice_stripe_status_filter"),
-            models.Index(fields=["currency"], name="invoice_currency_filter"),
+            # Each filter of the list: its page newest first, and (led by the column) the
+            # filter's distinct values (plumbing.admin_lists.IndexedValuesFilter).
+            models.Index(fields=["status", "-created_at", "-id"], name="invoice_status_newest"),
+            models.Index(
+                fields=["stripe_status", "-created_at", "-id"], name="invoice_stripe_status_newest"
+            ),
+            models.Index(fields=["currency", "-created_at", "-id"], name="invoice_currency_newest"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -717,11 +723,13 @@ class StripeEvent(models.Model):
         db_table = "billing_stripe_event"
         ordering = ["-created"]
         indexes = [
-            models.Index(fields=["status", "created"], name="stripe_event_status"),
+            # The retry job's oldest failed first, and the list's status filter newest first
+            # (read backwards; the id makes the order total).
+            models.Index(fields=["status", "created", "id"], name="stripe_event_status"),
             # The events list, newest first (the admin adds the id to make it total).
             models.Index(fields=["-created", "-id"], name="stripe_event_newest"),
-            # The list's type filter reads the distinct types through it.
-            models.Index(fields=["type"], name="stripe_event_type_filter"),
+            # The type filter: its page newest first, and the distinct types.
+            models.Index(fields=["type", "-created", "-id"], name="stripe_event_type_newest"),
         ]
 
     def __str__(self) -> str:

@@ -135,7 +135,8 @@ class EstimatedCountAdminMixin:
 class IndexedValuesFilter(admin.AllValuesFieldListFilter):
     """A filter offering a column's distinct values, read by skipping through the column's
     index (one probe per value) instead of `SELECT DISTINCT` over every row. The column
-    needs a btree index of its own (named `..._<column>_filter`)."""
+    needs a btree index that starts with it (the list's `<column>, newest first` index
+    also serves the filtered page)."""
 
     def __init__(self, field, request, params, model, model_admin, field_path):
         super().__init__(field, request, params, model, model_admin, field_path)

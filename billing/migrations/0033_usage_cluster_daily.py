@@ -311,4 +311,11 @@ class Migration(migrations.Migration):
             sql="SELECT usage_cluster_daily_rebuild()",
             reverse_sql=migrations.RunSQL.noop,
         ),
+        # Statistics for both rollups at once: until autovacuum gets to them, the planner
+        # took the freshly filled tables for nearly empty (nested loops over 320,000 rows
+        # on a 9M-row database: the unbilled-usage tile 430 ms instead of ~100).
+        migrations.RunSQL(
+            sql="ANALYZE usage_monthly; ANALYZE usage_cluster_daily",
+            reverse_sql=migrations.RunSQL.noop,
+        ),
     ]

@@ -618,3 +618,34 @@ def test_the_purchases_list_reads_its_currencies_through_an_index(
     assert not [s for s in statements if "DISTINCT" in s]  # no date hierarchy, no scan
     specs = {spec.field_path: spec for spec in page.context["cl"].filter_specs}
     assert specs["currency"].lookup_choices == ["USD"]
+
+
+@pytest.mark.parametrize(
+    ("url", "query", "table", "index"),
+    [
+        (LEDGER, {"kind__exact": "purchase"}, "billing_credit_ledger", "credit_ledger_kind_newest"),
+        (INVOICES, {"status__exact": "paid"}, "billing_history", "invoice_status_newest"),
+        (INVOICES, {"stripe_status": ""}, "billing_history", "invoice_stripe_status_newest"),
+        (INVOICES, {"currency": "USD"}, "billing_history", "invoice_currency_newest"),
+        (EVENTS, {"type": "invoice.paid"}, "billing_stripe_event", "stripe_event_type_newest"),
+        (EVENTS, {"status__exact": "ignored"}, "billing_stripe_event", "stripe_event_status"),
+    ],
+)
+def test_a_filtered_big_list_reads_its_page_by_an_index_led_by_the_filter(
+    operator_client, people, url, query, table, index
+):
+    # With the list's newest-first index alone, a filter on a rare value read every newer
+    # row to find a page (the ledger's purchases: 2.3 s at 1.85 M rows, issue 16).
+    ada = people[0]
+    credits_add(user=ada, kind=Kind.PURCHASE, amount=D("5"), reference="p", actor="t")
+    BillingHistory.objects.create(user=ada, amount=D("1"), currency="USD")
+    StripeEvent.objects.create(id="evt_1", type="invoice.paid", created=timezone.now(), payload={})
+
+    _, statements = get_capturing(operator_client, url, query)
+
+    statement = list_statement(statements, table)
+    if "LIMIT" not in statement:
+        statement += " LIMIT 100"
+    found = plan(statement, off=("seqscan", "sort"))
+    assert f"Index Scan Backward using {index} " in found or f"Index Scan using {index} " in found
+    assert "Sort" not in found, found
