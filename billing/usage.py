@@ -3,7 +3,8 @@
 `usage_upsert` is the one way usage rows are written (daily collection and the API both
 use it). Per batch it runs a constant number of statements, whatever the batch size:
 
-1. lock the rows of the batch that exist, in key order, and read their current figures;
+1. lock the rows of the batch that exist, in key order, and read their current figures
+   (records of days with no usage stored at all are not looked up: one probe per day);
 2. price each record (`pricing.cost_of`, the rates of a day looked up once); a new row is
    priced and settled column-wise from the record alone (its figures, its billing mode on
    the day, the whole cost debited for a prepaid day), an existing one against what it
@@ -281,7 +282,7 @@ def usage_upsert(
         # Which rollup rows: a stored row's channel (read, not locked yet), a new row's
         # from the billing mode in force when its day began (existing rows keep the
         # channel they were first written with).
-        stored = _lock_rows(rows, lock=False)
+        stored = _lock_rows(_on_days_with_usage(rows), lock=False)
         unstored = [r for r in rows if _key(r) not in stored] if stored else rows
         modes = billing_modes_on((r[_USER], r[_DATE]) for r in unstored)
         _lock_months(
@@ -666,8 +667,27 @@ _LOCKED_COLUMNS = (
 )
 
 
+def _on_days_with_usage(rows: list[tuple]) -> list[tuple]:
+    """The records whose day has any usage stored: the others cannot have a row yet. One
+    index probe per day instead of one per record: a first load (a backfill, a new day)
+    looks up nothing (issue 16)."""
+    days = sorted({r[_DATE] for r in rows})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT d FROM unnest(%s::date[]) AS d"
+            " WHERE EXISTS (SELECT 1 FROM usage_daily WHERE date = d)",
+            [sql_array(days)],
+        )
+        used = {day for (day,) in cursor}
+    if len(used) == len(days):
+        return rows
+    return [r for r in rows if r[_DATE] in used] if used else []
+
+
 def _lock_rows(rows: list[tuple], *, lock: bool = True) -> dict:
     """The batch's rows that exist, locked in key order (or only read, `lock=False`)."""
+    if not rows:
+        return {}
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
