@@ -514,3 +514,14 @@ def test_usage_queues_one_standing_check_of_its_users_and_it_stops_them(
     assert ("billing.evaluate_standing", "succeeded") in run_queued_jobs()
     stopped = ServiceStop.objects.filter(reason=ServiceStop.Reason.BALANCE_BELOW_FLOOR)
     assert sorted(stopped.values_list("user_id", flat=True)) == sorted(ids)
+
+
+def test_a_standing_check_is_queued_in_one_statement_without_a_savepoint():
+    """A savepoint only serves a job with a queueing lock (a duplicate must not break the
+    caller's transaction); each usage batch queues a standing check, and each savepoint is
+    two more round trips (issue 16)."""
+    from billing.standing import standing_check_later
+
+    with transaction.atomic(), CaptureQueriesContext(connection) as captured:
+        standing_check_later(user_ids=["auth0|a"])
+    assert len(captured) == 1 and "procrastinate_defer_jobs" in captured[0]["sql"]
