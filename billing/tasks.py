@@ -248,10 +248,12 @@ def reconcile_billing(timestamp: int) -> str:
 
 @app.task(queue="maintenance", name="billing.evaluate_standing")
 @background
-def evaluate_standing(user_ids: list[str]) -> str:
+def evaluate_standing(user_ids: list[str] | None = None, users: str = "") -> str:
     """After usage, a credit movement or a mode switch: those users' stops opened, resolved
-    (a top-up resumes at once) or enforced."""
-    return str(standing_evaluate(user_ids=user_ids, actor="jobs"))
+    (a top-up resumes at once) or enforced. The users come as a list or as one string of
+    ids separated by spaces (`standing_check_later`)."""
+    ids = list(user_ids or ()) + (users.split(" ") if users else [])
+    return str(standing_evaluate(user_ids=ids, actor="jobs"))
 
 
 @app.periodic(cron="*/10 * * * *")

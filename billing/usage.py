@@ -3,7 +3,8 @@
 `usage_upsert` is the one way usage rows are written (daily collection and the API both
 use it). Per batch it runs a constant number of statements, whatever the batch size:
 
-1. lock the rows of the batch that exist, in key order, and read their current figures;
+1. lock the rows of the batch that exist, in key order, and read their current figures
+   (records of days with no usage stored at all are not looked up: one probe per day);
 2. price each record (`pricing.cost_of`, the rates of a day looked up once); a new row is
    priced and settled column-wise from the record alone (its figures, its billing mode on
    the day, the whole cost debited for a prepaid day), an existing one against what it
@@ -147,12 +148,16 @@ def _as_count(value, problems: list[str]) -> int | None:
 
 # A record inside the service: (user_id, cluster_id, date, cpu_hours, gpu_hours,
 # storage_gb_months, api_calls), figures cleaned (None: keep the stored one). Tuples, not
-# UsageRecords: a batch is thousands of them, and each object costs (issue 16).
+# UsageRecords: a batch is thousands of them, and each object costs (issue 16). The
+# cluster id is its canonical text (or None): a `uuid.UUID` hashes in Python and is turned
+# into text for every array, thousands of times a batch; the text of a UUID sorts as
+# PostgreSQL sorts the UUIDs.
 _USER, _CLUSTER, _DATE, _CPU, _GPU, _STORAGE, _CALLS = range(7)
+_NO_CLUSTER = str(NO_CLUSTER)
 
 
 def _key(row: tuple) -> tuple:
-    return (row[_USER], row[_CLUSTER] or NO_CLUSTER, row[_DATE])
+    return (row[_USER], row[_CLUSTER] or _NO_CLUSTER, row[_DATE])
 
 
 def validate_records(records) -> list[UsageRecord]:
@@ -174,6 +179,7 @@ def _clean(records) -> list[tuple]:
         "SELECT id FROM hopsworks_clusters WHERE id = ANY(%s::uuid[])",
         sql_array(sorted({c for c in clusters.values() if c != "invalid"}, key=str)),
     )
+    cluster_text = {value: str(c) for value, c in clusters.items() if c in known_clusters}
     errors: dict[int, list[str]] = {}
     cleaned, seen = [], {}
     for index, record in enumerate(records):
@@ -186,8 +192,8 @@ def _clean(records) -> list[tuple]:
         elif day > today:
             problems.append(f"date {day} is in the future")
         if cluster_id:
-            cluster_id = clusters[cluster_id]
-            if cluster_id not in known_clusters:
+            cluster_id = cluster_text.get(cluster_id)
+            if cluster_id is None:
                 problems.append(f"no cluster with id {record.cluster_id!r}")
         else:
             cluster_id = None
@@ -254,7 +260,7 @@ def usage_upsert(
         [
             (
                 r.user_id,
-                r.cluster_id,
+                str(r.cluster_id) if r.cluster_id else None,
                 r.date,
                 r.cpu_hours,
                 r.gpu_hours,
@@ -270,8 +276,7 @@ def usage_upsert(
         return UpsertResult()
     # Errors name a record by its place in the caller's list, not in the sorted copy.
     caller_index = {_key(row): index for index, row in enumerate(rows)}
-    clusters = {c: str(c or NO_CLUSTER) for c in {r[_CLUSTER] for r in rows}}
-    rows.sort(key=lambda r: (r[_USER], clusters[r[_CLUSTER]], r[_DATE]))
+    rows.sort(key=_key)  # (user, cluster, date): the order rows are locked in
     user_ids = sorted({r[_USER] for r in rows})
     rates = RateBook.load(user_ids=user_ids)
     settle = _Settler(rates=rates, actor_name=actor_label(actor), caller_index=caller_index)
@@ -281,7 +286,7 @@ def usage_upsert(
         # Which rollup rows: a stored row's channel (read, not locked yet), a new row's
         # from the billing mode in force when its day began (existing rows keep the
         # channel they were first written with).
-        stored = _lock_rows(rows, lock=False)
+        stored = _lock_rows(_on_days_with_usage(rows), lock=False)
         unstored = [r for r in rows if _key(r) not in stored] if stored else rows
         modes = billing_modes_on((r[_USER], r[_DATE]) for r in unstored)
         _lock_months(
@@ -704,12 +709,35 @@ _LOCKED_COLUMNS = (
 )
 
 
+def _on_days_with_usage(rows: list[tuple]) -> list[tuple]:
+    """The records whose day has any usage stored: the others cannot have a row yet. One
+    index probe per day instead of one per record: a first load (a backfill, a new day)
+    looks up nothing (issue 16)."""
+    days = sorted({r[_DATE] for r in rows})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT d FROM unnest(%s::date[]) AS d"
+            " WHERE EXISTS (SELECT 1 FROM usage_daily WHERE date = d)",
+            [sql_array(days)],
+        )
+        used = {day for (day,) in cursor}
+    if len(used) == len(days):
+        return rows
+    return [r for r in rows if r[_DATE] in used] if used else []
+
+
+# The cluster as text, as records carry it.
+_LOCKED_SELECT = {"hopsworks_cluster_id": "u.hopsworks_cluster_id::text"}
+
+
 def _lock_rows(rows: list[tuple], *, lock: bool = True) -> dict:
     """The batch's rows that exist, locked in key order (or only read, `lock=False`)."""
+    if not rows:
+        return {}
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            SELECT {", ".join("u." + c for c in _LOCKED_COLUMNS)}
+            SELECT {", ".join(_LOCKED_SELECT.get(c, "u." + c) for c in _LOCKED_COLUMNS)}
             FROM usage_daily u
             JOIN unnest(%s::text[], %s::uuid[], %s::date[]) AS k(user_id, cluster_id, date)
               ON u.user_id = k.user_id AND u.date = k.date
@@ -728,7 +756,7 @@ def _lock_rows(rows: list[tuple], *, lock: bool = True) -> dict:
             ],
         )
         found = [dict(zip(_LOCKED_COLUMNS, values, strict=True)) for values in cursor]
-    return {(r["user_id"], r["hopsworks_cluster_id"] or NO_CLUSTER, r["date"]): r for r in found}
+    return {(r["user_id"], r["hopsworks_cluster_id"] or _NO_CLUSTER, r["date"]): r for r in found}
 
 
 def _write_rows(updates) -> None:

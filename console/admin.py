@@ -6,6 +6,8 @@ moving a section is moving a line, never counting positions in another app's tup
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from django.contrib import admin
 from procrastinate.contrib.django.admin import ProcrastinateJobAdmin
 from procrastinate.contrib.django.models import ProcrastinateJob
@@ -131,6 +133,15 @@ class JobAdmin(ProcrastinateJobAdmin):
 
     def has_operate_permission(self, request):
         return request.user.has_perm("procrastinate.change_procrastinatejob")
+
+    @admin.display(description="Args")
+    def pretty_args(self, instance):
+        # A standing check names its users in one string (`billing.standing`): shown one
+        # id a line, as a list would be, not as one unbroken line.
+        args = instance.args
+        if isinstance(args, dict) and isinstance(args.get("users"), str):
+            args = {**args, "users": args["users"].split(" ")}
+        return super().pretty_args(SimpleNamespace(args=args))
 
     @admin.action(description="Retry the selected failed or stuck jobs", permissions=["operate"])
     def retry_jobs(self, request, queryset):

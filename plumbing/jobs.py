@@ -60,6 +60,10 @@ def defer(task, *, queueing_lock: str | None = None, lock: str | None = None, **
         k: _lock_name(v) for k, v in {"queueing_lock": queueing_lock, "lock": lock}.items() if v
     }
     configured = task.configure(**options) if options else task
+    if not queueing_lock:
+        # Nothing to be a duplicate of: no savepoint (two round trips a job saved, and
+        # usage batches queue one each).
+        return configured.defer(**kwargs)
     try:
         with transaction.atomic():  # a savepoint: a duplicate must not break the caller's
             return configured.defer(**kwargs)

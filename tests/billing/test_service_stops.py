@@ -472,3 +472,56 @@ def test_a_lift_needs_a_sensible_hold_and_writes_nothing_otherwise(operator):
             service_stop_lift(stop=stop, reason="why not", hours=hours, actor=operator)
     stop.refresh_from_db()
     assert stop.resolved_at is None and stop.lifted_until is None
+
+
+def queued_standing_checks():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT args FROM procrastinate_jobs WHERE task_name = 'billing.evaluate_standing'"
+            " AND status = 'todo' ORDER BY id"
+        )
+        return [json.loads(a) if isinstance(a, str) else a for (a,) in cursor]
+
+
+@pytest.mark.parametrize(
+    ("ids", "args"),
+    [
+        # The users as one string: a batch names thousands, and psycopg escapes every
+        # quote of a JSON list of them, character by character (bench/README.md).
+        (["auth0|b", "auth0|a"], {"users": "auth0|a auth0|b"}),
+        # An id the separator cannot carry goes as a list.
+        (["auth0|a", "email|with space"], {"user_ids": ["auth0|a", "email|with space"]}),
+    ],
+)
+def test_usage_queues_one_standing_check_of_its_users_and_it_stops_them(
+    ids, args, fake_hopsworks, cluster_on
+):
+    east, _ = fake_hopsworks
+    cluster = cluster_on(east)
+    users = [prepaid_user(id=user_id) for user_id in ids]
+    with run_jobs():
+        for user in users:
+            services.assignment_create(user=user, cluster=cluster, actor=None)
+
+    usage_upsert(
+        records=[
+            UsageRecord(user_id=u.pk, date=timezone.now().date(), cpu_hours=D("10")) for u in users
+        ],
+        actor="t",
+    )
+
+    assert queued_standing_checks() == [args]
+    assert ("billing.evaluate_standing", "succeeded") in run_queued_jobs()
+    stopped = ServiceStop.objects.filter(reason=ServiceStop.Reason.BALANCE_BELOW_FLOOR)
+    assert sorted(stopped.values_list("user_id", flat=True)) == sorted(ids)
+
+
+def test_a_standing_check_is_queued_in_one_statement_without_a_savepoint():
+    """A savepoint only serves a job with a queueing lock (a duplicate must not break the
+    caller's transaction); each usage batch queues a standing check, and each savepoint is
+    two more round trips (issue 16)."""
+    from billing.standing import standing_check_later
+
+    with transaction.atomic(), CaptureQueriesContext(connection) as captured:
+        standing_check_later(user_ids=["auth0|a"])
+    assert len(captured) == 1 and "procrastinate_defer_jobs" in captured[0]["sql"]

@@ -118,9 +118,11 @@ def test_the_upsert_makes_the_same_number_of_queries_for_5_and_for_200_records()
             usage_upsert(records=batch, actor="t")
         return len(captured)
 
-    # New rows only (a batch with stored rows also locks them: one statement more).
+    # New days (nothing stored on them).
     assert queries(0, 1) == queries(1, 40)
-    # Stored and new rows.
+    # The same again: days with usage stored (a rerun).
+    assert queries(0, 1) == queries(1, 40)
+    # Stored and new rows in one batch.
     assert queries(40, 2) == queries(41, 40)
 
 
@@ -324,3 +326,30 @@ def test_one_batch_prices_each_user_by_their_own_negotiated_prices():
         (other.pk, DAY - dt.timedelta(days=1)): D("1"),
         (other.pk, DAY): D("1"),
     }
+
+
+def test_records_of_days_with_no_usage_at_all_are_not_looked_up_one_by_one():
+    """A first load (a backfill, a new day) has nothing stored: the day's absence, one
+    index probe, says so for all its records (issue 16: the first load's speed)."""
+    users, cluster = UserFactory.create_batch(3), ClusterFactory()
+    usage_upsert(records=[record(users[0], cluster, cpu_hours=D("1"))], actor="t")
+    later = DAY + dt.timedelta(days=1)
+
+    def key_lookups(batch):
+        with CaptureQueriesContext(connection) as captured:
+            usage_upsert(records=batch, actor="t")
+        return [
+            q["sql"] for q in captured if "FROM usage_daily u" in q["sql"] and "unnest" in q["sql"]
+        ]
+
+    assert key_lookups([record(u, cluster, day=later, cpu_hours=D("2")) for u in users]) == []
+    # A day that has usage: its records are looked up (and the stored one locked).
+    lookups = key_lookups(
+        [record(u, cluster, day=DAY, cpu_hours=D("3")) for u in users]
+        + [record(u, cluster, day=later + dt.timedelta(days=1), cpu_hours=D("3")) for u in users]
+    )
+    assert len(lookups) == 2 and "FOR UPDATE" in lookups[1]
+    assert (
+        sorted(UsageDaily.objects.filter(date=DAY).values_list("cpu_hours", flat=True))
+        == [D("3")] * 3
+    )
