@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 from collections.abc import Iterator
@@ -43,14 +44,28 @@ class _KeepAliveHandler(WSGIRequestHandler):
         length = self.headers.get("Content-Length", "0").strip() or "0"
         return "Transfer-Encoding" in self.headers or length != "0"
 
-    def send_header(self, keyword: str, value: str) -> None:
-        if (
-            keyword.lower() == "connection"
-            and value.lower() == "close"
-            and self.request_version == "HTTP/1.1"
+    def _keeps_alive(self) -> bool:
+        return (
+            self.request_version == "HTTP/1.1"
             and not self._has_body()
             and (self.headers.get("Connection") or "").lower() != "close"
-        ):
+        )
+
+    def run_wsgi(self) -> None:
+        if not self._keeps_alive():
+            return super().run_wsgi()
+        # After answering, werkzeug reads whatever the client sent since, to discard a body
+        # (it reads until 10 MB or the end): on a kept-alive connection that is the next
+        # request, and the read would wait for a connection that stays open. A request
+        # without a body has nothing to discard, so it reads from an empty stream.
+        rfile, self.rfile = self.rfile, io.BytesIO()
+        try:
+            return super().run_wsgi()
+        finally:
+            self.rfile = rfile
+
+    def send_header(self, keyword: str, value: str) -> None:
+        if keyword.lower() == "connection" and value.lower() == "close" and self._keeps_alive():
             return
         super().send_header(keyword, value)
 
