@@ -22,6 +22,7 @@ this to never replace a fuller day with a poorer answer.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import tempfile
@@ -385,8 +386,13 @@ def _shown(value: Any) -> str:
 
 
 def _moment(value: Any) -> datetime.datetime | None:
-    if not isinstance(value, str):
-        return None
+    return _parsed_moment(value) if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_moment(value: str) -> datetime.datetime | None:
+    # A day's answer repeats the same few times (the window, the day's ends) in every one
+    # of its tens of thousands of namespaces: each is parsed once.
     try:
         moment = datetime.datetime.fromisoformat(value)
     except ValueError:

@@ -328,6 +328,23 @@ def test_listing_projects_pages_with_creators_and_maps_namespaces(fake_hopsworks
     ]
 
 
+def test_the_pages_of_a_listing_and_the_calls_of_one_client_share_one_connection(
+    fake_hopsworks, make_client
+):
+    # Real Hopsworks keeps connections alive: a collection reads 100 pages of projects per
+    # cluster, and a TLS handshake per page was most of its time.
+    for n in range(5):
+        fake_hopsworks.add_project(f"project_{n}", f"owner{n}@example.com")
+    client = make_client(page_size=2)
+
+    assert len(client.list_projects()) == 5
+    assert len(client.list_projects()) == 5
+
+    lists = fake_hopsworks.requests_to("GET", "/admin/projects")
+    assert len(lists) == 6
+    assert len({r.peer for r in lists}) == 1
+
+
 def test_listing_projects_on_an_empty_cluster_returns_nothing(fake_hopsworks, hopsworks):
     assert hopsworks.list_projects() == []
 

@@ -44,6 +44,8 @@ class RecordedRequest:
     args: MultiDict
     headers: Headers
     body: bytes
+    # The client's end of the connection it came on (address, port): one per connection.
+    peer: tuple[str, int] | None = None
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -233,6 +235,7 @@ class FakeHopsworks:
                     args=MultiDict(request.args.items(multi=True)),
                     headers=Headers(request.headers),
                     body=request.get_data(),
+                    peer=(request.environ.get("REMOTE_ADDR"), request.environ.get("REMOTE_PORT")),
                 )
             )
             override = next((o for o in self._overrides if o.matches(request.method, path)), None)
