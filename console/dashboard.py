@@ -17,9 +17,9 @@ from procrastinate.contrib.django.models import ProcrastinateEvent, Procrastinat
 from accounts.models import User
 from billing.models import (
     StripeEvent,
+    UsageClusterDaily,
     UsageCollectionRun,
     UsageDaily,
-    UsageMonthly,
     UserCredits,
 )
 from billing.selectors import daily_cost_by_cluster, month_start, unbilled_usage
@@ -63,15 +63,16 @@ def _previous_month(month: dt.date) -> dt.date:
 def _usage(month) -> list[Tile]:
     month_param = {"date__gte": month.isoformat()}
     # Last month beside this month (on the 1st, this month has barely begun): the same
-    # queries, each sum split by month. Read from the monthly rollup: a few rows per user
-    # and month instead of a row per user and day.
+    # queries, each sum split by month. Read from the daily rollup per cluster: a few rows
+    # per cluster and day, whatever the number of users (the monthly rollup has a row per
+    # user and month: 200,000 for two months of 100,000 users).
     previous = _previous_month(month)
-    this, last = Q(month__gte=month), Q(month__lt=month)
-    revenue = UsageMonthly.objects.filter(month__gte=previous).aggregate(
+    this, last = Q(date__gte=month), Q(date__lt=month)
+    revenue = UsageClusterDaily.objects.filter(date__gte=previous).aggregate(
         total=Sum("total_cost", filter=this), last=Sum("total_cost", filter=last)
     )
     per_cluster = (
-        UsageMonthly.objects.filter(month__gte=previous)
+        UsageClusterDaily.objects.filter(date__gte=previous)
         .values("hopsworks_cluster_id", "hopsworks_cluster__name")
         .annotate(
             total=Sum("total_cost", filter=this, default=Decimal(0)),

@@ -113,10 +113,13 @@ def test_the_dashboard_reads_the_rollups_and_never_usage_daily(operator_client):
     add_world(3, 40)  # this month and the one before
     with CaptureQueriesContext(connection) as captured:
         found, body = tiles(operator_client)
-    # Month tiles read usage_monthly, the chart of daily cost per cluster usage_cluster_daily.
-    assert not [q for q in captured.captured_queries if "usage_daily" in q["sql"]]
-    daily = [q["sql"] for q in captured.captured_queries if "usage_cluster_daily" in q["sql"]]
-    assert len(daily) == 1 and "GROUP BY" in daily[0]
+    # The platform's figures (the month tiles, the chart of daily cost per cluster) read the
+    # daily rollup per cluster: rows per cluster and day, whatever the number of users. The
+    # monthly rollup (a row per user and month) only for what is per user: unbilled usage.
+    sql = [q["sql"] for q in captured.captured_queries]
+    assert not [q for q in sql if "usage_daily" in q]
+    assert len([q for q in sql if "usage_cluster_daily" in q]) == 3
+    assert [q for q in sql if "usage_monthly" in q] == [q for q in sql if "reported AS" in q]
     assert found["Usage this month"].value.startswith("$")
     assert 'id="chart-cost-per-cluster"' in body
 
