@@ -56,6 +56,10 @@ STEPS = (
     "billing_modes_on",
     "_insert_new",
     "_lock_rows",
+    "_lock_months",
+    "_mark_stripe_months_due",
+    "cap_alerts_evaluate",
+    "standing_check_later",
     "pricing loop + rest",
     "_write_rows",
     "credits_apply",
@@ -287,6 +291,16 @@ class StepTimer:
 
         for name in ("billing_modes_on", "_lock_rows"):
             self._wrap(usage, name, name)
+        # The statements between pricing and the credits (issue 16's third pass): wrapped
+        # where the module has them.
+        for name in (
+            "_lock_months",
+            "_mark_stripe_months_due",
+            "cap_alerts_evaluate",
+            "standing_check_later",
+        ):
+            if hasattr(usage, name):
+                self._wrap(usage, name, name)
         # Since issue 16 validation is `_clean` (validate_records wraps it for callers) and
         # the upsert applies credits with `credits_apply_batch`.
         clean = "_clean" if hasattr(usage, "_clean") else "validate_records"
