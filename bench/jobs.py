@@ -105,6 +105,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--scale-users", type=int, default=100_000, help="Users (100000).")
     parser.add_argument("--scale-clusters", type=int, default=5, help="Clusters (5).")
+    parser.add_argument(
+        "--scale-workers",
+        type=int,
+        default=1,
+        help="Cluster-days collected at once, each by a thread with its own database "
+        "connection, as that many job workers would (1: cluster by cluster).",
+    )
     parser.add_argument("--seed", type=int, default=20240601, help="Random seed of the data.")
     parser.add_argument("--keep", action="store_true", help="Do not drop the database.")
     parser.add_argument("--json", metavar="PATH", help="Write the figures here, not stdout.")
@@ -112,7 +119,15 @@ def parse_args(argv=None):
     name = urlsplit(args.database_url).path.lstrip("/")
     if not name.startswith("bench"):
         parser.error(f"the database name must start with 'bench' (it is dropped): {name!r}")
-    for option in ("noop_jobs", "clusters", "namespaces", "days", "samples", "poll_samples"):
+    for option in (
+        "noop_jobs",
+        "clusters",
+        "namespaces",
+        "days",
+        "samples",
+        "poll_samples",
+        "scale_workers",
+    ):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
     return args
@@ -438,6 +453,7 @@ class FakeTimer:
     def __init__(self):
         self._lock = threading.Lock()
         self.totals: dict[str, list[float]] = {}  # name -> [requests, wall, cpu]
+        self.spans: list[tuple[float, float]] = []  # (start, end) of every answer
         self._undo = []
 
     def install(self) -> None:
@@ -455,12 +471,14 @@ class FakeTimer:
     def _wrap(self, handler, name: str):
         @functools.wraps(handler)
         def timed(*args, **kwargs):
-            wall, cpu = time.perf_counter(), time.thread_time()
+            start, cpu = time.perf_counter(), time.thread_time()
             try:
                 return handler(*args, **kwargs)
             finally:
-                wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+                end = time.perf_counter()
+                wall, cpu = end - start, time.thread_time() - cpu
                 with self._lock:
+                    self.spans.append((start, end))
                     totals = self.totals.setdefault(name, [0, 0.0, 0.0])
                     totals[0] += 1
                     totals[1] += wall
@@ -475,7 +493,23 @@ class FakeTimer:
                 for name, (n, wall, cpu) in self.totals.items()
             }
             self.totals.clear()
+            self.spans.clear()
         return taken
+
+    def answering_s(self) -> float:
+        """Wall time during which at least one fake was answering (the union of their
+        answers' spans): when requests overlap (OpenCost and Hopsworks asked at once,
+        several workers), the sum of their times would count the same seconds twice."""
+        with self._lock:
+            spans = sorted(self.spans)
+        seconds, reach = 0.0, None
+        for start, end in spans:
+            if reach is not None and start < reach:
+                start = reach
+            if end > start:
+                seconds += end - start
+                reach = end
+        return seconds
 
     def uninstall(self) -> None:
         for owner, attribute, original in reversed(self._undo):
@@ -689,6 +723,7 @@ class StepTimer:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
         self._undo = []
 
     def wrap(self, owner, attribute: str, label: str) -> None:
@@ -700,7 +735,9 @@ class StepTimer:
             try:
                 return original(*args, **kwargs)
             finally:
-                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
+                elapsed = time.perf_counter() - start
+                with self._lock:
+                    self.seconds[label] = self.seconds.get(label, 0.0) + elapsed
 
         setattr(owner, attribute, timed)
         self._undo.append((owner, attribute, original))
@@ -844,10 +881,14 @@ def _wal_bytes_since(lsn: str) -> int:
     return int(sql_all("SELECT pg_current_wal_lsn() - %s::pg_lsn", [lsn])[0][0])
 
 
-def scale_pass(world: dict, *, fakes: FakeTimer, label: str) -> dict:
-    """Every cluster's day collected in this process, cluster by cluster, through the real
-    collector (`usage_collect_day`, what `collect_usage` and the job run) in background
-    mode (the job's and the command's deadlines)."""
+def scale_pass(world: dict, *, fakes: FakeTimer, label: str, workers: int = 1) -> dict:
+    """Every cluster's day collected in this process through the real collector
+    (`usage_collect_day`, what `collect_usage` and the job run) in background mode (the
+    job's and the command's deadlines): cluster by cluster, or by `workers` threads at once,
+    each with its own database connection, as that many workers take one cluster-day job
+    each (a job locks its cluster, so two clusters are what runs at once)."""
+    from django.db import connection
+
     from billing import collection
     from clusters.hopsworks import HopsworksClient
     from plumbing import outbound
@@ -858,41 +899,72 @@ def scale_pass(world: dict, *, fakes: FakeTimer, label: str) -> dict:
     timer.wrap(collection, "attribute", "attribute (namespaces -> users)")
     timer.wrap(collection, "usage_upsert", "usage_upsert")
     fakes.take()
-    clusters = []
+    clusters, errors = [], []
+    waiting = list(world["clusters"])
+    lock = threading.Lock()
+
+    def work() -> None:
+        try:
+            with outbound.background_work():
+                while True:
+                    with lock:
+                        if not waiting:
+                            return
+                        entry = waiting.pop(0)
+                    lsn, t0 = _wal_lsn(), time.perf_counter()
+                    run = collection.usage_collect_day(
+                        cluster=entry["cluster"], day=world["day"], actor="bench"
+                    )
+                    with lock:
+                        clusters.append(
+                            {
+                                "cluster": entry["cluster"].name,
+                                "status": run.status,
+                                "error": run.error,
+                                "rows": run.rows_written,
+                                "seconds": time.perf_counter() - t0,
+                                # The server's WAL: with workers, the others' writes too.
+                                "wal_bytes": _wal_bytes_since(lsn),
+                            }
+                        )
+        except Exception as error:  # reported below
+            errors.append(error)
+        finally:
+            if workers > 1:
+                connection.close()
+
     try:
-        started, cpu = time.perf_counter(), time.process_time()
-        with outbound.background_work():
-            for entry in world["clusters"]:
-                lsn, t0 = _wal_lsn(), time.perf_counter()
-                run = collection.usage_collect_day(
-                    cluster=entry["cluster"], day=world["day"], actor="bench"
-                )
-                clusters.append(
-                    {
-                        "cluster": entry["cluster"].name,
-                        "status": run.status,
-                        "error": run.error,
-                        "rows": run.rows_written,
-                        "seconds": time.perf_counter() - t0,
-                        "wal_bytes": _wal_bytes_since(lsn),
-                    }
-                )
+        started, cpu, lsn = time.perf_counter(), time.process_time(), _wal_lsn()
+        if workers == 1:
+            work()
+        else:
+            threads = [threading.Thread(target=work) for _ in range(workers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         total, cpu = time.perf_counter() - started, time.process_time() - cpu
+        wal = _wal_bytes_since(lsn)
     finally:
         timer.uninstall()
+    if errors:
+        raise errors[0]
+    fake_s = fakes.answering_s()
     answering = fakes.take()
-    fake_s = sum(f["wall_s"] for f in answering.values())
     fake_cpu = sum(f["cpu_s"] for f in answering.values())
     return {
         "label": label,
+        "workers": workers,
         "total_s": total,
+        # Wall time during which some fake was answering, and the rest.
         "fakes_s": fake_s,
         "ours_s": total - fake_s,
         # This process's CPU less the fakes' (their handler threads run here too).
         "our_cpu_s": cpu - fake_cpu,
+        "wal_bytes": wal,
         "steps_s": dict(timer.seconds),
         "fakes": answering,
-        "clusters": clusters,
+        "clusters": sorted(clusters, key=lambda c: c["cluster"]),
     }
 
 
@@ -914,8 +986,12 @@ def collection_scale(args) -> dict:
             sql_run("CHECKPOINT")
             print("collection at scale: collecting ...", file=sys.stderr, flush=True)
             passes = [
-                scale_pass(world, fakes=fakes, label="first collection"),
-                scale_pass(world, fakes=fakes, label="rerun (nothing changes)"),
+                scale_pass(
+                    world, fakes=fakes, label="first collection", workers=args.scale_workers
+                ),
+                scale_pass(
+                    world, fakes=fakes, label="rerun (nothing changes)", workers=args.scale_workers
+                ),
             ]
     finally:
         fakes.uninstall()
@@ -924,6 +1000,7 @@ def collection_scale(args) -> dict:
         "parameters": {
             "users": world["per_cluster"] * args.scale_clusters,
             "clusters": args.scale_clusters,
+            "workers": args.scale_workers,
             "namespaces_per_cluster": world["per_cluster"],
             "day": world["day"].isoformat(),
             "seed": args.seed,
@@ -956,9 +1033,10 @@ def scale_report(figures: dict) -> str:
     ]
     for run in figures["passes"]:
         lines += [
-            f"{run['label']}: {run['total_s']:.1f} s in all; the fakes answering "
-            f"{run['fakes_s']:.1f} s, ours (client, attribution, database) {run['ours_s']:.1f} s"
-            f" ({run['ours_s'] / run['total_s']:.0%}); our CPU {run['our_cpu_s']:.1f} s",
+            f"{run['label']} ({run['workers']} at once): {run['total_s']:.1f} s in all; "
+            f"a fake answering {run['fakes_s']:.1f} s, none (client, attribution, database) "
+            f"{run['ours_s']:.1f} s ({run['ours_s'] / run['total_s']:.0%}); our CPU "
+            f"{run['our_cpu_s']:.1f} s; WAL {run['wal_bytes'] / 2**20:.1f} MB",
             "  fakes: "
             + ", ".join(
                 f"{name} {f['requests']} requests {f['wall_s']:.1f} s"

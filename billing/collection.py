@@ -21,16 +21,18 @@ A re-collection never destroys what is stored:
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection, connections, transaction
 from django.db.models import Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
@@ -318,12 +320,16 @@ def _collect(
             "services/proxy in namespace opencost."
         )
     fetched_at = timezone.now()
-    answer = fetch_day_allocations(kubeconfig=cluster.kubeconfig.reveal(), day=day)
+    kubeconfig = cluster.kubeconfig.reveal()
+    # The two outside systems are asked at once (Hopsworks in a thread of its own, with this
+    # context's deadline and background mode): the cluster-day waits for the slower one.
+    # OpenCost's failure wins over Hopsworks', as when they were asked one after the other.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hopsworks-projects") as pool:
+        listing = pool.submit(contextvars.copy_context().run, _list_projects, cluster)
+        answer = fetch_day_allocations(kubeconfig=kubeconfig, day=day)
+        projects, error = listing.result()
     notes = []
-    try:
-        with cluster.hopsworks_client() as hopsworks:
-            projects = hopsworks.list_projects()
-    except HopsworksError as error:
+    if isinstance(error, HopsworksError):
         # A rerun needs Hopsworks only for namespaces the day's stored mapping lacks.
         needed = {
             usage.namespace
@@ -331,9 +337,10 @@ def _collect(
             if not is_system_namespace(usage.namespace)
         }
         if not needed <= set(run.attribution or {}):
-            raise
-        projects = []
+            raise error
         notes.append(f"Hopsworks could not be asked ({error}); owners from this day's record.")
+    elif error is not None:
+        raise error
 
     with transaction.atomic():
         locked = UsageCollectionRun.objects.select_for_update().get(pk=run.pk)
@@ -436,6 +443,20 @@ def _collect(
         )
     run.refresh_from_db()
     return run
+
+
+def _list_projects(
+    cluster: HopsworksCluster,
+) -> tuple[list[HopsworksProject], Exception | None]:
+    """Every project of the cluster, or the error that stopped the listing (raised by the
+    caller once OpenCost has answered)."""
+    try:
+        with cluster.hopsworks_client() as hopsworks:
+            return hopsworks.list_projects(), None
+    except Exception as error:  # handed to the collecting thread
+        return [], error
+    finally:
+        connections.close_all()  # this thread's, should anything have opened one
 
 
 def _apply_closures(

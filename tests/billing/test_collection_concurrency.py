@@ -63,7 +63,8 @@ def test_a_run_that_fetched_earlier_never_overwrites_newer_figures(east):
 
     first = threading.Thread(target=collect, args=("first",))
     first.start()
-    until(lambda: east["hopsworks"].requests_to("GET", "/admin/projects"))
+    # OpenCost and Hopsworks are asked at once: wait until OpenCost has read its figures.
+    until(lambda: east["hopsworks"].requests_to("GET", "/admin/projects") and east["k8s"].answered)
     east["k8s"].set_allocations(DAY, {"ada-ml": {"cpuCoreHours": D("2")}})  # newer figures
     second = threading.Thread(target=collect, args=("second",))
     second.start()
@@ -80,3 +81,33 @@ def test_a_run_that_fetched_earlier_never_overwrites_newer_figures(east):
     assert UsageDaily.objects.get(user=east["ada"], date=DAY).cpu_hours == D("2")
     run = UsageCollectionRun.objects.get()
     assert run.fetched_at == runs["second"].fetched_at > runs["first"].fetched_at
+
+
+def test_hopsworks_is_asked_for_the_projects_while_opencost_is_still_answering(east):
+    # The two outside systems are independent: a cluster-day waits for the slower of the
+    # two, not for both one after the other.
+    east["k8s"].set_allocations(DAY, {"ada-ml": {"cpuCoreHours": D("1.5")}})
+    east["k8s"].delay = 30  # OpenCost answers when released
+    runs, errors = [], []
+
+    def collect():
+        try:
+            with outbound.background_work():
+                runs.append(usage_collect_day(cluster=east["cluster"], day=DAY, actor="jobs"))
+        except Exception as error:  # surfaced below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=collect)
+    thread.start()
+    try:
+        until(lambda: east["hopsworks"].requests_to("GET", "/admin/projects"))
+        assert not east["k8s"].answered
+    finally:
+        east["k8s"].release()
+        thread.join(timeout=60)
+
+    assert errors == []
+    assert [run.status for run in runs] == ["succeeded"]
+    assert UsageDaily.objects.get(user=east["ada"], date=DAY).cpu_hours == D("1.5")

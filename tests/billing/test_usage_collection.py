@@ -462,6 +462,29 @@ def test_a_rerun_needs_hopsworks_only_for_namespaces_the_day_has_no_owner_for(wo
     assert "401" in UsageCollectionRun.objects.get().error
 
 
+def test_with_opencost_and_hopsworks_both_down_the_run_names_opencost(world):
+    # They are asked at once; the run says what it said when OpenCost was asked first.
+    world["k8s"].status = 503
+    world["hopsworks"].fail_next(1, status=401, method="GET", path="/admin/projects")
+
+    [run] = usage_collect(clusters=[world["cluster"]], days=[DAY], actor="operator")
+
+    assert run.status == "failed"
+    assert "OpenCost was not found" in run.error and "HTTP 503" in run.error
+    assert "Hopsworks" not in run.error
+    assert UsageDaily.objects.count() == 0
+
+
+def test_hopsworks_down_fails_a_first_collection_with_its_error_and_writes_nothing(world):
+    world["hopsworks"].fail_next(1, status=401, method="GET", path="/admin/projects")
+
+    [run] = usage_collect(clusters=[world["cluster"]], days=[DAY], actor="operator")
+
+    assert run.status == "failed"
+    assert "list projects" in run.error and "401" in run.error
+    assert UsageDaily.objects.count() == 0
+
+
 def test_a_cluster_with_more_users_than_one_upsert_batch_is_collected_in_one_run(
     world, fake_hopsworks, cluster_on, test_ca
 ):

@@ -74,6 +74,8 @@ class FakeKubernetes:
     raw_content_type: str = "text/plain"
     delay: float = 0.0
     requests: list[RecordedRequest] = field(default_factory=list)
+    # OpenCost answers given (counted once the answer's figures are read).
+    answered: int = 0
     _data_by_window: dict[str, Any] = field(default_factory=dict)
     _released: threading.Event = field(default_factory=threading.Event)
 
@@ -171,8 +173,9 @@ class FakeKubernetes:
                 self.raw_body, status=self.raw_status, content_type=self.raw_content_type
             )
         data = self._data_by_window.get(request.args.get("window", ""), [])
-        body = {"code": 200, "status": "success", "data": data}
-        return Response(_to_json(body), content_type="application/json")
+        body = _to_json({"code": 200, "status": "success", "data": data})
+        self.answered += 1
+        return Response(body, content_type="application/json")
 
     def _elsewhere(self, request: Request) -> Response:
         self._record(request)
