@@ -391,6 +391,20 @@ def test_a_meter_event_goes_on_the_v2_stream_with_a_session_token(fake_stripe):
     assert fake_stripe.meter_event_totals("cpu_hours", "cus_123") == 12
 
 
+def test_the_requests_of_one_stream_share_one_connection(fake_stripe):
+    # Stripe keeps connections alive: a run sends thousands of requests on the stream, and
+    # a new connection (a TLS handshake) for each would cost more than the request itself.
+    stream = gateway.MeterEventStream()
+    now = int(time.time())
+    for n in range(3):
+        stream.send([gateway.MeterEvent("cpu_hours", "cus_1", 1, f"id-{n}", now)])
+
+    requests = fake_stripe.stream_requests()
+    assert [r.status for r in requests] == [200, 200, 200]
+    assert len({r.peer for r in requests}) == 1
+    assert fake_stripe.meter_event_totals("cpu_hours", "cus_1") == 3
+
+
 def test_a_negative_meter_event_corrects_over_reported_usage(fake_stripe):
     now = int(time.time())
     gateway.send_meter_event(
