@@ -675,13 +675,17 @@ class MeterEvent:
     def wire(self) -> dict:
         if isinstance(self.value, bool) or not isinstance(self.value, int):
             raise TypeError(f"A meter event value is a whole number, not {self.value!r}.")
-        moment = dt.datetime.fromtimestamp(int(self.timestamp), dt.UTC)
         return {
             "event_name": self.event_name,
             "identifier": self.identifier,
             "payload": {"stripe_customer_id": self.customer_id, "value": str(self.value)},
-            "timestamp": moment.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "timestamp": _wire_moment(int(self.timestamp)),
         }
+
+
+@functools.lru_cache(maxsize=64)  # a run's events carry a few moments (one per month)
+def _wire_moment(timestamp: int) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 def _pause(seconds: float) -> None:

@@ -10,6 +10,7 @@ Everything takes many user-months at once and makes a fixed number of queries fo
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
@@ -159,8 +160,12 @@ def adjustment_description(month: dt.date, days: list[dt.date], cents: int) -> s
 
 def identifier(user_id: str, month: dt.date, resource: str, number: int) -> str:
     """Deterministic, at most 100 characters, no personal data."""
-    digest = hashlib.sha256(user_id.encode()).hexdigest()[:16]
-    return f"usage-{digest}-{month:%Y%m}-{resource}-{number}"
+    return f"usage-{_digest(user_id)}-{month:%Y%m}-{resource}-{number}"
+
+
+@functools.lru_cache(maxsize=4096)  # a user's four resources, in a batch of user-months
+def _digest(user_id: str) -> str:
+    return hashlib.sha256(user_id.encode()).hexdigest()[:16]
 
 
 def event_timestamp(month: dt.date, now: dt.datetime) -> int | None:
@@ -326,35 +331,6 @@ def reports_ensure(pairs: list[Pair]) -> None:
         )
 
 
-def reports_claim(pairs: Iterable[Pair]) -> dict[Pair, dict[str, StripeUsageReport]]:
-    """The report rows of the user-months no other run holds, locked (one statement, inside
-    the caller's transaction). A user-month is claimed by its first resource's row, taken
-    with SKIP LOCKED; its other rows are then locked in primary-key order."""
-    pairs = sorted(set(pairs))
-    if not pairs:
-        return {}
-    table = StripeUsageReport._meta.db_table
-    rows = StripeUsageReport.objects.raw(
-        f"""
-        WITH claimed AS (
-            SELECT user_id, month FROM {table}
-            WHERE resource = %s
-              AND (user_id, month) IN (SELECT * FROM unnest(%s::text[], %s::date[]))
-            ORDER BY id
-            FOR UPDATE SKIP LOCKED
-        )
-        SELECT r.* FROM {table} r JOIN claimed c USING (user_id, month)
-        ORDER BY r.id
-        FOR UPDATE OF r
-        """,
-        [RESOURCES[0], [u for u, _ in pairs], [m for _, m in pairs]],
-    )
-    claimed: dict[Pair, dict[str, StripeUsageReport]] = defaultdict(dict)
-    for row in rows:
-        claimed[(row.user_id, row.month)][row.resource] = row
-    return {pair: rows for pair, rows in claimed.items() if len(rows) == len(RESOURCES)}
-
-
 REPORT_COLUMNS = (
     ("reported_cents", "bigint"),
     ("events_sent", "integer"),
@@ -368,7 +344,56 @@ REPORT_COLUMNS = (
 )
 
 
-def reports_save(reports: Iterable[StripeUsageReport]) -> None:
+class ReportRow:
+    """A claimed `StripeUsageReport` row as plain attributes (the model's names): a batch
+    claims thousands of them, and a model instance each was most of the claim's time. Written
+    back with `reports_save`, `reports_decide` or `reports_accept`."""
+
+    __slots__ = ("id", "user_id", "month", "resource", *(name for name, _ in REPORT_COLUMNS))
+
+    def __init__(self, values) -> None:
+        for name, value in zip(self.__slots__, values, strict=True):
+            setattr(self, name, value)
+
+    @property
+    def pk(self) -> int:
+        return self.id
+
+
+def reports_claim(pairs: Iterable[Pair]) -> dict[Pair, dict[str, ReportRow]]:
+    """The report rows of the user-months no other run holds, locked (one statement, inside
+    the caller's transaction). A user-month is claimed by its first resource's row, taken
+    with SKIP LOCKED; its other rows are then locked in primary-key order."""
+    pairs = sorted(set(pairs))
+    if not pairs:
+        return {}
+    table = StripeUsageReport._meta.db_table
+    columns = ", ".join(f"r.{name}" for name in ReportRow.__slots__)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH claimed AS (
+                SELECT user_id, month FROM {table}
+                WHERE resource = %s
+                  AND (user_id, month) IN (SELECT * FROM unnest(%s::text[], %s::date[]))
+                ORDER BY id
+                FOR UPDATE SKIP LOCKED
+            )
+            SELECT {columns} FROM {table} r JOIN claimed c USING (user_id, month)
+            ORDER BY r.id
+            FOR UPDATE OF r
+            """,
+            [RESOURCES[0], [u for u, _ in pairs], [m for _, m in pairs]],
+        )
+        rows = cursor.fetchall()
+    claimed: dict[Pair, dict[str, ReportRow]] = defaultdict(dict)
+    for values in rows:
+        row = ReportRow(values)
+        claimed[(row.user_id, row.month)][row.resource] = row
+    return {pair: rows for pair, rows in claimed.items() if len(rows) == len(RESOURCES)}
+
+
+def reports_save(reports: Iterable[ReportRow]) -> None:
     """Write the reports' state (one UPDATE from arrays, whatever their number)."""
     reports = list({report.pk: report for report in reports}.values())
     if not reports:
@@ -387,6 +412,51 @@ def reports_save(reports: Iterable[StripeUsageReport]) -> None:
                 [report.pk for report in reports],
                 *([getattr(report, name) for report in reports] for name, _ in REPORT_COLUMNS),
             ],
+        )
+
+
+def reports_decide(reports: list[ReportRow], *, now: dt.datetime) -> None:
+    """Write the pending events just decided (identifier, cents and timestamp; all decided
+    `now`): only those columns, one statement."""
+    if not reports:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {StripeUsageReport._meta.db_table} r
+            SET pending_identifier = v.identifier, pending_cents = v.cents,
+                pending_since = %s, pending_timestamp = v.stamp
+            FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::bigint[])
+                AS v(id, identifier, cents, stamp)
+            WHERE r.id = v.id
+            """,
+            [
+                now,
+                [r.id for r in reports],
+                [r.pending_identifier for r in reports],
+                [r.pending_cents for r in reports],
+                [r.pending_timestamp for r in reports],
+            ],
+        )
+
+
+def reports_accept(reports: list[ReportRow], *, now: dt.datetime) -> None:
+    """Stripe took these rows' pending events: each one's cents move into `reported_cents`
+    and its number is used up (one statement from the row ids; the rows are held by the
+    caller, so what is pending is what was sent). The rows in memory must say the same
+    (`reports_save` writes them whole instead)."""
+    if not reports:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {StripeUsageReport._meta.db_table}
+            SET reported_cents = reported_cents + pending_cents, events_sent = events_sent + 1,
+                pending_identifier = '', pending_cents = NULL, pending_since = NULL,
+                pending_timestamp = NULL, last_error = '', last_reported_at = %s
+            WHERE id = ANY(%s::bigint[]) AND pending_identifier <> ''
+            """,
+            [now, [r.id for r in reports]],
         )
 
 

@@ -35,7 +35,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing import stripe_gateway as gateway
-from billing.models import BillingProfile, StripeCatalogEntry, StripeUsageReport
+from billing.models import BillingProfile, StripeCatalogEntry
 from billing.pricing import RateBook
 from billing.stripe_adjusting import months_adjust
 from billing.stripe_report_rules import (  # noqa: F401  (the reporter's rules, used elsewhere)
@@ -43,6 +43,7 @@ from billing.stripe_report_rules import (  # noqa: F401  (the reporter's rules, 
     MAX_EVENT_AGE,
     RESOURCES,
     Pair,
+    ReportRow,
     _split,
     adjustment_description,
     due_months,
@@ -55,7 +56,9 @@ from billing.stripe_report_rules import (  # noqa: F401  (the reporter's rules, 
     month_closed,
     months_cents,
     reportable,
+    reports_accept,
     reports_claim,
+    reports_decide,
     reports_ensure,
     reports_save,
     subscription_starts,
@@ -163,7 +166,7 @@ def _report_batch(run: ReportRun, due: list[dict], *, catalog, stream, now) -> b
                 decided.append(report)
             if not waiting:
                 settled.append(pair)
-        reports_save(decided)
+        reports_decide(decided, now=now)
         due_settle(settled, versions)
 
     # 2. Send what is pending, holding the rows so no other run sends it too. In a closed
@@ -196,7 +199,7 @@ def _report_batch(run: ReportRun, due: list[dict], *, catalog, stream, now) -> b
     return True
 
 
-def _decide(report: StripeUsageReport, *, pair: Pair, cents: int, now) -> None:
+def _decide(report: ReportRow, *, pair: Pair, cents: int, now) -> None:
     """A new pending event, committed before it is sent."""
     user_id, month = pair
     report.pending_identifier = identifier(user_id, month, report.resource, report.events_sent + 1)
@@ -206,8 +209,9 @@ def _decide(report: StripeUsageReport, *, pair: Pair, cents: int, now) -> None:
 
 
 def _send_pending(run, held, *, closed, profiles, catalog, stream, now) -> bool:
-    changed: list[StripeUsageReport] = []
-    outgoing: list[tuple[StripeUsageReport, gateway.MeterEvent]] = []
+    changed: list[ReportRow] = []  # written whole
+    accepted: list[ReportRow] = []  # only their pending event taken by Stripe
+    outgoing: list[tuple[ReportRow, gateway.MeterEvent]] = []
     going_on = True
     for pair, reports in held.items():
         user_id, month = pair
@@ -277,8 +281,10 @@ def _send_pending(run, held, *, closed, profiles, catalog, stream, now) -> bool:
         for report, _ in chunk:
             run.sent_events += 1
             _accepted(run, report, now)
-            changed.append(report)
+            accepted.append(report)
     reports_save(changed)
+    whole = {report.id for report in changed}
+    reports_accept([report for report in accepted if report.id not in whole], now=now)
     return going_on
 
 
@@ -305,7 +311,7 @@ def _pending_verdict(report, *, month, customer_id, entry) -> str:
     return "unknown"
 
 
-def _accepted(run: ReportRun, report: StripeUsageReport, now) -> None:
+def _accepted(run: ReportRun, report: ReportRow, now) -> None:
     run.sent_cents += report.pending_cents
     report.reported_cents += report.pending_cents
     report.events_sent += 1
@@ -313,7 +319,7 @@ def _accepted(run: ReportRun, report: StripeUsageReport, now) -> None:
     report.last_reported_at = now
 
 
-def _clear_pending(report: StripeUsageReport) -> None:
+def _clear_pending(report: ReportRow) -> None:
     report.pending_identifier, report.pending_cents = "", None
     report.pending_since, report.pending_timestamp = None, None
     report.last_error = ""
