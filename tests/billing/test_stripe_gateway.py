@@ -405,6 +405,25 @@ def test_the_requests_of_one_stream_share_one_connection(fake_stripe):
     assert fake_stripe.meter_event_totals("cpu_hours", "cus_1") == 3
 
 
+def test_the_stream_s_events_are_encoded_as_json_only(fake_stripe, monkeypatch):
+    # The SDK form-encodes a request's parameters before it decides that a v2 body is JSON;
+    # for 100 events that form (never sent) cost more than the JSON and the request together.
+    from stripe import _api_requestor
+
+    forms = []
+    real = _api_requestor.urlencode
+    monkeypatch.setattr(_api_requestor, "urlencode", lambda q, *a, **k: forms.append(q) or real(q))
+    now = int(time.time())
+
+    gateway.MeterEventStream().send(
+        [gateway.MeterEvent("cpu_hours", "cus_1", n, f"id-{n}", now) for n in (1, 2)]
+    )
+
+    assert [e["identifier"] for e in stream_events(fake_stripe)] == ["id-1", "id-2"]
+    assert fake_stripe.meter_event_totals("cpu_hours", "cus_1") == 3
+    assert not [pair for form in forms for pair in form if "id-1" in str(pair)]
+
+
 def test_a_negative_meter_event_corrects_over_reported_usage(fake_stripe):
     now = int(time.time())
     gateway.send_meter_event(
