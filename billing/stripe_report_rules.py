@@ -257,13 +257,13 @@ def month_closed(month: dt.date, *, now, started: dt.datetime, finalized) -> str
 
 def due_months(*, user_ids=None, after: Pair | None = None, limit: int | None = None) -> list:
     """The next user-months (after `after`, in order) a run may have to look at: those whose
-    Stripe-billed usage changed since they were last decided (`StripeReportDue`, with the
-    version read) and those with an event or an invoice item still pending. One query,
-    whatever the history: an ordered merge of three index scans that stops after `limit`
-    (whether the user has a live subscription is the caller's to check, with the profiles
-    it reads anyway: a join here would read every profile for every batch)."""
-    report, due = StripeUsageReport._meta.db_table, StripeReportDue._meta.db_table
-    adjustment = StripeUsageAdjustment._meta.db_table
+    Stripe-billed usage changed since they were last decided or with an event still pending
+    (`StripeReportDue`, with the version read: a month stays due while an event of it is
+    pending) and those with an invoice item still pending. One query, whatever the history:
+    an ordered merge of two index scans that stops after `limit` (whether the user has a
+    live subscription is the caller's to check, with the profiles it reads anyway: a join
+    here would read every profile for every batch)."""
+    due, adjustment = StripeReportDue._meta.db_table, StripeUsageAdjustment._meta.db_table
     where, params = [], []
     if after is not None:
         where.append("(user_id, month) > (%s, %s)")
@@ -273,8 +273,8 @@ def due_months(*, user_ids=None, after: Pair | None = None, limit: int | None = 
         params.append(list(user_ids))
     condition = " AND ".join(where) or "TRUE"
     # Each source is read in (user, month) order through its index and stops at `limit`
-    # keys: the first `limit` keys of the three together are among them. (A plain UNION
-    # of the three, grouped, made PostgreSQL read every row after the cursor each batch.)
+    # keys: the first `limit` keys of the two together are among them. (A plain UNION
+    # of them, grouped, made PostgreSQL read every row after the cursor each batch.)
     cap = "LIMIT %s" if limit is not None else ""
     branch_params = [*params, int(limit)] if limit is not None else list(params)
     sql = f"""
@@ -282,16 +282,13 @@ def due_months(*, user_ids=None, after: Pair | None = None, limit: int | None = 
             (SELECT user_id, month, version FROM {due} WHERE {condition}
              ORDER BY user_id, month {cap})
             UNION ALL
-            (SELECT DISTINCT user_id, month, NULL::bigint FROM {report}
-             WHERE pending_identifier <> '' AND {condition} ORDER BY user_id, month {cap})
-            UNION ALL
             (SELECT DISTINCT user_id, month, NULL::bigint FROM {adjustment}
              WHERE status = 'pending' AND {condition} ORDER BY user_id, month {cap})
         ) AS s
         GROUP BY user_id, month
         ORDER BY user_id, month
     """
-    params = branch_params * 3
+    params = branch_params * 2
     if limit is not None:
         sql += " LIMIT %s"
         params.append(int(limit))

@@ -14,9 +14,10 @@ STRIPE_REPORT_BATCH_SIZE in (user, month) order. A batch makes the same few quer
 whatever its size: the months due, the profiles, the finalized invoices and the prices;
 then, in one transaction, its report rows claimed (`FOR UPDATE SKIP LOCKED`, so two runs at
 once report each user-month once), its figures from one query over usage_daily, the
-decided events written and the due marks cleared in one statement each; in a second
-transaction, the pending events sent on Stripe's v2 meter event stream, up to 100 a
-request, and their acceptance written in one statement.
+decided events written in one statement; in a second transaction, the pending events sent
+on Stripe's v2 meter event stream, up to 100 a request, their acceptance written and the
+due marks of the months with nothing left pending cleared, in one statement each. (A month
+stays due while an event of it is pending: that is how a later run finds it.)
 
 A month Stripe no longer bills through meter events is corrected with an invoice item on
 the next invoice instead (`billing/stripe_adjusting.py`).
@@ -149,7 +150,7 @@ def _report_batch(run: ReportRun, due: list[dict], *, catalog, stream, now) -> b
         claimed = reports_claim(closed)
         run.skipped_locked += len(closed) - len(claimed)  # another run is reporting them
         targets = months_cents(claimed, rates=rates)
-        decided, settled = [], []
+        decided, waiting_pairs = [], set()
         for pair, reports in claimed.items():
             if closed[pair]:
                 continue
@@ -164,10 +165,9 @@ def _report_batch(run: ReportRun, due: list[dict], *, catalog, stream, now) -> b
                     continue
                 _decide(report, pair=pair, cents=delta, now=now)
                 decided.append(report)
-            if not waiting:
-                settled.append(pair)
+            if waiting:
+                waiting_pairs.add(pair)
         reports_decide(decided, now=now)
-        due_settle(settled, versions)
 
     # 2. Send what is pending, holding the rows so no other run sends it too. In a closed
     #    month nothing is sent: Stripe says whether a pending event arrived.
@@ -176,6 +176,19 @@ def _report_batch(run: ReportRun, due: list[dict], *, catalog, stream, now) -> b
         run.skipped_locked += len(claimed) - len(held)
         going_on = _send_pending(
             run, held, closed=closed, profiles=profiles, catalog=catalog, stream=stream, now=now
+        )
+        # A month stays due while an event of it is pending (that is how the next run finds
+        # it) or a difference waits for one to settle; a closed month, until its invoice
+        # item is decided (`months_adjust`).
+        due_settle(
+            [
+                pair
+                for pair, reports in held.items()
+                if not closed[pair]
+                and pair not in waiting_pairs
+                and not any(report.pending_identifier for report in reports.values())
+            ],
+            versions,
         )
     if not going_on:
         return False
