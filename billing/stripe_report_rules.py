@@ -29,6 +29,7 @@ from billing.models import (
     UsageDaily,
 )
 from billing.pricing import CENT, Quantities, RateBook, resource_costs, to_cents
+from plumbing.db import sql_array
 
 RESOURCES = Price.Resource.values
 # Stripe accepts meter events up to 35 days old; keep a margin.
@@ -73,8 +74,8 @@ def months_cents(pairs: Iterable[Pair], *, rates: RateBook | None = None) -> dic
             ) AS d
             """,
             [
-                [user_id for user_id, _ in pairs],
-                [month for _, month in pairs],
+                sql_array([user_id for user_id, _ in pairs], text=True),
+                sql_array([month for _, month in pairs]),
                 UsageDaily.BilledVia.STRIPE,
                 stretches,
             ],
@@ -324,7 +325,11 @@ def reports_ensure(pairs: list[Pair]) -> None:
             ORDER BY 1, 2, 3
             ON CONFLICT DO NOTHING
             """,
-            [[u for u, _ in pairs], [m for _, m in pairs], RESOURCES],
+            [
+                sql_array([u for u, _ in pairs], text=True),
+                sql_array([m for _, m in pairs]),
+                RESOURCES,
+            ],
         )
 
 
@@ -380,7 +385,11 @@ def reports_claim(pairs: Iterable[Pair]) -> dict[Pair, dict[str, ReportRow]]:
             ORDER BY r.id
             FOR UPDATE OF r
             """,
-            [RESOURCES[0], [u for u, _ in pairs], [m for _, m in pairs]],
+            [
+                RESOURCES[0],
+                sql_array([u for u, _ in pairs], text=True),
+                sql_array([m for _, m in pairs]),
+            ],
         )
         rows = cursor.fetchall()
     claimed: dict[Pair, dict[str, ReportRow]] = defaultdict(dict)
@@ -429,10 +438,10 @@ def reports_decide(reports: list[ReportRow], *, now: dt.datetime) -> None:
             """,
             [
                 now,
-                [r.id for r in reports],
-                [r.pending_identifier for r in reports],
-                [r.pending_cents for r in reports],
-                [r.pending_timestamp for r in reports],
+                sql_array([r.id for r in reports]),
+                sql_array([r.pending_identifier for r in reports], text=True),
+                sql_array([r.pending_cents for r in reports]),
+                sql_array([r.pending_timestamp for r in reports]),
             ],
         )
 
@@ -453,7 +462,7 @@ def reports_accept(reports: list[ReportRow], *, now: dt.datetime) -> None:
                 pending_timestamp = NULL, last_error = '', last_reported_at = %s
             WHERE id = ANY(%s::bigint[]) AND pending_identifier <> ''
             """,
-            [now, [r.id for r in reports]],
+            [now, sql_array([r.id for r in reports])],
         )
 
 
@@ -470,5 +479,9 @@ def due_settle(pairs: Iterable[Pair], versions: dict[Pair, int | None]) -> None:
             USING unnest(%s::text[], %s::date[], %s::bigint[]) AS v(user_id, month, version)
             WHERE d.user_id = v.user_id AND d.month = v.month AND d.version = v.version
             """,
-            [[u for u, _ in keys], [m for _, m in keys], [versions[k] for k in keys]],
+            [
+                sql_array([u for u, _ in keys], text=True),
+                sql_array([m for _, m in keys]),
+                sql_array([versions[k] for k in keys]),
+            ],
         )
