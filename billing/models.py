@@ -795,15 +795,10 @@ class StripeUsageReport(models.Model):
 
     class Meta:
         db_table = "billing_stripe_usage_report"
-        indexes = [
-            # The reporting run reads the user-months with a pending event in (user, month)
-            # order beside those due: only the few pending rows, not every report.
-            models.Index(
-                fields=["user", "month"],
-                name="stripe_usage_report_pending",
-                condition=~models.Q(pending_identifier=""),
-            )
-        ]
+        # No index on the pending columns: a month with a pending event stays due
+        # (StripeReportDue), so the reporting run finds it there, and a row's two writes
+        # per event (decided, accepted) change no indexed column and stay on their page
+        # (HOT, with the room migration 0045 leaves on each page).
         constraints = [
             models.UniqueConstraint(
                 fields=["user", "month", "resource"], name="stripe_usage_report_once"
@@ -821,7 +816,8 @@ class StripeReportDue(models.Model):
     (and the events still pending), never the whole history.
 
     Invariant: a change of a Stripe-billed usage row leaves a row here until a reporting
-    run has decided that month afresh; `version` grows with each change, and the reporter
+    run has decided that month afresh and Stripe has taken its events (a month with an
+    event still pending stays here); `version` grows with each change, and the reporter
     removes the row only at the version it read, so a change made meanwhile stays due.
     """
 

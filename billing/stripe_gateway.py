@@ -675,13 +675,29 @@ class MeterEvent:
     def wire(self) -> dict:
         if isinstance(self.value, bool) or not isinstance(self.value, int):
             raise TypeError(f"A meter event value is a whole number, not {self.value!r}.")
-        moment = dt.datetime.fromtimestamp(int(self.timestamp), dt.UTC)
         return {
             "event_name": self.event_name,
             "identifier": self.identifier,
             "payload": {"stripe_customer_id": self.customer_id, "value": str(self.value)},
-            "timestamp": moment.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "timestamp": _wire_moment(int(self.timestamp)),
         }
+
+
+@functools.lru_cache(maxsize=64)  # a run's events carry a few moments (one per month)
+def _wire_moment(timestamp: int) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+class _JsonOnly(list):
+    """A list the SDK sends as JSON but does not also form-encode. For every request the
+    SDK form-encodes the parameters first (stripe._api_requestor), then sends a v2 request's
+    body as JSON and never uses that form; for a stream request of 100 events the unused
+    form took 3.5 ms, more than the JSON and the HTTP round trip together. The form encoder
+    takes a value with an `id` as that id (an expanded object) and stops there; JSON sees a
+    plain list. Should a later SDK encode it otherwise, the body is the same, only slower
+    (test_the_stream_s_events_are_encoded_as_json_only says so)."""
+
+    id = "(sent as JSON)"
 
 
 def _pause(seconds: float) -> None:
@@ -725,7 +741,7 @@ class MeterEventStream:
             return
         if len(events) > METER_STREAM_MAX_EVENTS:
             raise ValueError(f"The stream takes up to {METER_STREAM_MAX_EVENTS} events a request.")
-        params: dict[str, Any] = {"events": [event.wire() for event in events]}
+        params: dict[str, Any] = {"events": _JsonOnly(event.wire() for event in events)}
         first, last = events[0].identifier, events[-1].identifier
         operation = f"send {len(events)} meter events ({first} .. {last}) on the meter event stream"
         renewed = rate_limited = 0

@@ -10,6 +10,7 @@ Everything takes many user-months at once and makes a fixed number of queries fo
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
@@ -28,6 +29,7 @@ from billing.models import (
     UsageDaily,
 )
 from billing.pricing import CENT, Quantities, RateBook, resource_costs, to_cents
+from plumbing.db import sql_array
 
 RESOURCES = Price.Resource.values
 # Stripe accepts meter events up to 35 days old; keep a margin.
@@ -72,8 +74,8 @@ def months_cents(pairs: Iterable[Pair], *, rates: RateBook | None = None) -> dic
             ) AS d
             """,
             [
-                [user_id for user_id, _ in pairs],
-                [month for _, month in pairs],
+                sql_array([user_id for user_id, _ in pairs], text=True),
+                sql_array([month for _, month in pairs]),
                 UsageDaily.BilledVia.STRIPE,
                 stretches,
             ],
@@ -159,8 +161,12 @@ def adjustment_description(month: dt.date, days: list[dt.date], cents: int) -> s
 
 def identifier(user_id: str, month: dt.date, resource: str, number: int) -> str:
     """Deterministic, at most 100 characters, no personal data."""
-    digest = hashlib.sha256(user_id.encode()).hexdigest()[:16]
-    return f"usage-{digest}-{month:%Y%m}-{resource}-{number}"
+    return f"usage-{_digest(user_id)}-{month:%Y%m}-{resource}-{number}"
+
+
+@functools.lru_cache(maxsize=4096)  # a user's four resources, in a batch of user-months
+def _digest(user_id: str) -> str:
+    return hashlib.sha256(user_id.encode()).hexdigest()[:16]
 
 
 def event_timestamp(month: dt.date, now: dt.datetime) -> int | None:
@@ -252,13 +258,13 @@ def month_closed(month: dt.date, *, now, started: dt.datetime, finalized) -> str
 
 def due_months(*, user_ids=None, after: Pair | None = None, limit: int | None = None) -> list:
     """The next user-months (after `after`, in order) a run may have to look at: those whose
-    Stripe-billed usage changed since they were last decided (`StripeReportDue`, with the
-    version read) and those with an event or an invoice item still pending. One query,
-    whatever the history: an ordered merge of three index scans that stops after `limit`
-    (whether the user has a live subscription is the caller's to check, with the profiles
-    it reads anyway: a join here would read every profile for every batch)."""
-    report, due = StripeUsageReport._meta.db_table, StripeReportDue._meta.db_table
-    adjustment = StripeUsageAdjustment._meta.db_table
+    Stripe-billed usage changed since they were last decided or with an event still pending
+    (`StripeReportDue`, with the version read: a month stays due while an event of it is
+    pending) and those with an invoice item still pending. One query, whatever the history:
+    an ordered merge of two index scans that stops after `limit` (whether the user has a
+    live subscription is the caller's to check, with the profiles it reads anyway: a join
+    here would read every profile for every batch)."""
+    due, adjustment = StripeReportDue._meta.db_table, StripeUsageAdjustment._meta.db_table
     where, params = [], []
     if after is not None:
         where.append("(user_id, month) > (%s, %s)")
@@ -268,8 +274,8 @@ def due_months(*, user_ids=None, after: Pair | None = None, limit: int | None = 
         params.append(list(user_ids))
     condition = " AND ".join(where) or "TRUE"
     # Each source is read in (user, month) order through its index and stops at `limit`
-    # keys: the first `limit` keys of the three together are among them. (A plain UNION
-    # of the three, grouped, made PostgreSQL read every row after the cursor each batch.)
+    # keys: the first `limit` keys of the two together are among them. (A plain UNION
+    # of them, grouped, made PostgreSQL read every row after the cursor each batch.)
     cap = "LIMIT %s" if limit is not None else ""
     branch_params = [*params, int(limit)] if limit is not None else list(params)
     sql = f"""
@@ -277,16 +283,13 @@ def due_months(*, user_ids=None, after: Pair | None = None, limit: int | None = 
             (SELECT user_id, month, version FROM {due} WHERE {condition}
              ORDER BY user_id, month {cap})
             UNION ALL
-            (SELECT DISTINCT user_id, month, NULL::bigint FROM {report}
-             WHERE pending_identifier <> '' AND {condition} ORDER BY user_id, month {cap})
-            UNION ALL
             (SELECT DISTINCT user_id, month, NULL::bigint FROM {adjustment}
              WHERE status = 'pending' AND {condition} ORDER BY user_id, month {cap})
         ) AS s
         GROUP BY user_id, month
         ORDER BY user_id, month
     """
-    params = branch_params * 3
+    params = branch_params * 2
     if limit is not None:
         sql += " LIMIT %s"
         params.append(int(limit))
@@ -322,37 +325,12 @@ def reports_ensure(pairs: list[Pair]) -> None:
             ORDER BY 1, 2, 3
             ON CONFLICT DO NOTHING
             """,
-            [[u for u, _ in pairs], [m for _, m in pairs], RESOURCES],
+            [
+                sql_array([u for u, _ in pairs], text=True),
+                sql_array([m for _, m in pairs]),
+                RESOURCES,
+            ],
         )
-
-
-def reports_claim(pairs: Iterable[Pair]) -> dict[Pair, dict[str, StripeUsageReport]]:
-    """The report rows of the user-months no other run holds, locked (one statement, inside
-    the caller's transaction). A user-month is claimed by its first resource's row, taken
-    with SKIP LOCKED; its other rows are then locked in primary-key order."""
-    pairs = sorted(set(pairs))
-    if not pairs:
-        return {}
-    table = StripeUsageReport._meta.db_table
-    rows = StripeUsageReport.objects.raw(
-        f"""
-        WITH claimed AS (
-            SELECT user_id, month FROM {table}
-            WHERE resource = %s
-              AND (user_id, month) IN (SELECT * FROM unnest(%s::text[], %s::date[]))
-            ORDER BY id
-            FOR UPDATE SKIP LOCKED
-        )
-        SELECT r.* FROM {table} r JOIN claimed c USING (user_id, month)
-        ORDER BY r.id
-        FOR UPDATE OF r
-        """,
-        [RESOURCES[0], [u for u, _ in pairs], [m for _, m in pairs]],
-    )
-    claimed: dict[Pair, dict[str, StripeUsageReport]] = defaultdict(dict)
-    for row in rows:
-        claimed[(row.user_id, row.month)][row.resource] = row
-    return {pair: rows for pair, rows in claimed.items() if len(rows) == len(RESOURCES)}
 
 
 REPORT_COLUMNS = (
@@ -368,7 +346,60 @@ REPORT_COLUMNS = (
 )
 
 
-def reports_save(reports: Iterable[StripeUsageReport]) -> None:
+class ReportRow:
+    """A claimed `StripeUsageReport` row as plain attributes (the model's names): a batch
+    claims thousands of them, and a model instance each was most of the claim's time. Written
+    back with `reports_save`, `reports_decide` or `reports_accept`."""
+
+    __slots__ = ("id", "user_id", "month", "resource", *(name for name, _ in REPORT_COLUMNS))
+
+    def __init__(self, values) -> None:
+        for name, value in zip(self.__slots__, values, strict=True):
+            setattr(self, name, value)
+
+    @property
+    def pk(self) -> int:
+        return self.id
+
+
+def reports_claim(pairs: Iterable[Pair]) -> dict[Pair, dict[str, ReportRow]]:
+    """The report rows of the user-months no other run holds, locked (one statement, inside
+    the caller's transaction). A user-month is claimed by its first resource's row, taken
+    with SKIP LOCKED; its other rows are then locked in primary-key order."""
+    pairs = sorted(set(pairs))
+    if not pairs:
+        return {}
+    table = StripeUsageReport._meta.db_table
+    columns = ", ".join(f"r.{name}" for name in ReportRow.__slots__)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH claimed AS (
+                SELECT user_id, month FROM {table}
+                WHERE resource = %s
+                  AND (user_id, month) IN (SELECT * FROM unnest(%s::text[], %s::date[]))
+                ORDER BY id
+                FOR UPDATE SKIP LOCKED
+            )
+            SELECT {columns} FROM {table} r JOIN claimed c USING (user_id, month)
+            ORDER BY r.id
+            FOR UPDATE OF r
+            """,
+            [
+                RESOURCES[0],
+                sql_array([u for u, _ in pairs], text=True),
+                sql_array([m for _, m in pairs]),
+            ],
+        )
+        rows = cursor.fetchall()
+    claimed: dict[Pair, dict[str, ReportRow]] = defaultdict(dict)
+    for values in rows:
+        row = ReportRow(values)
+        claimed[(row.user_id, row.month)][row.resource] = row
+    return {pair: rows for pair, rows in claimed.items() if len(rows) == len(RESOURCES)}
+
+
+def reports_save(reports: Iterable[ReportRow]) -> None:
     """Write the reports' state (one UPDATE from arrays, whatever their number)."""
     reports = list({report.pk: report for report in reports}.values())
     if not reports:
@@ -390,6 +421,51 @@ def reports_save(reports: Iterable[StripeUsageReport]) -> None:
         )
 
 
+def reports_decide(reports: list[ReportRow], *, now: dt.datetime) -> None:
+    """Write the pending events just decided (identifier, cents and timestamp; all decided
+    `now`): only those columns, one statement."""
+    if not reports:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {StripeUsageReport._meta.db_table} r
+            SET pending_identifier = v.identifier, pending_cents = v.cents,
+                pending_since = %s, pending_timestamp = v.stamp
+            FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::bigint[])
+                AS v(id, identifier, cents, stamp)
+            WHERE r.id = v.id
+            """,
+            [
+                now,
+                sql_array([r.id for r in reports]),
+                sql_array([r.pending_identifier for r in reports], text=True),
+                sql_array([r.pending_cents for r in reports]),
+                sql_array([r.pending_timestamp for r in reports]),
+            ],
+        )
+
+
+def reports_accept(reports: list[ReportRow], *, now: dt.datetime) -> None:
+    """Stripe took these rows' pending events: each one's cents move into `reported_cents`
+    and its number is used up (one statement from the row ids; the rows are held by the
+    caller, so what is pending is what was sent). The rows in memory must say the same
+    (`reports_save` writes them whole instead)."""
+    if not reports:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {StripeUsageReport._meta.db_table}
+            SET reported_cents = reported_cents + pending_cents, events_sent = events_sent + 1,
+                pending_identifier = '', pending_cents = NULL, pending_since = NULL,
+                pending_timestamp = NULL, last_error = '', last_reported_at = %s
+            WHERE id = ANY(%s::bigint[]) AND pending_identifier <> ''
+            """,
+            [now, sql_array([r.id for r in reports])],
+        )
+
+
 def due_settle(pairs: Iterable[Pair], versions: dict[Pair, int | None]) -> None:
     """These user-months' changes up to the version read are decided: no longer due,
     unless they changed again meanwhile (a higher version stays). One statement."""
@@ -403,5 +479,9 @@ def due_settle(pairs: Iterable[Pair], versions: dict[Pair, int | None]) -> None:
             USING unnest(%s::text[], %s::date[], %s::bigint[]) AS v(user_id, month, version)
             WHERE d.user_id = v.user_id AND d.month = v.month AND d.version = v.version
             """,
-            [[u for u, _ in keys], [m for _, m in keys], [versions[k] for k in keys]],
+            [
+                sql_array([u for u, _ in keys], text=True),
+                sql_array([m for _, m in keys]),
+                sql_array([versions[k] for k in keys]),
+            ],
         )

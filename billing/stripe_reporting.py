@@ -14,9 +14,10 @@ STRIPE_REPORT_BATCH_SIZE in (user, month) order. A batch makes the same few quer
 whatever its size: the months due, the profiles, the finalized invoices and the prices;
 then, in one transaction, its report rows claimed (`FOR UPDATE SKIP LOCKED`, so two runs at
 once report each user-month once), its figures from one query over usage_daily, the
-decided events written and the due marks cleared in one statement each; in a second
-transaction, the pending events sent on Stripe's v2 meter event stream, up to 100 a
-request, and their acceptance written in one statement.
+decided events written in one statement; in a second transaction, the pending events sent
+on Stripe's v2 meter event stream, up to 100 a request, their acceptance written and the
+due marks of the months with nothing left pending cleared, in one statement each. (A month
+stays due while an event of it is pending: that is how a later run finds it.)
 
 A month Stripe no longer bills through meter events is corrected with an invoice item on
 the next invoice instead (`billing/stripe_adjusting.py`).
@@ -35,7 +36,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing import stripe_gateway as gateway
-from billing.models import BillingProfile, StripeCatalogEntry, StripeUsageReport
+from billing.models import BillingProfile, StripeCatalogEntry
 from billing.pricing import RateBook
 from billing.stripe_adjusting import months_adjust
 from billing.stripe_report_rules import (  # noqa: F401  (the reporter's rules, used elsewhere)
@@ -43,6 +44,7 @@ from billing.stripe_report_rules import (  # noqa: F401  (the reporter's rules, 
     MAX_EVENT_AGE,
     RESOURCES,
     Pair,
+    ReportRow,
     _split,
     adjustment_description,
     due_months,
@@ -55,7 +57,9 @@ from billing.stripe_report_rules import (  # noqa: F401  (the reporter's rules, 
     month_closed,
     months_cents,
     reportable,
+    reports_accept,
     reports_claim,
+    reports_decide,
     reports_ensure,
     reports_save,
     subscription_starts,
@@ -146,7 +150,7 @@ def _report_batch(run: ReportRun, due: list[dict], *, catalog, stream, now) -> b
         claimed = reports_claim(closed)
         run.skipped_locked += len(closed) - len(claimed)  # another run is reporting them
         targets = months_cents(claimed, rates=rates)
-        decided, settled = [], []
+        decided, waiting_pairs = [], set()
         for pair, reports in claimed.items():
             if closed[pair]:
                 continue
@@ -161,10 +165,9 @@ def _report_batch(run: ReportRun, due: list[dict], *, catalog, stream, now) -> b
                     continue
                 _decide(report, pair=pair, cents=delta, now=now)
                 decided.append(report)
-            if not waiting:
-                settled.append(pair)
-        reports_save(decided)
-        due_settle(settled, versions)
+            if waiting:
+                waiting_pairs.add(pair)
+        reports_decide(decided, now=now)
 
     # 2. Send what is pending, holding the rows so no other run sends it too. In a closed
     #    month nothing is sent: Stripe says whether a pending event arrived.
@@ -173,6 +176,19 @@ def _report_batch(run: ReportRun, due: list[dict], *, catalog, stream, now) -> b
         run.skipped_locked += len(claimed) - len(held)
         going_on = _send_pending(
             run, held, closed=closed, profiles=profiles, catalog=catalog, stream=stream, now=now
+        )
+        # A month stays due while an event of it is pending (that is how the next run finds
+        # it) or a difference waits for one to settle; a closed month, until its invoice
+        # item is decided (`months_adjust`).
+        due_settle(
+            [
+                pair
+                for pair, reports in held.items()
+                if not closed[pair]
+                and pair not in waiting_pairs
+                and not any(report.pending_identifier for report in reports.values())
+            ],
+            versions,
         )
     if not going_on:
         return False
@@ -196,7 +212,7 @@ def _report_batch(run: ReportRun, due: list[dict], *, catalog, stream, now) -> b
     return True
 
 
-def _decide(report: StripeUsageReport, *, pair: Pair, cents: int, now) -> None:
+def _decide(report: ReportRow, *, pair: Pair, cents: int, now) -> None:
     """A new pending event, committed before it is sent."""
     user_id, month = pair
     report.pending_identifier = identifier(user_id, month, report.resource, report.events_sent + 1)
@@ -206,8 +222,9 @@ def _decide(report: StripeUsageReport, *, pair: Pair, cents: int, now) -> None:
 
 
 def _send_pending(run, held, *, closed, profiles, catalog, stream, now) -> bool:
-    changed: list[StripeUsageReport] = []
-    outgoing: list[tuple[StripeUsageReport, gateway.MeterEvent]] = []
+    changed: list[ReportRow] = []  # written whole
+    accepted: list[ReportRow] = []  # only their pending event taken by Stripe
+    outgoing: list[tuple[ReportRow, gateway.MeterEvent]] = []
     going_on = True
     for pair, reports in held.items():
         user_id, month = pair
@@ -277,8 +294,10 @@ def _send_pending(run, held, *, closed, profiles, catalog, stream, now) -> bool:
         for report, _ in chunk:
             run.sent_events += 1
             _accepted(run, report, now)
-            changed.append(report)
+            accepted.append(report)
     reports_save(changed)
+    whole = {report.id for report in changed}
+    reports_accept([report for report in accepted if report.id not in whole], now=now)
     return going_on
 
 
@@ -305,7 +324,7 @@ def _pending_verdict(report, *, month, customer_id, entry) -> str:
     return "unknown"
 
 
-def _accepted(run: ReportRun, report: StripeUsageReport, now) -> None:
+def _accepted(run: ReportRun, report: ReportRow, now) -> None:
     run.sent_cents += report.pending_cents
     report.reported_cents += report.pending_cents
     report.events_sent += 1
@@ -313,7 +332,7 @@ def _accepted(run: ReportRun, report: StripeUsageReport, now) -> None:
     report.last_reported_at = now
 
 
-def _clear_pending(report: StripeUsageReport) -> None:
+def _clear_pending(report: ReportRow) -> None:
     report.pending_identifier, report.pending_cents = "", None
     report.pending_since, report.pending_timestamp = None, None
     report.last_error = ""

@@ -391,6 +391,39 @@ def test_a_meter_event_goes_on_the_v2_stream_with_a_session_token(fake_stripe):
     assert fake_stripe.meter_event_totals("cpu_hours", "cus_123") == 12
 
 
+def test_the_requests_of_one_stream_share_one_connection(fake_stripe):
+    # Stripe keeps connections alive: a run sends thousands of requests on the stream, and
+    # a new connection (a TLS handshake) for each would cost more than the request itself.
+    stream = gateway.MeterEventStream()
+    now = int(time.time())
+    for n in range(3):
+        stream.send([gateway.MeterEvent("cpu_hours", "cus_1", 1, f"id-{n}", now)])
+
+    requests = fake_stripe.stream_requests()
+    assert [r.status for r in requests] == [200, 200, 200]
+    assert len({r.peer for r in requests}) == 1
+    assert fake_stripe.meter_event_totals("cpu_hours", "cus_1") == 3
+
+
+def test_the_stream_s_events_are_encoded_as_json_only(fake_stripe, monkeypatch):
+    # The SDK form-encodes a request's parameters before it decides that a v2 body is JSON;
+    # for 100 events that form (never sent) cost more than the JSON and the request together.
+    from stripe import _api_requestor
+
+    forms = []
+    real = _api_requestor.urlencode
+    monkeypatch.setattr(_api_requestor, "urlencode", lambda q, *a, **k: forms.append(q) or real(q))
+    now = int(time.time())
+
+    gateway.MeterEventStream().send(
+        [gateway.MeterEvent("cpu_hours", "cus_1", n, f"id-{n}", now) for n in (1, 2)]
+    )
+
+    assert [e["identifier"] for e in stream_events(fake_stripe)] == ["id-1", "id-2"]
+    assert fake_stripe.meter_event_totals("cpu_hours", "cus_1") == 3
+    assert not [pair for form in forms for pair in form if "id-1" in str(pair)]
+
+
 def test_a_negative_meter_event_corrects_over_reported_usage(fake_stripe):
     now = int(time.time())
     gateway.send_meter_event(

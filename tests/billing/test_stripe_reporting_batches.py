@@ -221,3 +221,23 @@ def test_small_batches_reach_every_month_due_or_pending_once(catalog, settings):
     for user in users:
         assert stripe_cents(catalog, user) == to_cents(month_to_date_cost(user)) * 100
     assert not StripeReportDue.objects.exists()
+
+
+def test_a_month_stays_due_while_its_events_are_pending(catalog):
+    """The next run finds a month with a pending event by its due mark (no index on the
+    report rows' pending columns, so their writes stay on their page)."""
+    users = postpaid_users(catalog, 2)
+    use(users, ClusterFactory(max_users=10), cpu_hours=D("10"))
+    catalog.fail_next(1, status=503, path=METER_EVENT_STREAM)
+
+    assert usage_report_to_stripe().errors
+
+    due = set(StripeReportDue.objects.values_list("user_id", flat=True))
+    assert due == {u.pk for u in users}
+    assert StripeUsageReport.objects.exclude(pending_identifier="").count() == 2
+    run = usage_report_to_stripe()
+    assert run.errors == [] and run.sent_events == 2
+    assert not StripeReportDue.objects.exists()
+    assert not StripeUsageReport.objects.exclude(pending_identifier="").exists()
+    for user in users:
+        assert stripe_cents(catalog, user) == to_cents(month_to_date_cost(user)) * 100

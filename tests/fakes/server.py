@@ -23,8 +23,9 @@ class _KeepAliveHandler(WSGIRequestHandler):
     (Hopsworks' Payara, the Kubernetes API server) do with HTTP/1.1.
 
     Werkzeug always answers "Connection: close" because http.server cannot skip a request
-    body the application did not read before the next request line. So a connection stays
-    open only after a request without a body; one with a body still closes it.
+    body the application did not read before the next request line. So the body, when its
+    length is given, is read here first and the application reads it from memory; a chunked
+    body (no length) still closes the connection.
     """
 
     protocol_version = "HTTP/1.1"
@@ -44,14 +45,18 @@ class _KeepAliveHandler(WSGIRequestHandler):
             self.server.open_connections.discard(self.connection)
         super().finish()
 
-    def _has_body(self) -> bool:
+    def _body_length(self) -> int | None:
+        """The body's length, None when it is not given (chunked or not a number)."""
+        if "Transfer-Encoding" in self.headers:
+            return None
         length = self.headers.get("Content-Length", "0").strip() or "0"
-        return "Transfer-Encoding" in self.headers or length != "0"
+        return int(length) if length.isdigit() else None
 
     def _keeps_alive(self) -> bool:
         return (
             self.request_version == "HTTP/1.1"
-            and not self._has_body()
+            and self._body_length() is not None
+            and "100-continue" not in (self.headers.get("Expect") or "").lower()
             and (self.headers.get("Connection") or "").lower() != "close"
         )
 
@@ -60,9 +65,11 @@ class _KeepAliveHandler(WSGIRequestHandler):
             return super().run_wsgi()
         # After answering, werkzeug reads whatever the client sent since, to discard a body
         # (it reads until 10 MB or the end): on a kept-alive connection that is the next
-        # request, and the read would wait for a connection that stays open. A request
-        # without a body has nothing to discard, so it reads from an empty stream.
-        rfile, self.rfile = self.rfile, io.BytesIO()
+        # request, and the read would wait for a connection that stays open. So the body is
+        # read here, exactly its length, and the application and that discarding read it
+        # from memory.
+        body = self.rfile.read(self._body_length())
+        rfile, self.rfile = self.rfile, io.BytesIO(body)
         try:
             return super().run_wsgi()
         finally:

@@ -117,6 +117,7 @@ class RecordedRequest:
     body: bytes
     status: int | None = None
     replayed: bool = False
+    peer: tuple[str, int] | None = None  # the client's address and port: its connection
 
     @property
     def json(self) -> Any:
@@ -699,6 +700,7 @@ class FakeStripe:
         record = RecordedRequest(
             request.method, request.path, dict(items), items, params, headers, body
         )
+        record.peer = _peer(request)
         with self._lock:
             self.requests.append(record)
             status, answer, headers = self._answer(request, record)
@@ -802,6 +804,7 @@ class FakeStripe:
             params = None
         headers = Headers(request.headers)
         record = RecordedRequest(request.method, request.path, {}, [], params or {}, headers, body)
+        record.peer = _peer(request)
         with self._lock:
             self.requests.append(record)
             status, answer = self._answer_v2(request, record, params)
@@ -1771,6 +1774,10 @@ def _page_in_order(url: str, objects: list[dict], params: dict, *, kind: str) ->
             raise _missing(kind, params["starting_after"], "starting_after")
         start = ids.index(params["starting_after"]) + 1
     return _list_object(url, objects[start : start + limit], start + limit < len(objects))
+
+
+def _peer(request: Request) -> tuple[str, int]:
+    return (request.environ.get("REMOTE_ADDR"), request.environ.get("REMOTE_PORT"))
 
 
 def reset(server: HTTPServer, *, api_key: str = API_KEY) -> FakeStripe:
