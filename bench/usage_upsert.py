@@ -57,6 +57,7 @@ STEPS = (
     "_insert_new",
     "_lock_rows",
     "_lock_months",
+    "_take_cluster_months",
     "_mark_stripe_months_due",
     "cap_alerts_evaluate",
     "standing_check_later",
@@ -295,6 +296,7 @@ class StepTimer:
         # where the module has them.
         for name in (
             "_lock_months",
+            "_take_cluster_months",
             "_mark_stripe_months_due",
             "cap_alerts_evaluate",
             "standing_check_later",

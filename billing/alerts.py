@@ -95,7 +95,7 @@ def cap_alerts_evaluate(*, user_ids, days=()) -> list[int]:
             ],
         )
         rows = []
-        for user_id, month, total, cap in cursor:
+        for user_id, month, total, cap in cursor.fetchall():
             if total <= 0:
                 continue
             for percent, kind in CAP_LEVELS:
@@ -133,7 +133,7 @@ def low_balance_alerts_evaluate(*, user_ids) -> list[int]:
         )
         rows = [
             (user_id, Kind.LOW_BALANCE, f"since-{armed_by}", balance, threshold)
-            for user_id, balance, threshold, armed_by in cursor
+            for user_id, balance, threshold, armed_by in cursor.fetchall()
         ]
     return _insert(rows)
 
@@ -167,7 +167,7 @@ def _insert(rows) -> list[int]:
                 *[sql_array(column, text=i < 3) for i, column in enumerate(columns)],
             ],
         )
-        new = sorted(row[0] for row in cursor)
+        new = sorted(row[0] for row in cursor.fetchall())
     if new:
         from billing.tasks import spending_alerts_send_defer
 

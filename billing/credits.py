@@ -205,7 +205,7 @@ def _lock_summaries(user_ids) -> dict[str, list[Decimal]]:
             """,  # noqa: S608 - column names are ours
             [ids],
         )
-        return {user_id: list(figures) for user_id, *figures in cursor}
+        return {user_id: list(figures) for user_id, *figures in cursor.fetchall()}
 
 
 def _applied_before(references: list[str]) -> set[str]:
@@ -214,7 +214,7 @@ def _applied_before(references: list[str]) -> set[str]:
             "SELECT reference FROM billing_credit_ledger WHERE reference = ANY(%s::text[])",
             [sql_array(references, text=True)],
         )
-        return {reference for (reference,) in cursor}
+        return {reference for (reference,) in cursor.fetchall()}
 
 
 def _insert_entries(movements: list[Movement], balances: list[Decimal], now) -> dict[str, int]:
@@ -244,7 +244,7 @@ def _insert_entries(movements: list[Movement], balances: list[Decimal], now) -> 
             """,
             [now, *text, *other, sql_array(balances)],
         )
-        return {reference: entry_id for entry_id, reference in cursor}
+        return {reference: entry_id for entry_id, reference in cursor.fetchall()}
 
 
 def _write_summaries(user_ids: list[str], figures: list[list[Decimal]]) -> None:

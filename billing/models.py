@@ -434,7 +434,8 @@ class UsageClusterDaily(models.Model):
         indexes = [
             # The chart's days over all clusters.
             models.Index(fields=["date"], name="usage_cluster_daily_date"),
-            # Rows locked for a write that did not come (see usage._drop_empty_months).
+            # Empty rows (the upsert once pre-locked rows this way; it now takes turns
+            # per cluster-month instead, usage._take_cluster_months).
             models.Index(
                 fields=["id"],
                 name="usage_cluster_daily_empty",

@@ -181,7 +181,7 @@ def billing_modes_on(pairs) -> dict[tuple[str, dt.date], str]:
             """,
             [sql_array(sorted({user_id for user_id, _ in pairs}), text=True)],
         )
-        for user_id, mode, effective_at, change_id, from_mode, to_mode in cursor:
+        for user_id, mode, effective_at, change_id, from_mode, to_mode in cursor.fetchall():
             profile_mode[user_id] = mode or BillingProfile.Mode.POSTPAID
             if change_id is not None:
                 changes[user_id].append((effective_at, change_id, from_mode, to_mode))

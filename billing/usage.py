@@ -26,11 +26,13 @@ Records travel as tuples and arrays go to PostgreSQL as one literal each
 (`plumbing.db.sql_array`): a batch is thousands of records, and per-record objects and
 per-element parameter quoting were most of its cost (bench/README.md, issue 16).
 
-Between steps 2 and 3 the batch's rows of the monthly rollup (`usage_monthly`, one per user,
-month, cluster and channel) are locked in one statement, in key order. The triggers that
-keep the rollup exact lock its rows statement by statement, and steps 3 and 4 are two
-statements: without this, two writers of the same user-months could each hold a rollup
-row the other's next statement needs (a deadlock).
+Before step 1 the batch waits for the turns of its cluster-months (an advisory lock each,
+`_take_cluster_months`). The triggers that keep the rollups (`usage_monthly`,
+`usage_cluster_daily`) exact lock their rows statement by statement, and steps 3 and 4 are
+two statements: without turns, two writers of the same user-months could each hold a
+rollup row the other's next statement needs (a deadlock). Turns, rather than locking the
+rollup rows up front, keep the rollups' rows written once per statement and let the
+upsert lock usage rows before rollup rows, as every other writer of usage_daily does.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from itertools import compress
@@ -232,7 +235,7 @@ def _clean(records) -> list[tuple]:
 def _existing(query: str, ids: str) -> set:
     with connection.cursor() as cursor:
         cursor.execute(query, [ids])
-        return {value for (value,) in cursor}
+        return {value for (value,) in cursor.fetchall()}
 
 
 def _uuid_or_none(value):
@@ -282,24 +285,12 @@ def usage_upsert(
     settle = _Settler(rates=rates, actor_name=actor_label(actor), caller_index=caller_index)
 
     with transaction.atomic():
-        # The rollup rows first, then the usage rows: every writer takes them in that order.
-        # Which rollup rows: a stored row's channel (read, not locked yet), a new row's
-        # from the billing mode in force when its day began (existing rows keep the
-        # channel they were first written with).
+        # Writers of the same cluster-months take turns, before any row lock (see
+        # `_take_cluster_months`).
+        _take_cluster_months(rows)
         stored = _lock_rows(_on_days_with_usage(rows), lock=False)
         unstored = [r for r in rows if _key(r) not in stored] if stored else rows
         modes = billing_modes_on((r[_USER], r[_DATE]) for r in unstored)
-        _lock_months(
-            [
-                (r[_USER], r[_DATE], r[_CLUSTER], row["billed_via"])
-                for r in rows
-                if stored and (row := stored.get(_key(r))) is not None
-            ]
-            + [
-                (r[_USER], r[_DATE], r[_CLUSTER], _channel(modes[(r[_USER], r[_DATE])]))
-                for r in unstored
-            ]
-        )
         # Nothing stored: a row a concurrent writer commits meanwhile is met by the
         # insert's ON CONFLICT below and locked there.
         current = _lock_rows(rows) if stored else {}
@@ -319,7 +310,6 @@ def usage_upsert(
                 ]
                 current.update(_lock_rows(late))
                 fresh = fresh.only(inserted)
-                _drop_empty_months({r[_USER] for r in late})
         outcomes = [
             settle(r, row) for r in rows if current and (row := current.get(_key(r))) is not None
         ]
@@ -411,11 +401,6 @@ class _Fresh:
         ]
 
 
-def _channel(mode) -> str:
-    """The channel a new row is settled on, from the billing mode in force on its day."""
-    return UsageDaily.BilledVia.CREDITS if mode == PREPAID else UsageDaily.BilledVia.STRIPE
-
-
 @dataclass
 class _Outcome:
     row: dict  # as stored
@@ -456,8 +441,8 @@ class _Settler:
         A new row is settled on the mode in force when its day began (existing rows keep
         the channel they were first written with)."""
         fresh = _Fresh()
-        columns, changed, movements = fresh.columns, fresh.changed, fresh.movements
-        add = [column.append for column in columns]
+        changed, movements = fresh.changed, fresh.movements
+        written = []  # a tuple per row, turned into columns at the end (one zip, not 12 appends)
         credits_via, stripe_via = UsageDaily.BilledVia.CREDITS, UsageDaily.BilledVia.STRIPE
         ids = _new_ids(len(rows))
         for row in rows:
@@ -490,14 +475,13 @@ class _Settler:
                     )
                 )
                 debited = cost
-            for append, value in zip(
-                add,
-                (row_id, user_id, cluster_id, day, *figures, cost, debited, revision, via),
-                strict=True,
-            ):
-                append(value)
+            written.append(
+                (row_id, user_id, cluster_id, day, *figures, cost, debited, revision, via)
+            )
             # A row of zeros (nothing used) is written but changes nothing.
             changed.append(any(figures))
+        if written:
+            fresh.columns = [list(column) for column in zip(*written, strict=True)]
         return fresh
 
     def __call__(self, record: tuple, row: dict) -> _Outcome:
@@ -559,7 +543,9 @@ _TEXT_COLUMNS = {"user_id", "billed_via"}
 
 def _insert_new(fresh: _Fresh) -> set:
     """Insert new rows with their final figures, in key order; a key a concurrent writer
-    inserted first is skipped (ON CONFLICT). Returns the ids inserted."""
+    inserted first is skipped (ON CONFLICT). Returns the ids inserted. The conflict is
+    looked for on the key's index alone: the ids are new random UUIDs (a check of the
+    primary key too cost an index probe per row)."""
     now = timezone.now()
     arrays = [
         sql_array(column, text=name in _TEXT_COLUMNS)
@@ -577,16 +563,16 @@ def _insert_new(fresh: _Fresh) -> set:
                         %s::numeric[], %s::integer[], %s::text[])
               AS k(id, user_id, cluster_id, date, cpu_hours, gpu_hours, storage_gb_months,
                    api_calls, total_cost, credits_debited, credit_revision, billed_via)
-            ON CONFLICT DO NOTHING
+            ON CONFLICT (user_id, (COALESCE(hopsworks_cluster_id, %s::uuid)), date) DO NOTHING
             """,
-            [now, now, *arrays],
+            [now, now, *arrays, NO_CLUSTER],
         )
         if cursor.rowcount == len(fresh.ids):
             return set(fresh.ids)
         # Some keys were taken: the ids chosen here that made it in are ours (ids are
         # random, no one else has them).
         cursor.execute("SELECT id::text FROM usage_daily WHERE id = ANY(%s::uuid[])", [arrays[0]])
-        return {row_id for (row_id,) in cursor}
+        return {row_id for (row_id,) in cursor.fetchall()}
 
 
 def _mark_stripe_months_due(user_days) -> None:
@@ -610,90 +596,35 @@ def _mark_stripe_months_due(user_days) -> None:
         )
 
 
-def _lock_months(keys) -> None:
-    """Lock the rollup rows (`usage_monthly`, then `usage_cluster_daily`) the batch's
-    writes will change, in the order the triggers use (table by table, in key order), in
-    one statement each: a missing one is inserted empty (the triggers fill it in this
-    transaction). `ON CONFLICT ... DO UPDATE ... WHERE false` locks an existing row
-    without writing it; row locks take no room in PostgreSQL's lock table, whatever the
-    batch size."""
-    keys = list(keys)
-    _lock_user_months(keys)
-    _lock_cluster_days(keys)
+# The advisory-lock key space of usage writers' turns (`_take_cluster_months`); spending
+# alerts use 13013.
+LOCK_CLASS = 13016
 
 
-def _lock_user_months(keys) -> None:
-    keys = {
-        (user_id, day.replace(day=1), cluster_id or NO_CLUSTER, via)
-        for user_id, day, cluster_id, via in keys
-    }
-    if not keys:
-        return
-    users, months, clusters, channels = zip(*keys, strict=True)
+def _take_cluster_months(rows: list[tuple]) -> None:
+    """Wait for the turns of the batch's cluster-months (cluster or none, month), all in
+    one statement, in key order: one advisory lock each, a handful a batch.
+
+    Every row the batch locks or writes (its usage rows, the `usage_monthly` and
+    `usage_cluster_daily` rows the triggers update) belongs to one cluster-month, so two
+    upserts that could meet at any row take turns here first, before holding anything, and
+    cannot deadlock on the triggers' statement-by-statement row locks. An upsert then
+    locks usage rows before rollup rows, as any other writer of usage_daily does (an
+    operator's SQL, a delete): the triggers run at the end of a statement. Writers of other
+    users on the same cluster and month take turns too (on the same cluster-day they
+    already did, at its rollup row)."""
+    cluster_days = {(r[_CLUSTER], r[_DATE]) for r in rows}  # a few: formatted once each
+    keys = sorted(
+        {
+            zlib.crc32(f"{cluster or _NO_CLUSTER}:{day:%Y-%m}".encode()) - 2**31
+            for cluster, day in cluster_days
+        }
+    )
     with connection.cursor() as cursor:
         cursor.execute(
-            """
-            INSERT INTO usage_monthly AS m (user_id, hopsworks_cluster_id, month, billed_via,
-                cpu_hours, gpu_hours, storage_gb_months, api_calls, total_cost,
-                credits_debited, days)
-            SELECT k.user_id, NULLIF(k.cluster_key, %s::uuid), k.month, k.billed_via,
-                   0, 0, 0, 0, 0, 0, 0
-            FROM unnest(%s::text[], %s::date[], %s::uuid[], %s::text[])
-              AS k(user_id, month, cluster_key, billed_via)
-            ORDER BY k.user_id, k.month, k.cluster_key, k.billed_via
-            ON CONFLICT (user_id, month, (COALESCE(hopsworks_cluster_id, %s::uuid)), billed_via)
-            DO UPDATE SET days = m.days WHERE false
-            """,
-            [
-                NO_CLUSTER,
-                sql_array(users, text=True),
-                sql_array(months),
-                sql_array(clusters),
-                sql_array(channels, text=True),
-                NO_CLUSTER,
-            ],
+            "SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::integer[]) AS k",
+            [LOCK_CLASS, sql_array(keys)],
         )
-
-
-def _lock_cluster_days(keys) -> None:
-    """`_lock_months` for `usage_cluster_daily`: every writer of a cluster-day shares its
-    row, whoever the user."""
-    keys = {(cluster_id or NO_CLUSTER, day, via) for _user_id, day, cluster_id, via in keys}
-    if not keys:
-        return
-    clusters, days, channels = zip(*keys, strict=True)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            INSERT INTO usage_cluster_daily AS c (hopsworks_cluster_id, date, billed_via,
-                cpu_hours, gpu_hours, storage_gb_months, api_calls, total_cost,
-                credits_debited, usage_rows)
-            SELECT NULLIF(k.cluster_key, %s::uuid), k.date, k.billed_via, 0, 0, 0, 0, 0, 0, 0
-            FROM unnest(%s::uuid[], %s::date[], %s::text[]) AS k(cluster_key, date, billed_via)
-            ORDER BY k.cluster_key, k.date, k.billed_via
-            ON CONFLICT ((COALESCE(hopsworks_cluster_id, %s::uuid)), date, billed_via)
-            DO UPDATE SET usage_rows = c.usage_rows WHERE false
-            """,
-            [
-                NO_CLUSTER,
-                sql_array(clusters),
-                sql_array(days),
-                sql_array(channels, text=True),
-                NO_CLUSTER,
-            ],
-        )
-
-
-def _drop_empty_months(user_ids) -> None:
-    """A row a concurrent writer inserted first may be on another channel than the one
-    locked for it: the rollup rows locked for nothing are removed (in
-    `usage_cluster_daily`, any committed empty row: there are none other)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "DELETE FROM usage_monthly WHERE days = 0 AND user_id = ANY(%s::text[])",
-            [sql_array(sorted(user_ids), text=True)],
-        )
-        cursor.execute("DELETE FROM usage_cluster_daily WHERE usage_rows = 0")
 
 
 _LOCKED_COLUMNS = (
@@ -720,7 +651,7 @@ def _on_days_with_usage(rows: list[tuple]) -> list[tuple]:
             " WHERE EXISTS (SELECT 1 FROM usage_daily WHERE date = d)",
             [sql_array(days)],
         )
-        used = {day for (day,) in cursor}
+        used = {day for (day,) in cursor.fetchall()}
     if len(used) == len(days):
         return rows
     return [r for r in rows if r[_DATE] in used] if used else []
@@ -755,7 +686,7 @@ def _lock_rows(rows: list[tuple], *, lock: bool = True) -> dict:
                 NO_CLUSTER,
             ],
         )
-        found = [dict(zip(_LOCKED_COLUMNS, values, strict=True)) for values in cursor]
+        found = [dict(zip(_LOCKED_COLUMNS, values, strict=True)) for values in cursor.fetchall()]
     return {(r["user_id"], r["hopsworks_cluster_id"] or _NO_CLUSTER, r["date"]): r for r in found}
 
 

@@ -5,6 +5,8 @@ deletes, a user's deletion, TRUNCATE, concurrent writers, and the migration's fi
 
 import datetime as dt
 import random
+import threading
+import time
 from decimal import Decimal
 
 import pytest
@@ -337,4 +339,65 @@ def test_the_migration_fills_the_rollup_from_the_usage_already_there():
     # And the triggers keep it from there.
     with transaction.atomic():
         raw("UPDATE usage_daily SET cpu_hours = cpu_hours + 1 WHERE hopsworks_cluster_id IS NULL")
+    assert_exact()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
+def test_an_operator_locking_usage_rows_before_writing_them_does_not_deadlock_with_a_writer():
+    # An operator's SQL (or any writer outside the service) locks usage rows first and
+    # reaches the rollups through the triggers, at the end of its statement. A writer
+    # that held rollup rows while waiting for those usage rows would deadlock with it.
+    user, cluster = UserFactory(), ClusterFactory()
+    day = days_in(MONTHS[1])[0]
+    record = UsageRecord(user_id=user.pk, cluster_id=cluster.pk, date=day, cpu_hours=D(2))
+    usage_upsert(records=[record], actor="t")
+    row_id = UsageDaily.objects.get().pk
+
+    operator = connection.get_new_connection(connection.get_connection_params())
+    operator.autocommit = False
+    failures = []
+
+    def write():
+        try:
+            usage_upsert(
+                records=[
+                    UsageRecord(user_id=user.pk, cluster_id=cluster.pk, date=day, cpu_hours=D(5))
+                ],
+                actor="writer",
+            )
+        except Exception as error:
+            failures.append(repr(error))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=write)
+    try:
+        with operator.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            (own_pid,) = cursor.fetchone()
+            cursor.execute("SELECT 1 FROM usage_daily WHERE id = %s FOR UPDATE", [row_id])
+            thread.start()
+            # The writer is waiting for the row the operator holds.
+            for _ in range(300):
+                cursor.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> %s", [own_pid]
+                )
+                if cursor.fetchone()[0]:
+                    break
+                time.sleep(0.02)
+            else:
+                raise AssertionError("the writer never waited for the operator's lock")
+            cursor.execute(
+                "UPDATE usage_daily SET cpu_hours = cpu_hours + 1 WHERE id = %s", [row_id]
+            )
+        operator.commit()
+    except Exception as error:
+        failures.append(f"operator: {error!r}")
+        operator.rollback()
+    finally:
+        thread.join(timeout=60)
+        operator.close()
+    assert failures == []
+    assert UsageDaily.objects.get().cpu_hours == 5
     assert_exact()
