@@ -260,6 +260,14 @@ class HopsworksAccount(models.Model):
                 condition=account_pending(),
                 name="hopsworks_account_pending",
             ),
+            # The users list's "Hopsworks account pending" filter: the pending accounts'
+            # users from the index alone (the planner expects most rows to be pending, as
+            # it cannot compare two columns, and read the whole table for a few hundred).
+            models.Index(
+                fields=["user"],
+                condition=account_pending(),
+                name="hopsworks_account_pending_user",
+            ),
             # The Hopsworks accounts list (clusters/admin/placement.py): latest change first.
             models.Index(fields=["-updated_at", "-id"], name="hopsworks_account_updated"),
         ]

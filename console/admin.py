@@ -57,6 +57,10 @@ class UserAdmin(
     and their whole story with the actions as buttons on their page (console)."""
 
     export_resource_class = UserResource
+    # A filter matching tens of thousands of users (a cluster, a billing mode, "on a
+    # cluster") took 30-60 ms to count exactly at 100,000 users, against about 10 ms for
+    # its page of rows: from 10,000 the count is the planner's ("about 20,000").
+    estimate_over = 10_000
 
     # What fits 1280 px: the Auth0 id and the creation date are on the user's page.
     list_display = (

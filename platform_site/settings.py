@@ -248,8 +248,9 @@ TEMPLATES = [
                 "billing.context_processors.units",
             ],
             # money, precise_money and quantity in every template, without {% load %};
-            # list_count (a list's count, "about ..." when estimated) in the admin's.
-            "builtins": ["plumbing.formatting", "plumbing.admin_lists"],
+            # list_count (a list's count, "about ..." when estimated) in the admin's;
+            # fast_result_list (an admin list's rows, plumbing.admin_rows) in its lists.
+            "builtins": ["plumbing.formatting", "plumbing.admin_lists", "plumbing.admin_rows"],
         },
     },
 ]

@@ -130,6 +130,17 @@ class EstimatedCountAdminMixin:
 
     paginator = EstimatedCountPaginator
     show_full_result_count = False
+    # From how many rows this list estimates (None: the paginator's ESTIMATE_OVER): a list
+    # whose rows cost more to count (joins, semi-joins) may estimate from fewer.
+    estimate_over: int | None = None
+
+    def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
+        paginator = super().get_paginator(
+            request, queryset, per_page, orphans, allow_empty_first_page
+        )
+        if self.estimate_over is not None:  # from fewer rows, never from more
+            paginator.estimate_over = min(self.estimate_over, paginator.estimate_over)
+        return paginator
 
 
 class IndexedValuesFilter(admin.AllValuesFieldListFilter):
