@@ -572,6 +572,9 @@ class CreditLedgerEntry(models.Model):
             models.Index(fields=["-created_at", "-id"], name="credit_ledger_newest"),
             # Its kind filter: a page of a rare kind without reading every newer entry.
             models.Index(fields=["kind", "-created_at", "-id"], name="credit_ledger_kind_newest"),
+            # A user's entries newest first (the list's order): a partial search reads each
+            # matching user's newest entries here (accounts.admin_search.UserFirstRows).
+            models.Index(fields=["user", "-created_at", "-id"], name="credit_ledger_user_created"),
         ]
 
     def __str__(self) -> str:
