@@ -11,9 +11,9 @@ for `user__email`) scans millions of rows.
   name contains the term (at most `accounts.selectors.PARTIAL_USERS_MAX` users; past that
   the page says so).
 
-A list whose newest-first order an index per user serves (`user_first_order`: the fields
-of its descending order, e.g. `("created_at", "id")`, with an index `(user, created_at
-DESC, id DESC)`) reads a partial search's page through that index: each matching user's
+A list whose order an index per user serves (`user_first_order`: its ordering, e.g.
+`("-created_at", "-id")`, with an index `(user, created_at DESC, id DESC)`, or a user's
+few rows) reads a partial search's page through that index: each matching user's
 newest rows (a LATERAL walk of the index), merged, then the page's rows by id. Without it
 PostgreSQL walks the whole table newest first, filtering on the users (40,000 rows for a
 page of the ledger at 1.85M entries, all of them when the users' rows are old).
@@ -34,8 +34,9 @@ class UserFirstSearchMixin(ExactSearchAdminMixin):
     ids); `user_field` names the foreign key to users."""
 
     user_field = "user"
-    # The fields of the list's order, all descending, that an index `(user, *fields DESC)`
-    # serves: a partial search then reads its page per user through it (see above).
+    # The list's ordering (Django's terms, as the changelist orders it) when an index that
+    # starts with the user serves it per user: a partial search then reads its page per
+    # user through it (see above).
     user_first_order: tuple[str, ...] = ()
     search_help_text = (
         "An exact email, user id or Stripe customer id; or part of an email or name; "
@@ -77,37 +78,42 @@ class UserFirstSearchMixin(ExactSearchAdminMixin):
             request, queryset, per_page, orphans, allow_empty_first_page
         )
         rows = getattr(request, "user_first_rows", None)
-        if rows is not None and queryset.query.order_by == tuple(
-            f"-{name}" for name in self.user_first_order
-        ):
-            order = self.user_first_order
+        order = tuple(queryset.query.order_by)
+        if rows is not None and order == tuple(self.user_first_order):
             paginator.page_ids = lambda bottom, top: rows.page_ids(order, bottom, top)
         return paginator
 
 
 class UserFirstRows:
     """The rows a partial search matches (its users' rows, and the rows whose own fields
-    equal the term), read per user through the index `(user, *order DESC)`."""
+    equal the term), read per user through an index that starts with the user."""
 
     def __init__(self, model, user_field: str, user_ids: list[str], own: Q | None):
         self.model, self.user_ids, self.own = model, user_ids, own
         self.user_column = model._meta.get_field(user_field).column
 
     def page_ids(self, order: tuple[str, ...], bottom: int, top: int) -> list:
-        """The ids of the rows ranked bottom..top-1 newest first: each user's first `top`
-        rows by the index, merged with the rows matched by their own fields."""
+        """The ids of the rows ranked bottom..top-1 in `order` (Django's ordering terms):
+        each user's first `top` rows by their index, merged with the rows matched by their
+        own fields."""
         meta = self.model._meta
         quote = connections[self.model.objects.db].ops.quote_name
         table = quote(meta.db_table)
-        columns = [quote(meta.get_field(name).column) for name in order]
+        names = [meta.pk.name if t.lstrip("-") == "pk" else t.lstrip("-") for t in order]
+        if meta.pk.name not in names:
+            names.append(meta.pk.name)  # carried along, to be returned
+        columns = [quote(meta.get_field(name).column) for name in names]
         pk = quote(meta.pk.column)
-        keys = ", ".join([*columns, pk]) if meta.pk.column not in order else ", ".join(columns)
-        desc = ", ".join(f"{c} DESC" for c in columns)
+        keys = ", ".join(columns)
+        by = ", ".join(
+            f"{column} DESC" if term.startswith("-") else column
+            for column, term in zip(columns, order, strict=False)
+        )
         # Names from the model's metadata, quoted; values are parameters.
         per_user = (
             f"SELECT r.* FROM unnest(%s::text[]) AS u(user_id) CROSS JOIN LATERAL ("  # noqa: S608
             f"SELECT {keys} FROM {table} WHERE {quote(self.user_column)} = u.user_id"
-            f" ORDER BY {desc} LIMIT %s) r"
+            f" ORDER BY {by} LIMIT %s) r"
         )
         parts = [per_user]
         params: list = [self.user_ids, top]
@@ -115,7 +121,7 @@ class UserFirstRows:
             own_sql, own_params = (
                 self.model.objects.filter(self.own)
                 .order_by()
-                .values_list(*order, *(() if meta.pk.name in order else (meta.pk.name,)))
+                .values_list(*names)
                 .query.sql_with_params()
             )
             parts.append(own_sql)
@@ -123,7 +129,7 @@ class UserFirstRows:
         union = " UNION ".join(f"({part})" for part in parts)
         sql = (
             f"SELECT {pk} FROM ({union}) AS s({keys})"  # noqa: S608
-            f" ORDER BY {desc} OFFSET %s LIMIT %s"
+            f" ORDER BY {by} OFFSET %s LIMIT %s"
         )
         with connections[self.model.objects.db].cursor() as cursor:
             cursor.execute(sql, [*params, bottom, top - bottom])

@@ -682,3 +682,33 @@ def test_the_ledger_searched_by_part_of_a_name_reads_each_users_newest_entries_b
     assert shown == expected
     assert len(lateral) == 2  # each page's ids, read per user
     assert "credit_ledger_user_created" in plan(lateral[1], off=("seqscan", "bitmapscan"))
+
+
+def test_invoices_searched_by_part_of_a_name_read_each_users_invoices_first(
+    operator_client, people, monkeypatch
+):
+    from billing.admin.stripe import BillingHistoryAdmin
+
+    ada, _alan, grace = people
+    for n in range(3):
+        BillingHistory.objects.create(user=ada, amount=D(n), stripe_invoice_id=f"in_ada{n}")
+        BillingHistory.objects.create(user=grace, amount=D(n), stripe_invoice_id=f"in_g{n}")
+    BillingHistory.objects.create(user=grace, amount=D(9), stripe_invoice_id="lovelace")
+    monkeypatch.setattr(BillingHistoryAdmin, "list_per_page", 3)
+    expected = list(
+        BillingHistory.objects.filter(Q(user=ada) | Q(stripe_invoice_id="lovelace")).order_by(
+            "-created_at", "-pk"
+        )
+    )
+
+    shown, lateral = [], []
+    for page in (1, 2):
+        response, statements = get_capturing(
+            operator_client, INVOICES, {"q": "lovelace", "p": page}
+        )
+        assert response.context["cl"].result_count == len(expected) == 4
+        shown += list(response.context["cl"].result_list)
+        lateral += [s for s in statements if "LATERAL" in s]
+
+    assert shown == expected
+    assert len(lateral) == 2
