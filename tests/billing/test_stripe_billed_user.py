@@ -142,6 +142,7 @@ def test_unbilled_usage_is_what_an_anti_join_over_every_stripe_month_gives():
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
 def test_a_subscription_ending_while_new_usage_is_written_leaves_the_user_not_live():
     user = UserFactory()
     BillingProfile.objects.create(user=user, subscription_status="active")
