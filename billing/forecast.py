@@ -98,8 +98,13 @@ class InvoicePreview:
     note: str = ""
 
 
-def invoice_preview(user: User, *, today: dt.date | None = None) -> InvoicePreview:
-    profile = BillingProfile.objects.filter(user=user).first()
+_UNREAD = object()
+
+
+def invoice_preview(user: User, *, today: dt.date | None = None, profile=_UNREAD) -> InvoicePreview:
+    """`profile`: the user's BillingProfile (or None) when the caller has it already."""
+    if profile is _UNREAD:
+        profile = BillingProfile.objects.filter(user=user).first()
     if profile is not None and profile.is_prepaid:
         forecast = month_forecast(user, today=today, billed_via=UsageDaily.BilledVia.CREDITS)
         return InvoicePreview(

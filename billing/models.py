@@ -384,6 +384,46 @@ class UsageMonthly(models.Model):
         return f"{self.user_id} {self.month:%Y-%m} {money(self.total_cost)}"
 
 
+class StripeBilledUser(models.Model):
+    """A user who has (or had) Stripe-billed usage, and whether their subscription is live:
+    what lets the unbilled usage (`billing.selectors.unbilled_usage`) start from the few
+    users without a live subscription (an index on that condition) instead of an anti-join
+    over every user's Stripe-billed months.
+
+    Invariant: every user with a Stripe-billed `usage_monthly` row has a row here, and
+    `subscription_live` is true only while their `billing_account` row's status is one of
+    `BillingProfile.ACTIVE_SUBSCRIPTION`. (A row may outlive its usage, and may say false
+    of a live subscription for an instant: readers check both, so only the two facts above
+    matter.) Kept so by PostgreSQL triggers (migration 0041), in the transaction of
+    whatever writes `usage_monthly` (its inserts) or `billing_account` (any change of the
+    status, a delete, a TRUNCATE); nothing else writes it.
+    """
+
+    user = models.OneToOneField(
+        User,
+        primary_key=True,
+        # Derived data: no constraint (as usage_monthly), so no order of deletes to keep.
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    subscription_live = models.BooleanField()
+
+    class Meta:
+        db_table = "billing_stripe_billed_user"
+        indexes = [
+            # The unbilled usage starts here: only the users without a live subscription.
+            models.Index(
+                fields=["user"],
+                name="stripe_billed_user_not_live",
+                condition=models.Q(subscription_live=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} ({'live' if self.subscription_live else 'no live'} subscription)"
+
+
 class UsageClusterDaily(models.Model):
     """A day of `usage_daily`, summed per cluster (or none) and billing channel over all
     users: the rollup the dashboard's daily cost chart reads instead of 90 days of rows.
@@ -533,6 +573,9 @@ class CreditLedgerEntry(models.Model):
             models.Index(fields=["-created_at", "-id"], name="credit_ledger_newest"),
             # Its kind filter: a page of a rare kind without reading every newer entry.
             models.Index(fields=["kind", "-created_at", "-id"], name="credit_ledger_kind_newest"),
+            # A user's entries newest first (the list's order): a partial search reads each
+            # matching user's newest entries here (accounts.admin_search.UserFirstRows).
+            models.Index(fields=["user", "-created_at", "-id"], name="credit_ledger_user_created"),
         ]
 
     def __str__(self) -> str:

@@ -208,21 +208,26 @@ def unbilled_usage(*, user_ids=None) -> dict[str, Decimal]:
     their Stripe-billed usage not yet reported to Stripe, in dollars and cents. It is our
     month totals (each rounded to the cent once, as reported) minus what
     `StripeUsageReport` says Stripe took, over all months. Held until a subscription is
-    live; the next report then sends it. One query, whatever the number of users."""
-    only = "AND u.user_id = ANY(%s)" if user_ids is not None else ""
+    live; the next report then sends it. One query, whatever the number of users, reading
+    the months of only the users without a live subscription."""
+    only = "AND h.user_id = ANY(%s)" if user_ids is not None else ""
     params = [UsageDaily.BilledVia.STRIPE, list(BillingProfile.ACTIVE_SUBSCRIPTION)]
     if user_ids is not None:
         params.append(list(user_ids))
     with connection.cursor() as cursor:
+        # From the users `StripeBilledUser` does not say live (its index on that condition):
+        # every user with Stripe-billed usage is there, and none marked live without a
+        # live subscription; the profile is checked again for those it marks not live.
         cursor.execute(
             f"""
             WITH months AS (
                 SELECT u.user_id, u.month, ROUND(SUM(u.total_cost), 2) AS total
-                FROM usage_monthly u
-                WHERE u.billed_via = %s
+                FROM billing_stripe_billed_user h
+                JOIN usage_monthly u ON u.user_id = h.user_id AND u.billed_via = %s
+                WHERE NOT h.subscription_live
                   AND NOT EXISTS (
                       SELECT 1 FROM billing_account p
-                      WHERE p.user_id = u.user_id AND p.subscription_status = ANY(%s))
+                      WHERE p.user_id = h.user_id AND p.subscription_status = ANY(%s))
                   {only}
                 GROUP BY 1, 2
             ), reported AS (

@@ -18,13 +18,11 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import User, UserStatusChange
 from billing import selectors as billing_selectors
-from billing.forecast import month_forecast
+from billing.admin import user_facts as billing_facts
 from billing.limits import spending_cap_of
 from billing.models import (
-    AccountClosure,
     BillingAdjustment,
     BillingHistory,
-    BillingModeChange,
     BillingProfile,
     CreditLedgerEntry,
     ServiceStop,
@@ -32,7 +30,9 @@ from billing.models import (
     SpendingLimitChange,
 )
 from clusters import selectors as cluster_selectors
+from clusters.admin import user_facts as cluster_facts
 from plumbing.formatting import money
+from plumbing.memo import once
 
 # Per source: the newest this many; the timeline shows the newest TIMELINE_LENGTH of all.
 TIMELINE_LENGTH = 50
@@ -58,14 +58,25 @@ def _limit(value) -> str:
     return money(value) if value is not None else "default"
 
 
+def status_changes(user: User) -> list[UserStatusChange]:
+    """The user's newest status changes, newest first, read once per page."""
+    return once(
+        user,
+        "accounts.status_changes",
+        lambda: list(
+            UserStatusChange.objects.filter(user=user).order_by("-created_at", "-id")[
+                :TIMELINE_LENGTH
+            ]
+        ),
+    )
+
+
 def user_timeline(user: User, *, length: int = TIMELINE_LENGTH) -> list[Event]:
     """Every recorded change to the user, newest first: status changes, credit movements
     other than usage, operators' credits and debits, mode switches, spending limits, stops,
     the close, and what operators did in the admin (moves, assignments, edits)."""
     events: list[Event] = []
-    for change in UserStatusChange.objects.filter(user=user).order_by("-created_at", "-id")[
-        :length
-    ]:
+    for change in status_changes(user)[:length]:
         events.append(
             Event(
                 change.created_at,
@@ -76,11 +87,10 @@ def user_timeline(user: User, *, length: int = TIMELINE_LENGTH) -> list[Event]:
             )
         )
     # Operators' grants and debits are shown once, as adjustments (which say where they went).
-    adjustments = BillingAdjustment.objects.filter(user=user)
     for entry in (
         CreditLedgerEntry.objects.filter(user=user)
         .exclude(kind=CreditLedgerEntry.Kind.USAGE)
-        .exclude(reference__in=adjustments.values("reference"))
+        .exclude(reference__in=BillingAdjustment.objects.filter(user=user).values("reference"))
         .order_by("-created_at", "-id")[:length]
     ):
         events.append(
@@ -93,7 +103,7 @@ def user_timeline(user: User, *, length: int = TIMELINE_LENGTH) -> list[Event]:
                 entry.reason,
             )
         )
-    for adjustment in adjustments.order_by("-created_at", "-id")[:length]:
+    for adjustment in billing_facts.adjustments(user)[:length]:
         kind = adjustment.get_direction_display()
         events.append(
             Event(
@@ -105,9 +115,7 @@ def user_timeline(user: User, *, length: int = TIMELINE_LENGTH) -> list[Event]:
                 adjustment.reason + (f" [{adjustment.error}]" if adjustment.error else ""),
             )
         )
-    for change in BillingModeChange.objects.filter(user=user).order_by("-effective_at", "-id")[
-        :length
-    ]:
+    for change in billing_facts.mode_changes(user)[:length]:
         events.append(
             Event(
                 change.effective_at,
@@ -152,7 +160,7 @@ def user_timeline(user: User, *, length: int = TIMELINE_LENGTH) -> list[Event]:
                 note=stop.detail,
             )
         )
-    assignment = cluster_selectors.assignment_of(user)
+    assignment = cluster_facts.placement(user).assignment
     if assignment is not None:  # earlier moves are in the admin's log below
         events.append(
             Event(
@@ -161,7 +169,7 @@ def user_timeline(user: User, *, length: int = TIMELINE_LENGTH) -> list[Event]:
                 f"Placed on {assignment.hopsworks_cluster.name}",
             )
         )
-    closure = AccountClosure.objects.filter(user=user).first()
+    closure = billing_facts.closure(user)
     if closure is not None:
         events.append(Event(closure.closed_at, "Account", "Closed", closure.actor, closure.reason))
     for entry in (
@@ -210,13 +218,13 @@ def current_state(user: User) -> str:
 def glance_html(user: User):
     """Status, placement and Hopsworks account, how they pay, last invoices, open stops and
     the last alert."""
-    last_status = UserStatusChange.objects.filter(user=user).order_by("-created_at").first()
+    last_status = next(iter(status_changes(user)), None)
     since = (
         f" since {_when(last_status.created_at)} (by {last_status.actor})"
         if last_status is not None
         else ""
     )
-    placement = cluster_selectors.placement_of(user)
+    placement = cluster_facts.placement(user)
     accounts = format_html_join(
         "",
         "<li>Hopsworks account on {}: wanted {}, is {}{}</li>",
@@ -243,13 +251,13 @@ def glance_html(user: User):
             if account.last_error and account.desired != account.synced
         ),
     )
-    profile = BillingProfile.objects.filter(user=user).first()
+    profile = billing_facts.profile(user)
     mode = profile.mode if profile else BillingProfile.Mode.POSTPAID
-    forecast = month_forecast(user)
+    forecast = billing_facts.forecast(user)
     if mode == BillingProfile.Mode.PREPAID:
         paying = format_html(
             "Prepaid: balance <strong>{}</strong>; month to date {}",
-            money(billing_selectors.credit_balance(user)),
+            money(billing_facts.credit_balance(user)),
             money(forecast.month_to_date),
         )
     else:

@@ -70,6 +70,7 @@ class CreditLedgerAdmin(
     list_filter = ("kind", date_range("created_at"))
     search_fields = ("reference",)  # exact, and the user-first search
     sortable_by = ("created_at",)  # credit_ledger_newest, either way
+    user_first_order = ("-created_at", "-id")  # credit_ledger_user_created
 
     @admin.display(description="user", ordering="user__email")
     def user_column(self, obj):

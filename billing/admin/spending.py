@@ -7,8 +7,9 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 
+from billing.admin import user_facts
 from billing.admin.base import ReadOnlyAdmin
-from billing.forecast import invoice_preview, month_forecast
+from billing.forecast import invoice_preview
 from billing.limits import (
     UNCHANGED,
     limit_problem,
@@ -17,7 +18,7 @@ from billing.limits import (
     spending_cap_of,
     spending_limits_set,
 )
-from billing.models import BillingProfile, SpendingAlert, SpendingLimitChange
+from billing.models import SpendingAlert, SpendingLimitChange
 from plumbing.admin_confirm import confirm_then
 from plumbing.admin_ranges import date_range
 from plumbing.formatting import parse_money
@@ -152,9 +153,9 @@ class SpendingLimitsAdminMixin:
 
     @admin.display(description="Spending")
     def spending(self, obj):
-        profile = BillingProfile.objects.filter(user=obj).first()
-        forecast = month_forecast(obj)
-        preview = invoice_preview(obj)
+        profile = user_facts.profile(obj)
+        forecast = user_facts.forecast(obj)
+        preview = invoice_preview(obj, profile=profile)
         if preview.kind == "stripe":
             preview_html = format_html(
                 "Upcoming invoice (Stripe's preview): <strong>{}</strong> {}",

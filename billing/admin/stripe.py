@@ -67,6 +67,7 @@ class BillingHistoryAdmin(
     )
     search_fields = ("stripe_invoice_id",)  # exact, and the user-first search
     sortable_by = ("created_at",)  # billing_history_newest, either way
+    user_first_order = ("-created_at", "-pk")  # a user's few invoices, by billing_history_user_id
 
     @admin.display(description="user", ordering="user__email")
     def user_column(self, obj):

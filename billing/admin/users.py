@@ -16,10 +16,11 @@ from django.utils.safestring import mark_safe
 from billing import selectors
 from billing import stripe_gateway as gateway
 from billing.adjustments import debt_carried
+from billing.admin import user_facts
 from billing.admin.credits import AdjustmentActionsMixin, balance_html
 from billing.admin.spending import SpendingLimitsAdminMixin
 from billing.closing import AccountCloseRefused, account_close, money_open_reasons
-from billing.models import BillingAdjustment, BillingModeChange, BillingProfile
+from billing.models import BillingAdjustment, BillingProfile
 from billing.profiles import billing_mode_set
 from billing.tasks import invoices_sync_queue
 from plumbing.admin_confirm import confirm_then
@@ -106,9 +107,7 @@ def close_summary(user) -> str:
 
 def closure_html(user):
     """The close, if the account is closed: when, by whom, and what is still to do."""
-    from billing.models import AccountClosure
-
-    closure = AccountClosure.objects.filter(user=user).first()
+    closure = user_facts.closure(user)
     if closure is None:
         return ""
     url = reverse("admin:billing_accountclosure_change", args=[closure.pk])
@@ -133,7 +132,7 @@ BILLING_SECTION = (
 )
 
 
-COST_CHART_DAYS = 90
+COST_CHART_DAYS = user_facts.COST_CHART_DAYS
 COST_CHART_SECTION = (f"Daily cost, last {COST_CHART_DAYS} days", {"fields": ("cost_chart",)})
 
 
@@ -177,7 +176,7 @@ class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
 
     @admin.display(description="Stripe")
     def stripe(self, obj):
-        account = BillingProfile.objects.filter(user=obj).first()
+        account = user_facts.profile(obj)
         status = (account.subscription_status if account else "") or "none"
         if not obj.stripe_customer_id:
             return f"No Stripe customer yet. Subscription: {status}."
@@ -260,8 +259,8 @@ class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
 
     @admin.display(description="billing")
     def billing(self, obj):
-        mode = selectors.billing_mode(obj)
-        days = list(selectors.daily_breakdown(obj, days=30))
+        mode = user_facts.mode(obj)
+        days = user_facts.newest_days(obj)[:30]
         rows = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -283,8 +282,8 @@ class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
             "<th>Cost</th></tr>{}</table>",
             closure_html(obj),
             BillingProfile.Mode(mode).label,
-            money(selectors.month_to_date_cost(obj)),
-            balance_html(selectors.credit_balance(obj)),
+            money(user_facts.month_to_date(obj)),
+            balance_html(user_facts.credit_balance(obj)),
             format_html(
                 '<div class="errornote">Unbilled usage: {} (no live subscription): '
                 "reported to Stripe as soon as a subscription is live.</div>",
@@ -304,12 +303,14 @@ class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
 
     @admin.display(description="Daily cost")
     def cost_chart(self, obj):
-        # One query: the user's cost per day (summed over clusters) over the last 90 days.
+        # One query: the user's cost per day (summed over clusters) over the last 90 days
+        # (the billing section's days come from it too).
         today = timezone.now().date()
         days = [today - dt.timedelta(days=n) for n in reversed(range(COST_CHART_DAYS))]
         cost = {
             row["date"]: row["total_cost"]
-            for row in selectors.daily_breakdown(obj, days=COST_CHART_DAYS, since=days[0])
+            for row in user_facts.newest_days(obj)
+            if row["date"] >= days[0]
         }
         return chart_html(
             dom_id="chart-user-cost",
@@ -323,7 +324,7 @@ class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
     def mode_switches(self, obj):
         # Append-only: shown, never edited. A day is settled on the mode in force at its
         # start (00:00 UTC).
-        changes = BillingModeChange.objects.filter(user=obj).order_by("-effective_at", "-id")
+        changes = user_facts.mode_changes(obj)
         rows = format_html_join(
             "",
             "<tr><td>{}</td><td>{} → {}</td><td>{}</td><td>{}</td></tr>",
@@ -335,7 +336,7 @@ class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
                     c.actor,
                     c.reason or "-",
                 )
-                for c in changes[:50]
+                for c in changes
             ),
         )
         if not rows:
@@ -362,9 +363,7 @@ class UserBillingAdminMixin(SpendingLimitsAdminMixin, AdjustmentActionsMixin):
                     a.actor,
                     _adjustment_status(a),
                 )
-                for a in BillingAdjustment.objects.filter(user=obj).order_by("-created_at", "-id")[
-                    :50
-                ]
+                for a in user_facts.adjustments(obj)
             ),
         )
         if not rows:

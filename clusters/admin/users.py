@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.utils.html import format_html_join
 
 from clusters import selectors, services
+from clusters.admin import user_facts
 from clusters.forms import ClusterChoiceForm
 from clusters.models import CapacityWait, HopsworksAccount
 from plumbing.admin_confirm import confirm_then
@@ -78,7 +79,7 @@ class UserPlacementAdminMixin:
 
     @admin.display(description="placement")
     def placement(self, obj):
-        state = selectors.placement_of(obj)
+        state = user_facts.placement(obj)
         lines = [state.summary]
         for account in state.accounts:
             lines.append(

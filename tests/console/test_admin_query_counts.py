@@ -153,3 +153,63 @@ def test_the_list_and_change_page_make_as_many_queries_for_many_rows_as_for_few(
     assert many_shown > few_shown  # the list did get longer
     assert many_list == few_list
     assert many_change == few_change
+
+
+# A user's page is many sections (at a glance, placement, billing, spending, Stripe, the
+# cost chart, the timeline) that show the same facts: each is read once per request.
+READ_ONCE = (
+    "billing_account",
+    "usage_monthly",
+    "usage_daily",
+    "user_credits",
+    "user_hopsworks_assignments",
+    "clusters_hopsworks_account",
+    "billing_account_closure",
+    "billing_mode_change",
+    "billing_adjustment",
+    "accounts_user_status_change",
+)
+# What the page reads in all (the session, the operator and their permissions, the user,
+# each section's own rows once, the form's choices): none of it twice.
+USER_PAGE_QUERIES = 29  # 44 before each section read its facts once
+
+
+def _table_read(sql: str) -> str:
+    """The table a statement reads: the ORM's `SELECT "table"."column"`, else (our SQL)
+    the first FROM."""
+    if sql.startswith('SELECT "'):
+        return sql.split('"')[1]
+    return sql.split(" FROM ", 1)[1].lstrip().split()[0].strip('"')
+
+
+def test_a_users_page_reads_each_fact_once(operator_client, operator):
+    from billing.credits import credits_grant
+    from billing.models import BillingProfile
+    from billing.profiles import billing_mode_set
+    from billing.usage import UsageRecord, usage_upsert
+    from clusters import services as cluster_services
+
+    user = UserFactory()
+    cluster_services.assignment_create(user=user, cluster=ClusterFactory(), actor=operator)
+    today = timezone.now().date()
+    usage_upsert(  # more days than the billing section shows
+        records=[
+            UsageRecord(user_id=user.pk, date=today - dt.timedelta(days=n), cpu_hours=Decimal(2))
+            for n in range(31)
+        ],
+        actor="t",
+    )
+    billing_mode_set(user=user, mode="prepaid", actor=operator)
+    credits_grant(user=user, amount=Decimal(5), reason="r", actor=operator, reference="once-1")
+    billing_mode_set(user=user, mode="postpaid", actor=operator)
+    BillingProfile.objects.filter(user=user).update(subscription_status="active")
+    url = reverse("admin:accounts_user_change", args=[user.pk])
+    operator_client.get(url)  # warm caches (content types, session)
+
+    with CaptureQueriesContext(connection) as captured:
+        assert operator_client.get(url).status_code == 200
+
+    tables = [_table_read(q["sql"]) for q in captured.captured_queries if " FROM " in q["sql"]]
+    twice = {table: tables.count(table) for table in READ_ONCE if tables.count(table) > 1}
+    assert twice == {}
+    assert len(captured) <= USER_PAGE_QUERIES

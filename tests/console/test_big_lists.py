@@ -8,12 +8,14 @@ from decimal import Decimal
 import pytest
 from django.contrib.messages import get_messages
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts import selectors
 from billing import selectors as billing_selectors
+from billing.admin.credits import CreditLedgerAdmin
 from billing.credits import Kind, credits_add
-from billing.models import BillingHistory, StripeEvent, UsageDaily
+from billing.models import BillingHistory, CreditLedgerEntry, StripeEvent, UsageDaily
 from billing.usage import UsageRecord, usage_upsert
 from clusters import services
 from clusters.models import HopsworksAccount
@@ -655,3 +657,64 @@ def test_a_filtered_big_list_reads_its_page_by_an_index_led_by_the_filter(
     found = plan(statement, off=("seqscan", "sort"))
     assert f"Index Scan Backward using {index} " in found or f"Index Scan using {index} " in found
     assert "Sort" not in found, found
+
+
+def test_the_ledger_searched_by_part_of_a_name_reads_each_users_newest_entries_by_index(
+    operator_client, people, monkeypatch
+):
+    ada, alan, grace = people
+    for n in range(3):
+        for user in (ada, alan, grace):
+            credits_add(
+                user=user, kind=Kind.GRANT, amount=D("1"), reference=f"{user.pk}-{n}", actor="t"
+            )
+    # Another user's entry whose own reference is the term: found too.
+    credits_add(user=grace, kind=Kind.GRANT, amount=D("1"), reference="lovelace", actor="t")
+    monkeypatch.setattr(CreditLedgerAdmin, "list_per_page", 3)
+    expected = list(
+        CreditLedgerEntry.objects.filter(Q(user=ada) | Q(reference="lovelace")).order_by(
+            "-created_at", "-id"
+        )
+    )
+    assert len(expected) == 4  # two pages of three
+
+    shown, lateral = [], []
+    for page in (1, 2):
+        response, statements = get_capturing(operator_client, LEDGER, {"q": "lovelace", "p": page})
+        assert response.context["cl"].result_count == len(expected)
+        shown += list(response.context["cl"].result_list)
+        lateral += [s for s in statements if "LATERAL" in s]
+
+    assert shown == expected
+    assert len(lateral) == 2  # each page's ids, read per user
+    assert "credit_ledger_user_created" in plan(lateral[1], off=("seqscan", "bitmapscan"))
+
+
+def test_invoices_searched_by_part_of_a_name_read_each_users_invoices_first(
+    operator_client, people, monkeypatch
+):
+    from billing.admin.stripe import BillingHistoryAdmin
+
+    ada, _alan, grace = people
+    for n in range(3):
+        BillingHistory.objects.create(user=ada, amount=D(n), stripe_invoice_id=f"in_ada{n}")
+        BillingHistory.objects.create(user=grace, amount=D(n), stripe_invoice_id=f"in_g{n}")
+    BillingHistory.objects.create(user=grace, amount=D(9), stripe_invoice_id="lovelace")
+    monkeypatch.setattr(BillingHistoryAdmin, "list_per_page", 3)
+    expected = list(
+        BillingHistory.objects.filter(Q(user=ada) | Q(stripe_invoice_id="lovelace")).order_by(
+            "-created_at", "-pk"
+        )
+    )
+
+    shown, lateral = [], []
+    for page in (1, 2):
+        response, statements = get_capturing(
+            operator_client, INVOICES, {"q": "lovelace", "p": page}
+        )
+        assert response.context["cl"].result_count == len(expected) == 4
+        shown += list(response.context["cl"].result_list)
+        lateral += [s for s in statements if "LATERAL" in s]
+
+    assert shown == expected
+    assert len(lateral) == 2

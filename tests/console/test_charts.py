@@ -273,6 +273,24 @@ def test_a_users_admin_page_says_no_usage_yet_and_keeps_its_queries_constant(ope
     assert queries(busy) == few
 
 
+def test_a_users_cost_chart_shows_only_its_90_days_and_the_billing_table_the_newest_30(
+    operator_client,
+):
+    # Usage 100 to 120 days ago only: none in the chart's window, but the billing section
+    # lists the newest days with usage, however old (the two read one query between them).
+    user = UserFactory()
+    add_usage(user, ClusterFactory(), range(100, 121), "1")
+    oldest_shown = timezone.now().date() - dt.timedelta(days=100 + 29)
+
+    body = operator_client.get(f"/admin/accounts/user/{user.pk}/change/").content.decode()
+
+    assert "No usage yet" in section(body, "chart-user-cost")
+    billing = body[body.index("<th>Storage GB-mo</th>") :]
+    shown = re.findall(r"<tr><td>(\d{4}-\d{2}-\d{2})</td>", billing)
+    assert len(shown) == 21  # all of them: fewer than 30
+    assert min(shown) >= str(oldest_shown)
+
+
 def test_the_users_cost_chart_is_only_for_those_who_may_view_usage(client, persona):
     user = UserFactory()
     add_usage(user, ClusterFactory(), [1], "1")
