@@ -15,7 +15,7 @@ ON CONFLICT (user_id, month) DO NOTHING
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0035_hot_update_fillfactor"),
+        ("billing", "0038_ledger_user_newest_index"),
     ]
 
     operations = [migrations.RunSQL(sql=FORWARD, reverse_sql=migrations.RunSQL.noop)]

@@ -113,7 +113,7 @@ DROP FUNCTION IF EXISTS stripe_billed_user_on_profile_truncate();
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0040_stripe_billed_user"),
+        ("billing", "0036_stripe_billed_user"),
     ]
 
     operations = [

@@ -11,7 +11,7 @@ from django.db import migrations
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0044_stripe_pending_months_due"),
+        ("billing", "0039_stripe_pending_months_due"),
     ]
 
     operations = [

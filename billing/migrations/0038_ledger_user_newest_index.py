@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0041_stripe_billed_user_triggers"),
+        ("billing", "0037_stripe_billed_user_triggers"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
