@@ -18,6 +18,7 @@ the stream; 0 = Stripe's published limit for the key's mode).
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import functools
 import json
@@ -704,6 +705,10 @@ def _pause(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def _monotonic() -> float:
+    return time.monotonic()
+
+
 def meter_stream_requests_per_second() -> float:
     """STRIPE_METER_STREAM_REQUESTS_PER_SECOND, or Stripe's published limit for the key's
     mode when it is 0."""
@@ -729,8 +734,7 @@ class MeterEventStream:
     def __init__(self) -> None:
         self._token = ""
         self._expires = 0.0
-        self._interval = 1 / meter_stream_requests_per_second()
-        self._next_at = 0.0
+        self._pace(meter_stream_requests_per_second())
         self.requests = 0
         self.sessions = 0
 
@@ -768,7 +772,7 @@ class MeterEventStream:
                 ):
                     _pause(METER_STREAM_FIRST_WAIT_SECONDS * 2**rate_limited)
                     rate_limited += 1
-                    self._interval *= 2  # over Stripe's limit: slower for the rest of the run
+                    self._pace(self._rate / 2)  # over Stripe's limit: slower from now on
                     continue
                 raise StripeGatewayError(
                     str(error).replace(token, "[meter event session token]"),
@@ -778,11 +782,24 @@ class MeterEventStream:
                     request_id=error.request_id,
                 ) from cause
 
+    def _pace(self, rate: float) -> None:
+        """Stripe limits requests per second: at most `rate` requests in any window of a
+        second (of `per_window / rate` seconds for a rate under one). The window slides, so
+        the time we spend between requests (reading and writing the next batch) is part of
+        the wait rather than added to it: a run is bounded by the rate, not rate plus work."""
+        self._rate = rate
+        self._per_window = max(1, int(rate))
+        self._window = self._per_window / rate
+        self._sent_at: collections.deque[float] = collections.deque(maxlen=self._per_window)
+
     def _wait_turn(self) -> None:
-        now = time.monotonic()
-        if self._next_at > now:
-            _pause(self._next_at - now)
-        self._next_at = max(now, self._next_at) + self._interval
+        now = _monotonic()
+        if len(self._sent_at) == self._per_window:
+            opens_at = self._sent_at[0] + self._window  # the oldest leaves the window
+            if opens_at > now:
+                _pause(opens_at - now)
+                now = opens_at
+        self._sent_at.append(now)
 
     def _session(self) -> str:
         if self._token and time.time() < self._expires - METER_SESSION_MARGIN_SECONDS:

@@ -1049,3 +1049,49 @@ def test_a_credit_note_is_sent_positive_in_minor_units_with_its_memo_and_key(fak
             memo="x",
             idempotency_key="k",
         )
+
+
+class _PacingClock:
+    """The stream's pacing clock, moved by hand: a pause moves it by what was asked."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def pause(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def _stream_send(stream, clock, identifier):
+    """Send one event; the moment it went out on the pacing clock (after any wait)."""
+    stream.send([gateway.MeterEvent("cpu_hours", "cus_1", 1, identifier, int(time.time()))])
+    return clock.now
+
+
+def test_the_stream_keeps_to_the_rate_in_every_second_and_spends_our_own_time_in_it(
+    fake_stripe, settings, monkeypatch
+):
+    """Stripe's limit is requests per second: no one-second window holds more than the rate,
+    and time we spent between requests (reading and writing the next batch) counts towards
+    the wait, so a run is bounded by Stripe's rate and not by its rate plus our work."""
+    clock = _PacingClock()
+    monkeypatch.setattr(gateway, "_monotonic", clock.monotonic)
+    monkeypatch.setattr(gateway, "_pause", clock.pause)
+    settings.STRIPE_METER_STREAM_REQUESTS_PER_SECOND = 4
+    stream = gateway.MeterEventStream()
+    sent = []
+
+    for batch in range(5):  # 4 requests a batch, then 0.8 s of our own work
+        sent += [_stream_send(stream, clock, f"{batch}-{i}") for i in range(4)]
+        clock.now += 0.8
+
+    assert len(fake_stripe.stream_requests()) == 20
+    assert all(sum(1 for t in sent if s <= t < s + 1 - 1e-9) <= 4 for s in sent)  # the rate kept
+    # Each batch waits only for what is left of the second after its first request's
+    # window: 0.2 s, not a full 1/rate a request after 0.8 s of our own work.
+    assert sent[-1] - sent[0] == pytest.approx(4 * 1.0, abs=1e-9)
+    assert sum(clock.waits) == pytest.approx(4 * 0.2, abs=1e-9)
