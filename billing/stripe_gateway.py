@@ -734,6 +734,7 @@ class MeterEventStream:
     def __init__(self) -> None:
         self._token = ""
         self._expires = 0.0
+        self._sent_at: collections.deque[float] = collections.deque()
         self._pace(meter_stream_requests_per_second())
         self.requests = 0
         self.sessions = 0
@@ -790,7 +791,8 @@ class MeterEventStream:
         self._rate = rate
         self._per_window = max(1, int(rate))
         self._window = self._per_window / rate
-        self._sent_at: collections.deque[float] = collections.deque(maxlen=self._per_window)
+        # The newest requests already sent count against a new, lower rate too (a 429).
+        self._sent_at = collections.deque(self._sent_at, maxlen=self._per_window)
 
     def _wait_turn(self) -> None:
         now = _monotonic()

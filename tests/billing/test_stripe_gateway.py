@@ -1095,3 +1095,24 @@ def test_the_stream_keeps_to_the_rate_in_every_second_and_spends_our_own_time_in
     # window: 0.2 s, not a full 1/rate a request after 0.8 s of our own work.
     assert sent[-1] - sent[0] == pytest.approx(4 * 1.0, abs=1e-9)
     assert sum(clock.waits) == pytest.approx(4 * 0.2, abs=1e-9)
+
+
+def test_after_a_rate_limit_the_slower_pace_still_counts_the_requests_just_sent(
+    fake_stripe, settings, monkeypatch
+):
+    """A 429 halves the rate; the requests sent in the last second still count against the
+    new, lower limit, so the stream does not answer Stripe's refusal with a fresh burst."""
+    from tests.fakes.stripe import METER_EVENT_STREAM, RATE_LIMITED
+
+    clock = _PacingClock()
+    monkeypatch.setattr(gateway, "_monotonic", clock.monotonic)
+    monkeypatch.setattr(gateway, "_pause", clock.pause)
+    settings.STRIPE_METER_STREAM_REQUESTS_PER_SECOND = 8
+    stream = gateway.MeterEventStream()
+    sent = [_stream_send(stream, clock, f"a{i}") for i in range(7)]  # 7 at once, within 8
+    fake_stripe.fail_next(1, status=429, error=RATE_LIMITED, path=METER_EVENT_STREAM)
+    sent += [_stream_send(stream, clock, f"b{i}") for i in range(8)]  # a 429, then 4 a second
+
+    assert len(fake_stripe.stream_requests()) == 16  # 15 accepted, one refused and resent
+    # Each request after the 429 has at most 4 in the second up to it, those before included.
+    assert all(sum(1 for u in sent if t - 1 + 1e-9 < u <= t) <= 4 for t in sent[7:])
