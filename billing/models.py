@@ -455,7 +455,7 @@ class UsageClusterDaily(models.Model):
     total_cost = SeedDecimalField(default=ZERO)
     credits_debited = SeedDecimalField(default=ZERO)
     # As usage_monthly.days: never below zero (the trigger raises), zero only inside the
-    # writer's transaction (a row locked ahead of the write, or emptied and deleted).
+    # trigger, until it deletes the rows it emptied.
     usage_rows = models.IntegerField(help_text="How many usage_daily rows the sums cover.")
 
     class Meta:
