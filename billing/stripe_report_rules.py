@@ -345,16 +345,25 @@ def reportable(profile: BillingProfile | None) -> bool:
 
 def reports_ensure(pairs: list[Pair]) -> None:
     """A report row per resource for each user-month (one statement, in its own
-    transaction: the claim that follows then never waits on a row another run inserted)."""
+    transaction: the claim that follows then never waits on a row another run inserted).
+    Only user-months with fewer rows than resources are inserted into: one index range
+    read per user-month, where an insert of every row met its conflict row by row (a
+    batch's user-months nearly all have theirs)."""
+    table = StripeUsageReport._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            INSERT INTO {StripeUsageReport._meta.db_table}
+            INSERT INTO {table}
                 (user_id, month, resource, reported_cents, events_sent, pending_identifier,
                  last_error, adjusted_cents)
             SELECT p.user_id, p.month, r.resource, 0, 0, '', '', 0
             FROM unnest(%s::text[], %s::date[]) AS p(user_id, month)
             CROSS JOIN unnest(%s::text[]) AS r(resource)
+            WHERE (
+                SELECT count(*) FROM {table} e
+                WHERE e.user_id = p.user_id AND e.month = p.month
+                  AND e.resource = ANY(%s::text[])
+            ) < %s
             ORDER BY 1, 2, 3
             ON CONFLICT DO NOTHING
             """,
@@ -362,6 +371,8 @@ def reports_ensure(pairs: list[Pair]) -> None:
                 sql_array([u for u, _ in pairs], text=True),
                 sql_array([m for _, m in pairs]),
                 RESOURCES,
+                RESOURCES,
+                len(RESOURCES),
             ],
         )
 
