@@ -687,7 +687,6 @@ def report(figures: dict) -> str:
 
 def setup_django(url: str) -> None:
     scratch.setup_django(url)
-    logging.getLogger("stripe").setLevel(logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     logging.getLogger("billing").setLevel(logging.WARNING)
 
