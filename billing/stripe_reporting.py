@@ -56,6 +56,7 @@ from billing.stripe_report_rules import (  # noqa: F401  (the reporter's rules, 
     month_cents_by_resource,
     month_closed,
     months_cents,
+    profiles_of,
     reportable,
     reports_accept,
     reports_claim,
@@ -122,7 +123,7 @@ def _report_batch(run: ReportRun, due: list[dict], *, catalog, stream, now) -> b
     users = {d["user_id"] for d in due}
     profiles = {
         p.user_id: p
-        for p in BillingProfile.objects.filter(user_id__in=users).select_related("user")
+        for p in profiles_of(users)
         if reportable(p)  # without a live subscription the usage is held, unbilled
     }
     versions: dict[Pair, int | None] = {

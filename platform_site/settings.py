@@ -431,5 +431,8 @@ LOGGING = {
         # Its start-up lines (each periodic task registered) say nothing an operator needs.
         "procrastinate.periodic": {"level": "WARNING"},
         "procrastinate.blueprints": {"level": "WARNING"},
+        # The Stripe SDK logs two INFO lines per request: thousands a usage report (one per
+        # 100 meter events). billing.stripe_gateway reports failures itself.
+        "stripe": {"level": "WARNING"},
     },
 }

@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import importlib
 import json
+import logging
 import socket
 import time
 from decimal import Decimal
@@ -403,6 +404,20 @@ def test_the_requests_of_one_stream_share_one_connection(fake_stripe):
     assert [r.status for r in requests] == [200, 200, 200]
     assert len({r.peer for r in requests}) == 1
     assert fake_stripe.meter_event_totals("cpu_hours", "cus_1") == 3
+
+
+def test_the_stream_s_requests_are_not_logged_one_by_one(fake_stripe, caplog):
+    # The SDK logs two INFO lines for every request ("Request to Stripe api", "Stripe API
+    # response"): at the root's INFO that was thousands of lines a run, and their cost, for
+    # requests whose failures our gateway reports itself.
+    caplog.set_level(logging.INFO)
+    stream = gateway.MeterEventStream()
+    now = int(time.time())
+    for n in range(3):
+        stream.send([gateway.MeterEvent("cpu_hours", "cus_1", 1, f"id-{n}", now)])
+
+    assert len(fake_stripe.stream_requests()) == 3
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("stripe")] == []
 
 
 def test_the_stream_s_events_are_encoded_as_json_only(fake_stripe, monkeypatch):

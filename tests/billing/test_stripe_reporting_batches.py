@@ -241,3 +241,20 @@ def test_a_month_stays_due_while_its_events_are_pending(catalog):
     assert not StripeUsageReport.objects.exclude(pending_identifier="").exists()
     for user in users:
         assert stripe_cents(catalog, user) == to_cents(month_to_date_cost(user)) * 100
+
+
+def test_a_user_month_missing_one_of_its_report_rows_gets_it_back(catalog):
+    """The rows are ensured only for user-months short of a row per resource: one with
+    some of its rows (here the first resource's) is still completed."""
+    [user] = postpaid_users(catalog, 1)
+    cluster = ClusterFactory(max_users=10)
+    use([user], cluster, cpu_hours=D("10"))
+    assert usage_report_to_stripe().sent_events == 1
+    StripeUsageReport.objects.filter(user=user, resource="gpu_hour").delete()  # never sent
+    use([user], cluster, cpu_hours=D("10"), gpu_hours=D("2"))
+
+    run = usage_report_to_stripe()
+
+    assert run.errors == [] and run.sent_events == 1
+    assert StripeUsageReport.objects.filter(user=user).count() == 4
+    assert stripe_cents(catalog, user) == to_cents(month_to_date_cost(user)) * 100
