@@ -537,7 +537,11 @@ class CreditLedgerEntry(models.Model):
         REFUND = "refund", "Refund"
         ADJUSTMENT = "adjustment", "Adjustment"
 
-    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="credit_entries")
+    # No index of its own (nor Django's `_like` copy): the user's composite indexes below
+    # lead with it, and every ledger row written updated both for nothing (issue 16).
+    user = models.ForeignKey(
+        User, on_delete=models.PROTECT, related_name="credit_entries", db_index=False
+    )
     kind = models.TextField(choices=Kind.choices)
     amount = SeedDecimalField()
     balance_after = SeedDecimalField()
@@ -865,7 +869,8 @@ class StripeReportDue(models.Model):
     removes the row only at the version it read, so a change made meanwhile stays due.
     """
 
-    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    # Served by the (user, month) unique index: no index of its own.
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+", db_index=False)
     month = models.DateField(help_text="First day of the month.")
     version = models.BigIntegerField(default=1)
 

@@ -392,12 +392,13 @@ class _Fresh:
 
     @property
     def stripe_changed(self) -> list[tuple]:
+        stripe = UsageDaily.BilledVia.STRIPE
         return [
             (user_id, day)
             for user_id, day, via in zip(
                 self._changed(1), self._changed(3), self._changed(11), strict=True
             )
-            if via == UsageDaily.BilledVia.STRIPE
+            if via == stripe
         ]
 
 
@@ -444,6 +445,8 @@ class _Settler:
         changed, movements = fresh.changed, fresh.movements
         written = []  # a tuple per row, turned into columns at the end (one zip, not 12 appends)
         credits_via, stripe_via = UsageDaily.BilledVia.CREDITS, UsageDaily.BilledVia.STRIPE
+        # Looked up once, not per row: thousands of rows a batch (issue 16).
+        usage_kind, actor_name, rates_on = credits.Kind.USAGE, self.actor_name, self.rates.rates
         ids = _new_ids(len(rows))
         for row in rows:
             user_id, cluster_id, day, cpu, gpu, storage, calls = row
@@ -453,28 +456,33 @@ class _Settler:
                 ZERO if storage is None else storage,
                 0 if calls is None else calls,
             )
-            cost = self._cost(row, figures)
+            try:
+                cost = cost_of(*figures, rates_on(user_id=user_id, day=day))
+            except MissingPrice as error:
+                raise UsageValidationError({self.caller_index[_key(row)]: [str(error)]}) from None
             row_id = next(ids)
-            debited, revision = ZERO, 0
-            via = credits_via if modes[(user_id, day)] == PREPAID else stripe_via
-            if via == credits_via and cost != debited:
-                revision = 1
-                movements.append(
-                    credits.Movement(
-                        user_id=user_id,
-                        kind=credits.Kind.USAGE,
-                        amount=debited - cost,
-                        reference=f"usage:{row_id}:r{revision}",
-                        actor=self.actor_name,
-                        reason=f"usage on {day}",
-                        usage_id=row_id,
-                        # Nothing was paid for this row yet: all of its quantities.
-                        cpu_hours=figures[0] - ZERO,
-                        gpu_hours=figures[1] - ZERO,
-                        storage_gb_months=figures[2] - ZERO,
+            if modes[(user_id, day)] == PREPAID:
+                via, debited, revision = credits_via, ZERO, 0
+                if cost != ZERO:
+                    revision = 1
+                    movements.append(
+                        credits.Movement(
+                            user_id=user_id,
+                            kind=usage_kind,
+                            amount=-cost,
+                            reference=f"usage:{row_id}:r1",
+                            actor=actor_name,
+                            reason=f"usage on {day}",
+                            usage_id=row_id,
+                            # Nothing was paid for this row yet: all of its quantities.
+                            cpu_hours=figures[0],
+                            gpu_hours=figures[1],
+                            storage_gb_months=figures[2],
+                        )
                     )
-                )
-                debited = cost
+                    debited = cost
+            else:
+                via, debited, revision = stripe_via, ZERO, 0
             written.append(
                 (row_id, user_id, cluster_id, day, *figures, cost, debited, revision, via)
             )
@@ -578,7 +586,10 @@ def _insert_new(fresh: _Fresh) -> set:
 def _mark_stripe_months_due(user_days) -> None:
     """The user-months whose Stripe-billed usage changed are due for Stripe reporting
     (`StripeReportDue`), in the transaction that changes them."""
-    due = sorted({(user_id, day.replace(day=1)) for user_id, day in user_days})
+    user_days = list(user_days)
+    # A batch's days are a handful: each day's month worked out once, not per row.
+    month_of = {day: day.replace(day=1) for day in {day for _, day in user_days}}
+    due = sorted({(user_id, month_of[day]) for user_id, day in user_days})
     if not due:
         return
     with connection.cursor() as cursor:

@@ -195,6 +195,44 @@ def test_keys_left_without_a_day_are_removed_and_a_truncate_empties_the_rollup()
 
 
 @pytest.mark.django_db
+def test_one_insert_adding_to_stored_months_new_months_and_one_month_twice_stays_exact():
+    """The insert trigger adds to the rows it finds with an UPDATE and inserts the rest
+    (billing 0042): one statement mixing both, with two rows of one new user-month and two
+    of one stored user-month, each with and without a cluster, counts each row once."""
+    stored, fresh, cluster = UserFactory(), UserFactory(), ClusterFactory()
+    month = MONTHS[1]
+    usage_upsert(
+        records=[
+            UsageRecord(user_id=stored.pk, cluster_id=cluster.pk, date=month, cpu_hours=D(1)),
+            UsageRecord(user_id=stored.pk, date=month, api_calls=7),
+        ],
+        actor="t",
+    )
+    rows = [
+        (u.pk, c, month + dt.timedelta(days=day), D(day) / 4)
+        for u in (stored, fresh)
+        for c in (cluster.pk, None)
+        for day in (1, 2)
+    ]
+    raw(
+        """
+        INSERT INTO usage_daily (id, user_id, hopsworks_cluster_id, date, cpu_hours,
+            gpu_hours, storage_gb_months, api_calls, total_cost, credits_debited,
+            credit_revision, billed_via, created_at, updated_at)
+        SELECT gen_random_uuid(), r.user_id, r.cluster_id, r.date, r.cpu, 0, 0, 3, r.cpu, 0,
+               0, 'stripe', now(), now()
+        FROM unnest(%s::text[], %s::uuid[], %s::date[], %s::numeric[])
+          AS r(user_id, cluster_id, date, cpu)
+        """,
+        [[r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]],
+    )
+    assert_exact()
+    assert UsageMonthly.objects.get(user=stored, hopsworks_cluster=cluster).days == 3
+    assert UsageMonthly.objects.get(user=fresh, hopsworks_cluster=None).days == 2
+    assert UsageMonthly.objects.count() == 4
+
+
+@pytest.mark.django_db
 def test_a_month_of_api_calls_past_the_integer_range_still_adds_up():
     user = UserFactory()
     usage_upsert(
