@@ -190,7 +190,8 @@ if _missing:
     )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # django.contrib.admin, its site keeping the app list per permission set.
+    "plumbing.admin_site.ConsoleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
