@@ -36,29 +36,30 @@ CACHE_LIMIT = 256
 class ConsoleAdminSite(AdminSite):
     def __init__(self, name="admin"):
         super().__init__(name)
-        self._app_dicts = {}
+        self._app_lists = {}
 
-    def _build_app_dict(self, request, label=None):
-        key = self._app_dict_key(request, label)
+    def get_app_list(self, request, app_label=None):
+        key = self._app_list_key(request, app_label)
         if key is None:
-            return super()._build_app_dict(request, label)
-        built = self._app_dicts.get(key)
+            return super().get_app_list(request, app_label)
+        built = self._app_lists.get(key)
         if built is None:
-            built = super()._build_app_dict(request, label)
-            if len(self._app_dicts) >= CACHE_LIMIT:
-                self._app_dicts.clear()
-            self._app_dicts[key] = built
-        # A copy the caller may sort and change (get_app_list sorts each app's models in
-        # place); the values themselves (names, URLs) are immutable.
-        return {
-            app_label: {
+            # Sorted too: the names are lazy translations, slow to compare (the language
+            # is in the key).
+            built = super().get_app_list(request, app_label)
+            if len(self._app_lists) >= CACHE_LIMIT:
+                self._app_lists.clear()
+            self._app_lists[key] = built
+        # A copy the caller may change; the values themselves (names, URLs) are immutable.
+        return [
+            {
                 **app,
                 "models": [{**model, "perms": dict(model["perms"])} for model in app["models"]],
             }
-            for app_label, app in built.items()
-        }
+            for app in built
+        ]
 
-    def _app_dict_key(self, request, label):
+    def _app_list_key(self, request, label):
         user = request.user
         if not _permissions_are_listable():
             return None
