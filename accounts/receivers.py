@@ -10,6 +10,15 @@ def count_login(sender, request, user, **kwargs):
     services.user_record_login(user=user)
 
 
+def start_operator_session(sender, request, user, **kwargs):
+    """An operator's session starts with its idle expiry (accounts.middleware)."""
+    session = getattr(request, "session", None)
+    if session is not None and user.is_staff:
+        from accounts.middleware import start_idle_expiry
+
+        start_idle_expiry(session)
+
+
 # While this migration is applied, every migrate also covers tables created since.
 RLS_MIGRATION = ("accounts", "0004_row_level_security")
 

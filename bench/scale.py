@@ -737,6 +737,50 @@ def own_pages(client):
     ]
 
 
+def floor_pages(operator, person):
+    """The fixed floor: views that do nothing, through the same middleware (session,
+    authentication, axes, CSP, messages, WhiteNoise...), added to the URL patterns of this
+    process only. A bare Django view; an admin view that builds the admin's context (the
+    app list) and one that also renders the admin's base template (header, nav sidebar);
+    a DRF view with the API's authentication, permission, throttle and renderer classes.
+    A page cannot answer faster than its floor, whatever its SQL."""
+    from django.contrib import admin
+    from django.http import HttpResponse
+    from django.template.response import TemplateResponse
+    from django.urls import clear_url_caches, get_resolver, path
+    from rest_framework.response import Response
+    from rest_framework.views import APIView
+
+    def nothing(request):
+        return HttpResponse("")
+
+    def admin_context(request):
+        admin.site.each_context(request)
+        return HttpResponse("")
+
+    def admin_base(request):
+        return TemplateResponse(request, "admin/base_site.html", admin.site.each_context(request))
+
+    class ApiNothing(APIView):
+        def get(self, request):
+            return Response({})
+
+    get_resolver().url_patterns[:0] = [
+        path("bench-floor/nothing", nothing),
+        path("bench-floor/admin-context", admin.site.admin_view(admin_context)),
+        path("bench-floor/admin-base", admin.site.admin_view(admin_base)),
+        path("bench-floor/api", ApiNothing.as_view()),
+    ]
+    clear_url_caches()
+    return [
+        ("floor", "floor: a view that does nothing (operator)", "/bench-floor/nothing", operator),
+        ("floor", "floor: a view that does nothing (user)", "/bench-floor/nothing", person),
+        ("floor", "floor: admin context (app list)", "/bench-floor/admin-context", operator),
+        ("floor", "floor: admin base template", "/bench-floor/admin-base", operator),
+        ("floor", "floor: DRF view that does nothing", "/bench-floor/api", operator),
+    ]
+
+
 def month_to_date(repeat: int) -> dict:
     """billing.selectors.month_to_date_by_user() for all users against the bare GROUP BY."""
     from django.db import connection
@@ -865,7 +909,11 @@ def benchmark(args) -> dict:
     operator.force_login(sample["admin"])
     person = Client()
     person.force_login(sample["user"])
-    pages = [("dashboard", "GET /admin/ (dashboard)", lambda: operator.get("/admin/"))]
+    pages = [
+        (group, name, lambda u=url, c=client: c.get(u))
+        for group, name, url, client in floor_pages(operator, person)
+    ]
+    pages += [("dashboard", "GET /admin/ (dashboard)", lambda: operator.get("/admin/"))]
     pages += own_pages(person)
     pages += api_pages(operator, sample, args.users, args.days)
     pages += admin_pages(operator, sample, args)
@@ -947,8 +995,17 @@ def report(figures: dict) -> str:
             f"{r['page'][:72]:<72} {r['median_ms']:>8,.0f} {r['p95_ms']:>8,.0f} "
             f"{r['sql_ms']:>8,.0f} {ratio:>5} {queries:>7} {r['n']:>3}  {verdict}"
         )
+    floor = [r for r in pages if r.get("group") == "floor"]
+    pages = [r for r in pages if r.get("group") != "floor"]
     missed = [r for r in pages if r.get("error") or r.get("p95_ms", 0) > GOAL_MS]
     lines.append(f"\n{len(pages) - len(missed)} of {len(pages)} pages meet the goal")
+    within = [r for r in pages if r.get("sql_ms") and r["median_ms"] <= 2 * r["sql_ms"]]
+    lines.append(f"{len(within)} of {len(pages)} pages within x2 of their own SQL (median / SQL)")
+    if floor:
+        lines.append(
+            "floor (views that do nothing, same middleware): "
+            + "; ".join(f"{r['page'][7:]} {r.get('median_ms', '-')} ms" for r in floor)
+        )
     if "month_to_date" in figures:
         mtd = figures["month_to_date"]
         ours, bare = mtd["month_to_date_by_user()"], mtd["bare GROUP BY"]

@@ -190,7 +190,8 @@ if _missing:
     )
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # django.contrib.admin, its site keeping the app list per permission set.
+    "plumbing.admin_site.ConsoleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -379,6 +380,9 @@ STORAGES = {
 # Operators (is_staff) are logged out after this long without a request (a working day);
 # users keep Django's SESSION_COOKIE_AGE (two weeks).
 OPERATOR_SESSION_IDLE_SECONDS = env.int("OPERATOR_SESSION_IDLE_SECONDS", default=8 * 3600)
+# The idle expiry moves at most this often (a session write and commit per page otherwise),
+# so an idle operator's session ends up to this much before OPERATOR_SESSION_IDLE_SECONDS.
+OPERATOR_SESSION_REFRESH_SECONDS = 60
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SESSION_COOKIE_HTTPONLY = True

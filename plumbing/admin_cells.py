@@ -3,9 +3,8 @@ long text on one line, cut with an ellipsis, the whole of it in the tooltip."""
 
 from __future__ import annotations
 
-from django.utils.html import format_html, format_html_join
-
 from plumbing.formatting import money, quantity
+from plumbing.markup import format_html, format_html_join
 
 WIDTHS = ("", "narrow", "wide")
 

@@ -38,9 +38,10 @@ from django.core.exceptions import FieldDoesNotExist, ObjectDoesNotExist
 from django.db import models
 from django.urls import NoReverseMatch, reverse
 from django.urls.resolvers import RFC3986_SUBDELIMS
-from django.utils.html import conditional_escape, escape, format_html
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext as _
+
+from plumbing.markup import conditional_escape, escape, format_html
 
 register = template.Library()
 
@@ -63,6 +64,7 @@ class _Column:
         "field",
         "kind",
         "link",
+        "memo",
         "name",
         "nowrap",
         "related",
@@ -72,7 +74,7 @@ class _Column:
     def __init__(self, name, index, *, model, model_admin, empty, link, tag):
         self.name, self.link, self.tag = name, link, tag
         self.empty = empty
-        self.field = self.attr = self.choices = None
+        self.field = self.attr = self.choices = self.memo = None
         self.boolean = self.related = self.nowrap = False
         self.classes = f"field-{django_list._coerce_field_name(name, index)}"
         try:
@@ -98,6 +100,10 @@ class _Column:
             return
         self.related = isinstance(field.remote_field, models.ManyToOneRel)
         self.nowrap = isinstance(field, (models.DateField, models.TimeField, models.ForeignKey))
+        if isinstance(field, (models.DateField, models.TimeField)):
+            # A date is formatted once per page (a page of usage is mostly one day):
+            # display_for_field of the same value, in the same language and time zone.
+            self.memo = {}
         if not self.related and getattr(field, "flatchoices", None):
             try:
                 self.choices = dict(field.flatchoices)
@@ -239,6 +245,14 @@ class RowPlan:
                 pass
         elif isinstance(field, models.BooleanField):
             return self.icon(value), extra
+        memo = column.memo
+        if memo is not None:
+            shown = memo.get(value)
+            if shown is None:
+                shown = memo[value] = display_for_field(
+                    value, field, self.empty, avoid_link=column.link
+                )
+            return shown, extra
         return display_for_field(value, field, self.empty, avoid_link=column.link), extra
 
     def row(self, result) -> str:

@@ -165,3 +165,57 @@ def test_a_filtered_users_list_says_about_n_over_the_users_admins_own_threshold(
 
     assert many.paginator.estimated
     assert many.paginator.shown(many.result_count).startswith("about ")
+
+
+def usage_on_two_days(cluster_rows=3):
+    import datetime as dt
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from billing.usage import UsageRecord, usage_upsert
+
+    today = timezone.now().date()
+    usage_upsert(
+        records=[
+            UsageRecord(
+                user_id=user.pk,
+                date=today - dt.timedelta(days=days),
+                cpu_hours=Decimal("1.5"),
+                api_calls=1000 + n,
+            )
+            for n, user in enumerate([*awkward_users(), *UserFactory.create_batch(cluster_rows)])
+            for days in (1, 2)
+        ],
+        actor="test",
+    )
+
+
+def test_a_usage_list_of_few_days_renders_as_django_does(operator_client):
+    usage_on_two_days()
+    url = reverse("admin:billing_usagedaily_changelist")
+    for query in ("", "?o=-1", "?o=1"):
+        response = operator_client.get(url + query)
+        assert response.status_code == 200
+        assert_rows_as_djangos(response)
+
+
+def test_a_date_column_formats_each_date_once_per_page(operator_client, monkeypatch):
+    from plumbing import admin_rows
+
+    formatted = []
+    real = admin_rows.display_for_field
+    monkeypatch.setattr(
+        admin_rows,
+        "display_for_field",
+        lambda value, field, *a, **k: (
+            formatted.append((field.name, value)) or real(value, field, *a, **k)
+        ),
+    )
+    usage_on_two_days(cluster_rows=5)
+
+    response = operator_client.get(reverse("admin:billing_usagedaily_changelist"))
+
+    assert len(response.context["cl"].result_list) == 16
+    assert sorted(formatted) == sorted({("date", value) for _, value in formatted})
+    assert len(formatted) == 2
