@@ -40,7 +40,7 @@ from django.utils import timezone
 from accounts.models import User, normalize_email
 from billing.alerts import cap_alerts_evaluate
 from billing.models import AccountClosure, UsageCollectionRun, UsageDaily
-from billing.pricing import quantize, storage_gb_months
+from billing.pricing import days_in_month, quantize, storage_gb_months
 from billing.usage import (
     MAX_BATCH,
     MAX_QUANTITY,
@@ -52,6 +52,8 @@ from clusters.hopsworks import HopsworksError, HopsworksProject
 from clusters.models import HopsworksCluster, UserHopsworksAssignment
 from clusters.opencost import (
     DAY_MINUTES,
+    HOURS_PER_DAY,
+    STORAGE_UNIT_BYTES,
     MetricsError,
     NamespaceUsage,
     fetch_day_allocations,
@@ -62,6 +64,7 @@ from clusters.selectors import user_ids_by_hopsworks_identity
 from plumbing import outbound
 from plumbing.db import sql_array
 from plumbing.encryption import SecretDecryptionError
+from plumbing.gc_pause import cyclic_gc_paused
 
 logger = logging.getLogger(__name__)
 ZERO = Decimal("0")
@@ -102,9 +105,25 @@ def _any_of(user_ids) -> RawSQL:
     return RawSQL("SELECT unnest(%s::text[])", [sql_array(sorted(user_ids), text=True)])
 
 
-def _implausible(usage: NamespaceUsage, day: dt.date) -> str | None:
+def _plausible_byte_hours(day: dt.date) -> Decimal:
+    """Persistent-volume byte-hours up to which a day's storage cannot exceed MAX_QUANTITY
+    GB-months (storage grows with them: above this, `_implausible` works it out)."""
+    unit = STORAGE_UNIT_BYTES[settings.STORAGE_UNIT]
+    return MAX_QUANTITY * HOURS_PER_DAY * unit * days_in_month(day)
+
+
+def _implausible(
+    usage: NamespaceUsage, day: dt.date, plausible_byte_hours: Decimal | None = None
+) -> str | None:
     """Why a namespace's figures cannot be billed (more than `usage_upsert` takes for a
     day), or None."""
+    if (
+        plausible_byte_hours is not None
+        and usage.cpu_core_hours <= MAX_QUANTITY
+        and usage.gpu_hours <= MAX_QUANTITY
+        and usage.pv_byte_hours <= plausible_byte_hours
+    ):
+        return None  # the common case, without working out the storage
     storage = storage_gb_months(gb_held=gb_held_from_byte_hours(usage.pv_byte_hours), day=day)
     for source, sent, quantity, unit in (
         ("cpuCoreHours", usage.cpu_core_hours, usage.cpu_core_hours, "CPU core-hours"),
@@ -135,8 +154,12 @@ def attribute(
     by_username, by_email = user_ids_by_hopsworks_identity(cluster)
     owner_of = {}
     for project in projects:
-        owner = by_username.get(project.creator_username or "") or by_email.get(
-            normalize_email(project.creator_email or "")
+        email = project.creator_email or ""
+        # An email found as sent is already normalized (the keys are): most are.
+        owner = (
+            by_username.get(project.creator_username or "")
+            or by_email.get(email)
+            or by_email.get(normalize_email(email))
         )
         owner_of[project.namespace] = (project, owner)
     known = {
@@ -185,12 +208,14 @@ def attribute(
     sums: dict[str, dict[str, Decimal]] = defaultdict(
         lambda: {"cpu_hours": ZERO, "gpu_hours": ZERO, "pv_byte_hours": ZERO}
     )
+    plausible_byte_hours = _plausible_byte_hours(day)
     for usage in allocations:
         if is_system_namespace(usage.namespace):
             continue
-        result.notes.extend(f"{usage.namespace}: {note}" for note in usage.notes)
+        if usage.notes:
+            result.notes.extend(f"{usage.namespace}: {note}" for note in usage.notes)
         owner, why_not = owner_for(usage.namespace)
-        implausible = _implausible(usage, day)
+        implausible = _implausible(usage, day, plausible_byte_hours)
         if implausible is not None:
             result.notes.append(f"{usage.namespace}: {implausible}; the namespace was left out")
             if owner is not None:
@@ -221,8 +246,16 @@ def attribute(
     return result
 
 
+# A run's large fields (a big cluster's attribution is a namespace -> owner mapping of tens
+# of thousands of entries, over a megabyte of JSON): read where they are used, not on every
+# look at the run.
+LARGE_FIELDS = ("attribution", "unknown_namespaces", "notes")
+
+
 def _start_run(cluster: HopsworksCluster, day: dt.date) -> UsageCollectionRun:
-    run, _ = UsageCollectionRun.objects.get_or_create(cluster=cluster, date=day)
+    run, _ = UsageCollectionRun.objects.defer(*LARGE_FIELDS).get_or_create(
+        cluster=cluster, date=day
+    )
     UsageCollectionRun.objects.filter(pk=run.pk).update(
         status=UsageCollectionRun.Status.RUNNING,
         started_at=timezone.now(),
@@ -292,7 +325,9 @@ def usage_collect_day(
     `force` (an operator's explicit choice) writes the answer even when it covers less of
     the day than what is stored, or was read earlier.
     """
-    with _one_collector(cluster, day):
+    # The collector makes about a million short-lived objects, none in a cycle: see
+    # plumbing.gc_pause.
+    with cyclic_gc_paused(), _one_collector(cluster, day):
         run = _start_run(cluster, day)
         try:
             return _collect(run, cluster=cluster, day=day, actor=actor, force=force)
@@ -343,7 +378,11 @@ def _collect(
         raise error
 
     with transaction.atomic():
-        locked = UsageCollectionRun.objects.select_for_update().get(pk=run.pk)
+        locked = (
+            UsageCollectionRun.objects.select_for_update()
+            .defer("unknown_namespaces", "notes")
+            .get(pk=run.pk)
+        )
         stored = _stored_coverage(locked)
         covered = answer.coverage_minutes
         if locked.fetched_at is not None and locked.fetched_at > fetched_at and not force:
@@ -430,17 +469,20 @@ def _collect(
                 ) from error
         # Caps once for the whole cluster-day, in the same transaction (see usage_upsert).
         cap_alerts_evaluate(user_ids=cost_moved, days={day})
-        UsageCollectionRun.objects.filter(pk=run.pk).update(
-            status=UsageCollectionRun.Status.SUCCEEDED,
-            rows_written=rows_written,
-            unknown_namespaces=result.unknown,
-            notes=notes + result.notes,
-            error="",
-            finished_at=timezone.now(),
-            coverage_minutes=covered,
-            fetched_at=fetched_at,
-            attribution=dict(sorted(result.mapping.items())),
-        )
+        recorded = {
+            "status": UsageCollectionRun.Status.SUCCEEDED,
+            "rows_written": rows_written,
+            "unknown_namespaces": result.unknown,
+            "notes": notes + result.notes,
+            "error": "",
+            "finished_at": timezone.now(),
+            "coverage_minutes": covered,
+            "fetched_at": fetched_at,
+        }
+        # A rerun usually finds the owners it had: the mapping is written when it changed.
+        if result.mapping != (locked.attribution or {}):
+            recorded["attribution"] = dict(sorted(result.mapping.items()))
+        UsageCollectionRun.objects.filter(pk=run.pk).update(**recorded)
     run.refresh_from_db()
     return run
 

@@ -7,7 +7,8 @@ can act on; no message carries a token or key, nor text from the answer's body (
 logged). The connection goes through `plumbing.outbound`: the server's address is checked
 when connecting, no proxy is used, the call has one deadline and the answer a size limit.
 
-Figures stay Decimal from the JSON text on (`json.loads(parse_float=Decimal)`): they are
+Figures stay Decimal from the JSON text on (`json.loads(parse_float=Decimal)`, whole numbers as
+exact ints made Decimal when they are read): they are
 billed. OpenCost rounds them to 5 places, sends NaN/Inf as null, and sends negatives when its
 metrics have gaps; those count as 0 and say so in `NamespaceUsage.notes`. A figure that is
 not a number at all leaves its namespace out (`DayAllocations.rejected`), not the whole day.
@@ -22,7 +23,6 @@ this to never replace a fuller day with a poorer answer.
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import logging
 import tempfile
@@ -324,16 +324,18 @@ def _parse_allocations(*, body: bytes, server: str, day: datetime.date) -> DayAl
         )
 
     try:
-        answer = json.loads(body, parse_float=Decimal, parse_int=Decimal, parse_constant=Decimal)
+        # Integers stay int (exact, and the parser's fast path: a day's answer has hundreds
+        # of thousands of figures, most of them whole); a billed one becomes Decimal below.
+        answer = json.loads(body, parse_float=Decimal, parse_constant=Decimal)
     except (ValueError, RecursionError):
         _log_body(server, 200, body)
         raise bad(f"not JSON ({len(body)} bytes)") from None
     if not isinstance(answer, dict):
         raise bad("not a JSON object")
-    if answer.get("code") != 200:
+    code = answer.get("code")
+    if not _is_number(code) or code != 200:
         _log_body(server, 200, body)
-        code = answer.get("code")
-        code = code if isinstance(code, Decimal) else "(none)"
+        code = code if _is_number(code) else "(none)"
         raise bad(f"code {code}; its message is in the console's log")
 
     data = answer.get("data")
@@ -347,18 +349,33 @@ def _parse_allocations(*, body: bytes, server: str, day: datetime.date) -> DayAl
     totals: dict[str, dict[str, Decimal]] = {}
     notes: dict[str, list[str]] = {}
     rejected: dict[str, str] = {}
-    covered: list[tuple[datetime.datetime, datetime.datetime]] = []
+    covered: set[tuple[datetime.datetime, datetime.datetime]] = set()
+    # The allocations of a day repeat the same few times (the window, when OpenCost has
+    # data, its minutes) in each of their tens of thousands of namespaces: each distinct
+    # set of times is worked out once.
+    spans: dict[tuple, tuple[datetime.datetime, datetime.datetime] | None] = {}
     for allocation_set in sets:
         for namespace, allocation in allocation_set.items():
             if not isinstance(allocation, dict):
                 rejected.setdefault(namespace, "its allocation is not a JSON object")
                 continue
-            span = _covered_span(allocation, day)
+            times = _times(allocation)
+            if times not in spans:
+                spans[times] = _covered_span(times, day)
+            span = spans[times]
             if span is not None:
-                covered.append(span)
+                covered.add(span)
             figures = totals.setdefault(namespace, dict.fromkeys(_FIGURES.values(), _ZERO))
             namespace_notes = notes.setdefault(namespace, [])
             for source, target in _FIGURES.items():
+                # The common case inline (five figures of tens of thousands of namespaces):
+                # a number neither negative nor NaN/Inf; anything else through `_figure`.
+                value = allocation.get(source)
+                kind = type(value)
+                if (kind is int or (kind is Decimal and value.is_finite())) and value >= 0:
+                    if value:  # not "-0"
+                        figures[target] += value
+                    continue
                 value, note = _figure(allocation, source)
                 if value is None:
                     rejected.setdefault(
@@ -385,14 +402,37 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _moment(value: Any) -> datetime.datetime | None:
-    return _parsed_moment(value) if isinstance(value, str) else None
+def _is_number(value: Any) -> bool:
+    """A JSON number as parsed: an int (not a bool: JSON's true and false) or a Decimal."""
+    return type(value) is int or isinstance(value, Decimal)
 
 
-@functools.lru_cache(maxsize=256)
-def _parsed_moment(value: str) -> datetime.datetime | None:
-    # A day's answer repeats the same few times (the window, the day's ends) in every one
-    # of its tens of thousands of namespaces: each is parsed once.
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _times(allocation: Mapping[str, Any]) -> tuple:
+    """What of an allocation says when it has data (hashable, junk as None): its window's
+    start and end, its start and end, its minutes."""
+    window = allocation.get("window")
+    window = window if isinstance(window, dict) else {}
+    minutes = allocation.get("minutes")
+    if type(minutes) is int:
+        minutes = Decimal(minutes)
+    elif not (isinstance(minutes, Decimal) and minutes.is_finite()):
+        minutes = None
+    return (
+        _text(window.get("start")),
+        _text(window.get("end")),
+        _text(allocation.get("start")),
+        _text(allocation.get("end")),
+        minutes,
+    )
+
+
+def _moment(value: str | None) -> datetime.datetime | None:
+    if value is None:
+        return None
     try:
         moment = datetime.datetime.fromisoformat(value)
     except ValueError:
@@ -401,15 +441,14 @@ def _parsed_moment(value: str) -> datetime.datetime | None:
 
 
 def _covered_span(
-    allocation: Mapping[str, Any], day: datetime.date
+    times: tuple, day: datetime.date
 ) -> tuple[datetime.datetime, datetime.datetime] | None:
-    """When, within the day, this allocation has data: [start, end] (bounded by `minutes`
-    after start) inside its window and the day. None when it says nothing of its times."""
-    window = allocation.get("window") if isinstance(allocation.get("window"), dict) else {}
-    window_start, window_end = _moment(window.get("start")), _moment(window.get("end"))
-    start, end = _moment(allocation.get("start")), _moment(allocation.get("end"))
-    minutes = allocation.get("minutes")
-    minutes = minutes if isinstance(minutes, Decimal) and minutes.is_finite() else None
+    """When, within the day, an allocation with these `_times` has data: [start, end]
+    (bounded by `minutes` after start) inside its window and the day. None when it says
+    nothing of its times."""
+    window_start, window_end, start, end, minutes = times
+    window_start, window_end = _moment(window_start), _moment(window_end)
+    start, end = _moment(start), _moment(end)
     if not any((window_start, window_end, start, end)) and minutes is None:
         return None
     day_start = datetime.datetime.combine(day, datetime.time.min, tzinfo=datetime.UTC)
@@ -423,7 +462,7 @@ def _covered_span(
     return (lower, upper) if upper > lower else None
 
 
-def _union_minutes(spans: list[tuple[datetime.datetime, datetime.datetime]]) -> int:
+def _union_minutes(spans: set[tuple[datetime.datetime, datetime.datetime]]) -> int:
     seconds, reach = 0.0, None
     for start, end in sorted(spans):
         if reach is not None and start < reach:
@@ -441,7 +480,9 @@ def _figure(allocation: Mapping[str, Any], field: str) -> tuple[Decimal | None, 
     value = allocation[field]
     if value is None:
         return _ZERO, f"{field} was null; counted as 0"
-    if not isinstance(value, Decimal):
+    if type(value) is int:
+        value = Decimal(value)
+    elif not isinstance(value, Decimal):
         return None, None
     if not value.is_finite():
         return _ZERO, f"{field} was {value}; counted as 0"

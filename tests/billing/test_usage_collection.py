@@ -2,10 +2,13 @@
 OpenCost allocations, and a local Hopsworks serving projects with their creators."""
 
 import datetime as dt
+import gc
 from decimal import Decimal
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing.collection import usage_collect
@@ -101,6 +104,44 @@ def test_a_corrected_day_debits_only_the_difference_and_a_vanished_user_goes_to_
     assert usage_of(world["grace"])[3] == D("0")
     amounts = list(CreditLedgerEntry.objects.order_by("id").values_list("amount", flat=True))
     assert amounts == [D("-1.85"), D("-0.15")]
+
+
+def test_a_rerun_reads_the_days_owners_once_and_does_not_rewrite_them_unchanged(world):
+    """A big cluster's owner mapping is tens of thousands of entries: a run reads it where
+    it uses it (the locked run) and writes it only when it changed."""
+    call_command("collect_usage", "--date", DAY.isoformat())
+    mapping = UsageCollectionRun.objects.get().attribution
+
+    with CaptureQueriesContext(connection) as queries:
+        call_command("collect_usage", "--date", DAY.isoformat())
+
+    on_the_run = [q["sql"] for q in queries if '"billing_usage_collection_run"' in q["sql"]]
+    reads = [sql for sql in on_the_run if sql.startswith("SELECT") and '"attribution"' in sql]
+    writes = [sql for sql in on_the_run if sql.startswith("UPDATE") and '"attribution"' in sql]
+    assert (len(reads), writes) == (1, [])
+    run = UsageCollectionRun.objects.get()
+    assert (run.status, run.attempts, run.attribution) == ("succeeded", 2, mapping)
+
+
+def test_a_cluster_day_is_collected_with_the_cyclic_garbage_collector_paused(world, monkeypatch):
+    """A million short-lived objects, none in a cycle: see plumbing.gc_pause."""
+    from billing import collection
+
+    seen = []
+    upsert = collection.usage_upsert
+
+    def upsert_seeing_the_collector(**kwargs):
+        seen.append(gc.isenabled())
+        return upsert(**kwargs)
+
+    monkeypatch.setattr(collection, "usage_upsert", upsert_seeing_the_collector)
+    assert gc.isenabled()
+
+    call_command("collect_usage", "--date", DAY.isoformat())
+
+    assert seen == [False]
+    assert gc.isenabled()
+    assert usage_of(world["ada"])[0] == D("12")
 
 
 def test_a_backfill_collects_each_missed_day_once(world):
@@ -403,6 +444,28 @@ def test_one_implausible_figure_leaves_out_its_namespace_and_the_rest_is_collect
     notes = " ".join(run.notes)
     assert "ada-project" in notes and "1000000000000" in notes
     assert "grace-ml" in notes and "'lots'" in notes
+
+
+def test_storage_just_over_what_a_day_can_hold_leaves_out_its_namespace(world):
+    """The storage limit is checked on the GB-months the byte-hours make (November: 30
+    days), also just past it."""
+    from billing.usage import MAX_QUANTITY
+
+    world["k8s"].set_allocations(
+        DAY,
+        {
+            "ada-project": {"pvByteHours": (MAX_QUANTITY * 30 + 1) * GB_HELD_ALL_DAY},
+            "ada-two": {"cpuCoreHours": D("1.5")},
+        },
+    )
+
+    call_command("collect_usage", "--date", DAY.isoformat())
+
+    assert usage_of(world["ada"])[:3] == (D("1.5"), D("0"), D("0"))
+    run = UsageCollectionRun.objects.get()
+    assert any(
+        note.startswith("ada-project: pvByteHours") and "implausible" in note for note in run.notes
+    ), run.notes
 
 
 def test_an_error_writing_one_cluster_day_fails_its_run_and_the_next_cluster_is_collected(

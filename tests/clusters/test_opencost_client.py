@@ -365,6 +365,32 @@ def test_a_figure_that_is_not_a_number_leaves_out_only_its_namespace(fake, kubec
     assert answer.coverage_minutes == 1440
 
 
+def test_true_or_false_as_a_figure_is_not_a_number(fake, kubeconfig):
+    """Whole numbers are parsed as ints (not Decimals) and made Decimal when read: JSON's
+    true and false, which Python's json makes bools (ints), are not numbers."""
+    fake.set_allocations(
+        DAY,
+        {"team-a": {"cpuCoreHours": True}, "team-b": {"gpuHours": False, "minutes": True}},
+    )
+
+    answer = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY)
+
+    assert answer.namespaces == []
+    assert answer.rejected == {
+        "team-a": "cpuCoreHours is not a number: True",
+        "team-b": "gpuHours is not a number: False",
+    }
+
+
+def test_a_whole_number_beyond_a_floats_precision_stays_exact(fake, kubeconfig):
+    fake.set_allocations(DAY, {"team-a": {"pvByteHours": 123456789012345678901234567}})
+
+    [usage] = fetch_day_allocations(kubeconfig=kubeconfig, day=DAY).namespaces
+
+    assert usage.pv_byte_hours == Decimal("123456789012345678901234567")
+    assert type(usage.pv_byte_hours) is Decimal
+
+
 def test_an_unusable_kubeconfig_is_a_metrics_error_naming_what_to_fix(fake, test_ca):
     text = kubeconfig_for(fake, test_ca).replace("certificate-authority-data", "insecure-x")
     text += "current-context: nowhere\n"
