@@ -358,8 +358,10 @@ def prepaid_debt_carry(*, user: User, actor) -> BillingAdjustment | None:
         debt = -credits.balance
         billed = to_cents(debt)
         base = f"switch:{change.pk}:debt"
-        # Each carry writes one ledger entry (a fraction of a cent no invoice item).
-        number = CreditLedgerEntry.objects.filter(reference__startswith=f"{base}:").count() + 1
+        # Each carry writes one ledger entry (a fraction of a cent no invoice item). Counted
+        # among the user's own entries: no index serves a prefix of `reference` alone.
+        earlier = CreditLedgerEntry.objects.filter(user=user, reference__startswith=f"{base}:")
+        number = earlier.count() + 1
         reference = f"{base}:{number}"
         reason = (
             f"Negative prepaid balance of -${billed} carried to the first postpaid invoice "

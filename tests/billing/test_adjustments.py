@@ -470,6 +470,41 @@ def test_prepaid_usage_settled_after_the_switch_is_carried_by_the_daily_job(
     assert item["amount"] == 200
 
 
+def test_a_carry_numbers_its_entry_from_the_users_own_ledger_rows_through_an_index(
+    operator_client, fake_stripe
+):
+    """The carry counts the user's earlier carries of the same switch to number its
+    reference: a prefix match on `reference` alone is served by no index (the ledger keeps
+    only the unique one, and a LIKE prefix cannot use it outside the C collation), so it
+    read the whole ledger, 1.85 million rows at scale, inside the locks the carry holds."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from billing.adjustments import prepaid_debt_carry
+    from tests.plans import plan
+
+    user = prepaid_user(D("1"))
+    customer_ensure(user=user)
+    switch(operator_client, "make_postpaid", [user])
+    credits_add(user=user, kind=Kind.ADJUSTMENT, amount=D("-3"), reference="late", actor="t")
+    first = prepaid_debt_carry(user=user, actor="t")
+    credits_add(user=user, kind=Kind.ADJUSTMENT, amount=D("-1"), reference="later", actor="t")
+
+    with CaptureQueriesContext(connection) as captured:
+        second = prepaid_debt_carry(user=user, actor="t")
+
+    assert first.reference.endswith(":debt:1")
+    assert second.reference == first.reference.replace(":debt:1", ":debt:2")
+    [numbering] = [
+        q["sql"]
+        for q in captured.captured_queries
+        if "billing_credit_ledger" in q["sql"] and "LIKE" in q["sql"]
+    ]
+    # An index that bounds the read (without one, a whole index read with the prefix as a
+    # mere filter looks cheapest to a planner told to avoid sequential scans).
+    assert "Index Cond" in plan(numbering)
+
+
 def test_switching_a_postpaid_user_to_prepaid_reports_their_usage_to_stripe_first(
     operator_client, fake_stripe
 ):
