@@ -21,7 +21,6 @@ import random
 import statistics
 import sys
 import time
-import uuid
 from collections import Counter, defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -382,10 +381,14 @@ def run_upserts(label: str, short: str, record_batches, timer: StepTimer) -> dic
 def priced_copy_rows(records, now: dt.datetime):
     """The rows a plain load would write, priced beforehand (outside the timing)."""
     from billing.pricing import Quantities, RateBook, day_cost
+    from billing.usage import _new_ids
 
     rates = RateBook.load(user_ids=[])
     cache = {}
     rows = []
+    # The same rows: ids made as the upsert makes them (time-ordered, version 7), so the
+    # reference's primary key is filled in the same order as the upsert's.
+    ids = _new_ids(len(records))
     for r in records:
         if r.date not in cache:
             cache[r.date] = rates.rates(user_id=None, day=r.date)
@@ -394,7 +397,7 @@ def priced_copy_rows(records, now: dt.datetime):
         )
         rows.append(
             (
-                uuid.uuid4(),
+                next(ids),
                 r.user_id,
                 r.cluster_id,
                 r.date,
