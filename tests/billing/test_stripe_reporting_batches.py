@@ -258,3 +258,17 @@ def test_a_user_month_missing_one_of_its_report_rows_gets_it_back(catalog):
     assert run.errors == [] and run.sent_events == 1
     assert StripeUsageReport.objects.filter(user=user).count() == 4
     assert stripe_cents(catalog, user) == to_cents(month_to_date_cost(user)) * 100
+
+
+def test_a_claimed_row_takes_each_column_in_the_order_the_claim_selects_them():
+    """`ReportRow` unpacks a claimed row by hand, for speed: each value must land on the
+    attribute of its column (`__slots__`, the order the claim's SELECT lists), whatever
+    columns `REPORT_COLUMNS` comes to hold."""
+    from billing.stripe_report_rules import ReportRow
+
+    values = tuple(f"value of {name}" for name in ReportRow.__slots__)
+    row = ReportRow(values)
+
+    assert {name: getattr(row, name) for name in ReportRow.__slots__} == {
+        name: f"value of {name}" for name in ReportRow.__slots__
+    }
