@@ -846,12 +846,15 @@ class StripeUsageReport(models.Model):
         # No index on the pending columns: a month with a pending event stays due
         # (StripeReportDue), so the reporting run finds it there, and a row's two writes
         # per event (decided, accepted) change no indexed column and stay on their page
-        # (HOT, with the room migration 0045 leaves on each page).
+        # (HOT, with the room migration 0040 leaves on each page). The operators' list
+        # reads newest months first by `stripe_usage_report_month`, whose columns never
+        # change either (its month filter's values come from it too).
         constraints = [
             models.UniqueConstraint(
                 fields=["user", "month", "resource"], name="stripe_usage_report_once"
             )
         ]
+        indexes = [models.Index(fields=["-month", "-id"], name="stripe_usage_report_month")]
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.month:%Y-%m} {self.resource}: {self.reported_cents}c"
@@ -1143,6 +1146,8 @@ class BillingAdjustment(models.Model):
         indexes = [
             models.Index(fields=["user", "-created_at"], name="billing_adjustment_user"),
             models.Index(fields=["status", "created_at"], name="billing_adjustment_status"),
+            # The operators' list, newest first (billing/admin/credits.py).
+            models.Index(fields=["-created_at", "-id"], name="billing_adjustment_newest"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -1270,6 +1275,12 @@ class Auth0LogEvent(models.Model):
     class Meta:
         db_table = "billing_auth0_log_event"
         ordering = ["-received_at"]
+        indexes = [
+            # The operators' list, newest first, and its exact search by user id
+            # (billing/admin/closing.py).
+            models.Index(fields=["-received_at", "-log_id"], name="auth0_log_event_newest"),
+            models.Index(fields=["user_id"], name="auth0_log_event_user"),
+        ]
         verbose_name = "Auth0 log event"
 
     def __str__(self) -> str:
@@ -1296,7 +1307,11 @@ class SpendingLimitChange(models.Model):
     class Meta:
         db_table = "billing_spending_limit_change"
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["user", "-id"], name="spending_limit_change_user")]
+        indexes = [
+            models.Index(fields=["user", "-id"], name="spending_limit_change_user"),
+            # The operators' list, newest first (billing/admin/spending.py).
+            models.Index(fields=["-created_at", "-id"], name="spending_limit_change_newest"),
+        ]
 
     def __str__(self) -> str:
         old, new = (money(v) if v is not None else "default" for v in (self.old, self.new))
@@ -1344,7 +1359,11 @@ class SpendingAlert(models.Model):
                 fields=["user", "kind", "period"], name="spending_alert_once_per_period"
             )
         ]
-        indexes = [models.Index(fields=["user", "-id"], name="spending_alert_user")]
+        indexes = [
+            models.Index(fields=["user", "-id"], name="spending_alert_user"),
+            # The operators' list, newest first (billing/admin/spending.py).
+            models.Index(fields=["-created_at", "-id"], name="spending_alert_newest"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user_id} {self.kind} {self.period}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from django.contrib import admin
+from django.db.models import Q
 from procrastinate.contrib.django.admin import ProcrastinateJobAdmin
 from procrastinate.contrib.django.models import ProcrastinateJob
 
@@ -29,7 +30,11 @@ from console.exports import UserResource
 from console.user_story import HISTORY_SECTION, STORY_SECTION, UserStoryAdminMixin
 from plumbing.admin_confirm import ObjectActionsMixin
 from plumbing.admin_export import ExportAdminMixin
-from plumbing.admin_lists import EstimatedCountAdminMixin, IndexOrderAdminMixin
+from plumbing.admin_lists import (
+    EstimatedCountAdminMixin,
+    IndexedValuesFilter,
+    IndexOrderAdminMixin,
+)
 from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
 from plumbing.jobs import jobs_cancel, jobs_retry
@@ -127,13 +132,34 @@ admin.site.unregister(ProcrastinateJob)
 
 
 @admin.register(ProcrastinateJob)
-class JobAdmin(ProcrastinateJobAdmin):
+class JobAdmin(IndexOrderAdminMixin, EstimatedCountAdminMixin, ProcrastinateJobAdmin):
     """Queued, running, failed and succeeded jobs with their arguments, attempts and
-    events. Retrying or cancelling needs "Can change procrastinate job"."""
+    events. Retrying or cancelling needs "Can change procrastinate job".
+
+    A week of succeeded jobs is kept (`plumbing.jobs.delete_old_jobs`): 150,000 at
+    100,000 users. The queue and task filters read their values through an index
+    (console migration 0001), the search is exact, and the list is newest first."""
 
     actions = ("retry_jobs", "cancel_jobs")
-    list_filter = ("status", "queue_name", "task_name")
-    search_fields = ("task_name", "=id")
+    list_filter = (
+        "status",
+        ("queue_name", IndexedValuesFilter),
+        ("task_name", IndexedValuesFilter),
+    )
+    search_fields = ("task_name", "id")  # exact: see get_search_results
+    search_help_text = "An exact task name (billing.collect_cluster_day) or job id."
+    ordering = ("-id",)
+    sortable_by = ("pk",)  # the primary key, either way
+
+    def get_search_results(self, request, queryset, search_term):
+        # A task name or a job id, exactly: `task_name = 'x'` (jobs_task_newest) or the
+        # primary key. Part of a name would read every job.
+        term = (search_term or "").strip()
+        if not term:
+            return queryset, False
+        if term.isdigit() and len(term) < 19:  # a bigint
+            return queryset.filter(Q(pk=int(term)) | Q(task_name=term)), False
+        return queryset.filter(task_name=term), False
 
     def has_operate_permission(self, request):
         return request.user.has_perm("procrastinate.change_procrastinatejob")

@@ -7,14 +7,20 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from accounts.admin_search import UserFirstSearchMixin
 from billing.admin.base import ReadOnlyAdmin
 from billing.models import AccountClosure, Auth0LogEvent, CreditPurchase, SubscriptionEnd
+from plumbing.admin_lists import (
+    EstimatedCountAdminMixin,
+    ExactSearchAdminMixin,
+    IndexOrderAdminMixin,
+)
 from plumbing.admin_ranges import date_range
 from plumbing.formatting import money
 
 
 @admin.register(AccountClosure)
-class AccountClosureAdmin(ReadOnlyAdmin):
+class AccountClosureAdmin(UserFirstSearchMixin, ReadOnlyAdmin):
     """Each close and its steps; a step not done says what it waits for (`last_error`) and
     the hourly `billing.advance_account_closures` queues it again."""
 
@@ -31,7 +37,8 @@ class AccountClosureAdmin(ReadOnlyAdmin):
     money_fields = {"prepaid_balance": None}
     list_select_related = ("user",)
     list_filter = ("mode", "actor", date_range("closed_at"))
-    search_fields = ("user__email", "=user__id", "=subscription_id", "=final_invoice_id")
+    # Exact, and the user-first search (accounts/admin_search.py).
+    search_fields = ("subscription_id", "final_invoice_id")
     readonly_fields = ("refundable_purchases",)
 
     @admin.display(description="Refundable credit purchases")
@@ -60,7 +67,7 @@ class AccountClosureAdmin(ReadOnlyAdmin):
 
 
 @admin.register(SubscriptionEnd)
-class SubscriptionEndAdmin(ReadOnlyAdmin):
+class SubscriptionEndAdmin(UserFirstSearchMixin, ReadOnlyAdmin):
     list_display = (
         "subscription_id",
         "user",
@@ -74,13 +81,18 @@ class SubscriptionEndAdmin(ReadOnlyAdmin):
     cents_fields = ("invoiced_cents",)
     list_select_related = ("user",)
     list_filter = ("ended_by", "status", date_range("ended_at"))
-    search_fields = ("user__email", "=subscription_id", "=final_invoice_id")
+    search_fields = ("subscription_id", "final_invoice_id")  # exact, and user-first
 
 
 @admin.register(Auth0LogEvent)
-class Auth0LogEventAdmin(ReadOnlyAdmin):
+class Auth0LogEventAdmin(
+    IndexOrderAdminMixin, ExactSearchAdminMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
+):
     """User deletions Auth0's log stream delivered, and what each did."""
 
     list_display = ("log_id", "type", "user_id", "outcome", "detail", "received_at")
     list_filter = ("outcome", date_range("received_at"))
-    search_fields = ("=log_id", "=user_id")
+    # Exact and case-sensitive, as Auth0 writes them: one probe of the primary key or of
+    # auth0_log_event_user. (The user id may name a user we no longer have: not resolved.)
+    search_fields = ("log_id", "user_id")
+    sortable_by = ("received_at",)  # auth0_log_event_newest, either way

@@ -407,7 +407,7 @@ class CreditPurchaseAdmin(IndexOrderAdminMixin, UserFirstSearchMixin, ReadOnlyAd
 
 
 @admin.register(BillingAdjustment)
-class BillingAdjustmentAdmin(ReadOnlyAdmin):
+class BillingAdjustmentAdmin(IndexOrderAdminMixin, UserFirstSearchMixin, ReadOnlyAdmin):
     """Operators' credits and debits and carried prepaid debts, where each went. Written
     only by billing.adjustments; a pending one is sent by the `send_billing_adjustment`
     job (hourly, `retry_billing_adjustments` queues any left pending)."""
@@ -427,5 +427,7 @@ class BillingAdjustmentAdmin(ReadOnlyAdmin):
     money_fields = {"amount": None}
     list_select_related = ("user",)
     list_filter = ("status", "channel", "direction", date_range("created_at"))
-    search_fields = ("user__email", "=reference", "=stripe_object_id")
-    date_hierarchy = "created_at"
+    # Exact, and the user-first search (accounts/admin_search.py); the range filter narrows
+    # by date (a date hierarchy reads every adjustment's date on every page).
+    search_fields = ("reference", "stripe_object_id")
+    sortable_by = ("created_at",)  # billing_adjustment_newest, either way

@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 
+from accounts.admin_search import UserFirstSearchMixin
 from billing.admin import user_facts
 from billing.admin.base import ReadOnlyAdmin
 from billing.forecast import invoice_preview
@@ -20,12 +21,15 @@ from billing.limits import (
 )
 from billing.models import SpendingAlert, SpendingLimitChange
 from plumbing.admin_confirm import confirm_then
+from plumbing.admin_lists import EstimatedCountAdminMixin, IndexOrderAdminMixin
 from plumbing.admin_ranges import date_range
 from plumbing.formatting import parse_money
 
 
 @admin.register(SpendingAlert)
-class SpendingAlertAdmin(ReadOnlyAdmin):
+class SpendingAlertAdmin(
+    IndexOrderAdminMixin, UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
+):
     """Alerts are written by the evaluation and sent by a job: listed, never edited."""
 
     list_display = (
@@ -41,8 +45,10 @@ class SpendingAlertAdmin(ReadOnlyAdmin):
     )
     list_select_related = ("user",)
     list_filter = ("kind", ("sent_at", admin.EmptyFieldListFilter), date_range("created_at"))
-    search_fields = ("user__email", "=user__id")
-    date_hierarchy = "created_at"
+    # The user-first search (accounts/admin_search.py); no date hierarchy (it reads every
+    # alert's date on every page): the range filter narrows by date.
+    search_fields = ()
+    sortable_by = ("created_at",)  # spending_alert_newest, either way
 
     @admin.display(description="amount")
     def amount_display(self, obj):
@@ -54,14 +60,17 @@ class SpendingAlertAdmin(ReadOnlyAdmin):
 
 
 @admin.register(SpendingLimitChange)
-class SpendingLimitChangeAdmin(ReadOnlyAdmin):
+class SpendingLimitChangeAdmin(
+    IndexOrderAdminMixin, UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
+):
     """Append-only history of users' caps and thresholds."""
 
     list_display = ("created_at", "user", "field", "old", "new", "actor", "by_user")
     money_fields = {"old": None, "new": None}
     list_select_related = ("user",)
     list_filter = ("field", "by_user", date_range("created_at"))
-    search_fields = ("user__email", "actor")
+    search_fields = ("actor",)  # exact (who made the change), and the user-first search
+    sortable_by = ("created_at",)  # spending_limit_change_newest, either way
 
 
 class LimitField(forms.CharField):

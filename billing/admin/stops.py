@@ -6,6 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from accounts.admin_search import UserFirstSearchMixin
 from billing.admin.base import ReadOnlyAdmin
 from billing.models import ServiceStop
 from billing.standing import LIFT_HOURS_MAX, StandingError, service_stop_lift
@@ -50,7 +51,7 @@ class LiftForm(forms.Form):
 
 
 @admin.register(ServiceStop)
-class ServiceStopAdmin(ReadOnlyAdmin):
+class ServiceStopAdmin(UserFirstSearchMixin, ReadOnlyAdmin):
     """Append-only: stops are opened, enforced and resolved by billing.standing; an
     operator only lifts them."""
 
@@ -67,8 +68,9 @@ class ServiceStopAdmin(ReadOnlyAdmin):
     )
     list_select_related = ("user",)
     list_filter = (StopStateFilter, "reason", "resolution", date_range("detected_at"))
-    search_fields = ("user__email", "=user__id")
-    date_hierarchy = "detected_at"
+    # The user-first search (accounts/admin_search.py); the range filter narrows by date (a
+    # date hierarchy reads every stop's date on every page).
+    search_fields = ()
     actions = ("lift_stops",)
 
     @admin.display(description="state")

@@ -176,7 +176,12 @@ class StripeCatalogAdmin(ReadOnlyAdmin):
 
 
 @admin.register(StripeUsageReport)
-class StripeUsageReportAdmin(ReadOnlyAdmin):
+class StripeUsageReportAdmin(
+    IndexOrderAdminMixin, UserFirstSearchMixin, EstimatedCountAdminMixin, ReadOnlyAdmin
+):
+    """What was reported to Stripe per user, month and resource (a row per user-month and
+    resource: 1.3 million at 100,000 postpaid users after four months)."""
+
     list_display = (
         "month",
         "user",
@@ -191,12 +196,14 @@ class StripeUsageReportAdmin(ReadOnlyAdmin):
     )
     cents_fields = ("reported_cents", "adjusted_cents", "pending_cents")
     list_select_related = ("user",)
-    list_filter = ("month", "resource")
-    search_fields = ("user__email",)
+    list_filter = (("month", IndexedValuesFilter), "resource")
+    search_fields = ()  # the user-first search (accounts/admin_search.py)
+    ordering = ("-month", "-id")
+    sortable_by = ("month",)  # stripe_usage_report_month, either way
 
 
 @admin.register(StripeUsageAdjustment)
-class StripeUsageAdjustmentAdmin(ReadOnlyAdmin):
+class StripeUsageAdjustmentAdmin(UserFirstSearchMixin, ReadOnlyAdmin):
     """Corrections to months Stripe no longer bills by meter events: invoice items."""
 
     list_display = (
@@ -213,4 +220,4 @@ class StripeUsageAdjustmentAdmin(ReadOnlyAdmin):
     cents_fields = ("cents",)
     list_select_related = ("user",)
     list_filter = ("status", "month", date_range("created_at"))
-    search_fields = ("user__email", "=identifier", "=stripe_invoice_item_id")
+    search_fields = ("identifier", "stripe_invoice_item_id")  # exact, and user-first

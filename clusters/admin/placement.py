@@ -14,10 +14,10 @@ from plumbing.jobs import queued_message
 
 
 @admin.register(CapacityWait)
-class CapacityWaitAdmin(admin.ModelAdmin):
+class CapacityWaitAdmin(UserFirstSearchMixin, admin.ModelAdmin):
     list_display = ("user", "reason", "since", "attempts", "last_attempt_at")
     list_select_related = ("user",)
-    search_fields = ("user__email",)
+    search_fields = ()  # the user-first search (accounts/admin_search.py)
     list_filter = ("reason",)
     readonly_fields = ("user", "reason", "since", "attempts", "last_attempt_at")
     actions = ("place_now",)
