@@ -1280,6 +1280,11 @@ class Auth0LogEvent(models.Model):
             # (billing/admin/closing.py).
             models.Index(fields=["-received_at", "-log_id"], name="auth0_log_event_newest"),
             models.Index(fields=["user_id"], name="auth0_log_event_user"),
+            # Filtered by outcome (most are "ignored": the others are rare).
+            models.Index(
+                fields=["outcome", "-received_at", "-log_id"],
+                name="auth0_log_event_outcome_newest",
+            ),
         ]
         verbose_name = "Auth0 log event"
 

@@ -128,6 +128,8 @@ class ClusterAdmin(ClusterUsageAdminMixin, ClusterAdminBase):
 
 
 # The job queue (Procrastinate's own admin, with actions that declare their permission).
+# A job's arguments show at most this many of the users they name.
+ARGS_SHOWN = 10
 admin.site.unregister(ProcrastinateJob)
 
 
@@ -167,10 +169,17 @@ class JobAdmin(IndexOrderAdminMixin, EstimatedCountAdminMixin, ProcrastinateJobA
     @admin.display(description="Args")
     def pretty_args(self, instance):
         # A standing check names its users in one string (`billing.standing`): shown one
-        # id a line, as a list would be, not as one unbroken line.
+        # id a line, as a list would be, not as one unbroken line; a batch's check names
+        # thousands, shown as the first ones and how many more (Procrastinate cuts the text
+        # at 2,000 characters anyway, after encoding it all: 5,000 ids a job, on every
+        # page of the list).
         args = instance.args
         if isinstance(args, dict) and isinstance(args.get("users"), str):
-            args = {**args, "users": args["users"].split(" ")}
+            users = args["users"].split(" ", ARGS_SHOWN)
+            if len(users) > ARGS_SHOWN:
+                more = args["users"].count(" ") + 1 - ARGS_SHOWN
+                users = [*users[:ARGS_SHOWN], f"... {more:,} more"]
+            args = {**args, "users": users}
         return super().pretty_args(SimpleNamespace(args=args))
 
     @admin.action(description="Retry the selected failed or stuck jobs", permissions=["operate"])

@@ -200,6 +200,9 @@ class StripeUsageReportAdmin(
     search_fields = ()  # the user-first search (accounts/admin_search.py)
     ordering = ("-month", "-id")
     sortable_by = ("month",)  # stripe_usage_report_month, either way
+    # A partial search reads each matching user's reports (stripe_usage_report_once: a
+    # few dozen rows a user), not the newest months of everyone's.
+    user_first_order = ("-month", "-id")
 
 
 @admin.register(StripeUsageAdjustment)
