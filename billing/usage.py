@@ -327,8 +327,9 @@ def usage_upsert(
             + fresh.stripe_changed
         )
         changed = {o.user_id for o in updates} | fresh.changed_users
+        # The new rows' first debits name rows inserted just now: never applied before.
         entries = credits.credits_apply_batch(
-            [o.movement for o in outcomes if o.movement] + fresh.movements
+            [o.movement for o in outcomes if o.movement], new=fresh.movements
         )
         days = {r[_DATE] for r in rows}
         if check_caps:
