@@ -3,8 +3,9 @@
 `usage_upsert` is the one way usage rows are written (daily collection and the API both
 use it). Per batch it runs a constant number of statements, whatever the batch size:
 
-1. lock the rows of the batch that exist, in key order, and read their current figures
-   (records of days with no usage stored at all are not looked up: one probe per day);
+1. read the rows of the batch that exist (records of days with no usage stored at all
+   are not looked up: one probe per day), then lock, in key order, and read again only
+   those the batch changes (a rerun locks nothing);
 2. price each record (`pricing.cost_of`, the rates of a day looked up once); a new row is
    priced and settled column-wise from the record alone (its figures, its billing mode on
    the day, the whole cost debited for a prepaid day), an existing one against what it
@@ -291,12 +292,32 @@ def usage_upsert(
         # `_take_cluster_months`).
         _take_cluster_months(rows)
         stored = _lock_rows(_on_days_with_usage(rows), lock=False)
-        unstored = [r for r in rows if _key(r) not in stored] if stored else rows
+        unstored, moving, kept = rows, [], set()
+        if stored:
+            unstored = []
+            for r in rows:
+                row = stored.get(key := _key(r))
+                if row is None:
+                    unstored.append(r)
+                elif settle(r, row).changed:
+                    moving.append(r)
+                else:
+                    # Holds the figures already: left unlocked and unwritten (see below).
+                    kept.add(key)
         modes = billing_modes_on((r[_USER], r[_DATE]) for r in unstored)
-        # Nothing stored: a row a concurrent writer commits meanwhile is met by the
-        # insert's ON CONFLICT below and locked there.
-        current = _lock_rows(rows) if stored else {}
-        new = [r for r in rows if _key(r) not in current] if current else rows
+        # Only the rows that change are locked (in key order) and read again: settled
+        # against what they hold then, should a writer outside the turns have changed
+        # them since the read above. A row left as it was is not locked: a change an
+        # outside writer makes to it meanwhile is simply ordered after this upsert (each
+        # row is settled on its own), and a rerun waits for no one. A row not stored (or
+        # deleted meanwhile) goes to the insert, whose conflict handling meets a row a
+        # concurrent writer commits meanwhile.
+        current = _lock_rows(moving) if moving else {}
+        new = (
+            [r for r in rows if (key := _key(r)) not in current and key not in kept]
+            if current or kept
+            else rows
+        )
         fresh = _Fresh()
         if new:
             missing = {(r[_USER], r[_DATE]) for r in new} - modes.keys()

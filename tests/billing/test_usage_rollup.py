@@ -540,3 +540,126 @@ def test_new_rows_are_inserted_without_on_conflict_when_no_one_else_took_their_k
     assert len(inserts) == 1 and "ON CONFLICT" not in inserts[0]
     assert UsageDaily.objects.count() == 3
     assert_exact()
+
+
+def _outside_writer_holding(sql, params):
+    """A connection outside the upsert's turns (an operator's SQL) that has run `sql` and
+    not committed yet, and its backend pid."""
+    operator = connection.get_new_connection(connection.get_connection_params())
+    operator.autocommit = False
+    with operator.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+        cursor.execute(sql, params)
+    return operator, pid
+
+
+def _waiting(pid) -> bool:
+    """Whether a backend other than `pid` waits for a lock."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> %s", [pid])
+        return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
+def test_a_rerun_racing_an_outside_change_neither_waits_nor_overwrites_nor_debits_twice():
+    """A rerun locks only the rows it changes: one that holds the figures already is left
+    unlocked, so an outside writer changing it meanwhile neither blocks the rerun nor is
+    undone by it (the rerun is ordered before that change); nothing is debited twice."""
+    from billing.models import CreditLedgerEntry, UserCredits
+
+    user, cluster = UserFactory(), ClusterFactory()
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
+    day = days_in(MONTHS[1])[0]
+    records = [
+        UsageRecord(user_id=user.pk, cluster_id=cluster.pk, date=d, cpu_hours=D(5))
+        for d in (day, day + dt.timedelta(days=1))
+    ]
+    usage_upsert(records=records, actor="t")
+    first = UsageDaily.objects.get(date=day)
+    cost = first.total_cost
+
+    operator, _ = _outside_writer_holding(
+        "UPDATE usage_daily SET cpu_hours = 7 WHERE id = %s", [first.pk]
+    )
+    failures, done = [], threading.Event()
+
+    def rerun():
+        try:
+            usage_upsert(records=records, actor="rerun")
+        except Exception as error:
+            failures.append(repr(error))
+        finally:
+            done.set()
+            connection.close()
+
+    thread = threading.Thread(target=rerun)
+    try:
+        thread.start()
+        # The rerun finishes while the outside writer still holds its row.
+        assert done.wait(timeout=30), "the rerun waited for the outside writer's row"
+        operator.commit()
+    finally:
+        thread.join(timeout=60)
+        operator.close()
+    assert failures == []
+    assert UsageDaily.objects.get(pk=first.pk).cpu_hours == 7  # the outside change is kept
+    assert [e.amount for e in CreditLedgerEntry.objects.filter(user=user)] == [-cost, -cost]
+    assert UserCredits.objects.get(user=user).total_used == 2 * cost
+    assert_exact()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
+def test_a_recollection_racing_an_outside_change_settles_against_what_it_left():
+    """A row the re-collection changes is locked and read again: an outside change made
+    after the unlocked read is settled against, not overwritten blindly nor debited twice."""
+    from billing.models import CreditLedgerEntry, UserCredits
+
+    user, cluster = UserFactory(), ClusterFactory()
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
+    day = days_in(MONTHS[1])[0]
+
+    def batch(cpu):
+        return [UsageRecord(user_id=user.pk, cluster_id=cluster.pk, date=day, cpu_hours=D(cpu))]
+
+    usage_upsert(records=batch(5), actor="t")
+    row = UsageDaily.objects.get()
+    # The outside writer also takes the row's debit back to the credits as if refunded by
+    # hand: what the upsert settles against must be what the row holds when locked.
+    operator, pid = _outside_writer_holding(
+        "UPDATE usage_daily SET cpu_hours = 7, credits_debited = 0 WHERE id = %s", [row.pk]
+    )
+    failures = []
+
+    def recollect():
+        try:
+            usage_upsert(records=batch(9), actor="recollect")
+        except Exception as error:
+            failures.append(repr(error))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=recollect)
+    try:
+        thread.start()
+        for _ in range(300):  # the re-collection waits for the row it changes
+            if _waiting(pid):
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the re-collection never waited for the outside writer")
+        operator.commit()
+    finally:
+        thread.join(timeout=60)
+        operator.close()
+    assert failures == []
+    row = UsageDaily.objects.get()
+    assert row.cpu_hours == 9
+    # Settled against credits_debited = 0 (the outside writer's): the whole new cost.
+    assert row.credits_debited == row.total_cost
+    amounts = [e.amount for e in CreditLedgerEntry.objects.filter(user=user).order_by("id")]
+    assert len(amounts) == 2 and amounts[1] == -row.total_cost
+    assert UserCredits.objects.get(user=user).total_used == -sum(amounts)
+    assert_exact()
