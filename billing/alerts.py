@@ -84,6 +84,8 @@ def cap_alerts_evaluate(*, user_ids, days=()) -> list[int]:
              AND u.month = m.month
             WHERE COALESCE(p.mode, %s) = %s
             GROUP BY k.user_id, m.month, p.monthly_spending_cap
+            HAVING SUM(u.total_cost) > 0
+               AND SUM(u.total_cost) * 100 >= COALESCE(p.monthly_spending_cap, %s::numeric) * %s
             """,
             [
                 Decimal(str(settings.SPENDING_CAP_DEFAULT)),
@@ -92,6 +94,10 @@ def cap_alerts_evaluate(*, user_ids, days=()) -> list[int]:
                 UsageDaily.BilledVia.STRIPE,
                 BillingProfile.Mode.POSTPAID,
                 BillingProfile.Mode.POSTPAID,
+                # Only the months past the lowest level come back (a usage batch asks for
+                # thousands of users, most far below their cap).
+                Decimal(str(settings.SPENDING_CAP_DEFAULT)),
+                min(percent for percent, _ in CAP_LEVELS),
             ],
         )
         rows = []

@@ -135,10 +135,19 @@ def _as_model(entry: AppliedEntry) -> CreditLedgerEntry:
     return model
 
 
-def credits_apply_batch(movements: list[Movement]) -> list[AppliedEntry]:
+def credits_apply_batch(
+    movements: list[Movement], *, new: list[Movement] = ()
+) -> list[AppliedEntry]:
     """`credits_apply` for thousands of movements (the usage upsert's): the same checks,
     locks and entries, in a constant number of statements, returned as `AppliedEntry`
-    rather than model instances."""
+    rather than model instances.
+
+    `new` are movements that cannot have been applied before: their references name rows
+    inserted in this transaction (a new usage row's first debit). They are not looked up
+    in the ledger (a first load's batch then looks up nothing); the ledger's unique
+    reference still refuses a second entry, so a mistake there fails the batch rather than
+    counting twice. They are applied after `movements`."""
+    movements = [*movements, *new]
     if not movements:
         return []
     for movement in movements:
@@ -150,8 +159,9 @@ def credits_apply_batch(movements: list[Movement]) -> list[AppliedEntry]:
     with transaction.atomic():
         summaries = _lock_summaries({m.user_id for m in movements})
         # Under the users' locks, a reference seen here cannot be applied concurrently.
-        done = _applied_before(references)
-        todo = [m for m in movements if m.reference not in done]
+        old = len(movements) - len(new)
+        done = _applied_before(references[:old]) if old else ()
+        todo = [m for m in movements if m.reference not in done] if done else movements
         if not todo:
             return []
         balances = []
@@ -178,10 +188,25 @@ def credits_apply_batch(movements: list[Movement]) -> list[AppliedEntry]:
         AppliedEntry(ids[m.reference], m, balance, now)
         for m, balance in zip(todo, balances, strict=True)
     ]
-    for entry in entries:
-        if entry.balance_after < 0 <= entry.balance_after - entry.amount:
-            logger.warning("credit balance of %s is now negative", entry.user_id)
+    _log_negative(entries)
     return entries
+
+
+def _log_negative(entries: list[AppliedEntry]) -> None:
+    """One warning for the users these entries took below zero (a usage batch can take
+    thousands: one line each buried everything else in the log). The alerts and the stop
+    of service for a low balance are decided elsewhere (`billing.alerts`, `billing.standing`)."""
+    crossed = sorted(
+        {e.user_id for e in entries if e.balance_after < 0 <= e.balance_after - e.amount}
+    )
+    if crossed:
+        more = f" and {len(crossed) - 5} more" if len(crossed) > 5 else ""
+        logger.warning(
+            "credit balance of %d user(s) now negative: %s%s",
+            len(crossed),
+            ", ".join(crossed[:5]),
+            more,
+        )
 
 
 def _lock_summaries(user_ids) -> dict[str, list[Decimal]]:

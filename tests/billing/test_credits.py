@@ -1,12 +1,21 @@
 """Prepaid credits: an append-only ledger, applied once, exact under concurrency."""
 
 import datetime as dt
+import logging
 from decimal import Decimal
 
 import pytest
 from django.core.management import CommandError, call_command
 
-from billing.credits import CreditError, Kind, credits_add, credits_check_balances, credits_grant
+from billing.credits import (
+    CreditError,
+    Kind,
+    Movement,
+    credits_add,
+    credits_apply_batch,
+    credits_check_balances,
+    credits_grant,
+)
 from billing.models import BillingProfile, CreditLedgerEntry, UserCredits
 from billing.usage import UsageRecord, usage_upsert
 from tests.concurrency import run_at_once
@@ -36,6 +45,28 @@ def test_each_entry_records_the_balance_after_it():
         CreditLedgerEntry.objects.order_by("id").values_list("balance_after", flat=True)
     )
     assert balances == [D("10"), D("15"), D("12")]
+
+
+@pytest.mark.django_db
+def test_a_batch_taking_many_balances_below_zero_logs_one_line_naming_them(caplog):
+    """A usage batch can take thousands of prepaid users below zero: one warning per batch
+    (how many, the first few ids), not one line per user. Users already below zero before
+    the batch are not counted again."""
+    users = sorted(UserFactory.create_batch(7), key=lambda u: u.pk)
+    already = users[-1]
+    credits_add(user=already, kind=Kind.ADJUSTMENT, amount=D("-1"), reference="a", actor="t")
+    movements = [
+        Movement(user_id=u.pk, kind=Kind.USAGE, amount=D("-2"), reference=f"u:{u.pk}", actor="t")
+        for u in users
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="billing.credits"):
+        credits_apply_batch(movements)
+    lines = [r.getMessage() for r in caplog.records if r.name == "billing.credits"]
+    assert len(lines) == 1
+    assert lines[0].startswith("credit balance of 6 user(s) now negative: ")
+    assert all(u.pk in lines[0] for u in users[:5])
+    assert users[5].pk not in lines[0] and "and 1 more" in lines[0]
 
 
 @pytest.mark.django_db

@@ -439,3 +439,227 @@ def test_an_operator_locking_usage_rows_before_writing_them_does_not_deadlock_wi
     assert failures == []
     assert UsageDaily.objects.get().cpu_hours == 5
     assert_exact()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
+def test_a_key_an_outside_writer_inserts_during_the_plain_insert_is_settled_once():
+    # The upsert inserts new rows with a plain INSERT (its turns keep other upserts away);
+    # a writer outside the turns (an operator's SQL) may still insert one of its keys. The
+    # insert then waits for that writer, fails on the key, is rolled back to its savepoint
+    # and retried with ON CONFLICT: the outside row is settled like a stored one.
+    from django.test.utils import CaptureQueriesContext
+
+    from billing.models import CreditLedgerEntry, UserCredits
+
+    user, other, cluster = UserFactory(), UserFactory(), ClusterFactory()
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
+    day = days_in(MONTHS[1])[0]
+
+    operator = connection.get_new_connection(connection.get_connection_params())
+    operator.autocommit = False
+    failures, statements = [], []
+
+    def write():
+        try:
+            with CaptureQueriesContext(connection) as captured:
+                usage_upsert(
+                    records=[
+                        UsageRecord(user_id=u.pk, cluster_id=cluster.pk, date=day, cpu_hours=D(5))
+                        for u in (user, other)
+                    ],
+                    actor="writer",
+                )
+            statements.extend(q["sql"] for q in captured)
+        except Exception as error:
+            failures.append(repr(error))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=write)
+    try:
+        with operator.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            (own_pid,) = cursor.fetchone()
+            # Not taken from credits by the operator: the upsert debits the whole cost.
+            cursor.execute(
+                "INSERT INTO usage_daily (user_id, hopsworks_cluster_id, date, cpu_hours, "
+                "billed_via) VALUES (%s, %s, %s, 2, 'credits')",
+                [user.pk, cluster.pk, day],
+            )
+            thread.start()
+            for _ in range(300):  # the writer waits for the operator's key
+                cursor.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> %s", [own_pid]
+                )
+                if cursor.fetchone()[0]:
+                    break
+                time.sleep(0.02)
+            else:
+                raise AssertionError("the writer never waited for the operator's row")
+        operator.commit()
+    except Exception as error:
+        failures.append(f"operator: {error!r}")
+        operator.rollback()
+    finally:
+        thread.join(timeout=60)
+        operator.close()
+    assert failures == []
+    # The fallback ran: the plain insert rolled back, then the ON CONFLICT insert.
+    inserts = [s for s in statements if "INSERT INTO usage_daily" in s]
+    assert ["ON CONFLICT" in s for s in inserts] == [False, True]
+    assert any(s.startswith("ROLLBACK TO SAVEPOINT") for s in statements)
+    rows = {r.user_id: r for r in UsageDaily.objects.all()}
+    assert len(rows) == 2
+    assert rows[user.pk].cpu_hours == 5 and rows[other.pk].cpu_hours == 5
+    cost = rows[user.pk].total_cost
+    assert cost > 0 and rows[user.pk].credits_debited == cost
+    entries = list(CreditLedgerEntry.objects.filter(user=user))
+    assert [e.amount for e in entries] == [-cost]
+    assert entries[0].usage_id == rows[user.pk].id
+    assert UserCredits.objects.get(user=user).total_used == cost
+    assert_exact()
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("default_rate_card")
+def test_new_rows_are_inserted_without_on_conflict_when_no_one_else_took_their_keys():
+    from django.test.utils import CaptureQueriesContext
+
+    users, cluster = UserFactory.create_batch(3), ClusterFactory()
+    day = days_in(MONTHS[1])[0]
+    with CaptureQueriesContext(connection) as captured:
+        usage_upsert(
+            records=[
+                UsageRecord(user_id=u.pk, cluster_id=cluster.pk, date=day, cpu_hours=D(1))
+                for u in users
+            ],
+            actor="t",
+        )
+    inserts = [q["sql"] for q in captured if "INSERT INTO usage_daily" in q["sql"]]
+    assert len(inserts) == 1 and "ON CONFLICT" not in inserts[0]
+    assert UsageDaily.objects.count() == 3
+    assert_exact()
+
+
+def _outside_writer_holding(sql, params):
+    """A connection outside the upsert's turns (an operator's SQL) that has run `sql` and
+    not committed yet, and its backend pid."""
+    operator = connection.get_new_connection(connection.get_connection_params())
+    operator.autocommit = False
+    with operator.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+        cursor.execute(sql, params)
+    return operator, pid
+
+
+def _waiting(pid) -> bool:
+    """Whether a backend other than `pid` waits for a lock."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> %s", [pid])
+        return cursor.fetchone()[0] > 0
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
+def test_a_rerun_racing_an_outside_change_neither_waits_nor_overwrites_nor_debits_twice():
+    """A rerun locks only the rows it changes: one that holds the figures already is left
+    unlocked, so an outside writer changing it meanwhile neither blocks the rerun nor is
+    undone by it (the rerun is ordered before that change); nothing is debited twice."""
+    from billing.models import CreditLedgerEntry, UserCredits
+
+    user, cluster = UserFactory(), ClusterFactory()
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
+    day = days_in(MONTHS[1])[0]
+    records = [
+        UsageRecord(user_id=user.pk, cluster_id=cluster.pk, date=d, cpu_hours=D(5))
+        for d in (day, day + dt.timedelta(days=1))
+    ]
+    usage_upsert(records=records, actor="t")
+    first = UsageDaily.objects.get(date=day)
+    cost = first.total_cost
+
+    operator, _ = _outside_writer_holding(
+        "UPDATE usage_daily SET cpu_hours = 7 WHERE id = %s", [first.pk]
+    )
+    failures, done = [], threading.Event()
+
+    def rerun():
+        try:
+            usage_upsert(records=records, actor="rerun")
+        except Exception as error:
+            failures.append(repr(error))
+        finally:
+            done.set()
+            connection.close()
+
+    thread = threading.Thread(target=rerun)
+    try:
+        thread.start()
+        # The rerun finishes while the outside writer still holds its row.
+        assert done.wait(timeout=30), "the rerun waited for the outside writer's row"
+        operator.commit()
+    finally:
+        thread.join(timeout=60)
+        operator.close()
+    assert failures == []
+    assert UsageDaily.objects.get(pk=first.pk).cpu_hours == 7  # the outside change is kept
+    assert [e.amount for e in CreditLedgerEntry.objects.filter(user=user)] == [-cost, -cost]
+    assert UserCredits.objects.get(user=user).total_used == 2 * cost
+    assert_exact()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("default_rate_card")
+def test_a_recollection_racing_an_outside_change_settles_against_what_it_left():
+    """A row the re-collection changes is locked and read again: an outside change made
+    after the unlocked read is settled against, not overwritten blindly nor debited twice."""
+    from billing.models import CreditLedgerEntry, UserCredits
+
+    user, cluster = UserFactory(), ClusterFactory()
+    BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
+    day = days_in(MONTHS[1])[0]
+
+    def batch(cpu):
+        return [UsageRecord(user_id=user.pk, cluster_id=cluster.pk, date=day, cpu_hours=D(cpu))]
+
+    usage_upsert(records=batch(5), actor="t")
+    row = UsageDaily.objects.get()
+    # The outside writer also takes the row's debit back to the credits as if refunded by
+    # hand: what the upsert settles against must be what the row holds when locked.
+    operator, pid = _outside_writer_holding(
+        "UPDATE usage_daily SET cpu_hours = 7, credits_debited = 0 WHERE id = %s", [row.pk]
+    )
+    failures = []
+
+    def recollect():
+        try:
+            usage_upsert(records=batch(9), actor="recollect")
+        except Exception as error:
+            failures.append(repr(error))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=recollect)
+    try:
+        thread.start()
+        for _ in range(300):  # the re-collection waits for the row it changes
+            if _waiting(pid):
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the re-collection never waited for the outside writer")
+        operator.commit()
+    finally:
+        thread.join(timeout=60)
+        operator.close()
+    assert failures == []
+    row = UsageDaily.objects.get()
+    assert row.cpu_hours == 9
+    # Settled against credits_debited = 0 (the outside writer's): the whole new cost.
+    assert row.credits_debited == row.total_cost
+    amounts = [e.amount for e in CreditLedgerEntry.objects.filter(user=user).order_by("id")]
+    assert len(amounts) == 2 and amounts[1] == -row.total_cost
+    assert UserCredits.objects.get(user=user).total_used == -sum(amounts)
+    assert_exact()

@@ -384,3 +384,22 @@ def test_records_of_days_with_no_usage_at_all_are_not_looked_up_one_by_one():
         sorted(UsageDaily.objects.filter(date=DAY).values_list("cpu_hours", flat=True))
         == [D("3")] * 3
     )
+
+
+def test_new_rows_debits_are_not_looked_up_in_the_ledger_and_a_rerun_still_applies_none():
+    """A new row's first debit names a row inserted in the same transaction: it cannot
+    have been applied before, so a first load looks up no ledger reference."""
+    users, cluster = UserFactory.create_batch(3), ClusterFactory()
+    for user in users:
+        BillingProfile.objects.create(user=user, mode=BillingProfile.Mode.PREPAID)
+    batch = [record(u, cluster, cpu_hours=D("10")) for u in users]
+    with CaptureQueriesContext(connection) as captured:
+        usage_upsert(records=batch, actor="t")
+    assert not [q for q in captured if "SELECT reference FROM billing_credit_ledger" in q["sql"]]
+    assert CreditLedgerEntry.objects.count() == 3
+
+    usage_upsert(records=batch, actor="t")  # a rerun
+    batch[0] = record(users[0], cluster, cpu_hours=D("20"))
+    usage_upsert(records=batch, actor="t")  # one row re-collected: its difference only
+    assert CreditLedgerEntry.objects.count() == 4
+    assert UserCredits.objects.get(user=users[0]).total_used == D("2")
