@@ -712,7 +712,9 @@ def usage_collect_each(
     even that is yielded (`Collected.error`) and the others go on. No cluster-day is begun
     once `go_on()` is false; one begun is always ended, also when the caller stops early.
     """
-    waiting = deque(cluster_days)
+    # Each cluster-day once (a session's advisory locks are reentrant: a second of the same
+    # would be begun while the first is written).
+    waiting = deque({(cluster.pk, day): (cluster, day) for cluster, day in cluster_days}.values())
     begun: list[_Begun] = []  # at most two: the one being written and the next
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="collection-fetch") as fetcher:
         try:

@@ -162,3 +162,13 @@ def test_a_cluster_day_begun_ahead_is_ended_when_the_caller_stops_early(two):
         )
         assert cursor.fetchone()[0] == 0
     assert gc.isenabled()
+
+
+def test_a_cluster_day_asked_for_twice_is_collected_once(two):
+    east = two["east"]["cluster"]
+    with outbound.background_work():
+        collected = list(usage_collect_each([(east, DAY), (east, DAY)], actor="operator"))
+
+    assert [(c.cluster, c.run.status) for c in collected] == [(east, "succeeded")]
+    assert two["east"]["k8s"].answered == 1
+    assert UsageCollectionRun.objects.get(cluster=east).attempts == 1
