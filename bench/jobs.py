@@ -37,6 +37,7 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import psycopg
@@ -112,6 +113,20 @@ def parse_args(argv=None):
         default=1,
         help="Cluster-days collected at once, each by a thread with its own database "
         "connection, as that many job workers would (1: cluster by cluster).",
+    )
+    parser.add_argument(
+        "--scale-fakes-in-process",
+        action="store_true",
+        help="Serve the fakes from this process's threads, as before 2026-12-06 06:00 UTC "
+        "(their handlers then take turns with the collector for this process's interpreter "
+        "lock); by default they run in a process of their own, as real servers do.",
+    )
+    parser.add_argument(
+        "--scale-one-by-one",
+        action="store_true",
+        help="With one at a time, collect each cluster-day with usage_collect_day (what one "
+        "job does) instead of usage_collect_each (what collect_usage runs: the next "
+        "cluster-day's answers asked for while one is written).",
     )
     parser.add_argument(
         "--scale-walk-fakes",
@@ -524,6 +539,14 @@ class FakeTimer:
             setattr(owner, attribute, original)
         self._undo.clear()
 
+    # The fakes' handlers run in this process: their CPU is inside this process's.
+    in_process = True
+
+    def collect(self) -> tuple[float, dict, float | None]:
+        """(wall time some fake was answering, per fake, the fakes' process CPU: None here)."""
+        answering = self.answering_s()
+        return answering, self.take(), None
+
 
 def build_world(stack: contextlib.ExitStack, args, rng: random.Random) -> dict:
     """Clusters, each with its own fake Hopsworks and fake Kubernetes API (OpenCost), over
@@ -804,13 +827,15 @@ def profile_collection(world: dict, *, fakes: FakeTimer) -> list[dict]:
 def scale_world(stack: contextlib.ExitStack, args, rng: random.Random) -> dict:
     """`--scale-clusters` clusters with their own fakes; `--scale-users` users spread evenly
     over them, built set-based (generate_series), each assigned to their cluster and owning
-    one project whose namespace OpenCost reports for the day; one user in five prepaid."""
+    one project whose namespace OpenCost reports for the day; one user in five prepaid.
+    The fakes are served from a process of their own (`ScaleFakes`), or from this one's
+    threads with --scale-fakes-in-process; the same data either way (the same seed)."""
     from django.conf import settings
+    from django.db import connections
 
     from clusters.models import HopsworksCluster
-    from tests.fakes.hopsworks import OAUTH_CLIENT_ID, reset
-    from tests.fakes.kubernetes import FakeKubernetes, kubeconfig_for
-    from tests.fakes.server import local_server
+    from tests.fakes.hopsworks import OAUTH_CLIENT_ID
+    from tests.fakes.kubernetes import kubeconfig_for
     from tests.fakes.tls import make_test_ca
 
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-")))
@@ -818,22 +843,30 @@ def scale_world(stack: contextlib.ExitStack, args, rng: random.Random) -> dict:
     settings.HOPSWORKS_OAUTH_CLIENT_ID = OAUTH_CLIENT_ID
     day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     per_cluster = args.scale_users // args.scale_clusters
+    if args.scale_fakes_in_process:
+        fakes = None
+        served = _scale_fakes_up(stack, ca, args.scale_clusters, per_cluster, day, rng)
+    else:
+        connections.close_all()  # the fork must not share this process's connection
+        fakes = ScaleFakes(
+            ca, clusters=args.scale_clusters, per_cluster=per_cluster, day=day, seed=args.seed
+        )
+        stack.callback(fakes.stop)
+        served = fakes.served
     started = time.perf_counter()
     clusters = []
-    for c in range(1, args.scale_clusters + 1):
-        hopsworks = reset(stack.enter_context(local_server(ca)))
-        k8s = FakeKubernetes.on(stack.enter_context(local_server(ca)))
-        stack.callback(hopsworks.release)
-        stack.callback(k8s.release)
+    for c, fake in enumerate(served, start=1):
         cluster = HopsworksCluster.objects.create(
             name=f"scale-{c}",
-            api_url=hopsworks.api_url,
-            api_key=hopsworks.api_key,
+            api_url=fake["api_url"],
+            api_key=fake["api_key"],
             ca_bundle=ca.ca_path.read_text(),
-            kubeconfig=kubeconfig_for(k8s, ca),
+            kubeconfig=kubeconfig_for(
+                SimpleNamespace(url=fake["k8s_url"], token=fake["token"]), ca
+            ),
             max_users=per_cluster,
         )
-        clusters.append({"cluster": cluster, "hopsworks": hopsworks, "k8s": k8s})
+        clusters.append({"cluster": cluster})
     ids = [str(entry["cluster"].pk) for entry in clusters]
     # User i is on cluster (i - 1) % clusters + 1, the n-th of its cluster.
     params = {"n": per_cluster * len(clusters), "clusters": ids, "c": len(clusters)}
@@ -855,30 +888,134 @@ def scale_world(stack: contextlib.ExitStack, args, rng: random.Random) -> dict:
         "ANALYZE users, user_hopsworks_assignments, billing_account",
     ):
         sql_run(statement, params)
-    users_s = time.perf_counter() - started
-
-    started = time.perf_counter()
-    for c, entry in enumerate(clusters, start=1):
-        namespaces = []
-        for n in range(per_cluster):
-            i = n * len(clusters) + c
-            namespace = f"scale-ns-{i:07d}"
-            # No Hopsworks user behind the creator: the fake would look each one up in a
-            # list; the collector finds the owner by the creator's email instead.
-            entry["hopsworks"].add_project(
-                f"scale_project_{i:07d}", f"scale{i:07d}@example.com", namespace=namespace
-            )
-            namespaces.append(namespace)
-        entry["k8s"].set_allocations(day, allocations(namespaces, rng))
     return {
         "clusters": clusters,
         "day": day,
         "per_cluster": per_cluster,
+        "fakes": fakes,
         "timings": {
-            "users_s": users_s,
-            "projects_and_allocations_s": time.perf_counter() - started,
+            "users_s": time.perf_counter() - started,
+            "projects_and_allocations_s": served[0]["setup_s"],
         },
     }
+
+
+def _scale_fakes_up(stack, ca, clusters: int, per_cluster: int, day, rng) -> list[dict]:
+    """A fake Hopsworks and a fake Kubernetes API (OpenCost) per cluster, in this process,
+    with the cluster's projects and the day's allocations; what a cluster row needs."""
+    from tests.fakes.hopsworks import reset
+    from tests.fakes.kubernetes import FakeKubernetes
+    from tests.fakes.server import local_server
+
+    started = time.perf_counter()
+    served = []
+    for c in range(1, clusters + 1):
+        hopsworks = reset(stack.enter_context(local_server(ca)))
+        k8s = FakeKubernetes.on(stack.enter_context(local_server(ca)))
+        stack.callback(hopsworks.release)
+        stack.callback(k8s.release)
+        namespaces = []
+        for n in range(per_cluster):
+            i = n * clusters + c
+            namespace = f"scale-ns-{i:07d}"
+            # No Hopsworks user behind the creator: the fake would look each one up in a
+            # list; the collector finds the owner by the creator's email instead.
+            hopsworks.add_project(
+                f"scale_project_{i:07d}", f"scale{i:07d}@example.com", namespace=namespace
+            )
+            namespaces.append(namespace)
+        k8s.set_allocations(day, allocations(namespaces, rng))
+        served.append(
+            {
+                "api_url": hopsworks.api_url,
+                "api_key": hopsworks.api_key,
+                "k8s_url": k8s.url,
+                "token": k8s.token,
+            }
+        )
+    for entry in served:
+        entry["setup_s"] = time.perf_counter() - started
+    return served
+
+
+class ScaleFakes:
+    """The clusters' fakes served from a forked process of their own, as the real servers
+    are other processes (other machines): their handlers' CPU is counted there, and they
+    do not take turns with the collector for this process's interpreter lock. The fakes'
+    answering spans are measured there (FakeTimer) on the monotonic clock, which both
+    processes share; driven over a pipe."""
+
+    in_process = False
+
+    def __init__(self, ca, *, clusters: int, per_cluster: int, day, seed: int):
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self._pipe, theirs = context.Pipe()
+        self.process = context.Process(
+            target=_serve_scale_fakes,
+            args=(theirs, ca, clusters, per_cluster, day, seed),
+            daemon=True,
+        )
+        self.process.start()
+        ok, value = self._pipe.recv()
+        if not ok:
+            raise RuntimeError(f"the fakes' process failed to start: {value}")
+        self.served = value
+
+    def _call(self, name: str):
+        self._pipe.send(name)
+        ok, value = self._pipe.recv()
+        if not ok:
+            raise RuntimeError(f"the fakes' process failed to {name}: {value}")
+        return value
+
+    def collect(self) -> tuple[float, dict, float | None]:
+        """(wall time some fake was answering, per fake, the fakes' process CPU since the
+        last collect)."""
+        return self._call("collect")
+
+    def take(self) -> None:
+        self._call("collect")
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(OSError, EOFError, RuntimeError):
+                self._call("stop")
+        self.process.join(10)
+
+
+def _serve_scale_fakes(pipe, ca, clusters: int, per_cluster: int, day, seed: int) -> None:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    timer = FakeTimer()
+    timer.install()
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                served = _scale_fakes_up(stack, ca, clusters, per_cluster, day, random.Random(seed))
+            except Exception as error:  # reported to the parent
+                pipe.send((False, repr(error)))
+                return
+            gc.collect()
+            gc.freeze()  # their data lives to the end
+            pipe.send((True, served))
+            cpu = _own_cpu()
+            while True:
+                name = pipe.recv()
+                if name == "stop":
+                    pipe.send((True, None))
+                    return
+                answering = timer.answering_s()
+                now = _own_cpu()
+                pipe.send((True, (answering, timer.take(), now - cpu)))
+                cpu = now
+    finally:
+        timer.uninstall()
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _wal_lsn() -> str:
@@ -889,12 +1026,17 @@ def _wal_bytes_since(lsn: str) -> int:
     return int(sql_all("SELECT pg_current_wal_lsn() - %s::pg_lsn", [lsn])[0][0])
 
 
-def scale_pass(world: dict, *, fakes: FakeTimer, label: str, workers: int = 1) -> dict:
-    """Every cluster's day collected in this process through the real collector
-    (`usage_collect_day`, what `collect_usage` and the job run) in background mode (the
-    job's and the command's deadlines): cluster by cluster, or by `workers` threads at once,
-    each with its own database connection, as that many workers take one cluster-day job
-    each (a job locks its cluster, so two clusters are what runs at once)."""
+def scale_pass(
+    world: dict, *, fakes, label: str, workers: int = 1, one_by_one: bool = False
+) -> dict:
+    """Every cluster's day collected in this process through the real collector in
+    background mode (the job's and the command's deadlines). One at a time: through
+    `usage_collect_each`, what `collect_usage` runs (the next cluster-day's answers asked
+    for while one is written), or with `one_by_one` (or code before it) `usage_collect_day`
+    per cluster-day, what one job runs. With `workers` > 1: that many threads at once,
+    each with its own database connection, each taking one cluster-day at a time with
+    `usage_collect_day`, as that many workers take one cluster-day job each (a job locks
+    its cluster, so two clusters are what runs at once)."""
     from django.db import connection
 
     from billing import collection
@@ -910,10 +1052,37 @@ def scale_pass(world: dict, *, fakes: FakeTimer, label: str, workers: int = 1) -
     clusters, errors = [], []
     waiting = list(world["clusters"])
     lock = threading.Lock()
+    in_turn = getattr(collection, "usage_collect_each", None)
+    pipelined = workers == 1 and not one_by_one and in_turn is not None
+
+    def record(run, *, seconds: float, lsn: str) -> None:
+        with lock:
+            clusters.append(
+                {
+                    "cluster": run.cluster.name,
+                    "status": run.status,
+                    "error": run.error,
+                    "rows": run.rows_written,
+                    "seconds": seconds,
+                    # The server's WAL: with workers, the others' writes too.
+                    "wal_bytes": _wal_bytes_since(lsn),
+                }
+            )
 
     def work() -> None:
         try:
             with outbound.background_work():
+                if pipelined:
+                    # Per cluster-day: from the last one's end to its own (they overlap).
+                    lsn, t0 = _wal_lsn(), time.perf_counter()
+                    for collected in in_turn(
+                        [(entry["cluster"], world["day"]) for entry in waiting], actor="bench"
+                    ):
+                        if collected.error is not None:
+                            raise collected.error
+                        record(collected.run, seconds=time.perf_counter() - t0, lsn=lsn)
+                        lsn, t0 = _wal_lsn(), time.perf_counter()
+                    return
                 while True:
                     with lock:
                         if not waiting:
@@ -923,18 +1092,7 @@ def scale_pass(world: dict, *, fakes: FakeTimer, label: str, workers: int = 1) -
                     run = collection.usage_collect_day(
                         cluster=entry["cluster"], day=world["day"], actor="bench"
                     )
-                    with lock:
-                        clusters.append(
-                            {
-                                "cluster": entry["cluster"].name,
-                                "status": run.status,
-                                "error": run.error,
-                                "rows": run.rows_written,
-                                "seconds": time.perf_counter() - t0,
-                                # The server's WAL: with workers, the others' writes too.
-                                "wal_bytes": _wal_bytes_since(lsn),
-                            }
-                        )
+                    record(run, seconds=time.perf_counter() - t0, lsn=lsn)
         except Exception as error:  # reported below
             errors.append(error)
         finally:
@@ -957,18 +1115,23 @@ def scale_pass(world: dict, *, fakes: FakeTimer, label: str, workers: int = 1) -
         timer.uninstall()
     if errors:
         raise errors[0]
-    fake_s = fakes.answering_s()
-    answering = fakes.take()
-    fake_cpu = sum(f["cpu_s"] for f in answering.values())
+    fake_s, answering, fakes_process_cpu = fakes.collect()
+    # In this process, the fakes' handlers' CPU is inside ours: taken out.
+    fake_cpu = sum(f["cpu_s"] for f in answering.values()) if fakes.in_process else 0.0
     return {
         "label": label,
         "workers": workers,
+        "how": (
+            "usage_collect_each (next cluster-day fetched while one is written)"
+            if pipelined
+            else "usage_collect_day per cluster-day"
+        ),
         "total_s": total,
         # Wall time during which some fake was answering, and the rest.
         "fakes_s": fake_s,
         "ours_s": total - fake_s,
-        # This process's CPU less the fakes' (their handler threads run here too).
         "our_cpu_s": cpu - fake_cpu,
+        "fakes_process_cpu_s": fakes_process_cpu,
         "wal_bytes": wal,
         "steps_s": dict(timer.seconds),
         "fakes": answering,
@@ -985,36 +1148,41 @@ def collection_scale(args) -> dict:
     started = time.perf_counter()
     env = environment()
     call_command("migrate", verbosity=0)
-    fakes = FakeTimer()
-    fakes.install()
+    timer = FakeTimer()
+    if args.scale_fakes_in_process:
+        timer.install()
     try:
         with contextlib.ExitStack() as stack:
             print("collection at scale: setting up ...", file=sys.stderr, flush=True)
             world = scale_world(stack, args, rng)
+            fakes = world["fakes"] or timer
             if not args.scale_walk_fakes:
-                # The fakes hold millions of objects (their projects, the allocations they
-                # answer with) that live to the end: frozen out of the cyclic collector, so
-                # that our collections walk what a worker's would, not the fakes' heap.
+                # The fakes (when here) hold millions of objects (their projects, the
+                # allocations they answer with) that live to the end: frozen out of the
+                # cyclic collector, so that our collections walk what a worker's would.
                 gc.collect()
                 gc.freeze()
             sql_run("CHECKPOINT")
             print("collection at scale: collecting ...", file=sys.stderr, flush=True)
             passes = [
                 scale_pass(
-                    world, fakes=fakes, label="first collection", workers=args.scale_workers
-                ),
-                scale_pass(
-                    world, fakes=fakes, label="rerun (nothing changes)", workers=args.scale_workers
-                ),
+                    world,
+                    fakes=fakes,
+                    label=label,
+                    workers=args.scale_workers,
+                    one_by_one=args.scale_one_by_one,
+                )
+                for label in ("first collection", "rerun (nothing changes)")
             ]
     finally:
-        fakes.uninstall()
+        timer.uninstall()
     return {
         "mode": "collection-scale",
         "parameters": {
             "users": world["per_cluster"] * args.scale_clusters,
             "clusters": args.scale_clusters,
             "workers": args.scale_workers,
+            "fakes_in_process": args.scale_fakes_in_process,
             "fakes_heap_walked": args.scale_walk_fakes,
             "namespaces_per_cluster": world["per_cluster"],
             "day": world["day"].isoformat(),
@@ -1040,11 +1208,16 @@ def scale_report(figures: dict) -> str:
         f"project         commit {env['commit']}",
         f"sizes           {p['users']:,} users on {p['clusters']} clusters, "
         f"{p['namespaces_per_cluster']:,} namespaces each, day {p['day']}",
-        "fakes' heap     "
+        "fakes           "
         + (
-            "walked by this process's garbage collector (--scale-walk-fakes)"
-            if p.get("fakes_heap_walked")
-            else "frozen out of this process's garbage collector"
+            "in this process (--scale-fakes-in-process), their heap "
+            + (
+                "walked by its garbage collector (--scale-walk-fakes)"
+                if p.get("fakes_heap_walked")
+                else "frozen out of its garbage collector"
+            )
+            if p.get("fakes_in_process", True)
+            else "in a process of their own"
         ),
         f"setup           users {figures['setup']['users_s']:.1f} s (set-based), fake projects "
         f"and allocations {figures['setup']['projects_and_allocations_s']:.1f} s",
@@ -1054,10 +1227,16 @@ def scale_report(figures: dict) -> str:
     ]
     for run in figures["passes"]:
         lines += [
-            f"{run['label']} ({run['workers']} at once): {run['total_s']:.1f} s in all; "
+            f"{run['label']} ({run['workers']} at once, {run.get('how', '')}): "
+            f"{run['total_s']:.1f} s in all; "
             f"a fake answering {run['fakes_s']:.1f} s, none (client, attribution, database) "
             f"{run['ours_s']:.1f} s ({run['ours_s'] / run['total_s']:.0%}); our CPU "
-            f"{run['our_cpu_s']:.1f} s; WAL {run['wal_bytes'] / 2**20:.1f} MB",
+            f"{run['our_cpu_s']:.1f} s; WAL {run['wal_bytes'] / 2**20:.1f} MB"
+            + (
+                f"; the fakes' process CPU {run['fakes_process_cpu_s']:.1f} s"
+                if run.get("fakes_process_cpu_s") is not None
+                else ""
+            ),
             # Their CPU too: in this process a fake's answer also waits for the GIL while
             # our threads hold it, and that wait is inside "a fake answering".
             "  fakes: "

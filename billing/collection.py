@@ -24,10 +24,11 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import logging
-from collections import defaultdict
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -54,6 +55,7 @@ from clusters.opencost import (
     DAY_MINUTES,
     HOURS_PER_DAY,
     STORAGE_UNIT_BYTES,
+    DayAllocations,
     MetricsError,
     NamespaceUsage,
     fetch_day_allocations,
@@ -285,22 +287,37 @@ def _fail_run(run: UsageCollectionRun, error: Exception) -> UsageCollectionRun:
     return run
 
 
+def _lock_key(cluster: HopsworksCluster, day: dt.date) -> str:
+    return f"collect:{cluster.pk}:{day.isoformat()}"
+
+
+def _lock(cluster: HopsworksCluster, day: dt.date, *, wait: bool = True) -> bool:
+    """Hold this cluster-day for the whole collection, from before OpenCost is read until
+    the rows are committed: a second collector waits (`wait`) or goes elsewhere, then reads
+    OpenCost afresh. A session lock, so it is held across transactions and goes with a dead
+    connection. Whether it is held."""
+    function = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {function}(hashtext(%s))", [_lock_key(cluster, day)])
+        return wait or bool(cursor.fetchone()[0])
+
+
+def _unlock(cluster: HopsworksCluster, day: dt.date) -> None:
+    key = _lock_key(cluster, day)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
+    except DatabaseError:  # the connection is gone, and its lock with it
+        logger.warning("could not release the collection lock %s", key, exc_info=True)
+
+
 @contextmanager
 def _one_collector(cluster: HopsworksCluster, day: dt.date) -> Iterator[None]:
-    """Hold this cluster-day for the whole collection, from before OpenCost is read until
-    the rows are committed: a second collector waits here, then reads OpenCost afresh.
-    A session lock, so it is held across transactions and goes with a dead connection."""
-    key = f"collect:{cluster.pk}:{day.isoformat()}"
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(hashtext(%s))", [key])
+    _lock(cluster, day)
     try:
         yield
     finally:
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
-        except DatabaseError:  # the connection is gone, and its lock with it
-            logger.warning("could not release the collection lock %s", key, exc_info=True)
+        _unlock(cluster, day)
 
 
 def _stored_coverage(run: UsageCollectionRun) -> int | None:
@@ -329,25 +346,42 @@ def usage_collect_day(
     # plumbing.gc_pause.
     with cyclic_gc_paused(), _one_collector(cluster, day):
         run = _start_run(cluster, day)
-        try:
-            return _collect(run, cluster=cluster, day=day, actor=actor, force=force)
-        except (CollectionRefused, *EXPECTED_FAILURES) as error:
-            return _fail_run(run, error)
-        except Exception as error:  # a bug or the unforeseen: this cluster-day only
-            logger.exception("usage collection crashed for %s on %s", cluster, day)
-            return _fail_run(
-                run, RuntimeError(f"Unexpected error ({type(error).__name__}): {error}")
-            )
+        return _settled(
+            run,
+            lambda: _write(
+                run, _fetch(cluster, day), cluster=cluster, day=day, actor=actor, force=force
+            ),
+        )
 
 
-def _collect(
-    run: UsageCollectionRun,
-    *,
-    cluster: HopsworksCluster,
-    day: dt.date,
-    actor,
-    force: bool,
-) -> UsageCollectionRun:
+def _settled(run: UsageCollectionRun, collect: Callable[[], UsageCollectionRun]):
+    """The run `collect` made, or the run failed with what stopped it."""
+    try:
+        return collect()
+    except (CollectionRefused, *EXPECTED_FAILURES) as error:
+        return _fail_run(run, error)
+    except Exception as error:  # a bug or the unforeseen: this cluster-day only
+        logger.exception("usage collection crashed for %s on %s", run.cluster, run.date)
+        return _fail_run(run, RuntimeError(f"Unexpected error ({type(error).__name__}): {error}"))
+
+
+@dataclass
+class Answers:
+    """What the outside systems said for one cluster-day: OpenCost's answer (read at
+    `fetched_at`), and Hopsworks' projects or the error that stopped their listing (the
+    write decides whether it needs them)."""
+
+    fetched_at: dt.datetime
+    allocations: DayAllocations
+    projects: list[HopsworksProject]
+    projects_error: Exception | None
+
+
+def _fetch(cluster: HopsworksCluster, day: dt.date) -> Answers:
+    """Ask OpenCost and Hopsworks at once (Hopsworks in a thread of its own, with this
+    context's deadline and background mode): the cluster-day waits for the slower one.
+    OpenCost's failure is raised, and wins over Hopsworks', as when they were asked one
+    after the other. Reads no database."""
     if not cluster.kubeconfig:
         raise MetricsError(
             f"Cluster {cluster.name} has no kubeconfig to read usage with: add one on the "
@@ -356,13 +390,27 @@ def _collect(
         )
     fetched_at = timezone.now()
     kubeconfig = cluster.kubeconfig.reveal()
-    # The two outside systems are asked at once (Hopsworks in a thread of its own, with this
-    # context's deadline and background mode): the cluster-day waits for the slower one.
-    # OpenCost's failure wins over Hopsworks', as when they were asked one after the other.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hopsworks-projects") as pool:
         listing = pool.submit(contextvars.copy_context().run, _list_projects, cluster)
-        answer = fetch_day_allocations(kubeconfig=kubeconfig, day=day)
+        allocations = fetch_day_allocations(kubeconfig=kubeconfig, day=day)
         projects, error = listing.result()
+    return Answers(
+        fetched_at=fetched_at, allocations=allocations, projects=projects, projects_error=error
+    )
+
+
+def _write(
+    run: UsageCollectionRun,
+    answers: Answers,
+    *,
+    cluster: HopsworksCluster,
+    day: dt.date,
+    actor,
+    force: bool,
+) -> UsageCollectionRun:
+    """Write a cluster-day's answers in one transaction with its run's record."""
+    answer, fetched_at, error = answers.allocations, answers.fetched_at, answers.projects_error
+    projects = answers.projects
     notes = []
     if isinstance(error, HopsworksError):
         # A rerun needs Hopsworks only for namespaces the day's stored mapping lacks.
@@ -576,19 +624,157 @@ def days_between(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=offset) for offset in range(count)]
 
 
+@dataclass
+class Collected:
+    """One cluster-day of `usage_collect_each`: its run, or the error that stopped it from
+    being recorded at all (the database went away)."""
+
+    cluster: HopsworksCluster
+    day: dt.date
+    run: UsageCollectionRun | None
+    error: Exception | None = None
+
+
+@dataclass
+class _Begun:
+    """A cluster-day being collected: locked, its run started, its answers on their way."""
+
+    cluster: HopsworksCluster
+    day: dt.date
+    run: UsageCollectionRun
+    answers: Future
+    paused: ExitStack
+
+
+def _begin(
+    cluster: HopsworksCluster, day: dt.date, fetcher: ThreadPoolExecutor, *, wait: bool
+) -> _Begun | None:
+    """Lock the cluster-day (or None when another collector holds it and not `wait`), start
+    its run and ask for its answers in `fetcher`, with this context's deadline and mode."""
+    if not _lock(cluster, day, wait=wait):
+        return None
+    paused = ExitStack()
+    try:
+        paused.enter_context(cyclic_gc_paused())
+        run = _start_run(cluster, day)
+        answers = fetcher.submit(contextvars.copy_context().run, _fetch_apart, cluster, day)
+    except BaseException:
+        paused.close()
+        _unlock(cluster, day)
+        raise
+    return _Begun(cluster=cluster, day=day, run=run, answers=answers, paused=paused)
+
+
+def _fetch_apart(cluster: HopsworksCluster, day: dt.date) -> Answers:
+    try:
+        return _fetch(cluster, day)
+    finally:
+        connections.close_all()  # this thread's, should anything have opened one
+
+
+def _end(begun: _Begun, *, actor, force: bool) -> UsageCollectionRun:
+    """Write the cluster-day's answers, or record what stopped them on its run; unlock."""
+    try:
+        return _settled(
+            begun.run,
+            lambda: _write(
+                begun.run,
+                begun.answers.result(),
+                cluster=begun.cluster,
+                day=begun.day,
+                actor=actor,
+                force=force,
+            ),
+        )
+    finally:
+        try:
+            _unlock(begun.cluster, begun.day)
+        finally:
+            begun.paused.close()
+
+
+def usage_collect_each(
+    cluster_days: Iterable[tuple[HopsworksCluster, dt.date]],
+    *,
+    actor="collect_usage",
+    force: bool = False,
+    go_on: Callable[[], bool] = lambda: True,
+) -> Iterator[Collected]:
+    """Collect each cluster-day in turn as `usage_collect_day` does, yielding each as it
+    ends, while the next one's answers are on their way: once a cluster-day's answers are
+    in, the next one is locked, its run started and OpenCost and Hopsworks asked for it (in
+    a thread) while this one is written. So the outside systems' answers overlap our
+    writing, and a cluster-day waits for them only when writing the last one was quicker.
+
+    The next cluster-day is begun only if no other collector holds it (a try-lock: never
+    waiting for one lock while holding another); else it is begun, waiting, after this one
+    ends. Each cluster-day's failure is recorded on its own run; an error that prevents
+    even that is yielded (`Collected.error`) and the others go on. No cluster-day is begun
+    once `go_on()` is false; one begun is always ended, also when the caller stops early.
+    """
+    # Each cluster-day once (a session's advisory locks are reentrant: a second of the same
+    # would be begun while the first is written).
+    waiting = deque({(cluster.pk, day): (cluster, day) for cluster, day in cluster_days}.values())
+    begun: list[_Begun] = []  # at most two: the one being written and the next
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="collection-fetch") as fetcher:
+        try:
+            while waiting or begun:
+                if not begun:
+                    if not go_on():
+                        return
+                    cluster, day = waiting.popleft()
+                    try:
+                        begun.append(_begin(cluster, day, fetcher, wait=True))
+                    except Exception as error:  # e.g. the database went away
+                        logger.exception("collecting %s on %s failed", cluster, day)
+                        yield Collected(cluster=cluster, day=day, run=None, error=error)
+                        continue
+                current = begun[0]
+                wait_for([current.answers])
+                if waiting and len(begun) == 1 and go_on():
+                    cluster, day = waiting[0]
+                    try:
+                        ahead = _begin(cluster, day, fetcher, wait=False)
+                    except Exception:  # tried again, waiting, once this one has ended
+                        logger.warning("could not begin %s on %s", cluster, day, exc_info=True)
+                        ahead = None
+                    if ahead is not None:
+                        waiting.popleft()
+                        begun.append(ahead)
+                begun.pop(0)
+                try:
+                    run = _end(current, actor=actor, force=force)
+                except Exception as error:  # recording the run failed: the database
+                    logger.exception("collecting %s on %s failed", current.cluster, current.day)
+                    yield Collected(cluster=current.cluster, day=current.day, run=None, error=error)
+                    continue
+                yield Collected(cluster=current.cluster, day=current.day, run=run)
+        finally:
+            for left in begun:  # the caller stopped early: what was begun is ended
+                try:
+                    _end(left, actor=actor, force=force)
+                except Exception:
+                    logger.exception("collecting %s on %s failed", left.cluster, left.day)
+
+
 def usage_collect(
     *, clusters, days, actor="collect_usage", force: bool = False
 ) -> list[UsageCollectionRun]:
-    """Collect each cluster-day. Inside a web request (an operator's "collect now") all of it
-    shares one outbound deadline, and cluster-days not started in time are left to cron."""
+    """Collect each cluster-day (`usage_collect_each`). Inside a web request (an operator's
+    "collect now") all of it shares one outbound deadline, and cluster-days not started in
+    time are left to cron."""
     in_request = not outbound.in_background()
     runs = []
     with (
         outbound.deadline(settings.OUTBOUND_DEADLINE_SECONDS) if in_request else nullcontext()
     ) as budget:
-        for cluster in clusters:
-            for day in days:
-                if budget is not None and budget.expired:
-                    return runs
-                runs.append(usage_collect_day(cluster=cluster, day=day, actor=actor, force=force))
+        for collected in usage_collect_each(
+            [(cluster, day) for cluster in clusters for day in days],
+            actor=actor,
+            force=force,
+            go_on=lambda: budget is None or not budget.expired,
+        ):
+            if collected.error is not None:
+                raise collected.error
+            runs.append(collected.run)
     return runs

@@ -1,13 +1,15 @@
 import datetime as dt
-import logging
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from billing.collection import CollectionError, clusters_to_collect, days_between, usage_collect_day
+from billing.collection import (
+    CollectionError,
+    clusters_to_collect,
+    days_between,
+    usage_collect_each,
+)
 from plumbing import outbound
-
-logger = logging.getLogger(__name__)
 
 
 def _date(value: str) -> dt.date:
@@ -64,38 +66,34 @@ class Command(BaseCommand):
 
         # Background work: the longer deadline and retries per call, as in the jobs.
         with outbound.background_work():
-            # The same code the jobs run, in the foreground, one line per cluster-day as it ends.
+            # What the jobs run, in the foreground, one line per cluster-day as it ends; the
+            # next cluster-day's answers are read while one is written (usage_collect_each).
             total = len(clusters) * len(days)
             runs, failed = [], 0
-            for cluster in clusters:
-                for day in days:
-                    progress = f"[{len(runs) + 1}/{total}] "
-                    try:
-                        run = usage_collect_day(
-                            cluster=cluster, day=day, actor="collect_usage", force=force_replace
-                        )
-                    except Exception as error:  # e.g. the database went away: go on
-                        logger.exception("collecting %s on %s failed", cluster.name, day)
-                        runs.append(None)
-                        failed += 1
-                        self.stdout.write(
-                            self.style.ERROR(f"{progress}{cluster.name} {day}: {error}")
-                        )
-                        continue
-                    runs.append(run)
-                    if run.status == run.Status.SUCCEEDED:
-                        line = (
-                            f"{progress}{cluster.name} {run.date}: {run.rows_written} rows, "
-                            f"{run.coverage_minutes}/1440 min"
-                        )
-                        if run.unknown_namespaces:
-                            names = ", ".join(n["namespace"] for n in run.unknown_namespaces)
-                            line += f"; unknown namespaces: {names}"
-                        self.stdout.write(self.style.SUCCESS(line))
-                    else:
-                        failed += 1
-                        self.stdout.write(
-                            self.style.ERROR(f"{progress}{cluster.name} {run.date}: {run.error}")
-                        )
+            for collected in usage_collect_each(
+                [(cluster, day) for cluster in clusters for day in days],
+                actor="collect_usage",
+                force=force_replace,
+            ):
+                progress = f"[{len(runs) + 1}/{total}] "
+                run, name = collected.run, collected.cluster.name
+                runs.append(run)
+                if run is None:  # e.g. the database went away: go on
+                    failed += 1
+                    self.stdout.write(
+                        self.style.ERROR(f"{progress}{name} {collected.day}: {collected.error}")
+                    )
+                elif run.status == run.Status.SUCCEEDED:
+                    line = (
+                        f"{progress}{name} {run.date}: {run.rows_written} rows, "
+                        f"{run.coverage_minutes}/1440 min"
+                    )
+                    if run.unknown_namespaces:
+                        names = ", ".join(n["namespace"] for n in run.unknown_namespaces)
+                        line += f"; unknown namespaces: {names}"
+                    self.stdout.write(self.style.SUCCESS(line))
+                else:
+                    failed += 1
+                    self.stdout.write(self.style.ERROR(f"{progress}{name} {run.date}: {run.error}"))
         if failed:
             raise CommandError(f"{failed} of {len(runs)} cluster-day(s) failed; rerun to retry.")
