@@ -10,6 +10,10 @@ from types import SimpleNamespace
 
 from django.contrib import admin
 from django.db.models import Q
+from django.template.defaultfilters import title
+from django.utils import dateformat, timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.timesince import timesince, timeuntil
 from procrastinate.contrib.django.admin import ProcrastinateJobAdmin
 from procrastinate.contrib.django.models import ProcrastinateJob
 
@@ -127,6 +131,11 @@ class ClusterAdmin(ClusterUsageAdminMixin, ClusterAdminBase):
     shown_once_saved = {*ClusterAdminBase.shown_once_saved, *ClusterUsageAdminMixin.usage_fields}
 
 
+def _moment(value) -> str:
+    # As Procrastinate's template shows an event's time: `date:"Y-m-d H:i:s.u (e)"`.
+    return dateformat.format(timezone.localtime(value), "Y-m-d H:i:s.u (e)")
+
+
 # The job queue (Procrastinate's own admin, with actions that declare their permission).
 # A job's arguments show at most this many of the users they name.
 ARGS_SHOWN = 10
@@ -181,6 +190,47 @@ class JobAdmin(IndexOrderAdminMixin, EstimatedCountAdminMixin, ProcrastinateJobA
                 users = [*users[:ARGS_SHOWN], f"... {more:,} more"]
             args = {**args, "users": users}
         return super().pretty_args(SimpleNamespace(args=args))
+
+    @admin.display(description="Summary")
+    def summary(self, instance):
+        # Procrastinate's summary, built directly: its template rendered per row was a
+        # quarter of the list's time (tests compare the two).
+        last = instance.procrastinateevent_set.first()
+        if last is None:
+            return ""
+        items = [
+            format_html(
+                '{} <strong title="{}">{} ago</strong>',
+                title(last.type),
+                _moment(last.at),
+                timesince(last.at),
+            )
+        ]
+        shown = (
+            ("Queue", instance.queue_name),
+            ("Lock", instance.lock),
+            ("Queueing lock", instance.queueing_lock),
+            ("Priority", instance.priority if instance.priority != 0 else None),
+        )
+        items += [
+            format_html("<strong>{}:</strong> {}", name, value) for name, value in shown if value
+        ]
+        if instance.scheduled_at:
+            at = instance.scheduled_at
+            when = f"in {timeuntil(at)}" if at > timezone.now() else f"{timesince(at)} ago"
+            items.append(
+                format_html(
+                    '<strong>Scheduled:</strong> <span title="{}">{}</span>', _moment(at), when
+                )
+            )
+        if instance.attempts > 1:
+            items.append(format_html("<strong>Attempts:</strong> {}", instance.attempts))
+        return format_html(
+            '<ul style="padding: 0; margin: 0;">{}</ul>',
+            format_html_join(
+                "", '<li style="list-style-type: none">{}</li>', ((i,) for i in items)
+            ),
+        )
 
     @admin.action(description="Retry the selected failed or stuck jobs", permissions=["operate"])
     def retry_jobs(self, request, queryset):
