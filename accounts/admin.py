@@ -278,6 +278,16 @@ class GroupAdmin(DjangoGroupAdmin):
         fields = tuple(super().get_readonly_fields(request, obj))
         return fields if request.user.is_superuser else (*fields, "permissions")
 
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        # The same picker as a user's page: its options written without templates, from
+        # the list kept per process (`permission_choices`).
+        if db_field.name == "permissions":
+            kwargs["widget"] = QuickFilteredSelectMultiple(db_field.verbose_name, False)
+        field = super().formfield_for_manytomany(db_field, request, **kwargs)
+        if db_field.name == "permissions" and field is not None:
+            field.choices = permission_choices()
+        return field
+
 
 class ApiKeyForm(forms.ModelForm):
     """A key is as much power as its scopes: an operator gives a key, or keeps alive

@@ -82,3 +82,25 @@ def test_a_permission_added_or_renamed_shows_on_the_next_users_page(operator_cli
     assert (str(added.pk), str(added)) in _picker_options(
         operator_client.get(url), "user_permissions"
     )
+
+
+def test_a_groups_page_offers_every_permission_from_the_kept_list(operator_client):
+    from django.contrib.auth.models import Group, Permission
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils.html import escape
+
+    group = Group.objects.create(name="Support")
+    url = f"/admin/auth/group/{group.pk}/change/"
+    expected = [
+        (str(p.pk), escape(str(p))) for p in Permission.objects.select_related("content_type")
+    ]
+    assert _picker_options(operator_client.get(url), "permissions") == expected
+    with CaptureQueriesContext(connection) as captured:
+        operator_client.get(url)
+    every = [
+        q["sql"]
+        for q in captured.captured_queries
+        if 'FROM "auth_permission" INNER JOIN' in q["sql"] and "WHERE" not in q["sql"]
+    ]
+    assert not every, every
