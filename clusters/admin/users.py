@@ -14,6 +14,8 @@ from plumbing.admin_confirm import confirm_then
 from plumbing.admin_report import ActionReport
 
 ACCOUNT_PENDING = "Hopsworks account pending (sync queued)"
+# Up to this many users not placed are listed by their ids (see PlacementFilter).
+UNPLACED_BY_ID = 1000
 
 
 def _on_cluster(user, cluster) -> bool:
@@ -49,13 +51,19 @@ class PlacementFilter(admin.SimpleListFilter):
             pending = HopsworksAccount.objects.pending().values_list("user_id", flat=True)
             return queryset.filter(pk__in=list(pending.order_by().distinct()))
         if value == "none":
-            # Two anti-joins on the users' ids. Left-joining every user's assignment row and
-            # keeping the NULLs hashed all of them (100,000 rows for no user at full size).
+            # Two anti-joins on the users' ids (left-joining every user's assignment row and
+            # keeping the NULLs hashed all of them: 100,000 rows for no user at full size),
+            # run once: the few users they find are then read by primary key, by the page's
+            # count and by its rows alike (each ran the anti-joins again: 60 ms apiece).
             mine = OuterRef("pk")
-            return queryset.filter(
+            unplaced = queryset.model.objects.filter(
                 ~Exists(UserHopsworksAssignment.objects.filter(user=mine)),
                 ~Exists(CapacityWait.objects.filter(user=mine)),
-            )
+            ).values_list("pk", flat=True)
+            found = list(unplaced[: UNPLACED_BY_ID + 1])
+            if len(found) > UNPLACED_BY_ID:  # many (a cluster gone): as one semi-join
+                return queryset.filter(pk__in=unplaced)
+            return queryset.filter(pk__in=found)
         return queryset
 
 
