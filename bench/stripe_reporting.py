@@ -382,6 +382,22 @@ def rate(count: float, seconds: float | None) -> int | None:
     return round(count / seconds) if seconds else None
 
 
+def _throughput(events, requests, seconds, cpu, db_cpu, fake_before, fake_after) -> dict:
+    """The figures a single run and concurrent workers both report."""
+    ours = cpu + (db_cpu or 0.0)
+    return {
+        "events_sent": events,
+        "events_accepted_by_fake": fake_after["events_accepted"] - fake_before["events_accepted"],
+        "stream_requests": requests,
+        "events_per_second": rate(events, seconds),
+        "requests_per_second": rate(requests, seconds),
+        "our_cpu_seconds": round(cpu, 2),
+        "db_backend_cpu_seconds": round(db_cpu, 2) if db_cpu is not None else None,
+        "fake_cpu_seconds": round(fake_after["cpu"] - fake_before["cpu"], 2),
+        "us_per_event_ours_and_db": per_event_us(ours, events),
+    }
+
+
 def measured_run(fake: FakeStripeProcess, *, label: str, profile: int = 0) -> dict:
     from django.db import connection
 
@@ -417,19 +433,11 @@ def measured_run(fake: FakeStripeProcess, *, label: str, profile: int = 0) -> di
         "queries": meter.queries,
         "queries_per_batch": round(meter.queries / run.batches, 1) if run.batches else None,
         "db_seconds": round(meter.db_seconds, 2),  # wall, as seen from here
-        "events_sent": events,
-        "events_accepted_by_fake": fake_after["events_accepted"] - fake_before["events_accepted"],
-        "stream_requests": requests,
-        "events_per_second": rate(events, seconds),
-        "requests_per_second": rate(requests, seconds),
-        "our_cpu_seconds": round(cpu, 2),
-        "db_backend_cpu_seconds": round(db_cpu, 2) if db_cpu is not None else None,
-        "fake_cpu_seconds": round(fake_after["cpu"] - fake_before["cpu"], 2),
+        **_throughput(events, requests, seconds, cpu, db_cpu, fake_before, fake_after),
         "send_wall_seconds": round(sending.wall, 2),
         "send_our_cpu_seconds": round(sending.cpu, 2),
         "us_per_event_ours": per_event_us(cpu, events),
         "us_per_event_db": per_event_us(db_cpu, events),
-        "us_per_event_ours_and_db": per_event_us(ours, events),
         "events_per_cpu_second_ours_and_db": rate(events, ours),
         "events_per_second_if_stripe_answered_at_once": rate(events, instant),
         "errors": run.errors[:3],
@@ -482,20 +490,11 @@ def concurrent_run(fake: FakeStripeProcess, *, workers: int, label: str) -> dict
     db_cpu = (
         sum(r["db_cpu"] for r in reports) if all(r["db_cpu"] is not None for r in reports) else None
     )
-    ours = cpu + (db_cpu or 0.0)
     return {
         "label": label,
         "workers": workers,
         "seconds": round(seconds, 2),
-        "events_sent": events,
-        "events_accepted_by_fake": fake_after["events_accepted"] - fake_before["events_accepted"],
-        "stream_requests": requests,
-        "events_per_second": rate(events, seconds),
-        "requests_per_second": rate(requests, seconds),
-        "our_cpu_seconds": round(cpu, 2),
-        "db_backend_cpu_seconds": round(db_cpu, 2) if db_cpu is not None else None,
-        "fake_cpu_seconds": round(fake_after["cpu"] - fake_before["cpu"], 2),
-        "us_per_event_ours_and_db": per_event_us(ours, events),
+        **_throughput(events, requests, seconds, cpu, db_cpu, fake_before, fake_after),
         "per_worker": [
             {k: r[k] for k in ("sent_events", "batches", "skipped_locked", "seconds", "errors")}
             for r in reports
