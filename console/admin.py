@@ -9,13 +9,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from django.contrib import admin
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery
 from django.template.defaultfilters import title
-from django.utils import dateformat, timezone
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince, timeuntil
 from procrastinate.contrib.django.admin import ProcrastinateJobAdmin
-from procrastinate.contrib.django.models import ProcrastinateJob
+from procrastinate.contrib.django.models import ProcrastinateEvent, ProcrastinateJob
 
 from accounts.admin import (
     ACCOUNT_SECTION,
@@ -132,8 +132,10 @@ class ClusterAdmin(ClusterUsageAdminMixin, ClusterAdminBase):
 
 
 def _moment(value) -> str:
-    # As Procrastinate's template shows an event's time: `date:"Y-m-d H:i:s.u (e)"`.
-    return dateformat.format(timezone.localtime(value), "Y-m-d H:i:s.u (e)")
+    # As Procrastinate's template shows an event's time, `date:"Y-m-d H:i:s.u (e)"`, without
+    # Django's format parser (a tenth of the job list's time).
+    local = timezone.localtime(value)
+    return f"{local:%Y-%m-%d %H:%M:%S.%f} ({local.tzname() or ''})"
 
 
 # The job queue (Procrastinate's own admin, with actions that declare their permission).
@@ -191,19 +193,33 @@ class JobAdmin(IndexOrderAdminMixin, EstimatedCountAdminMixin, ProcrastinateJobA
             args = {**args, "users": users}
         return super().pretty_args(SimpleNamespace(args=args))
 
+    def get_queryset(self, request):
+        # A job's last event, read with the job: Procrastinate prefetches every event of the
+        # page's jobs, which Django then filters per job (a queryset built per row, twice: a
+        # third of the list's time), for the summary to show one.
+        last = ProcrastinateEvent.objects.filter(job=OuterRef("pk")).order_by("-at", "-id")
+        return (
+            super()
+            .get_queryset(request)
+            .prefetch_related(None)
+            .annotate(
+                last_event_type=Subquery(last.values("type")[:1]),
+                last_event_at=Subquery(last.values("at")[:1]),
+            )
+        )
+
     @admin.display(description="Summary")
     def summary(self, instance):
         # Procrastinate's summary, built directly: its template rendered per row was a
         # quarter of the list's time (tests compare the two).
-        last = instance.procrastinateevent_set.first()
-        if last is None:
+        if instance.last_event_type is None:
             return ""
         items = [
             format_html(
                 '{} <strong title="{}">{} ago</strong>',
-                title(last.type),
-                _moment(last.at),
-                timesince(last.at),
+                title(instance.last_event_type),
+                _moment(instance.last_event_at),
+                timesince(instance.last_event_at),
             )
         ]
         shown = (
