@@ -611,6 +611,7 @@ def _insert_new(fresh: _Fresh) -> set:
             connection.wrap_database_errors,
             cursor.copy(_COPY_NEW) as copy,
         ):
+            # Sent as it is formatted: PostgreSQL reads the rows meanwhile.
             write_row = copy.write_row
             for row in fresh.rows:
                 write_row((*row, now, now))
@@ -729,17 +730,23 @@ _LOCKED_COLUMNS = (
 
 
 def _on_days_with_usage(rows: list[tuple]) -> list[tuple]:
-    """The records whose cluster-day has any usage stored: the others cannot have a row
-    yet. One probe of the cluster-day rollup (`usage_cluster_daily`, kept by the triggers
-    in the writing transaction) per cluster-day instead of one per record: a first load (a
-    backfill, a new day, the next cluster of a day being collected) looks up nothing
-    (issue 16). A row a writer outside the turns commits meanwhile is met by the insert's
-    ON CONFLICT, as for any new key."""
+    """The records that may have a row stored: their cluster-day has usage, and their user
+    is within the range of users stored on their day. One probe of the cluster-day rollup
+    (`usage_cluster_daily`, kept by the triggers in the writing transaction) per
+    cluster-day, and the first and last user stored on its day (two probes of the
+    `usage_daily_date` index), instead of one lookup per record: a first load (a
+    backfill, a new day, the next cluster of a day being collected, the rest of a day a
+    batch left half loaded) looks up nothing (issue 16). A row a writer outside the turns
+    commits meanwhile is met by the insert's conflict handling, as for any new key; so is
+    a stored row this missed, were the database's collation to order user ids otherwise
+    than Python does (slower, never wrong)."""
     cluster_days = sorted({(r[_CLUSTER] or _NO_CLUSTER, r[_DATE]) for r in rows})
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT k.cluster_id::text, k.date
+            SELECT k.cluster_id::text, k.date,
+                   (SELECT min(s.user_id) FROM usage_daily s WHERE s.date = k.date),
+                   (SELECT max(s.user_id) FROM usage_daily s WHERE s.date = k.date)
             FROM unnest(%s::uuid[], %s::date[]) AS k(cluster_id, date)
             WHERE EXISTS (
                 SELECT 1 FROM usage_cluster_daily c
@@ -753,10 +760,15 @@ def _on_days_with_usage(rows: list[tuple]) -> list[tuple]:
                 NO_CLUSTER,
             ],
         )
-        used = set(cursor.fetchall())
-    if len(used) == len(cluster_days):
-        return rows
-    return [r for r in rows if (r[_CLUSTER] or _NO_CLUSTER, r[_DATE]) in used] if used else []
+        stored = {(cluster, day): (first, last) for cluster, day, first, last in cursor}
+    if not stored:
+        return []
+    kept = []
+    for r in rows:
+        span = stored.get((r[_CLUSTER] or _NO_CLUSTER, r[_DATE]))
+        if span is not None and span[0] is not None and span[0] <= r[_USER] <= span[1]:
+            kept.append(r)
+    return kept
 
 
 # The cluster as text, as records carry it.
