@@ -7,13 +7,13 @@ use it). Per batch it runs a constant number of statements, whatever the batch s
    are not looked up: one probe per day), then lock, in key order, and read again only
    those the batch changes (a rerun locks nothing);
 2. price each record (`pricing.cost_of`, the rates of a day looked up once); a new row is
-   priced and settled column-wise from the record alone (its figures, its billing mode on
+   priced and settled from the record alone (its figures, its billing mode on
    the day, the whole cost debited for a prepaid day), an existing one against what it
    holds: for prepaid users only the difference between the new cost and what the row has
    already taken from their balance is debited (or credited back);
 3. insert the new rows with their final figures: each row is written once. A plain
-   INSERT under the batch's turns; if a writer outside the turns took a key first, the
-   insert is rolled back to its savepoint and redone with `ON CONFLICT DO NOTHING`, and
+   COPY under the batch's turns; if a writer outside the turns took a key first, the
+   COPY is rolled back to its savepoint and redone with `ON CONFLICT DO NOTHING`, and
    the key taken is then locked and settled like an existing row;
 4. write back the existing rows whose figures changed (a rerun rewrites nothing), mark
    the Stripe months whose usage changed as due, apply the credit movements
@@ -370,9 +370,9 @@ def usage_upsert(
 
 
 class _Fresh:
-    """New rows, priced and settled, column by column as `_insert_new` writes them; their
-    credit movements; and which of them change anything (a row of zeros is written, but
-    moves no money and is due nowhere)."""
+    """New rows, priced and settled, a tuple each as `_insert_new` writes them (in the
+    order of `COLUMNS`); their credit movements; and which of them change anything (a row
+    of zeros is written, but moves no money and is due nowhere)."""
 
     COLUMNS = (
         "id",
@@ -390,25 +390,28 @@ class _Fresh:
     )
 
     def __init__(self):
-        self.columns: list[list] = [[] for _ in self.COLUMNS]
+        self.rows: list[tuple] = []
         self.changed: list[bool] = []
         self.movements: list[credits.Movement] = []
 
     @property
     def ids(self) -> list:
-        return self.columns[0]
+        return [row[0] for row in self.rows]
+
+    def column(self, index: int) -> list:
+        return [row[index] for row in self.rows]
 
     def only(self, inserted: set) -> _Fresh:
         """The rows that were inserted (a concurrent writer inserted the others first)."""
-        keep = [row_id in inserted for row_id in self.ids]
+        keep = [row[0] in inserted for row in self.rows]
         kept = _Fresh()
-        kept.columns = [list(compress(column, keep)) for column in self.columns]
+        kept.rows = list(compress(self.rows, keep))
         kept.changed = list(compress(self.changed, keep))
         kept.movements = [m for m in self.movements if m.usage_id in inserted]
         return kept
 
     def _changed(self, column: int):
-        return compress(self.columns[column], self.changed)
+        return compress(self.column(column), self.changed)
 
     @property
     def changed_users(self) -> set:
@@ -467,7 +470,7 @@ class _Settler:
         the channel they were first written with)."""
         fresh = _Fresh()
         changed, movements = fresh.changed, fresh.movements
-        written = []  # a tuple per row, turned into columns at the end (one zip, not 12 appends)
+        written = fresh.rows
         credits_via, stripe_via = UsageDaily.BilledVia.CREDITS, UsageDaily.BilledVia.STRIPE
         # Looked up once, not per row: thousands of rows a batch (issue 16).
         usage_kind, actor_name, rates_on = credits.Kind.USAGE, self.actor_name, self.rates.rates
@@ -512,8 +515,6 @@ class _Settler:
             )
             # A row of zeros (nothing used) is written but changes nothing.
             changed.append(any(figures))
-        if written:
-            fresh.columns = [list(column) for column in zip(*written, strict=True)]
         return fresh
 
     def __call__(self, record: tuple, row: dict) -> _Outcome:
@@ -592,28 +593,38 @@ _TEXT_COLUMNS = {"user_id", "billed_via"}
 def _insert_new(fresh: _Fresh) -> set:
     """Insert new rows with their final figures, in key order. Returns the ids inserted.
 
-    A plain INSERT first, in a savepoint: the writer holds its cluster-months' turns, so no
-    other upsert inserts these keys, and a plain insert skips ON CONFLICT's speculative
-    insertion (a probe and a confirmation record per row: 0.92 s against 0.75 s for
-    90,000 rows, bench/README.md). A writer outside the turns (an operator's SQL) may
-    still have taken a key: the insert then fails on it (after waiting for that writer, as
-    ON CONFLICT would), is rolled back to the savepoint, and the rows go in again with
-    `ON CONFLICT DO NOTHING`, the key taken skipped (and then locked and settled like a
-    stored row by the caller)."""
+    A plain COPY first, in a savepoint: the writer holds its cluster-months' turns, so no
+    other upsert inserts these keys. COPY writes its rows a page at a time (one WAL record
+    per page, not per row, and no array literal to parse), and skips ON CONFLICT's
+    speculative insertion (a probe and a confirmation record per row: 0.92 s against
+    0.75 s for 90,000 rows, bench/README.md). A writer outside the turns (an operator's
+    SQL) may still have taken a key: the COPY then fails on it (after waiting for that
+    writer, as ON CONFLICT would), is rolled back to the savepoint, and the rows go in
+    again with `INSERT ... ON CONFLICT DO NOTHING`, the key taken skipped (and then locked
+    and settled like a stored row by the caller)."""
     now = timezone.now()
-    arrays = [
-        sql_array(column, text=name in _TEXT_COLUMNS)
-        for name, column in zip(_Fresh.COLUMNS, fresh.columns, strict=True)
-    ]
     try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_INSERT_NEW, [now, now, *arrays])
+        with (
+            transaction.atomic(),
+            connection.cursor() as cursor,
+            # psycopg's errors as Django's (IntegrityError), as `execute` raises them.
+            connection.wrap_database_errors,
+            cursor.copy(_COPY_NEW) as copy,
+        ):
+            # Sent as it is formatted: PostgreSQL reads the rows meanwhile.
+            write_row = copy.write_row
+            for row in fresh.rows:
+                write_row((*row, now, now))
         return set(fresh.ids)
     except IntegrityError as error:
         if getattr(error.__cause__, "diag", None) is None or (
             error.__cause__.diag.constraint_name != KEY_CONSTRAINT
         ):
             raise
+    arrays = [
+        sql_array(fresh.column(index), text=name in _TEXT_COLUMNS)
+        for index, name in enumerate(_Fresh.COLUMNS)
+    ]
     with connection.cursor() as cursor:
         # The conflict is looked for on the key's index alone: the ids are new UUIDs with
         # 62 random bits (a check of the primary key too cost an index probe per row).
@@ -632,6 +643,11 @@ def _insert_new(fresh: _Fresh) -> set:
 
 # The unique index on (user, cluster or none, day) that a second row for a key breaks.
 KEY_CONSTRAINT = "usage_daily_one_row_per_user_cluster_day"
+_COPY_NEW = (
+    "COPY usage_daily (id, user_id, hopsworks_cluster_id, date, cpu_hours, gpu_hours,"
+    " storage_gb_months, api_calls, total_cost, credits_debited, credit_revision,"
+    " billed_via, created_at, updated_at) FROM STDIN"
+)
 _INSERT_NEW = """
     INSERT INTO usage_daily (id, user_id, hopsworks_cluster_id, date, cpu_hours,
         gpu_hours, storage_gb_months, api_calls, total_cost, credits_debited,
@@ -714,17 +730,23 @@ _LOCKED_COLUMNS = (
 
 
 def _on_days_with_usage(rows: list[tuple]) -> list[tuple]:
-    """The records whose cluster-day has any usage stored: the others cannot have a row
-    yet. One probe of the cluster-day rollup (`usage_cluster_daily`, kept by the triggers
-    in the writing transaction) per cluster-day instead of one per record: a first load (a
-    backfill, a new day, the next cluster of a day being collected) looks up nothing
-    (issue 16). A row a writer outside the turns commits meanwhile is met by the insert's
-    ON CONFLICT, as for any new key."""
+    """The records that may have a row stored: their cluster-day has usage, and their user
+    is within the range of users stored on their day. One probe of the cluster-day rollup
+    (`usage_cluster_daily`, kept by the triggers in the writing transaction) per
+    cluster-day, and the first and last user stored on its day (two probes of the
+    `usage_daily_date` index), instead of one lookup per record: a first load (a
+    backfill, a new day, the next cluster of a day being collected, the rest of a day a
+    batch left half loaded) looks up nothing (issue 16). A row a writer outside the turns
+    commits meanwhile is met by the insert's conflict handling, as for any new key; so is
+    a stored row this missed, were the database's collation to order user ids otherwise
+    than Python does (slower, never wrong)."""
     cluster_days = sorted({(r[_CLUSTER] or _NO_CLUSTER, r[_DATE]) for r in rows})
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT k.cluster_id::text, k.date
+            SELECT k.cluster_id::text, k.date,
+                   (SELECT min(s.user_id) FROM usage_daily s WHERE s.date = k.date),
+                   (SELECT max(s.user_id) FROM usage_daily s WHERE s.date = k.date)
             FROM unnest(%s::uuid[], %s::date[]) AS k(cluster_id, date)
             WHERE EXISTS (
                 SELECT 1 FROM usage_cluster_daily c
@@ -738,10 +760,15 @@ def _on_days_with_usage(rows: list[tuple]) -> list[tuple]:
                 NO_CLUSTER,
             ],
         )
-        used = set(cursor.fetchall())
-    if len(used) == len(cluster_days):
-        return rows
-    return [r for r in rows if (r[_CLUSTER] or _NO_CLUSTER, r[_DATE]) in used] if used else []
+        stored = {(cluster, day): (first, last) for cluster, day, first, last in cursor}
+    if not stored:
+        return []
+    kept = []
+    for r in rows:
+        span = stored.get((r[_CLUSTER] or _NO_CLUSTER, r[_DATE]))
+        if span is not None and span[0] is not None and span[0] <= r[_USER] <= span[1]:
+            kept.append(r)
+    return kept
 
 
 # The cluster as text, as records carry it.

@@ -403,3 +403,68 @@ def test_new_rows_debits_are_not_looked_up_in_the_ledger_and_a_rerun_still_appli
     usage_upsert(records=batch, actor="t")  # one row re-collected: its difference only
     assert CreditLedgerEntry.objects.count() == 4
     assert UserCredits.objects.get(user=users[0]).total_used == D("2")
+
+
+def test_new_rows_keep_every_value_exactly_through_the_copy():
+    """New rows are sent as COPY text built here: a user id with the characters COPY
+    escapes (backslash, tab, newline), no cluster, and figures of every kind arrive as
+    given."""
+    odd = UserFactory(id="auth0|a\\b\tc\nd\re N")
+    plain, cluster = UserFactory(), ClusterFactory()
+    BillingProfile.objects.create(user=odd, mode=BillingProfile.Mode.PREPAID)
+    usage_upsert(
+        records=[
+            record(odd, None, cpu_hours=D("1.5"), gpu_hours=D("0.00001"), api_calls=7),
+            record(plain, cluster, storage_gb_months=D("1E+2"), api_calls=2**31 - 1),
+            record(plain, None, day=DAY - dt.timedelta(days=1)),
+        ],
+        actor="t",
+    )
+    rows = {(r.user_id, r.hopsworks_cluster_id, r.date): r for r in UsageDaily.objects.all()}
+    assert set(rows) == {
+        (odd.pk, None, DAY),
+        (plain.pk, cluster.pk, DAY),
+        (plain.pk, None, DAY - dt.timedelta(days=1)),
+    }
+    first = rows[(odd.pk, None, DAY)]
+    assert (first.cpu_hours, first.gpu_hours, first.storage_gb_months, first.api_calls) == (
+        D("1.5"),
+        D("0.00001"),
+        D("0"),
+        7,
+    )
+    assert first.credits_debited == first.total_cost > 0 and first.credit_revision == 1
+    assert first.billed_via == UsageDaily.BilledVia.CREDITS
+    second = rows[(plain.pk, cluster.pk, DAY)]
+    assert (second.storage_gb_months, second.api_calls) == (D("100"), 2**31 - 1)
+    assert second.billed_via == UsageDaily.BilledVia.STRIPE and second.credit_revision == 0
+    assert abs(first.created_at - timezone.now()) < dt.timedelta(minutes=1)
+    assert first.created_at == first.updated_at
+    assert CreditLedgerEntry.objects.get(user=odd).usage_id == first.id
+
+
+def test_records_of_users_outside_those_stored_on_their_day_are_not_looked_up():
+    """A load cut into batches leaves a day half stored: the next batch's records of that
+    day are of users after (or before) those stored, and cannot have a row. The users
+    stored on a day span a range (two index probes): only records inside it are looked
+    up (issue 16: the first load's probe)."""
+    users = sorted(UserFactory.create_batch(5), key=lambda u: u.pk)
+    cluster = ClusterFactory()
+    usage_upsert(records=[record(u, cluster, cpu_hours=D("1")) for u in users[1:3]], actor="t")
+
+    def key_lookups(batch):
+        with CaptureQueriesContext(connection) as captured:
+            usage_upsert(records=batch, actor="t")
+        return [q["sql"] for q in captured if "FROM usage_daily u" in q["sql"]]
+
+    assert key_lookups([record(u, cluster, cpu_hours=D("2")) for u in (users[0], users[4])]) == []
+    # Inside the range: looked up, the stored rows settled as such, a new one inserted.
+    assert key_lookups([record(u, cluster, cpu_hours=D("3")) for u in users[1:4]]) != []
+    cpu = dict(UsageDaily.objects.values_list("user_id", "cpu_hours"))
+    assert cpu == {
+        users[0].pk: D("2"),
+        users[1].pk: D("3"),
+        users[2].pk: D("3"),
+        users[3].pk: D("3"),
+        users[4].pk: D("2"),
+    }
