@@ -597,11 +597,11 @@ def _insert_new(fresh: _Fresh) -> set:
     other upsert inserts these keys. COPY fills the heap a page at a time (one WAL record
     a page, not a row; the indexes still take an entry a row) with no array literal to
     parse, and skips ON CONFLICT's speculative insertion (a probe and a confirmation
-    record per row: 0.92 s against 0.75 s for 90,000 rows, bench/README.md). A writer outside the turns (an operator's
-    SQL) may still have taken a key: the COPY then fails on it (after waiting for that
-    writer, as ON CONFLICT would), is rolled back to the savepoint, and the rows go in
-    again with `INSERT ... ON CONFLICT DO NOTHING`, the key taken skipped (and then locked
-    and settled like a stored row by the caller)."""
+    record per row: 0.92 s against 0.75 s for 90,000 rows, bench/README.md). A writer
+    outside the turns (an operator's SQL) may still have taken a key: the COPY then fails
+    on it (after waiting for that writer, as ON CONFLICT would), is rolled back to the
+    savepoint, and the rows go in again with `INSERT ... ON CONFLICT DO NOTHING`, the key
+    taken skipped (and then locked and settled like a stored row by the caller)."""
     now = timezone.now()
     try:
         with (
