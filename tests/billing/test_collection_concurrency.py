@@ -14,6 +14,7 @@ from billing.models import UsageCollectionRun, UsageDaily
 from clusters import services
 from clusters.account_sync import hopsworks_accounts_sync
 from plumbing import outbound
+from tests.concurrency import lock_waits
 from tests.factories import UserFactory
 from tests.fakes.kubernetes import kubeconfig_for
 
@@ -31,12 +32,6 @@ def east(fake_hopsworks, fake_kubernetes, cluster_on, test_ca):
     hopsworks_accounts_sync()
     hopsworks.add_project("ada_ml", "ada@example.com", namespace="ada-ml")
     return {"cluster": cluster, "ada": ada, "hopsworks": hopsworks, "k8s": k8s}
-
-
-def waiting_for_an_advisory_lock() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
-        return cursor.fetchone()[0] > 0
 
 
 def until(condition, *, seconds: float = 20) -> None:
@@ -68,7 +63,7 @@ def test_a_run_that_fetched_earlier_never_overwrites_newer_figures(east):
     east["k8s"].set_allocations(DAY, {"ada-ml": {"cpuCoreHours": D("2")}})  # newer figures
     second = threading.Thread(target=collect, args=("second",))
     second.start()
-    until(lambda: not second.is_alive() or waiting_for_an_advisory_lock())
+    until(lambda: not second.is_alive() or lock_waits(locktype="advisory"))
     east["hopsworks"].release()
     for thread in (first, second):
         thread.join(timeout=60)

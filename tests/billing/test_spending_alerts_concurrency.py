@@ -18,7 +18,7 @@ from billing.models import SpendingAlert, UsageCollectionRun, UsageDaily
 from clusters import services
 from clusters.account_sync import hopsworks_accounts_sync
 from plumbing import outbound
-from tests.concurrency import run_at_once
+from tests.concurrency import lock_waits, run_at_once
 from tests.factories import UserFactory
 from tests.fakes.kubernetes import kubeconfig_for
 from tests.jobs import run_queued_jobs
@@ -45,12 +45,6 @@ def east(fake_hopsworks, fake_kubernetes, cluster_on, test_ca):
     hopsworks_accounts_sync()
     hopsworks.add_project("ada_ml", "ada@example.com", namespace="ada-ml")
     return {"cluster": cluster, "ada": ada, "k8s": k8s}
-
-
-def waiting_locks() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
-        return cursor.fetchone()[0]
 
 
 def until(condition, *, seconds: float = 30) -> None:
@@ -108,7 +102,7 @@ def test_concurrent_collections_alert_each_cap_level_once(east):
             thread.start()
         # Both have written their day and reached the alerts (one waits for the other, or
         # both wait for the table): each alone would say 80 %, together they say 100 %.
-        until(lambda: waiting_locks() >= 2)
+        until(lambda: lock_waits() >= 2)
     for thread in threads:
         thread.join(timeout=60)
 
