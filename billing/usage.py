@@ -12,9 +12,10 @@ use it). Per batch it runs a constant number of statements, whatever the batch s
    holds: for prepaid users only the difference between the new cost and what the row has
    already taken from their balance is debited (or credited back);
 3. insert the new rows with their final figures: each row is written once. A plain
-   COPY under the batch's turns; if a writer outside the turns took a key first, the
-   COPY is rolled back to its savepoint and redone with `ON CONFLICT DO NOTHING`, and
-   the key taken is then locked and settled like an existing row;
+   COPY under the batch's turns, each row sent as it is priced; if a writer outside the
+   turns took a key first, the COPY is rolled back to its savepoint and redone with
+   `ON CONFLICT DO NOTHING`, and the key taken is then locked and settled like an
+   existing row;
 4. write back the existing rows whose figures changed (a rerun rewrites nothing), mark
    the Stripe months whose usage changed as due, apply the credit movements
    (`credits.credits_apply_batch`: ledger entries and balances set-based) and check the
@@ -323,8 +324,10 @@ def usage_upsert(
             missing = {(r[_USER], r[_DATE]) for r in new} - modes.keys()
             if missing:  # deleted meanwhile
                 modes.update(billing_modes_on(missing))
-            fresh = settle.new_rows(new, modes)
-            inserted = _insert_new(fresh)
+            # Each row is priced as the COPY takes it: PostgreSQL inserts the rows sent so
+            # far while the next ones are priced (`_insert_new`).
+            fresh = _Fresh()
+            inserted = _insert_new(fresh, settle.new_rows(new, modes, into=fresh))
             if len(inserted) < len(new):
                 # Inserted meanwhile by a concurrent writer (who held it until they
                 # committed): locked and settled like any existing row.
@@ -463,12 +466,14 @@ class _Settler:
         except MissingPrice as error:
             raise UsageValidationError({self.caller_index[_key(row)]: [str(error)]}) from None
 
-    def new_rows(self, rows: list[tuple], modes: dict) -> _Fresh:
-        """Rows not written yet: their ids chosen here (a movement's reference names the
-        row), figures not given are zero, and the whole cost is debited for a prepaid day.
-        A new row is settled on the mode in force when its day began (existing rows keep
-        the channel they were first written with)."""
-        fresh = _Fresh()
+    def new_rows(self, rows: list[tuple], modes: dict, *, into: _Fresh):
+        """Rows not written yet, priced and settled one at a time: each is added to `into`
+        (with its movement) and yielded, so the caller can send it on at once. Their ids
+        are chosen here (a movement's reference names the row), figures not given are
+        zero, and the whole cost is debited for a prepaid day. A new row is settled on the
+        mode in force when its day began (existing rows keep the channel they were first
+        written with)."""
+        fresh = into
         changed, movements = fresh.changed, fresh.movements
         written = fresh.rows
         credits_via, stripe_via = UsageDaily.BilledVia.CREDITS, UsageDaily.BilledVia.STRIPE
@@ -510,12 +515,11 @@ class _Settler:
                     debited = cost
             else:
                 via, debited, revision = stripe_via, ZERO, 0
-            written.append(
-                (row_id, user_id, cluster_id, day, *figures, cost, debited, revision, via)
-            )
+            priced = (row_id, user_id, cluster_id, day, *figures, cost, debited, revision, via)
+            written.append(priced)
             # A row of zeros (nothing used) is written but changes nothing.
             changed.append(any(figures))
-        return fresh
+            yield priced
 
     def __call__(self, record: tuple, row: dict) -> _Outcome:
         given = dict(zip(FIGURES, record[_CPU:], strict=True))
@@ -590,8 +594,13 @@ def _quantity_change(row, figures) -> dict:
 _TEXT_COLUMNS = {"user_id", "billed_via"}
 
 
-def _insert_new(fresh: _Fresh) -> set:
-    """Insert new rows with their final figures, in key order. Returns the ids inserted.
+def _insert_new(fresh: _Fresh, priced) -> set:
+    """Insert new rows with their final figures, in key order: `priced` yields them as
+    they are priced (and adds them to `fresh`). Returns the ids inserted.
+
+    The rows are sent as they come: PostgreSQL inserts the rows received (their index
+    entries, checks) while the next ones are priced here, instead of after all of them
+    were (a fifth of a first load's time: bench/README.md, issue 16).
 
     A plain COPY first, in a savepoint: the writer holds its cluster-months' turns, so no
     other upsert inserts these keys. COPY fills the heap a page at a time (one WAL record
@@ -613,7 +622,7 @@ def _insert_new(fresh: _Fresh) -> set:
         ):
             # Sent as it is formatted: PostgreSQL reads the rows meanwhile.
             write_row = copy.write_row
-            for row in fresh.rows:
+            for row in priced:
                 write_row((*row, now, now))
         return set(fresh.ids)
     except IntegrityError as error:
@@ -621,6 +630,9 @@ def _insert_new(fresh: _Fresh) -> set:
             error.__cause__.diag.constraint_name != KEY_CONSTRAINT
         ):
             raise
+    # Priced in full, should the COPY have stopped taking rows before the last.
+    for _ in priced:
+        pass
     arrays = [
         sql_array(fresh.column(index), text=name in _TEXT_COLUMNS)
         for index, name in enumerate(_Fresh.COLUMNS)

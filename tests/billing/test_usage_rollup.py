@@ -15,8 +15,8 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from billing.models import BillingProfile, UsageClusterDaily, UsageDaily, UsageMonthly
-from billing.usage import UsageRecord, usage_upsert
-from tests.concurrency import run_at_once
+from billing.usage import UsageRecord, UsageValidationError, usage_upsert
+from tests.concurrency import lock_waits, run_at_once
 from tests.factories import ClusterFactory, UserFactory
 
 D = Decimal
@@ -418,10 +418,7 @@ def test_an_operator_locking_usage_rows_before_writing_them_does_not_deadlock_wi
             thread.start()
             # The writer is waiting for the row the operator holds.
             for _ in range(300):
-                cursor.execute(
-                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> %s", [own_pid]
-                )
-                if cursor.fetchone()[0]:
+                if lock_waits(cursor, besides=own_pid):
                     break
                 time.sleep(0.02)
             else:
@@ -489,10 +486,7 @@ def test_a_key_an_outside_writer_inserts_during_the_plain_insert_is_settled_once
             )
             thread.start()
             for _ in range(300):  # the writer waits for the operator's key
-                cursor.execute(
-                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> %s", [own_pid]
-                )
-                if cursor.fetchone()[0]:
+                if lock_waits(cursor, besides=own_pid):
                     break
                 time.sleep(0.02)
             else:
@@ -546,6 +540,89 @@ def test_new_rows_are_written_by_one_copy_when_no_one_else_took_their_keys():
     assert_exact()
 
 
+def _forty_users_twenty_days():
+    """800 new rows on one cluster: more than psycopg sends to PostgreSQL at once (32 kB)."""
+    cluster = ClusterFactory()
+    users = sorted(UserFactory.create_batch(40), key=lambda u: u.pk)
+    days = days_in(MONTHS[1])[:20]
+    records = [
+        UsageRecord(user_id=u.pk, cluster_id=cluster.pk, date=day, cpu_hours=D("1.5"))
+        for u in users
+        for day in days
+    ]
+    return users, cluster, records
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("default_rate_card")
+def test_new_rows_reach_the_copy_while_the_rest_of_the_batch_is_still_being_priced(
+    monkeypatch,
+):
+    """The new rows are priced as the COPY takes them: PostgreSQL inserts the rows sent so
+    far while the next ones are priced, instead of waiting for the whole batch (bench/
+    README.md, "ninth pass"). Seen from a second connection: when the last record is
+    priced, the COPY into usage_daily has taken rows already."""
+    from billing import usage
+
+    _, _, records = _forty_users_twenty_days()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (writer,) = cursor.fetchone()
+    watcher = connection.get_new_connection(connection.get_connection_params())
+    watcher.autocommit = True
+    taken_when_last_priced, priced = [], iter(range(len(records), 0, -1))
+    cost_of = usage.cost_of
+
+    def watched_cost_of(*args):
+        if next(priced) == 1:  # the batch's last record
+            with watcher.cursor() as cursor:
+                for _ in range(250):
+                    cursor.execute(
+                        "SELECT coalesce(max(tuples_processed), 0) FROM pg_stat_progress_copy "
+                        "WHERE pid = %s AND relid = 'usage_daily'::regclass",
+                        [writer],
+                    )
+                    (taken,) = cursor.fetchone()
+                    if taken:
+                        break
+                    time.sleep(0.02)
+            taken_when_last_priced.append(taken)
+        return cost_of(*args)
+
+    monkeypatch.setattr(usage, "cost_of", watched_cost_of)
+    try:
+        usage_upsert(records=records, actor="t")
+    finally:
+        watcher.close()
+    assert len(taken_when_last_priced) == 1
+    assert 0 < taken_when_last_priced[0] < len(records)
+    assert UsageDaily.objects.count() == len(records)
+    assert_exact()
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("default_rate_card")
+def test_a_record_without_a_price_late_in_a_batch_of_new_rows_writes_nothing():
+    """The COPY has taken hundreds of rows when a record late in the batch turns out to
+    have no price: the COPY is abandoned, nothing is written, and the error names the
+    record by its place in the caller's list."""
+    users, cluster, records = _forty_users_twenty_days()
+    # Before the rate card's first day: no price. Its user sorts last, so it is priced
+    # (and sent) after every other user's rows.
+    records.insert(
+        3,
+        UsageRecord(
+            user_id=users[-1].pk, cluster_id=cluster.pk, date=dt.date(2019, 6, 1), cpu_hours=D(1)
+        ),
+    )
+    with pytest.raises(UsageValidationError) as raised:
+        usage_upsert(records=records, actor="t")
+    assert list(raised.value.errors) == [3]
+    assert "no cpu_hour price on 2019-06-01" in raised.value.errors[3][0]
+    assert not UsageDaily.objects.exists()
+    assert not UsageMonthly.objects.exists() and not UsageClusterDaily.objects.exists()
+
+
 def _outside_writer_holding(sql, params):
     """A connection outside the upsert's turns (an operator's SQL) that has run `sql` and
     not committed yet, and its backend pid."""
@@ -556,13 +633,6 @@ def _outside_writer_holding(sql, params):
         (pid,) = cursor.fetchone()
         cursor.execute(sql, params)
     return operator, pid
-
-
-def _waiting(pid) -> bool:
-    """Whether a backend other than `pid` waits for a lock."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> %s", [pid])
-        return cursor.fetchone()[0] > 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -649,7 +719,7 @@ def test_a_recollection_racing_an_outside_change_settles_against_what_it_left():
     try:
         thread.start()
         for _ in range(300):  # the re-collection waits for the row it changes
-            if _waiting(pid):
+            if lock_waits(besides=pid):
                 break
             time.sleep(0.02)
         else:
