@@ -27,12 +27,14 @@ from billing.models import (
     StripeUsageAdjustment,
     StripeUsageReport,
     UsageDaily,
+    UsageMonthly,
     is_active_subscription,
 )
-from billing.pricing import CENT, Quantities, RateBook, resource_costs, to_cents
+from billing.pricing import RESOURCE_NAMES, RateBook, resource_costs_of, to_cents
 from plumbing.db import sql_array
 
 RESOURCES = Price.Resource.values
+_ZERO = Decimal(0)
 # Stripe accepts meter events up to 35 days old; keep a margin.
 MAX_EVENT_AGE = dt.timedelta(days=34)
 # Stripe keeps a meter event identifier unique for about 24 hours: a pending event is
@@ -48,55 +50,94 @@ Pair = tuple[str, dt.date]  # (user id, first day of the month)
 
 def months_cents(pairs: Iterable[Pair], *, rates: RateBook | None = None) -> dict[Pair, dict]:
     """Per user-month, what the user owes through Stripe in cents per resource, adding up
-    exactly to the month total rounded once. One query for all of them: usage_daily summed
-    per user, month and stretch of days with the same prices (between two days a price
-    takes effect), through its (user_id, date) index; the price is linear in each figure,
-    so a stretch's sum priced once is the sum of its days priced one by one."""
+    exactly to the month total rounded once. One query for all of them. A resource's cost is
+    linear in its quantity, so with the same prices all month it is the month's quantity
+    times the price: those user-months are read from the monthly rollup (`usage_monthly`,
+    one index range a user-month, whatever the days), as `reconciliation.ours_by_user`
+    does. A user-month whose prices may change within it (`RateBook.changes_within`) is
+    summed from usage_daily per stretch of days with the same prices (between two days a
+    price takes effect), through its (user_id, date) index: a stretch's sum priced once is
+    the sum of its days priced one by one."""
     pairs = sorted(set(pairs))
     if not pairs:
         return {}
     rates = rates or RateBook.load(user_ids={user_id for user_id, _ in pairs})
-    stretches = rates.change_days() or [dt.date(1970, 1, 1)]
+    whole: list[Pair] = []
+    by_day: list[Pair] = []
+    for pair in pairs:
+        user_id, month = pair
+        changes = rates.changes_within(user_id=user_id, since=month, until=_next_month(month))
+        (by_day if changes else whole).append(pair)
+    # The rollup's rows are per cluster (or none): a month's are summed, priced on its
+    # first day (the prices hold all month).
+    sql = f"""
+        SELECT p.user_id, p.month, d.first_day, d.cpu, d.gpu, d.storage, d.calls, d.cost
+        FROM unnest(%s::text[], %s::date[]) AS p(user_id, month)
+        CROSS JOIN LATERAL (
+            SELECT p.month AS first_day, sum(m.cpu_hours) AS cpu, sum(m.gpu_hours) AS gpu,
+                   sum(m.storage_gb_months) AS storage, sum(m.api_calls) AS calls,
+                   sum(m.total_cost) AS cost
+            FROM {UsageMonthly._meta.db_table} m
+            WHERE m.user_id = p.user_id AND m.month = p.month AND m.billed_via = %s
+            HAVING count(*) > 0
+        ) AS d
+    """
+    params = [
+        sql_array([user_id for user_id, _ in whole], text=True),
+        sql_array([month for _, month in whole]),
+        UsageDaily.BilledVia.STRIPE,
+    ]
+    if by_day:
+        sql += f"""
+        UNION ALL
+        SELECT p.user_id, p.month, d.first_day, d.cpu, d.gpu, d.storage, d.calls, d.cost
+        FROM unnest(%s::text[], %s::date[]) AS p(user_id, month)
+        CROSS JOIN LATERAL (
+            -- Aggregated per user-month (never pulled up into a join): each one is
+            -- read through the (user_id, date) index, whatever usage_daily's size.
+            SELECT min(u.date) AS first_day, sum(u.cpu_hours) AS cpu,
+                   sum(u.gpu_hours) AS gpu, sum(u.storage_gb_months) AS storage,
+                   sum(u.api_calls) AS calls, sum(u.total_cost) AS cost
+            FROM {UsageDaily._meta.db_table} u
+            WHERE u.user_id = p.user_id AND u.date >= p.month
+              AND u.date < (p.month + interval '1 month')::date AND u.billed_via = %s
+            GROUP BY width_bucket(u.date, %s::date[])
+        ) AS d
+        """
+        params += [
+            sql_array([user_id for user_id, _ in by_day], text=True),
+            sql_array([month for _, month in by_day]),
+            UsageDaily.BilledVia.STRIPE,
+            rates.change_days(),
+        ]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            SELECT p.user_id, p.month, d.first_day, d.cpu, d.gpu, d.storage, d.calls, d.cost
-            FROM unnest(%s::text[], %s::date[]) AS p(user_id, month)
-            CROSS JOIN LATERAL (
-                -- Aggregated per user-month (never pulled up into a join): each one is
-                -- read through the (user_id, date) index, whatever usage_daily's size.
-                SELECT min(u.date) AS first_day, sum(u.cpu_hours) AS cpu,
-                       sum(u.gpu_hours) AS gpu, sum(u.storage_gb_months) AS storage,
-                       sum(u.api_calls) AS calls, sum(u.total_cost) AS cost
-                FROM {UsageDaily._meta.db_table} u
-                WHERE u.user_id = p.user_id AND u.date >= p.month
-                  AND u.date < (p.month + interval '1 month')::date AND u.billed_via = %s
-                GROUP BY width_bucket(u.date, %s::date[])
-            ) AS d
-            """,
-            [
-                sql_array([user_id for user_id, _ in pairs], text=True),
-                sql_array([month for _, month in pairs]),
-                UsageDaily.BilledVia.STRIPE,
-                stretches,
-            ],
-        )
+        cursor.execute(sql, params)
         rows = cursor.fetchall()
-    totals: dict[Pair, Decimal] = defaultdict(Decimal)
-    exact: dict[Pair, dict[str, Decimal]] = defaultdict(
-        lambda: dict.fromkeys(RESOURCES, Decimal(0))
-    )
+    totals: dict[Pair, Decimal] = {}
+    exact: dict[Pair, tuple[Decimal, ...]] = {}
     for user_id, month, first_day, cpu, gpu, storage, calls, cost in rows:
         pair = (user_id, month)
-        totals[pair] += cost
-        quantities = Quantities(
-            cpu_hours=cpu, gpu_hours=gpu, storage_gb_months=storage, api_calls=int(calls)
+        costs = resource_costs_of(
+            cpu, gpu, storage, int(calls), rates.rates(user_id=user_id, day=first_day)
         )
-        for resource, value in resource_costs(
-            quantities, rates.rates(user_id=user_id, day=first_day)
-        ).items():
-            exact[pair][resource] += value
-    return {pair: _split(to_cents(totals[pair]), exact[pair]) for pair in pairs}
+        if pair in totals:  # a month priced by stretches of days
+            totals[pair] += cost
+            costs = tuple(a + b for a, b in zip(exact[pair], costs, strict=True))
+        else:
+            totals[pair] = cost
+        exact[pair] = costs
+    nothing = (_ZERO,) * len(RESOURCES)
+    return {
+        pair: _split(
+            to_cents(totals.get(pair, _ZERO)),
+            dict(zip(RESOURCE_NAMES, exact.get(pair, nothing), strict=True)),
+        )
+        for pair in pairs
+    }
+
+
+def _next_month(month: dt.date) -> dt.date:
+    return (month + dt.timedelta(days=32)).replace(day=1)
 
 
 def month_cents_by_resource(user_id: str, month: dt.date) -> dict[str, int]:
@@ -106,9 +147,11 @@ def month_cents_by_resource(user_id: str, month: dt.date) -> dict[str, int]:
 
 def _split(total: Decimal, exact: dict[str, Decimal]) -> dict[str, int]:
     """Largest remainder: whole cents per resource that add up to `total`."""
-    cents = {r: int((v / CENT).to_integral_value(ROUND_FLOOR)) for r, v in exact.items()}
-    remaining = int(total / CENT) - sum(cents.values())
-    order = sorted(exact, key=lambda r: (exact[r] / CENT - cents[r], r), reverse=True)
+    # In cents: scaleb moves the exponent, exactly as dividing by CENT would, for less.
+    scaled = {r: v.scaleb(2) for r, v in exact.items()}
+    cents = {r: int(v.to_integral_value(ROUND_FLOOR)) for r, v in scaled.items()}
+    remaining = int(total.scaleb(2)) - sum(cents.values())
+    order = sorted(scaled, key=lambda r: (scaled[r] - cents[r], r), reverse=True)
     for resource in (order * (abs(remaining) // len(order) + 1))[: abs(remaining)]:
         cents[resource] += 1 if remaining > 0 else -1
     return cents
