@@ -205,7 +205,12 @@ def adjustment_description(month: dt.date, days: list[dt.date], cents: int) -> s
 
 def identifier(user_id: str, month: dt.date, resource: str, number: int) -> str:
     """Deterministic, at most 100 characters, no personal data."""
-    return f"usage-{_digest(user_id)}-{month:%Y%m}-{resource}-{number}"
+    return f"usage-{_digest(user_id)}-{_month_key(month)}-{resource}-{number}"
+
+
+@functools.lru_cache(maxsize=64)  # a date's strftime was most of an identifier's cost
+def _month_key(month: dt.date) -> str:
+    return f"{month:%Y%m}"
 
 
 @functools.lru_cache(maxsize=4096)  # a user's four resources, in a batch of user-months
@@ -363,7 +368,7 @@ def month_closed(month: dt.date, *, now, started: dt.datetime, finalized) -> str
     """Why Stripe will not bill a meter event for this month any more ("" if it will):
     its invoice is finalized, it ended before the subscription began, or it is older than
     Stripe takes meter events."""
-    start, end = (gateway.datetime_from_timestamp(t) for t in month_bounds(month))
+    start, end = _month_moments(month)
     if any(p_start <= start and end <= p_end for p_start, p_end in finalized):
         return "its invoice is finalized"
     if end <= started:
@@ -371,6 +376,13 @@ def month_closed(month: dt.date, *, now, started: dt.datetime, finalized) -> str
     if end <= now - MAX_EVENT_AGE:
         return "Stripe takes meter events up to 35 days old"
     return ""
+
+
+@functools.lru_cache(maxsize=64)  # asked for each user-month of a batch
+def _month_moments(month: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """`month_bounds` as aware UTC datetimes."""
+    start, end = month_bounds(month)
+    return gateway.datetime_from_timestamp(start), gateway.datetime_from_timestamp(end)
 
 
 # The rows, in bulk
@@ -560,8 +572,11 @@ def reports_claim(pairs: Iterable[Pair]) -> dict[Pair, dict[str, ReportRow]]:
     claimed: dict[Pair, dict[str, ReportRow]] = defaultdict(dict)
     for values in rows:
         row = ReportRow(values)
-        row.pending_since = _moment(row.pending_since)
-        row.last_reported_at = _moment(row.last_reported_at)
+        # Most rows have neither moment: a call each was a tenth of the claim's Python.
+        if row.pending_since is not None:
+            row.pending_since = _EPOCH + dt.timedelta(microseconds=row.pending_since)
+        if row.last_reported_at is not None:
+            row.last_reported_at = _EPOCH + dt.timedelta(microseconds=row.last_reported_at)
         claimed[(row.user_id, row.month)][row.resource] = row
     return {pair: rows for pair, rows in claimed.items() if len(rows) == len(RESOURCES)}
 
