@@ -54,7 +54,9 @@ SAMPLED = {
     "months due": "SELECT user_id, month, max(version)",
     "figures": "SELECT p.user_id, p.month, d.first_day",
     "claim": "WITH claimed AS",
-    "report rows written": "UPDATE billing_stripe_usage_report",
+    # The decision (from unnest) and the acceptance (from the ids), apart.
+    "decision written": "UPDATE billing_stripe_usage_report r\n",
+    "acceptance written": "UPDATE billing_stripe_usage_report\n",
 }
 
 

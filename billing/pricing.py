@@ -63,12 +63,16 @@ class Quantities:
 FIGURES = tuple(field.name for field in fields(Quantities))
 
 
+# The rate card's resources, in the order of Rates' fields and `resource_costs_of`.
+RESOURCE_NAMES = ("cpu_hour", "gpu_hour", "storage_gb_month", "api_calls_1k")
+
+
 def resource_costs(quantities: Quantities, rates: Rates) -> dict[str, Decimal]:
     """What each resource of one day's usage costs, exactly (not rounded), keyed by the
     rate card's resource names. Their sum, rounded once, is `day_cost`."""
     return dict(
         zip(
-            ("cpu_hour", "gpu_hour", "storage_gb_month", "api_calls_1k"),
+            RESOURCE_NAMES,
             _resource_costs(
                 _decimal(quantities.cpu_hours, "cpu_hours"),
                 _decimal(quantities.gpu_hours, "gpu_hours"),
@@ -84,6 +88,16 @@ def resource_costs(quantities: Quantities, rates: Rates) -> dict[str, Decimal]:
             strict=True,
         )
     )
+
+
+def resource_costs_of(
+    cpu_hours: Decimal, gpu_hours: Decimal, storage_gb_months: Decimal, api_calls: int, rates
+) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """`resource_costs` of figures already checked (Decimals, an int: sums read from the
+    database) and a RateBook's rates, in the order of RESOURCE_NAMES, without a
+    `Quantities`, a checked copy of the rates and a dict each: the Stripe reporting prices
+    hundreds of user-months a batch."""
+    return _resource_costs(cpu_hours, gpu_hours, storage_gb_months, api_calls, rates)
 
 
 def _resource_costs(cpu_hours, gpu_hours, storage_gb_months, api_calls: int, rates: Rates):

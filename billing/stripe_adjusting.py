@@ -20,10 +20,11 @@ from django.db import transaction
 from django.db.models import Count
 
 from billing import stripe_gateway as gateway
-from billing.models import BillingProfile, StripeUsageAdjustment
+from billing.models import StripeUsageAdjustment
 from billing.stripe_report_rules import (
     RESOURCES,
     Pair,
+    ReportProfile,
     adjustment_description,
     changed_days,
     due_settle,
@@ -57,7 +58,7 @@ def months_adjust(
     reasons: dict[Pair, str],
     targets: dict[Pair, dict[str, int]],
     versions: dict[Pair, int | None],
-    profiles: dict[str, BillingProfile],
+    profiles: dict[str, ReportProfile],
     now: dt.datetime,
 ) -> None:
     """Decide, and commit, each closed month's correction; then send the pending ones."""
@@ -147,7 +148,7 @@ def _send(run, claimed, *, profiles, now) -> None:
     for pair, adjustment in first.items():
         user_id, month = pair
         profile = profiles[user_id]
-        customer_id = profile.user.stripe_customer_id
+        customer_id = profile.stripe_customer_id
         adjustment.attempts += 1
         touched.append(adjustment)
         try:

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from decimal import ROUND_FLOOR, Decimal
 
 from django.db import connection
-from django.db.models.expressions import RawSQL
 
 from billing import stripe_gateway as gateway
 from billing.models import (
@@ -28,11 +27,14 @@ from billing.models import (
     StripeUsageAdjustment,
     StripeUsageReport,
     UsageDaily,
+    UsageMonthly,
+    is_active_subscription,
 )
-from billing.pricing import CENT, Quantities, RateBook, resource_costs, to_cents
+from billing.pricing import RESOURCE_NAMES, RateBook, resource_costs_of, to_cents
 from plumbing.db import sql_array
 
 RESOURCES = Price.Resource.values
+_ZERO = Decimal(0)
 # Stripe accepts meter events up to 35 days old; keep a margin.
 MAX_EVENT_AGE = dt.timedelta(days=34)
 # Stripe keeps a meter event identifier unique for about 24 hours: a pending event is
@@ -48,55 +50,94 @@ Pair = tuple[str, dt.date]  # (user id, first day of the month)
 
 def months_cents(pairs: Iterable[Pair], *, rates: RateBook | None = None) -> dict[Pair, dict]:
     """Per user-month, what the user owes through Stripe in cents per resource, adding up
-    exactly to the month total rounded once. One query for all of them: usage_daily summed
-    per user, month and stretch of days with the same prices (between two days a price
-    takes effect), through its (user_id, date) index; the price is linear in each figure,
-    so a stretch's sum priced once is the sum of its days priced one by one."""
+    exactly to the month total rounded once. One query for all of them. A resource's cost is
+    linear in its quantity, so with the same prices all month it is the month's quantity
+    times the price: those user-months are read from the monthly rollup (`usage_monthly`,
+    one index range a user-month, whatever the days), as `reconciliation.ours_by_user`
+    does. A user-month whose prices may change within it (`RateBook.changes_within`) is
+    summed from usage_daily per stretch of days with the same prices (between two days a
+    price takes effect), through its (user_id, date) index: a stretch's sum priced once is
+    the sum of its days priced one by one."""
     pairs = sorted(set(pairs))
     if not pairs:
         return {}
     rates = rates or RateBook.load(user_ids={user_id for user_id, _ in pairs})
-    stretches = rates.change_days() or [dt.date(1970, 1, 1)]
+    whole: list[Pair] = []
+    by_day: list[Pair] = []
+    for pair in pairs:
+        user_id, month = pair
+        changes = rates.changes_within(user_id=user_id, since=month, until=_next_month(month))
+        (by_day if changes else whole).append(pair)
+    # The rollup's rows are per cluster (or none): a month's are summed, priced on its
+    # first day (the prices hold all month).
+    sql = f"""
+        SELECT p.user_id, p.month, d.first_day, d.cpu, d.gpu, d.storage, d.calls, d.cost
+        FROM unnest(%s::text[], %s::date[]) AS p(user_id, month)
+        CROSS JOIN LATERAL (
+            SELECT p.month AS first_day, sum(m.cpu_hours) AS cpu, sum(m.gpu_hours) AS gpu,
+                   sum(m.storage_gb_months) AS storage, sum(m.api_calls) AS calls,
+                   sum(m.total_cost) AS cost
+            FROM {UsageMonthly._meta.db_table} m
+            WHERE m.user_id = p.user_id AND m.month = p.month AND m.billed_via = %s
+            HAVING count(*) > 0
+        ) AS d
+    """
+    params = [
+        sql_array([user_id for user_id, _ in whole], text=True),
+        sql_array([month for _, month in whole]),
+        UsageDaily.BilledVia.STRIPE,
+    ]
+    if by_day:
+        sql += f"""
+        UNION ALL
+        SELECT p.user_id, p.month, d.first_day, d.cpu, d.gpu, d.storage, d.calls, d.cost
+        FROM unnest(%s::text[], %s::date[]) AS p(user_id, month)
+        CROSS JOIN LATERAL (
+            -- Aggregated per user-month (never pulled up into a join): each one is
+            -- read through the (user_id, date) index, whatever usage_daily's size.
+            SELECT min(u.date) AS first_day, sum(u.cpu_hours) AS cpu,
+                   sum(u.gpu_hours) AS gpu, sum(u.storage_gb_months) AS storage,
+                   sum(u.api_calls) AS calls, sum(u.total_cost) AS cost
+            FROM {UsageDaily._meta.db_table} u
+            WHERE u.user_id = p.user_id AND u.date >= p.month
+              AND u.date < (p.month + interval '1 month')::date AND u.billed_via = %s
+            GROUP BY width_bucket(u.date, %s::date[])
+        ) AS d
+        """
+        params += [
+            sql_array([user_id for user_id, _ in by_day], text=True),
+            sql_array([month for _, month in by_day]),
+            UsageDaily.BilledVia.STRIPE,
+            rates.change_days(),
+        ]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            SELECT p.user_id, p.month, d.first_day, d.cpu, d.gpu, d.storage, d.calls, d.cost
-            FROM unnest(%s::text[], %s::date[]) AS p(user_id, month)
-            CROSS JOIN LATERAL (
-                -- Aggregated per user-month (never pulled up into a join): each one is
-                -- read through the (user_id, date) index, whatever usage_daily's size.
-                SELECT min(u.date) AS first_day, sum(u.cpu_hours) AS cpu,
-                       sum(u.gpu_hours) AS gpu, sum(u.storage_gb_months) AS storage,
-                       sum(u.api_calls) AS calls, sum(u.total_cost) AS cost
-                FROM {UsageDaily._meta.db_table} u
-                WHERE u.user_id = p.user_id AND u.date >= p.month
-                  AND u.date < (p.month + interval '1 month')::date AND u.billed_via = %s
-                GROUP BY width_bucket(u.date, %s::date[])
-            ) AS d
-            """,
-            [
-                sql_array([user_id for user_id, _ in pairs], text=True),
-                sql_array([month for _, month in pairs]),
-                UsageDaily.BilledVia.STRIPE,
-                stretches,
-            ],
-        )
+        cursor.execute(sql, params)
         rows = cursor.fetchall()
-    totals: dict[Pair, Decimal] = defaultdict(Decimal)
-    exact: dict[Pair, dict[str, Decimal]] = defaultdict(
-        lambda: dict.fromkeys(RESOURCES, Decimal(0))
-    )
+    totals: dict[Pair, Decimal] = {}
+    exact: dict[Pair, tuple[Decimal, ...]] = {}
     for user_id, month, first_day, cpu, gpu, storage, calls, cost in rows:
         pair = (user_id, month)
-        totals[pair] += cost
-        quantities = Quantities(
-            cpu_hours=cpu, gpu_hours=gpu, storage_gb_months=storage, api_calls=int(calls)
+        costs = resource_costs_of(
+            cpu, gpu, storage, int(calls), rates.rates(user_id=user_id, day=first_day)
         )
-        for resource, value in resource_costs(
-            quantities, rates.rates(user_id=user_id, day=first_day)
-        ).items():
-            exact[pair][resource] += value
-    return {pair: _split(to_cents(totals[pair]), exact[pair]) for pair in pairs}
+        if pair in totals:  # a month priced by stretches of days
+            totals[pair] += cost
+            costs = tuple(a + b for a, b in zip(exact[pair], costs, strict=True))
+        else:
+            totals[pair] = cost
+        exact[pair] = costs
+    nothing = (_ZERO,) * len(RESOURCES)
+    return {
+        pair: _split(
+            to_cents(totals.get(pair, _ZERO)),
+            dict(zip(RESOURCE_NAMES, exact.get(pair, nothing), strict=True)),
+        )
+        for pair in pairs
+    }
+
+
+def _next_month(month: dt.date) -> dt.date:
+    return (month + dt.timedelta(days=32)).replace(day=1)
 
 
 def month_cents_by_resource(user_id: str, month: dt.date) -> dict[str, int]:
@@ -106,9 +147,11 @@ def month_cents_by_resource(user_id: str, month: dt.date) -> dict[str, int]:
 
 def _split(total: Decimal, exact: dict[str, Decimal]) -> dict[str, int]:
     """Largest remainder: whole cents per resource that add up to `total`."""
-    cents = {r: int((v / CENT).to_integral_value(ROUND_FLOOR)) for r, v in exact.items()}
-    remaining = int(total / CENT) - sum(cents.values())
-    order = sorted(exact, key=lambda r: (exact[r] / CENT - cents[r], r), reverse=True)
+    # In cents: scaleb moves the exponent, exactly as dividing by CENT would, for less.
+    scaled = {r: v.scaleb(2) for r, v in exact.items()}
+    cents = {r: int(v.to_integral_value(ROUND_FLOOR)) for r, v in scaled.items()}
+    remaining = int(total.scaleb(2)) - sum(cents.values())
+    order = sorted(scaled, key=lambda r: (scaled[r] - cents[r], r), reverse=True)
     for resource in (order * (abs(remaining) // len(order) + 1))[: abs(remaining)]:
         cents[resource] += 1 if remaining > 0 else -1
     return cents
@@ -162,7 +205,12 @@ def adjustment_description(month: dt.date, days: list[dt.date], cents: int) -> s
 
 def identifier(user_id: str, month: dt.date, resource: str, number: int) -> str:
     """Deterministic, at most 100 characters, no personal data."""
-    return f"usage-{_digest(user_id)}-{month:%Y%m}-{resource}-{number}"
+    return f"usage-{_digest(user_id)}-{_month_key(month)}-{resource}-{number}"
+
+
+@functools.lru_cache(maxsize=64)  # a date's strftime was most of an identifier's cost
+def _month_key(month: dt.date) -> str:
+    return f"{month:%Y%m}"
 
 
 @functools.lru_cache(maxsize=4096)  # a user's four resources, in a batch of user-months
@@ -214,30 +262,66 @@ def finalized_periods(*, user_ids) -> dict[str, list[tuple[dt.datetime, dt.datet
     return periods
 
 
-# What the reporting reads of a profile and its user (`reportable`, `subscription_starts`,
-# the events' customer, an invoice item's subscription): a batch builds a profile and a user
-# for each of its hundreds of user-months, and every other column was work for nothing.
-PROFILE_FIELDS = (
-    "user_id",
-    "mode",
-    "subscription_status",
-    "stripe_subscription_id",
-    "subscription_started_at",
-    "started_subscription_id",
-    "user__stripe_customer_id",
-)
+class ReportProfile:
+    """What the reporting reads of a billing profile and its user (`reportable`,
+    `subscription_starts`, the events' customer, an invoice item's subscription), as plain
+    attributes with the model's names (the user's `stripe_customer_id` on the profile): a
+    batch reads one for each of its hundreds of user-months, and a profile and a user model
+    instance each (`from_db`, `__init__`, the related-object cache) cost more than every
+    other step of the batch's profiles."""
+
+    __slots__ = (
+        "mode",
+        "started_subscription_id",
+        "stripe_customer_id",
+        "stripe_subscription_id",
+        "subscription_started_at",
+        "subscription_status",
+        "user_id",
+    )
+
+    def __init__(self, values) -> None:
+        (
+            self.user_id,
+            self.mode,
+            self.subscription_status,
+            self.stripe_subscription_id,
+            started_at,
+            self.started_subscription_id,
+            self.stripe_customer_id,
+        ) = values
+        self.subscription_started_at = _moment(started_at)
+
+    @property
+    def pk(self) -> str:
+        return self.user_id
+
+    @property
+    def has_active_subscription(self) -> bool:
+        return is_active_subscription(self.subscription_status)
 
 
-def profiles_of(user_ids) -> list[BillingProfile]:
-    """The users' billing profiles with their users, PROFILE_FIELDS only (one query; the
-    ids bound as one array, as in `finalized_periods`)."""
-    ids = RawSQL("SELECT unnest(%s::text[])", [sql_array(sorted(user_ids), text=True)])
-    profiles = BillingProfile.objects.filter(user_id__in=ids).select_related("user")
-    return list(profiles.only(*PROFILE_FIELDS))
+def profiles_of(user_ids) -> list[ReportProfile]:
+    """The users' billing profiles with their users' Stripe customers (one query; the ids
+    bound as one array, as in `finalized_periods`; the start read as epoch microseconds,
+    as in `reports_claim`)."""
+    profile, user = BillingProfile._meta, BillingProfile._meta.get_field("user").related_model
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT p.user_id, p.mode, p.subscription_status, p.stripe_subscription_id,
+                   (extract(epoch FROM p.subscription_started_at) * 1000000)::bigint,
+                   p.started_subscription_id, u.stripe_customer_id
+            FROM {profile.db_table} p JOIN {user._meta.db_table} u ON u.id = p.user_id
+            WHERE p.user_id IN (SELECT unnest(%s::text[]))
+            """,
+            [sql_array(sorted(user_ids), text=True)],
+        )
+        return [ReportProfile(values) for values in cursor.fetchall()]
 
 
 def subscription_starts(
-    profiles: Iterable[BillingProfile], *, errors: list[str]
+    profiles: Iterable[ReportProfile], *, errors: list[str]
 ) -> dict[str, dt.datetime | None]:
     """When each user's subscription began (Stripe's start_date): asked once per
     subscription and kept on the profile (one query for all those asked); None, with the
@@ -267,7 +351,15 @@ def subscription_starts(
         asked.append(profile)
     if asked:  # only these two columns: the webhook owns the rest of the profile
         BillingProfile.objects.bulk_update(
-            asked, ["subscription_started_at", "started_subscription_id"]
+            [
+                BillingProfile(
+                    user_id=profile.user_id,
+                    subscription_started_at=profile.subscription_started_at,
+                    started_subscription_id=profile.started_subscription_id,
+                )
+                for profile in asked
+            ],
+            ["subscription_started_at", "started_subscription_id"],
         )
     return starts
 
@@ -276,7 +368,7 @@ def month_closed(month: dt.date, *, now, started: dt.datetime, finalized) -> str
     """Why Stripe will not bill a meter event for this month any more ("" if it will):
     its invoice is finalized, it ended before the subscription began, or it is older than
     Stripe takes meter events."""
-    start, end = (gateway.datetime_from_timestamp(t) for t in month_bounds(month))
+    start, end = _month_moments(month)
     if any(p_start <= start and end <= p_end for p_start, p_end in finalized):
         return "its invoice is finalized"
     if end <= started:
@@ -284,6 +376,13 @@ def month_closed(month: dt.date, *, now, started: dt.datetime, finalized) -> str
     if end <= now - MAX_EVENT_AGE:
         return "Stripe takes meter events up to 35 days old"
     return ""
+
+
+@functools.lru_cache(maxsize=64)  # asked for each user-month of a batch
+def _month_moments(month: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """`month_bounds` as aware UTC datetimes."""
+    start, end = month_bounds(month)
+    return gateway.datetime_from_timestamp(start), gateway.datetime_from_timestamp(end)
 
 
 # The rows, in bulk
@@ -334,12 +433,12 @@ def due_months(*, user_ids=None, after: Pair | None = None, limit: int | None = 
         ]
 
 
-def reportable(profile: BillingProfile | None) -> bool:
+def reportable(profile: ReportProfile | None) -> bool:
     """Whether the user's usage goes to Stripe now: a live subscription and a customer."""
     return (
         profile is not None
         and profile.has_active_subscription
-        and profile.user.stripe_customer_id is not None
+        and profile.stripe_customer_id is not None
     )
 
 
@@ -473,10 +572,24 @@ def reports_claim(pairs: Iterable[Pair]) -> dict[Pair, dict[str, ReportRow]]:
     claimed: dict[Pair, dict[str, ReportRow]] = defaultdict(dict)
     for values in rows:
         row = ReportRow(values)
-        row.pending_since = _moment(row.pending_since)
-        row.last_reported_at = _moment(row.last_reported_at)
+        # Most rows have neither moment: a call each was a tenth of the claim's Python.
+        if row.pending_since is not None:
+            row.pending_since = _EPOCH + dt.timedelta(microseconds=row.pending_since)
+        if row.last_reported_at is not None:
+            row.last_reported_at = _EPOCH + dt.timedelta(microseconds=row.last_reported_at)
         claimed[(row.user_id, row.month)][row.resource] = row
     return {pair: rows for pair, rows in claimed.items() if len(rows) == len(RESOURCES)}
+
+
+# The three writes below also bound the ids by their least and greatest: a batch's rows
+# are mostly neighbours (inserted together, in (user, month) order), and with no other
+# condition on the id the planner read the whole table for every batch (a hash join on
+# a sequential scan for the decision, in plans with and without statistics; the
+# acceptance too before the table was first analyzed). The range is read through the
+# primary key; the ids still decide which rows.
+def _id_range(reports) -> tuple[int, int]:
+    ids = [report.id for report in reports]
+    return min(ids), max(ids)
 
 
 def reports_save(reports: Iterable[ReportRow]) -> None:
@@ -492,11 +605,12 @@ def reports_save(reports: Iterable[ReportRow]) -> None:
             f"""
             UPDATE {StripeUsageReport._meta.db_table} r SET {sets}
             FROM unnest(%s::bigint[], {casts}) AS v(id, {names})
-            WHERE r.id = v.id
+            WHERE r.id = v.id AND r.id BETWEEN %s AND %s
             """,
             [
                 [report.pk for report in reports],
                 *([getattr(report, name) for report in reports] for name, _ in REPORT_COLUMNS),
+                *_id_range(reports),
             ],
         )
 
@@ -514,7 +628,7 @@ def reports_decide(reports: list[ReportRow], *, now: dt.datetime) -> None:
                 pending_since = %s, pending_timestamp = v.stamp
             FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::bigint[])
                 AS v(id, identifier, cents, stamp)
-            WHERE r.id = v.id
+            WHERE r.id = v.id AND r.id BETWEEN %s AND %s
             """,
             [
                 now,
@@ -522,6 +636,7 @@ def reports_decide(reports: list[ReportRow], *, now: dt.datetime) -> None:
                 sql_array([r.pending_identifier for r in reports], text=True),
                 sql_array([r.pending_cents for r in reports]),
                 sql_array([r.pending_timestamp for r in reports]),
+                *_id_range(reports),
             ],
         )
 
@@ -540,9 +655,10 @@ def reports_accept(reports: list[ReportRow], *, now: dt.datetime) -> None:
             SET reported_cents = reported_cents + pending_cents, events_sent = events_sent + 1,
                 pending_identifier = '', pending_cents = NULL, pending_since = NULL,
                 pending_timestamp = NULL, last_error = '', last_reported_at = %s
-            WHERE id = ANY(%s::bigint[]) AND pending_identifier <> ''
+            WHERE id = ANY(%s::bigint[]) AND id BETWEEN %s AND %s
+              AND pending_identifier <> ''
             """,
-            [now, sql_array([r.id for r in reports])],
+            [now, sql_array([r.id for r in reports]), *_id_range(reports)],
         )
 
 

@@ -36,7 +36,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing import stripe_gateway as gateway
-from billing.models import BillingProfile, StripeCatalogEntry
+from billing.models import StripeCatalogEntry
 from billing.pricing import RateBook
 from billing.stripe_adjusting import months_adjust
 from billing.stripe_report_rules import (  # noqa: F401  (the reporter's rules, used elsewhere)
@@ -85,8 +85,7 @@ def months_to_report(*, user_ids=None) -> list[dict]:
     with a live subscription and a Stripe customer."""
     due = due_months(user_ids=user_ids)
     users = {d["user_id"] for d in due}
-    profiles = BillingProfile.objects.filter(user_id__in=users).select_related("user")
-    reported = {p.user_id for p in profiles if reportable(p)}
+    reported = {p.user_id for p in profiles_of(users) if reportable(p)}
     return [d for d in due if d["user_id"] in reported]
 
 
@@ -229,7 +228,7 @@ def _send_pending(run, held, *, closed, profiles, catalog, stream, now) -> bool:
     going_on = True
     for pair, reports in held.items():
         user_id, month = pair
-        customer_id = profiles[user_id].user.stripe_customer_id
+        customer_id = profiles[user_id].stripe_customer_id
         for resource in RESOURCES:
             report = reports[resource]
             if not report.pending_identifier or not going_on:

@@ -12,8 +12,10 @@ from django.utils import timezone
 from accounts.models import User
 from billing import forecast, selectors
 from billing.alerts import cap_alerts_evaluate
-from billing.models import BillingProfile, Price, SpendingAlert
+from billing.models import BillingProfile, Price, SpendingAlert, UsageDaily
+from billing.pricing import Quantities, RateBook, resource_costs, to_cents
 from billing.reconciliation import credits_by_user, ours_by_user
+from billing.stripe_report_rules import RESOURCES, _split, months_cents
 from billing.stripe_reporting import month_cents_by_resource
 from billing.usage import UsageRecord, usage_upsert
 from tests.factories import ClusterFactory, UserFactory
@@ -142,3 +144,65 @@ def test_cap_alerts_read_the_month_from_the_rollup(world, settings):
         cap_alerts_evaluate(user_ids=[u.pk for u in world], days=[LAST_MONTH])
     assert reads_daily_rows(captured) == []
     assert SpendingAlert.objects.filter(user_id=world[0].pk).exists()
+
+
+def priced_day_by_day(pairs) -> dict:
+    """The Stripe reporting's figures worked out from every daily row on its own, each
+    priced on its day: what reading the rollup must give."""
+    rates = RateBook.load()
+    found = {}
+    for user_id, month in pairs:
+        days = UsageDaily.objects.filter(
+            user_id=user_id,
+            date__gte=month,
+            date__lt=(month + dt.timedelta(days=32)).replace(day=1),
+            billed_via=UsageDaily.BilledVia.STRIPE,
+        )
+        total, exact = D(0), dict.fromkeys(RESOURCES, D(0))
+        for day in days:
+            total += day.total_cost
+            quantities = Quantities(
+                cpu_hours=day.cpu_hours,
+                gpu_hours=day.gpu_hours,
+                storage_gb_months=day.storage_gb_months,
+                api_calls=day.api_calls,
+            )
+            costs = resource_costs(quantities, rates.rates(user_id=user_id, day=day.date))
+            for resource, cost in costs.items():
+                exact[resource] += cost
+        found[(user_id, month)] = _split(to_cents(total), exact)
+    return found
+
+
+def test_the_stripe_reporting_reads_its_months_from_the_rollup_when_prices_hold(world):
+    pairs = [(u.pk, month) for u in world for month in (LAST_MONTH, THIS_MONTH)]
+    with CaptureQueriesContext(connection) as captured:
+        figures = months_cents(pairs)
+    assert len(captured) == 2  # the prices, the figures
+    assert reads_daily_rows(captured) == []
+    assert figures == priced_day_by_day(pairs)
+    assert sum(figures[(world[0].pk, LAST_MONTH)].values()) > 0
+    assert figures[(world[3].pk, LAST_MONTH)] == dict.fromkeys(RESOURCES, 0)  # prepaid
+
+
+def test_the_stripe_reporting_prices_by_day_only_months_whose_prices_change(world):
+    # A negotiated CPU price from the 5th of last month for one user: that month is read
+    # from the daily rows by stretches of the same prices, in the same one statement as the
+    # others' months from the rollup.
+    pairs = [(u.pk, month) for u in world for month in (LAST_MONTH, THIS_MONTH)]
+    at_card = months_cents(pairs)
+    Price.objects.create(
+        user=world[1],
+        resource="cpu_hour",
+        unit_price=D("0.5"),
+        effective_from=LAST_MONTH + dt.timedelta(days=4),
+    )
+    with CaptureQueriesContext(connection) as captured:
+        figures = months_cents(pairs)
+    assert len(captured) == 2
+    (daily,) = reads_daily_rows(captured)
+    assert "FROM usage_monthly" in daily  # one statement for both kinds of month
+    assert figures == priced_day_by_day(pairs)
+    assert figures[(world[1].pk, LAST_MONTH)] != at_card[(world[1].pk, LAST_MONTH)]
+    others = {pair for pair in pairs if pair[0] != world[1].pk}
+    assert {p: figures[p] for p in others} == {p: at_card[p] for p in others}
