@@ -2,6 +2,7 @@
 meter events through Stripe's v2 meter event stream (a session token, up to 100 events a
 request), each event counted once whatever the stream answers."""
 
+import datetime as dt
 from collections import Counter
 from decimal import Decimal
 
@@ -262,13 +263,51 @@ def test_a_user_month_missing_one_of_its_report_rows_gets_it_back(catalog):
 
 def test_a_claimed_row_takes_each_column_in_the_order_the_claim_selects_them():
     """`ReportRow` unpacks a claimed row by hand, for speed: each value must land on the
-    attribute of its column (`__slots__`, the order the claim's SELECT lists), whatever
-    columns `REPORT_COLUMNS` comes to hold."""
-    from billing.stripe_report_rules import ReportRow
+    attribute of its column (`CLAIMED_COLUMNS`, the order the claim's SELECT lists),
+    whatever columns `REPORT_COLUMNS` comes to hold."""
+    from billing.stripe_report_rules import CLAIMED_COLUMNS, ReportRow
 
-    values = tuple(f"value of {name}" for name in ReportRow.__slots__)
+    values = tuple(f"value of {name}" for name in CLAIMED_COLUMNS)
     row = ReportRow(values)
 
-    assert {name: getattr(row, name) for name in ReportRow.__slots__} == {
-        name: f"value of {name}" for name in ReportRow.__slots__
+    assert {name: getattr(row, name) for name in CLAIMED_COLUMNS} == {
+        name: f"value of {name}" for name in CLAIMED_COLUMNS
     }
+
+
+def test_a_claimed_row_s_moments_are_the_stored_ones_and_are_written_back_unchanged():
+    """The claim reads the two moments as epoch microseconds (`last_reported_at` is made a
+    datetime only when read): to the microsecond, and a row written whole keeps them."""
+    from django.db import transaction
+
+    from billing.stripe_report_rules import reports_claim, reports_save
+
+    user = UserFactory()
+    month = timezone.now().date().replace(day=1)
+    moment = dt.datetime(2026, 11, 30, 23, 59, 58, 123457, tzinfo=dt.UTC)
+    later = moment + dt.timedelta(microseconds=1)
+    for resource in ("cpu_hour", "gpu_hour", "storage_gb_month", "api_calls_1k"):
+        StripeUsageReport.objects.create(
+            user=user,
+            month=month,
+            resource=resource,
+            pending_identifier="p" if resource == "gpu_hour" else "",
+            pending_cents=5 if resource == "gpu_hour" else None,
+            pending_since=later if resource == "gpu_hour" else None,
+            last_reported_at=moment if resource != "api_calls_1k" else None,
+        )
+
+    with transaction.atomic():
+        rows = reports_claim([(user.pk, month)])[(user.pk, month)]
+        reports_save(rows.values())
+
+    assert {r: (row.pending_since, row.last_reported_at) for r, row in rows.items()} == {
+        "cpu_hour": (None, moment),
+        "gpu_hour": (later, moment),
+        "storage_gb_month": (None, moment),
+        "api_calls_1k": (None, None),
+    }
+    assert dict(
+        StripeUsageReport.objects.filter(user=user).values_list("resource", "last_reported_at")
+    ) == {"cpu_hour": moment, "gpu_hour": moment, "storage_gb_month": moment, "api_calls_1k": None}
+    assert StripeUsageReport.objects.get(user=user, resource="gpu_hour").pending_since == later
