@@ -600,7 +600,7 @@ def _insert_new(fresh: _Fresh, priced) -> set:
 
     The rows are sent as they come: PostgreSQL inserts the rows received (their index
     entries, checks) while the next ones are priced here, instead of after all of them
-    were (a fifth of a first load's time: bench/README.md, issue 16).
+    were (about 5 % of a batch of new rows, paired: bench/README.md, "ninth pass").
 
     A plain COPY first, in a savepoint: the writer holds its cluster-months' turns, so no
     other upsert inserts these keys. COPY fills the heap a page at a time (one WAL record
