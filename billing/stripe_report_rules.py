@@ -532,7 +532,7 @@ class ReportRow:
     def last_reported_at(self) -> dt.datetime | None:
         value = self._last_reported_at
         if type(value) is int:  # as claimed: microseconds since the epoch
-            value = self._last_reported_at = _EPOCH + dt.timedelta(microseconds=value)
+            value = self._last_reported_at = _moment(value)
         return value
 
     @last_reported_at.setter
@@ -592,10 +592,11 @@ def reports_claim(pairs: Iterable[Pair]) -> dict[Pair, dict[str, ReportRow]]:
     claimed: dict[Pair, dict[str, ReportRow]] = defaultdict(dict)
     for values in rows:
         row = ReportRow(values)
-        # Most rows have no pending moment: a call each was a tenth of the claim's Python.
+        # Most rows have no pending moment: converted only where set (a call for every row
+        # was a tenth of the claim's Python).
         # (`last_reported_at` is made a datetime when read.)
         if row.pending_since is not None:
-            row.pending_since = _EPOCH + dt.timedelta(microseconds=row.pending_since)
+            row.pending_since = _moment(row.pending_since)
         claimed[(row.user_id, row.month)][row.resource] = row
     return {pair: rows for pair, rows in claimed.items() if len(rows) == len(RESOURCES)}
 
