@@ -198,7 +198,7 @@ def worker_env(url: str) -> dict:
 
 
 class Workers:
-    """`manage.py procrastinate worker` processes on one queue, started together."""
+    """`manage.py worker` processes on one queue, started together."""
 
     # Every worker started, so that none outlives the benchmark (see main).
     started_processes: list[subprocess.Popen] = []
@@ -213,7 +213,7 @@ class Workers:
     def start(self) -> None:
         self.started_epoch, self.started = time.time(), time.perf_counter()
         for n in range(self.count):
-            command = [sys.executable, "manage.py", "procrastinate", "worker"]
+            command = [sys.executable, "manage.py", "worker"]
             command += ["--name", f"bench-{n + 1}", "--queues", self.queue]
             command += ["--one-shot"] if self.one_shot else []
             command += [] if self.listen else ["--no-listen-notify"]

@@ -122,7 +122,7 @@ def serve(python: str, *, prepare_only: bool = False) -> int:
             return code
     if prepare_only:
         return 0
-    workers = [subprocess.Popen([*manage, "procrastinate", "worker"], env=env)]  # noqa: S603
+    workers = [subprocess.Popen([*manage, "worker"], env=env)]  # noqa: S603
     print("Serving the console at http://127.0.0.1:8000/admin/ (Ctrl-C stops it)", flush=True)
     try:
         return _run([*manage, "runserver", "127.0.0.1:8000"], env)

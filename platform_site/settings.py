@@ -171,7 +171,7 @@ if STORAGE_UNIT not in ("GiB", "GB"):
     raise ImproperlyConfigured(f"STORAGE_UNIT is {STORAGE_UNIT!r}; use GiB or GB.")
 
 # Background jobs (Procrastinate): each app's tasks.py is found by itself; plumbing's jobs
-# (the watch over dead workers) are named. Workers: `python manage.py procrastinate worker`.
+# (the watch over dead workers) are named. Workers: `python manage.py worker`.
 PROCRASTINATE_IMPORT_PATHS = ["plumbing.jobs"]
 PROCRASTINATE_WORKER_DEFAULTS = {"install_signal_handlers": True}
 # A worker starting late still queues a periodic job overdue by at most this many seconds.

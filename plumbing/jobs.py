@@ -1,6 +1,6 @@
 """Background jobs on Procrastinate: jobs are rows in PostgreSQL, so a job deferred inside
 a transaction exists only if that transaction commits, and any number of workers on any
-number of machines share the queue (`python manage.py procrastinate worker`).
+number of machines share the queue (`python manage.py worker`, plumbing/worker.py).
 
 Each app keeps its jobs in its `tasks.py` (autodiscovered); this module holds what they
 share: deferring once, the two kinds of failure, and the watch over dead workers.

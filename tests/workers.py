@@ -16,12 +16,20 @@ ROOT = Path(__file__).resolve().parent.parent
 STARTED: list[subprocess.Popen] = []
 
 
-def worker_env() -> dict:
+def database_url() -> str:
     s = connection.settings_dict
     host = quote(s["HOST"] or "127.0.0.1", safe="")
-    url = f"postgres://{s['USER']}@{host}:{s['PORT'] or 5432}/{s['NAME']}"
+    return f"postgres://{s['USER']}@{host}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def worker_env() -> dict:
     # No periodic job queued at start: each test queues its own.
-    return {**os.environ, "DEBUG": "1", "DATABASE_URL": url, "JOBS_PERIODIC_MAX_DELAY": "0"}
+    return {
+        **os.environ,
+        "DEBUG": "1",
+        "DATABASE_URL": database_url(),
+        "JOBS_PERIODIC_MAX_DELAY": "0",
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +43,7 @@ def no_worker_outlives_its_test():
 
 
 def start_worker(name: str, *, queues: str, one_shot: bool = True) -> subprocess.Popen:
-    command = ["manage.py", "procrastinate", "worker", "--name", name, "--queues", queues]
+    command = ["manage.py", "worker", "--name", name, "--queues", queues]
     worker = subprocess.Popen(
         [sys.executable, *command, *(["--one-shot"] if one_shot else [])],
         cwd=ROOT,

@@ -1,12 +1,15 @@
-"""A worker outlives the database going away and coming back: it reconnects by itself."""
+"""A worker outlives the database going away and coming back: it reconnects by itself, in
+the same process, whatever it was doing when its connections were dropped."""
 
+import signal
 import time
 
+import psycopg
 import pytest
 from django.db import connection
 
 from clusters.tasks import place_waiting_users
-from tests.workers import no_worker_outlives_its_test, start_worker  # noqa: F401
+from tests.workers import database_url, no_worker_outlives_its_test, start_worker  # noqa: F401
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -17,23 +20,84 @@ def status_of(job_id: int) -> str:
         return cursor.fetchone()[0]
 
 
-def wait_for(job_id: int, status: str, seconds: float = 60) -> None:
+def wait_for(job_id: int, status: str, worker, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while status_of(job_id) != status:
+        if worker.poll() is not None:
+            errors = worker.communicate()[1].decode()[-3000:]
+            pytest.fail(
+                f"the worker ended ({worker.returncode}) with job {job_id} "
+                f"{status_of(job_id)}:\n{errors}"
+            )
         assert time.monotonic() < deadline, f"job {job_id} is {status_of(job_id)}, not {status}"
         time.sleep(0.2)
 
 
+def terminate_the_others(cursor, *, besides: int) -> None:
+    cursor.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid NOT IN (pg_backend_pid(), %s)",
+        [besides],
+    )
+    assert all(terminated for (terminated,) in cursor.fetchall())
+
+
+def drop_connections_mid_statement(table: str, statement: str, seconds: float = 30) -> None:
+    """Holds `table` locked until a worker's `statement` waits for it, then terminates every
+    other session: that statement's connection dies while it is in flight."""
+    with psycopg.connect(database_url()) as locker:
+        locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        deadline = time.monotonic() + seconds
+        with connection.cursor() as cursor:
+            while True:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query LIKE %s",
+                    [f"%{statement}%"],
+                )
+                if cursor.fetchone()[0]:
+                    break
+                assert time.monotonic() < deadline, f"no worker's {statement} waited"
+                time.sleep(0.05)
+            terminate_the_others(cursor, besides=locker.info.backend_pid)
+        locker.rollback()
+
+
 def test_a_worker_reconnects_after_the_database_dropped_its_connections():
     worker = start_worker("survivor", queues="hopsworks", one_shot=False)
-    wait_for(place_waiting_users.defer(), "succeeded")  # the worker is up and working
+    wait_for(place_waiting_users.defer(), "succeeded", worker)  # the worker is up and working
 
     with connection.cursor() as cursor:  # the database drops every other session
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        assert all(terminated for (terminated,) in cursor.fetchall())
+        terminate_the_others(cursor, besides=0)
 
-    wait_for(place_waiting_users.defer(), "succeeded")
+    wait_for(place_waiting_users.defer(), "succeeded", worker)
     assert worker.poll() is None  # the same process, not a restart
+
+
+@pytest.mark.parametrize(
+    ("table", "statement"),
+    [
+        ("procrastinate_jobs", "procrastinate_fetch_job_v2"),  # fetching the next job
+        ("procrastinate_workers", "procrastinate_update_heartbeat_v1"),  # the heartbeat
+    ],
+)
+def test_a_worker_outlives_its_connection_dropped_in_the_middle_of_a_statement(table, statement):
+    worker = start_worker("survivor", queues="hopsworks", one_shot=False)
+    wait_for(place_waiting_users.defer(), "succeeded", worker)
+
+    drop_connections_mid_statement(table, statement)
+
+    wait_for(place_waiting_users.defer(), "succeeded", worker)
+    assert worker.poll() is None
+
+
+def test_a_signal_stops_the_worker_for_good():
+    worker = start_worker("stopped", queues="hopsworks", one_shot=False)
+    wait_for(place_waiting_users.defer(), "succeeded", worker)
+
+    worker.send_signal(signal.SIGTERM)
+
+    assert worker.wait(timeout=30) == 0
+    job = place_waiting_users.defer()
+    time.sleep(1)
+    assert status_of(job) == "todo"  # nobody left to run it
