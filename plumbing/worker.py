@@ -6,9 +6,10 @@ job, the heartbeat, the periodic deferrer. A database restart, a failover, or an
 operator's `pg_terminate_backend` that lands while one of them is in flight stops the
 worker for good (the connection pool only replaces connections found dead *before* use),
 and upstream leaves restarting it to a supervisor (procrastinate#1116). `make run` has no
-supervisor, and a Deployment's restart loses the process's place for its back-off, so the
-worker is run again here, in the same process: after a wait of 1 s, doubled up to 30 s while
-the database stays away, reset once a run has lasted a minute.
+supervisor, and under one (a Kubernetes Deployment) each such worker would pay a process
+start and the supervisor's growing back-off. So the worker is run again here, in the same
+process: after a wait of 1 s, doubled up to 30 s while the database stays away, back to 1 s
+once a run has lasted a minute.
 
 Each run registers a new worker id. A fetch whose COMMIT reached PostgreSQL but whose answer
 was lost leaves its job "doing" under the previous id, whose heartbeat has stopped, so the
