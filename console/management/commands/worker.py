@@ -3,7 +3,9 @@ its connections (plumbing/worker.py). The options are those of `procrastinate wo
 
 import asyncio
 
-from django.core.management.base import BaseCommand
+import psycopg
+from django.core.management.base import BaseCommand, CommandError
+from django.db import OperationalError, connection
 from procrastinate.contrib.django import app, django_connector
 from procrastinate.jobs import DeleteJobCondition
 
@@ -75,10 +77,33 @@ class Command(BaseCommand):
         connector = app.connector
         if isinstance(connector, django_connector.DjangoConnector):
             connector = connector.get_worker_connector()
+        # Once started, the worker outlives the database going away; a database it cannot
+        # reach at all at the start is a setting to fix, said at once (the connection pool
+        # alone would wait 30 s, then say only that it is incomplete).
+        try:
+            connection.ensure_connection()
+        except OperationalError as exc:
+            raise CommandError(unreachable(exc)) from exc
+        finally:
+            connection.close()
         with app.replace_connector(connector) as worker_app:
             asyncio.run(self._run(worker_app, worker_options))
 
     @staticmethod
     async def _run(worker_app, worker_options):
-        async with worker_app.open_async() as opened:
-            await run_worker(opened, **worker_options)
+        try:
+            await worker_app.open_async()
+        except psycopg.OperationalError as exc:  # the pool's timeout among them
+            raise CommandError(unreachable(exc)) from exc
+        try:
+            await run_worker(worker_app, **worker_options)
+        finally:
+            await worker_app.close_async()
+
+
+def unreachable(exc: Exception) -> str:
+    reason = " ".join(str(exc).split())[:500]
+    return (
+        f"The worker cannot reach the database ({reason}). Check DATABASE_URL and that "
+        "PostgreSQL is up."
+    )
