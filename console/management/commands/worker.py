@@ -1,5 +1,6 @@
 """`python manage.py worker`: runs the jobs of every app, and outlives the database dropping
-its connections (plumbing/worker.py). The options are those of `procrastinate worker`."""
+its connections (plumbing/worker.py). Its options are the ones of `procrastinate worker` that a
+deployment sets (`--help`); that command's environment variables are not read."""
 
 import asyncio
 
