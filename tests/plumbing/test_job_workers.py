@@ -8,6 +8,7 @@ import psycopg
 import pytest
 from django.db import connection
 
+from clusters.models import CapacityWait
 from clusters.tasks import place_waiting_users
 from tests.workers import database_url, no_worker_outlives_its_test, start_worker  # noqa: F401
 
@@ -45,23 +46,29 @@ def terminate_the_others(cursor, *, besides: int) -> None:
     assert any(terminated for (terminated,) in cursor.fetchall())
 
 
-def drop_connections_mid_statement(table: str, statement: str, seconds: float = 30) -> None:
+def wait_until_a_statement_waits(statement: str, seconds: float = 30) -> None:
+    """Until another session's statement containing `statement` waits for a lock."""
+    deadline = time.monotonic() + seconds
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE %s",
+                [f"%{statement}%"],
+            )
+            if cursor.fetchone()[0]:
+                return
+            assert time.monotonic() < deadline, f"no worker's {statement} waited"
+            time.sleep(0.05)
+
+
+def drop_connections_mid_statement(table: str, statement: str) -> None:
     """Holds `table` locked until a worker's `statement` waits for it, then terminates every
     other session: that statement's connection dies while it is in flight."""
     with psycopg.connect(database_url()) as locker:
         locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-        deadline = time.monotonic() + seconds
+        wait_until_a_statement_waits(statement)
         with connection.cursor() as cursor:
-            while True:
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND query LIKE %s",
-                    [f"%{statement}%"],
-                )
-                if cursor.fetchone()[0]:
-                    break
-                assert time.monotonic() < deadline, f"no worker's {statement} waited"
-                time.sleep(0.05)
             terminate_the_others(cursor, besides=locker.info.backend_pid)
         locker.rollback()
 
@@ -101,3 +108,23 @@ def test_a_signal_stops_the_worker_for_good():
     worker.send_signal(signal.SIGTERM)
 
     assert worker.wait(timeout=30) == 0  # ended, not started again
+
+
+def test_a_signal_lets_the_running_job_finish_before_the_worker_ends():
+    worker = start_worker("finisher", queues="hopsworks", one_shot=False)
+    wait_for(place_waiting_users.defer(), "succeeded", worker)
+    table = CapacityWait._meta.db_table
+
+    with psycopg.connect(database_url()) as locker:  # the next job blocks on this lock
+        locker.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+        job = place_waiting_users.defer()
+        wait_until_a_statement_waits(table)
+        assert status_of(job) == "doing"
+
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        assert worker.poll() is None  # still waiting for its job
+        locker.rollback()
+
+    assert worker.wait(timeout=30) == 0
+    assert status_of(job) == "succeeded"
