@@ -17,9 +17,13 @@ STARTED: list[subprocess.Popen] = []
 
 
 def database_url() -> str:
+    """The test database's URL, for other processes and connections of the test's own."""
     s = connection.settings_dict
-    host = quote(s["HOST"] or "127.0.0.1", safe="")
-    return f"postgres://{s['USER']}@{host}:{s['PORT'] or 5432}/{s['NAME']}"
+    auth = quote(s["USER"], safe="")
+    if s["PASSWORD"]:
+        auth += ":" + quote(s["PASSWORD"], safe="")
+    host = quote(str(s["HOST"] or "127.0.0.1"), safe="")
+    return f"postgres://{auth}@{host}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 def worker_env() -> dict:

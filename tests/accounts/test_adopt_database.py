@@ -19,6 +19,7 @@ import pytest
 
 from plumbing.encryption import decrypt
 from tests.seed_schema import seed_ddl, seed_queries
+from tests.workers import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -234,14 +235,7 @@ def assert_schema_is_a_migrated_one(url: str) -> None:
 
 
 def migrated_database_url() -> str:
-    from django.db import connection
-
-    settings = connection.settings_dict
-    auth = quote(settings["USER"], safe="")
-    if settings["PASSWORD"]:
-        auth += ":" + quote(settings["PASSWORD"], safe="")
-    host = quote(str(settings["HOST"] or "127.0.0.1"), safe="")
-    return f"postgres://{auth}@{host}:{settings['PORT'] or 5432}/{settings['NAME']}"
+    return database_url()
 
 
 def sql(url: str, statement: str) -> list[tuple]:
