@@ -7,7 +7,9 @@ For each user-month and rate-card resource, in cents:
             pending (decided, not yet confirmed);
   stripe    what Stripe's meter counted for the customer in the month (meter event
             summaries, one call per meter);
-  invoiced  the lines of the month's invoice, per metered price (once there is one);
+  invoiced  the lines of the month's invoice, per metered price (once there is one), and
+            of the final invoice we made when the subscription ended outside our flow
+            (`billing.subscription_end`: one item per resource, no metered price);
 
 and for prepaid users the month's credit-billed usage against what its rows debited and
 the ledger's usage entries, plus each balance (`user_credits`) against its ledger.
@@ -55,6 +57,7 @@ from billing.models import (
     StripeCatalogEntry,
     StripeUsageAdjustment,
     StripeUsageReport,
+    SubscriptionEnd,
     UsageDaily,
     UsageMonthly,
     is_active_subscription,
@@ -66,6 +69,7 @@ from billing.stripe_reporting import (  # the reporter's own figures and rules
     finalized_periods,
     month_closed,
 )
+from billing.subscription_end import final_item_resource
 
 logger = logging.getLogger(__name__)
 RESOURCES = Price.Resource.values
@@ -125,6 +129,9 @@ class UserMonth:
     subscription_status: str = ""
     invoice_id: str = ""
     invoice_status: str = ""
+    # Our final invoice of a subscription ended outside our flow, for the period starting in
+    # this month (`SubscriptionEnd.final_invoice_id`): it charges what the meters counted.
+    final_invoice_id: str = ""
     subscription_started_at: dt.datetime | None = None
     closed: str = ""  # why Stripe no longer bills this month's meter ("" if it does)
     figures: dict[str, Figures] = field(default_factory=dict)
@@ -134,9 +141,9 @@ class UserMonth:
     @property
     def month_closed(self) -> bool:
         """Stripe never bills this month's meter again (stripe_reporting.month_closed), or
-        Stripe lists its invoice past draft."""
+        Stripe lists its invoice past draft, or we made the final invoice of its period."""
         invoiced = bool(self.invoice_id) and self.invoice_status not in ("", "draft")
-        return bool(self.closed) or invoiced
+        return bool(self.closed) or invoiced or bool(self.final_invoice_id)
 
     def as_dict(self) -> dict:
         data = asdict(self)
@@ -308,7 +315,10 @@ def credits_by_user(month: dt.date, *, user_ids=None) -> dict[str, Credits]:
 
 def _invoices_by_user(month: dt.date, user_ids) -> dict[str, BillingHistory]:
     """The invoice of each user's month: its period starts in the month (subscriptions
-    renew on the first); a void one does not count."""
+    renew on the first); a void one does not count, nor a final invoice of ours (a one-off
+    invoice's period is the moment it was made, not the usage it charges: see
+    `_final_invoices_by_user`)."""
+    finals = SubscriptionEnd.objects.filter(user_id__in=list(user_ids)).exclude(final_invoice_id="")
     invoices = (
         BillingHistory.objects.filter(
             user_id__in=list(user_ids),
@@ -316,12 +326,25 @@ def _invoices_by_user(month: dt.date, user_ids) -> dict[str, BillingHistory]:
             period_start__lt=_aware(next_month(month)),
         )
         .exclude(status=BillingHistory.Status.VOID)
+        .exclude(stripe_invoice_id__in=finals.values("final_invoice_id"))
         .order_by("user_id", "-period_start", "-created_at")
     )
     found: dict[str, BillingHistory] = {}
     for invoice in invoices:
         found.setdefault(invoice.user_id, invoice)
     return found
+
+
+def _final_invoices_by_user(month: dt.date, user_ids) -> dict[str, str]:
+    """Our final invoice of each user's subscription that ended outside our flow in a period
+    starting in the month (the period it charges, whenever the invoice was made)."""
+    ends = SubscriptionEnd.objects.filter(
+        user_id__in=list(user_ids),
+        status=SubscriptionEnd.Status.INVOICED,
+        period_start__gte=_aware(month),
+        period_start__lt=_aware(next_month(month)),
+    ).exclude(final_invoice_id="")
+    return dict(ends.order_by("period_start").values_list("user_id", "final_invoice_id"))
 
 
 def _aware(day: dt.date) -> dt.datetime:
@@ -404,6 +427,7 @@ def _month_lines(month: dt.date, *, user_ids, now: dt.datetime) -> list[UserMont
     everyone = sorted(set(ours) | set(reported) | set(credits))
     profiles = _profiles(everyone)
     invoices = _invoices_by_user(month, everyone)
+    finals = _final_invoices_by_user(month, everyone)
     finalized = finalized_periods(user_ids=everyone)
     lines = []
     for user_id in everyone:
@@ -436,6 +460,7 @@ def _month_lines(month: dt.date, *, user_ids, now: dt.datetime) -> list[UserMont
         if invoice is not None:
             line.invoice_id = invoice.stripe_invoice_id or ""
             line.invoice_status = invoice.stripe_status or _stripe_status_of(invoice)
+        line.final_invoice_id = finals.get(user_id, "")
         lines.append(line)
     return lines
 
@@ -446,7 +471,8 @@ def _stripe_status_of(invoice: BillingHistory) -> str:
 
 
 def _ask_stripe(result: Reconciliation, line: UserMonth, catalog: dict) -> None:
-    """What Stripe counted (one summary call per meter) and invoiced (the invoice's lines)."""
+    """What Stripe counted (one summary call per meter) and invoiced (the lines of the
+    invoice on our metered prices, and of our final invoice its items for our resources)."""
     if not line.figures or not line.customer_id:
         return
     if not gateway.is_configured() or len(catalog) != len(RESOURCES):
@@ -463,13 +489,19 @@ def _ask_stripe(result: Reconciliation, line: UserMonth, catalog: dict) -> None:
                 start_time=start,
                 end_time=end,
             )
-        if line.invoice_id:
+        if line.invoice_id or line.final_invoice_id:
             by_price = {entry.price_id: resource for resource, entry in catalog.items()}
             invoiced = dict.fromkeys(RESOURCES, 0)
-            for item in gateway.list_invoice_lines(invoice_id=line.invoice_id):
-                resource = by_price.get(_price_of(item))
-                if resource is not None:
-                    invoiced[resource] += int(item.get("amount") or 0)
+            if line.invoice_id:
+                for item in gateway.list_invoice_lines(invoice_id=line.invoice_id):
+                    resource = by_price.get(_price_of(item))
+                    if resource is not None:
+                        invoiced[resource] += int(item.get("amount") or 0)
+            if line.final_invoice_id:
+                for item in gateway.list_invoice_lines(invoice_id=line.final_invoice_id):
+                    resource = final_item_resource(item)
+                    if resource is not None:
+                        invoiced[resource] += int(item.get("amount") or 0)
             for resource, figures in line.figures.items():
                 figures.invoiced = invoiced[resource]
     except gateway.StripeGatewayError as error:

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing import stripe_gateway as gateway
-from billing.models import StripeCatalogEntry, SubscriptionEnd
+from billing.models import Price, StripeCatalogEntry, SubscriptionEnd
 from plumbing.jobs import defer
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,19 @@ def subscription_end_record(*, user: User, subscription: dict) -> SubscriptionEn
             subscription_id=end.pk,
         )
     return end
+
+
+def final_item_key(subscription_id: str, resource: str) -> str:
+    """The idempotency key and `final_item` metadata of a final invoice's item."""
+    return f"final-{subscription_id}-{resource}"
+
+
+def final_item_resource(line: dict) -> str | None:
+    """The resource a line of a final invoice charges (its `final_item` metadata), or None
+    for any other line."""
+    key = (line.get("metadata") or {}).get("final_item") or ""
+    head, _, resource = key.rpartition("-")
+    return resource if head.startswith("final-") and resource in Price.Resource.values else None
 
 
 def _minute(moment: dt.datetime, *, up: bool) -> int:
@@ -126,7 +139,7 @@ def _settle(end: SubscriptionEnd) -> None:
         }
         currency = settings.STRIPE_CURRENCY
         for resource, cents in counted.items():
-            item_key = f"{key}-{resource}"
+            item_key = final_item_key(end.subscription_id, resource)
             if item_key in present:
                 continue
             gateway.create_invoice_item(

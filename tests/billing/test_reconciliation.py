@@ -14,6 +14,7 @@ from django.utils import timezone
 from billing.checkout import customer_ensure
 from billing.credits import Kind, credits_add
 from billing.models import (
+    BillingHistory,
     BillingProfile,
     ReconciliationRun,
     StripeCatalogEntry,
@@ -340,3 +341,37 @@ def test_usage_from_before_the_subscription_is_an_invoice_item_and_reconciles(ca
     assert item["amount"] == 100
     assert not catalog.meter_events
     assert "0 unexplained" in out
+
+
+def test_a_final_invoice_of_a_subscription_ended_in_the_portal_reconciles(catalog, deliver, capsys):
+    # Canceled outside our flow: Stripe invoices nothing, we invoice what its meters counted
+    # (billing/subscription_end.py) as items with no metered price. That invoice charges the
+    # month: reconciliation must not call it "not invoiced" and propose charging it again.
+    user, subscription = subscribed_user(catalog)
+    use(user, cpu_hours=D("10"), gpu_hours=D("2"))
+    usage_report_to_stripe()
+    deliver(
+        make_event("customer.subscription.deleted", catalog.end_subscription(subscription["id"]))
+    )
+    [final] = [i for i in catalog.invoices.values() if not i.get("subscription")]
+    deliver(make_event("invoice.finalized", final))
+    reported_a_while_ago()
+
+    result = billing_reconcile(months=[this_month()])
+
+    [line] = result.lines
+    assert (line.invoice_id, line.final_invoice_id) == ("", final["id"])
+    assert result.ok, [d for _, d in result.differences]
+    for resource, figures in line.figures.items():
+        assert figures.invoiced == figures.stripe == figures.reported, resource
+    assert sum(f.invoiced for f in line.figures.values()) == final["amount_due"] > 0
+    out, code = reconcile(capsys)
+    assert code == 0, out
+    assert "propose" not in out
+    # Made after midnight at the month's end, it still charges the month it covers.
+    next_month = (this_month() + dt.timedelta(days=32)).replace(day=1)
+    BillingHistory.objects.filter(stripe_invoice_id=final["id"]).update(
+        period_start=dt.datetime.combine(next_month, dt.time(), dt.UTC)
+    )
+    [line] = billing_reconcile(months=[this_month()]).lines
+    assert line.final_invoice_id == final["id"] and not line.differences
