@@ -97,6 +97,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--keep", action="store_true", help="Do not drop the database.")
     parser.add_argument("--json", metavar="PATH", help="Write the figures here, not stdout.")
+    parser.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="The JSON of a run on a smaller data set (--json): each page's time outside its "
+        "SQL here is compared with the same page's there (does our Python work grow with the "
+        "data?).",
+    )
     args = parser.parse_args(argv)
     name = urlsplit(args.database_url).path.lstrip("/")
     if not name.startswith("bench"):
@@ -812,14 +819,34 @@ def percentile(values, share):
     return ordered[int(rank) - 1]
 
 
+def rows_shown(response) -> int | None:
+    """The rows a page shows: an admin list's result rows, an API list's items; None for a
+    page that is not a list."""
+    content = getattr(response, "content", b"")
+    kind = response.get("Content-Type", "") if hasattr(response, "get") else ""
+    if kind.startswith("application/json"):
+        try:
+            data = json.loads(content)
+        except ValueError:
+            return None
+        if isinstance(data, dict):
+            data = data.get("results")
+        return len(data) if isinstance(data, list) else None
+    start = content.find(b'id="result_list"')
+    if start < 0:
+        return None
+    body = content[start : content.find(b"</table>", start)]
+    return max(body.count(b"<tr") - 1, 0)  # less the header row
+
+
 def measure(name, call, *, args, group):
     """Time `call()` (a warm-up, then up to --repeat samples within --page-budget)."""
     from django.db import OperationalError, connection
     from django.db.utils import DatabaseError
     from django.test.utils import CaptureQueriesContext
 
-    samples, counts, status, error = [], [], None, None
-    slowest, sql_ms = None, []
+    samples, counts, status, error, rows = [], [], None, None, None
+    slowest, sql_ms, outside = None, [], []
     for attempt in range(args.repeat + 1):
         recorder = Recorder()
         # CaptureQueriesContext slices the connection's query log, a deque of at most 9,000
@@ -840,11 +867,14 @@ def measure(name, call, *, args, group):
             connection.close()
             break
         status = getattr(response, "status_code", None)
+        if attempt == 0:
+            rows = rows_shown(response)
         if attempt == 0 and elapsed < 1 and args.repeat > 1:
             continue  # warm-up (caches, the first connection); kept when it was slow
         samples.append(elapsed * 1000)
         counts.append(len(captured.captured_queries))
         sql_ms.append(sum(s[0] for s in recorder.statements) * 1000)
+        outside.append(samples[-1] - sql_ms[-1])
         top = max(recorder.statements, key=lambda s: s[0], default=None)
         if top and (slowest is None or top[0] > slowest[0]):
             slowest = top
@@ -857,8 +887,11 @@ def measure(name, call, *, args, group):
             median_ms=round(statistics.median(samples), 1),
             p95_ms=round(percentile(samples, 0.95), 1),
             sql_ms=round(statistics.median(sql_ms), 1),
+            # The page's own Python work: each sample's time less its statements' time.
+            outside_sql_ms=round(statistics.median(outside), 1),
             queries=max(counts),
             queries_min=min(counts),
+            rows=rows,
         )
     if slowest:
         result["slowest_ms"] = round(slowest[0] * 1000, 1)
@@ -1328,6 +1361,8 @@ def report(figures: dict) -> str:
             f"({ours['rows']:,} rows), bare GROUP BY {bare['median_ms']} ms: "
             f"x{mtd['ratio']} (goal within x2)"
         )
+    if figures.get("baseline"):
+        lines += against_baseline(figures, pages)
     for post in figures.get("post_usage", []):
         lines.append(
             f"{post['page']}: {post['ms']:,.0f} ms, {post['queries']:,} queries "
@@ -1344,11 +1379,57 @@ def report(figures: dict) -> str:
     return "\n".join(lines)
 
 
+def against_baseline(figures: dict, pages: list[dict]) -> list[str]:
+    """Each page's time outside its SQL here against the same page on the baseline's
+    (smaller) data set: what grows with the data outside the database is our Python work."""
+    base = figures["baseline"]
+    there = {r["page"]: r for r in base["pages"] if "outside_sql_ms" in r}
+    pairs = [(r, there[r["page"]]) for r in pages if "outside_sql_ms" in r and r["page"] in there]
+    grew = [(r, b) for r, b in pairs if r["outside_sql_ms"] > 2 * b["outside_sql_ms"]]
+    same_rows = [(r, b) for r, b in pairs if r.get("rows") == b.get("rows")]
+    grew_same_rows = [(r, b) for r, b in grew if r.get("rows") == b.get("rows")]
+    ratios = sorted(
+        r["outside_sql_ms"] / b["outside_sql_ms"] for r, b in pairs if b["outside_sql_ms"]
+    )
+    lines = [
+        "",
+        f"time outside SQL against the baseline ({base['users']:,} users x {base['days']} days, "
+        f"commit {base['commit']}, {base['when']}):",
+        f"{len(pairs) - len(grew)} of {len(pairs)} pages within x2 of the baseline's "
+        f"(median ratio {statistics.median(ratios):.2f}); "
+        f"of the {len(same_rows)} pages showing as many rows at both sizes, "
+        f"{len(same_rows) - len(grew_same_rows)} within x2",
+    ]
+    if grew:
+        lines.append(
+            f"{'over x2 (ms outside SQL: baseline -> here; rows shown)':<72} {'base':>6} "
+            f"{'here':>6} {'rows':>11}"
+        )
+        for r, b in sorted(grew, key=lambda p: p[0]["outside_sql_ms"] / p[1]["outside_sql_ms"]):
+            shown = f"{b.get('rows')}->{r.get('rows')}"
+            lines.append(
+                f"{r['page'][:72]:<72} {b['outside_sql_ms']:>6} {r['outside_sql_ms']:>6} "
+                f"{shown:>11}"
+            )
+    return lines
+
+
+def with_baseline(figures: dict, path: str | None) -> dict:
+    if path:
+        base = json.loads(Path(path).read_text())
+        figures["baseline"] = {k: base.get(k) for k in ("users", "days", "commit", "when")}
+        figures["baseline"]["pages"] = [
+            {k: r[k] for k in ("page", "outside_sql_ms", "rows") if k in r}
+            for r in base.get("pages", [])
+        ]
+    return figures
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.reuse:
         scratch.setup_django(args.database_url)
-        figures = benchmark(args)
+        figures = with_baseline(benchmark(args), args.baseline)
         print(report(figures))
         text = json.dumps(figures, indent=2, default=str)
         if args.json:
@@ -1363,7 +1444,12 @@ def main(argv=None) -> int:
         scratch.setup_django(url)
         call_command("migrate", verbosity=0)
 
-    return scratch.run_in_scratch(args, setup=setup, benchmark=benchmark, report=report)
+    return scratch.run_in_scratch(
+        args,
+        setup=setup,
+        benchmark=lambda args: with_baseline(benchmark(args), args.baseline),
+        report=report,
+    )
 
 
 if __name__ == "__main__":
