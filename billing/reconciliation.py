@@ -666,6 +666,8 @@ def reconciliation_resend(
             finalized=finalized_periods(user_ids=[user.pk]).get(user.pk, []),
         )
     ) or (invoice is not None and (invoice.stripe_status or _stripe_status_of(invoice)) != "draft")
+    # Our final invoice of an ended subscription charged the month: the meter is closed too.
+    closed = closed or user.pk in _final_invoices_by_user(month, [user.pk])
     if timestamp is None or closed:
         raise RepairRefused(
             f"{user.pk} {month:%Y-%m} {resource}: the month is closed; invoice the difference "

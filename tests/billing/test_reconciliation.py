@@ -21,7 +21,12 @@ from billing.models import (
     StripeUsageReport,
     UserCredits,
 )
-from billing.reconciliation import billing_reconcile, ours_by_user
+from billing.reconciliation import (
+    RepairRefused,
+    billing_reconcile,
+    ours_by_user,
+    reconciliation_resend,
+)
 from billing.stripe_reporting import month_cents_by_resource, usage_report_to_stripe
 from billing.tasks import ReconciliationDifferences, reconcile_billing
 from billing.usage import UsageRecord, usage_upsert
@@ -375,3 +380,20 @@ def test_a_final_invoice_of_a_subscription_ended_in_the_portal_reconciles(catalo
     )
     [line] = billing_reconcile(months=[this_month()]).lines
     assert line.final_invoice_id == final["id"] and not line.differences
+
+
+def test_no_resend_to_the_meter_of_a_month_our_final_invoice_charged(catalog, deliver):
+    user, subscription = subscribed_user(catalog)
+    use(user, cpu_hours=D("10"))
+    usage_report_to_stripe()
+    deliver(
+        make_event("customer.subscription.deleted", catalog.end_subscription(subscription["id"]))
+    )
+    catalog.meter_events.clear()  # Stripe's meter lost what it counted: a resend would go on it
+    events = len(catalog.meter_events)
+    reported_a_while_ago()
+
+    with pytest.raises(RepairRefused, match="the month is closed"):
+        reconciliation_resend(user=user, month=this_month(), resource="cpu_hour", actor="t")
+
+    assert len(catalog.meter_events) == events
