@@ -77,11 +77,16 @@ def start_idle_expiry(session) -> None:
     session[REFRESHED_AT] = int(time.time())
 
 
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
 class RejectNullBytesMiddleware:
-    """PostgreSQL text cannot hold NUL bytes: a path, query string, cookie or header with
-    one is a bad request (400), never a database error (500): a session cookie holding
-    `"\\000"` would otherwise reach the session table. Bodies are checked by the forms, the
-    API's parser and the webhook that read them."""
+    """PostgreSQL text cannot hold NUL bytes: a path, query string, cookie, header or form
+    field with one is a bad request (400), never a database error (500): a session cookie
+    holding `"\\000"` would otherwise reach the session table, an admin action's selection
+    or an autocomplete field's value a query. Form bodies (urlencoded, multipart: the
+    fields, not the files) are read here as the CSRF check reads them; JSON bodies are
+    checked by the API's parser and the webhooks that read them."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -98,6 +103,12 @@ class RejectNullBytesMiddleware:
             if k.startswith("HTTP_")
         ):
             return self._refuse(request, "A cookie or header contains a NUL character")
+        if (
+            request.method == "POST"
+            and request.content_type in FORM_TYPES
+            and any("\x00" in k or any("\x00" in v for v in vs) for k, vs in request.POST.lists())
+        ):
+            return self._refuse(request, "A form field contains a NUL character")
         return self.get_response(request)
 
     @staticmethod

@@ -123,6 +123,15 @@ def _load_yaml(text: str) -> dict:
         problem = getattr(exc, "problem", None) or "it could not be read"
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise KubeconfigError(f"The kubeconfig is not valid YAML: {where}{problem}.") from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        # PyYAML's constructors raise these for a value that reads as a type it is not (a
+        # date such as 2026-02-30, `!!int abc`, `!!bool x`); their messages quote the value,
+        # which may be part of a secret.
+        raise KubeconfigError(
+            "The kubeconfig is not valid YAML: a value could not be read as the type it is "
+            "written as (an impossible date such as 2026-02-30, or a tag such as !!int on "
+            "text); quote such values."
+        ) from None
     if config is None:
         raise KubeconfigError("The kubeconfig is empty.")
     if not isinstance(config, dict):

@@ -38,6 +38,7 @@ from plumbing.admin_lists import (
     EstimatedCountAdminMixin,
     IndexedValuesFilter,
     IndexOrderAdminMixin,
+    StrictChoicesFilter,
 )
 from plumbing.admin_ranges import date_range
 from plumbing.admin_report import ActionReport
@@ -155,7 +156,7 @@ class JobAdmin(IndexOrderAdminMixin, EstimatedCountAdminMixin, ProcrastinateJobA
 
     actions = ("retry_jobs", "cancel_jobs")
     list_filter = (
-        "status",
+        ("status", StrictChoicesFilter),
         ("queue_name", IndexedValuesFilter),
         ("task_name", IndexedValuesFilter),
     )

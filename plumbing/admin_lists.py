@@ -18,6 +18,7 @@ from operator import or_
 
 from django import template
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ORDER_VAR, ChangeList
 from django.core.exceptions import EmptyResultSet
 from django.core.paginator import Paginator
@@ -181,6 +182,23 @@ class IndexedValuesFilter(admin.AllValuesFieldListFilter):
             )
             cursor.execute(skip_scan)
             self.lookup_choices = [row[0] for row in cursor.fetchall()]
+
+
+class StrictChoicesFilter(admin.ChoicesFieldListFilter):
+    """Django's filter of a field with choices, refusing a value that is not one of them as
+    a bad lookup (the admin's "?e=1"). Django hands any value to the database, which on a
+    column of an enum type (Procrastinate's job status) is an error, a 500."""
+
+    def queryset(self, request, queryset):
+        values = self.used_parameters.get(self.lookup_kwarg)
+        if values is not None:
+            allowed = {str(value) for value, _ in self.field.flatchoices if value is not None}
+            for value in values if isinstance(values, list) else [values]:
+                if str(value) not in allowed:
+                    raise IncorrectLookupParameters(
+                        f"{self.field.verbose_name}: {value!r} is not one of its values"
+                    )
+        return super().queryset(request, queryset)
 
 
 def _flip(field: str) -> str:

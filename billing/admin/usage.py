@@ -128,7 +128,7 @@ def _whole_months(query) -> dict | None:
         )
         cluster = query.get("hopsworks_cluster__id__exact")
         cluster_id = uuid.UUID(cluster) if cluster else None
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: the day after 9999-12-31
         return None
     no_cluster = query.get("hopsworks_cluster__isnull")
     if no_cluster not in (None, "True", "1") or (no_cluster and cluster_id):
