@@ -108,7 +108,10 @@ class BoundedPagination(Pagination):
 
     def paginate_queryset(self, queryset, request, view=None):
         raw = request.query_params.get(self.page_query_param, "1")
-        if raw.isdigit() and (int(raw) - 1) * self.get_page_size(request) >= self.max_depth:
+        # ASCII digits only ("²".isdigit() is true, int() refuses it), and few enough for
+        # int(): anything else is DRF's "Invalid page." (404), as on the other lists.
+        page = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
+        if page is not None and (page - 1) * self.get_page_size(request) >= self.max_depth:
             raise exceptions.ValidationError(
                 {
                     self.page_query_param: [
@@ -164,7 +167,7 @@ class UsageRecordsView(generics.ListAPIView):
 
     @extend_schema(
         request=UpsertRequest,
-        responses={200: UpsertResult, **error_responses(400, 415, *COMMON_ERRORS)},
+        responses={200: UpsertResult, **error_responses(400, 413, 415, *COMMON_ERRORS)},
     )
     def post(self, request):
         body = UpsertRequest(data=request.data)
@@ -206,7 +209,9 @@ class UsageRecordsView(generics.ListAPIView):
 def _by_index(errors) -> dict:
     """DRF's list errors as {"records": {"<index>": [...]}} like the service's."""
     records = errors.get("records") if isinstance(errors, dict) else None
-    if not isinstance(records, list):
+    # Per-record errors are a list with an entry (a dict, maybe empty) per record; a list of
+    # messages is about `records` itself (missing, null, too many).
+    if not isinstance(records, list) or not all(isinstance(e, dict) for e in records):
         return errors
     return {
         "records": {str(index): _messages(error) for index, error in enumerate(records) if error}

@@ -60,12 +60,18 @@ from billing.selectors import billing_modes_on
 from billing.standing import standing_check_later
 from plumbing.actors import actor_label
 from plumbing.db import sql_array
+from plumbing.formatting import money
 
 ZERO = Decimal("0")
 MAX_BATCH = 5000
 # No user runs a billion CPU hours in a day: a bigger figure is a mistake, said so.
 MAX_QUANTITY = Decimal("1000000000")
 MAX_CALLS = 2**31 - 1
+# Nor does a user's day on a cluster cost a million dollars: a record priced above this is
+# refused (by its index) as a mistake, before anything is written; it is also the largest
+# single movement the credit ledger takes (`credits.MAX_SINGLE_MOVEMENT`), which a prepaid
+# day's debit would otherwise hit in the middle of the batch.
+MAX_ROW_COST = credits.MAX_SINGLE_MOVEMENT
 PREPAID = BillingProfile.Mode.PREPAID
 
 
@@ -462,9 +468,22 @@ class _Settler:
 
     def _cost(self, row: tuple, figures) -> Decimal:
         try:
-            return cost_of(*figures, self.rates.rates(user_id=row[_USER], day=row[_DATE]))
+            cost = cost_of(*figures, self.rates.rates(user_id=row[_USER], day=row[_DATE]))
         except MissingPrice as error:
             raise UsageValidationError({self.caller_index[_key(row)]: [str(error)]}) from None
+        if cost > MAX_ROW_COST:
+            self._too_costly(row, cost)
+        return cost
+
+    def _too_costly(self, row: tuple, cost: Decimal):
+        raise UsageValidationError(
+            {
+                self.caller_index[_key(row)]: [
+                    f"one day of this usage costs {money(cost)}, over the {money(MAX_ROW_COST)} "
+                    "a user's day on a cluster may cost: check the quantities"
+                ]
+            }
+        )
 
     def new_rows(self, rows: list[tuple], modes: dict, *, into: _Fresh):
         """Rows not written yet, priced and settled one at a time: each is added to `into`
@@ -492,6 +511,8 @@ class _Settler:
                 cost = cost_of(*figures, rates_on(user_id=user_id, day=day))
             except MissingPrice as error:
                 raise UsageValidationError({self.caller_index[_key(row)]: [str(error)]}) from None
+            if cost > MAX_ROW_COST:
+                self._too_costly(row, cost)
             row_id = next(ids)
             if modes[(user_id, day)] == PREPAID:
                 via, debited, revision = credits_via, ZERO, 0

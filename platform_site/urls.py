@@ -24,6 +24,7 @@ api_v1 = [
     path("usage", billing_api.UsageRecordsView.as_view(), name="usage"),
 ]
 
+handler400 = views.bad_request
 handler404 = views.page_not_found
 handler403 = views.permission_denied
 

@@ -46,15 +46,32 @@ def _in_admin(request) -> bool:
     )
 
 
+API_ERRORS = {
+    400: ("bad_request", "The request could not be understood."),
+    403: ("permission_denied", "You do not have permission to perform this action."),
+    404: ("not_found", "Not found: no such endpoint or object (check the path; none ends in /)."),
+}
+
+
 def _error_page(request, status: int):
     from django.contrib import admin
     from django.shortcuts import render
 
+    if request.path.startswith("/api/"):  # the API's one error format, not a page
+        code, message = API_ERRORS[status]
+        return JsonResponse(
+            {"error": {"status": status, "code": code, "message": message, "details": None}},
+            status=status,
+        )
     if _in_admin(request):
         return render(
             request, f"admin/{status}.html", admin.site.each_context(request), status=status
         )
     return render(request, f"{status}.html", status=status)
+
+
+def bad_request(request, exception):
+    return _error_page(request, 400)
 
 
 def page_not_found(request, exception):

@@ -8,7 +8,7 @@ import json
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, parsers
 from rest_framework.pagination import PageNumberPagination
@@ -79,9 +79,23 @@ class Pagination(PageNumberPagination):
     max_page_size = 500
 
 
+class RequestTooLarge(exceptions.APIException):
+    status_code = 413
+    default_code = "too_large"
+
+    def __init__(self):
+        megabytes = settings.DATA_UPLOAD_MAX_MEMORY_SIZE / 2**20
+        super().__init__(
+            f"The request body is over {megabytes:g} MB, more than the server reads; send "
+            "fewer records a request."
+        )
+
+
 def error_handler(exc, context):
     """One error format: {"error": {"status", "code", "message", "details"}}."""
-    if isinstance(exc, Http404):
+    if isinstance(exc, RequestDataTooBig):
+        exc = RequestTooLarge()
+    elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()

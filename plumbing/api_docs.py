@@ -31,6 +31,7 @@ def error_responses(*codes: int) -> dict:
         405: "Method not allowed.",
         406: "Not acceptable.",
         409: "Conflicts with the current state (no room, cluster not taking users).",
+        413: "The request body is larger than the server reads (send fewer records a request).",
         415: "Unsupported media type.",
         429: "Too many requests for this key; retry after the time given.",
     }

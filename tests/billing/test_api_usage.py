@@ -309,3 +309,73 @@ def test_the_clusters_api_counts_each_clusters_users_by_index(client, make_key):
     statement = list_statement(statements, "hopsworks_clusters")
     assert 'JOIN "user_hopsworks_assignments"' not in statement
     assert "Seq Scan on user_hopsworks_assignments" not in plan(statement)
+
+
+@pytest.mark.parametrize("mode", ["prepaid", "postpaid"])
+def test_a_record_costing_over_a_million_dollars_a_day_is_named_and_nothing_written(
+    client, make_key, mode
+):
+    from billing.models import BillingProfile, CreditLedgerEntry
+
+    user = UserFactory()
+    BillingProfile.objects.create(user=user, mode=mode)
+    response = post(
+        client,
+        make_key("usage:write"),
+        [
+            {"user": user.pk, "date": DAY, "api_calls": 10},
+            # 30 million CPU hours: within the quantity limit, $3,000,000 at the rate card.
+            {"user": user.pk, "date": "2026-11-03", "cpu_hours": "30000000"},
+        ],
+    )
+
+    assert response.status_code == 400
+    errors = response.json()["error"]["details"]["records"]
+    assert list(errors) == ["1"]
+    assert "$3,000,000.00" in errors["1"][0] and "check the quantities" in errors["1"][0]
+    assert not UsageDaily.objects.exists() and not CreditLedgerEntry.objects.exists()
+
+
+@pytest.mark.parametrize("page", ["\u00b2", "\u2460", "1" + "0" * 4400, "abc", "0"])
+def test_a_usage_page_that_is_not_a_number_is_not_found(client, make_key, page):
+    response = client.get(
+        "/api/v1/usage", {"page": page}, HTTP_AUTHORIZATION=make_key("usage:read")
+    )
+
+    assert response.status_code == 404
+    assert response.json()["error"]["message"] == "Invalid page."
+
+
+@pytest.mark.parametrize("body", [{}, {"records": None}, {"records": "x"}])
+def test_a_missing_records_list_is_an_error_about_records_not_about_record_0(
+    client, make_key, body
+):
+    response = client.post(
+        "/api/v1/usage",
+        json.dumps(body),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=make_key("usage:write"),
+    )
+
+    assert response.status_code == 400
+    records = response.json()["error"]["details"]["records"]
+    # Messages about the field itself (a list, or DRF's non-field errors), not record "0"'s.
+    assert records and "0" not in records
+    assert not isinstance(records, dict) or list(records) == ["non_field_errors"]
+
+
+def test_a_body_over_the_upload_limit_is_a_413_in_the_apis_format(client, make_key, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = post(client, make_key("usage:write"), [{"user": "x" * 2000, "date": DAY}])
+
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "too_large" and "fewer records" in error["message"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nowhere", "/api/v1/users/", "/api/v1/users/a%2Fb"])
+def test_an_unknown_api_path_is_a_404_in_the_apis_format(client, make_key, path):
+    response = client.get(path, HTTP_AUTHORIZATION=make_key("usage:read"))
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
