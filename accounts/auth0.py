@@ -27,6 +27,15 @@ class Auth0Backend(Auth0OAuth2):
     # Auth0 returns `state` itself and matches callback URLs exactly: no extra query string.
     REDIRECT_STATE = False
 
+    def extra_data(self, user, uid, response, details, pipeline_kwargs):
+        # social-auth keeps the access token (and any refresh or id token) in the social
+        # link's `extra_data`, in plain text. Nothing here calls Auth0 on the user's behalf
+        # after the login: none is kept.
+        data = super().extra_data(user, uid, response, details, pipeline_kwargs)
+        for token in ("access_token", "refresh_token", "id_token"):
+            data.pop(token, None)
+        return data
+
     def _decode_id_token(self, id_token: str, keys) -> dict:
         # social-auth has verified signature, audience, issuer and expiry when this returns.
         claims = super()._decode_id_token(id_token, keys)
@@ -47,8 +56,17 @@ class _GuardedRequests:
 
     @staticmethod
     def request(method, url, **kwargs):
+        # No redirect is followed: the token exchange posts the client secret, and a 307 or
+        # 308 would have requests post it again to wherever the answer points.
+        kwargs["allow_redirects"] = False
         with outbound.guarded_session() as session:
-            return session.request(method, url, **kwargs)
+            response = session.request(method, url, **kwargs)
+        if response.is_redirect:
+            raise requests.exceptions.TooManyRedirects(
+                f"Auth0 answered {response.status_code} (a redirect), which is not followed",
+                response=response,
+            )
+        return response
 
 
 # social-auth makes every request to Auth0 (token exchange, keys) through this name.

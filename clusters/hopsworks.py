@@ -150,6 +150,11 @@ def validate_api_key(key: str | None) -> str | None:
             f"An API key must be at least {MIN_API_KEY_LENGTH} characters: paste the whole "
             "key Hopsworks showed when it was created (Account settings > API keys)."
         )
+    if not outbound.is_header_safe(key.strip()):
+        return (
+            "An API key is one unbroken line of letters, digits and punctuation: this one has "
+            "a space, line break or control character inside (check what was pasted)."
+        )
     return None
 
 
@@ -701,8 +706,12 @@ class HopsworksClient:
             )
 
     def _redact(self, text: str) -> str:
-        # Hopsworks or a proxy could echo the key back; it must never reach a message.
-        return text.replace(self._api_key, "[API key]")
+        # Hopsworks or a proxy could echo the key back, and a library's error may quote the
+        # header with the key escaped (repr): neither form may reach a message.
+        for form in {self._api_key, repr(self._api_key)[1:-1]}:
+            if form:
+                text = text.replace(form, "[API key]")
+        return text
 
 
 def _error_code(body: bytes) -> int | None:

@@ -228,13 +228,14 @@ def _check_cluster(name: str, cluster: dict) -> None:
         raise KubeconfigError(
             f"The kubeconfig's cluster '{name}' server is not a valid URL."
         ) from None
-    if parts.scheme != "https" or not parts.hostname:
-        raise KubeconfigError(
-            f"The kubeconfig's cluster '{name}' server must be an https:// URL, not '{server}'."
-        )
+    # Before the scheme check, which quotes the URL: a password in it is never shown back.
     if parts.username or parts.password:
         raise KubeconfigError(
             f"The kubeconfig's cluster '{name}' server URL must not carry a user or password."
+        )
+    if parts.scheme != "https" or not parts.hostname:
+        raise KubeconfigError(
+            f"The kubeconfig's cluster '{name}' server must be an https:// URL, not '{server}'."
         )
     if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in server:
         raise KubeconfigError(
@@ -292,6 +293,13 @@ def _check_user(name: str, user: dict) -> None:
     has_cert = "client-certificate-data" in user or "client-key-data" in user
     if token is not None and (not isinstance(token, str) or not token.strip()):
         raise KubeconfigError(f"The kubeconfig's user '{name}' has an empty token.")
+    if token is not None and not outbound.is_header_safe(token):
+        # A token is sent as "Authorization: Bearer <token>": a line break (a `token: |`
+        # block keeps the last one) would fail every request, in an error quoting it.
+        raise KubeconfigError(
+            f"The kubeconfig's user '{name}' has a token with a space, line break or control "
+            "character: a token is one unbroken line (check the end of what was pasted)."
+        )
     if has_cert:
         for key in ("client-certificate-data", "client-key-data"):
             if not user.get(key):

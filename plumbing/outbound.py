@@ -286,6 +286,13 @@ def limits(*, quick: bool = False) -> Limits:
     )
 
 
+def is_header_safe(credential: str) -> bool:
+    """Whether a credential can be sent in an HTTP header as it is: visible ASCII only, no
+    space, line break or control character. A key pasted with a line break would fail every
+    request in an error that quotes the header (and the key)."""
+    return bool(credential) and all(33 <= ord(c) <= 126 for c in credential)
+
+
 def read_capped(chunks: Iterable[bytes], *, limit: int) -> bytes:
     """The answer's bytes, or ResponseTooLarge as soon as they pass `limit`."""
     body = bytearray()

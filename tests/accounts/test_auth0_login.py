@@ -3,6 +3,7 @@ TLS whose id_tokens are RS256-signed with a key made for the test."""
 
 from __future__ import annotations
 
+import json
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -373,3 +374,14 @@ def test_a_name_claim_longer_than_we_keep_is_truncated_not_refused(client, fake_
     assert session_user_id(client) == SUB
     user = User.objects.get(pk=SUB)
     assert user.name == "L" * (USER_NAME_MAX_LENGTH - 1) + "…"
+
+
+def test_no_auth0_token_is_kept_after_the_login(client, fake_auth0, db):
+    from social_django.models import UserSocialAuth
+
+    log_in(client, fake_auth0, fake_auth0.id_token(sub=SUB, email="grace@example.com"))
+
+    link = UserSocialAuth.objects.get(uid=SUB)
+    kept = json.dumps(link.extra_data)
+    assert not {"access_token", "refresh_token", "id_token"} & set(link.extra_data)
+    assert "access-token" not in kept  # what the fake's token endpoint issues

@@ -188,6 +188,33 @@ def test_a_rejected_kubeconfig_token_is_a_failed_run_with_the_reason(world, test
     assert not UsageDaily.objects.exists()
 
 
+@pytest.mark.parametrize("token", ["SENTINEL-TOKEN-456\n", "SENTINEL-TOK\rEN-456"])
+def test_a_stored_token_that_cannot_go_in_a_header_fails_the_run_without_quoting_it(
+    world, test_ca, token, caplog
+):
+    # Saved before the form refused such tokens (or in an adopted database): http.client
+    # would refuse the header in an error that quotes it, token and all. The kubeconfig is
+    # checked again at each use, so the run fails on that check, quoting nothing.
+    import yaml
+
+    from clusters.models import HopsworksCluster
+
+    config = yaml.safe_load(kubeconfig_for(world["k8s"], test_ca))
+    config["users"][0]["user"]["token"] = token
+    cluster = HopsworksCluster.objects.get(pk=world["cluster"].pk)
+    cluster.kubeconfig = yaml.safe_dump(config)
+    cluster.save(update_fields=["kubeconfig"])
+
+    with pytest.raises(CommandError):
+        call_command("collect_usage", "--date", DAY.isoformat(), "--cluster", "east")
+
+    run = UsageCollectionRun.objects.get()
+    assert run.status == "failed" and "one unbroken line" in run.error
+    for text in (run.error, caplog.text):
+        assert "SENTINEL" not in text and "EN-456" not in text
+    assert not UsageDaily.objects.exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

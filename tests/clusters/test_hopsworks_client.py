@@ -681,3 +681,26 @@ def test_an_answer_larger_than_the_limit_is_refused(test_ca):
 
     assert "larger than 65536 bytes" in str(caught.value)
     assert not caught.value.retriable
+
+
+def test_a_key_with_a_line_break_is_kept_out_of_the_error_that_quotes_the_header(
+    fake_hopsworks, make_client, caplog
+):
+    # The form refuses such a key now (validate_api_key); one stored before, or in an
+    # adopted database, fails in requests with an error quoting the header, key escaped.
+    key = "SENTINEL-KEY\r\n-123-abcdefghijkl"
+    client = make_client(api_key=key)
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(HopsworksError) as caught:
+        client.check_connection()
+
+    for text in (str(caught.value), caplog.text):
+        assert "SENTINEL" not in text and "-123-abcdefghijkl" not in text
+    assert not fake_hopsworks.requests
+
+
+@pytest.mark.parametrize("key", ["a-key\r\nwith-a-line-break", "a-key with-a-space-inside"])
+def test_a_key_that_cannot_go_in_a_header_is_refused_when_given(key):
+    from clusters.hopsworks import validate_api_key
+
+    assert "one unbroken line" in validate_api_key(key)

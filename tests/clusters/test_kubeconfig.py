@@ -272,3 +272,24 @@ def test_when_saved_in_production_a_named_internal_host_is_accepted(settings):
     config["clusters"][0]["cluster"]["server"] = "https://localhost:6443"
 
     validate_kubeconfig(as_text(config))
+
+
+@pytest.mark.parametrize(
+    "token", [TOKEN + "\n", "abc\r\ndef-secret", "abc def-secret", "abc\tdef-secret"]
+)
+def test_a_token_that_cannot_go_in_a_header_is_refused_without_quoting_it(token):
+    # A `token: |` block keeps its last line break: every request would fail, in an error
+    # that quotes the Authorization header, token and all.
+    message = error_for(as_text(kubeconfig(users=[{"name": "admin", "user": {"token": token}}])))
+
+    assert "one unbroken line" in message
+    assert "secret" not in message and TOKEN not in message
+
+
+def test_a_server_url_with_a_password_is_refused_without_showing_it():
+    cluster = {"server": "http://u:hunter2@1.2.3.4:6443", "certificate-authority-data": PEM_DATA}
+
+    message = error_for(as_text(kubeconfig(clusters=[{"name": "prod", "cluster": cluster}])))
+
+    assert "must not carry a user or password" in message
+    assert "hunter2" not in message
