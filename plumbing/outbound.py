@@ -27,6 +27,8 @@ import socket
 import ssl
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -149,9 +151,27 @@ def address_problem(address: str) -> str | None:
     return f"resolves to {address}, {what}" if what else None
 
 
+# A name lookup's own limit where no deadline is set (a form checking an address), and its
+# cap inside one: the resolver's retries could otherwise take half a minute.
+DNS_SECONDS = 5.0
+# Lookups run on these threads so that the caller can stop waiting (getaddrinfo cannot be
+# interrupted): one that hangs keeps its thread until the resolver gives up.
+_RESOLVER = ThreadPoolExecutor(max_workers=8, thread_name_prefix="outbound-dns")
+
+
 def resolve(host: str, port: int) -> list[tuple[int, int, tuple]]:
-    """(family, protocol, socket address) for each address of `host`; raises socket.gaierror."""
-    answers = socket.getaddrinfo(host.strip("[]"), port, 0, socket.SOCK_STREAM)
+    """(family, protocol, socket address) for each address of `host`; raises socket.gaierror,
+    also when no answer comes within the time the current deadline leaves (at most
+    DNS_SECONDS)."""
+    budget = _budget.get()
+    within = budget.cap(DNS_SECONDS) if budget is not None else DNS_SECONDS
+    lookup = _RESOLVER.submit(socket.getaddrinfo, host.strip("[]"), port, 0, socket.SOCK_STREAM)
+    try:
+        answers = lookup.result(timeout=within)
+    except FutureTimeout:
+        raise socket.gaierror(
+            socket.EAI_AGAIN, f"no answer from DNS for {host} within {within:g} s"
+        ) from None
     return [(family, proto, sockaddr) for family, _, proto, _, sockaddr in answers]
 
 
@@ -380,9 +400,13 @@ class _GuardedConnectionMixin:
             raise NameResolutionError(self.host, self, exc) from exc
         if problem:
             raise DestinationRefused(self, problem)
-        timeout = budget.cap(_number(self.timeout))
         error: Exception | None = None
-        for family, proto, sockaddr in addresses:
+        for tried, (family, proto, sockaddr) in enumerate(addresses):
+            if tried and budget.expired:
+                break  # the last address's error says why
+            # Cut for each address to what is left: N addresses that never answer must not
+            # take N connect timeouts.
+            timeout = budget.cap(_number(self.timeout))
             sock = _DeadlineSocket(family, socket.SOCK_STREAM, proto)
             try:
                 for option in self.socket_options or ():

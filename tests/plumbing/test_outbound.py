@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 import pytest
@@ -243,3 +245,56 @@ def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch):
 
     assert response.content == b"ok"
     assert calls == {"site.example": 1}
+
+
+def test_a_name_lookup_that_hangs_ends_at_the_deadline(monkeypatch):
+    real = outbound.socket.getaddrinfo
+    release = threading.Event()
+
+    def hanging(host, port, *args, **kwargs):
+        if host != "slow-dns.example":
+            return real(host, port, *args, **kwargs)
+        release.wait(12)  # a resolver retrying an unresponsive nameserver
+        return real("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", hanging)
+    started = time.monotonic()
+    try:
+        with (
+            pytest.raises(requests.ConnectionError, match="no answer from DNS"),
+            outbound.deadline(1.0),
+        ):
+            outbound.guarded_session().get("http://slow-dns.example:9/", timeout=(5, 5))
+    finally:
+        release.set()
+
+    assert time.monotonic() - started < 1.0 + 0.5
+
+
+def test_several_addresses_that_never_answer_share_one_deadline(monkeypatch):
+    # A listener whose queue is full: the kernel drops further SYNs, so a connect hangs
+    # until its timeout, as with a firewall that drops packets.
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.2)
+    three = [(socket.AF_INET, 6, ("127.0.0.1", port))] * 3
+    monkeypatch.setattr(outbound, "resolve", lambda host, port: three)
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(requests.ConnectionError), outbound.deadline(1.5):
+            outbound.guarded_session().get(f"http://firewalled.example:{port}/", timeout=(5, 5))
+        elapsed = time.monotonic() - started
+    finally:
+        for sock in (*fillers, full):
+            sock.close()
+
+    assert elapsed < 1.5 + 0.5  # not 3 x 1.5 s
