@@ -155,11 +155,16 @@ ACCOUNT_ACCESS_GATE = "billing.gate.access_blocker"
 
 # Mail to users (alerts, dunning) goes through Django's email backend, from EMAIL_URL
 # (smtp+tls://user:password@host:587, or consolemail:// to print it: `make run` and DEBUG).
-# Mail is sent by jobs, never in a web request; EMAIL_TIMEOUT bounds each connection.
+# Mail is sent by jobs, never in a web request; EMAIL_TIMEOUT bounds each socket operation
+# and EMAIL_DEADLINE_SECONDS a whole send (a server answering a byte at a time).
 vars().update(
     env.email_url("EMAIL_URL", default="consolemail://" if DEBUG else "smtp://localhost:25")
 )
+if EMAIL_BACKEND == "django.core.mail.backends.smtp.EmailBackend":  # noqa: F821 - set above
+    # Django's, with one deadline for a whole send (plumbing/mail.py).
+    EMAIL_BACKEND = "plumbing.mail.DeadlineEmailBackend"
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+EMAIL_DEADLINE_SECONDS = env.float("EMAIL_DEADLINE_SECONDS", default=30.0)
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="billing@localhost")
 # Where users reach the console: links in mail to them (spending alerts) start with it.
 CONSOLE_URL = env("CONSOLE_URL", default="http://localhost:8000")
