@@ -29,6 +29,9 @@ from plumbing.encryption import SecretDecryptionError
 logger = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=5)
+# One account's calls (a lookup of several pages, a create, an update) all together, well
+# inside its lease; a web request's own shorter deadline binds first.
+ACCOUNT_SECONDS = LEASE.total_seconds() / 2
 State = HopsworksAccount.State
 
 
@@ -158,7 +161,9 @@ def _sync_each(pending, clients: dict, report: SyncReport, *, quick: bool, budge
         try:
             if account.cluster_id not in clients:
                 clients[account.cluster_id] = account.cluster.hopsworks_client(quick=quick)
-            state, remote = _apply(account, clients[account.cluster_id])
+            # Within its lease: past it, another run may take the same account.
+            with outbound.deadline(ACCOUNT_SECONDS):
+                state, remote = _apply(account, clients[account.cluster_id])
         except (HopsworksError, SecretDecryptionError, ValueError) as error:
             report.failed += 1
             report.errors.append(_record_failure(account, error))

@@ -41,6 +41,9 @@ REMOTE_USERS_FILTER = ("filter_by", "type:REMOTE_ACCOUNT_TYPE")
 MIN_API_KEY_LENGTH = 8
 # A server that ignores `offset` would otherwise page forever.
 MAX_PAGES = 10_000
+# A whole listing (every page) gets this many calls' deadlines in all: each page has its own
+# deadline, and 10,000 of them would hold a job for days.
+LISTING_CALLS = 5
 CHUNK_BYTES = 64 * 1024
 LOGGED_BODY_CHARS = 200
 
@@ -601,15 +604,33 @@ class HopsworksClient:
         )
 
     def _pages(self, path: str, *, params: list[tuple[str, str]], operation: str) -> Iterator[Any]:
-        """Every item of a list endpoint, one page at a time, until `count` is reached."""
+        """Every item of a list endpoint, one page at a time, until `count` is reached; all
+        the pages within LISTING_CALLS calls' deadlines (an earlier deadline of the caller's
+        binds first)."""
+        seconds = self._deadline * LISTING_CALLS
+        listing = outbound.Budget(seconds=seconds, ends=time.monotonic() + seconds)
         offset = 0
         for _ in range(MAX_PAGES):
-            body = self._call(
-                "GET",
-                path,
-                params=[*params, ("offset", offset), ("limit", self._page_size)],
-                operation=operation,
+            too_slow = HopsworksError(
+                f"Hopsworks at {self.api_url}: {operation} did not finish within {seconds:g} s "
+                f"({offset} items read in that time): the listing is too slow."
             )
+            if listing.expired:
+                raise too_slow
+            # Entered and left around each page, never across a `yield`: the caller's code
+            # between pages runs under its own deadline, not this one.
+            try:
+                with outbound.deadline(listing.remaining()):
+                    body = self._call(
+                        "GET",
+                        path,
+                        params=[*params, ("offset", offset), ("limit", self._page_size)],
+                        operation=operation,
+                    )
+            except HopsworksError as error:
+                if listing.expired:  # cut by the listing's deadline, not the call's own
+                    raise too_slow from error
+                raise
             data = self._object(body, operation=operation)
             items = data.get("items") or []  # Hopsworks leaves "items" out when empty
             if not isinstance(items, list):

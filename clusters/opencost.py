@@ -27,7 +27,8 @@ import json
 import logging
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -170,7 +171,7 @@ def _get_allocations(
     # The client writes the CA and client key to files for urllib3; keep them in a directory
     # of ours that goes away with the request instead of lingering in /tmp. The client caches
     # those files by content across calls, so one call at a time may own the directory.
-    with _CLIENT_FILES_LOCK, tempfile.TemporaryDirectory(prefix="kubeconfig-") as files:
+    with _client_files(server, budget) as files:
         configuration = Configuration()
         configuration.proxy = None  # not even HTTPS_PROXY from the environment
         # Any error is reported at once; see fetch_day_allocations.
@@ -236,6 +237,19 @@ def _get_allocations(
             api_client.close()
     _check_status(server=server, status=response.status, body=body)
     return body
+
+
+@contextmanager
+def _client_files(server: str, budget: outbound.Budget) -> Iterator[str]:
+    """The directory the client may write its files to, ours alone while the call lasts;
+    waiting for another call to give it up counts against this call's deadline."""
+    if not _CLIENT_FILES_LOCK.acquire(timeout=budget.remaining()):
+        raise MetricsError(_deadline_message(server, budget))
+    try:
+        with tempfile.TemporaryDirectory(prefix="kubeconfig-") as files:
+            yield files
+    finally:
+        _CLIENT_FILES_LOCK.release()
 
 
 def _deadline_message(server: str, budget: outbound.Budget) -> str:

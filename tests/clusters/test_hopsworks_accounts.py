@@ -202,3 +202,27 @@ def test_a_slow_cluster_cannot_hold_a_first_login_and_the_retry_creates_the_acco
     account.refresh_from_db()
     assert (account.synced, account.last_error) == ("active", "")
     assert len(posts(east)) == 1
+
+
+def test_one_accounts_calls_end_within_its_share_of_the_lease(
+    fake_hopsworks, cluster_on, monkeypatch
+):
+    # Past its lease another run may take the same account: its calls all together get
+    # ACCOUNT_SECONDS (half the lease), whatever each call's own deadline.
+    import clusters.account_sync as account_sync
+
+    monkeypatch.setattr(account_sync, "ACCOUNT_SECONDS", 1.0)
+    east, _ = fake_hopsworks
+    cluster = cluster_on(east, name="east")
+    user = UserFactory(email="slow@example.com")
+    services.assignment_create(user=user, cluster=cluster, actor=None)
+    east.slow_next(10, seconds=0.6)  # each answer well within a call's 60 s
+
+    started = time.monotonic()
+    with pytest.raises(CommandError, match="still pending"):
+        call_command("sync_hopsworks_accounts")
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1.0 + 1.0
+    account = HopsworksAccount.objects.get(user=user)
+    assert account.pending and "deadline" in account.last_error

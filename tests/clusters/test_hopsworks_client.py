@@ -704,3 +704,24 @@ def test_a_key_that_cannot_go_in_a_header_is_refused_when_given(key):
     from clusters.hopsworks import validate_api_key
 
     assert "one unbroken line" in validate_api_key(key)
+
+
+def test_a_listing_of_many_slow_pages_ends_within_a_few_calls_deadlines(
+    fake_hopsworks, make_client
+):
+    # Each page answers within its own call's deadline, but 12 of them would not end: the
+    # whole listing gets LISTING_CALLS deadlines (a job's listing: 5 x 60 s, not 10,000 x).
+    from clusters.hopsworks import LISTING_CALLS
+
+    for n in range(12):
+        fake_hopsworks.add_project(f"p{n}", "alice@example.com")
+    fake_hopsworks.slow_next(12, seconds=0.4)
+    client = make_client(deadline=0.5, page_size=1)
+
+    started = time.monotonic()
+    with pytest.raises(HopsworksError, match=r"did not finish within 2\.5 s"):
+        client.list_projects()
+    elapsed = time.monotonic() - started
+
+    assert LISTING_CALLS * 0.5 <= elapsed < LISTING_CALLS * 0.5 + 1.0
+    assert 4 <= len(fake_hopsworks.requests) < 12

@@ -472,3 +472,33 @@ def test_a_proxy_in_the_environment_is_not_used(fake, kubeconfig, monkeypatch):
 
     assert proxy.connections == 0
     assert len(fake.requests) == 1
+
+
+def test_waiting_for_another_calls_client_files_counts_against_the_deadline(fake, kubeconfig):
+    # One call at a time may own the client's file directory; a call that waits for it
+    # must not wait past its own deadline (then find it spent).
+    import threading
+
+    from clusters import opencost
+
+    taken, done = threading.Event(), threading.Event()
+
+    def another_call():  # another collection's call, holding it for 2 s
+        with opencost._CLIENT_FILES_LOCK:
+            taken.set()
+            done.wait(2)
+
+    holder = threading.Thread(target=another_call)
+    holder.start()
+    taken.wait(5)
+    try:
+        started = time.monotonic()
+        message = fetch_error(kubeconfig=kubeconfig, timeout=0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        done.set()
+        holder.join()
+
+    assert "did not answer within 0.5 seconds" in message
+    assert elapsed < 0.5 + 0.5
+    assert not fake.requests
