@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django import forms
+from django.contrib import messages
 from django.contrib.admin import helpers
 from django.contrib.admin.templatetags.admin_urls import admin_urlname
 from django.contrib.admin.utils import unquote
@@ -21,6 +22,11 @@ from django.utils.encoding import escape_uri_path
 # Posted by an object page's action button (and carried through the confirmation page):
 # the action runs on that one object and the operator comes back to its page.
 OBJECT_ACTION = "_object_action"
+# What one confirmed action handles while the operator waits: its page lists each object,
+# and its work (a close, a suspension, a credit) takes tens of milliseconds per object, so
+# "select all" over 100,000 users would outlast the web worker's 30 s. A list page shows
+# 100 rows: only a selection across pages can be larger.
+IN_REQUEST_LIMIT = 200
 
 
 def confirm_then(
@@ -36,7 +42,20 @@ def confirm_then(
     describe: Callable[[object], str] | None = None,
 ):
     """`describe(obj)`, if given, is shown beside each object (what the operator must see
-    before confirming); without it, the admin's `describe_for_confirm(obj)` if it has one."""
+    before confirming); without it, the admin's `describe_for_confirm(obj)` if it has one.
+    A selection of more than IN_REQUEST_LIMIT objects is refused with a message, before
+    anything is shown or done."""
+    selected = queryset.count()
+    if selected > IN_REQUEST_LIMIT:
+        opts = modeladmin.model._meta
+        modeladmin.message_user(
+            request,
+            f"{title}: {selected:,} {opts.verbose_name_plural} are selected, and this action "
+            f"runs while you wait, for at most {IN_REQUEST_LIMIT} at a time. Select fewer "
+            "(filter or search the list) and run it again. Nothing was changed.",
+            messages.WARNING,
+        )
+        return None
     form = None
     if request.POST.get("confirmed") == "yes":
         form = form_class(request.POST) if form_class else None

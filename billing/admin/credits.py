@@ -190,10 +190,11 @@ def outcome_message(applied: Applied, direction: str) -> tuple[str, str]:
     )
 
 
-def _adjust(modeladmin, request, users, direction):
+def _adjust(modeladmin, request, queryset, direction):
     kind = "grant" if direction == Direction.CREDIT else "debit"
 
     def apply(data):
+        users = modeladmin.users_of(queryset)  # once confirmed (and within the action's limit)
         report = ActionReport("user")
         report.watch_jobs("billing.send_billing_adjustment")
         # One deadline for every user selected, well inside the web worker's timeout: those
@@ -246,7 +247,7 @@ class AdjustmentActionsMixin:
             "one user, a credit note on an open invoice of theirs).",
             confirm_label="Grant",
             form_class=GrantForm,
-            apply=_adjust(self, request, self.users_of(queryset), Direction.CREDIT),
+            apply=_adjust(self, request, queryset, Direction.CREDIT),
         )
 
     @admin.action(description="Debit (charge with a reason)", permissions=["debit"])
@@ -260,7 +261,7 @@ class AdjustmentActionsMixin:
             "Postpaid users: an invoice item on their next Stripe invoice.",
             confirm_label="Debit",
             form_class=AdjustmentForm,
-            apply=_adjust(self, request, self.users_of(queryset), Direction.DEBIT),
+            apply=_adjust(self, request, queryset, Direction.DEBIT),
         )
 
 

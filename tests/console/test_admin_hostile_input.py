@@ -159,3 +159,33 @@ def test_every_registered_admin_checks_its_input():
         if not isinstance(model_admin, CheckedInputAdminMixin)
     ]
     assert unchecked == []
+
+
+@pytest.mark.parametrize("action", ["suspend_users", "close_accounts", "grant_credits"])
+def test_a_selection_larger_than_a_request_can_handle_is_refused_before_anything(
+    operator_client, action, monkeypatch
+):
+    # "Select all" across pages: the confirmation page would list every user and the work
+    # take tens of milliseconds each, past the web worker's timeout.
+    from plumbing import admin_confirm
+
+    monkeypatch.setattr(admin_confirm, "IN_REQUEST_LIMIT", 3)
+    users = UserFactory.create_batch(4)
+    url = "/admin/accounts/user/"
+
+    for confirmed in ({}, {"confirmed": "yes", "reason": "bulk", "amount": "5"}):
+        response = operator_client.post(
+            url,
+            {
+                "action": action,
+                "select_across": "1",
+                "index": "0",
+                "_selected_action": [users[0].pk],
+                **confirmed,
+            },
+        )
+        assert response.status_code == 302
+        message = messages_of(response)[-1]
+        assert "at most 3 at a time" in message and "Nothing was changed" in message
+
+    assert not User.objects.exclude(status=User.Status.ACTIVE).exists()
