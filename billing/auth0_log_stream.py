@@ -4,9 +4,11 @@ batches of tenant log entries, each `{"log_id": ..., "data": {"type": ..., "user
 (`sdu`) closes that user's account (actor "auth0", from the time Auth0 logged it): the
 user deleted in Auth0 has left. Other types are counted and dropped.
 
-Each deletion is stored by its unique log id (`Auth0LogEvent`) in the transaction that acts
-on it, so a redelivered entry has one effect; one about a user we do not know is kept as
-`unknown_user` for an operator to look at.
+Each deletion is stored by its unique log id (`Auth0LogEvent`, `pending`) and answered at
+once; a job (`billing.apply_auth0_log_events`) then acts on the stored ones, each in its
+own transaction with its outcome, so a redelivered entry has one effect and a delivery of
+thousands of deletions does not hold the web request (Auth0's advice: queue, answer 2xx).
+One about a user we do not know is kept as `unknown_user` for an operator to look at.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import User
 from billing.closing import AccountCloseRefused, account_close
 from billing.models import AccountClosure, Auth0LogEvent
+from plumbing.jobs import defer
 
 USER_DELETED = "sdu"
 MAX_ID_LENGTH = 512
@@ -41,6 +44,7 @@ class LogEntry:
 
 @dataclass
 class Outcome:
+    queued: int = 0
     closed: int = 0
     duplicates: int = 0
     ignored: int = 0
@@ -82,27 +86,72 @@ def log_entries_parse(payload: bytes) -> list[LogEntry]:
     return entries
 
 
-def log_entries_apply(entries: list[LogEntry]) -> Outcome:
-    """Close the account of each user deleted in Auth0 (once per log entry)."""
+def log_entries_store(entries: list[LogEntry]) -> Outcome:
+    """Store each user deletion not seen before as `pending` (one statement for the batch)
+    and queue the job that applies them; count the rest as duplicates or ignored."""
+    from billing.tasks import apply_auth0_log_events  # tasks import this module
+
     outcome = Outcome()
+    deletions: dict[str, LogEntry] = {}
     for entry in entries:
         if entry.type != USER_DELETED:
             outcome.ignored += 1
-            continue
-        try:
-            with transaction.atomic():
-                _apply(entry, outcome)
-        except IntegrityError:  # the same entry, delivered twice at the same moment
+        elif entry.log_id in deletions:
             outcome.duplicates += 1
+        else:
+            deletions[entry.log_id] = entry
+    with transaction.atomic():
+        known = set(
+            Auth0LogEvent.objects.filter(pk__in=list(deletions)).values_list("pk", flat=True)
+        )
+        new = [entry for log_id, entry in deletions.items() if log_id not in known]
+        outcome.duplicates += len(known)
+        # A concurrent delivery of the same entry: its row wins, ours is skipped.
+        Auth0LogEvent.objects.bulk_create(
+            [
+                Auth0LogEvent(
+                    log_id=entry.log_id,
+                    type=entry.type,
+                    user_id=entry.user_id,
+                    occurred_at=entry.date,
+                    outcome=Auth0LogEvent.Outcome.PENDING,
+                )
+                for entry in new
+            ],
+            ignore_conflicts=True,
+        )
+        outcome.queued = len(new)
+        if new:
+            defer(apply_auth0_log_events, queueing_lock="auth0-log-events")
     return outcome
 
 
-def _apply(entry: LogEntry, outcome: Outcome) -> None:
-    if Auth0LogEvent.objects.filter(pk=entry.log_id).exists():
-        outcome.duplicates += 1
-        return
-    record = Auth0LogEvent(log_id=entry.log_id, type=entry.type, user_id=entry.user_id)
-    user = User.objects.filter(pk=entry.user_id).first()
+def log_events_apply(*, limit: int = 100) -> Outcome:
+    """Act on stored deletions still `pending`, oldest first, each in its own transaction
+    (an event another worker holds is skipped), until none is left."""
+    outcome = Outcome()
+    while True:
+        with transaction.atomic():
+            batch = list(
+                Auth0LogEvent.objects.select_for_update(skip_locked=True)
+                .filter(outcome=Auth0LogEvent.Outcome.PENDING)
+                .order_by("received_at", "log_id")[:limit]
+            )
+        if not batch:
+            return outcome
+        for pending in batch:
+            with transaction.atomic():
+                record = (
+                    Auth0LogEvent.objects.select_for_update(skip_locked=True)
+                    .filter(pk=pending.pk, outcome=Auth0LogEvent.Outcome.PENDING)
+                    .first()
+                )
+                if record is not None:
+                    _apply(record, outcome)
+
+
+def _apply(record: Auth0LogEvent, outcome: Outcome) -> None:
+    user = User.objects.filter(pk=record.user_id).first()
     if user is None:
         record.outcome = Auth0LogEvent.Outcome.UNKNOWN_USER
         outcome.unknown_users += 1
@@ -111,19 +160,19 @@ def _apply(entry: LogEntry, outcome: Outcome) -> None:
         outcome.duplicates += 1
     else:
         now = timezone.now()
-        closed_at = min(entry.date, now) if entry.date else now
+        closed_at = min(record.occurred_at, now) if record.occurred_at else now
         try:
             with transaction.atomic():
                 account_close(
                     user=user,
                     actor="auth0",
-                    reason=f"User deleted in Auth0 (log {entry.log_id})",
+                    reason=f"User deleted in Auth0 (log {record.log_id})",
                     closed_at=closed_at,
                 )
         except AccountCloseRefused as error:
             record.outcome, record.detail = Auth0LogEvent.Outcome.REFUSED, str(error)
-            outcome.refused.append(f"{entry.user_id}: {error}")
+            outcome.refused.append(f"{record.user_id}: {error}")
         else:
             record.outcome = Auth0LogEvent.Outcome.CLOSED
             outcome.closed += 1
-    record.save(force_insert=True)
+    record.save(update_fields=["outcome", "detail"])

@@ -1255,10 +1255,11 @@ class SubscriptionEnd(models.Model):
 
 class Auth0LogEvent(models.Model):
     """One Auth0 log event received on the log stream webhook, stored by its unique log id
-    so a redelivery has one effect. Only user deletions (`sdu`) act: they close the
-    account; one about a user we do not know is kept as `unknown_user`."""
+    so a redelivery has one effect. Only user deletions (`sdu`) act: stored `pending`, then
+    a job closes the account; one about a user we do not know is kept as `unknown_user`."""
 
     class Outcome(models.TextChoices):
+        PENDING = "pending", "Received, to be applied"
         CLOSED = "closed", "Account closed"
         ALREADY_CLOSED = "already_closed", "Account already closed"
         UNKNOWN_USER = "unknown_user", "No user of ours"
@@ -1271,6 +1272,8 @@ class Auth0LogEvent(models.Model):
     outcome = models.TextField(choices=Outcome.choices)
     detail = models.TextField(blank=True, default="")
     received_at = models.DateTimeField(default=timezone.now)
+    # When Auth0 logged it (the deletion's time: the account is closed from then).
+    occurred_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "billing_auth0_log_event"

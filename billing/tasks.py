@@ -21,6 +21,7 @@ from billing.adjustments import (
     prepaid_debt_carry,
     users_with_prepaid_debt,
 )
+from billing.auth0_log_stream import log_events_apply
 from billing.collection import clusters_to_collect, usage_collect_day
 from billing.credits import credits_check_balances
 from billing.invoices import invoices_sync
@@ -202,6 +203,20 @@ def retry_stripe_events(timestamp: int) -> str:
     events = stripe_events_retry()
     failed = sum(event.status == StripeEvent.Status.FAILED for event in events)
     return f"{len(events)} event(s) retried, {failed} still failing"
+
+
+@app.periodic(cron="*/10 * * * *")
+@app.task(queue="maintenance", name="billing.apply_auth0_log_events")
+@background
+def apply_auth0_log_events(timestamp: int | None = None) -> str:
+    """Queued by the Auth0 log stream webhook for the deletions it stored, and every 10
+    minutes for any still pending: each closes its user's account, once."""
+    outcome = log_events_apply()
+    return (
+        f"{outcome.closed} closed, {outcome.duplicates} already closed, "
+        f"{outcome.unknown_users} unknown, {len(outcome.refused)} refused"
+        + (f": {'; '.join(outcome.refused)}" if outcome.refused else "")
+    )
 
 
 class BalanceDriftFound(Exception):

@@ -12,7 +12,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from billing import stripe_gateway as gateway
-from billing.auth0_log_stream import BadLogStreamPayload, log_entries_apply, log_entries_parse
+from billing.auth0_log_stream import BadLogStreamPayload, log_entries_parse, log_entries_store
 from billing.stripe_events import stripe_event_receive
 
 
@@ -53,13 +53,9 @@ def auth0_log_stream(request):
         entries = log_entries_parse(request.body)
     except BadLogStreamPayload as error:
         return JsonResponse({"error": str(error)}, status=400)
-    outcome = log_entries_apply(entries)
+    # Stored and queued: the accounts are closed by a job (billing.apply_auth0_log_events),
+    # so a large delivery is answered at once.
+    outcome = log_entries_store(entries)
     return JsonResponse(
-        {
-            "closed": outcome.closed,
-            "duplicates": outcome.duplicates,
-            "ignored": outcome.ignored,
-            "unknown_users": outcome.unknown_users,
-            "refused": outcome.refused,
-        }
+        {"queued": outcome.queued, "duplicates": outcome.duplicates, "ignored": outcome.ignored}
     )
