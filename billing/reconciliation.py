@@ -318,7 +318,11 @@ def _invoices_by_user(month: dt.date, user_ids) -> dict[str, BillingHistory]:
     renew on the first); a void one does not count, nor a final invoice of ours (a one-off
     invoice's period is the moment it was made, not the usage it charges: see
     `_final_invoices_by_user`)."""
-    finals = SubscriptionEnd.objects.filter(user_id__in=list(user_ids)).exclude(final_invoice_id="")
+    # Only the invoices we made: a "covered" end names Stripe's own invoice of the period,
+    # which is the month's invoice like any other.
+    finals = SubscriptionEnd.objects.filter(
+        user_id__in=list(user_ids), status=SubscriptionEnd.Status.INVOICED
+    ).exclude(final_invoice_id="")
     invoices = (
         BillingHistory.objects.filter(
             user_id__in=list(user_ids),

@@ -397,3 +397,25 @@ def test_no_resend_to_the_meter_of_a_month_our_final_invoice_charged(catalog, de
         reconciliation_resend(user=user, month=this_month(), resource="cpu_hour", actor="t")
 
     assert len(catalog.meter_events) == events
+
+
+def test_stripes_own_invoice_of_an_ended_subscription_stays_the_months_invoice(catalog, deliver):
+    # Ended in the portal, but Stripe invoiced the period itself ("covered"): that invoice,
+    # on our metered prices, is the month's, as any other.
+    user, subscription = subscribed_user(catalog)
+    use(user, cpu_hours=D("10"))
+    usage_report_to_stripe()
+    ended = catalog.end_subscription(subscription["id"])
+    start, _ = month_bounds(this_month())
+    invoice = catalog.add_usage_invoice(
+        subscription_id=subscription["id"], period_start=start, period_end=ended["ended_at"]
+    )
+    deliver(make_event("invoice.finalized", invoice))
+    deliver(make_event("customer.subscription.deleted", ended))
+    reported_a_while_ago()
+
+    [line] = billing_reconcile(months=[this_month()]).lines
+
+    assert (line.invoice_id, line.final_invoice_id) == (invoice["id"], "")
+    assert line.month_closed and not line.differences
+    assert line.figures["cpu_hour"].invoiced == line.figures["cpu_hour"].stripe == 100
