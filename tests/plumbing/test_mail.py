@@ -54,6 +54,16 @@ class QuickSMTP(_Server):
                 conn.sendall(b"250 ok\r\n")
 
 
+def backend(port: int, *, deadline: float):
+    return get_connection(
+        "plumbing.mail.DeadlineEmailBackend",
+        host="127.0.0.1",
+        port=port,
+        timeout=5,
+        deadline=deadline,
+    )
+
+
 def message(connection) -> EmailMessage:
     return EmailMessage(
         "Hello", "Body", "from@example.com", ["to@example.com"], connection=connection
@@ -77,13 +87,8 @@ def test_an_smtp_url_gets_the_backend_with_a_deadline():
 
 def test_a_mail_server_that_drips_its_greeting_ends_the_send_at_the_deadline():
     with DripSMTP() as slow:
-        connection = get_connection(
-            "plumbing.mail.DeadlineEmailBackend",
-            host="127.0.0.1",
-            port=slow.port,
-            timeout=5,  # per socket operation: never reached, a byte comes every 0.1 s
-            deadline=1.0,
-        )
+        # A byte comes every 0.1 s: the per-operation timeout of 5 s is never reached.
+        connection = backend(slow.port, deadline=1.0)
         started = time.monotonic()
         with pytest.raises(TimeoutError, match="did not finish within 1 s"):
             message(connection).send()
@@ -94,11 +99,5 @@ def test_a_mail_server_that_drips_its_greeting_ends_the_send_at_the_deadline():
 
 def test_a_mail_server_that_answers_gets_the_message():
     with QuickSMTP() as quick:
-        connection = get_connection(
-            "plumbing.mail.DeadlineEmailBackend",
-            host="127.0.0.1",
-            port=quick.port,
-            timeout=5,
-            deadline=5.0,
-        )
+        connection = backend(quick.port, deadline=5.0)
         assert message(connection).send() == 1
