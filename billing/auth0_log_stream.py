@@ -128,26 +128,44 @@ def log_entries_store(entries: list[LogEntry]) -> Outcome:
 
 def log_events_apply(*, limit: int = 100) -> Outcome:
     """Act on stored deletions still `pending`, oldest first, each in its own transaction
-    (an event another worker holds is skipped), until none is left."""
-    outcome = Outcome()
+    (an event another worker holds is skipped), until none is left. One that fails stays
+    pending, the others go on, and the failures are raised at the end (the job fails and
+    its periodic run tries them again)."""
+    outcome, failed = Outcome(), {}
     while True:
-        with transaction.atomic():
-            batch = list(
-                Auth0LogEvent.objects.select_for_update(skip_locked=True)
-                .filter(outcome=Auth0LogEvent.Outcome.PENDING)
-                .order_by("received_at", "log_id")[:limit]
-            )
+        batch = list(
+            Auth0LogEvent.objects.filter(outcome=Auth0LogEvent.Outcome.PENDING)
+            .exclude(pk__in=list(failed))
+            .order_by("received_at", "log_id")
+            .values_list("pk", flat=True)[:limit]
+        )
         if not batch:
-            return outcome
-        for pending in batch:
-            with transaction.atomic():
-                record = (
-                    Auth0LogEvent.objects.select_for_update(skip_locked=True)
-                    .filter(pk=pending.pk, outcome=Auth0LogEvent.Outcome.PENDING)
-                    .first()
-                )
-                if record is not None:
-                    _apply(record, outcome)
+            break
+        for log_id in batch:
+            try:
+                with transaction.atomic():
+                    record = (
+                        Auth0LogEvent.objects.select_for_update(skip_locked=True)
+                        .filter(pk=log_id, outcome=Auth0LogEvent.Outcome.PENDING)
+                        .first()
+                    )
+                    if record is not None:
+                        _apply(record, outcome)
+                    else:
+                        failed[log_id] = None  # another worker's: not ours to retry now
+            except Exception as error:  # kept pending, raised below
+                failed[log_id] = error
+    errors = {log_id: error for log_id, error in failed.items() if error is not None}
+    if errors:
+        raise LogEventsFailed(
+            f"{len(errors)} Auth0 deletion(s) not applied (kept pending): "
+            + "; ".join(f"{log_id}: {type(e).__name__}: {e}" for log_id, e in errors.items())
+        )
+    return outcome
+
+
+class LogEventsFailed(Exception):
+    """Some stored deletions could not be applied; they stay pending."""
 
 
 def _apply(record: Auth0LogEvent, outcome: Outcome) -> None:

@@ -127,3 +127,27 @@ def test_a_large_delivery_is_stored_in_a_constant_number_of_queries_and_applied_
     assert set(
         User.objects.filter(pk__in=[u.pk for u in users]).values_list("status", flat=True)
     ) == {User.Status.DELETED}
+
+
+def test_a_deletion_that_fails_stays_pending_and_does_not_hold_up_the_others(client, monkeypatch):
+    from billing import auth0_log_stream
+
+    stuck, fine = UserFactory(), UserFactory()
+    post(client, [log_event("sdu", stuck.pk), log_event("sdu", fine.pk)])
+    real = auth0_log_stream.account_close
+
+    def close(*, user, **kwargs):
+        if user.pk == stuck.pk:
+            raise RuntimeError("the database said no")
+        return real(user=user, **kwargs)
+
+    monkeypatch.setattr(auth0_log_stream, "account_close", close)
+
+    with pytest.raises(auth0_log_stream.LogEventsFailed, match="the database said no"):
+        auth0_log_stream.log_events_apply()
+
+    assert AccountClosure.objects.get().user_id == fine.pk
+    assert Auth0LogEvent.objects.get(user_id=stuck.pk).outcome == "pending"
+    monkeypatch.setattr(auth0_log_stream, "account_close", real)
+    auth0_log_stream.log_events_apply()  # the next run
+    assert AccountClosure.objects.count() == 2
