@@ -2,10 +2,10 @@ import time
 
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY, logout
-from django.http import JsonResponse
 from django.shortcuts import render
 
 from accounts.models import User
+from plumbing.api import error_response
 
 # When an operator's idle expiry was last moved (Unix seconds), in their session.
 REFRESHED_AT = "_operator_expiry_set_at"
@@ -115,8 +115,5 @@ class RejectNullBytesMiddleware:
     def _refuse(request, what: str):
         message = f"{what}, which is not allowed."
         if request.path.startswith("/api/"):
-            return JsonResponse(
-                {"error": {"status": 400, "code": "invalid", "message": message, "details": None}},
-                status=400,
-            )
+            return error_response(400, "invalid", message)
         return render(request, "400.html", {"message": message}, status=400)

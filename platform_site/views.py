@@ -58,11 +58,9 @@ def _error_page(request, status: int):
     from django.shortcuts import render
 
     if request.path.startswith("/api/"):  # the API's one error format, not a page
-        code, message = API_ERRORS[status]
-        return JsonResponse(
-            {"error": {"status": status, "code": code, "message": message, "details": None}},
-            status=status,
-        )
+        from plumbing.api import error_response
+
+        return error_response(status, *API_ERRORS[status])
     if _in_admin(request):
         return render(
             request, f"admin/{status}.html", admin.site.each_context(request), status=status

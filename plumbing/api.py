@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions, parsers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.throttling import SimpleRateThrottle
@@ -91,6 +91,16 @@ class RequestTooLarge(exceptions.APIException):
         )
 
 
+def error_body(status: int, code: str, message: str, details=None) -> dict:
+    """The API's one error format: {"error": {"status", "code", "message", "details"}}."""
+    return {"error": {"status": status, "code": code, "message": message, "details": details}}
+
+
+def error_response(status: int, code: str, message: str) -> JsonResponse:
+    """An error in the API's format from outside DRF (middleware, Django's error views)."""
+    return JsonResponse(error_body(status, code, message), status=status)
+
+
 def error_handler(exc, context):
     """One error format: {"error": {"status", "code", "message", "details"}}."""
     if isinstance(exc, RequestDataTooBig):
@@ -115,12 +125,5 @@ def error_handler(exc, context):
         codes = exc.get_codes()
         if isinstance(codes, str):
             code = codes
-    response.data = {
-        "error": {
-            "status": response.status_code,
-            "code": code,
-            "message": message,
-            "details": details,
-        }
-    }
+    response.data = error_body(response.status_code, code, message, details)
     return response

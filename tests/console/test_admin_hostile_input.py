@@ -118,11 +118,8 @@ def test_a_nul_in_a_form_field_is_a_bad_request(operator_client, url, data):
     assert not HopsworksCluster.objects.exists()
 
 
-def test_a_nul_in_a_multipart_form_is_a_bad_request(operator_client):
-    response = operator_client.post(  # the test client encodes a dict as multipart
-        "/admin/accounts/user/", {"action": "suspend_users", "_selected_action": "\x00"}
-    )
-    assert response.status_code == 400
+def test_a_nul_in_an_urlencoded_form_is_a_bad_request_too(operator_client):
+    # The cases above are multipart (the test client encodes a dict so); browsers send this.
     response = operator_client.post(
         "/admin/accounts/user/",
         "action=suspend_users&_selected_action=%00",
